@@ -1,0 +1,133 @@
+//! The reference worker: answers pings, echoes bytes, counts one-way messages, and can be asked
+//! to sleep, print to stdout, exit or message the master, so that tests and benchmarks can drive
+//! every path of the runtime with it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{WorkerActor, WorkerContext};
+
+/// What [`Echo`] accepts, as a request or as a one-way message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EchoMsg {
+    /// Answers [`EchoReply::Pong`].
+    Ping,
+    /// Answers the same bytes.
+    Echo(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Checks that sequence numbers arrive in order (per worker, requests and one-way alike).
+    Seq(u64),
+    /// Answers [`EchoReply::Stats`].
+    Stats,
+    /// Sleeps (asynchronously) for this many milliseconds, then answers `Done`.
+    Sleep(u64),
+    /// Writes the text to stdout with `println!`, then answers `Done`.
+    Print(String),
+    /// Sends the text to the master as an event, then answers `Done`.
+    Emit(String),
+    /// Answers its process id.
+    Pid,
+    /// Exits the process at once with this status.
+    Exit(i32),
+}
+
+/// What [`Echo`] answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EchoReply {
+    /// To `Ping`.
+    Pong,
+    /// To `Echo`.
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// To `Seq(n)`: `n` back, and whether it was the number expected next.
+    Seq {
+        /// The number received.
+        n: u64,
+        /// Whether it was one more than the previous one (or the first one seen).
+        in_order: bool,
+    },
+    /// To `Stats`.
+    Stats {
+        /// One-way messages received so far.
+        tells: u64,
+        /// Payload bytes of one-way `Echo` messages received so far.
+        bytes: u64,
+        /// `Seq` numbers that arrived out of order so far.
+        out_of_order: u64,
+    },
+    /// To `Sleep`, `Print` and `Emit`.
+    Done,
+    /// To `Pid`.
+    Pid(u32),
+}
+
+/// The reference worker.
+#[derive(Debug, Default)]
+pub struct Echo {
+    tells: u64,
+    bytes: u64,
+    next_seq: Option<u64>,
+    out_of_order: u64,
+}
+
+impl Echo {
+    fn seq(&mut self, n: u64) -> bool {
+        let in_order = self.next_seq.is_none_or(|next| next == n);
+        if !in_order {
+            self.out_of_order += 1;
+        }
+        self.next_seq = Some(n + 1);
+        in_order
+    }
+}
+
+impl WorkerActor for Echo {
+    type Msg = EchoMsg;
+    type Reply = EchoReply;
+    type Event = String;
+
+    async fn handle(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<Self>) -> EchoReply {
+        match msg {
+            EchoMsg::Ping => EchoReply::Pong,
+            EchoMsg::Echo(bytes) => EchoReply::Bytes(bytes),
+            EchoMsg::Seq(n) => EchoReply::Seq {
+                n,
+                in_order: self.seq(n),
+            },
+            EchoMsg::Stats => EchoReply::Stats {
+                tells: self.tells,
+                bytes: self.bytes,
+                out_of_order: self.out_of_order,
+            },
+            EchoMsg::Sleep(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                EchoReply::Done
+            }
+            EchoMsg::Print(text) => {
+                println!("{text}");
+                EchoReply::Done
+            }
+            EchoMsg::Emit(text) => {
+                if let Err(e) = ctx.send_master(&text) {
+                    eprintln!("echo: cannot emit: {e}");
+                }
+                EchoReply::Done
+            }
+            EchoMsg::Pid => EchoReply::Pid(std::process::id()),
+            EchoMsg::Exit(code) => std::process::exit(code),
+        }
+    }
+
+    async fn tell(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<Self>) {
+        self.tells += 1;
+        match msg {
+            EchoMsg::Echo(bytes) => self.bytes += bytes.len() as u64,
+            other => {
+                let _ = self.handle(other, ctx).await;
+            }
+        }
+    }
+
+    async fn stopping(&mut self, _ctx: &mut WorkerContext<Self>) {
+        eprintln!("echo: stopping after {} one-way messages", self.tells);
+    }
+}

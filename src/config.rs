@@ -1,0 +1,267 @@
+//! Cluster configuration: a builder for code, serde for files.
+//!
+//! Every setting has a default chosen to work with no configuration; [`ClusterConfig::validate`]
+//! runs before any process starts and names the field it rejects.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{DEFAULT_MAX_FRAME_BYTES, HEADER_LEN};
+use crate::error::ConfigError;
+
+/// How a cluster's workers are started and talked to.
+///
+/// ```
+/// use std::time::Duration;
+/// use procactor::ClusterConfig;
+///
+/// let config = ClusterConfig::new()
+///     .workers(4)
+///     .env("RUST_LOG", "info")
+///     .shutdown_timeout(Duration::from_secs(2));
+/// assert_eq!(config.worker_count(), 4);
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClusterConfig {
+    /// Number of workers; `None` starts one per CPU.
+    pub workers: Option<usize>,
+    /// The program workers run; `None` re-runs this executable in worker role.
+    pub exec: Option<PathBuf>,
+    /// The workers' arguments; `None` passes none to `exec`, or this process's own arguments
+    /// when re-running this executable.
+    pub args: Option<Vec<String>>,
+    /// Environment added for every worker, on top of the master's.
+    pub env: Vec<(String, String)>,
+    /// How long a worker has to exit after `Shutdown` before it is killed.
+    #[serde(rename = "shutdown_timeout_ms", with = "millis")]
+    pub shutdown_timeout: Duration,
+    /// How long a worker has to become ready when the cluster starts.
+    #[serde(rename = "ready_timeout_ms", with = "millis")]
+    pub ready_timeout: Duration,
+    /// Largest frame body accepted from or sent to a worker.
+    pub max_frame_bytes: usize,
+    /// Bytes that may wait to be written to one worker before senders are refused.
+    pub max_outbox_bytes: usize,
+    /// Size the worker's pipes are raised to (best effort; 0 keeps the OS default).
+    pub pipe_buffer_bytes: usize,
+    /// Capacity of each worker proxy's actix mailbox.
+    pub mailbox_capacity: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            exec: None,
+            args: None,
+            env: Vec::new(),
+            shutdown_timeout: Duration::from_secs(5),
+            ready_timeout: Duration::from_secs(30),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_outbox_bytes: 64 * 1024 * 1024,
+            pipe_buffer_bytes: 1024 * 1024,
+            mailbox_capacity: 4096,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The defaults: one worker per CPU, running this executable in worker role.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of workers (default: one per CPU).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Runs `program` as the worker instead of re-running the current executable (Node's
+    /// `setupMaster({ exec })`). A bare name is looked up in `PATH`.
+    pub fn exec(mut self, program: impl Into<PathBuf>) -> Self {
+        self.exec = Some(program.into());
+        self
+    }
+
+    /// The worker's arguments (default: none for [`exec`](Self::exec), otherwise this process's
+    /// own arguments, as Node's cluster does).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = Some(args.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Adds an environment variable for every worker (on top of the master's own environment).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// How long a worker has to exit after `Shutdown` before it is killed (default 5 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long a worker has to become ready when the cluster starts (default 30 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Largest frame body accepted from or sent to a worker (default 16 MiB).
+    pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
+        self.max_frame_bytes = bytes;
+        self
+    }
+
+    /// Bytes that may wait to be written to one worker before senders get
+    /// [`CallError::Backpressure`](crate::CallError::Backpressure) (default 64 MiB). Awaiting
+    /// senders of one-way messages are already held back at a sixteenth of it.
+    pub fn max_outbox_bytes(mut self, bytes: usize) -> Self {
+        self.max_outbox_bytes = bytes;
+        self
+    }
+
+    /// Size the worker's pipes are raised to (default 1 MiB, best effort; 0 keeps the OS default).
+    pub fn pipe_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.pipe_buffer_bytes = bytes;
+        self
+    }
+
+    /// Capacity of each worker proxy's actix mailbox (default 4096).
+    pub fn mailbox_capacity(mut self, n: usize) -> Self {
+        self.mailbox_capacity = n;
+        self
+    }
+
+    /// The number of workers this configuration starts.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1)
+        })
+    }
+
+    /// Checks every setting; [`ClusterSupervisor::start`](crate::ClusterSupervisor::start) calls
+    /// it before starting anything.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first field that is out of range, or an `exec` program that
+    /// does not exist or is not executable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: String| Err(ConfigError { field, reason });
+        if self.workers == Some(0) {
+            return bad("workers", "must be at least 1".into());
+        }
+        if self.max_frame_bytes < 64 || self.max_frame_bytes > u32::MAX as usize {
+            return bad(
+                "max_frame_bytes",
+                format!("{} is outside 64 ..= {}", self.max_frame_bytes, u32::MAX),
+            );
+        }
+        if self.max_outbox_bytes < self.max_frame_bytes + HEADER_LEN {
+            return bad(
+                "max_outbox_bytes",
+                format!(
+                    "{} cannot hold one frame of max_frame_bytes ({})",
+                    self.max_outbox_bytes, self.max_frame_bytes
+                ),
+            );
+        }
+        if self.mailbox_capacity == 0 {
+            return bad("mailbox_capacity", "must be at least 1".into());
+        }
+        if let Some(program) = &self.exec {
+            if resolve_program(program).is_none() {
+                return bad(
+                    "exec",
+                    format!("{} is not an executable file", program.display()),
+                );
+            }
+        }
+        for (key, _) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return bad("env", format!("{key:?} is not a valid variable name"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finds `program` as `execvp` would: a path with a `/` as it is, a bare name in `PATH`.
+pub(crate) fn resolve_program(program: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.components().count() > 1 || program.is_absolute() {
+        return executable(program).then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        ClusterConfig::new().validate().unwrap();
+        assert!(ClusterConfig::new().worker_count() >= 1);
+    }
+
+    #[test]
+    fn each_bad_setting_names_its_field() {
+        let cases = [
+            (ClusterConfig::new().workers(0), "workers"),
+            (ClusterConfig::new().max_frame_bytes(10), "max_frame_bytes"),
+            (
+                ClusterConfig::new().max_outbox_bytes(1000),
+                "max_outbox_bytes",
+            ),
+            (ClusterConfig::new().mailbox_capacity(0), "mailbox_capacity"),
+            (ClusterConfig::new().exec("/no/such/program"), "exec"),
+            (ClusterConfig::new().exec("/etc/hostname"), "exec"),
+            (ClusterConfig::new().env("A=B", "c"), "env"),
+        ];
+        for (config, field) in cases {
+            assert_eq!(config.validate().unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn bare_program_names_are_found_in_path() {
+        assert!(resolve_program(Path::new("sh")).is_some());
+        assert!(resolve_program(Path::new("no-such-program-procactor")).is_none());
+    }
+}

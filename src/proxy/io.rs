@@ -1,0 +1,276 @@
+//! The proxy's pipe machinery: a batching outbox, the frame reader and the stderr reader.
+//!
+//! Both pipe futures run inside the proxy's own actix context, so they touch the actor's state
+//! directly, with no channel between them. actix polls context futures after the mailbox is
+//! drained, so every frame queued while a burst of messages is handled leaves in one `write(2)`.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use actix::ActorFuture;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::net::unix::pipe;
+
+use crate::codec::{encode_frame, FrameDecoder};
+use crate::error::CallError;
+use crate::event::WorkerId;
+use crate::protocol::Envelope;
+use crate::proxy::Worker;
+use crate::worker::WorkerActor;
+
+/// Longest stderr line kept whole; the rest of a longer line is dropped and counted.
+pub(crate) const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Lines of stderr kept for the exit event.
+pub(crate) const STDERR_TAIL_LINES: usize = 20;
+/// Reads per poll of the frame reader before it yields to the proxy's other work.
+const READS_PER_POLL: usize = 32;
+
+/// Frames waiting for the worker's stdin: appended by handlers, written by [`Flush`].
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    queued: Vec<u8>,
+    writing: Vec<u8>,
+    written: usize,
+    stdin: Option<pipe::Sender>,
+    pub(crate) flushing: bool,
+    max_frame_bytes: usize,
+    limit: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(max_frame_bytes: usize, limit: usize) -> Self {
+        Self {
+            queued: Vec::new(),
+            writing: Vec::new(),
+            written: 0,
+            stdin: None,
+            flushing: false,
+            max_frame_bytes,
+            limit,
+        }
+    }
+
+    /// Bytes not yet written.
+    pub(crate) fn len(&self) -> usize {
+        self.queued.len() + self.writing.len() - self.written
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub(crate) fn attach(&mut self, stdin: pipe::Sender) {
+        self.stdin = Some(stdin);
+    }
+
+    /// Drops the pipe and everything queued for it.
+    pub(crate) fn detach(&mut self) {
+        self.stdin = None;
+        self.queued = Vec::new();
+        self.writing = Vec::new();
+        self.written = 0;
+    }
+
+    pub(crate) fn is_attached(&self) -> bool {
+        self.stdin.is_some()
+    }
+
+    /// Queues one frame, refusing it when the outbox is over its limit.
+    pub(crate) fn push(&mut self, worker: WorkerId, env: &Envelope<'_>) -> Result<(), CallError> {
+        let queued = self.len();
+        if queued >= self.limit {
+            return Err(CallError::Backpressure {
+                worker,
+                queued,
+                limit: self.limit,
+            });
+        }
+        encode_frame(&mut self.queued, env, self.max_frame_bytes).map_err(CallError::Frame)
+    }
+
+    fn poll_flush(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.written == self.writing.len() {
+                self.writing.clear();
+                self.written = 0;
+                if self.queued.is_empty() {
+                    if self.writing.capacity() > 4 * 1024 * 1024 {
+                        self.writing = Vec::new();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                std::mem::swap(&mut self.queued, &mut self.writing);
+            }
+            let Some(stdin) = self.stdin.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match Pin::new(stdin).poll_write(cx, &self.writing[self.written..]) {
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Writes the outbox to the worker's stdin until it is empty.
+#[derive(Debug)]
+pub(crate) struct Flush;
+
+impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut Worker<A>,
+        _ctx: &mut actix::Context<Worker<A>>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        let result = act.outbox.poll_flush(cx);
+        act.release_held_tells();
+        match result {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                if let Err(e) = result {
+                    // The worker closed its stdin or died; its exit is reported separately.
+                    tracing::debug!(worker = act.id, error = %e, "write to worker failed");
+                    act.outbox.detach();
+                }
+                act.outbox.flushing = false;
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+/// Reads frames from one process's stdout and hands them to the proxy.
+#[derive(Debug)]
+pub(crate) struct ReadFrames {
+    generation: u64,
+    pipe: pipe::Receiver,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl ReadFrames {
+    pub(crate) fn new(generation: u64, pipe: pipe::Receiver, max_frame_bytes: usize) -> Self {
+        Self {
+            generation,
+            pipe,
+            buf: BytesMut::with_capacity(256 * 1024),
+            decoder: FrameDecoder::new(max_frame_bytes),
+        }
+    }
+}
+
+impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut Worker<A>,
+        ctx: &mut actix::Context<Worker<A>>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        let this = self.get_mut();
+        let generation = this.generation;
+        for _ in 0..READS_PER_POLL {
+            loop {
+                if act.generation != generation {
+                    return Poll::Ready(());
+                }
+                match this.decoder.decode(&mut this.buf) {
+                    Ok(Some(frame)) => {
+                        if let Err(e) = act.on_frame(&frame, ctx) {
+                            act.fault(generation, e.into(), ctx);
+                            act.stdout_closed(generation, ctx);
+                            return Poll::Ready(());
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        act.fault(generation, e.into(), ctx);
+                        act.stdout_closed(generation, ctx);
+                        return Poll::Ready(());
+                    }
+                }
+            }
+            if this.buf.capacity() - this.buf.len() < 64 * 1024 {
+                this.buf.reserve(256 * 1024);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.pipe), cx, &mut this.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(result) => {
+                    // End of stream (or a read error, which ends it too).
+                    if let Err(e) = this.decoder.decode_eof(&this.buf) {
+                        act.fault(generation, e.into(), ctx);
+                    } else if let Err(e) = result {
+                        tracing::debug!(worker = act.id, error = %e, "read from worker failed");
+                    }
+                    act.stdout_closed(generation, ctx);
+                    return Poll::Ready(());
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Reads a process's stderr line by line into the log and the tail kept for its exit event.
+///
+/// Lines are split on `\n`, decoded lossily (non-UTF-8 bytes become U+FFFD) and capped at
+/// [`MAX_LINE_BYTES`]; the rest of a longer line is dropped.
+pub(crate) async fn read_stderr(
+    mut pipe: pipe::Receiver,
+    worker: WorkerId,
+    pid: u32,
+    tail: std::rc::Rc<std::cell::RefCell<VecDeque<String>>>,
+) {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut skipping = false;
+    let emit = |bytes: &[u8], truncated: bool| {
+        let text = String::from_utf8_lossy(bytes);
+        let line = text.trim_end_matches('\r');
+        if truncated {
+            tracing::info!(target: "procactor::worker", worker, pid, truncated, "{line}");
+        } else {
+            tracing::info!(target: "procactor::worker", worker, pid, "{line}");
+        }
+        let mut tail = tail.borrow_mut();
+        if tail.len() == STDERR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line.to_owned());
+    };
+    loop {
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line = buf.split_to(nl + 1);
+            if !skipping {
+                emit(&line[..nl], false);
+            }
+            skipping = false;
+        }
+        if buf.len() >= MAX_LINE_BYTES {
+            if !skipping {
+                emit(&buf[..MAX_LINE_BYTES], true);
+            }
+            skipping = true;
+            buf.clear();
+        }
+        buf.reserve(8 * 1024);
+        match pipe.read_buf(&mut buf).await {
+            Ok(n) if n > 0 => {}
+            _ => {
+                if !buf.is_empty() && !skipping {
+                    emit(&buf, false);
+                }
+                return;
+            }
+        }
+    }
+}

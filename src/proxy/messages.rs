@@ -1,0 +1,254 @@
+//! The messages a [`Worker`] proxy takes, and how it answers them.
+//!
+//! The reply to a [`Call`] is not computed in the handler: the proxy parks actix's own response
+//! sender under the request's correlation id and completes it when the worker's reply frame
+//! arrives. No future or task is created per request.
+
+use std::fmt;
+
+use actix::dev::{MessageResponse, OneshotSender};
+use actix::prelude::*;
+
+use crate::error::CallError;
+use crate::event::{ExitReason, WorkerId, WorkerInfo, WorkerState};
+use crate::proxy::{Held, Pending, Worker};
+use crate::worker::WorkerActor;
+
+/// A request to a worker of type `A`; the caller awaits `A::Reply`.
+///
+/// ```no_run
+/// # use procactor::prelude::*;
+/// # use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
+/// # async fn f(w: Addr<Worker<Echo>>) -> Result<(), procactor::Error> {
+/// let reply: EchoReply = w.send(Call(EchoMsg::Ping)).await??;
+/// # Ok(()) }
+/// ```
+pub struct Call<A: WorkerActor>(pub A::Msg);
+
+impl<A: WorkerActor> Message for Call<A> {
+    type Result = Result<A::Reply, CallError>;
+}
+
+/// A one-way message to a worker of type `A`.
+///
+/// `send(Tell(..)).await` resolves once the message is queued; when much is already waiting to be
+/// written to the worker (a sixteenth of `max_outbox_bytes`), it resolves only once that has
+/// drained, which paces a fast sender to the worker's speed. Past `max_outbox_bytes` the message
+/// is refused with [`CallError::Backpressure`].
+pub struct Tell<A: WorkerActor>(pub A::Msg);
+
+impl<A: WorkerActor> Message for Tell<A> {
+    type Result = Result<(), CallError>;
+}
+
+macro_rules! opaque_debug {
+    ($($ty:ident),*) => {$(
+        impl<A: WorkerActor> fmt::Debug for $ty<A> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($ty)).finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+opaque_debug!(Call, Tell);
+
+/// A one-way message from a worker to the master, delivered to the recipients registered with
+/// [`ClusterBuilder::on_message`](crate::ClusterBuilder::on_message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromWorker<E> {
+    /// The sending worker's slot; stamped by the master, not claimed by the worker.
+    pub worker: WorkerId,
+    /// The sending process.
+    pub pid: u32,
+    /// The sending process's generation.
+    pub generation: u64,
+    /// The message.
+    pub msg: E,
+}
+
+impl<E: 'static> Message for FromWorker<E> {
+    type Result = ();
+}
+
+/// Stops the worker gracefully and resolves with its exit reason once it has been reaped.
+///
+/// The worker gets `Shutdown`, handles what it was sent before it, runs its `stopping` hook and
+/// exits; it is killed with its process group if it has not exited within the shutdown timeout.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stop;
+
+impl Message for Stop {
+    type Result = ExitReason;
+}
+
+/// Kills the worker's process group with SIGKILL at once; resolves when it has been reaped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Kill;
+
+impl Message for Kill {
+    type Result = ExitReason;
+}
+
+/// Resolves when the worker is ready, or with its exit reason if it exits first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AwaitReady;
+
+impl Message for AwaitReady {
+    type Result = Result<(), ExitReason>;
+}
+
+/// Asks for the worker's [`WorkerInfo`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GetInfo;
+
+impl Message for GetInfo {
+    type Result = WorkerInfo;
+}
+
+/// The answer to a [`Call`]: given now, or parked until the worker replies.
+pub struct CallResponse<A: WorkerActor>(CallInner<A>);
+
+enum CallInner<A: WorkerActor> {
+    Now(Result<A::Reply, CallError>),
+    Parked(u64, Pending<A::Reply>),
+}
+
+impl<A: WorkerActor> fmt::Debug for CallResponse<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            CallInner::Now(r) => f.debug_tuple("Now").field(&r.as_ref().err()).finish(),
+            CallInner::Parked(id, _) => f.debug_tuple("Parked").field(id).finish(),
+        }
+    }
+}
+
+impl<A: WorkerActor> MessageResponse<Worker<A>, Call<A>> for CallResponse<A> {
+    fn handle(
+        self,
+        _ctx: &mut Context<Worker<A>>,
+        tx: Option<OneshotSender<Result<A::Reply, CallError>>>,
+    ) {
+        match self.0 {
+            CallInner::Now(result) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(result);
+                }
+            }
+            CallInner::Parked(id, pending) => {
+                pending.borrow_mut().insert(id, tx);
+            }
+        }
+    }
+}
+
+impl<A: WorkerActor> Handler<Call<A>> for Worker<A> {
+    type Result = CallResponse<A>;
+
+    fn handle(&mut self, Call(msg): Call<A>, ctx: &mut Context<Self>) -> CallResponse<A> {
+        match self.send_request(&msg, ctx) {
+            Ok(id) => CallResponse(CallInner::Parked(id, self.pending().clone())),
+            Err(e) => CallResponse(CallInner::Now(Err(e))),
+        }
+    }
+}
+
+/// The answer to a [`Tell`]: given now, or held until the outbox drains.
+pub struct TellResponse(TellInner);
+
+enum TellInner {
+    Now(Result<(), CallError>),
+    Held(Held),
+}
+
+impl fmt::Debug for TellResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            TellInner::Now(r) => f.debug_tuple("Now").field(r).finish(),
+            TellInner::Held(_) => f.write_str("Held"),
+        }
+    }
+}
+
+impl<A: WorkerActor> MessageResponse<Worker<A>, Tell<A>> for TellResponse {
+    fn handle(
+        self,
+        _ctx: &mut Context<Worker<A>>,
+        tx: Option<OneshotSender<Result<(), CallError>>>,
+    ) {
+        let Some(tx) = tx else { return };
+        match self.0 {
+            TellInner::Now(result) => {
+                let _ = tx.send(result);
+            }
+            TellInner::Held(held) => held.borrow_mut().push_back(tx),
+        }
+    }
+}
+
+impl<A: WorkerActor> Handler<Tell<A>> for Worker<A> {
+    type Result = TellResponse;
+
+    fn handle(&mut self, Tell(msg): Tell<A>, ctx: &mut Context<Self>) -> TellResponse {
+        match self.send_tell(&msg, ctx) {
+            Ok(true) => TellResponse(TellInner::Held(self.held().clone())),
+            Ok(false) => TellResponse(TellInner::Now(Ok(()))),
+            Err(e) => TellResponse(TellInner::Now(Err(e))),
+        }
+    }
+}
+
+fn when_exited<A: WorkerActor>(act: &mut Worker<A>) -> ResponseFuture<ExitReason> {
+    if act.state() == WorkerState::Exited {
+        let reason = act.last_exit().cloned().unwrap_or(ExitReason::Killed);
+        return Box::pin(async move { reason });
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    act.add_exit_waiter(tx);
+    Box::pin(async move { rx.await.unwrap_or(ExitReason::Killed) })
+}
+
+impl<A: WorkerActor> Handler<Stop> for Worker<A> {
+    type Result = ResponseFuture<ExitReason>;
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) -> Self::Result {
+        self.begin_stop(ctx);
+        when_exited(self)
+    }
+}
+
+impl<A: WorkerActor> Handler<Kill> for Worker<A> {
+    type Result = ResponseFuture<ExitReason>;
+
+    fn handle(&mut self, _: Kill, ctx: &mut Context<Self>) -> Self::Result {
+        let generation = self.generation;
+        self.fault(generation, ExitReason::Killed, ctx);
+        when_exited(self)
+    }
+}
+
+impl<A: WorkerActor> Handler<AwaitReady> for Worker<A> {
+    type Result = ResponseFuture<Result<(), ExitReason>>;
+
+    fn handle(&mut self, _: AwaitReady, _ctx: &mut Context<Self>) -> Self::Result {
+        match self.state() {
+            WorkerState::Ready => Box::pin(async { Ok(()) }),
+            WorkerState::Exited | WorkerState::Stopping => {
+                let reason = self.last_exit().cloned().unwrap_or(ExitReason::Killed);
+                Box::pin(async move { Err(reason) })
+            }
+            _ => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.add_ready_waiter(tx);
+                Box::pin(async move { rx.await.unwrap_or(Err(ExitReason::Killed)) })
+            }
+        }
+    }
+}
+
+impl<A: WorkerActor> Handler<GetInfo> for Worker<A> {
+    type Result = MessageResult<GetInfo>;
+
+    fn handle(&mut self, _: GetInfo, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.info())
+    }
+}

@@ -1,0 +1,132 @@
+//! The worker side: the [`WorkerActor`] trait and the runtime that runs it in a child process.
+//!
+//! A worker process calls [`run_worker`] with its actor. The runtime:
+//! 1. moves the channel to the master off fd 0 and fd 1 (fd 1 then writes to stderr, so a stray
+//!    `println!` ends up in the master's log and never in the channel);
+//! 2. says `Hello`, runs [`WorkerActor::started`], says `Ready`;
+//! 3. handles requests and one-way messages **one at a time, in arrival order**, awaiting each
+//!    handler; other tasks (an HTTP server spawned from `started`, say) run while a handler awaits;
+//! 4. on `Shutdown`, runs [`WorkerActor::stopping`], flushes what it has written and returns `Ok`;
+//! 5. when stdin reaches end-of-file (the master is gone), returns at once, without `stopping`.
+//!
+//! The runtime is an actix system (a single-threaded tokio runtime with a `LocalSet`), so
+//! handlers and the tasks they spawn need not be `Send`, and actix-web servers run in it.
+//!
+//! # Caveats
+//! - A handler that blocks its thread (a CPU loop, a blocking read) blocks the whole worker. Use
+//!   `tokio::task::spawn_blocking` for such work.
+//! - A panic in a handler ends the process; the master fails that request and reports the exit.
+
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::Error;
+
+mod context;
+mod runtime;
+
+pub use context::{WorkerContext, WorkerHandle};
+
+/// Environment variables that the master sets for every worker.
+pub(crate) mod env {
+    /// The worker's slot id; its presence is what [`is_worker`](super::is_worker) checks.
+    pub(crate) const WORKER_ID: &str = "PROCACTOR_WORKER_ID";
+    /// The slot's generation (1 for its first process).
+    pub(crate) const GENERATION: &str = "PROCACTOR_GENERATION";
+    /// The master's pid.
+    pub(crate) const MASTER_PID: &str = "PROCACTOR_MASTER_PID";
+    /// The largest frame body either side accepts.
+    pub(crate) const MAX_FRAME_BYTES: &str = "PROCACTOR_MAX_FRAME_BYTES";
+}
+
+/// A user type run as an OS-process actor by the worker runtime.
+///
+/// `Msg` is what the master (or, later, other workers) send it; `Reply` is its answer to a
+/// request; `Event` is what it may send to the master on its own (use `()` if it sends nothing).
+/// All three are postcard-encoded on the wire, so they must round-trip through serde; for byte
+/// fields, `#[serde(with = "serde_bytes")]` is markedly faster.
+///
+/// Every hook may be written as an `async fn`.
+///
+/// ```
+/// use procactor::{WorkerActor, WorkerContext};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// enum Calc { Add(i64, i64) }
+///
+/// #[derive(Default)]
+/// struct Adder { calls: u64 }
+///
+/// impl WorkerActor for Adder {
+///     type Msg = Calc;
+///     type Reply = i64;
+///     type Event = ();
+///
+///     async fn handle(&mut self, msg: Calc, _ctx: &mut WorkerContext<Self>) -> i64 {
+///         self.calls += 1;
+///         match msg { Calc::Add(a, b) => a + b }
+///     }
+/// }
+/// ```
+pub trait WorkerActor: Sized + 'static {
+    /// Messages this worker accepts, as requests and as one-way messages.
+    type Msg: Serialize + DeserializeOwned + Send + 'static;
+    /// Its answer to a request.
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+    /// One-way messages it sends to the master.
+    type Event: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Runs once after `Hello`, before the worker says `Ready`: open resources, spawn servers.
+    fn started(&mut self, ctx: &mut WorkerContext<Self>) -> impl Future<Output = ()> {
+        let _ = ctx;
+        async {}
+    }
+
+    /// Answers one request.
+    fn handle(
+        &mut self,
+        msg: Self::Msg,
+        ctx: &mut WorkerContext<Self>,
+    ) -> impl Future<Output = Self::Reply>;
+
+    /// Takes one one-way message. By default it is handled as a request whose reply is dropped.
+    fn tell(&mut self, msg: Self::Msg, ctx: &mut WorkerContext<Self>) -> impl Future<Output = ()> {
+        async move {
+            let _ = self.handle(msg, ctx).await;
+        }
+    }
+
+    /// Runs once on a graceful stop, after every message that arrived before `Shutdown` has been
+    /// handled; the master kills the process if this takes longer than its shutdown timeout.
+    fn stopping(&mut self, ctx: &mut WorkerContext<Self>) -> impl Future<Output = ()> {
+        let _ = ctx;
+        async {}
+    }
+}
+
+/// True when this process was started by a procactor master as a worker.
+///
+/// This is the `cluster.isMaster` test: a program that is both master and worker branches on it
+/// at the top of `main`.
+pub fn is_worker() -> bool {
+    std::env::var_os(env::WORKER_ID).is_some()
+}
+
+/// Runs `actor` as this process's worker until the master stops it or goes away.
+///
+/// Call it from a plain (non-async) `main`: it builds its own single-threaded actix system.
+///
+/// # Errors
+/// [`Error::NotAWorker`] when the process was not started by a master; [`Error::Protocol`] when
+/// the master's stream is corrupt; [`Error::Io`] when the channel cannot be set up.
+///
+/// # Panics
+/// When called from inside a running tokio runtime (nested runtimes are not allowed).
+pub fn run_worker<A: WorkerActor>(actor: A) -> Result<(), Error> {
+    let identity = runtime::Identity::from_env()?;
+    let (from_master, to_master) = crate::process::take_worker_channel()?;
+    actix_rt::System::new().block_on(runtime::run(actor, identity, from_master, to_master))
+}

@@ -1,0 +1,196 @@
+//! What a worker's hooks can reach: its identity and the channel to the master.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use tokio::sync::Notify;
+
+use crate::codec::{encode_frame, encode_value};
+use crate::error::FrameError;
+use crate::event::WorkerId;
+use crate::protocol::Envelope;
+use crate::worker::runtime::Identity;
+use crate::worker::WorkerActor;
+
+/// Frames waiting to be written to the master, shared by everything in the worker that writes.
+///
+/// Frames are appended here and written by one writer task, many per `write(2)`.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    pub(crate) buf: RefCell<Vec<u8>>,
+    pub(crate) wake_writer: Notify,
+    pub(crate) broken: Cell<bool>,
+    max_frame_bytes: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(max_frame_bytes: usize) -> Self {
+        Self {
+            buf: RefCell::new(Vec::with_capacity(64 * 1024)),
+            wake_writer: Notify::new(),
+            broken: Cell::new(false),
+            max_frame_bytes,
+        }
+    }
+
+    pub(crate) fn push(&self, envelope: &Envelope<'_>) -> Result<(), FrameError> {
+        if self.broken.get() {
+            return Err(FrameError::Io("the channel to the master is closed".into()));
+        }
+        encode_frame(&mut self.buf.borrow_mut(), envelope, self.max_frame_bytes)?;
+        self.wake_writer.notify_one();
+        Ok(())
+    }
+
+    fn push_event<T: serde::Serialize>(
+        &self,
+        scratch: &mut Vec<u8>,
+        event: &T,
+    ) -> Result<(), FrameError> {
+        encode_value(scratch, event)?;
+        self.push(&Envelope::Event { payload: scratch })
+    }
+}
+
+/// The context passed to every [`WorkerActor`] hook.
+pub struct WorkerContext<A> {
+    outbox: Rc<Outbox>,
+    identity: Identity,
+    scratch: Vec<u8>,
+    stop_requested: bool,
+    _actor: PhantomData<fn() -> A>,
+}
+
+impl<A> fmt::Debug for WorkerContext<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerContext")
+            .field("identity", &self.identity)
+            .field("stop_requested", &self.stop_requested)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: WorkerActor> WorkerContext<A> {
+    pub(crate) fn new(outbox: Rc<Outbox>, identity: Identity) -> Self {
+        Self {
+            outbox,
+            identity,
+            scratch: Vec::new(),
+            stop_requested: false,
+            _actor: PhantomData,
+        }
+    }
+
+    /// This worker's slot id in its cluster.
+    pub fn id(&self) -> WorkerId {
+        self.identity.worker
+    }
+
+    /// Which process of its slot this is: 1 for the first, counting up at each respawn.
+    pub fn generation(&self) -> u64 {
+        self.identity.generation
+    }
+
+    /// The master's process id.
+    pub fn master_pid(&self) -> u32 {
+        self.identity.master_pid
+    }
+
+    /// Sends a one-way message to the master's handlers for this worker type.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the encoded event exceeds the frame limit,
+    /// [`FrameError::Encode`] when it cannot be serialised, [`FrameError::Io`] when the channel to
+    /// the master is closed. Nothing is sent then.
+    pub fn send_master(&mut self, event: &A::Event) -> Result<(), FrameError> {
+        self.outbox.push_event(&mut self.scratch, event)
+    }
+
+    /// Ends the worker gracefully once the current hook returns: [`WorkerActor::stopping`] runs,
+    /// then the process exits with status 0.
+    pub fn stop(&mut self) {
+        self.stop_requested = true;
+    }
+
+    /// A cloneable handle for tasks the worker spawns (e.g. to report from an HTTP handler).
+    pub fn handle(&self) -> WorkerHandle<A> {
+        WorkerHandle {
+            outbox: Rc::clone(&self.outbox),
+            identity: self.identity,
+            _actor: PhantomData,
+        }
+    }
+
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop_requested
+    }
+
+    pub(crate) fn reply(&mut self, id: u64, reply: &A::Reply) {
+        let result = encode_value(&mut self.scratch, reply)
+            .and_then(|()| {
+                self.outbox.push(&Envelope::Reply {
+                    id,
+                    payload: &self.scratch,
+                })
+            })
+            .or_else(|e| match e {
+                FrameError::Io(_) => Err(e),
+                e => self.outbox.push(&Envelope::Failed {
+                    id,
+                    error: &format!("reply not sent: {e}"),
+                }),
+            });
+        if let Err(e) = result {
+            tracing::debug!(id, error = %e, "reply not sent");
+        }
+    }
+
+    pub(crate) fn fail(&mut self, id: u64, error: &str) {
+        if let Err(e) = self.outbox.push(&Envelope::Failed { id, error }) {
+            tracing::debug!(id, error = %e, "failure not sent");
+        }
+    }
+}
+
+/// A cloneable sender to the master for tasks that a worker spawns; see
+/// [`WorkerContext::handle`]. It is not `Send`: it lives on the worker's thread.
+pub struct WorkerHandle<A> {
+    outbox: Rc<Outbox>,
+    identity: Identity,
+    _actor: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for WorkerHandle<A> {
+    fn clone(&self) -> Self {
+        Self {
+            outbox: Rc::clone(&self.outbox),
+            identity: self.identity,
+            _actor: PhantomData,
+        }
+    }
+}
+
+impl<A> fmt::Debug for WorkerHandle<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: WorkerActor> WorkerHandle<A> {
+    /// This worker's slot id.
+    pub fn id(&self) -> WorkerId {
+        self.identity.worker
+    }
+
+    /// As [`WorkerContext::send_master`].
+    ///
+    /// # Errors
+    /// As [`WorkerContext::send_master`].
+    pub fn send_master(&self, event: &A::Event) -> Result<(), FrameError> {
+        self.outbox.push_event(&mut Vec::new(), event)
+    }
+}
