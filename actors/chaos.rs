@@ -1,18 +1,21 @@
 //! `procactor-chaos`: a worker that misbehaves on purpose, for the runtime's fault tests.
 //!
-//! The mode comes from `PROCACTOR_CHAOS_MODE`. Modes that break the protocol write raw bytes to
-//! the channel (fd 1) themselves, then wait for stdin to close, so the master must end them:
+//! The mode comes from `PROCACTOR_CHAOS_MODE_<worker id>`, else `PROCACTOR_CHAOS_MODE`, so one
+//! slot of a cluster can misbehave while the others run the echo worker. Modes that break the
+//! protocol write raw bytes to the channel (fd 1) themselves, then wait for stdin to close, so
+//! the master must end them. The modes marked * first complete the handshake and wait for the
+//! master's first frame, so a test can have a request in flight when the fault comes:
 //!
 //! | mode                 | what it does                                                  |
 //! |----------------------|---------------------------------------------------------------|
 //! | `huge-len`           | a header announcing 4 GiB, then silence                       |
 //! | `garbage`            | pseudo-random bytes until the pipe breaks                     |
-//! | `bad-body`           | `Hello`, `Ready`, then a frame whose body is no envelope      |
-//! | `trailing`           | `Hello`, `Ready`, then a `Ready` frame with a byte after it   |
+//! | `bad-body` *         | a frame whose body is no envelope                             |
+//! | `trailing` *         | a `Ready` frame with a byte after it                          |
 //! | `wrong-version`      | `Hello` with protocol version 999                             |
 //! | `ready-before-hello` | a well-formed `Ready` frame first                             |
 //! | `noise-before-hello` | a line of text printed to stdout before the runtime starts    |
-//! | `partial-frame`      | `Hello`, `Ready`, 10 bytes of a 100-byte frame, then exit 0   |
+//! | `partial-frame` *    | 10 bytes of a 100-byte frame, then exit 0                     |
 //! | `echo` (default)     | behaves as `procactor-echo`                                   |
 
 use std::io::{Read, Write};
@@ -21,7 +24,10 @@ use std::os::fd::FromRawFd;
 use procactor::wire::{encode_frame, Envelope, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION};
 
 fn main() -> Result<(), procactor::Error> {
-    let mode = std::env::var("PROCACTOR_CHAOS_MODE").unwrap_or_else(|_| "echo".into());
+    let id = std::env::var("PROCACTOR_WORKER_ID").unwrap_or_default();
+    let mode = std::env::var(format!("PROCACTOR_CHAOS_MODE_{id}"))
+        .or_else(|_| std::env::var("PROCACTOR_CHAOS_MODE"))
+        .unwrap_or_else(|_| "echo".into());
     eprintln!("chaos: pid {} mode {mode}", std::process::id());
     // fd 1 is the raw channel here: the worker runtime is not running to protect it.
     // SAFETY: fd 1 is open for the life of the process and only this function writes to it.
@@ -55,8 +61,14 @@ fn main() -> Result<(), procactor::Error> {
                 }
             }
         }
-        "bad-body" => [handshake, vec![3, 0, 0, 0, 0xee, 0xee, 0xee]].concat(),
-        "trailing" => [handshake, vec![2, 0, 0, 0, 1, 0]].concat(),
+        "bad-body" => {
+            after_first_request(&mut out, &handshake)?;
+            vec![3, 0, 0, 0, 0xee, 0xee, 0xee]
+        }
+        "trailing" => {
+            after_first_request(&mut out, &handshake)?;
+            vec![2, 0, 0, 0, 1, 0]
+        }
         "wrong-version" => frame(Envelope::Hello {
             protocol_version: 999,
             pid,
@@ -67,7 +79,8 @@ fn main() -> Result<(), procactor::Error> {
             return procactor::run_worker(procactor::actors::echo::Echo::default());
         }
         "partial-frame" => {
-            let mut bytes = [handshake, 100u32.to_le_bytes().to_vec()].concat();
+            after_first_request(&mut out, &handshake)?;
+            let mut bytes = 100u32.to_le_bytes().to_vec();
             bytes.extend_from_slice(&[0; 10]);
             out.write_all(&bytes)?;
             std::process::exit(0);
@@ -78,4 +91,11 @@ fn main() -> Result<(), procactor::Error> {
     // Wait for the master to end us (or to go away).
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     Ok(())
+}
+
+/// Completes the handshake, then waits until the master's first frame header has arrived.
+fn after_first_request(out: &mut std::fs::File, handshake: &[u8]) -> std::io::Result<()> {
+    out.write_all(handshake)?;
+    let mut header = [0u8; 4];
+    std::io::stdin().read_exact(&mut header)
 }

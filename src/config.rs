@@ -251,7 +251,7 @@ mod tests {
             ),
             (ClusterConfig::new().mailbox_capacity(0), "mailbox_capacity"),
             (ClusterConfig::new().exec("/no/such/program"), "exec"),
-            (ClusterConfig::new().exec("/etc/hostname"), "exec"),
+            (ClusterConfig::new().exec("/tmp"), "exec"),
             (ClusterConfig::new().env("A=B", "c"), "env"),
         ];
         for (config, field) in cases {

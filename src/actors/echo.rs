@@ -19,7 +19,8 @@ pub enum EchoMsg {
     Seq(u64),
     /// Answers [`EchoReply::Stats`].
     Stats,
-    /// Sleeps (asynchronously) for this many milliseconds, then answers `Done`.
+    /// Tells the master `"sleeping"` (an event), sleeps (asynchronously) for this many
+    /// milliseconds, then answers `Done`.
     Sleep(u64),
     /// Writes the text to stdout with `println!`, then answers `Done`.
     Print(String),
@@ -99,6 +100,7 @@ impl WorkerActor for Echo {
                 out_of_order: self.out_of_order,
             },
             EchoMsg::Sleep(ms) => {
+                let _ = ctx.send_master(&"sleeping".to_string());
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 EchoReply::Done
             }
