@@ -16,12 +16,15 @@
 //! | `ready-before-hello` | a well-formed `Ready` frame first                             |
 //! | `noise-before-hello` | a line of text printed to stdout before the runtime starts    |
 //! | `partial-frame` *    | 10 bytes of a 100-byte frame, then exit 0                     |
+//! | `hang-on-stop`       | the echo worker, but its `stopping` hook never returns        |
 //! | `echo` (default)     | behaves as `procactor-echo`                                   |
 
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 
+use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
 use procactor::wire::{encode_frame, Envelope, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use procactor::{WorkerActor, WorkerContext};
 
 fn main() -> Result<(), procactor::Error> {
     let id = std::env::var("PROCACTOR_WORKER_ID").unwrap_or_default();
@@ -76,7 +79,7 @@ fn main() -> Result<(), procactor::Error> {
         "ready-before-hello" => frame(Envelope::Ready),
         "noise-before-hello" => {
             println!("hello from a library that prints before the runtime starts");
-            return procactor::run_worker(procactor::actors::echo::Echo::default());
+            return procactor::run_worker(Echo::default());
         }
         "partial-frame" => {
             after_first_request(&mut out, &handshake)?;
@@ -85,7 +88,8 @@ fn main() -> Result<(), procactor::Error> {
             out.write_all(&bytes)?;
             std::process::exit(0);
         }
-        _ => return procactor::run_worker(procactor::actors::echo::Echo::default()),
+        "hang-on-stop" => return procactor::run_worker(Stubborn(Echo::default())),
+        _ => return procactor::run_worker(Echo::default()),
     };
     out.write_all(&bytes)?;
     // Wait for the master to end us (or to go away).
@@ -98,4 +102,26 @@ fn after_first_request(out: &mut std::fs::File, handshake: &[u8]) -> std::io::Re
     out.write_all(handshake)?;
     let mut header = [0u8; 4];
     std::io::stdin().read_exact(&mut header)
+}
+
+/// The echo worker with a `stopping` hook that never returns.
+struct Stubborn(Echo);
+
+impl WorkerActor for Stubborn {
+    type Msg = EchoMsg;
+    type Reply = EchoReply;
+    type Event = ();
+
+    async fn handle(&mut self, msg: EchoMsg, _ctx: &mut WorkerContext<Self>) -> EchoReply {
+        match msg {
+            EchoMsg::Ping => EchoReply::Pong,
+            EchoMsg::Pid => EchoReply::Pid(std::process::id()),
+            _ => EchoReply::Done,
+        }
+    }
+
+    async fn stopping(&mut self, _ctx: &mut WorkerContext<Self>) {
+        eprintln!("chaos: refusing to stop");
+        std::future::pending::<()>().await;
+    }
 }

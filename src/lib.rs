@@ -56,7 +56,6 @@ mod codec;
 mod config;
 mod error;
 mod event;
-#[allow(unsafe_code)]
 mod process;
 mod protocol;
 mod proxy;
@@ -93,3 +92,8 @@ pub mod prelude {
         Worker, WorkerActor, WorkerContext, WorkerEvent, WorkerEventKind, WorkerId,
     };
 }
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

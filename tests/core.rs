@@ -349,3 +349,46 @@ async fn sigkill_mid_request_fails_every_in_flight_request_within_a_second() {
     })
     .await;
 }
+
+#[actix::test]
+async fn a_worker_that_will_not_stop_is_killed_after_the_shutdown_timeout() {
+    within(60, async {
+        let grace = Duration::from_millis(500);
+        let config =
+            common::cluster::chaos_config(1, &[(0, "hang-on-stop")]).shutdown_timeout(grace);
+        let cluster = ClusterSupervisor::start::<Echo>(config).await.unwrap();
+        let pid = cluster.workers().await.unwrap()[0].pid.unwrap();
+        let started = Instant::now();
+        let reasons = cluster.supervisor().send(procactor::StopAll).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(reasons, [ExitReason::ShutdownTimeout]);
+        assert!(
+            took >= grace,
+            "killed only after the grace period: {took:?}"
+        );
+        assert!(
+            took < grace + Duration::from_secs(1),
+            "killed promptly after it: {took:?}"
+        );
+        assert_eq!(common::proc_state(pid), None, "reaped");
+    })
+    .await;
+}
+
+#[actix::test]
+async fn bad_configuration_is_rejected_before_anything_starts() {
+    let err = ClusterSupervisor::start::<Echo>(ClusterConfig::new().exec("/no/such/worker"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, procactor::Error::Config(e) if e.field == "exec"),
+        "{err:?}"
+    );
+    let err = ClusterSupervisor::start::<Echo>(echo_config(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, procactor::Error::Config(e) if e.field == "workers"),
+        "{err:?}"
+    );
+}

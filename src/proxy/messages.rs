@@ -23,6 +23,16 @@ use crate::worker::WorkerActor;
 /// let reply: EchoReply = w.send(Call(EchoMsg::Ping)).await??;
 /// # Ok(()) }
 /// ```
+///
+/// A message of another type does not compile:
+///
+/// ```compile_fail
+/// # use procactor::prelude::*;
+/// # use procactor::actors::echo::Echo;
+/// # async fn f(w: Addr<Worker<Echo>>) {
+/// let _ = w.send(Call(42u32)).await; // u32 is not Echo's Msg
+/// # }
+/// ```
 pub struct Call<A: WorkerActor>(pub A::Msg);
 
 impl<A: WorkerActor> Message for Call<A> {

@@ -179,17 +179,17 @@ async fn read_loop(
 async fn write_loop(outbox: Rc<Outbox>, mut pipe: pipe::Sender, gone: Rc<Notify>) {
     let mut spare = Vec::with_capacity(64 * 1024);
     loop {
-        {
+        let idle = {
             let mut buf = outbox.buf.borrow_mut();
-            if buf.is_empty() {
-                if outbox.broken.get() {
-                    return;
-                }
-                drop(buf);
-                outbox.wake_writer.notified().await;
-                continue;
-            }
             std::mem::swap(&mut *buf, &mut spare);
+            spare.is_empty()
+        };
+        if idle {
+            if outbox.broken.get() {
+                return;
+            }
+            outbox.wake_writer.notified().await;
+            continue;
         }
         if pipe.write_all(&spare).await.is_err() {
             // The master is gone.
