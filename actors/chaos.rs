@@ -88,7 +88,7 @@ fn main() -> Result<(), procactor::Error> {
             out.write_all(&bytes)?;
             std::process::exit(0);
         }
-        "hang-on-stop" => return procactor::run_worker(Stubborn(Echo::default())),
+        "hang-on-stop" => return procactor::run_worker(Stubborn),
         _ => return procactor::run_worker(Echo::default()),
     };
     out.write_all(&bytes)?;
@@ -105,7 +105,7 @@ fn after_first_request(out: &mut std::fs::File, handshake: &[u8]) -> std::io::Re
 }
 
 /// The echo worker with a `stopping` hook that never returns.
-struct Stubborn(Echo);
+struct Stubborn;
 
 impl WorkerActor for Stubborn {
     type Msg = EchoMsg;
