@@ -4,7 +4,10 @@
 //! slot of a cluster can misbehave while the others run the echo worker. Modes that break the
 //! protocol write raw bytes to the channel (fd 1) themselves, then wait for stdin to close, so
 //! the master must end them. The modes marked * first complete the handshake and wait for the
-//! master's first frame, so a test can have a request in flight when the fault comes:
+//! master's first frame, so a test can have a request in flight when the fault comes.
+//!
+//! `PROCACTOR_CHAOS_FROM_GENERATION=n` applies the mode only from the slot's n-th process on (the
+//! earlier ones run the echo worker), so that a cluster starts cleanly and its restarts misbehave.
 //!
 //! | mode                 | what it does                                                  |
 //! |----------------------|---------------------------------------------------------------|
@@ -17,6 +20,12 @@
 //! | `noise-before-hello` | a line of text printed to stdout before the runtime starts    |
 //! | `partial-frame` *    | 10 bytes of a 100-byte frame, then exit 0                     |
 //! | `hang-on-stop`       | the echo worker, but its `stopping` hook never returns        |
+//! | `crash-at-start`     | exits with status 1 before saying anything                    |
+//! | `abort`              | aborts (SIGABRT) before saying anything                       |
+//! | `hang-at-start`      | says `Hello`, then never becomes ready                        |
+//! | `stop-reading`       | completes the handshake, then never reads stdin again         |
+//! | `fork-grandchild`    | the echo worker with a grandchild holding a TCP port; its first |
+//! |                      | event to the master is `"grandchild <pid> <port>"`            |
 //! | `echo` (default)     | behaves as `procactor-echo`                                   |
 
 use std::io::{Read, Write};
@@ -28,9 +37,16 @@ use procactor::{WorkerActor, WorkerContext};
 
 fn main() -> Result<(), procactor::Error> {
     let id = std::env::var("PROCACTOR_WORKER_ID").unwrap_or_default();
-    let mode = std::env::var(format!("PROCACTOR_CHAOS_MODE_{id}"))
+    if std::env::var_os("PROCACTOR_CHAOS_HOLD_PORT").is_some() {
+        return hold_port();
+    }
+    let mut mode = std::env::var(format!("PROCACTOR_CHAOS_MODE_{id}"))
         .or_else(|_| std::env::var("PROCACTOR_CHAOS_MODE"))
         .unwrap_or_else(|_| "echo".into());
+    let generation: u64 = env_number("PROCACTOR_GENERATION").unwrap_or(1);
+    if generation < env_number("PROCACTOR_CHAOS_FROM_GENERATION").unwrap_or(1) {
+        mode = "echo".into();
+    }
     eprintln!("chaos: pid {} mode {mode}", std::process::id());
     // fd 1 is the raw channel here: the worker runtime is not running to protect it.
     // SAFETY: fd 1 is open for the life of the process and only this function writes to it.
@@ -89,9 +105,20 @@ fn main() -> Result<(), procactor::Error> {
             std::process::exit(0);
         }
         "hang-on-stop" => return procactor::run_worker(Stubborn),
+        "crash-at-start" => std::process::exit(1),
+        "abort" => std::process::abort(),
+        "hang-at-start" => hello,
+        "stop-reading" => handshake,
+        "fork-grandchild" => return procactor::run_worker(Grandparent::start()?),
         _ => return procactor::run_worker(Echo::default()),
     };
     out.write_all(&bytes)?;
+    if mode == "stop-reading" {
+        // Never read again; PR_SET_PDEATHSIG ends us if the master dies.
+        loop {
+            std::thread::park();
+        }
+    }
     // Wait for the master to end us (or to go away).
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     Ok(())
@@ -110,7 +137,7 @@ struct Stubborn;
 impl WorkerActor for Stubborn {
     type Msg = EchoMsg;
     type Reply = EchoReply;
-    type Event = ();
+    type Event = String;
 
     async fn handle(&mut self, msg: EchoMsg, _ctx: &mut WorkerContext<Self>) -> EchoReply {
         match msg {
@@ -123,5 +150,57 @@ impl WorkerActor for Stubborn {
     async fn stopping(&mut self, _ctx: &mut WorkerContext<Self>) {
         eprintln!("chaos: refusing to stop");
         std::future::pending::<()>().await;
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+/// The grandchild: binds a port on loopback, says which, and holds it until killed.
+fn hold_port() -> Result<(), procactor::Error> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    println!("{} {}", std::process::id(), listener.local_addr()?.port());
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The echo worker with a grandchild process that holds a TCP port.
+struct Grandparent {
+    grandchild: String,
+}
+
+impl Grandparent {
+    fn start() -> std::io::Result<Self> {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .env("PROCACTOR_CHAOS_HOLD_PORT", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        Ok(Self {
+            grandchild: format!("grandchild {}", line.trim()),
+        })
+    }
+}
+
+impl WorkerActor for Grandparent {
+    type Msg = EchoMsg;
+    type Reply = EchoReply;
+    type Event = String;
+
+    async fn started(&mut self, ctx: &mut WorkerContext<Self>) {
+        let _ = ctx.send_master(&self.grandchild);
+    }
+
+    async fn handle(&mut self, msg: EchoMsg, _ctx: &mut WorkerContext<Self>) -> EchoReply {
+        match msg {
+            EchoMsg::Ping => EchoReply::Pong,
+            EchoMsg::Pid => EchoReply::Pid(std::process::id()),
+            _ => EchoReply::Done,
+        }
     }
 }

@@ -194,6 +194,8 @@ mod tests {
             Envelope::Tell { payload: b"x" },
             Envelope::Event { payload: b"y" },
             Envelope::Shutdown,
+            Envelope::Ping { seq: 9 },
+            Envelope::Pong { seq: u64::MAX },
         ];
         let mut stream = BytesMut::new();
         for env in &envs {

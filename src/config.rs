@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{DEFAULT_MAX_FRAME_BYTES, HEADER_LEN};
 use crate::error::ConfigError;
+use crate::supervisor::RestartPolicy;
 
 /// How a cluster's workers are started and talked to.
 ///
@@ -24,7 +25,7 @@ use crate::error::ConfigError;
 /// assert_eq!(config.worker_count(), 4);
 /// config.validate().unwrap();
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ClusterConfig {
@@ -51,6 +52,15 @@ pub struct ClusterConfig {
     pub pipe_buffer_bytes: usize,
     /// Capacity of each worker proxy's actix mailbox.
     pub mailbox_capacity: usize,
+    /// How often a ready worker is pinged; zero turns heartbeats off.
+    #[serde(rename = "heartbeat_interval_ms", with = "millis")]
+    pub heartbeat_interval: Duration,
+    /// Pings in a row a worker may leave unanswered before it is killed as hung.
+    pub heartbeat_misses: u32,
+    /// Whether the cluster handles SIGTERM and SIGINT (graceful stop) and SIGHUP.
+    pub handle_signals: bool,
+    /// What happens when a worker exits: restart type, strategy, intensity, backoff, escalation.
+    pub restart: RestartPolicy,
 }
 
 impl Default for ClusterConfig {
@@ -66,6 +76,10 @@ impl Default for ClusterConfig {
             max_outbox_bytes: 64 * 1024 * 1024,
             pipe_buffer_bytes: 1024 * 1024,
             mailbox_capacity: 4096,
+            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_misses: 3,
+            handle_signals: true,
+            restart: RestartPolicy::default(),
         }
     }
 }
@@ -144,6 +158,33 @@ impl ClusterConfig {
         self
     }
 
+    /// How often a ready worker is pinged (default 2 s; zero turns heartbeats off). A worker is
+    /// pinged by the runtime, not by its handlers, so one awaiting a long handler still answers.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Unanswered pings in a row before a worker is killed as hung (default 3).
+    pub fn heartbeat_misses(mut self, misses: u32) -> Self {
+        self.heartbeat_misses = misses;
+        self
+    }
+
+    /// Whether the cluster stops gracefully on SIGTERM and SIGINT (default true). Turn it off
+    /// when the program handles signals itself.
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.handle_signals = on;
+        self
+    }
+
+    /// The restart policy (default: permanent, one_for_one, 5 restarts in 30 s, backoff from
+    /// 100 ms doubling to 10 s, stop the cluster when the intensity is exceeded).
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
     /// The number of workers this configuration starts.
     pub fn worker_count(&self) -> usize {
         self.workers.unwrap_or_else(|| {
@@ -178,6 +219,9 @@ impl ClusterConfig {
                     self.max_outbox_bytes, self.max_frame_bytes
                 ),
             );
+        }
+        if self.heartbeat_misses == 0 {
+            return bad("heartbeat_misses", "must be at least 1".into());
         }
         if self.mailbox_capacity == 0 {
             return bad("mailbox_capacity", "must be at least 1".into());

@@ -26,6 +26,15 @@ pub enum Error {
         /// How its process ended.
         reason: ExitReason,
     },
+    /// The supervisor gave up: a worker exceeded the restart intensity and the escalation is to
+    /// stop the cluster.
+    #[error("supervisor gave up on worker {worker}: {reason}")]
+    GaveUp {
+        /// The slot whose exit exceeded the intensity.
+        worker: WorkerId,
+        /// Its last exit.
+        reason: ExitReason,
+    },
     /// A request or message to a worker failed.
     #[error(transparent)]
     Call(#[from] CallError),

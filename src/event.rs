@@ -1,6 +1,7 @@
 //! What the master can observe about its workers: states, lifecycle events and exit reasons.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::error::{ProtocolError, SpawnError};
 
@@ -11,9 +12,11 @@ pub type WorkerId = usize;
 ///
 /// ```text
 ///  Spawning ──spawned──► Starting ──Hello──► Online ──Ready──► Ready
-///     │                     │                  │                 │ stop()
-///     │ spawn failed        │ exit / fault     │                 ▼
-///     └──────────────────►  Exited  ◄──────────┴───────────── Stopping
+///     ▲  │                  │                  │                 │ stop()
+///     │  │ spawn failed     │ exit / fault     │                 ▼
+///     │  └──────────────►  Exited  ◄───────────┴───────────── Stopping
+///     │                    │    │
+///     └──── Backoff ◄──────┘    └──► Failed   (the supervisor's decision)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -28,8 +31,12 @@ pub enum WorkerState {
     Ready,
     /// `Shutdown` was sent; the worker finishes its work and exits.
     Stopping,
-    /// The process has ended and been reaped.
+    /// The process has ended and been reaped; the slot stays down unless restarted.
     Exited,
+    /// The process ended and a restart is scheduled; messages sent now wait for it.
+    Backoff,
+    /// The supervisor gave up on this slot (restart intensity exceeded, or a permanent fault).
+    Failed,
 }
 
 /// How a worker's process ended.
@@ -46,6 +53,8 @@ pub enum ExitReason {
     ShutdownTimeout,
     /// It did not become ready within the ready timeout, and the master killed it.
     ReadyTimeout,
+    /// It stopped answering heartbeats (hung or stopped), and the master killed it.
+    HeartbeatTimeout,
     /// The master killed it on request.
     Killed,
     /// Its process could not be started.
@@ -79,6 +88,7 @@ impl fmt::Display for ExitReason {
             ExitReason::Protocol(e) => write!(f, "ended for a protocol violation: {e}"),
             ExitReason::ShutdownTimeout => f.write_str("killed after the shutdown timeout"),
             ExitReason::ReadyTimeout => f.write_str("killed: not ready within the ready timeout"),
+            ExitReason::HeartbeatTimeout => f.write_str("killed: stopped answering heartbeats"),
             ExitReason::Killed => f.write_str("killed by the master"),
             ExitReason::SpawnFailed(e) => write!(f, "{e}"),
         }
@@ -128,5 +138,30 @@ pub enum WorkerEventKind {
         reason: ExitReason,
         /// The last lines it wrote to stderr (at most 20), for alerts and post-mortems.
         last_stderr: Vec<String>,
+        /// How long the process ran.
+        uptime: Duration,
     },
+    /// The supervisor will start a new process in this slot after `delay`.
+    Restarting {
+        /// The backoff before the new process starts.
+        delay: Duration,
+    },
+    /// The supervisor gave up on this slot: its restart intensity was exceeded, or its fault is
+    /// permanent (a protocol version mismatch). The slot stays down.
+    GaveUp {
+        /// The exit that made the supervisor give up.
+        reason: ExitReason,
+        /// Restarts of the group within the intensity period.
+        restarts: usize,
+    },
+}
+
+impl ExitReason {
+    /// True for a fault that a restart cannot mend (a protocol version mismatch).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ExitReason::Protocol(ProtocolError::VersionMismatch { .. })
+        )
+    }
 }

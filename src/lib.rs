@@ -71,7 +71,10 @@ pub use proxy::{
     AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Stop, Tell, TellResponse, Worker,
     DRAIN_AFTER_EXIT,
 };
-pub use supervisor::{Cluster, ClusterBuilder, ClusterSupervisor, ListWorkers, StopAll};
+pub use supervisor::{
+    Backoff, Cluster, ClusterBuilder, ClusterSupervisor, Escalation, Intensity, ListWorkers,
+    RestartPolicy, RestartType, StopAll, Strategy,
+};
 pub use worker::{is_worker, run_worker, WorkerActor, WorkerContext, WorkerHandle};
 
 /// The wire format, for programs that speak the protocol without the worker runtime.

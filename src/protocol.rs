@@ -13,6 +13,7 @@
 //! master → worker   Tell { payload }                  one-way
 //! worker → master   Event { payload }                 one-way, to the master's handlers
 //! master → worker   Shutdown                          `stopping` hook, then exit 0
+//! master → worker   Ping { seq }                      … Pong { seq }, answered off the handler path
 //! ```
 //!
 //! Wire types are flat (no recursion), so a hostile frame cannot nest deeply; byte fields borrow
@@ -72,6 +73,16 @@ pub enum Envelope<'a> {
     },
     /// Master → worker: stop gracefully (run the `stopping` hook, flush, exit 0).
     Shutdown,
+    /// Master → worker: a heartbeat, answered at once by the runtime (not by a handler).
+    Ping {
+        /// Echoed in the `Pong`.
+        seq: u64,
+    },
+    /// Worker → master: the answer to `Ping { seq }`.
+    Pong {
+        /// The `Ping`'s sequence number.
+        seq: u64,
+    },
 }
 
 impl Envelope<'_> {
@@ -86,6 +97,8 @@ impl Envelope<'_> {
             Envelope::Tell { .. } => "Tell",
             Envelope::Event { .. } => "Event",
             Envelope::Shutdown => "Shutdown",
+            Envelope::Ping { .. } => "Ping",
+            Envelope::Pong { .. } => "Pong",
         }
     }
 }

@@ -36,7 +36,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::marker::PhantomData;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::dev::OneshotSender;
 use actix::prelude::*;
@@ -53,6 +53,7 @@ use crate::worker::{env, WorkerActor};
 mod io;
 mod messages;
 
+pub(crate) use messages::Decided;
 pub use messages::{
     AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Stop, Tell, TellResponse,
 };
@@ -91,6 +92,10 @@ pub struct Worker<A: WorkerActor> {
     ready_waiters: Vec<OneshotSender<Result<(), ExitReason>>>,
     exit_waiters: Vec<OneshotSender<ExitReason>>,
     last_exit: Option<ExitReason>,
+    started_at: Option<Instant>,
+    pings_sent: u64,
+    pongs_seen: u64,
+    respawn: Option<SpawnHandle>,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -172,6 +177,10 @@ impl<A: WorkerActor> Worker<A> {
             ready_waiters: Vec::new(),
             exit_waiters: Vec::new(),
             last_exit: None,
+            started_at: None,
+            pings_sent: 0,
+            pongs_seen: 0,
+            respawn: None,
             _actor: PhantomData,
         }
     }
@@ -256,6 +265,9 @@ impl<A: WorkerActor> Worker<A> {
         let child = Rc::new(child);
         let pid = child.pid();
         self.child = Some(Rc::clone(&child));
+        self.started_at = Some(Instant::now());
+        self.pings_sent = 0;
+        self.pongs_seen = 0;
         self.state = WorkerState::Starting;
         self.stdout_open = true;
         self.stderr_open = true;
@@ -316,8 +328,9 @@ impl<A: WorkerActor> Worker<A> {
             WorkerState::Spawning
             | WorkerState::Starting
             | WorkerState::Online
-            | WorkerState::Ready => Ok(()),
-            WorkerState::Exited => Err(match &self.last_exit {
+            | WorkerState::Ready
+            | WorkerState::Backoff => Ok(()),
+            WorkerState::Exited | WorkerState::Failed => Err(match &self.last_exit {
                 Some(reason) => CallError::WorkerExited {
                     worker: self.id,
                     reason: reason.clone(),
@@ -372,7 +385,7 @@ impl<A: WorkerActor> Worker<A> {
     }
 
     /// Handles one frame from the worker.
-    fn on_frame(&mut self, frame: &[u8], _ctx: &mut Context<Self>) -> Result<(), ProtocolError> {
+    fn on_frame(&mut self, frame: &[u8], ctx: &mut Context<Self>) -> Result<(), ProtocolError> {
         let envelope = decode_envelope(frame)?;
         match (self.state, envelope) {
             (
@@ -406,6 +419,10 @@ impl<A: WorkerActor> Worker<A> {
                 for tx in self.ready_waiters.drain(..) {
                     let _ = tx.send(Ok(()));
                 }
+                self.start_heartbeat(ctx);
+            }
+            (WorkerState::Ready | WorkerState::Stopping, Envelope::Pong { seq }) => {
+                self.pongs_seen = self.pongs_seen.max(seq);
             }
             (_, Envelope::Reply { id, payload }) => {
                 let tx = self.take_pending(id)?;
@@ -437,6 +454,37 @@ impl<A: WorkerActor> Worker<A> {
             }
         }
         Ok(())
+    }
+
+    /// Pings the worker every heartbeat interval while this process lives; kills it after
+    /// `heartbeat_misses` pings in a row go unanswered.
+    fn start_heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let interval = self.spawn.config.heartbeat_interval;
+        if interval.is_zero() {
+            return;
+        }
+        let generation = self.generation;
+        let misses = u64::from(self.spawn.config.heartbeat_misses.max(1));
+        ctx.run_interval(interval, move |act, ctx| {
+            let alive = matches!(act.state, WorkerState::Ready | WorkerState::Stopping);
+            if act.generation != generation || !alive {
+                // This process is gone; a new one starts its own heartbeat.
+                ctx.cancel_future(ctx.handle());
+                return;
+            }
+            if act.pings_sent - act.pongs_seen >= misses {
+                act.fault(generation, ExitReason::HeartbeatTimeout, ctx);
+                return;
+            }
+            act.pings_sent += 1;
+            let ping = Envelope::Ping {
+                seq: act.pings_sent,
+            };
+            // A full outbox is a missed heartbeat too; the worker is not reading.
+            if act.outbox.push(act.id, &ping).is_ok() {
+                act.kick_writer(ctx);
+            }
+        });
     }
 
     #[allow(clippy::type_complexity)]
@@ -558,9 +606,15 @@ impl<A: WorkerActor> Worker<A> {
             let _ = tx.send(reason.clone());
         }
         let last_stderr = self.stderr_tail.borrow().iter().cloned().collect();
+        let uptime = self
+            .started_at
+            .take()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
         self.emit(WorkerEventKind::Exited {
             reason: reason.clone(),
             last_stderr,
+            uptime,
         });
         self.child = None;
         self.last_exit = Some(reason);
@@ -576,7 +630,7 @@ impl<A: WorkerActor> Worker<A> {
         }
         self.state = WorkerState::Stopping;
         // Past the limit or not, Shutdown must go out: bypass the backpressure check.
-        if let Err(e) = self.outbox.push(self.id, &Envelope::Shutdown) {
+        if let Err(e) = self.outbox.push_control(&Envelope::Shutdown) {
             tracing::warn!(worker = self.id, error = %e, "cannot queue Shutdown; killing");
             self.fault(self.generation, ExitReason::ShutdownTimeout, ctx);
             return;
@@ -588,6 +642,49 @@ impl<A: WorkerActor> Worker<A> {
                 act.fault(generation, ExitReason::ShutdownTimeout, ctx);
             }
         });
+    }
+
+    /// Starts a new process in this slot after `delay` (the supervisor's restart decision).
+    pub(crate) fn schedule_respawn(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        if !matches!(self.state, WorkerState::Exited | WorkerState::Failed) {
+            return;
+        }
+        if let Some(handle) = self.respawn.take() {
+            ctx.cancel_future(handle);
+        }
+        if delay.is_zero() {
+            self.spawn_process(ctx);
+            return;
+        }
+        self.state = WorkerState::Backoff;
+        self.respawn = Some(ctx.run_later(delay, |act, ctx| {
+            act.respawn = None;
+            if act.state == WorkerState::Backoff {
+                act.spawn_process(ctx);
+            }
+        }));
+    }
+
+    /// Leaves the slot down for good: cancels a scheduled restart and fails what waits for it.
+    pub(crate) fn settle(&mut self, state: WorkerState, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.respawn.take() {
+            ctx.cancel_future(handle);
+        }
+        if matches!(
+            self.state,
+            WorkerState::Exited | WorkerState::Backoff | WorkerState::Failed
+        ) {
+            self.state = state;
+            let reason = self.last_exit.clone().unwrap_or(ExitReason::Killed);
+            self.outbox.detach();
+            self.fail_in_flight(&reason);
+            for tx in self.ready_waiters.drain(..) {
+                let _ = tx.send(Err(reason.clone()));
+            }
+            for tx in self.exit_waiters.drain(..) {
+                let _ = tx.send(reason.clone());
+            }
+        }
     }
 
     pub(crate) fn state(&self) -> WorkerState {

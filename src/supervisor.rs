@@ -1,33 +1,95 @@
-//! The cluster: [`ClusterSupervisor`], the actor that owns the worker slots, and [`Cluster`], the
-//! typed handle that [`ClusterSupervisor::start`] returns.
+//! The cluster: [`ClusterSupervisor`], the actor that owns the worker slots and applies the
+//! restart policy, and [`Cluster`], the typed handle that [`ClusterSupervisor::start`] returns.
 //!
 //! Starting a cluster validates its configuration (nothing starts if it is bad), starts one
 //! [`Worker`] proxy per slot, each of which spawns its process, and returns once every worker is
 //! ready. If one fails to start, the others are stopped and the error names the slot and why.
 //!
-//! Lifecycle events of every worker pass through the supervisor, which logs them and hands them
-//! to the recipients registered with [`ClusterBuilder::subscribe`].
+//! # Supervision
+//! When a worker's process exits on its own (not because it was asked to stop), the supervisor
+//! asks the [`RestartPolicy`]: restart it (after a backoff), leave it down, or give up. Under
+//! `one_for_all` and `rest_for_one` the other affected workers are stopped first, and only when
+//! every old process is gone are the new ones started, in slot order, each awaited until ready.
+//! Giving up escalates as configured: stop the cluster, so that [`Cluster::wait`] returns
+//! [`Error::GaveUp`] to the program's `main`, or mark the group failed and go on.
+//!
+//! Every lifecycle event passes through the supervisor, which logs it and hands it to the
+//! recipients registered with [`ClusterBuilder::subscribe`].
+//!
+//! # Stopping
+//! [`Cluster::stop`], SIGTERM and SIGINT (unless `handle_signals` is off) stop the workers one
+//! by one in reverse slot order, each gracefully (`Shutdown`, its `stopping` hook, SIGKILL after
+//! the shutdown timeout), then resolve [`Cluster::wait`].
 
+use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
+use std::time::Instant;
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 
 use crate::config::ClusterConfig;
 use crate::error::Error;
-use crate::event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo};
-use crate::proxy::{AwaitReady, FromWorker, GetInfo, SlotSpec, Stop, Worker};
+use crate::event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
+use crate::proxy::{AwaitReady, Decided, FromWorker, GetInfo, Kill, SlotSpec, Stop, Worker};
 use crate::worker::WorkerActor;
 
-/// The supervisor actor of a cluster: it owns the worker slots and passes on their events.
+mod policy;
+
+pub use policy::{Backoff, Escalation, Intensity, RestartPolicy, RestartType, Strategy};
+use policy::{Decision, ExitKind, PolicyState};
+
+/// The supervisor actor of a cluster: it owns the worker slots, applies the restart policy and
+/// passes on their events.
 pub struct ClusterSupervisor {
     subscribers: Vec<Recipient<WorkerEvent>>,
     slots: Vec<Slot>,
+    policy: PolicyState,
+    respawn: bool,
+    handle_signals: bool,
+    stopping: bool,
+    finished: bool,
+    outcome: Option<Result<(), (WorkerId, ExitReason)>>,
+    waiters: Vec<oneshot::Sender<Result<(), (WorkerId, ExitReason)>>>,
 }
 
+/// How a slot is to be treated when its process exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Supervised: an exit goes to the restart policy.
+    Active,
+    /// Being stopped on purpose: its exit is final.
+    Stopping,
+    /// Stopped for good, or left down by the policy.
+    Down,
+    /// Being stopped by a one_for_all / rest_for_one restart: it comes back with the group.
+    GroupStop,
+    /// Gave up on.
+    Failed,
+}
+
+/// The typed proxy's controls, without its type.
 struct Slot {
+    mode: Mode,
     stop: Recipient<Stop>,
+    kill: Recipient<Kill>,
     info: Recipient<GetInfo>,
+    ready: Recipient<AwaitReady>,
+    decided: Recipient<Decided>,
+}
+
+impl Slot {
+    fn of<A: WorkerActor>(addr: &Addr<Worker<A>>) -> Self {
+        Self {
+            mode: Mode::Active,
+            stop: addr.clone().recipient(),
+            kill: addr.clone().recipient(),
+            info: addr.clone().recipient(),
+            ready: addr.clone().recipient(),
+            decided: addr.clone().recipient(),
+        }
+    }
 }
 
 impl fmt::Debug for ClusterSupervisor {
@@ -35,12 +97,38 @@ impl fmt::Debug for ClusterSupervisor {
         f.debug_struct("ClusterSupervisor")
             .field("workers", &self.slots.len())
             .field("subscribers", &self.subscribers.len())
-            .finish()
+            .field("stopping", &self.stopping)
+            .finish_non_exhaustive()
     }
 }
 
 impl Actor for ClusterSupervisor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.handle_signals {
+            let me = ctx.address();
+            ctx.spawn(
+                async move {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let (Ok(mut term), Ok(mut int)) = (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::interrupt()),
+                    ) else {
+                        tracing::warn!("cannot install SIGTERM/SIGINT handlers");
+                        return;
+                    };
+                    let name = tokio::select! {
+                        _ = term.recv() => "SIGTERM",
+                        _ = int.recv() => "SIGINT",
+                    };
+                    tracing::info!(signal = name, "stopping the cluster");
+                    me.do_send(StopAll);
+                }
+                .into_actor(self),
+            );
+        }
+    }
 }
 
 impl ClusterSupervisor {
@@ -58,6 +146,162 @@ impl ClusterSupervisor {
             config,
             subscribers: Vec::new(),
             listeners: Vec::new(),
+        }
+    }
+
+    fn publish(&self, worker: WorkerId, kind: WorkerEventKind, generation: u64) {
+        let event = WorkerEvent {
+            worker,
+            generation,
+            pid: None,
+            kind,
+        };
+        for subscriber in &self.subscribers {
+            subscriber.do_send(event.clone());
+        }
+    }
+
+    /// Applies the restart policy to an exit of slot `worker`.
+    fn on_exit(
+        &mut self,
+        worker: WorkerId,
+        generation: u64,
+        reason: &ExitReason,
+        uptime: std::time::Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(slot) = self.slots.get_mut(worker) else {
+            return;
+        };
+        match slot.mode {
+            Mode::Active if !self.stopping && self.respawn => {}
+            Mode::Active | Mode::Stopping => {
+                slot.mode = Mode::Down;
+                return;
+            }
+            Mode::GroupStop | Mode::Down | Mode::Failed => return,
+        }
+        let kind = if reason.is_permanent() {
+            ExitKind::Permanent
+        } else if reason.is_normal() {
+            ExitKind::Normal
+        } else {
+            ExitKind::Abnormal
+        };
+        let now = Instant::now();
+        match self.policy.on_exit(worker, kind, uptime, now) {
+            Decision::Stay => self.slots[worker].mode = Mode::Down,
+            Decision::Fail => {
+                self.slots[worker].mode = Mode::Failed;
+                self.slots[worker]
+                    .decided
+                    .do_send(Decided::Settle(WorkerState::Failed));
+                let restarts = self.policy.restarts_in_window(now);
+                tracing::error!(worker, %reason, "permanent fault; the slot stays down");
+                let reason = reason.clone();
+                self.publish(
+                    worker,
+                    WorkerEventKind::GaveUp { reason, restarts },
+                    generation,
+                );
+            }
+            Decision::Restart { slots, delay } => {
+                tracing::info!(worker, ?delay, ?slots, "restarting");
+                for &s in &slots {
+                    self.publish(s, WorkerEventKind::Restarting { delay }, generation);
+                }
+                if slots.len() == 1 {
+                    self.slots[worker].decided.do_send(Decided::Respawn(delay));
+                } else {
+                    self.begin_group_restart(slots, delay, ctx);
+                }
+            }
+            Decision::GiveUp(escalation) => {
+                let restarts = self.policy.restarts_in_window(now);
+                tracing::error!(worker, %reason, restarts, ?escalation, "restart intensity exceeded; giving up");
+                let event = WorkerEventKind::GaveUp {
+                    reason: reason.clone(),
+                    restarts,
+                };
+                self.publish(worker, event, generation);
+                match escalation {
+                    Escalation::StopCluster => {
+                        self.outcome = Some(Err((worker, reason.clone())));
+                        self.slots[worker].mode = Mode::Down;
+                        ctx.notify(StopAll);
+                    }
+                    Escalation::FailGroup => {
+                        for (id, slot) in self.slots.iter_mut().enumerate() {
+                            if id != worker && slot.mode == Mode::Active {
+                                // Stopped now, marked failed once down.
+                                slot.stop.do_send(Stop);
+                            }
+                            slot.decided.do_send(Decided::Settle(WorkerState::Failed));
+                            slot.mode = Mode::Failed;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// one_for_all / rest_for_one: stop the others in the set (reverse order), then restart all.
+    fn begin_group_restart(
+        &mut self,
+        slots: Vec<usize>,
+        delay: std::time::Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        let members: Vec<usize> = slots
+            .into_iter()
+            .filter(|&s| matches!(self.slots[s].mode, Mode::Active | Mode::GroupStop))
+            .collect();
+        for &s in members.iter().rev() {
+            self.slots[s].mode = Mode::GroupStop;
+        }
+        let stops: Vec<_> = members
+            .iter()
+            .rev()
+            .map(|&s| self.slots[s].stop.send(Stop))
+            .collect();
+        let fut = async move {
+            for stop in stops {
+                let _ = stop.await;
+            }
+        }
+        .into_actor(self)
+        .then(move |(), act, _ctx| {
+            let mut respawns = Vec::new();
+            for &s in &members {
+                let slot = &mut act.slots[s];
+                if slot.mode == Mode::GroupStop && !act.stopping {
+                    slot.mode = Mode::Active;
+                    respawns.push((slot.decided.clone(), slot.ready.clone()));
+                }
+            }
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                // Every old process is gone; start the new ones in slot order.
+                for (decided, ready) in respawns {
+                    let _ = decided
+                        .send(Decided::Respawn(std::time::Duration::ZERO))
+                        .await;
+                    let _ = ready.send(AwaitReady).await;
+                }
+            }
+            .into_actor(act)
+        });
+        ctx.spawn(fut);
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        let outcome = self.outcome.clone().unwrap_or(Ok(()));
+        self.outcome = Some(outcome.clone());
+        for tx in self.waiters.drain(..) {
+            let _ = tx.send(outcome.clone());
         }
     }
 }
@@ -90,7 +334,8 @@ impl<A: WorkerActor> fmt::Debug for ClusterBuilder<A> {
 }
 
 impl<A: WorkerActor> ClusterBuilder<A> {
-    /// Receives every worker's lifecycle events: spawned, online, ready, exited.
+    /// Receives every worker's lifecycle events: spawned, online, ready, exited, restarting,
+    /// gave up.
     pub fn subscribe(mut self, recipient: Recipient<WorkerEvent>) -> Self {
         self.subscribers.push(recipient);
         self
@@ -116,6 +361,8 @@ impl<A: WorkerActor> ClusterBuilder<A> {
         let listeners = Rc::new(self.listeners);
         let subscribers = self.subscribers;
         let count = self.config.worker_count();
+        let policy = self.config.restart;
+        let handle_signals = self.config.handle_signals;
         let mut workers = Vec::with_capacity(count);
         let supervisor = ClusterSupervisor::create(|ctx| {
             let me = ctx.address().recipient();
@@ -126,20 +373,25 @@ impl<A: WorkerActor> ClusterBuilder<A> {
             }
             ClusterSupervisor {
                 subscribers,
-                slots: workers
-                    .iter()
-                    .map(|w| Slot {
-                        stop: w.clone().recipient(),
-                        info: w.clone().recipient(),
-                    })
-                    .collect(),
+                slots: workers.iter().map(Slot::of).collect(),
+                policy: PolicyState::new(policy, count, u64::from(std::process::id())),
+                // Restarts begin once every worker has been ready: a failed start is reported,
+                // not retried.
+                respawn: false,
+                handle_signals,
+                stopping: false,
+                finished: false,
+                outcome: None,
+                waiters: Vec::new(),
             }
         });
         let cluster = Cluster {
             supervisor,
-            workers,
+            workers: Rc::new(RefCell::new(workers)),
+            spec,
+            listeners,
         };
-        let readiness: Vec<_> = cluster.workers.iter().map(|w| w.send(AwaitReady)).collect();
+        let readiness: Vec<_> = cluster.addrs().iter().map(|w| w.send(AwaitReady)).collect();
         let mut failure = None;
         for (worker, ready) in readiness.into_iter().enumerate() {
             let result = ready.await.unwrap_or(Err(ExitReason::Killed));
@@ -148,7 +400,10 @@ impl<A: WorkerActor> ClusterBuilder<A> {
             }
         }
         match failure {
-            None => Ok(cluster),
+            None => {
+                cluster.set_respawn(true).await?;
+                Ok(cluster)
+            }
             Some(error) => {
                 cluster.stop().await?;
                 Err(error)
@@ -160,7 +415,7 @@ impl<A: WorkerActor> ClusterBuilder<A> {
 impl Handler<WorkerEvent> for ClusterSupervisor {
     type Result = ();
 
-    fn handle(&mut self, event: WorkerEvent, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, event: WorkerEvent, ctx: &mut Context<Self>) {
         let WorkerEvent {
             worker,
             generation,
@@ -174,10 +429,14 @@ impl Handler<WorkerEvent> for ClusterSupervisor {
         for subscriber in &self.subscribers {
             subscriber.do_send(event.clone());
         }
+        if let WorkerEventKind::Exited { reason, uptime, .. } = &event.kind {
+            self.on_exit(worker, generation, reason, *uptime, ctx);
+        }
     }
 }
 
-/// Stops every worker gracefully (last slot first) and resolves once all are reaped.
+/// Stops every worker gracefully, one by one from the last slot, and resolves once all are
+/// reaped, with each slot's exit reason.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StopAll;
 
@@ -186,19 +445,35 @@ impl Message for StopAll {
 }
 
 impl Handler<StopAll> for ClusterSupervisor {
-    type Result = ResponseFuture<Vec<ExitReason>>;
+    type Result = ResponseActFuture<Self, Vec<ExitReason>>;
 
     fn handle(&mut self, _: StopAll, _ctx: &mut Context<Self>) -> Self::Result {
-        // Sent now, in reverse start order; the workers then stop side by side.
-        let stops: Vec<_> = self.slots.iter().rev().map(|s| s.stop.send(Stop)).collect();
-        Box::pin(async move {
-            let mut reasons = Vec::with_capacity(stops.len());
-            for stop in stops {
-                reasons.push(stop.await.unwrap_or(ExitReason::Killed));
+        self.stopping = true;
+        let stops: Vec<_> = self
+            .slots
+            .iter_mut()
+            .map(|slot| {
+                if slot.mode == Mode::Active {
+                    slot.mode = Mode::Stopping;
+                }
+                slot.stop.clone()
+            })
+            .collect();
+        Box::pin(
+            async move {
+                let mut reasons = Vec::with_capacity(stops.len());
+                for stop in stops.iter().rev() {
+                    reasons.push(stop.send(Stop).await.unwrap_or(ExitReason::Killed));
+                }
+                reasons.reverse();
+                reasons
             }
-            reasons.reverse();
-            reasons
-        })
+            .into_actor(self)
+            .map(|reasons, act, _ctx| {
+                act.finish();
+                reasons
+            }),
+        )
     }
 }
 
@@ -227,16 +502,89 @@ impl Handler<ListWorkers> for ClusterSupervisor {
     }
 }
 
+/// Operator controls, sent by [`Cluster`]'s methods.
+#[derive(Debug)]
+enum Control {
+    /// SIGKILL a slot's process group; the policy decides what follows.
+    Kill(WorkerId),
+    /// Stop a slot gracefully, for good.
+    StopWorker(WorkerId),
+    /// Turn restarts on or off.
+    Respawn(bool),
+    /// Resolve when the cluster has stopped.
+    Wait(oneshot::Sender<Result<(), (WorkerId, ExitReason)>>),
+    /// A slot added at runtime.
+    Add(Slot),
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Message for Control {
+    type Result = Option<ExitReason>;
+}
+
+impl Handler<Control> for ClusterSupervisor {
+    type Result = ResponseFuture<Option<ExitReason>>;
+
+    fn handle(&mut self, control: Control, _ctx: &mut Context<Self>) -> Self::Result {
+        match control {
+            Control::Kill(id) => {
+                let Some(slot) = self.slots.get(id) else {
+                    return Box::pin(async { None });
+                };
+                let kill = slot.kill.send(Kill);
+                Box::pin(async move { kill.await.ok() })
+            }
+            Control::StopWorker(id) => {
+                let Some(slot) = self.slots.get_mut(id) else {
+                    return Box::pin(async { None });
+                };
+                if slot.mode != Mode::Failed {
+                    slot.mode = Mode::Stopping;
+                }
+                let stop = slot.stop.send(Stop);
+                Box::pin(async move { stop.await.ok() })
+            }
+            Control::Respawn(on) => {
+                self.respawn = on;
+                Box::pin(async { None })
+            }
+            Control::Wait(tx) => {
+                match (&self.outcome, self.finished) {
+                    (Some(outcome), true) => {
+                        let _ = tx.send(outcome.clone());
+                    }
+                    _ => self.waiters.push(tx),
+                }
+                Box::pin(async { None })
+            }
+            Control::Add(slot) => {
+                self.policy.add_slot();
+                self.slots.push(slot);
+                Box::pin(async { None })
+            }
+        }
+    }
+}
+
 /// A running cluster of `A` workers: the typed handle to its slots.
 pub struct Cluster<A: WorkerActor> {
     supervisor: Addr<ClusterSupervisor>,
-    workers: Vec<Addr<Worker<A>>>,
+    workers: Rc<RefCell<Vec<Addr<Worker<A>>>>>,
+    spec: Rc<SlotSpec>,
+    listeners: Rc<Vec<Recipient<FromWorker<A::Event>>>>,
 }
 
 impl<A: WorkerActor> fmt::Debug for Cluster<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cluster")
-            .field("workers", &self.workers.len())
+            .field("workers", &self.len())
             .finish_non_exhaustive()
     }
 }
@@ -247,22 +595,22 @@ impl<A: WorkerActor> Cluster<A> {
     /// # Panics
     /// When `id` is not below [`len`](Self::len).
     pub fn worker(&self, id: WorkerId) -> Addr<Worker<A>> {
-        self.workers[id].clone()
+        self.workers.borrow()[id].clone()
     }
 
     /// Every slot's proxy, in slot order.
-    pub fn worker_addrs(&self) -> &[Addr<Worker<A>>] {
-        &self.workers
+    pub fn addrs(&self) -> Vec<Addr<Worker<A>>> {
+        self.workers.borrow().clone()
     }
 
     /// The number of worker slots.
     pub fn len(&self) -> usize {
-        self.workers.len()
+        self.workers.borrow().len()
     }
 
     /// True for a cluster without slots (which validation does not allow).
     pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
+        self.len() == 0
     }
 
     /// The supervisor actor.
@@ -278,16 +626,91 @@ impl<A: WorkerActor> Cluster<A> {
         Ok(self.supervisor.send(ListWorkers).await?)
     }
 
+    /// Kills worker `id`'s process group with SIGKILL; the restart policy then decides what
+    /// follows, as for any crash (sicarii's `kill`). Resolves with the exit reason once reaped,
+    /// or `None` for an unknown slot.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn kill(&self, id: WorkerId) -> Result<Option<ExitReason>, Error> {
+        Ok(self.supervisor.send(Control::Kill(id)).await?)
+    }
+
+    /// Kills every worker, as [`kill`](Self::kill) does one.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn kill_all(&self) -> Result<(), Error> {
+        let kills: Vec<_> = (0..self.len())
+            .map(|id| self.supervisor.send(Control::Kill(id)))
+            .collect();
+        for kill in kills {
+            kill.await?;
+        }
+        Ok(())
+    }
+
+    /// Stops worker `id` gracefully and for good: it is not restarted (Node's `worker.kill()`).
+    /// Resolves with its exit reason once reaped, or `None` for an unknown slot.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn stop_worker(&self, id: WorkerId) -> Result<Option<ExitReason>, Error> {
+        Ok(self.supervisor.send(Control::StopWorker(id)).await?)
+    }
+
+    /// Turns restarts on or off for the whole cluster (on by default).
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn set_respawn(&self, on: bool) -> Result<(), Error> {
+        self.supervisor.send(Control::Respawn(on)).await?;
+        Ok(())
+    }
+
+    /// Adds a worker slot at runtime and waits until its worker is ready.
+    ///
+    /// # Errors
+    /// [`Error::StartFailed`] when the new worker does not become ready (the slot remains,
+    /// supervised like the others); [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn add_worker(&self) -> Result<Addr<Worker<A>>, Error> {
+        let id = self.len();
+        let me = self.supervisor.clone().recipient();
+        let addr =
+            Worker::<A>::new(id, Rc::clone(&self.spec), me, Rc::clone(&self.listeners)).start();
+        self.supervisor.send(Control::Add(Slot::of(&addr))).await?;
+        self.workers.borrow_mut().push(addr.clone());
+        match addr.send(AwaitReady).await? {
+            Ok(()) => Ok(addr),
+            Err(reason) => Err(Error::StartFailed { worker: id, reason }),
+        }
+    }
+
     /// Stops every worker gracefully and returns once all have been reaped.
     ///
-    /// Each worker gets `Shutdown`, finishes the messages sent before it, runs its `stopping`
-    /// hook and exits; one that is still running after the shutdown timeout is killed with its
-    /// process group.
+    /// Workers stop one by one, last slot first. Each gets `Shutdown`, finishes the messages sent
+    /// before it, runs its `stopping` hook and exits; one still running after the shutdown
+    /// timeout is killed with its process group.
     ///
     /// # Errors
     /// [`Error::Mailbox`] when the supervisor has already stopped.
     pub async fn stop(&self) -> Result<(), Error> {
         self.supervisor.send(StopAll).await?;
         Ok(())
+    }
+
+    /// Resolves when the cluster has stopped: after [`stop`](Self::stop), a SIGTERM or SIGINT, or
+    /// the supervisor giving up. This is what a master's `main` awaits.
+    ///
+    /// # Errors
+    /// [`Error::GaveUp`] when the supervisor stopped the cluster because a worker exceeded the
+    /// restart intensity; [`Error::Mailbox`] when the supervisor is gone.
+    pub async fn wait(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.supervisor.send(Control::Wait(tx)).await?;
+        match rx.await {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err((worker, reason))) => Err(Error::GaveUp { worker, reason }),
+        }
     }
 }

@@ -173,6 +173,7 @@ async fn a_worker_that_prints_to_stdout_keeps_working() {
         let WorkerEventKind::Exited {
             reason,
             last_stderr,
+            ..
         } = exited.kind
         else {
             unreachable!()
@@ -214,7 +215,7 @@ async fn lifecycle_events_spawned_online_ready_exited() {
                 WorkerEventKind::Ready
             ]);
             assert!(
-                matches!(&kinds[3], WorkerEventKind::Exited { reason: ExitReason::Exited(0), last_stderr }
+                matches!(&kinds[3], WorkerEventKind::Exited { reason: ExitReason::Exited(0), last_stderr, .. }
                     if last_stderr.iter().any(|l| l.contains("echo: stopping"))),
                 "graceful exit after the stopping hook: {:?}",
                 kinds[3]

@@ -91,6 +91,11 @@ impl Outbox {
         encode_frame(&mut self.queued, env, self.max_frame_bytes).map_err(CallError::Frame)
     }
 
+    /// Queues a control frame (`Shutdown`) even past the limit: it must reach the worker.
+    pub(crate) fn push_control(&mut self, env: &Envelope<'_>) -> Result<(), CallError> {
+        encode_frame(&mut self.queued, env, self.max_frame_bytes).map_err(CallError::Frame)
+    }
+
     fn poll_flush(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         loop {
             if self.written == self.writing.len() {

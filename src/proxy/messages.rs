@@ -5,6 +5,7 @@
 //! arrives. No future or task is created per request.
 
 use std::fmt;
+use std::time::Duration;
 
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
@@ -208,7 +209,7 @@ impl<A: WorkerActor> Handler<Tell<A>> for Worker<A> {
 }
 
 fn when_exited<A: WorkerActor>(act: &mut Worker<A>) -> ResponseFuture<ExitReason> {
-    if act.state() == WorkerState::Exited {
+    if matches!(act.state(), WorkerState::Exited | WorkerState::Failed) {
         let reason = act.last_exit().cloned().unwrap_or(ExitReason::Killed);
         return Box::pin(async move { reason });
     }
@@ -221,7 +222,11 @@ impl<A: WorkerActor> Handler<Stop> for Worker<A> {
     type Result = ResponseFuture<ExitReason>;
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) -> Self::Result {
-        self.begin_stop(ctx);
+        if self.state() == WorkerState::Backoff {
+            self.settle(WorkerState::Exited, ctx);
+        } else {
+            self.begin_stop(ctx);
+        }
         when_exited(self)
     }
 }
@@ -242,7 +247,7 @@ impl<A: WorkerActor> Handler<AwaitReady> for Worker<A> {
     fn handle(&mut self, _: AwaitReady, _ctx: &mut Context<Self>) -> Self::Result {
         match self.state() {
             WorkerState::Ready => Box::pin(async { Ok(()) }),
-            WorkerState::Exited | WorkerState::Stopping => {
+            WorkerState::Exited | WorkerState::Failed | WorkerState::Stopping => {
                 let reason = self.last_exit().cloned().unwrap_or(ExitReason::Killed);
                 Box::pin(async move { Err(reason) })
             }
@@ -260,5 +265,29 @@ impl<A: WorkerActor> Handler<GetInfo> for Worker<A> {
 
     fn handle(&mut self, _: GetInfo, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.info())
+    }
+}
+
+/// The supervisor's restart decision for a slot whose process has exited.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Decided {
+    /// Start a new process after this delay.
+    Respawn(Duration),
+    /// Leave the slot down in this state (`Exited` or `Failed`).
+    Settle(WorkerState),
+}
+
+impl Message for Decided {
+    type Result = ();
+}
+
+impl<A: WorkerActor> Handler<Decided> for Worker<A> {
+    type Result = ();
+
+    fn handle(&mut self, decided: Decided, ctx: &mut Context<Self>) {
+        match decided {
+            Decided::Respawn(delay) => self.schedule_respawn(delay, ctx),
+            Decided::Settle(state) => self.settle(state, ctx),
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The worker's run loop: a reader task, a writer task and the handler loop between them.
 
+use std::cell::Cell;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
@@ -15,9 +16,10 @@ use crate::protocol::{Envelope, PROTOCOL_VERSION};
 use crate::worker::context::{Outbox, WorkerContext};
 use crate::worker::{env, WorkerActor};
 
-/// Messages waiting for the handler loop. When it is full the reader stops reading, the pipe
-/// fills, and the master's outbox for this worker applies backpressure.
-const INBOX_CAPACITY: usize = 1024;
+/// Payload bytes that may wait for the handler loop. Past it the reader stops reading, the pipe
+/// fills, and the master's outbox for this worker applies backpressure. Below it the reader keeps
+/// reading while a handler is busy, so heartbeats are answered.
+const INBOX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Who this worker is, from the environment the master gave it.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +55,43 @@ enum Inbound {
     Shutdown,
 }
 
+impl Inbound {
+    fn len(&self) -> usize {
+        match self {
+            Inbound::Request { payload, .. } | Inbound::Tell { payload } => payload.len(),
+            Inbound::Shutdown => 0,
+        }
+    }
+}
+
+/// Bytes queued between the reader and the handler loop, and a wake-up for the reader.
+#[derive(Default)]
+struct InboxRoom {
+    queued: Cell<usize>,
+    freed: Notify,
+}
+
+impl InboxRoom {
+    fn taken(&self, item: &Inbound) {
+        self.queued.set(self.queued.get() - item.len());
+        if self.queued.get() <= INBOX_BYTES {
+            self.freed.notify_one();
+        }
+    }
+
+    fn put(&self, item: &Inbound) {
+        self.queued.set(self.queued.get() + item.len());
+    }
+
+    /// Waits until the handler loop has caught up (the item just sent counts too, so a single
+    /// item larger than the limit cannot wedge the reader).
+    async fn room(&self) {
+        while self.queued.get() > INBOX_BYTES {
+            self.freed.notified().await;
+        }
+    }
+}
+
 pub(crate) async fn run<A: WorkerActor>(
     mut actor: A,
     identity: Identity,
@@ -62,28 +101,36 @@ pub(crate) async fn run<A: WorkerActor>(
     let reader = pipe::Receiver::from_owned_fd(from_master)?;
     let writer = pipe::Sender::from_owned_fd(to_master)?;
     let outbox = Rc::new(Outbox::new(identity.max_frame_bytes));
-    let gone = Rc::new(Notify::new());
 
     outbox.push(&Envelope::Hello {
         protocol_version: PROTOCOL_VERSION,
         pid: std::process::id(),
     })?;
-    let writer_task =
-        tokio::task::spawn_local(write_loop(Rc::clone(&outbox), writer, Rc::clone(&gone)));
-    let (tx, mut rx) = mpsc::channel(INBOX_CAPACITY);
-    let reader_task = tokio::task::spawn_local(read_loop(
+    // Reader, writer and handler loop are futures of this one task, not tasks of their own: a
+    // frame in, a reply out, with no scheduler hop between them.
+    // The pipe loops run outside tokio's cooperative budget, which would otherwise make them
+    // yield to the scheduler every 128 operations under load; they share this task's polls.
+    let writer = tokio::task::unconstrained(write_loop(Rc::clone(&outbox), writer));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let room = Rc::new(InboxRoom::default());
+    let reader = tokio::task::unconstrained(read_loop(
         reader,
         FrameDecoder::new(identity.max_frame_bytes),
-        tx,
-        Rc::clone(&gone),
+        (tx, Rc::clone(&room)),
+        Rc::clone(&outbox),
     ));
+    tokio::pin!(writer, reader);
 
     let mut ctx = WorkerContext::<A>::new(Rc::clone(&outbox), identity);
     let handled = async {
         actor.started(&mut ctx).await;
         outbox.push(&Envelope::Ready)?;
         while !ctx.stop_requested() {
-            match rx.recv().await {
+            let item = rx.recv().await;
+            if let Some(item) = &item {
+                room.taken(item);
+            }
+            match item {
                 Some(Inbound::Request { id, payload }) => match decode_value(&payload) {
                     Ok(msg) => {
                         let reply = actor.handle(msg, &mut ctx).await;
@@ -104,24 +151,24 @@ pub(crate) async fn run<A: WorkerActor>(
         Ok::<bool, Error>(true)
     };
     // `true`: a graceful stop; `false`: the master is gone (or its stream broke), exit now.
+    let mut reader_result = None;
     let graceful = tokio::select! {
         biased;
         result = handled => result?,
-        () = gone.notified() => false,
-    };
-    if reader_task.is_finished() {
-        // The reader returns in the same turn as it signals, so its outcome is known here.
-        if let Ok(Err(e)) = reader_task.await {
-            return Err(e.into());
+        result = &mut reader => {
+            reader_result = Some(result);
+            false
         }
-    } else {
-        reader_task.abort();
+        () = &mut writer => false,
+    };
+    if let Some(Err(e)) = reader_result {
+        return Err(e.into());
     }
     if graceful {
         // Flush everything written so far, then let the writer end.
         outbox.broken.set(true);
         outbox.wake_writer.notify_one();
-        let _ = writer_task.await;
+        writer.await;
     }
     Ok(())
 }
@@ -129,8 +176,8 @@ pub(crate) async fn run<A: WorkerActor>(
 async fn read_loop(
     mut pipe: pipe::Receiver,
     decoder: FrameDecoder,
-    tx: mpsc::Sender<Inbound>,
-    gone: Rc<Notify>,
+    (tx, room): (mpsc::UnboundedSender<Inbound>, Rc<InboxRoom>),
+    outbox: Rc<Outbox>,
 ) -> Result<(), ProtocolError> {
     let mut buf = BytesMut::with_capacity(256 * 1024);
     let result = async {
@@ -146,6 +193,12 @@ async fn read_loop(
                         payload: frame.slice_ref(payload),
                     },
                     Envelope::Shutdown => Inbound::Shutdown,
+                    Envelope::Ping { seq } => {
+                        // Answered here, not by the handler loop: a worker awaiting a long
+                        // handler is busy, not hung.
+                        let _ = outbox.push(&Envelope::Pong { seq });
+                        continue;
+                    }
                     other => {
                         return Err(ProtocolError::Unexpected {
                             got: other.kind(),
@@ -153,9 +206,11 @@ async fn read_loop(
                         })
                     }
                 };
-                if tx.send(inbound).await.is_err() {
+                room.put(&inbound);
+                if tx.send(inbound).is_err() {
                     return Ok(());
                 }
+                room.room().await;
             }
             if buf.capacity() - buf.len() < 64 * 1024 {
                 buf.reserve(256 * 1024);
@@ -172,11 +227,10 @@ async fn read_loop(
         eprintln!("procactor worker: the master's stream is corrupt: {e}");
     }
     // End-of-file or a corrupt stream: either way the worker exits now.
-    gone.notify_one();
     result
 }
 
-async fn write_loop(outbox: Rc<Outbox>, mut pipe: pipe::Sender, gone: Rc<Notify>) {
+async fn write_loop(outbox: Rc<Outbox>, mut pipe: pipe::Sender) {
     let mut spare = Vec::with_capacity(64 * 1024);
     loop {
         let idle = {
@@ -194,7 +248,6 @@ async fn write_loop(outbox: Rc<Outbox>, mut pipe: pipe::Sender, gone: Rc<Notify>
         if pipe.write_all(&spare).await.is_err() {
             // The master is gone.
             outbox.broken.set(true);
-            gone.notify_one();
             return;
         }
         spare.clear();

@@ -15,6 +15,7 @@ pub(crate) fn echo_config(n: usize) -> ClusterConfig {
         .exec(env!("CARGO_BIN_EXE_procactor-echo"))
         .ready_timeout(Duration::from_secs(20))
         .shutdown_timeout(Duration::from_secs(5))
+        .handle_signals(false)
 }
 
 /// A cluster of `n` `procactor-chaos` workers; `modes` names the misbehaving slots.
@@ -23,7 +24,8 @@ pub(crate) fn chaos_config(n: usize, modes: &[(usize, &str)]) -> ClusterConfig {
         .workers(n)
         .exec(env!("CARGO_BIN_EXE_procactor-chaos"))
         .ready_timeout(Duration::from_secs(20))
-        .shutdown_timeout(Duration::from_secs(5));
+        .shutdown_timeout(Duration::from_secs(5))
+        .handle_signals(false);
     for (id, mode) in modes {
         config = config.env(format!("PROCACTOR_CHAOS_MODE_{id}"), *mode);
     }

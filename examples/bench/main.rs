@@ -1,0 +1,260 @@
+//! The benchmark: procactor's figures beside a raw-pipe baseline measured in the same run.
+//!
+//! ```text
+//! cargo run --release --example bench              # a readable table
+//! cargo run --release --example bench -- --json    # one JSON object, last on stdout
+//! cargo run --release --example bench -- --quick   # smaller counts, for a smoke run
+//! ```
+//!
+//! The baseline (`raw_*` keys) is two processes and two pipes with no framework: coalesced
+//! writes, blocking reads, the floor a framework can approach. Every `*_vs_raw` key is the
+//! framework's figure divided by the baseline's (for latencies, lower is better; for rates,
+//! higher is better). The worker is this executable re-run in worker role, running
+//! [`procactor::actors::echo::Echo`].
+
+mod raw;
+
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
+use procactor::prelude::*;
+
+/// Sizes of one run.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    round_trips: usize,
+    pipelined: usize,
+    in_flight: usize,
+    tells: usize,
+    bulk_messages: usize,
+    spawns: usize,
+}
+
+impl Sizes {
+    fn full() -> Self {
+        Self {
+            round_trips: 20_000,
+            pipelined: 200_000,
+            in_flight: 1_000,
+            tells: 2_000_000,
+            bulk_messages: 20_000,
+            spawns: 10,
+        }
+    }
+
+    fn quick() -> Self {
+        Self {
+            round_trips: 2_000,
+            pipelined: 20_000,
+            in_flight: 1_000,
+            tells: 200_000,
+            bulk_messages: 2_000,
+            spawns: 3,
+        }
+    }
+}
+
+/// procactor's figures, named as the baseline's.
+#[derive(Debug, Default)]
+struct Figures {
+    rtt_us_median: f64,
+    rtt_us_p99: f64,
+    pipelined_req_per_s: f64,
+    tell_per_s: f64,
+    bulk_64k_mb_per_s: f64,
+    spawn_ms_median: f64,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if raw::is_raw_child() {
+        raw::child_main();
+    }
+    if procactor::is_worker() {
+        return Ok(procactor::run_worker(Echo::default())?);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let sizes = if args.iter().any(|a| a == "--quick") {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+
+    let ours = actix::System::new().block_on(measure(sizes))?;
+    let raw = raw::measure(&raw::RawParams {
+        round_trips: sizes.round_trips,
+        pipelined: sizes.pipelined,
+        in_flight: sizes.in_flight,
+        tells: sizes.tells,
+        bulk_messages: sizes.bulk_messages,
+        spawns: sizes.spawns,
+    })?;
+
+    let rows: [(&str, f64, f64, bool); 6] = [
+        (
+            "rtt_us_median",
+            ours.rtt_us_median,
+            raw.rtt_us_median,
+            false,
+        ),
+        ("rtt_us_p99", ours.rtt_us_p99, raw.rtt_us_p99, false),
+        (
+            "pipelined_req_per_s",
+            ours.pipelined_req_per_s,
+            raw.pipelined_req_per_s,
+            true,
+        ),
+        ("tell_per_s", ours.tell_per_s, raw.tell_per_s, true),
+        (
+            "bulk_64k_mb_per_s",
+            ours.bulk_64k_mb_per_s,
+            raw.bulk_64k_mb_per_s,
+            true,
+        ),
+        (
+            "spawn_ms_median",
+            ours.spawn_ms_median,
+            raw.spawn_ms_median,
+            false,
+        ),
+    ];
+    if json {
+        let mut fields = Vec::new();
+        for (key, value, base, _) in rows {
+            fields.push(format!("\"{key}\":{value:.3}"));
+            fields.push(format!("\"raw_{key}\":{base:.3}"));
+            fields.push(format!("\"{key}_vs_raw\":{:.3}", value / base));
+        }
+        println!("{{{}}}", fields.join(","));
+    } else {
+        println!(
+            "{:<22} {:>14} {:>14} {:>9}",
+            "figure", "procactor", "raw pipe", "ratio"
+        );
+        for (key, value, base, higher_is_better) in rows {
+            let note = if higher_is_better {
+                "(higher is better)"
+            } else {
+                "(lower is better)"
+            };
+            println!(
+                "{key:<22} {value:>14.2} {base:>14.2} {:>9.3} {note}",
+                value / base
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn measure(sizes: Sizes) -> Result<Figures, procactor::Error> {
+    let config = ClusterConfig::new()
+        .workers(1)
+        .max_outbox_bytes(256 * 1024 * 1024);
+    let cluster = ClusterSupervisor::start::<Echo>(config.clone()).await?;
+    let w = cluster.worker(0);
+    let mut figures = Figures::default();
+
+    // Round trips, one at a time.
+    for _ in 0..1_000 {
+        w.send(Call(EchoMsg::Ping)).await??;
+    }
+    let mut rtts = Vec::with_capacity(sizes.round_trips);
+    for _ in 0..sizes.round_trips {
+        let t = Instant::now();
+        w.send(Call(EchoMsg::Ping)).await??;
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    figures.rtt_us_median = micros(rtts[rtts.len() / 2]);
+    figures.rtt_us_p99 = micros(rtts[rtts.len() * 99 / 100]);
+
+    // Pipelined requests with a window of `in_flight`, every reply awaited.
+    let t = Instant::now();
+    tokio::task::unconstrained(async {
+        let mut window = FuturesUnordered::new();
+        let mut sent = 0;
+        let mut answered = 0;
+        while answered < sizes.pipelined {
+            while sent < sizes.pipelined && window.len() < sizes.in_flight {
+                window.push(w.send(Call(EchoMsg::Ping)));
+                sent += 1;
+            }
+            let reply = window.next().await.expect("window is not empty")??;
+            assert_eq!(reply, EchoReply::Pong);
+            answered += 1;
+        }
+        Ok::<_, procactor::Error>(())
+    })
+    .await?;
+    figures.pipelined_req_per_s = sizes.pipelined as f64 / t.elapsed().as_secs_f64();
+
+    // One-way messages, counted by the worker.
+    figures.tell_per_s = tells(&w, sizes.tells, sizes.in_flight, || EchoMsg::Ping).await? / 1.0;
+    // 64 KiB one-way payloads.
+    let payload = vec![0xa5u8; 64 * 1024];
+    let rate = tells(&w, sizes.bulk_messages, 64, || {
+        EchoMsg::Echo(payload.clone())
+    })
+    .await?;
+    figures.bulk_64k_mb_per_s = rate * (64.0 * 1024.0) / 1e6;
+    cluster.stop().await?;
+
+    // Start → first reply, a fresh cluster each time.
+    let mut spawns = Vec::with_capacity(sizes.spawns);
+    for _ in 0..sizes.spawns {
+        let t = Instant::now();
+        let cluster = ClusterSupervisor::start::<Echo>(config.clone()).await?;
+        cluster.worker(0).send(Call(EchoMsg::Ping)).await??;
+        spawns.push(t.elapsed());
+        cluster.stop().await?;
+    }
+    spawns.sort();
+    figures.spawn_ms_median = spawns[spawns.len() / 2].as_secs_f64() * 1e3;
+    Ok(figures)
+}
+
+/// Sends `count` one-way messages with `window` sends in flight, then asks the worker how many
+/// it received; returns messages per second.
+async fn tells(
+    w: &Addr<Worker<Echo>>,
+    count: usize,
+    window: usize,
+    mut msg: impl FnMut() -> EchoMsg,
+) -> Result<f64, procactor::Error> {
+    let before = stats(w).await?;
+    let t = Instant::now();
+    tokio::task::unconstrained(async {
+        let mut sends = FuturesUnordered::new();
+        for _ in 0..count {
+            if sends.len() >= window {
+                sends.next().await.expect("not empty")??;
+            }
+            sends.push(w.send(Tell(msg())));
+        }
+        while let Some(sent) = sends.next().await {
+            sent??;
+        }
+        Ok::<_, procactor::Error>(())
+    })
+    .await?;
+    let after = stats(w).await?;
+    let elapsed = t.elapsed();
+    assert_eq!(
+        after - before,
+        count as u64,
+        "the worker received every message"
+    );
+    Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+async fn stats(w: &Addr<Worker<Echo>>) -> Result<u64, procactor::Error> {
+    match w.send(Call(EchoMsg::Stats)).await?? {
+        EchoReply::Stats { tells, .. } => Ok(tells),
+        other => unreachable!("{other:?}"),
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
