@@ -24,6 +24,8 @@
 //! | `abort`              | aborts (SIGABRT) before saying anything                       |
 //! | `hang-at-start`      | says `Hello`, then never becomes ready                        |
 //! | `stop-reading`       | completes the handshake, then never reads stdin again         |
+//! | `die-after-<n>`      | the echo worker, aborting as its n-th request arrives         |
+//! | `flood-stderr`       | the echo worker, writing lines to stderr as fast as it can    |
 //! | `fork-grandchild`    | the echo worker with a grandchild holding a TCP port; its first |
 //! |                      | event to the master is `"grandchild <pid> <port>"`            |
 //! | `echo` (default)     | behaves as `procactor-echo`                                   |
@@ -110,6 +112,18 @@ fn main() -> Result<(), procactor::Error> {
         "hang-at-start" => hello,
         "stop-reading" => handshake,
         "fork-grandchild" => return procactor::run_worker(Grandparent::start()?),
+        "flood-stderr" => {
+            std::thread::spawn(|| {
+                let line = "flood ".repeat(20);
+                let mut stderr = std::io::stderr().lock();
+                while writeln!(stderr, "{line}").is_ok() {}
+            });
+            return procactor::run_worker(Echo::default());
+        }
+        mode if mode.starts_with("die-after-") => {
+            let n = mode["die-after-".len()..].parse().unwrap_or(1);
+            return procactor::run_worker(DieAfter { left: n });
+        }
         _ => return procactor::run_worker(Echo::default()),
     };
     out.write_all(&bytes)?;
@@ -201,6 +215,30 @@ impl WorkerActor for Grandparent {
             EchoMsg::Ping => EchoReply::Pong,
             EchoMsg::Pid => EchoReply::Pid(std::process::id()),
             _ => EchoReply::Done,
+        }
+    }
+}
+
+/// The echo worker, aborting when its n-th request arrives.
+struct DieAfter {
+    left: u64,
+}
+
+impl WorkerActor for DieAfter {
+    type Msg = EchoMsg;
+    type Reply = EchoReply;
+    type Event = String;
+
+    async fn handle(&mut self, msg: EchoMsg, _ctx: &mut WorkerContext<Self>) -> EchoReply {
+        self.left = self.left.saturating_sub(1);
+        if self.left == 0 {
+            eprintln!("chaos: dying as planned");
+            std::process::abort();
+        }
+        match msg {
+            EchoMsg::Seq(n) => EchoReply::Seq { n, in_order: true },
+            EchoMsg::Pid => EchoReply::Pid(std::process::id()),
+            _ => EchoReply::Pong,
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - `PR_SET_PDEATHSIG(SIGKILL)`, re-checked against `getppid()`, kills a worker whose master dies.
 //!   The kernel ties that signal to the *thread* that forked, so every child is forked by one
 //!   long-lived spawner thread that never exits.
-//! - The master's ends of every pipe are `O_CLOEXEC`: no worker inherits a sibling's pipe.
+//! - The master's ends of every pipe are `O_CLOEXEC`, and every descriptor above 2 is closed at
+//!   exec: a worker starts with stdin, stdout and stderr only, and never holds a sibling's pipe.
 //! - Each child is watched through a pidfd and reaped exactly once, by its owner; it is never
 //!   signalled after it has been reaped, so a recycled pid cannot be hit.
 //!
@@ -129,7 +130,7 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
-    // (setsid, prctl, getppid, _exit); it allocates nothing and takes no lock.
+    // (setsid, prctl, getppid, close_range, _exit); it allocates nothing and takes no lock.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -149,6 +150,15 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
                 // The master died before PDEATHSIG was armed.
                 libc::_exit(1);
             }
+            // Whatever the master inherited without close-on-exec (a jobserver pipe, a socket
+            // of the program that started it) is not the worker's: only 0, 1 and 2 survive exec.
+            // Best effort: kernels before 5.11 lack close_range.
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }

@@ -179,7 +179,12 @@ impl ClusterSupervisor {
                 slot.mode = Mode::Down;
                 return;
             }
-            Mode::GroupStop | Mode::Down | Mode::Failed => return,
+            // Stopped by a fail-group escalation: down for good, marked failed.
+            Mode::Failed => {
+                slot.decided.do_send(Decided::Settle(WorkerState::Failed));
+                return;
+            }
+            Mode::GroupStop | Mode::Down => return,
         }
         let kind = if reason.is_permanent() {
             ExitKind::Permanent
@@ -232,11 +237,12 @@ impl ClusterSupervisor {
                     }
                     Escalation::FailGroup => {
                         for (id, slot) in self.slots.iter_mut().enumerate() {
-                            if id != worker && slot.mode == Mode::Active {
-                                // Stopped now, marked failed once down.
+                            if id == worker || slot.mode != Mode::Active {
+                                slot.decided.do_send(Decided::Settle(WorkerState::Failed));
+                            } else {
+                                // Stopped now, marked failed when its exit arrives.
                                 slot.stop.do_send(Stop);
                             }
-                            slot.decided.do_send(Decided::Settle(WorkerState::Failed));
                             slot.mode = Mode::Failed;
                         }
                     }

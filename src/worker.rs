@@ -16,6 +16,10 @@
 //! - A handler that blocks its thread (a CPU loop, a blocking read) blocks the whole worker. Use
 //!   `tokio::task::spawn_blocking` for such work.
 //! - A panic in a handler ends the process; the master fails that request and reports the exit.
+//! - Replies are written in batches, once the handler loop has caught up with what has arrived.
+//!   If the process dies, replies it computed but had not written yet die with it, and their
+//!   callers get [`CallError::WorkerExited`](crate::CallError::WorkerExited): a request is
+//!   answered at most once, never twice or to the wrong caller.
 
 use std::future::Future;
 
