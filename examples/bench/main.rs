@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
 use procactor::prelude::*;
+use procactor::{Backoff, Intensity, RestartPolicy};
 
 /// Sizes of one run.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +65,7 @@ struct Figures {
     tell_per_s: f64,
     bulk_64k_mb_per_s: f64,
     spawn_ms_median: f64,
+    respawn_ms_median: f64,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -91,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         spawns: sizes.spawns,
     })?;
 
-    let rows: [(&str, f64, f64, bool); 6] = [
+    let rows: [(&str, f64, f64, bool); 7] = [
         (
             "rtt_us_median",
             ours.rtt_us_median,
@@ -116,6 +118,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "spawn_ms_median",
             ours.spawn_ms_median,
             raw.spawn_ms_median,
+            false,
+        ),
+        (
+            "respawn_ms_median",
+            ours.respawn_ms_median,
+            raw.respawn_ms_median,
             false,
         ),
     ];
@@ -211,6 +219,43 @@ async fn measure(sizes: Sizes) -> Result<Figures, procactor::Error> {
     }
     spawns.sort();
     figures.spawn_ms_median = spawns[spawns.len() / 2].as_secs_f64() * 1e3;
+
+    // SIGKILL of a worker until its replacement answers (no backoff for a first restart).
+    let config = config.restart(RestartPolicy {
+        backoff: Backoff::none(),
+        intensity: Intensity {
+            max_restarts: u32::MAX,
+            period: Duration::from_secs(1),
+        },
+        ..RestartPolicy::default()
+    });
+    let cluster = ClusterSupervisor::start::<Echo>(config).await?;
+    let w = cluster.worker(0);
+    let mut respawns = Vec::with_capacity(sizes.spawns);
+    for _ in 0..sizes.spawns {
+        let pid = match w.send(Call(EchoMsg::Pid)).await?? {
+            EchoReply::Pid(pid) => pid,
+            other => unreachable!("{other:?}"),
+        };
+        let t = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGKILL,
+        )
+        .expect("kill the worker");
+        // Until the new process answers: calls fail fast while the slot is down, and wait in
+        // its outbox once the restart has begun.
+        loop {
+            match w.send(Call(EchoMsg::Pid)).await? {
+                Ok(EchoReply::Pid(new)) if new != pid => break,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+        respawns.push(t.elapsed());
+    }
+    cluster.stop().await?;
+    respawns.sort();
+    figures.respawn_ms_median = respawns[respawns.len() / 2].as_secs_f64() * 1e3;
     Ok(figures)
 }
 

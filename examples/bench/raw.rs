@@ -31,6 +31,7 @@ pub(crate) struct RawFigures {
     pub(crate) tell_per_s: f64,
     pub(crate) bulk_64k_mb_per_s: f64,
     pub(crate) spawn_ms_median: f64,
+    pub(crate) respawn_ms_median: f64,
 }
 
 /// Sizes of each measurement.
@@ -317,6 +318,21 @@ pub(crate) fn measure(p: &RawParams) -> io::Result<RawFigures> {
     }
     spawns.sort();
 
+    // Respawn: SIGKILL a child, reap it, start another, first reply.
+    let mut respawns = Vec::with_capacity(p.spawns);
+    let mut c = RawChild::spawn()?;
+    for _ in 0..p.spawns {
+        let t = Instant::now();
+        c.child.kill()?;
+        c.child.wait()?;
+        c = RawChild::spawn()?;
+        c.input().write_all(&request)?;
+        c.read_frames(1)?;
+        respawns.push(t.elapsed());
+    }
+    c.end()?;
+    respawns.sort();
+
     Ok(RawFigures {
         rtt_us_median: rtts[rtts.len() / 2].as_secs_f64() * 1e6,
         rtt_us_p99: rtts[rtts.len() * 99 / 100].as_secs_f64() * 1e6,
@@ -324,5 +340,6 @@ pub(crate) fn measure(p: &RawParams) -> io::Result<RawFigures> {
         tell_per_s: tell,
         bulk_64k_mb_per_s: bulk * BULK_BODY as f64 / 1e6,
         spawn_ms_median: spawns[spawns.len() / 2].as_secs_f64() * 1e3,
+        respawn_ms_median: respawns[respawns.len() / 2].as_secs_f64() * 1e3,
     })
 }
