@@ -22,6 +22,7 @@
 //! the shutdown timeout), then resolve [`Cluster::wait`].
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Rc;
 use std::time::Instant;
@@ -274,32 +275,36 @@ impl ClusterSupervisor {
             for stop in stops {
                 let _ = stop.await;
             }
+            tokio::time::sleep(delay).await;
         }
         .into_actor(self)
-        .then(move |(), act, _ctx| {
-            let mut respawns = Vec::new();
-            for &s in &members {
-                let slot = &mut act.slots[s];
-                if slot.mode == Mode::GroupStop && !act.stopping {
-                    slot.mode = Mode::Active;
-                    respawns.push((slot.decided.clone(), slot.ready.clone()));
-                }
-            }
-            async move {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                // Every old process is gone; start the new ones in slot order.
-                for (decided, ready) in respawns {
-                    let _ = decided
-                        .send(Decided::Respawn(std::time::Duration::ZERO))
-                        .await;
-                    let _ = ready.send(AwaitReady).await;
-                }
-            }
-            .into_actor(act)
-        });
+        // Every old process is gone; start the new ones in slot order.
+        .map(move |(), act, ctx| act.respawn_in_order(members.into(), ctx));
         ctx.spawn(fut);
+    }
+
+    /// Starts the next slot of a group restart, and the rest once it is ready; a cluster stop
+    /// in the meantime ends the sequence.
+    fn respawn_in_order(&mut self, mut slots: VecDeque<usize>, ctx: &mut Context<Self>) {
+        let Some(s) = slots.pop_front() else { return };
+        if self.stopping {
+            return;
+        }
+        let slot = &mut self.slots[s];
+        if slot.mode != Mode::GroupStop {
+            return self.respawn_in_order(slots, ctx);
+        }
+        slot.mode = Mode::Active;
+        slot.decided
+            .do_send(Decided::Respawn(std::time::Duration::ZERO));
+        let ready = slot.ready.send(AwaitReady);
+        ctx.spawn(
+            async move {
+                let _ = ready.await;
+            }
+            .into_actor(self)
+            .map(move |(), act, ctx| act.respawn_in_order(slots, ctx)),
+        );
     }
 
     fn finish(&mut self) {
