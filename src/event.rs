@@ -153,6 +153,8 @@ pub enum WorkerEventKind {
         reason: ExitReason,
         /// Restarts of the group within the intensity period.
         restarts: usize,
+        /// The last lines the worker wrote to stderr before that exit, for the alert.
+        last_stderr: Vec<String>,
     },
 }
 

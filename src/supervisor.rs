@@ -169,6 +169,7 @@ impl ClusterSupervisor {
         generation: u64,
         reason: &ExitReason,
         uptime: std::time::Duration,
+        last_stderr: &[String],
         ctx: &mut Context<Self>,
     ) {
         let Some(slot) = self.slots.get_mut(worker) else {
@@ -207,7 +208,11 @@ impl ClusterSupervisor {
                 let reason = reason.clone();
                 self.publish(
                     worker,
-                    WorkerEventKind::GaveUp { reason, restarts },
+                    WorkerEventKind::GaveUp {
+                        reason,
+                        restarts,
+                        last_stderr: last_stderr.to_vec(),
+                    },
                     generation,
                 );
             }
@@ -228,6 +233,7 @@ impl ClusterSupervisor {
                 let event = WorkerEventKind::GaveUp {
                     reason: reason.clone(),
                     restarts,
+                    last_stderr: last_stderr.to_vec(),
                 };
                 self.publish(worker, event, generation);
                 match escalation {
@@ -440,8 +446,13 @@ impl Handler<WorkerEvent> for ClusterSupervisor {
         for subscriber in &self.subscribers {
             subscriber.do_send(event.clone());
         }
-        if let WorkerEventKind::Exited { reason, uptime, .. } = &event.kind {
-            self.on_exit(worker, generation, reason, *uptime, ctx);
+        if let WorkerEventKind::Exited {
+            reason,
+            uptime,
+            last_stderr,
+        } = &event.kind
+        {
+            self.on_exit(worker, generation, reason, *uptime, last_stderr, ctx);
         }
     }
 }

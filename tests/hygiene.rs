@@ -437,7 +437,10 @@ async fn spawn_failures_count_toward_intensity_and_leak_nothing() {
         })
         .await
         .expect("gave up after failed spawns");
-        let WorkerEventKind::GaveUp { reason, restarts } = gave_up.kind else {
+        let WorkerEventKind::GaveUp {
+            reason, restarts, ..
+        } = gave_up.kind
+        else {
             unreachable!()
         };
         assert_eq!(restarts, 2);

@@ -253,11 +253,19 @@ async fn a_crash_loop_backs_off_then_gives_up_and_stops_the_cluster() {
         let mut delays = Vec::new();
         let mut spawns = 0;
         let mut gave_up = None;
+        let mut alert = Vec::new();
         while let Ok(event) = rx.try_recv() {
             match event.kind {
                 WorkerEventKind::Restarting { delay } if event.worker == 0 => delays.push(delay),
                 WorkerEventKind::Spawned if event.worker == 0 => spawns += 1,
-                WorkerEventKind::GaveUp { restarts, .. } => gave_up = Some(restarts),
+                WorkerEventKind::GaveUp {
+                    restarts,
+                    last_stderr,
+                    ..
+                } => {
+                    gave_up = Some(restarts);
+                    alert = last_stderr;
+                }
                 _ => {}
             }
         }
@@ -266,6 +274,10 @@ async fn a_crash_loop_backs_off_then_gives_up_and_stops_the_cluster() {
         let ms: Vec<u128> = delays.iter().map(Duration::as_millis).collect();
         assert_eq!(ms, [50, 100, 200, 400], "the backoff doubles");
         assert_eq!(gave_up, Some(4));
+        assert!(
+            alert.iter().any(|l| l.contains("mode crash-at-start")),
+            "the alert carries the crashing process's last stderr lines: {alert:?}"
+        );
         assert!(
             took >= Duration::from_millis(750),
             "restarts were spaced: {took:?}"
