@@ -26,6 +26,9 @@
 //! | `stop-reading`       | completes the handshake, then never reads stdin again         |
 //! | `die-after-<n>`      | the echo worker, aborting as its n-th request arrives         |
 //! | `flood-stderr`       | the echo worker, writing lines to stderr as fast as it can    |
+//! | `serve`              | the echo worker, answering every connection to each listening |
+//! |                      | socket it was handed with its pid; its first event to the     |
+//! |                      | master is `"listen <LISTEN_PID> <LISTEN_FDS> <LISTEN_FDNAMES>"` |
 //! | `fork-grandchild`    | the echo worker with a grandchild holding a TCP port; its first |
 //! |                      | event to the master is `"grandchild <pid> <port>"`            |
 //! | `echo` (default)     | behaves as `procactor-echo`                                   |
@@ -112,6 +115,7 @@ fn main() -> Result<(), procactor::Error> {
         "hang-at-start" => hello,
         "stop-reading" => handshake,
         "fork-grandchild" => return procactor::run_worker(Grandparent::start()?),
+        "serve" => return procactor::run_worker(Server),
         "flood-stderr" => {
             std::thread::spawn(|| {
                 let line = "flood ".repeat(20);
@@ -237,6 +241,48 @@ impl WorkerActor for DieAfter {
         }
         match msg {
             EchoMsg::Seq(n) => EchoReply::Seq { n, in_order: true },
+            EchoMsg::Pid => EchoReply::Pid(std::process::id()),
+            _ => EchoReply::Pong,
+        }
+    }
+}
+
+/// The echo worker serving "<pid>\n" on every listening socket it was handed.
+struct Server;
+
+impl WorkerActor for Server {
+    type Msg = EchoMsg;
+    type Reply = EchoReply;
+    type Event = String;
+
+    async fn started(&mut self, ctx: &mut WorkerContext<Self>) {
+        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        let report = format!(
+            "listen {} {} {}",
+            var("LISTEN_PID"),
+            var("LISTEN_FDS"),
+            var("LISTEN_FDNAMES")
+        );
+        let _ = ctx.send_master(&report);
+        for name in ctx.listener_names() {
+            if let Ok(tcp) = ctx.listener(name) {
+                std::thread::spawn(move || {
+                    for stream in tcp.incoming().flatten() {
+                        let _ = writeln!(&stream, "{}", std::process::id());
+                    }
+                });
+            } else if let Ok(unix) = ctx.unix_listener(name) {
+                std::thread::spawn(move || {
+                    for stream in unix.incoming().flatten() {
+                        let _ = writeln!(&stream, "{}", std::process::id());
+                    }
+                });
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: EchoMsg, _ctx: &mut WorkerContext<Self>) -> EchoReply {
+        match msg {
             EchoMsg::Pid => EchoReply::Pid(std::process::id()),
             _ => EchoReply::Pong,
         }

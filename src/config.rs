@@ -61,6 +61,9 @@ pub struct ClusterConfig {
     pub handle_signals: bool,
     /// What happens when a worker exits: restart type, strategy, intensity, backoff, escalation.
     pub restart: RestartPolicy,
+    /// Listening sockets bound by the master and handed to every worker: (name, address), where
+    /// an address is `host:port` or `unix:/path`.
+    pub listen: Vec<(String, String)>,
 }
 
 impl Default for ClusterConfig {
@@ -80,6 +83,7 @@ impl Default for ClusterConfig {
             heartbeat_misses: 3,
             handle_signals: true,
             restart: RestartPolicy::default(),
+            listen: Vec::new(),
         }
     }
 }
@@ -185,6 +189,15 @@ impl ClusterConfig {
         self
     }
 
+    /// Adds a listening socket, bound once by the master when the cluster starts and handed to
+    /// every worker, which gets it with [`WorkerContext::listener`](crate::WorkerContext::listener)
+    /// (`name`). `addr` is `host:port` (port 0 picks a free one; see
+    /// [`Cluster::local_addr`](crate::Cluster::local_addr)) or `unix:/path`.
+    pub fn listen(mut self, name: impl Into<String>, addr: impl Into<String>) -> Self {
+        self.listen.push((name.into(), addr.into()));
+        self
+    }
+
     /// The number of workers this configuration starts.
     pub fn worker_count(&self) -> usize {
         self.workers.unwrap_or_else(|| {
@@ -232,6 +245,18 @@ impl ClusterConfig {
                     "exec",
                     format!("{} is not an executable file", program.display()),
                 );
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (name, addr) in &self.listen {
+            if name.is_empty() || name.contains(':') || !names.insert(name) {
+                return bad(
+                    "listen",
+                    format!("{name:?}: names must be unique, non-empty and without ':'"),
+                );
+            }
+            if let Err(e) = addr.parse::<crate::listen::ListenAddr>() {
+                return bad("listen", format!("{name}: {e}"));
             }
         }
         for (key, _) in &self.env {
@@ -297,6 +322,14 @@ mod tests {
             (ClusterConfig::new().exec("/no/such/program"), "exec"),
             (ClusterConfig::new().exec("/tmp"), "exec"),
             (ClusterConfig::new().env("A=B", "c"), "env"),
+            (ClusterConfig::new().listen("a:b", "127.0.0.1:0"), "listen"),
+            (
+                ClusterConfig::new()
+                    .listen("http", "127.0.0.1:0")
+                    .listen("http", "127.0.0.1:0"),
+                "listen",
+            ),
+            (ClusterConfig::new().listen("http", "nowhere"), "listen"),
         ];
         for (config, field) in cases {
             assert_eq!(config.validate().unwrap_err().field, field);

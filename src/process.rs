@@ -17,7 +17,7 @@
 //! by a group signal.
 #![allow(unsafe_code)]
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -36,13 +36,15 @@ use tokio::net::unix::pipe;
 use crate::error::SpawnError;
 
 /// What to run as a worker.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct SpawnSpec {
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
     /// Size to raise the stdin and stdout pipes to; 0 leaves them as they are.
     pub(crate) pipe_bytes: usize,
+    /// Listening sockets to hand over at fds 3, 4, … (socket activation), with their names.
+    pub(crate) listeners: Vec<(String, OwnedFd)>,
 }
 
 /// A started child: its pid, the master's ends of its pipes and its pidfd.
@@ -162,6 +164,14 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
             Ok(())
         });
     }
+    if !spec.listeners.is_empty() {
+        let mut exec = ActivatedExec::new(spec).map_err(err)?;
+        // SAFETY: as above; `run` only calls fcntl, dup2, getpid and execve, and writes into
+        // memory that `exec` allocated before the fork.
+        unsafe {
+            cmd.pre_exec(move || exec.run());
+        }
+    }
     let mut child = cmd.spawn().map_err(err)?;
     let pid = child.id();
     let (Some(stdin), Some(stdout), Some(stderr)) =
@@ -192,6 +202,133 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
             let _ = child.wait();
             Err(err(e))
         }
+    }
+}
+
+/// The exec of a worker that receives listening sockets, prepared before the fork.
+///
+/// `LISTEN_PID` must hold the worker's own pid, which exists only after the fork, and nothing
+/// may be allocated between fork and exec. So the whole environment and argument vector are
+/// built here, with room for the pid's digits, and the child fills them in, moves the sockets
+/// to fds 3, 4, … and calls `execve` itself.
+struct ActivatedExec {
+    program: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    /// `LISTEN_PID=` followed by room for 20 digits and a NUL; pointed to from `envp_ptrs`.
+    listen_pid: Box<[u8; 32]>,
+    sources: Vec<OwnedFd>,
+    moved: Vec<RawFd>,
+}
+
+// SAFETY: the raw pointers point into CStrings and a box owned by the same value; they are only
+// read, in the child, by execve.
+unsafe impl Send for ActivatedExec {}
+// SAFETY: as above; `run` takes `&mut self`.
+unsafe impl Sync for ActivatedExec {}
+
+impl ActivatedExec {
+    const LISTEN_PID: &'static [u8] = b"LISTEN_PID=";
+
+    fn new(spec: &SpawnSpec) -> io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))
+        };
+        let program = c(spec.program.as_os_str().as_bytes())?;
+        let mut argv = vec![program.clone()];
+        for arg in &spec.args {
+            argv.push(c(arg.as_bytes())?);
+        }
+        // The environment std would pass: ours, overridden by the spec's, without LISTEN_*.
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !spec.env.iter().any(|(sk, _)| sk == k))
+            .chain(spec.env.iter().cloned())
+            .filter(|(k, _)| !k.as_bytes().starts_with(b"LISTEN_"))
+            .collect();
+        let names: Vec<&str> = spec.listeners.iter().map(|(n, _)| n.as_str()).collect();
+        env.push(("LISTEN_FDS".into(), spec.listeners.len().to_string().into()));
+        env.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
+        let mut envp = Vec::with_capacity(env.len());
+        for (k, v) in &env {
+            envp.push(c(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
+        }
+        let mut listen_pid = Box::new([0u8; 32]);
+        listen_pid[..Self::LISTEN_PID.len()].copy_from_slice(Self::LISTEN_PID);
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let envp_ptrs = envp
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain([listen_pid.as_ptr().cast(), std::ptr::null()])
+            .collect();
+        let sources = spec
+            .listeners
+            .iter()
+            .map(|(_, fd)| fd.try_clone())
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Self {
+            program,
+            _argv: argv,
+            argv_ptrs,
+            _envp: envp,
+            envp_ptrs,
+            listen_pid,
+            moved: vec![-1; sources.len()],
+            sources,
+        })
+    }
+
+    /// In the child: place the sockets, write `LISTEN_PID`, exec. Returns only on failure.
+    fn run(&mut self) -> io::Result<()> {
+        let above = (3 + self.sources.len() + 16) as RawFd;
+        // First move every socket out of the way of fds 3, 4, … (close-on-exec copies) …
+        for (i, fd) in self.sources.iter().enumerate() {
+            // SAFETY: fcntl on a descriptor we own; F_DUPFD_CLOEXEC returns a new one or -1.
+            let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, above) };
+            if moved < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            self.moved[i] = moved;
+        }
+        // … then onto them; dup2 leaves the targets without close-on-exec.
+        for (i, &moved) in self.moved.iter().enumerate() {
+            // SAFETY: both descriptors are valid; the target is replaced atomically.
+            if unsafe { libc::dup2(moved, 3 + i as RawFd) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: getpid cannot fail.
+        let mut pid = unsafe { libc::getpid() } as u64;
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (pid % 10) as u8;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        let at = Self::LISTEN_PID.len();
+        let len = digits.len() - start;
+        self.listen_pid[at..at + len].copy_from_slice(&digits[start..]);
+        self.listen_pid[at + len] = 0;
+        // SAFETY: every pointer is a NUL-terminated string owned by `self`, and both arrays end
+        // with a null pointer.
+        unsafe {
+            libc::execve(
+                self.program.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.envp_ptrs.as_ptr(),
+            );
+        }
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -323,4 +460,38 @@ pub(crate) fn take_worker_channel() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::dup2_stdin(&null).map_err(io::Error::from)?;
     debug_assert!(from_master.as_raw_fd() > 2 && to_master.as_raw_fd() > 2);
     Ok((from_master, to_master))
+}
+
+/// Worker side: takes the listening sockets handed over by socket activation.
+///
+/// Follows `sd_listen_fds(3)`: `LISTEN_PID` must be this process (otherwise the variables were
+/// meant for another and nothing is taken); fds 3 to 2 + `LISTEN_FDS` are the sockets, named by
+/// `LISTEN_FDNAMES`. They are made close-on-exec, so programs the worker starts do not inherit
+/// them.
+pub(crate) fn take_listen_fds() -> Vec<(String, OwnedFd)> {
+    let var = |name: &str| std::env::var(name).ok();
+    let ours = var("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count: RawFd = var("LISTEN_FDS").and_then(|n| n.parse().ok()).unwrap_or(0);
+    if !ours || !(1..=1024).contains(&count) {
+        return Vec::new();
+    }
+    let names = var("LISTEN_FDNAMES").unwrap_or_default();
+    let mut names = names.split(':');
+    (3..3 + count)
+        .filter_map(|fd| {
+            let name = names.next().unwrap_or("unknown").to_owned();
+            // SAFETY: fcntl(F_GETFD) only asks whether the descriptor is open.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return None;
+            }
+            // SAFETY: the master placed this socket here for this process, and nothing else in
+            // it has claimed the descriptor: this runs once, before the runtime opens anything.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            let _ = fcntl(
+                owned.as_fd(),
+                FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            Some((name, owned))
+        })
+        .collect()
 }

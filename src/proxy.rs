@@ -117,10 +117,12 @@ pub(crate) struct SlotSpec {
     pub(crate) args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) config: ClusterConfig,
+    /// The cluster's listening sockets, held for its whole life.
+    pub(crate) listeners: Vec<crate::listen::Bound>,
 }
 
 impl SlotSpec {
-    pub(crate) fn from_config(config: &ClusterConfig) -> std::io::Result<Self> {
+    pub(crate) fn from_config(config: &ClusterConfig) -> Result<Self, crate::Error> {
         let (program, args) = match &config.exec {
             Some(program) => (
                 crate::config::resolve_program(program).unwrap_or_else(|| program.clone()),
@@ -144,6 +146,7 @@ impl SlotSpec {
             args,
             env,
             config: config.clone(),
+            listeners: crate::listen::bind_all(&config.listen)?,
         })
     }
 }
@@ -225,11 +228,18 @@ impl<A: WorkerActor> Worker<A> {
         ] {
             env.push((key.into(), value.into()));
         }
+        let listeners = self
+            .spawn
+            .listeners
+            .iter()
+            .filter_map(|b| Some((b.name.clone(), b.fd.try_clone().ok()?)))
+            .collect();
         let spec = SpawnSpec {
             program: self.spawn.program.clone(),
             args: self.spawn.args.clone(),
             env,
             pipe_bytes: config.pipe_buffer_bytes,
+            listeners,
         };
         ctx.wait(
             process::spawn(spec)

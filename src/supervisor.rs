@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 use crate::config::ClusterConfig;
 use crate::error::Error;
 use crate::event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
+use crate::listen::ListenAddr;
 use crate::proxy::{AwaitReady, Decided, FromWorker, GetInfo, Kill, SlotSpec, Stop, Worker};
 use crate::worker::WorkerActor;
 
@@ -706,6 +707,12 @@ impl<A: WorkerActor> Cluster<A> {
             Ok(()) => Ok(addr),
             Err(reason) => Err(Error::StartFailed { worker: id, reason }),
         }
+    }
+
+    /// Where the listening socket `name` listens (for a TCP port 0, the port it got).
+    pub fn local_addr(&self, name: &str) -> Option<ListenAddr> {
+        let bound = self.spec.listeners.iter().find(|b| b.name == name)?;
+        Some(bound.addr.clone())
     }
 
     /// Stops every worker gracefully and returns once all have been reaped.

@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 use tokio::sync::Notify;
@@ -58,6 +59,7 @@ impl Outbox {
 pub struct WorkerContext<A> {
     outbox: Rc<Outbox>,
     identity: Identity,
+    listeners: Vec<(String, OwnedFd)>,
     scratch: Vec<u8>,
     stop_requested: bool,
     _actor: PhantomData<fn() -> A>,
@@ -73,10 +75,15 @@ impl<A> fmt::Debug for WorkerContext<A> {
 }
 
 impl<A: WorkerActor> WorkerContext<A> {
-    pub(crate) fn new(outbox: Rc<Outbox>, identity: Identity) -> Self {
+    pub(crate) fn new(
+        outbox: Rc<Outbox>,
+        identity: Identity,
+        listeners: Vec<(String, OwnedFd)>,
+    ) -> Self {
         Self {
             outbox,
             identity,
+            listeners,
             scratch: Vec::new(),
             stop_requested: false,
             _actor: PhantomData,
@@ -96,6 +103,51 @@ impl<A: WorkerActor> WorkerContext<A> {
     /// The master's process id.
     pub fn master_pid(&self) -> u32 {
         self.identity.master_pid
+    }
+
+    /// The cluster's listening TCP socket `name` (see
+    /// [`ClusterConfig::listen`](crate::ClusterConfig::listen)), shared with every other worker.
+    ///
+    /// Each call returns a new handle to the same socket. It is in blocking mode; for tokio, set
+    /// it non-blocking and pass it to `tokio::net::TcpListener::from_std`; actix-web's
+    /// `HttpServer::listen` takes it as it is.
+    ///
+    /// # Errors
+    /// [`std::io::ErrorKind::NotFound`] when the cluster has no listener of that name,
+    /// [`std::io::ErrorKind::InvalidInput`] when it is not a TCP socket.
+    pub fn listener(&self, name: &str) -> std::io::Result<std::net::TcpListener> {
+        let listener = std::net::TcpListener::from(self.listen_fd(name)?);
+        match listener.local_addr() {
+            Ok(_) => Ok(listener),
+            Err(_) => Err(not_a(name, "TCP")),
+        }
+    }
+
+    /// The cluster's listening Unix socket `name`, as [`listener`](Self::listener) for TCP.
+    ///
+    /// # Errors
+    /// As [`listener`](Self::listener).
+    pub fn unix_listener(&self, name: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
+        let listener = std::os::unix::net::UnixListener::from(self.listen_fd(name)?);
+        match listener.local_addr() {
+            Ok(addr) if addr.as_pathname().is_some() => Ok(listener),
+            _ => Err(not_a(name, "Unix")),
+        }
+    }
+
+    /// The names of the listening sockets this worker received, in order.
+    pub fn listener_names(&self) -> Vec<&str> {
+        self.listeners.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    fn listen_fd(&self, name: &str) -> std::io::Result<OwnedFd> {
+        match self.listeners.iter().find(|(n, _)| n == name) {
+            Some((_, fd)) => fd.try_clone(),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no listening socket named {name:?}"),
+            )),
+        }
     }
 
     /// Sends a one-way message to the master's handlers for this worker type.
@@ -193,4 +245,11 @@ impl<A: WorkerActor> WorkerHandle<A> {
     pub fn send_master(&self, event: &A::Event) -> Result<(), FrameError> {
         self.outbox.push_event(&mut Vec::new(), event)
     }
+}
+
+fn not_a(name: &str, kind: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("listening socket {name:?} is not a {kind} socket"),
+    )
 }

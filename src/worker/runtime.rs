@@ -95,8 +95,8 @@ impl InboxRoom {
 pub(crate) async fn run<A: WorkerActor>(
     mut actor: A,
     identity: Identity,
-    from_master: OwnedFd,
-    to_master: OwnedFd,
+    listeners: Vec<(String, OwnedFd)>,
+    (from_master, to_master): (OwnedFd, OwnedFd),
 ) -> Result<(), Error> {
     let reader = pipe::Receiver::from_owned_fd(from_master)?;
     let writer = pipe::Sender::from_owned_fd(to_master)?;
@@ -121,7 +121,7 @@ pub(crate) async fn run<A: WorkerActor>(
     ));
     tokio::pin!(writer, reader);
 
-    let mut ctx = WorkerContext::<A>::new(Rc::clone(&outbox), identity);
+    let mut ctx = WorkerContext::<A>::new(Rc::clone(&outbox), identity, listeners);
     let handled = async {
         actor.started(&mut ctx).await;
         outbox.push(&Envelope::Ready)?;

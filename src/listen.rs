@@ -1,0 +1,131 @@
+//! Shared listening sockets: bound once by the master, handed to every worker.
+//!
+//! The master binds each configured address when the cluster starts and keeps the sockets for
+//! the cluster's life; every worker process receives them at fixed descriptors following
+//! systemd's socket-activation convention (`sd_listen_fds(3)`): the n sockets are fds 3 to
+//! 2 + n, `LISTEN_FDS` holds n, `LISTEN_FDNAMES` their names joined by `:`, and `LISTEN_PID` the
+//! worker's own pid. A procactor worker gets them by name from
+//! [`WorkerContext::listener`](crate::WorkerContext::listener); any program that understands
+//! socket activation can use them as they are. The kernel spreads incoming connections over the
+//! workers that accept, and a connection waiting in the backlog survives the restart of any one
+//! worker.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use crate::error::ConfigError;
+
+/// What a listener binds: a TCP address, or a Unix socket path (written `unix:/path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address; port 0 picks a free port.
+    Tcp(SocketAddr),
+    /// A Unix stream socket at this path; a stale socket file there is replaced.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("unix:") {
+            Some("") => Err("a unix: address needs a path".into()),
+            Some(path) => Ok(ListenAddr::Unix(PathBuf::from(path))),
+            None => s
+                .parse()
+                .map(ListenAddr::Tcp)
+                .map_err(|e| format!("{s:?} is neither host:port nor unix:/path ({e})")),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A socket the master has bound.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    pub(crate) name: String,
+    pub(crate) fd: OwnedFd,
+    /// Where it listens (the actual port for a TCP port 0).
+    pub(crate) addr: ListenAddr,
+}
+
+/// Binds every listener, in order.
+///
+/// # Errors
+/// A [`ConfigError`] for the `listen` field naming the listener that could not be bound.
+pub(crate) fn bind_all(listeners: &[(String, String)]) -> Result<Vec<Bound>, ConfigError> {
+    listeners
+        .iter()
+        .map(|(name, addr)| {
+            bind(name, addr).map_err(|e| ConfigError {
+                field: "listen",
+                reason: format!("{name}: cannot bind {addr}: {e}"),
+            })
+        })
+        .collect()
+}
+
+fn bind(name: &str, addr: &str) -> io::Result<Bound> {
+    let addr: ListenAddr = addr
+        .parse()
+        .map_err(|e: String| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let (fd, addr) = match addr {
+        ListenAddr::Tcp(addr) => {
+            let listener = std::net::TcpListener::bind(addr)?;
+            let local = listener.local_addr()?;
+            (OwnedFd::from(listener), ListenAddr::Tcp(local))
+        }
+        ListenAddr::Unix(path) => {
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+                std::fs::remove_file(&path)?;
+            }
+            let listener = std::os::unix::net::UnixListener::bind(&path)?;
+            (OwnedFd::from(listener), ListenAddr::Unix(path))
+        }
+    };
+    Ok(Bound {
+        name: name.to_owned(),
+        fd,
+        addr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!(
+            "127.0.0.1:80".parse::<ListenAddr>(),
+            Ok(ListenAddr::Tcp("127.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(
+            "unix:/tmp/x.sock".parse::<ListenAddr>(),
+            Ok(ListenAddr::Unix("/tmp/x.sock".into()))
+        );
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("localhost".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn tcp_port_zero_binds_a_real_port() {
+        let bound = bind_all(&[("http".into(), "127.0.0.1:0".into())]).unwrap();
+        let ListenAddr::Tcp(addr) = &bound[0].addr else {
+            panic!()
+        };
+        assert_ne!(addr.port(), 0);
+        assert!(std::net::TcpStream::connect(addr).is_ok(), "it listens");
+    }
+}
