@@ -68,7 +68,7 @@ pub mod actors;
 pub use config::ClusterConfig;
 pub use error::{CallError, ConfigError, Error, FrameError, ProtocolError, SpawnError};
 pub use event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
-pub use listen::ListenAddr;
+pub use listen::{activated_sockets, ListenAddr};
 pub use proxy::{
     AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Stop, Tell, TellResponse, Worker,
     DRAIN_AFTER_EXIT,
