@@ -64,6 +64,15 @@ pub struct ClusterConfig {
     /// Listening sockets bound by the master and handed to every worker: (name, address), where
     /// an address is `host:port` or `unix:/path`.
     pub listen: Vec<(String, String)>,
+    /// The pause between two workers of a rolling reload.
+    #[serde(rename = "reload_delay_ms", with = "millis")]
+    pub reload_delay: Duration,
+    /// Whether workers may ask for a rolling reload of the cluster (off by default).
+    pub worker_reload: bool,
+    /// The program is not a procactor worker (any program, supervised as PM2 would): it gets no
+    /// messages, is ready once it runs, has its stdout logged like its stderr, and is stopped
+    /// with SIGTERM.
+    pub plain: bool,
 }
 
 impl Default for ClusterConfig {
@@ -84,6 +93,9 @@ impl Default for ClusterConfig {
             handle_signals: true,
             restart: RestartPolicy::default(),
             listen: Vec::new(),
+            reload_delay: Duration::ZERO,
+            worker_reload: false,
+            plain: false,
         }
     }
 }
@@ -189,6 +201,28 @@ impl ClusterConfig {
         self
     }
 
+    /// The pause between two workers of a rolling reload (default none).
+    pub fn reload_delay(mut self, delay: Duration) -> Self {
+        self.reload_delay = delay;
+        self
+    }
+
+    /// Lets workers ask for a rolling reload of the cluster with
+    /// [`WorkerContext::request_reload`](crate::WorkerContext::request_reload) (default off).
+    pub fn worker_reload(mut self, on: bool) -> Self {
+        self.worker_reload = on;
+        self
+    }
+
+    /// Runs `exec` as a plain program, not a procactor worker (default off): it takes no
+    /// messages, counts as ready once it runs, has its stdout logged like its stderr, and is
+    /// stopped with SIGTERM, then SIGKILL after the shutdown timeout. Listening sockets reach it
+    /// by socket activation (`LISTEN_FDS`), so a program that understands it serves on them.
+    pub fn plain(mut self, on: bool) -> Self {
+        self.plain = on;
+        self
+    }
+
     /// Adds a listening socket, bound once by the master when the cluster starts and handed to
     /// every worker, which gets it with [`WorkerContext::listener`](crate::WorkerContext::listener)
     /// (`name`). `addr` is `host:port` (port 0 picks a free one; see
@@ -246,6 +280,12 @@ impl ClusterConfig {
                     format!("{} is not an executable file", program.display()),
                 );
             }
+        }
+        if self.plain && self.exec.is_none() {
+            return bad(
+                "plain",
+                "a plain program needs exec: this executable is a procactor worker".into(),
+            );
         }
         let mut names = std::collections::HashSet::new();
         for (name, addr) in &self.listen {

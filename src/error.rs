@@ -35,6 +35,9 @@ pub enum Error {
         /// Its last exit.
         reason: ExitReason,
     },
+    /// A rolling reload did not finish.
+    #[error(transparent)]
+    Reload(#[from] crate::supervisor::ReloadError),
     /// A request or message to a worker failed.
     #[error(transparent)]
     Call(#[from] CallError),
@@ -67,6 +70,12 @@ pub enum CallError {
     /// The worker has no running process (stopped, or not started yet and will not be).
     #[error("worker {worker} is not running")]
     NotRunning {
+        /// The worker slot.
+        worker: WorkerId,
+    },
+    /// The worker runs a plain program, which takes no messages.
+    #[error("worker {worker} runs a plain program, which takes no messages")]
+    NoChannel {
         /// The worker slot.
         worker: WorkerId,
     },

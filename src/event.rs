@@ -146,6 +146,20 @@ pub enum WorkerEventKind {
         /// The backoff before the new process starts.
         delay: Duration,
     },
+    /// A process that no longer serves its slot has exited: one replaced in a rolling restart
+    /// after it finished its work, or a replacement that failed before it was ready. The slot is
+    /// not affected and no restart follows.
+    Retired {
+        /// How it ended.
+        reason: ExitReason,
+        /// The last lines it wrote to stderr.
+        last_stderr: Vec<String>,
+        /// How long it ran.
+        uptime: Duration,
+    },
+    /// The worker asked for a rolling reload of the cluster
+    /// ([`WorkerContext::request_reload`](crate::WorkerContext::request_reload)).
+    ReloadRequested,
     /// The supervisor gave up on this slot: its restart intensity was exceeded, or its fault is
     /// permanent (a protocol version mismatch). The slot stays down.
     GaveUp {

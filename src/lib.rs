@@ -70,12 +70,12 @@ pub use error::{CallError, ConfigError, Error, FrameError, ProtocolError, SpawnE
 pub use event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
 pub use listen::{activated_sockets, ListenAddr};
 pub use proxy::{
-    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Stop, Tell, TellResponse, Worker,
-    DRAIN_AFTER_EXIT,
+    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, ReplaceError, Replaced,
+    Stop, Tell, TellResponse, Worker, DRAIN_AFTER_EXIT,
 };
 pub use supervisor::{
     Backoff, Cluster, ClusterBuilder, ClusterSupervisor, Escalation, Intensity, ListWorkers,
-    RestartPolicy, RestartType, StopAll, Strategy,
+    ReloadError, ReloadEvent, ReloadReport, RestartPolicy, RestartType, StopAll, Strategy,
 };
 pub use worker::{is_worker, run_worker, WorkerActor, WorkerContext, WorkerHandle};
 

@@ -14,6 +14,7 @@
 //! worker → master   Event { payload }                 one-way, to the master's handlers
 //! master → worker   Shutdown                          `stopping` hook, then exit 0
 //! master → worker   Ping { seq }                      … Pong { seq }, answered off the handler path
+//! worker → master   ReloadRequest                     asks for a rolling reload of the cluster
 //! ```
 //!
 //! Wire types are flat (no recursion), so a hostile frame cannot nest deeply; byte fields borrow
@@ -83,6 +84,8 @@ pub enum Envelope<'a> {
         /// The `Ping`'s sequence number.
         seq: u64,
     },
+    /// Worker → master: please reload the cluster (honoured only where the config allows it).
+    ReloadRequest,
 }
 
 impl Envelope<'_> {
@@ -99,6 +102,7 @@ impl Envelope<'_> {
             Envelope::Shutdown => "Shutdown",
             Envelope::Ping { .. } => "Ping",
             Envelope::Pong { .. } => "Pong",
+            Envelope::ReloadRequest => "ReloadRequest",
         }
     }
 }

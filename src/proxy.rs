@@ -18,6 +18,19 @@
 //!
 //! Requests may be sent from `Spawning` on: they are queued and handled once the worker is ready.
 //!
+//! # Handover (rolling restarts)
+//! [`Replace`] starts a second process in the slot while the first one keeps serving. Once the
+//! new one is ready, the slot's messages go to it and the old one is stopped gracefully: it gets
+//! `Shutdown`, answers what it was sent before, runs its `stopping` hook (an HTTP worker stops
+//! accepting and finishes its requests there) and exits. Its replies still reach their callers.
+//! A replacement that exits or is not ready within the ready timeout is killed, and the old
+//! process goes on serving as if nothing happened. The [`Addr`](actix::Addr) never changes.
+//!
+//! # Plain programs
+//! With [`ClusterConfig::plain`] the program is not a procactor worker: it gets no messages, is
+//! ready once it runs, has its stdout logged like its stderr, and is stopped with SIGTERM (then
+//! SIGKILL after the shutdown timeout). Shared listening sockets reach it as they reach workers.
+//!
 //! # In-flight requests when a worker dies
 //! Every request in flight fails at once with [`CallError::WorkerExited`] carrying the exit
 //! reason, once the process is reaped and what it wrote before dying has been read (bounded by
@@ -55,7 +68,8 @@ mod messages;
 
 pub(crate) use messages::Decided;
 pub use messages::{
-    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Stop, Tell, TellResponse,
+    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, ReplaceError, Replaced,
+    Stop, Tell, TellResponse,
 };
 
 use io::{Flush, Outbox, ReadFrames};
@@ -73,39 +87,120 @@ type Held = Rc<RefCell<VecDeque<OneshotSender<Result<(), CallError>>>>>;
 /// for another worker type does not compile.
 pub struct Worker<A: WorkerActor> {
     pub(crate) id: WorkerId,
-    pub(crate) generation: u64,
-    state: WorkerState,
+    /// The last generation handed out; each process of the slot gets the next one.
+    generations: u64,
+    /// The process that serves the slot (or the last one, when none runs).
+    proc: Proc<A::Reply>,
+    /// A replacement being started by [`Replace`].
+    incoming: Option<Proc<A::Reply>>,
+    /// Replaced processes finishing their work.
+    retiring: Vec<Proc<A::Reply>>,
+    replace: Option<Replacing>,
     spawn: Rc<SlotSpec>,
     supervisor: Recipient<WorkerEvent>,
     listeners: Rc<Vec<Recipient<FromWorker<A::Event>>>>,
-    child: Option<Rc<ChildHandle>>,
-    pub(crate) outbox: Outbox,
-    pending: Pending<A::Reply>,
-    held: Held,
     next_id: u64,
     scratch: Vec<u8>,
+    ready_waiters: Vec<OneshotSender<Result<(), ExitReason>>>,
+    exit_waiters: Vec<OneshotSender<ExitReason>>,
+    last_exit: Option<ExitReason>,
+    respawn: Option<SpawnHandle>,
+    _actor: PhantomData<fn() -> A>,
+}
+
+/// One process of a slot, with its pipes and what is in flight to it.
+pub(crate) struct Proc<R> {
+    pub(crate) generation: u64,
+    pub(crate) state: WorkerState,
+    child: Option<Rc<ChildHandle>>,
+    pub(crate) outbox: Outbox,
+    pending: Pending<R>,
+    held: Held,
     fault: Option<ExitReason>,
     exit: Option<RawExit>,
     stdout_open: bool,
     stderr_open: bool,
     stderr_tail: Rc<RefCell<VecDeque<String>>>,
-    ready_waiters: Vec<OneshotSender<Result<(), ExitReason>>>,
-    exit_waiters: Vec<OneshotSender<ExitReason>>,
-    last_exit: Option<ExitReason>,
     started_at: Option<Instant>,
     pings_sent: u64,
     pongs_seen: u64,
-    respawn: Option<SpawnHandle>,
-    _actor: PhantomData<fn() -> A>,
+}
+
+impl<R> Proc<R> {
+    fn new(generation: u64, config: &ClusterConfig) -> Self {
+        Self {
+            generation,
+            state: WorkerState::Spawning,
+            child: None,
+            outbox: Outbox::new(config.max_frame_bytes, config.max_outbox_bytes),
+            pending: Rc::default(),
+            held: Rc::default(),
+            fault: None,
+            exit: None,
+            stdout_open: false,
+            stderr_open: false,
+            stderr_tail: Rc::default(),
+            started_at: None,
+            pings_sent: 0,
+            pongs_seen: 0,
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.pid())
+    }
+
+    fn is_running(&self) -> bool {
+        matches!(
+            self.state,
+            WorkerState::Spawning
+                | WorkerState::Starting
+                | WorkerState::Online
+                | WorkerState::Ready
+                | WorkerState::Stopping
+        )
+    }
+
+    /// Lets awaiting senders of one-way messages go once the outbox is below its high-water mark.
+    pub(crate) fn release_held_tells(&mut self) {
+        if self.outbox.len() <= self.outbox.limit() / 16 {
+            for tx in self.held.borrow_mut().drain(..) {
+                let _ = tx.send(Ok(()));
+            }
+        }
+    }
+
+    /// Fails every request and held message in flight to this process.
+    fn fail_in_flight(&mut self, error: &CallError) {
+        for (_, tx) in self.pending.borrow_mut().drain() {
+            if let Some(tx) = tx {
+                let _ = tx.send(Err(error.clone()));
+            }
+        }
+        for tx in self.held.borrow_mut().drain(..) {
+            let _ = tx.send(Err(error.clone()));
+        }
+    }
+}
+
+/// A [`Replace`] under way.
+struct Replacing {
+    tx: Option<OneshotSender<Result<Replaced, ReplaceError>>>,
+    old_pid: Option<u32>,
+    new_pid: Option<u32>,
+    /// The generation of the replaced process, once handed over; `Replace` resolves at its exit.
+    retiring: Option<u64>,
 }
 
 impl<A: WorkerActor> fmt::Debug for Worker<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Worker")
             .field("id", &self.id)
-            .field("generation", &self.generation)
-            .field("state", &self.state)
-            .field("pid", &self.pid())
+            .field("generation", &self.proc.generation)
+            .field("state", &self.proc.state)
+            .field("pid", &self.proc.pid())
+            .field("incoming", &self.incoming.as_ref().map(|p| p.generation))
+            .field("retiring", &self.retiring.len())
             .finish_non_exhaustive()
     }
 }
@@ -158,75 +253,85 @@ impl<A: WorkerActor> Worker<A> {
         supervisor: Recipient<WorkerEvent>,
         listeners: Rc<Vec<Recipient<FromWorker<A::Event>>>>,
     ) -> Self {
-        let outbox = Outbox::new(spawn.config.max_frame_bytes, spawn.config.max_outbox_bytes);
         Self {
             id,
-            generation: 0,
-            state: WorkerState::Spawning,
+            generations: 0,
+            proc: Proc::new(0, &spawn.config),
+            incoming: None,
+            retiring: Vec::new(),
+            replace: None,
             spawn,
             supervisor,
             listeners,
-            child: None,
-            outbox,
-            pending: Rc::default(),
-            held: Rc::default(),
             next_id: 0,
             scratch: Vec::new(),
-            fault: None,
-            exit: None,
-            stdout_open: false,
-            stderr_open: false,
-            stderr_tail: Rc::default(),
             ready_waiters: Vec::new(),
             exit_waiters: Vec::new(),
             last_exit: None,
-            started_at: None,
-            pings_sent: 0,
-            pongs_seen: 0,
             respawn: None,
             _actor: PhantomData,
         }
     }
 
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.pid())
+    /// The process of generation `generation`, if the slot still holds it.
+    pub(crate) fn proc_mut(&mut self, generation: u64) -> Option<&mut Proc<A::Reply>> {
+        if self.proc.generation == generation {
+            return Some(&mut self.proc);
+        }
+        if let Some(p) = self
+            .incoming
+            .as_mut()
+            .filter(|p| p.generation == generation)
+        {
+            return Some(p);
+        }
+        self.retiring
+            .iter_mut()
+            .find(|p| p.generation == generation)
+    }
+
+    fn plain(&self) -> bool {
+        self.spawn.config.plain
     }
 
     pub(crate) fn info(&self) -> WorkerInfo {
         WorkerInfo {
             id: self.id,
-            pid: self.pid(),
-            state: self.state,
-            generation: self.generation,
+            pid: self.proc.pid(),
+            state: self.proc.state,
+            generation: self.proc.generation,
         }
     }
 
-    fn emit(&self, kind: WorkerEventKind) {
+    fn emit(&self, generation: u64, pid: Option<u32>, kind: WorkerEventKind) {
         self.supervisor.do_send(WorkerEvent {
             worker: self.id,
-            generation: self.generation,
-            pid: self.pid(),
+            generation,
+            pid,
             kind,
         });
     }
 
-    /// Starts a new process behind this slot.
+    /// Starts a new process as the slot's serving process.
     fn spawn_process(&mut self, ctx: &mut Context<Self>) {
-        self.generation += 1;
-        let generation = self.generation;
-        self.state = WorkerState::Spawning;
-        self.fault = None;
-        self.exit = None;
-        self.stderr_tail.borrow_mut().clear();
+        self.generations += 1;
+        self.proc = Proc::new(self.generations, &self.spawn.config);
+        self.start_process(self.generations, ctx);
+    }
+
+    /// Spawns the process for the (already placed) `Proc` of `generation`.
+    fn start_process(&mut self, generation: u64, ctx: &mut Context<Self>) {
         let config = &self.spawn.config;
         let mut env = self.spawn.env.clone();
-        for (key, value) in [
-            (env::WORKER_ID, self.id.to_string()),
-            (env::GENERATION, generation.to_string()),
-            (env::MASTER_PID, std::process::id().to_string()),
-            (env::MAX_FRAME_BYTES, config.max_frame_bytes.to_string()),
-        ] {
-            env.push((key.into(), value.into()));
+        if !config.plain {
+            for (key, value) in [
+                (env::WORKER_ID, self.id.to_string()),
+                (env::GENERATION, generation.to_string()),
+                (env::MASTER_PID, std::process::id().to_string()),
+                (env::MAX_FRAME_BYTES, config.max_frame_bytes.to_string()),
+            ] {
+                env.push((key.into(), value.into()));
+            }
         }
         let listeners = self
             .spawn
@@ -255,6 +360,8 @@ impl<A: WorkerActor> Worker<A> {
         ctx: &mut Context<Self>,
     ) {
         let program = self.spawn.program.clone();
+        let id = self.id;
+        let plain = self.plain();
         let parts = result.and_then(|spawned| {
             spawned.into_async().map_err(|e| SpawnError {
                 program,
@@ -262,37 +369,48 @@ impl<A: WorkerActor> Worker<A> {
                 message: e.to_string(),
             })
         });
+        let Some(p) = self.proc_mut(generation) else {
+            // Abandoned while spawning (a replacement given up on): dropping the handle kills it.
+            return;
+        };
         let (pipes, child) = match parts {
             Ok(parts) => parts,
             Err(e) => {
-                tracing::error!(worker = self.id, generation, error = %e, "worker failed to spawn");
-                self.exit = Some(RawExit::Code(-1));
-                self.fault = Some(ExitReason::SpawnFailed(e));
-                self.finalize(generation);
+                tracing::error!(worker = id, generation, error = %e, "worker failed to spawn");
+                p.exit = Some(RawExit::Code(-1));
+                p.fault = Some(ExitReason::SpawnFailed(e));
+                self.finalize(generation, ctx);
                 return;
             }
         };
         let child = Rc::new(child);
         let pid = child.pid();
-        self.child = Some(Rc::clone(&child));
-        self.started_at = Some(Instant::now());
-        self.pings_sent = 0;
-        self.pongs_seen = 0;
-        self.state = WorkerState::Starting;
-        self.stdout_open = true;
-        self.stderr_open = true;
-        self.outbox.attach(pipes.stdin);
-        tracing::debug!(worker = self.id, pid, generation, "worker spawned");
-        self.emit(WorkerEventKind::Spawned);
+        p.child = Some(Rc::clone(&child));
+        p.started_at = Some(Instant::now());
+        p.state = WorkerState::Starting;
+        p.stdout_open = true;
+        p.stderr_open = true;
+        p.outbox.attach(pipes.stdin);
+        let tail = Rc::clone(&p.stderr_tail);
+        tracing::debug!(worker = id, pid, generation, "worker spawned");
+        self.emit(generation, Some(pid), WorkerEventKind::Spawned);
 
-        let max_frame = self.spawn.config.max_frame_bytes;
-        ctx.spawn(ReadFrames::new(generation, pipes.stdout, max_frame));
+        if plain {
+            ctx.spawn(
+                io::read_lines(pipes.stdout, id, pid, "stdout", Rc::clone(&tail))
+                    .into_actor(self)
+                    .map(move |(), act, ctx| act.stdout_closed(generation, ctx)),
+            );
+        } else {
+            let max_frame = self.spawn.config.max_frame_bytes;
+            ctx.spawn(ReadFrames::new(generation, pipes.stdout, max_frame));
+        }
         ctx.spawn(
-            io::read_stderr(pipes.stderr, self.id, pid, Rc::clone(&self.stderr_tail))
+            io::read_lines(pipes.stderr, id, pid, "stderr", tail)
                 .into_actor(self)
                 .map(move |(), act, ctx| {
-                    if act.generation == generation {
-                        act.stderr_open = false;
+                    if let Some(p) = act.proc_mut(generation) {
+                        p.stderr_open = false;
                         act.try_finalize(generation, ctx);
                     }
                 }),
@@ -302,39 +420,39 @@ impl<A: WorkerActor> Worker<A> {
                 .into_actor(self)
                 .map(move |raw, act, ctx| act.exited(generation, raw, ctx)),
         );
+        if plain {
+            // Nothing to wait for: a plain program serves once it runs.
+            self.on_ready(generation, ctx);
+            return;
+        }
         ctx.run_later(self.spawn.config.ready_timeout, move |act, ctx| {
-            let starting = matches!(act.state, WorkerState::Starting | WorkerState::Online);
-            if act.generation == generation && starting {
+            let starting = act
+                .proc_mut(generation)
+                .is_some_and(|p| matches!(p.state, WorkerState::Starting | WorkerState::Online));
+            if starting {
                 act.fault(generation, ExitReason::ReadyTimeout, ctx);
             }
         });
-        self.kick_writer(ctx);
+        self.kick_writer(generation, ctx);
     }
 
-    /// Makes sure a [`Flush`] runs while the outbox holds frames.
-    pub(crate) fn kick_writer(&mut self, ctx: &mut Context<Self>) {
-        if !self.outbox.flushing && self.outbox.is_attached() && self.outbox.len() > 0 {
-            self.outbox.flushing = true;
-            ctx.spawn(Flush);
+    /// Makes sure a [`Flush`] runs while the outbox of process `generation` holds frames.
+    pub(crate) fn kick_writer(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let Some(p) = self.proc_mut(generation) else {
+            return;
+        };
+        if !p.outbox.flushing && p.outbox.is_attached() && p.outbox.len() > 0 {
+            p.outbox.flushing = true;
+            ctx.spawn(Flush::new(generation));
         }
-    }
-
-    /// Lets awaiting senders of one-way messages go once the outbox is below its high-water mark.
-    pub(crate) fn release_held_tells(&mut self) {
-        if self.outbox.len() <= self.high_water() {
-            for tx in self.held.borrow_mut().drain(..) {
-                let _ = tx.send(Ok(()));
-            }
-        }
-    }
-
-    pub(crate) fn high_water(&self) -> usize {
-        self.outbox.limit() / 16
     }
 
     /// Whether new messages are taken now; the error to give if not.
     pub(crate) fn accepting(&self) -> Result<(), CallError> {
-        match self.state {
+        if self.plain() {
+            return Err(CallError::NoChannel { worker: self.id });
+        }
+        match self.proc.state {
             WorkerState::Spawning
             | WorkerState::Starting
             | WorkerState::Online
@@ -351,7 +469,7 @@ impl<A: WorkerActor> Worker<A> {
         }
     }
 
-    /// Queues a request and returns its correlation id.
+    /// Queues a request to the serving process and returns its correlation id.
     pub(crate) fn send_request(
         &mut self,
         msg: &A::Msg,
@@ -364,9 +482,9 @@ impl<A: WorkerActor> Worker<A> {
             id,
             payload: &self.scratch,
         };
-        self.outbox.push(self.id, &env)?;
+        self.proc.outbox.push(self.id, &env)?;
         self.next_id += 1;
-        self.kick_writer(ctx);
+        self.kick_writer(self.proc.generation, ctx);
         Ok(id)
     }
 
@@ -381,23 +499,34 @@ impl<A: WorkerActor> Worker<A> {
         let env = Envelope::Tell {
             payload: &self.scratch,
         };
-        self.outbox.push(self.id, &env)?;
-        self.kick_writer(ctx);
-        Ok(self.outbox.len() > self.high_water())
+        self.proc.outbox.push(self.id, &env)?;
+        self.kick_writer(self.proc.generation, ctx);
+        Ok(self.proc.outbox.len() > self.proc.outbox.limit() / 16)
     }
 
+    /// Where the serving process's pending requests are parked.
     pub(crate) fn pending(&self) -> &Pending<A::Reply> {
-        &self.pending
+        &self.proc.pending
     }
 
+    /// Where one-way senders wait for the serving process's outbox to drain.
     pub(crate) fn held(&self) -> &Held {
-        &self.held
+        &self.proc.held
     }
 
-    /// Handles one frame from the worker.
-    fn on_frame(&mut self, frame: &[u8], ctx: &mut Context<Self>) -> Result<(), ProtocolError> {
+    /// Handles one frame from process `generation`.
+    fn on_frame(
+        &mut self,
+        generation: u64,
+        frame: &[u8],
+        ctx: &mut Context<Self>,
+    ) -> Result<(), ProtocolError> {
         let envelope = decode_envelope(frame)?;
-        match (self.state, envelope) {
+        let id = self.id;
+        let Some(p) = self.proc_mut(generation) else {
+            return Ok(());
+        };
+        match (p.state, envelope) {
             (
                 WorkerState::Starting,
                 Envelope::Hello {
@@ -411,11 +540,12 @@ impl<A: WorkerActor> Worker<A> {
                         master: PROTOCOL_VERSION,
                     });
                 }
-                if Some(pid) != self.pid() {
-                    tracing::debug!(worker = self.id, hello_pid = pid, "Hello from another pid");
+                if Some(pid) != p.pid() {
+                    tracing::debug!(worker = id, hello_pid = pid, "Hello from another pid");
                 }
-                self.state = WorkerState::Online;
-                self.emit(WorkerEventKind::Online);
+                p.state = WorkerState::Online;
+                let pid = p.pid();
+                self.emit(generation, pid, WorkerEventKind::Online);
             }
             (WorkerState::Starting, other) => {
                 return Err(ProtocolError::Unexpected {
@@ -423,19 +553,12 @@ impl<A: WorkerActor> Worker<A> {
                     state: "waiting for Hello",
                 })
             }
-            (WorkerState::Online, Envelope::Ready) => {
-                self.state = WorkerState::Ready;
-                self.emit(WorkerEventKind::Ready);
-                for tx in self.ready_waiters.drain(..) {
-                    let _ = tx.send(Ok(()));
-                }
-                self.start_heartbeat(ctx);
-            }
+            (WorkerState::Online, Envelope::Ready) => self.on_ready(generation, ctx),
             (WorkerState::Ready | WorkerState::Stopping, Envelope::Pong { seq }) => {
-                self.pongs_seen = self.pongs_seen.max(seq);
+                p.pongs_seen = p.pongs_seen.max(seq);
             }
             (_, Envelope::Reply { id, payload }) => {
-                let tx = self.take_pending(id)?;
+                let tx = take_pending(&p.pending, id)?;
                 let reply = crate::codec::decode_value(payload)
                     .map_err(|e| CallError::BadReply(e.to_string()));
                 if let Some(tx) = tx {
@@ -443,7 +566,7 @@ impl<A: WorkerActor> Worker<A> {
                 }
             }
             (_, Envelope::Failed { id, error }) => {
-                if let Some(tx) = self.take_pending(id)? {
+                if let Some(tx) = take_pending(&p.pending, id)? {
                     let _ = tx.send(Err(CallError::Failed(error.to_owned())));
                 }
             }
@@ -451,7 +574,12 @@ impl<A: WorkerActor> Worker<A> {
                 WorkerState::Online | WorkerState::Ready | WorkerState::Stopping,
                 Envelope::Event { payload },
             ) => {
-                self.deliver_event(payload);
+                let pid = p.pid().unwrap_or_default();
+                self.deliver_event(generation, pid, payload);
+            }
+            (WorkerState::Online | WorkerState::Ready, Envelope::ReloadRequest) => {
+                let pid = p.pid();
+                self.emit(generation, pid, WorkerEventKind::ReloadRequested);
             }
             (state, other) => {
                 return Err(ProtocolError::Unexpected {
@@ -466,56 +594,148 @@ impl<A: WorkerActor> Worker<A> {
         Ok(())
     }
 
-    /// Pings the worker every heartbeat interval while this process lives; kills it after
-    /// `heartbeat_misses` pings in a row go unanswered.
-    fn start_heartbeat(&mut self, ctx: &mut Context<Self>) {
-        let interval = self.spawn.config.heartbeat_interval;
-        if interval.is_zero() {
+    /// Process `generation` is ready: it serves the slot, or takes over from the serving one.
+    fn on_ready(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let Some(p) = self.proc_mut(generation) else {
+            return;
+        };
+        p.state = WorkerState::Ready;
+        let pid = p.pid();
+        self.emit(generation, pid, WorkerEventKind::Ready);
+        self.start_heartbeat(generation, ctx);
+        if self.incoming.as_ref().map(|p| p.generation) == Some(generation) {
+            self.hand_over(ctx);
+        } else if self.proc.generation == generation {
+            for tx in self.ready_waiters.drain(..) {
+                let _ = tx.send(Ok(()));
+            }
+        }
+    }
+
+    /// The replacement is ready: it becomes the serving process; the old one is stopped
+    /// gracefully and finishes what it was sent.
+    fn hand_over(&mut self, ctx: &mut Context<Self>) {
+        let Some(new) = self.incoming.take() else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.proc, new);
+        let (old_generation, old_pid) = (old.generation, old.pid());
+        let new_pid = self.proc.pid();
+        tracing::info!(
+            worker = self.id,
+            old_pid,
+            new_pid,
+            generation = self.proc.generation,
+            "replacement ready; retiring the old process"
+        );
+        if let Some(replacing) = self.replace.as_mut() {
+            replacing.retiring = Some(old_generation);
+            replacing.new_pid = new_pid;
+        }
+        let old_running = old.is_running();
+        self.retiring.push(old);
+        for tx in self.ready_waiters.drain(..) {
+            let _ = tx.send(Ok(()));
+        }
+        if old_running {
+            self.begin_stop(old_generation, ctx);
+        } else {
+            // It exited while the replacement was starting (and was reported then).
+            self.retiring.retain(|p| p.generation != old_generation);
+            self.finish_replace(Ok(ExitReason::Exited(0)));
+        }
+    }
+
+    /// Resolves the [`Replace`] under way.
+    fn finish_replace(&mut self, result: Result<ExitReason, ReplaceError>) {
+        let Some(mut replacing) = self.replace.take() else {
+            return;
+        };
+        let result = result.map(|old_exit| Replaced {
+            worker: self.id,
+            old_pid: replacing.old_pid,
+            new_pid: replacing.new_pid,
+            generation: self.proc.generation,
+            old_exit,
+        });
+        if let Some(tx) = replacing.tx.take() {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Starts a replacement process for the slot; see [`Replace`].
+    pub(crate) fn begin_replace(
+        &mut self,
+        tx: OneshotSender<Result<Replaced, ReplaceError>>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.replace.is_some() {
+            let _ = tx.send(Err(ReplaceError::Busy { worker: self.id }));
             return;
         }
-        let generation = self.generation;
+        if self.proc.state != WorkerState::Ready {
+            let _ = tx.send(Err(ReplaceError::NotServing {
+                worker: self.id,
+                state: self.proc.state,
+            }));
+            return;
+        }
+        self.generations += 1;
+        let generation = self.generations;
+        self.incoming = Some(Proc::new(generation, &self.spawn.config));
+        self.replace = Some(Replacing {
+            tx: Some(tx),
+            old_pid: self.proc.pid(),
+            new_pid: None,
+            retiring: None,
+        });
+        tracing::info!(
+            worker = self.id,
+            pid = self.proc.pid(),
+            generation,
+            "starting a replacement"
+        );
+        self.start_process(generation, ctx);
+    }
+
+    /// Pings process `generation` every heartbeat interval while it lives; kills it after
+    /// `heartbeat_misses` pings in a row go unanswered.
+    fn start_heartbeat(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let interval = self.spawn.config.heartbeat_interval;
+        if interval.is_zero() || self.plain() {
+            return;
+        }
         let misses = u64::from(self.spawn.config.heartbeat_misses.max(1));
         ctx.run_interval(interval, move |act, ctx| {
-            let alive = matches!(act.state, WorkerState::Ready | WorkerState::Stopping);
-            if act.generation != generation || !alive {
-                // This process is gone; a new one starts its own heartbeat.
+            let id = act.id;
+            let Some(p) = act
+                .proc_mut(generation)
+                .filter(|p| matches!(p.state, WorkerState::Ready | WorkerState::Stopping))
+            else {
+                // This process is gone; a new one runs its own heartbeat.
                 ctx.cancel_future(ctx.handle());
                 return;
-            }
-            if act.pings_sent - act.pongs_seen >= misses {
+            };
+            if p.pings_sent - p.pongs_seen >= misses {
                 act.fault(generation, ExitReason::HeartbeatTimeout, ctx);
                 return;
             }
-            act.pings_sent += 1;
-            let ping = Envelope::Ping {
-                seq: act.pings_sent,
-            };
+            p.pings_sent += 1;
+            let ping = Envelope::Ping { seq: p.pings_sent };
             // A full outbox is a missed heartbeat too; the worker is not reading.
-            if act.outbox.push(act.id, &ping).is_ok() {
-                act.kick_writer(ctx);
+            if p.outbox.push(id, &ping).is_ok() {
+                act.kick_writer(generation, ctx);
             }
         });
     }
 
-    #[allow(clippy::type_complexity)]
-    fn take_pending(
-        &mut self,
-        id: u64,
-    ) -> Result<Option<OneshotSender<Result<A::Reply, CallError>>>, ProtocolError> {
-        self.pending
-            .borrow_mut()
-            .remove(&id)
-            .ok_or(ProtocolError::UnknownReply { id })
-    }
-
-    fn deliver_event(&self, payload: &[u8]) {
-        let pid = self.pid().unwrap_or_default();
+    fn deliver_event(&self, generation: u64, pid: u32, payload: &[u8]) {
         for listener in self.listeners.iter() {
             match crate::codec::decode_value::<A::Event>(payload) {
                 Ok(msg) => listener.do_send(FromWorker {
                     worker: self.id,
                     pid,
-                    generation: self.generation,
+                    generation,
                     msg,
                 }),
                 Err(e) => {
@@ -526,137 +746,251 @@ impl<A: WorkerActor> Worker<A> {
         }
     }
 
-    /// Ends the current process for `reason`: kills its process group and fails what is in flight.
+    /// Ends process `generation` for `reason`: kills its process group and fails what is in
+    /// flight to it.
     pub(crate) fn fault(&mut self, generation: u64, reason: ExitReason, _ctx: &mut Context<Self>) {
-        if generation != self.generation
-            || self.fault.is_some()
-            || self.state == WorkerState::Exited
-        {
+        let id = self.id;
+        let Some(p) = self.proc_mut(generation) else {
+            return;
+        };
+        if p.fault.is_some() || !p.is_running() {
             return;
         }
-        let pid = self.pid();
+        let pid = p.pid();
         match &reason {
             ExitReason::Protocol(e) => {
-                tracing::error!(worker = self.id, pid, generation, error = %e, "protocol violation; killing worker");
+                tracing::error!(worker = id, pid, generation, error = %e, "protocol violation; killing worker");
             }
             other => {
-                tracing::warn!(worker = self.id, pid, generation, reason = %other, "killing worker")
+                tracing::warn!(worker = id, pid, generation, reason = %other, "killing worker")
             }
         }
-        if let Some(child) = &self.child {
+        if let Some(child) = &p.child {
             child.signal_group(Signal::SIGKILL);
         }
-        self.fail_in_flight(&reason);
-        self.fault = Some(reason);
-    }
-
-    fn fail_in_flight(&mut self, reason: &ExitReason) {
-        let error = CallError::WorkerExited {
-            worker: self.id,
+        p.fail_in_flight(&CallError::WorkerExited {
+            worker: id,
             reason: reason.clone(),
-        };
-        for (_, tx) in self.pending.borrow_mut().drain() {
-            if let Some(tx) = tx {
-                let _ = tx.send(Err(error.clone()));
-            }
-        }
-        for tx in self.held.borrow_mut().drain(..) {
-            let _ = tx.send(Err(error.clone()));
-        }
+        });
+        p.fault = Some(reason);
     }
 
     pub(crate) fn stdout_closed(&mut self, generation: u64, ctx: &mut Context<Self>) {
-        if generation == self.generation {
-            self.stdout_open = false;
+        if let Some(p) = self.proc_mut(generation) {
+            p.stdout_open = false;
             self.try_finalize(generation, ctx);
         }
     }
 
     fn exited(&mut self, generation: u64, raw: RawExit, ctx: &mut Context<Self>) {
-        if generation != self.generation {
+        let Some(p) = self.proc_mut(generation) else {
             return;
-        }
-        self.exit = Some(raw);
-        if self.stdout_open || self.stderr_open {
-            ctx.run_later(DRAIN_AFTER_EXIT, move |act, _| act.finalize(generation));
+        };
+        p.exit = Some(raw);
+        if p.stdout_open || p.stderr_open {
+            ctx.run_later(DRAIN_AFTER_EXIT, move |act, ctx| {
+                act.finalize(generation, ctx)
+            });
         }
         self.try_finalize(generation, ctx);
     }
 
-    fn try_finalize(&mut self, generation: u64, _ctx: &mut Context<Self>) {
-        if !self.stdout_open && !self.stderr_open && self.exit.is_some() {
-            self.finalize(generation);
+    fn try_finalize(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let Some(p) = self.proc_mut(generation) else {
+            return;
+        };
+        if !p.stdout_open && !p.stderr_open && p.exit.is_some() {
+            self.finalize(generation, ctx);
         }
     }
 
-    /// The process is reaped and its output read (or the wait for it is over): report the exit.
-    fn finalize(&mut self, generation: u64) {
-        if generation != self.generation || self.state == WorkerState::Exited {
+    /// Process `generation` is reaped and its output read (or the wait for it is over): report
+    /// its exit, and settle what depended on it.
+    fn finalize(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let id = self.id;
+        let Some(p) = self.proc_mut(generation) else {
+            return;
+        };
+        if p.state == WorkerState::Exited {
             return;
         }
-        let Some(raw) = self.exit else { return };
-        let reason = self.fault.take().unwrap_or(match raw {
+        let Some(raw) = p.exit else { return };
+        let reason = p.fault.take().unwrap_or(match raw {
             RawExit::Code(code) => ExitReason::Exited(code),
             RawExit::Signal(signal) => ExitReason::Signaled(signal),
         });
-        let pid = self.pid();
-        if reason.is_normal() {
-            tracing::info!(worker = self.id, pid, generation, "worker exited");
-        } else {
-            tracing::warn!(worker = self.id, pid, generation, %reason, "worker exited");
+        let pid = p.pid();
+        p.state = WorkerState::Exited;
+        p.outbox.detach();
+        p.outbox.flushing = false;
+        p.fail_in_flight(&CallError::WorkerExited {
+            worker: id,
+            reason: reason.clone(),
+        });
+        p.child = None;
+        let last_stderr: Vec<String> = p.stderr_tail.borrow().iter().cloned().collect();
+        let uptime = p.started_at.map(|t| t.elapsed()).unwrap_or_default();
+
+        if self.proc.generation != generation {
+            // A replacement that never became ready, or a replaced process done retiring.
+            let failed_replacement =
+                self.incoming.as_ref().map(|p| p.generation) == Some(generation);
+            if failed_replacement {
+                self.incoming = None;
+                tracing::warn!(worker = id, pid, generation, %reason, "replacement failed; the old process keeps serving");
+                self.finish_replace(Err(ReplaceError::Failed {
+                    worker: id,
+                    reason: reason.clone(),
+                    last_stderr: last_stderr.clone(),
+                }));
+            } else {
+                self.retiring.retain(|p| p.generation != generation);
+                tracing::info!(worker = id, pid, generation, %reason, "replaced process exited");
+                if self.replace.as_ref().and_then(|r| r.retiring) == Some(generation) {
+                    self.finish_replace(Ok(reason.clone()));
+                }
+            }
+            self.emit(
+                generation,
+                pid,
+                WorkerEventKind::Retired {
+                    reason,
+                    last_stderr,
+                    uptime,
+                },
+            );
+            return;
         }
-        self.state = WorkerState::Exited;
-        self.outbox.detach();
-        self.outbox.flushing = false;
-        self.fail_in_flight(&reason);
-        for tx in self.ready_waiters.drain(..) {
-            let _ = tx.send(Err(reason.clone()));
+
+        if reason.is_normal() {
+            tracing::info!(worker = id, pid, generation, "worker exited");
+        } else {
+            tracing::warn!(worker = id, pid, generation, %reason, "worker exited");
         }
         for tx in self.exit_waiters.drain(..) {
             let _ = tx.send(reason.clone());
         }
-        let last_stderr = self.stderr_tail.borrow().iter().cloned().collect();
-        let uptime = self
-            .started_at
-            .take()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        self.emit(WorkerEventKind::Exited {
-            reason: reason.clone(),
-            last_stderr,
-            uptime,
-        });
-        self.child = None;
-        self.last_exit = Some(reason);
+        self.last_exit = Some(reason.clone());
+        self.emit(
+            generation,
+            pid,
+            WorkerEventKind::Exited {
+                reason,
+                last_stderr,
+                uptime,
+            },
+        );
+        if self.incoming.is_some() {
+            // The replacement under way takes the slot now; the slot is served again once it is
+            // ready, and the Replace resolves then.
+            if let Some(new) = self.incoming.take() {
+                self.proc = new;
+            }
+            if let Some(replacing) = self.replace.as_mut() {
+                replacing.retiring = None;
+            }
+            let generation = self.proc.generation;
+            if self.proc.state == WorkerState::Ready {
+                self.on_ready(generation, ctx);
+            }
+            self.watch_promoted(generation, ctx);
+        } else {
+            for tx in self.ready_waiters.drain(..) {
+                let _ = tx.send(Err(self.last_exit.clone().unwrap_or(ExitReason::Killed)));
+            }
+        }
     }
 
-    /// Starts a graceful stop: `Shutdown`, then SIGKILL after the shutdown timeout.
-    pub(crate) fn begin_stop(&mut self, ctx: &mut Context<Self>) {
+    /// A replacement promoted because the process it was to replace died: the [`Replace`]
+    /// resolves when it is ready (or fails with it).
+    fn watch_promoted(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ready_waiters.push(tx);
+        ctx.spawn(rx.into_actor(self).map(move |result, act, _ctx| {
+            if act.proc.generation != generation {
+                return;
+            }
+            let result = match result {
+                Ok(Ok(())) => Ok(act.last_exit.clone().unwrap_or(ExitReason::Killed)),
+                Ok(Err(reason)) => Err(ReplaceError::Failed {
+                    worker: act.id,
+                    reason,
+                    last_stderr: Vec::new(),
+                }),
+                Err(_) => Err(ReplaceError::Failed {
+                    worker: act.id,
+                    reason: ExitReason::Killed,
+                    last_stderr: Vec::new(),
+                }),
+            };
+            if let Some(replacing) = act.replace.as_mut() {
+                replacing.new_pid = act.proc.pid();
+            }
+            act.finish_replace(result);
+        }));
+    }
+
+    /// Starts a graceful stop of process `generation`: `Shutdown` (SIGTERM for a plain
+    /// program), then SIGKILL after the shutdown timeout.
+    pub(crate) fn begin_stop(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let id = self.id;
+        let plain = self.plain();
+        let Some(p) = self.proc_mut(generation) else {
+            return;
+        };
         if !matches!(
-            self.state,
+            p.state,
             WorkerState::Starting | WorkerState::Online | WorkerState::Ready
         ) {
             return;
         }
-        self.state = WorkerState::Stopping;
-        // Past the limit or not, Shutdown must go out: bypass the backpressure check.
-        if let Err(e) = self.outbox.push_control(&Envelope::Shutdown) {
-            tracing::warn!(worker = self.id, error = %e, "cannot queue Shutdown; killing");
-            self.fault(self.generation, ExitReason::ShutdownTimeout, ctx);
-            return;
+        p.state = WorkerState::Stopping;
+        if plain {
+            if let Some(child) = &p.child {
+                child.signal_group(Signal::SIGTERM);
+            }
+        } else {
+            // Past the limit or not, Shutdown must go out: bypass the backpressure check.
+            if let Err(e) = p.outbox.push_control(&Envelope::Shutdown) {
+                tracing::warn!(worker = id, error = %e, "cannot queue Shutdown; killing");
+                self.fault(generation, ExitReason::ShutdownTimeout, ctx);
+                return;
+            }
+            self.kick_writer(generation, ctx);
         }
-        self.kick_writer(ctx);
-        let generation = self.generation;
         ctx.run_later(self.spawn.config.shutdown_timeout, move |act, ctx| {
-            if act.generation == generation && act.state == WorkerState::Stopping {
+            let stopping = act
+                .proc_mut(generation)
+                .is_some_and(|p| p.state == WorkerState::Stopping);
+            if stopping {
                 act.fault(generation, ExitReason::ShutdownTimeout, ctx);
             }
         });
     }
 
+    /// Stops the slot gracefully: its serving process, and a replacement under way is killed.
+    pub(crate) fn stop_slot(&mut self, ctx: &mut Context<Self>) {
+        if let Some(generation) = self.incoming.as_ref().map(|p| p.generation) {
+            self.fault(generation, ExitReason::Killed, ctx);
+        }
+        if self.proc.state == WorkerState::Backoff {
+            self.settle(WorkerState::Exited, ctx);
+        } else {
+            self.begin_stop(self.proc.generation, ctx);
+        }
+    }
+
+    /// Kills the slot's serving process (and a replacement under way).
+    pub(crate) fn kill_slot(&mut self, ctx: &mut Context<Self>) {
+        if let Some(generation) = self.incoming.as_ref().map(|p| p.generation) {
+            self.fault(generation, ExitReason::Killed, ctx);
+        }
+        self.fault(self.proc.generation, ExitReason::Killed, ctx);
+    }
+
     /// Starts a new process in this slot after `delay` (the supervisor's restart decision).
     pub(crate) fn schedule_respawn(&mut self, delay: Duration, ctx: &mut Context<Self>) {
-        if !matches!(self.state, WorkerState::Exited | WorkerState::Failed) {
+        if !matches!(self.proc.state, WorkerState::Exited | WorkerState::Failed) {
             return;
         }
         if let Some(handle) = self.respawn.take() {
@@ -666,10 +1000,10 @@ impl<A: WorkerActor> Worker<A> {
             self.spawn_process(ctx);
             return;
         }
-        self.state = WorkerState::Backoff;
+        self.proc.state = WorkerState::Backoff;
         self.respawn = Some(ctx.run_later(delay, |act, ctx| {
             act.respawn = None;
-            if act.state == WorkerState::Backoff {
+            if act.proc.state == WorkerState::Backoff {
                 act.spawn_process(ctx);
             }
         }));
@@ -681,13 +1015,16 @@ impl<A: WorkerActor> Worker<A> {
             ctx.cancel_future(handle);
         }
         if matches!(
-            self.state,
+            self.proc.state,
             WorkerState::Exited | WorkerState::Backoff | WorkerState::Failed
         ) {
-            self.state = state;
+            self.proc.state = state;
             let reason = self.last_exit.clone().unwrap_or(ExitReason::Killed);
-            self.outbox.detach();
-            self.fail_in_flight(&reason);
+            self.proc.outbox.detach();
+            self.proc.fail_in_flight(&CallError::WorkerExited {
+                worker: self.id,
+                reason: reason.clone(),
+            });
             for tx in self.ready_waiters.drain(..) {
                 let _ = tx.send(Err(reason.clone()));
             }
@@ -698,7 +1035,7 @@ impl<A: WorkerActor> Worker<A> {
     }
 
     pub(crate) fn state(&self) -> WorkerState {
-        self.state
+        self.proc.state
     }
 
     pub(crate) fn last_exit(&self) -> Option<&ExitReason> {
@@ -712,6 +1049,17 @@ impl<A: WorkerActor> Worker<A> {
     pub(crate) fn add_ready_waiter(&mut self, tx: OneshotSender<Result<(), ExitReason>>) {
         self.ready_waiters.push(tx);
     }
+}
+
+#[allow(clippy::type_complexity)]
+fn take_pending<R>(
+    pending: &Pending<R>,
+    id: u64,
+) -> Result<Option<OneshotSender<Result<R, CallError>>>, ProtocolError> {
+    pending
+        .borrow_mut()
+        .remove(&id)
+        .ok_or(ProtocolError::UnknownReply { id })
 }
 
 impl<A: WorkerActor> Actor for Worker<A> {

@@ -21,7 +21,7 @@
 //! by one in reverse slot order, each gracefully (`Shutdown`, its `stopping` hook, SIGKILL after
 //! the shutdown timeout), then resolve [`Cluster::wait`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Rc;
@@ -34,13 +34,17 @@ use crate::config::ClusterConfig;
 use crate::error::Error;
 use crate::event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
 use crate::listen::ListenAddr;
-use crate::proxy::{AwaitReady, Decided, FromWorker, GetInfo, Kill, SlotSpec, Stop, Worker};
+use crate::proxy::{
+    AwaitReady, Decided, FromWorker, GetInfo, Kill, Replace, SlotSpec, Stop, Worker,
+};
 use crate::worker::WorkerActor;
 
 mod policy;
+mod rolling;
 
 pub use policy::{Backoff, Escalation, Intensity, RestartPolicy, RestartType, Strategy};
 use policy::{Decision, ExitKind, PolicyState};
+pub use rolling::{ReloadError, ReloadEvent, ReloadReport};
 
 /// The supervisor actor of a cluster: it owns the worker slots, applies the restart policy and
 /// passes on their events.
@@ -54,6 +58,23 @@ pub struct ClusterSupervisor {
     finished: bool,
     outcome: Option<Result<(), (WorkerId, ExitReason)>>,
     waiters: Vec<oneshot::Sender<Result<(), (WorkerId, ExitReason)>>>,
+    reload: ReloadState,
+}
+
+type ReloadWaiter = oneshot::Sender<Result<ReloadReport, ReloadError>>;
+
+/// Rolling reloads: the one running, the one queued behind it, and who hears of their progress.
+#[derive(Default)]
+struct ReloadState {
+    subscribers: Vec<Recipient<ReloadEvent>>,
+    running: bool,
+    /// A reload asked for during the running one, with everyone waiting for it.
+    queued: Option<Vec<ReloadWaiter>>,
+    /// Set when the cluster stops; a running reload ends at its next step.
+    cancelled: Rc<Cell<bool>>,
+    delay: std::time::Duration,
+    /// Whether workers may ask for one.
+    from_workers: bool,
 }
 
 /// How a slot is to be treated when its process exits.
@@ -79,6 +100,7 @@ struct Slot {
     info: Recipient<GetInfo>,
     ready: Recipient<AwaitReady>,
     decided: Recipient<Decided>,
+    replace: Recipient<Replace>,
 }
 
 impl Slot {
@@ -90,6 +112,7 @@ impl Slot {
             info: addr.clone().recipient(),
             ready: addr.clone().recipient(),
             decided: addr.clone().recipient(),
+            replace: addr.clone().recipient(),
         }
     }
 }
@@ -113,19 +136,28 @@ impl Actor for ClusterSupervisor {
             ctx.spawn(
                 async move {
                     use tokio::signal::unix::{signal, SignalKind};
-                    let (Ok(mut term), Ok(mut int)) = (
+                    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
                         signal(SignalKind::terminate()),
                         signal(SignalKind::interrupt()),
+                        signal(SignalKind::hangup()),
                     ) else {
-                        tracing::warn!("cannot install SIGTERM/SIGINT handlers");
+                        tracing::warn!("cannot install SIGTERM/SIGINT/SIGHUP handlers");
                         return;
                     };
-                    let name = tokio::select! {
-                        _ = term.recv() => "SIGTERM",
-                        _ = int.recv() => "SIGINT",
-                    };
-                    tracing::info!(signal = name, "stopping the cluster");
-                    me.do_send(StopAll);
+                    loop {
+                        let name = tokio::select! {
+                            _ = term.recv() => "SIGTERM",
+                            _ = int.recv() => "SIGINT",
+                            _ = hup.recv() => {
+                                tracing::info!(signal = "SIGHUP", "rolling reload requested");
+                                me.do_send(Control::Reload(None));
+                                continue;
+                            }
+                        };
+                        tracing::info!(signal = name, "stopping the cluster");
+                        me.do_send(StopAll);
+                        return;
+                    }
                 }
                 .into_actor(self),
             );
@@ -148,6 +180,7 @@ impl ClusterSupervisor {
             config,
             subscribers: Vec::new(),
             listeners: Vec::new(),
+            reload_subscribers: Vec::new(),
         }
     }
 
@@ -314,6 +347,61 @@ impl ClusterSupervisor {
         );
     }
 
+    /// Starts a rolling reload, or queues one behind the reload that is running.
+    fn request_reload(&mut self, waiter: Option<ReloadWaiter>, ctx: &mut Context<Self>) {
+        if self.stopping {
+            if let Some(tx) = waiter {
+                let _ = tx.send(Err(ReloadError::Stopping { replaced: 0 }));
+            }
+            return;
+        }
+        if self.reload.running {
+            tracing::info!("a reload is running; the new request is queued behind it");
+            self.reload
+                .queued
+                .get_or_insert_with(Vec::new)
+                .extend(waiter);
+            return;
+        }
+        self.start_reload(waiter.into_iter().collect(), ctx);
+    }
+
+    fn start_reload(&mut self, waiters: Vec<ReloadWaiter>, ctx: &mut Context<Self>) {
+        self.reload.running = true;
+        let slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.mode == Mode::Active)
+            .map(|(id, slot)| (id, slot.replace.clone()))
+            .collect();
+        let run = rolling::run(
+            slots,
+            self.reload.delay,
+            Rc::clone(&self.reload.cancelled),
+            self.reload.subscribers.clone(),
+        );
+        ctx.spawn(run.into_actor(self).map(move |result, act, ctx| {
+            for tx in waiters {
+                let _ = tx.send(result.clone());
+            }
+            act.reload.running = false;
+            if let Some(next) = act.reload.queued.take() {
+                act.request_reload_now(next, ctx);
+            }
+        }));
+    }
+
+    fn request_reload_now(&mut self, waiters: Vec<ReloadWaiter>, ctx: &mut Context<Self>) {
+        if self.stopping {
+            for tx in waiters {
+                let _ = tx.send(Err(ReloadError::Stopping { replaced: 0 }));
+            }
+            return;
+        }
+        self.start_reload(waiters, ctx);
+    }
+
     fn finish(&mut self) {
         self.finished = true;
         let outcome = self.outcome.clone().unwrap_or(Ok(()));
@@ -341,6 +429,7 @@ pub struct ClusterBuilder<A: WorkerActor> {
     config: ClusterConfig,
     subscribers: Vec<Recipient<WorkerEvent>>,
     listeners: Vec<Recipient<FromWorker<A::Event>>>,
+    reload_subscribers: Vec<Recipient<ReloadEvent>>,
 }
 
 impl<A: WorkerActor> fmt::Debug for ClusterBuilder<A> {
@@ -366,6 +455,12 @@ impl<A: WorkerActor> ClusterBuilder<A> {
         self
     }
 
+    /// Receives the progress of rolling reloads: started, each worker replaced, done or failed.
+    pub fn on_reload(mut self, recipient: Recipient<ReloadEvent>) -> Self {
+        self.reload_subscribers.push(recipient);
+        self
+    }
+
     /// Validates the configuration, starts every worker and waits until all are ready.
     ///
     /// Must be called from within an actix system; the actors run on the current arbiter.
@@ -381,6 +476,12 @@ impl<A: WorkerActor> ClusterBuilder<A> {
         let count = self.config.worker_count();
         let policy = self.config.restart;
         let handle_signals = self.config.handle_signals;
+        let reload = ReloadState {
+            subscribers: self.reload_subscribers,
+            delay: self.config.reload_delay,
+            from_workers: self.config.worker_reload,
+            ..ReloadState::default()
+        };
         let mut workers = Vec::with_capacity(count);
         let supervisor = ClusterSupervisor::create(|ctx| {
             let me = ctx.address().recipient();
@@ -401,6 +502,7 @@ impl<A: WorkerActor> ClusterBuilder<A> {
                 finished: false,
                 outcome: None,
                 waiters: Vec::new(),
+                reload,
             }
         });
         let cluster = Cluster {
@@ -447,6 +549,18 @@ impl Handler<WorkerEvent> for ClusterSupervisor {
         for subscriber in &self.subscribers {
             subscriber.do_send(event.clone());
         }
+        if event.kind == WorkerEventKind::ReloadRequested {
+            if self.reload.from_workers {
+                tracing::info!(worker, pid, "rolling reload requested by a worker");
+                self.request_reload(None, ctx);
+            } else {
+                tracing::warn!(
+                    worker,
+                    pid,
+                    "a worker asked for a reload, but worker_reload is off; ignored"
+                );
+            }
+        }
         if let WorkerEventKind::Exited {
             reason,
             uptime,
@@ -472,6 +586,12 @@ impl Handler<StopAll> for ClusterSupervisor {
 
     fn handle(&mut self, _: StopAll, _ctx: &mut Context<Self>) -> Self::Result {
         self.stopping = true;
+        self.reload.cancelled.set(true);
+        if let Some(waiters) = self.reload.queued.take() {
+            for tx in waiters {
+                let _ = tx.send(Err(ReloadError::Stopping { replaced: 0 }));
+            }
+        }
         let stops: Vec<_> = self
             .slots
             .iter_mut()
@@ -525,6 +645,64 @@ impl Handler<ListWorkers> for ClusterSupervisor {
     }
 }
 
+/// Scales to `n` running workers; resolves with the number of slots still to add.
+#[derive(Debug, Clone, Copy)]
+struct Scale(usize);
+
+impl Message for Scale {
+    type Result = Result<usize, Error>;
+}
+
+impl Handler<Scale> for ClusterSupervisor {
+    type Result = ResponseFuture<Result<usize, Error>>;
+
+    fn handle(&mut self, Scale(n): Scale, _ctx: &mut Context<Self>) -> Self::Result {
+        let running: Vec<usize> = (0..self.slots.len())
+            .filter(|&id| matches!(self.slots[id].mode, Mode::Active | Mode::GroupStop))
+            .collect();
+        if n < running.len() {
+            let stops: Vec<_> = running[n..]
+                .iter()
+                .rev()
+                .map(|&id| {
+                    tracing::info!(worker = id, "scaling down: stopping");
+                    self.slots[id].mode = Mode::Stopping;
+                    self.slots[id].stop.send(Stop)
+                })
+                .collect();
+            return Box::pin(async move {
+                for stop in stops {
+                    stop.await?;
+                }
+                Ok(0)
+            });
+        }
+        let mut missing = n - running.len();
+        let mut readiness = Vec::new();
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            if missing == 0 {
+                break;
+            }
+            if slot.mode == Mode::Down {
+                tracing::info!(worker = id, "scaling up: starting a stopped slot");
+                slot.mode = Mode::Active;
+                slot.decided
+                    .do_send(Decided::Respawn(std::time::Duration::ZERO));
+                readiness.push((id, slot.ready.send(AwaitReady)));
+                missing -= 1;
+            }
+        }
+        Box::pin(async move {
+            for (worker, ready) in readiness {
+                if let Err(reason) = ready.await? {
+                    return Err(Error::StartFailed { worker, reason });
+                }
+            }
+            Ok(missing)
+        })
+    }
+}
+
 /// Operator controls, sent by [`Cluster`]'s methods.
 #[derive(Debug)]
 enum Control {
@@ -538,6 +716,8 @@ enum Control {
     Wait(oneshot::Sender<Result<(), (WorkerId, ExitReason)>>),
     /// A slot added at runtime.
     Add(Slot),
+    /// A rolling reload, reported to the sender if there is one.
+    Reload(Option<ReloadWaiter>),
 }
 
 impl fmt::Debug for Slot {
@@ -555,7 +735,7 @@ impl Message for Control {
 impl Handler<Control> for ClusterSupervisor {
     type Result = ResponseFuture<Option<ExitReason>>;
 
-    fn handle(&mut self, control: Control, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, control: Control, ctx: &mut Context<Self>) -> Self::Result {
         match control {
             Control::Kill(id) => {
                 let Some(slot) = self.slots.get(id) else {
@@ -590,6 +770,10 @@ impl Handler<Control> for ClusterSupervisor {
             Control::Add(slot) => {
                 self.policy.add_slot();
                 self.slots.push(slot);
+                Box::pin(async { None })
+            }
+            Control::Reload(waiter) => {
+                self.request_reload(waiter, ctx);
                 Box::pin(async { None })
             }
         }
@@ -707,6 +891,53 @@ impl<A: WorkerActor> Cluster<A> {
             Ok(()) => Ok(addr),
             Err(reason) => Err(Error::StartFailed { worker: id, reason }),
         }
+    }
+
+    /// Replaces every worker, one at a time, with a new process of the program as it is on disk
+    /// now, with no gap in service (a rolling restart; see [`ReloadEvent`] for its progress).
+    ///
+    /// Each new process is started beside the one it replaces; once it is ready it takes over,
+    /// and the old one is stopped gracefully, finishing its work first. The next worker follows
+    /// after `reload_delay`. A reload asked for while one runs (by this method, SIGHUP or a
+    /// worker) is queued and runs after it.
+    ///
+    /// # Errors
+    /// [`Error::Reload`] when a replacement failed (it crashed, or was not ready within the
+    /// ready timeout): the reload stopped there, and that worker and those after it still run
+    /// their old process; or when the cluster began to stop. [`Error::Mailbox`] when the
+    /// supervisor has stopped.
+    pub async fn reload(&self) -> Result<ReloadReport, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.supervisor.send(Control::Reload(Some(tx))).await?;
+        match rx.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(Error::Reload(ReloadError::Stopping { replaced: 0 })),
+        }
+    }
+
+    /// Scales the cluster to `n` running workers, with no failed request.
+    ///
+    /// Scaling down stops the highest-numbered running workers gracefully (each finishes its
+    /// work and its `stopping` hook runs; an HTTP worker stops accepting first) and returns once
+    /// they have exited; their slots stay, stopped. Scaling up starts stopped slots again, lowest
+    /// first, then adds new slots, and returns once every new worker is ready.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for `n == 0`; [`Error::StartFailed`] when a new worker did not become
+    /// ready; [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn scale(&self, n: usize) -> Result<(), Error> {
+        if n == 0 {
+            return Err(crate::error::ConfigError {
+                field: "workers",
+                reason: "cannot scale to 0 workers; stop the cluster instead".into(),
+            }
+            .into());
+        }
+        let to_add = self.supervisor.send(Scale(n)).await??;
+        for _ in 0..to_add {
+            self.add_worker().await?;
+        }
+        Ok(())
     }
 
     /// Where the listening socket `name` listens (for a TCP port 0, the port it got).

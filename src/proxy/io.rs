@@ -121,9 +121,17 @@ impl Outbox {
     }
 }
 
-/// Writes the outbox to the worker's stdin until it is empty.
+/// Writes the outbox of one process to its stdin until it is empty.
 #[derive(Debug)]
-pub(crate) struct Flush;
+pub(crate) struct Flush {
+    generation: u64,
+}
+
+impl Flush {
+    pub(crate) fn new(generation: u64) -> Self {
+        Self { generation }
+    }
+}
 
 impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
     type Output = ();
@@ -134,17 +142,21 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
         _ctx: &mut actix::Context<Worker<A>>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
-        let result = act.outbox.poll_flush(cx);
-        act.release_held_tells();
+        let id = act.id;
+        let Some(p) = act.proc_mut(self.generation) else {
+            return Poll::Ready(());
+        };
+        let result = p.outbox.poll_flush(cx);
+        p.release_held_tells();
         match result {
             Poll::Pending => Poll::Pending,
             Poll::Ready(result) => {
                 if let Err(e) = result {
                     // The worker closed its stdin or died; its exit is reported separately.
-                    tracing::debug!(worker = act.id, error = %e, "write to worker failed");
-                    act.outbox.detach();
+                    tracing::debug!(worker = id, error = %e, "write to worker failed");
+                    p.outbox.detach();
                 }
-                act.outbox.flushing = false;
+                p.outbox.flushing = false;
                 Poll::Ready(())
             }
         }
@@ -184,12 +196,12 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
         let generation = this.generation;
         for _ in 0..READS_PER_POLL {
             loop {
-                if act.generation != generation {
+                if act.proc_mut(generation).is_none() {
                     return Poll::Ready(());
                 }
                 match this.decoder.decode(&mut this.buf) {
                     Ok(Some(frame)) => {
-                        if let Err(e) = act.on_frame(&frame, ctx) {
+                        if let Err(e) = act.on_frame(generation, &frame, ctx) {
                             act.fault(generation, e.into(), ctx);
                             act.stdout_closed(generation, ctx);
                             return Poll::Ready(());
@@ -226,14 +238,16 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
     }
 }
 
-/// Reads a process's stderr line by line into the log and the tail kept for its exit event.
+/// Reads a process's stderr (or a plain program's stdout) line by line into the log and the
+/// tail kept for its exit event.
 ///
 /// Lines are split on `\n`, decoded lossily (non-UTF-8 bytes become U+FFFD) and capped at
 /// [`MAX_LINE_BYTES`]; the rest of a longer line is dropped.
-pub(crate) async fn read_stderr(
+pub(crate) async fn read_lines(
     mut pipe: pipe::Receiver,
     worker: WorkerId,
     pid: u32,
+    stream: &'static str,
     tail: std::rc::Rc<std::cell::RefCell<VecDeque<String>>>,
 ) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -242,9 +256,9 @@ pub(crate) async fn read_stderr(
         let text = String::from_utf8_lossy(bytes);
         let line = text.trim_end_matches('\r');
         if truncated {
-            tracing::info!(target: "procactor::worker", worker, pid, truncated, "{line}");
+            tracing::info!(target: "procactor::worker", worker, pid, stream, truncated, "{line}");
         } else {
-            tracing::info!(target: "procactor::worker", worker, pid, "{line}");
+            tracing::info!(target: "procactor::worker", worker, pid, stream, "{line}");
         }
         let mut tail = tail.borrow_mut();
         if tail.len() == STDERR_TAIL_LINES {

@@ -222,11 +222,7 @@ impl<A: WorkerActor> Handler<Stop> for Worker<A> {
     type Result = ResponseFuture<ExitReason>;
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) -> Self::Result {
-        if self.state() == WorkerState::Backoff {
-            self.settle(WorkerState::Exited, ctx);
-        } else {
-            self.begin_stop(ctx);
-        }
+        self.stop_slot(ctx);
         when_exited(self)
     }
 }
@@ -235,8 +231,7 @@ impl<A: WorkerActor> Handler<Kill> for Worker<A> {
     type Result = ResponseFuture<ExitReason>;
 
     fn handle(&mut self, _: Kill, ctx: &mut Context<Self>) -> Self::Result {
-        let generation = self.generation;
-        self.fault(generation, ExitReason::Killed, ctx);
+        self.kill_slot(ctx);
         when_exited(self)
     }
 }
@@ -289,5 +284,82 @@ impl<A: WorkerActor> Handler<Decided> for Worker<A> {
             Decided::Respawn(delay) => self.schedule_respawn(delay, ctx),
             Decided::Settle(state) => self.settle(state, ctx),
         }
+    }
+}
+
+/// Replaces the slot's process with a new one without a gap in service (one step of a rolling
+/// restart); resolves once the old process has finished and exited.
+///
+/// A new process of the program as it is on disk now is started beside the serving one. When it
+/// is ready, it takes the slot's messages and the old one is stopped gracefully (`Shutdown`, its
+/// `stopping` hook, SIGKILL after the shutdown timeout), still answering what it was sent. If the
+/// new process exits or is not ready within the ready timeout, it is killed and the old one goes
+/// on serving: the result is [`ReplaceError::Failed`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Replace;
+
+impl Message for Replace {
+    type Result = Result<Replaced, ReplaceError>;
+}
+
+/// A slot's process replaced by [`Replace`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    /// The slot.
+    pub worker: WorkerId,
+    /// The process that was replaced.
+    pub old_pid: Option<u32>,
+    /// The process that serves the slot now.
+    pub new_pid: Option<u32>,
+    /// The new process's generation.
+    pub generation: u64,
+    /// How the old process ended (normally `exited with status 0`).
+    pub old_exit: ExitReason,
+}
+
+/// Why a [`Replace`] did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplaceError {
+    /// The replacement exited or was not ready in time; the old process still serves.
+    #[error("worker {worker}'s replacement failed ({reason}); the old process still serves")]
+    Failed {
+        /// The slot.
+        worker: WorkerId,
+        /// How the replacement ended.
+        reason: ExitReason,
+        /// The last lines the replacement wrote to stderr.
+        last_stderr: Vec<String>,
+    },
+    /// The slot has no ready process to replace.
+    #[error("worker {worker} is not serving (state {state:?})")]
+    NotServing {
+        /// The slot.
+        worker: WorkerId,
+        /// Its state.
+        state: WorkerState,
+    },
+    /// A replacement of this slot is already under way.
+    #[error("worker {worker} is already being replaced")]
+    Busy {
+        /// The slot.
+        worker: WorkerId,
+    },
+    /// The slot's proxy is gone.
+    #[error("worker {worker}'s proxy is gone")]
+    Gone {
+        /// The slot.
+        worker: WorkerId,
+    },
+}
+
+impl<A: WorkerActor> Handler<Replace> for Worker<A> {
+    type Result = ResponseFuture<Result<Replaced, ReplaceError>>;
+
+    fn handle(&mut self, _: Replace, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.begin_replace(tx, ctx);
+        let worker = self.id;
+        Box::pin(async move { rx.await.unwrap_or(Err(ReplaceError::Gone { worker })) })
     }
 }

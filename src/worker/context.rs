@@ -160,6 +160,17 @@ impl<A: WorkerActor> WorkerContext<A> {
         self.outbox.push_event(&mut self.scratch, event)
     }
 
+    /// Asks the master for a rolling reload of the whole cluster (cluster-rolling-restart's
+    /// `/reload`), this worker included. The master honours it only when its config allows it
+    /// ([`ClusterConfig::worker_reload`](crate::ClusterConfig::worker_reload)); otherwise it
+    /// logs the request and does nothing. A request made during a reload queues one more.
+    ///
+    /// # Errors
+    /// [`FrameError::Io`] when the channel to the master is closed.
+    pub fn request_reload(&mut self) -> Result<(), FrameError> {
+        self.outbox.push(&Envelope::ReloadRequest)
+    }
+
     /// Ends the worker gracefully once the current hook returns: [`WorkerActor::stopping`] runs,
     /// then the process exits with status 0.
     pub fn stop(&mut self) {
@@ -244,6 +255,14 @@ impl<A: WorkerActor> WorkerHandle<A> {
     /// As [`WorkerContext::send_master`].
     pub fn send_master(&self, event: &A::Event) -> Result<(), FrameError> {
         self.outbox.push_event(&mut Vec::new(), event)
+    }
+
+    /// As [`WorkerContext::request_reload`].
+    ///
+    /// # Errors
+    /// As [`WorkerContext::request_reload`].
+    pub fn request_reload(&self) -> Result<(), FrameError> {
+        self.outbox.push(&Envelope::ReloadRequest)
     }
 }
 

@@ -1,0 +1,184 @@
+//! Rolling restarts: every worker replaced in turn, with no gap in service.
+//!
+//! For each serving slot in order, the slot's proxy starts a replacement beside the old process,
+//! waits until it is ready, hands the slot over to it and stops the old one gracefully
+//! ([`Replace`]). Only then does the next slot begin, after `reload_delay`. At every moment each
+//! slot has a ready process, so a reload of N workers never has fewer than N serving.
+//!
+//! The first replacement that fails (it crashes, or is not ready within the ready timeout) ends
+//! the reload: it is killed, its slot keeps its old process, the slots after it are not touched,
+//! and the error is reported. Slots replaced before it keep their new, ready process: every slot
+//! is served by exactly one whole process, old or new, never by none.
+//!
+//! A reload asked for while one runs is queued: it starts when the running one ends, and every
+//! request made meanwhile shares it.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::event::WorkerId;
+use crate::proxy::{Replace, ReplaceError, Replaced};
+
+/// Progress of a rolling reload, delivered to the recipients registered with
+/// [`ClusterBuilder::on_reload`](crate::ClusterBuilder::on_reload).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+#[non_exhaustive]
+pub enum ReloadEvent {
+    /// A reload began; it will replace `workers` workers.
+    Started {
+        /// The slots it will replace.
+        workers: usize,
+    },
+    /// One worker was replaced: `done` of `of`.
+    Replaced {
+        /// The replacement.
+        replaced: Replaced,
+        /// Workers replaced so far.
+        done: usize,
+        /// Workers this reload replaces.
+        of: usize,
+    },
+    /// Every worker was replaced.
+    Done {
+        /// How many.
+        replaced: usize,
+        /// How long the reload took.
+        elapsed: Duration,
+    },
+    /// The reload stopped at a replacement that failed; the rest keep their old processes.
+    Failed {
+        /// Why.
+        error: ReloadError,
+    },
+}
+
+/// What a finished reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Every replacement, in slot order.
+    pub replaced: Vec<Replaced>,
+    /// Slots that had no serving process to replace (stopped, failed or restarting); those
+    /// start the program as it is now when they start again.
+    pub skipped: Vec<WorkerId>,
+    /// How long the reload took.
+    pub elapsed: Duration,
+}
+
+/// Why a rolling reload did not finish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// A replacement failed; the reload stopped there and the old process of that slot, and of
+    /// every slot after it, still serves.
+    #[error("reload stopped after {replaced} of {of} workers: {source}")]
+    Replace {
+        /// Workers replaced before the failure.
+        replaced: usize,
+        /// Workers the reload was to replace.
+        of: usize,
+        /// The failure.
+        source: ReplaceError,
+    },
+    /// The cluster began to stop during the reload.
+    #[error("reload abandoned after {replaced} workers: the cluster is stopping")]
+    Stopping {
+        /// Workers replaced before the stop.
+        replaced: usize,
+    },
+}
+
+/// Replaces `slots` one by one; see the module docs.
+pub(super) async fn run(
+    slots: Vec<(WorkerId, Recipient<Replace>)>,
+    delay: Duration,
+    cancelled: Rc<Cell<bool>>,
+    progress: Vec<Recipient<ReloadEvent>>,
+) -> Result<ReloadReport, ReloadError> {
+    let started = Instant::now();
+    let of = slots.len();
+    let tell = |event: ReloadEvent| {
+        for recipient in &progress {
+            recipient.do_send(event.clone());
+        }
+    };
+    tracing::info!(workers = of, "rolling reload started");
+    tell(ReloadEvent::Started { workers: of });
+    let mut report = ReloadReport {
+        replaced: Vec::with_capacity(of),
+        skipped: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    for (step, (worker, replace)) in slots.into_iter().enumerate() {
+        if cancelled.get() {
+            let error = ReloadError::Stopping {
+                replaced: report.replaced.len(),
+            };
+            tell(ReloadEvent::Failed {
+                error: error.clone(),
+            });
+            return Err(error);
+        }
+        if step > 0 && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let result = replace
+            .send(Replace)
+            .await
+            .unwrap_or(Err(ReplaceError::Gone { worker }));
+        match result {
+            Ok(replaced) => {
+                tracing::info!(
+                    worker,
+                    old_pid = replaced.old_pid,
+                    new_pid = replaced.new_pid,
+                    done = report.replaced.len() + 1,
+                    of,
+                    "worker replaced"
+                );
+                report.replaced.push(replaced.clone());
+                tell(ReloadEvent::Replaced {
+                    replaced,
+                    done: report.replaced.len(),
+                    of,
+                });
+            }
+            Err(ReplaceError::NotServing { state, .. }) => {
+                tracing::info!(worker, ?state, "not serving; skipped by the reload");
+                report.skipped.push(worker);
+            }
+            Err(source) => {
+                let error = if cancelled.get() {
+                    ReloadError::Stopping {
+                        replaced: report.replaced.len(),
+                    }
+                } else {
+                    ReloadError::Replace {
+                        replaced: report.replaced.len(),
+                        of,
+                        source,
+                    }
+                };
+                tracing::error!(%error, "rolling reload failed");
+                tell(ReloadEvent::Failed {
+                    error: error.clone(),
+                });
+                return Err(error);
+            }
+        }
+    }
+    report.elapsed = started.elapsed();
+    tracing::info!(
+        replaced = report.replaced.len(),
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "rolling reload done"
+    );
+    tell(ReloadEvent::Done {
+        replaced: report.replaced.len(),
+        elapsed: report.elapsed,
+    });
+    Ok(report)
+}
