@@ -30,6 +30,8 @@ pub enum EchoMsg {
     Pid,
     /// Exits the process at once with this status.
     Exit(i32),
+    /// Asks the master for a rolling reload of the cluster, then answers `Done`.
+    RequestReload,
 }
 
 /// What [`Echo`] answers.
@@ -116,6 +118,12 @@ impl WorkerActor for Echo {
             }
             EchoMsg::Pid => EchoReply::Pid(std::process::id()),
             EchoMsg::Exit(code) => std::process::exit(code),
+            EchoMsg::RequestReload => {
+                if let Err(e) = ctx.request_reload() {
+                    eprintln!("echo: cannot request a reload: {e}");
+                }
+                EchoReply::Done
+            }
         }
     }
 
