@@ -1,5 +1,8 @@
 //! Worker actors that ship with procactor, each also built as a binary in `actors/`.
 //!
 //! - [`echo::Echo`] (`procactor-echo`): the reference worker that benchmarks and tests use.
+//! - [`http::HttpWorker`] (`procactor-http`): an actix-web server on the cluster's shared
+//!   listener `"http"`, drained gracefully on stop (also runs alone under socket activation).
 
 pub mod echo;
+pub mod http;

@@ -101,6 +101,17 @@ fn bind(name: &str, addr: &str) -> io::Result<Bound> {
     })
 }
 
+/// The sockets handed to this process by socket activation (`LISTEN_FDS`, `LISTEN_PID`,
+/// `LISTEN_FDNAMES`), by name, in descriptor order; empty when none were handed to it.
+///
+/// This is for programs that run outside the worker runtime, for example under a cluster in
+/// plain mode or under systemd; a procactor worker uses
+/// [`WorkerContext::listener`](crate::WorkerContext::listener) instead. The descriptors are taken
+/// (marked close-on-exec and owned by the caller), so call it once, early in `main`.
+pub fn activated_sockets() -> Vec<(String, OwnedFd)> {
+    crate::process::take_listen_fds()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,15 +139,4 @@ mod tests {
         assert_ne!(addr.port(), 0);
         assert!(std::net::TcpStream::connect(addr).is_ok(), "it listens");
     }
-}
-
-/// The sockets handed to this process by socket activation (`LISTEN_FDS`, `LISTEN_PID`,
-/// `LISTEN_FDNAMES`), by name, in descriptor order; empty when none were handed to it.
-///
-/// This is for programs that run outside the worker runtime, for example under a cluster in
-/// plain mode or under systemd; a procactor worker uses
-/// [`WorkerContext::listener`](crate::WorkerContext::listener) instead. The descriptors are taken
-/// (marked close-on-exec and owned by the caller), so call it once, early in `main`.
-pub fn activated_sockets() -> Vec<(String, OwnedFd)> {
-    crate::process::take_listen_fds()
 }
