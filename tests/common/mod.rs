@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod cluster;
+pub(crate) mod http;
 
 use std::time::{Duration, Instant};
 

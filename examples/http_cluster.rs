@@ -1,0 +1,125 @@
+//! An HTTP cluster: N workers serving one port, reloaded with no dropped request.
+//!
+//! ```text
+//! cargo run --release --example http_cluster -- --listen 127.0.0.1:8080 --workers 4
+//! curl http://127.0.0.1:8080/          # pid <n>: the worker that answered
+//! kill -HUP <master pid>               # rolling reload: every worker replaced, one at a time
+//! kill -TERM <master pid>              # graceful stop (or Ctrl-C); exits 0
+//! ```
+//!
+//! The master binds the port once and hands it to every worker ([`HttpWorker`], this same
+//! executable re-run in worker role). It prints a line when a worker comes up or goes down and
+//! the progress of every reload. A deploy is: replace the binary, send SIGHUP.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use procactor::actors::http::HttpWorker;
+use procactor::prelude::*;
+use procactor::{ListenAddr, ReloadEvent};
+
+/// Prints lifecycle events and reload progress, one line each.
+struct Printer;
+
+impl Actor for Printer {
+    type Context = Context<Self>;
+}
+
+impl Handler<WorkerEvent> for Printer {
+    type Result = ();
+
+    fn handle(&mut self, e: WorkerEvent, _: &mut Context<Self>) {
+        let who = format!("worker {} (pid {})", e.worker, e.pid.unwrap_or_default());
+        match e.kind {
+            WorkerEventKind::Ready => println!("up      {who}, generation {}", e.generation),
+            WorkerEventKind::Exited { reason, .. } => println!("down    {who}: {reason}"),
+            WorkerEventKind::Retired { reason, .. } => println!("retired {who}: {reason}"),
+            WorkerEventKind::Restarting { delay } => {
+                println!("restart worker {} in {delay:?}", e.worker)
+            }
+            WorkerEventKind::GaveUp { reason, .. } => println!("gave up {who}: {reason}"),
+            _ => {}
+        }
+    }
+}
+
+impl Handler<ReloadEvent> for Printer {
+    type Result = ();
+
+    fn handle(&mut self, e: ReloadEvent, _: &mut Context<Self>) {
+        match e {
+            ReloadEvent::Started { workers } => println!("reload  started: {workers} workers"),
+            ReloadEvent::Replaced { replaced, done, of } => println!(
+                "reload  {done}/{of}: worker {} pid {} -> {}",
+                replaced.worker,
+                replaced.old_pid.unwrap_or_default(),
+                replaced.new_pid.unwrap_or_default()
+            ),
+            ReloadEvent::Done { replaced, elapsed } => {
+                println!("reload  done: {replaced} workers in {elapsed:?}")
+            }
+            ReloadEvent::Failed { error } => println!("reload  failed: {error}"),
+            _ => {}
+        }
+    }
+}
+
+struct Args {
+    listen: String,
+    workers: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        listen: "127.0.0.1:8080".into(),
+        workers: 4,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--listen" => args.listen = value("--listen")?,
+            "--workers" => {
+                args.workers = value("--workers")?
+                    .parse()
+                    .map_err(|e| format!("--workers: {e}"))?
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> Result<(), procactor::Error> {
+    if procactor::is_worker() {
+        return procactor::run_worker(HttpWorker::default());
+    }
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("http_cluster: {e}\nusage: http_cluster [--listen HOST:PORT] [--workers N]");
+        std::process::exit(2);
+    });
+    let config = ClusterConfig::new()
+        .workers(args.workers)
+        .listen("http", args.listen)
+        // Workers re-run this executable without the master's arguments.
+        .args(Vec::<String>::new())
+        .shutdown_timeout(Duration::from_secs(35));
+    actix::System::new().block_on(async move {
+        let printer = Printer.start();
+        let cluster = ClusterSupervisor::builder::<HttpWorker>(config)
+            .subscribe(printer.clone().recipient())
+            .on_reload(printer.recipient())
+            .start()
+            .await?;
+        if let Some(ListenAddr::Tcp(addr)) = cluster.local_addr("http") {
+            println!(
+                "serving http://{addr}/ with {} workers; master pid {} (SIGHUP reloads, SIGTERM stops)",
+                cluster.len(),
+                std::process::id()
+            );
+        }
+        let result = cluster.wait().await;
+        println!("stopped");
+        result
+    })
+}
