@@ -12,6 +12,7 @@
 //! higher is better). The worker is this executable re-run in worker role, running
 //! [`procactor::actors::echo::Echo`].
 
+mod http;
 mod raw;
 
 use std::time::{Duration, Instant};
@@ -73,6 +74,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         raw::child_main();
     }
     if procactor::is_worker() {
+        if http::is_http_worker() {
+            return Ok(http::run_http_worker()?);
+        }
         return Ok(procactor::run_worker(Echo::default())?);
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -83,7 +87,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Sizes::full()
     };
 
+    let quick = args.iter().any(|a| a == "--quick");
     let ours = actix::System::new().block_on(measure(sizes))?;
+    let web = actix::System::new().block_on(http::measure(quick))?;
     let raw = raw::measure(&raw::RawParams {
         round_trips: sizes.round_trips,
         pipelined: sizes.pipelined,
@@ -127,6 +133,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             false,
         ),
     ];
+    // Figures with a baseline of their own: (key, value, baseline key, baseline, ratio key).
+    let pairs: [(&str, f64, &str, f64, &str); 3] = [
+        (
+            "http_4w_req_per_s",
+            web.req_per_s_4w,
+            "http_1w_req_per_s",
+            web.req_per_s_1w,
+            "http_4w_vs_1w",
+        ),
+        (
+            "reload_ms",
+            web.reload_ms,
+            "kill_restart_ms",
+            web.kill_restart_ms,
+            "reload_vs_kill_restart",
+        ),
+        (
+            "reload_failed_requests",
+            web.reload_failed_requests as f64,
+            "kill_restart_failed_requests",
+            web.kill_restart_failed_requests as f64,
+            "",
+        ),
+    ];
     if json {
         let mut fields = Vec::new();
         for (key, value, base, _) in rows {
@@ -134,6 +164,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             fields.push(format!("\"raw_{key}\":{base:.3}"));
             fields.push(format!("\"{key}_vs_raw\":{:.3}", value / base));
         }
+        for (key, value, base_key, base, ratio_key) in pairs {
+            fields.push(format!("\"{key}\":{value:.3}"));
+            fields.push(format!("\"{base_key}\":{base:.3}"));
+            if !ratio_key.is_empty() {
+                fields.push(format!("\"{ratio_key}\":{:.3}", value / base));
+            }
+        }
+        fields.push(format!(
+            "\"reload_retried_idle_close\":{}",
+            web.reload_retried_idle_close
+        ));
         println!("{{{}}}", fields.join(","));
     } else {
         println!(
@@ -151,6 +192,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 value / base
             );
         }
+        println!();
+        println!(
+            "{:<24} {:>12}   {:<30} {:>12}",
+            "figure", "value", "baseline (same run)", "value"
+        );
+        for (key, value, base_key, base, _) in pairs {
+            println!("{key:<24} {value:>12.2}   {base_key:<30} {base:>12.2}");
+        }
+        println!(
+            "{:<24} {:>12}   (keep-alive requests resent after the server closed an idle connection)",
+            "reload_retried_idle_close", web.reload_retried_idle_close
+        );
     }
     Ok(())
 }
