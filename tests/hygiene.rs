@@ -358,6 +358,44 @@ async fn descriptors_and_threads_return_to_baseline_after_500_respawns() {
 }
 
 #[actix::test]
+async fn descriptors_threads_and_zombies_return_to_baseline_after_50_reloads() {
+    let _serial = serial();
+    within(180, async {
+        let me = std::process::id();
+        let cluster = ClusterSupervisor::start::<Echo>(echo_config(2))
+            .await
+            .unwrap();
+        let fds = common::fd_count(me);
+        let threads = runtime_threads();
+        for round in 1..=50u64 {
+            let report = cluster.reload().await.unwrap();
+            assert_eq!(report.replaced.len(), 2);
+            assert!(report.replaced.iter().all(|r| r.generation == round + 1));
+        }
+        // Every replaced process reaped, its pipes closed, no thread left behind.
+        assert_eq!(
+            common::fd_count(me),
+            fds,
+            "descriptors: {:?}",
+            common::fds(me)
+        );
+        assert_eq!(runtime_threads(), threads);
+        assert_eq!(zombie_children(), Vec::<u32>::new());
+        let live: Vec<u32> = common::children(me)
+            .into_iter()
+            .filter(|&pid| common::is_alive(pid))
+            .collect();
+        assert_eq!(
+            live.len(),
+            2,
+            "only the two serving processes run: {live:?}"
+        );
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[actix::test]
 async fn a_worker_that_stops_reading_gets_backpressure_and_can_still_be_stopped() {
     let _serial = serial();
     within(60, async {
