@@ -69,6 +69,8 @@ pub struct ClusterConfig {
     pub reload_delay: Duration,
     /// Whether workers may ask for a rolling reload of the cluster (off by default).
     pub worker_reload: bool,
+    /// Whether workers may kill or restart other workers (off by default).
+    pub worker_control: bool,
     /// The program is not a procactor worker (any program, supervised as PM2 would): it gets no
     /// messages, is ready once it runs, has its stdout logged like its stderr, and is stopped
     /// with SIGTERM.
@@ -95,6 +97,7 @@ impl Default for ClusterConfig {
             listen: Vec::new(),
             reload_delay: Duration::ZERO,
             worker_reload: false,
+            worker_control: false,
             plain: false,
         }
     }
@@ -211,6 +214,14 @@ impl ClusterConfig {
     /// [`WorkerContext::request_reload`](crate::WorkerContext::request_reload) (default off).
     pub fn worker_reload(mut self, on: bool) -> Self {
         self.worker_reload = on;
+        self
+    }
+
+    /// Lets workers kill and restart other workers with
+    /// [`WorkerHandle::kill_worker`](crate::WorkerHandle::kill_worker) and
+    /// [`WorkerHandle::restart_worker`](crate::WorkerHandle::restart_worker) (default off).
+    pub fn worker_control(mut self, on: bool) -> Self {
+        self.worker_control = on;
         self
     }
 

@@ -41,6 +41,9 @@ pub enum Error {
     /// A request or message to a worker failed.
     #[error(transparent)]
     Call(#[from] CallError),
+    /// A cluster operation between processes failed (e.g. a confirmation wait timed out).
+    #[error(transparent)]
+    Ask(#[from] crate::messaging::AskError),
     /// An actor's mailbox was closed (the actor stopped) before it answered.
     #[error("actor mailbox closed: {0}")]
     Mailbox(#[from] actix::MailboxError),

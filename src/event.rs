@@ -18,7 +18,7 @@ pub type WorkerId = usize;
 ///     │                    │    │
 ///     └──── Backoff ◄──────┘    └──► Failed   (the supervisor's decision)
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum WorkerState {
     /// The process is being created.

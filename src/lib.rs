@@ -57,9 +57,11 @@ mod config;
 mod error;
 mod event;
 mod listen;
+mod messaging;
 mod process;
 mod protocol;
 mod proxy;
+mod routing;
 mod supervisor;
 mod worker;
 
@@ -69,9 +71,12 @@ pub use config::ClusterConfig;
 pub use error::{CallError, ConfigError, Error, FrameError, ProtocolError, SpawnError};
 pub use event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
 pub use listen::{activated_sockets, ListenAddr};
+pub use messaging::{
+    AskError, ClusterInfo, Peer, Route, SystemOp, Via, WorkerStats, WorkerSummary,
+};
 pub use proxy::{
     AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, ReplaceError, Replaced,
-    Stop, Tell, TellResponse, Worker, DRAIN_AFTER_EXIT,
+    Stop, Tell, TellAck, TellResponse, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
 };
 pub use supervisor::{
     Backoff, Cluster, ClusterBuilder, ClusterSupervisor, Escalation, Intensity, ListWorkers,

@@ -15,12 +15,19 @@
 //! master → worker   Shutdown                          `stopping` hook, then exit 0
 //! master → worker   Ping { seq }                      … Pong { seq }, answered off the handler path
 //! worker → master   ReloadRequest                     asks for a rolling reload of the cluster
+//! worker → master   Send { to, ack, payload }         one-way to the master, a worker, all, a group
+//! worker → master   Ask { id, to, payload }           … AskReply { id, payload } or AskFailed
+//! worker → master   System { id, op }                 groups, confirmations, info, controls
+//! master → worker   Deliver { from, via, ack, .. }    one-way from another process, sender stamped
+//! master → worker   PeerRequest { id, from, .. }      … Reply { id } or Failed { id }, routed back
 //! ```
 //!
 //! Wire types are flat (no recursion), so a hostile frame cannot nest deeply; byte fields borrow
 //! from the frame, so decoding allocates nothing.
 
 use serde::{Deserialize, Serialize};
+
+use crate::messaging::{AskError, Peer, Route, SystemOp, Via};
 
 /// Version of this protocol. A worker whose `Hello` carries another version is ended for good.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -86,9 +93,102 @@ pub enum Envelope<'a> {
     },
     /// Worker → master: please reload the cluster (honoured only where the config allows it).
     ReloadRequest,
+    /// Worker → master: a one-way message for another process, routed by the master. With
+    /// `ack`, the worker is told (`AskReply { id: ack }`) once the receiver has it.
+    Send {
+        /// Where it goes.
+        #[serde(borrow)]
+        to: Route<'a>,
+        /// The id under which the sender awaits the delivery acknowledgement.
+        ack: Option<u64>,
+        /// The message, postcard-encoded as the receiver's `Msg` type (or the master's `Event`).
+        #[serde(borrow, with = "serde_bytes")]
+        payload: &'a [u8],
+    },
+    /// Worker → master: a request to the master or to another worker, answered with
+    /// `AskReply` or `AskFailed` carrying the same id.
+    Ask {
+        /// The asker's correlation id.
+        id: u64,
+        /// Who answers it (`Master` or `Worker`).
+        #[serde(borrow)]
+        to: Route<'a>,
+        /// The request.
+        #[serde(borrow, with = "serde_bytes")]
+        payload: &'a [u8],
+    },
+    /// Worker → master: a system operation (groups, confirmations, cluster info, controls),
+    /// answered like an `Ask`.
+    System {
+        /// The asker's correlation id.
+        id: u64,
+        /// The operation.
+        #[serde(borrow)]
+        op: SystemOp<'a>,
+    },
+    /// Master → worker: the answer to the worker's `Ask`, `System` or acknowledged `Send`.
+    AskReply {
+        /// The asker's correlation id.
+        id: u64,
+        /// The answer, postcard-encoded.
+        #[serde(borrow, with = "serde_bytes")]
+        payload: &'a [u8],
+    },
+    /// Master → worker: the worker's `Ask`, `System` or acknowledged `Send` failed.
+    AskFailed {
+        /// The asker's correlation id.
+        id: u64,
+        /// Why.
+        error: AskError,
+    },
+    /// Master → worker: a one-way message from another process; the sender is stamped by the
+    /// master. With `ack`, the runtime answers `Reply { id: ack }` on receipt.
+    Deliver {
+        /// Who sent it.
+        from: Peer,
+        /// How it came.
+        via: Via,
+        /// Acknowledge receipt under this id.
+        ack: Option<u64>,
+        /// The message, postcard-encoded as the worker's `Msg` type.
+        #[serde(borrow, with = "serde_bytes")]
+        payload: &'a [u8],
+    },
+    /// Master → worker: a request from another worker, answered with `Reply` or `Failed`.
+    PeerRequest {
+        /// Correlation id, as for `Request`.
+        id: u64,
+        /// Who asks.
+        from: Peer,
+        /// The request, postcard-encoded as the worker's `Msg` type.
+        #[serde(borrow, with = "serde_bytes")]
+        payload: &'a [u8],
+    },
 }
 
 impl Envelope<'_> {
+    /// The name of every variant, in declaration order; [`index`](Self::index) points into it.
+    pub const KINDS: [&'static str; 18] = [
+        "Hello",
+        "Ready",
+        "Request",
+        "Reply",
+        "Failed",
+        "Tell",
+        "Event",
+        "Shutdown",
+        "Ping",
+        "Pong",
+        "ReloadRequest",
+        "Send",
+        "Ask",
+        "System",
+        "AskReply",
+        "AskFailed",
+        "Deliver",
+        "PeerRequest",
+    ];
+
     /// The variant's name, for log lines and errors.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -103,6 +203,37 @@ impl Envelope<'_> {
             Envelope::Ping { .. } => "Ping",
             Envelope::Pong { .. } => "Pong",
             Envelope::ReloadRequest => "ReloadRequest",
+            Envelope::Send { .. } => "Send",
+            Envelope::Ask { .. } => "Ask",
+            Envelope::System { .. } => "System",
+            Envelope::AskReply { .. } => "AskReply",
+            Envelope::AskFailed { .. } => "AskFailed",
+            Envelope::Deliver { .. } => "Deliver",
+            Envelope::PeerRequest { .. } => "PeerRequest",
+        }
+    }
+
+    /// The variant's position in [`KINDS`](Self::KINDS), for counters.
+    pub fn index(&self) -> usize {
+        match self {
+            Envelope::Hello { .. } => 0,
+            Envelope::Ready => 1,
+            Envelope::Request { .. } => 2,
+            Envelope::Reply { .. } => 3,
+            Envelope::Failed { .. } => 4,
+            Envelope::Tell { .. } => 5,
+            Envelope::Event { .. } => 6,
+            Envelope::Shutdown => 7,
+            Envelope::Ping { .. } => 8,
+            Envelope::Pong { .. } => 9,
+            Envelope::ReloadRequest => 10,
+            Envelope::Send { .. } => 11,
+            Envelope::Ask { .. } => 12,
+            Envelope::System { .. } => 13,
+            Envelope::AskReply { .. } => 14,
+            Envelope::AskFailed { .. } => 15,
+            Envelope::Deliver { .. } => 16,
+            Envelope::PeerRequest { .. } => 17,
         }
     }
 }

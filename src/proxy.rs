@@ -59,18 +59,22 @@ use crate::codec::decode_envelope;
 use crate::config::ClusterConfig;
 use crate::error::{CallError, ProtocolError, SpawnError};
 use crate::event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
+use crate::messaging::{AskError, WorkerStats, WorkerSummary};
 use crate::process::{self, ChildHandle, RawExit, SpawnSpec};
 use crate::protocol::{Envelope, PROTOCOL_VERSION};
+use crate::routing::{AskDone, ReplyTo, SharedRouting, SystemCall};
 use crate::worker::{env, WorkerActor};
 
 mod io;
 mod messages;
+mod route;
 
 pub(crate) use messages::Decided;
 pub use messages::{
     AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, ReplaceError, Replaced,
-    Stop, Tell, TellResponse,
+    Stop, Tell, TellAck, TellResponse, WorkerRequest,
 };
+pub(crate) use messages::{GetStats, GetSummary};
 
 use io::{Flush, Outbox, ReadFrames};
 
@@ -97,8 +101,12 @@ pub struct Worker<A: WorkerActor> {
     retiring: Vec<Proc<A::Reply>>,
     replace: Option<Replacing>,
     spawn: Rc<SlotSpec>,
-    supervisor: Recipient<WorkerEvent>,
-    listeners: Rc<Vec<Recipient<FromWorker<A::Event>>>>,
+    links: Links<A>,
+    /// This proxy, for answers to what its worker asked of others.
+    me: Option<Recipient<AskDone>>,
+    counters: Counters,
+    /// Processes started after the first one by the restart policy.
+    respawns: u64,
     next_id: u64,
     scratch: Vec<u8>,
     ready_waiters: Vec<OneshotSender<Result<(), ExitReason>>>,
@@ -108,6 +116,68 @@ pub struct Worker<A: WorkerActor> {
     _actor: PhantomData<fn() -> A>,
 }
 
+/// What a proxy is connected to in the master.
+pub(crate) struct Links<A: WorkerActor> {
+    /// The supervisor, for lifecycle events.
+    pub(crate) events: Recipient<WorkerEvent>,
+    /// The supervisor, for system operations.
+    pub(crate) system: Recipient<SystemCall>,
+    /// The cluster's routing table.
+    pub(crate) routing: SharedRouting,
+    /// The master's handlers for what workers send it.
+    pub(crate) handlers: Rc<Handlers<A>>,
+}
+
+impl<A: WorkerActor> Clone for Links<A> {
+    fn clone(&self) -> Self {
+        Self {
+            events: self.events.clone(),
+            system: self.system.clone(),
+            routing: Rc::clone(&self.routing),
+            handlers: Rc::clone(&self.handlers),
+        }
+    }
+}
+
+/// The master's handler for requests from workers: decodes, asks the user's recipient, encodes.
+pub(crate) type RequestHandler = Rc<
+    dyn Fn(
+        FromWorker<()>,
+        &[u8],
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bytes::Bytes, AskError>>>>,
+>;
+
+/// The master's handlers for what workers of type `A` send it.
+pub(crate) struct Handlers<A: WorkerActor> {
+    pub(crate) listeners: Vec<Recipient<FromWorker<A::Event>>>,
+    pub(crate) requests: Option<RequestHandler>,
+}
+
+/// Frames to and from a slot's processes, by kind, and failures.
+#[derive(Debug, Default)]
+struct Counters {
+    sent: [u64; Envelope::KINDS.len()],
+    received: [u64; Envelope::KINDS.len()],
+    requests: u64,
+    errors: u64,
+}
+
+impl Counters {
+    fn sent(&mut self, kind: usize) {
+        self.sent[kind] += 1;
+    }
+}
+
+/// Positions in [`Envelope::KINDS`] of the frames the proxy counts as it sends them.
+const REQUEST: usize = 2;
+const TELL: usize = 5;
+const PING: usize = 8;
+const ASK_REPLY: usize = 14;
+const ASK_FAILED: usize = 15;
+const DELIVER: usize = 16;
+const PEER_REQUEST: usize = 17;
+
 /// One process of a slot, with its pipes and what is in flight to it.
 pub(crate) struct Proc<R> {
     pub(crate) generation: u64,
@@ -115,6 +185,8 @@ pub(crate) struct Proc<R> {
     child: Option<Rc<ChildHandle>>,
     pub(crate) outbox: Outbox,
     pending: Pending<R>,
+    /// Requests and acknowledged messages from other processes, by correlation id.
+    routed: HashMap<u64, ReplyTo>,
     held: Held,
     fault: Option<ExitReason>,
     exit: Option<RawExit>,
@@ -134,6 +206,7 @@ impl<R> Proc<R> {
             child: None,
             outbox: Outbox::new(config.max_frame_bytes, config.max_outbox_bytes),
             pending: Rc::default(),
+            routed: HashMap::new(),
             held: Rc::default(),
             fault: None,
             exit: None,
@@ -172,6 +245,18 @@ impl<R> Proc<R> {
 
     /// Fails every request and held message in flight to this process.
     fn fail_in_flight(&mut self, error: &CallError) {
+        if !self.routed.is_empty() {
+            let failure = match error {
+                CallError::WorkerExited { worker, reason } => AskError::WorkerDied {
+                    worker: *worker,
+                    reason: reason.to_string(),
+                },
+                other => AskError::Failed(other.to_string()),
+            };
+            for (_, reply) in self.routed.drain() {
+                reply.answer(Err(failure.clone()));
+            }
+        }
         for (_, tx) in self.pending.borrow_mut().drain() {
             if let Some(tx) = tx {
                 let _ = tx.send(Err(error.clone()));
@@ -247,12 +332,7 @@ impl SlotSpec {
 }
 
 impl<A: WorkerActor> Worker<A> {
-    pub(crate) fn new(
-        id: WorkerId,
-        spawn: Rc<SlotSpec>,
-        supervisor: Recipient<WorkerEvent>,
-        listeners: Rc<Vec<Recipient<FromWorker<A::Event>>>>,
-    ) -> Self {
+    pub(crate) fn new(id: WorkerId, spawn: Rc<SlotSpec>, links: Links<A>) -> Self {
         Self {
             id,
             generations: 0,
@@ -261,8 +341,10 @@ impl<A: WorkerActor> Worker<A> {
             retiring: Vec::new(),
             replace: None,
             spawn,
-            supervisor,
-            listeners,
+            links,
+            me: None,
+            counters: Counters::default(),
+            respawns: 0,
             next_id: 0,
             scratch: Vec::new(),
             ready_waiters: Vec::new(),
@@ -303,8 +385,49 @@ impl<A: WorkerActor> Worker<A> {
         }
     }
 
+    pub(crate) fn summary(&self) -> WorkerSummary {
+        WorkerSummary {
+            id: self.id,
+            pid: self.proc.pid(),
+            state: self.proc.state,
+            generation: self.proc.generation,
+            uptime: self
+                .proc
+                .started_at
+                .filter(|_| self.proc.is_running())
+                .map(|t| t.elapsed())
+                .unwrap_or_default(),
+            restarts: self.respawns,
+            groups: self.links.routing.borrow().groups_of(self.id),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> WorkerStats {
+        let by_kind = |counts: &[u64]| {
+            counts
+                .iter()
+                .zip(Envelope::KINDS)
+                .filter(|(n, _)| **n > 0)
+                .map(|(n, k)| (k.to_owned(), *n))
+                .collect()
+        };
+        let pid = self.proc.pid().filter(|_| self.proc.is_running());
+        let (cpu, rss_bytes) = pid.map(crate::messaging::proc_usage).unwrap_or_default();
+        WorkerStats {
+            id: self.id,
+            pid,
+            sent: by_kind(&self.counters.sent),
+            received: by_kind(&self.counters.received),
+            requests: self.counters.requests,
+            errors: self.counters.errors,
+            restarts: self.respawns,
+            cpu,
+            rss_bytes,
+        }
+    }
+
     fn emit(&self, generation: u64, pid: Option<u32>, kind: WorkerEventKind) {
-        self.supervisor.do_send(WorkerEvent {
+        self.links.events.do_send(WorkerEvent {
             worker: self.id,
             generation,
             pid,
@@ -314,8 +437,20 @@ impl<A: WorkerActor> Worker<A> {
 
     /// Starts a new process as the slot's serving process.
     fn spawn_process(&mut self, ctx: &mut Context<Self>) {
+        if self.generations > 0 {
+            self.respawns += 1;
+        }
         self.generations += 1;
-        self.proc = Proc::new(self.generations, &self.spawn.config);
+        let old = std::mem::replace(
+            &mut self.proc,
+            Proc::new(self.generations, &self.spawn.config),
+        );
+        // What was sent while the slot was down waits for the new process.
+        self.proc.outbox = old.outbox;
+        self.proc.outbox.flushing = false;
+        self.proc.pending = old.pending;
+        self.proc.held = old.held;
+        self.proc.routed = old.routed;
         self.start_process(self.generations, ctx);
     }
 
@@ -484,6 +619,8 @@ impl<A: WorkerActor> Worker<A> {
         };
         self.proc.outbox.push(self.id, &env)?;
         self.next_id += 1;
+        self.counters.sent(REQUEST);
+        self.counters.requests += 1;
         self.kick_writer(self.proc.generation, ctx);
         Ok(id)
     }
@@ -500,6 +637,7 @@ impl<A: WorkerActor> Worker<A> {
             payload: &self.scratch,
         };
         self.proc.outbox.push(self.id, &env)?;
+        self.counters.sent(TELL);
         self.kick_writer(self.proc.generation, ctx);
         Ok(self.proc.outbox.len() > self.proc.outbox.limit() / 16)
     }
@@ -522,6 +660,7 @@ impl<A: WorkerActor> Worker<A> {
         ctx: &mut Context<Self>,
     ) -> Result<(), ProtocolError> {
         let envelope = decode_envelope(frame)?;
+        self.counters.received[envelope.index()] += 1;
         let id = self.id;
         let Some(p) = self.proc_mut(generation) else {
             return Ok(());
@@ -558,6 +697,10 @@ impl<A: WorkerActor> Worker<A> {
                 p.pongs_seen = p.pongs_seen.max(seq);
             }
             (_, Envelope::Reply { id, payload }) => {
+                if let Some(reply) = p.routed.remove(&id) {
+                    reply.answer(Ok(bytes::Bytes::copy_from_slice(payload)));
+                    return Ok(());
+                }
                 let tx = take_pending(&p.pending, id)?;
                 let reply = crate::codec::decode_value(payload)
                     .map_err(|e| CallError::BadReply(e.to_string()));
@@ -566,9 +709,38 @@ impl<A: WorkerActor> Worker<A> {
                 }
             }
             (_, Envelope::Failed { id, error }) => {
-                if let Some(tx) = take_pending(&p.pending, id)? {
+                let routed = p.routed.remove(&id);
+                let pending = match routed {
+                    Some(_) => None,
+                    None => take_pending(&p.pending, id)?,
+                };
+                self.counters.errors += 1;
+                if let Some(reply) = routed {
+                    reply.answer(Err(AskError::Failed(error.to_owned())));
+                } else if let Some(tx) = pending {
                     let _ = tx.send(Err(CallError::Failed(error.to_owned())));
                 }
+            }
+            (
+                WorkerState::Online | WorkerState::Ready | WorkerState::Stopping,
+                Envelope::Send { to, ack, payload },
+            ) => {
+                let pid = p.pid().unwrap_or_default();
+                self.route_send(generation, pid, to, ack, payload, ctx);
+            }
+            (
+                WorkerState::Online | WorkerState::Ready | WorkerState::Stopping,
+                Envelope::Ask { id, to, payload },
+            ) => {
+                let pid = p.pid().unwrap_or_default();
+                self.route_ask(generation, pid, id, to, payload, ctx);
+            }
+            (
+                WorkerState::Online | WorkerState::Ready | WorkerState::Stopping,
+                Envelope::System { id, op },
+            ) => {
+                let pid = p.pid().unwrap_or_default();
+                self.system_op(generation, pid, id, op, ctx);
             }
             (
                 WorkerState::Online | WorkerState::Ready | WorkerState::Stopping,
@@ -724,13 +896,14 @@ impl<A: WorkerActor> Worker<A> {
             let ping = Envelope::Ping { seq: p.pings_sent };
             // A full outbox is a missed heartbeat too; the worker is not reading.
             if p.outbox.push(id, &ping).is_ok() {
+                act.counters.sent(PING);
                 act.kick_writer(generation, ctx);
             }
         });
     }
 
     fn deliver_event(&self, generation: u64, pid: u32, payload: &[u8]) {
-        for listener in self.listeners.iter() {
+        for listener in self.links.handlers.listeners.iter() {
             match crate::codec::decode_value::<A::Event>(payload) {
                 Ok(msg) => listener.do_send(FromWorker {
                     worker: self.id,
@@ -870,6 +1043,8 @@ impl<A: WorkerActor> Worker<A> {
         for tx in self.exit_waiters.drain(..) {
             let _ = tx.send(reason.clone());
         }
+        // Group memberships end with the process; its successor joins again.
+        self.links.routing.borrow_mut().leave_all(id);
         self.last_exit = Some(reason.clone());
         self.emit(
             generation,
@@ -1067,6 +1242,34 @@ impl<A: WorkerActor> Actor for Worker<A> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.spawn.config.mailbox_capacity);
+        self.me = Some(ctx.address().recipient());
         self.spawn_process(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_kinds_point_at_their_names() {
+        for (index, name) in [
+            (REQUEST, "Request"),
+            (TELL, "Tell"),
+            (PING, "Ping"),
+            (ASK_REPLY, "AskReply"),
+            (ASK_FAILED, "AskFailed"),
+            (DELIVER, "Deliver"),
+            (PEER_REQUEST, "PeerRequest"),
+        ] {
+            assert_eq!(Envelope::KINDS[index], name);
+        }
+        let env = Envelope::Deliver {
+            from: crate::Peer::Master,
+            via: crate::Via::Direct,
+            ack: None,
+            payload: &[],
+        };
+        assert_eq!(Envelope::KINDS[env.index()], env.kind());
     }
 }

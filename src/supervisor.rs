@@ -34,9 +34,12 @@ use crate::config::ClusterConfig;
 use crate::error::Error;
 use crate::event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
 use crate::listen::ListenAddr;
+use crate::messaging::{AskError, ClusterInfo, Peer, Via, WorkerStats};
 use crate::proxy::{
-    AwaitReady, Decided, FromWorker, GetInfo, Kill, Replace, SlotSpec, Stop, Worker,
+    AwaitReady, Decided, FromWorker, GetInfo, GetStats, GetSummary, Handlers, Kill, Links, Replace,
+    RequestHandler, SlotSpec, Stop, Worker, WorkerRequest,
 };
+use crate::routing::{OwnedOp, ReplyTo, Routed, SharedRouting, SystemCall};
 use crate::worker::WorkerActor;
 
 mod policy;
@@ -59,6 +62,24 @@ pub struct ClusterSupervisor {
     outcome: Option<Result<(), (WorkerId, ExitReason)>>,
     waiters: Vec<oneshot::Sender<Result<(), (WorkerId, ExitReason)>>>,
     reload: ReloadState,
+    routing: SharedRouting,
+    confirmations: Confirmations,
+    /// Whether workers may kill and restart other workers.
+    worker_control: bool,
+}
+
+/// Keys confirmed by workers, and who waits for how many.
+#[derive(Default)]
+struct Confirmations {
+    confirmed: std::collections::HashMap<String, Vec<WorkerId>>,
+    waiting: std::collections::HashMap<u64, (String, usize, ReplyTo)>,
+    next: u64,
+}
+
+fn encoded<T: serde::Serialize>(value: &T) -> Result<bytes::Bytes, AskError> {
+    let mut buf = Vec::new();
+    crate::codec::encode_value(&mut buf, value).map_err(|e| AskError::Failed(e.to_string()))?;
+    Ok(buf.into())
 }
 
 type ReloadWaiter = oneshot::Sender<Result<ReloadReport, ReloadError>>;
@@ -101,6 +122,8 @@ struct Slot {
     ready: Recipient<AwaitReady>,
     decided: Recipient<Decided>,
     replace: Recipient<Replace>,
+    summary: Recipient<GetSummary>,
+    stats: Recipient<GetStats>,
 }
 
 impl Slot {
@@ -113,6 +136,8 @@ impl Slot {
             ready: addr.clone().recipient(),
             decided: addr.clone().recipient(),
             replace: addr.clone().recipient(),
+            summary: addr.clone().recipient(),
+            stats: addr.clone().recipient(),
         }
     }
 }
@@ -180,6 +205,7 @@ impl ClusterSupervisor {
             config,
             subscribers: Vec::new(),
             listeners: Vec::new(),
+            requests: None,
             reload_subscribers: Vec::new(),
         }
     }
@@ -429,6 +455,7 @@ pub struct ClusterBuilder<A: WorkerActor> {
     config: ClusterConfig,
     subscribers: Vec<Recipient<WorkerEvent>>,
     listeners: Vec<Recipient<FromWorker<A::Event>>>,
+    requests: Option<RequestHandler>,
     reload_subscribers: Vec<Recipient<ReloadEvent>>,
 }
 
@@ -455,6 +482,32 @@ impl<A: WorkerActor> ClusterBuilder<A> {
         self
     }
 
+    /// Answers the requests that workers send with
+    /// [`WorkerHandle::ask_master`](crate::WorkerHandle::ask_master): each arrives as a
+    /// [`WorkerRequest`] carrying the worker's `Event` type, and the recipient's `R` goes back to
+    /// the worker. A request that does not decode as `A::Event` fails with
+    /// [`AskError::Failed`] on the worker's side.
+    pub fn on_request<R>(mut self, recipient: Recipient<WorkerRequest<A::Event, R>>) -> Self
+    where
+        R: serde::Serialize + Send + 'static,
+    {
+        let handler: RequestHandler = Rc::new(move |from, payload| {
+            let msg = crate::codec::decode_value::<A::Event>(payload);
+            let recipient = recipient.clone();
+            Box::pin(async move {
+                let msg =
+                    msg.map_err(|e| AskError::Failed(format!("request did not decode: {e}")))?;
+                let answer = recipient
+                    .send(WorkerRequest::new(from, msg))
+                    .await
+                    .map_err(|e| AskError::Failed(format!("the master's handler is gone: {e}")))?;
+                encoded(&answer)
+            })
+        });
+        self.requests = Some(handler);
+        self
+    }
+
     /// Receives the progress of rolling reloads: started, each worker replaced, done or failed.
     pub fn on_reload(mut self, recipient: Recipient<ReloadEvent>) -> Self {
         self.reload_subscribers.push(recipient);
@@ -471,7 +524,12 @@ impl<A: WorkerActor> ClusterBuilder<A> {
     pub async fn start(self) -> Result<Cluster<A>, Error> {
         self.config.validate()?;
         let spec = Rc::new(SlotSpec::from_config(&self.config)?);
-        let listeners = Rc::new(self.listeners);
+        let handlers = Rc::new(Handlers {
+            listeners: self.listeners,
+            requests: self.requests,
+        });
+        let routing: SharedRouting = Rc::default();
+        let worker_control = self.config.worker_control;
         let subscribers = self.subscribers;
         let count = self.config.worker_count();
         let policy = self.config.restart;
@@ -483,13 +541,23 @@ impl<A: WorkerActor> ClusterBuilder<A> {
             ..ReloadState::default()
         };
         let mut workers = Vec::with_capacity(count);
+        let mut links = None;
         let supervisor = ClusterSupervisor::create(|ctx| {
-            let me = ctx.address().recipient();
+            let link = Links {
+                events: ctx.address().recipient(),
+                system: ctx.address().recipient(),
+                routing: Rc::clone(&routing),
+                handlers,
+            };
             for id in 0..count {
-                let proxy =
-                    Worker::<A>::new(id, Rc::clone(&spec), me.clone(), Rc::clone(&listeners));
-                workers.push(proxy.start());
+                let proxy = Worker::<A>::new(id, Rc::clone(&spec), link.clone()).start();
+                routing
+                    .borrow_mut()
+                    .slots
+                    .push(proxy.clone().recipient::<Routed>());
+                workers.push(proxy);
             }
+            links = Some(link);
             ClusterSupervisor {
                 subscribers,
                 slots: workers.iter().map(Slot::of).collect(),
@@ -503,13 +571,16 @@ impl<A: WorkerActor> ClusterBuilder<A> {
                 outcome: None,
                 waiters: Vec::new(),
                 reload,
+                routing: Rc::clone(&routing),
+                confirmations: Confirmations::default(),
+                worker_control,
             }
         });
         let cluster = Cluster {
             supervisor,
             workers: Rc::new(RefCell::new(workers)),
             spec,
-            listeners,
+            links: links.expect("set when the supervisor was created"),
         };
         let readiness: Vec<_> = cluster.addrs().iter().map(|w| w.send(AwaitReady)).collect();
         let mut failure = None;
@@ -785,7 +856,7 @@ pub struct Cluster<A: WorkerActor> {
     supervisor: Addr<ClusterSupervisor>,
     workers: Rc<RefCell<Vec<Addr<Worker<A>>>>>,
     spec: Rc<SlotSpec>,
-    listeners: Rc<Vec<Recipient<FromWorker<A::Event>>>>,
+    links: Links<A>,
 }
 
 impl<A: WorkerActor> fmt::Debug for Cluster<A> {
@@ -882,9 +953,12 @@ impl<A: WorkerActor> Cluster<A> {
     /// supervised like the others); [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn add_worker(&self) -> Result<Addr<Worker<A>>, Error> {
         let id = self.len();
-        let me = self.supervisor.clone().recipient();
-        let addr =
-            Worker::<A>::new(id, Rc::clone(&self.spec), me, Rc::clone(&self.listeners)).start();
+        let addr = Worker::<A>::new(id, Rc::clone(&self.spec), self.links.clone()).start();
+        self.links
+            .routing
+            .borrow_mut()
+            .slots
+            .push(addr.clone().recipient());
         self.supervisor.send(Control::Add(Slot::of(&addr))).await?;
         self.workers.borrow_mut().push(addr.clone());
         match addr.send(AwaitReady).await? {
@@ -940,6 +1014,125 @@ impl<A: WorkerActor> Cluster<A> {
         Ok(())
     }
 
+    /// Sends `msg` to every running worker as a one-way message (its sender is
+    /// [`Peer::Master`], its [`Via`] `Broadcast`) and resolves once each has received it;
+    /// returns how many did. Workers that are not running are skipped.
+    ///
+    /// # Errors
+    /// [`Error::Call`] when the message cannot be encoded.
+    pub async fn broadcast(&self, msg: &A::Msg) -> Result<usize, Error> {
+        let targets = self.addrs().into_iter().map(|w| w.recipient()).collect();
+        self.deliver_to(targets, Via::Broadcast, msg).await
+    }
+
+    /// Sends `msg` to every member of `group`, as [`broadcast`](Self::broadcast) does to all;
+    /// returns how many received it.
+    ///
+    /// # Errors
+    /// As [`broadcast`](Self::broadcast).
+    pub async fn publish(&self, group: &str, msg: &A::Msg) -> Result<usize, Error> {
+        let targets = {
+            let routing = self.links.routing.borrow();
+            routing
+                .members(group)
+                .into_iter()
+                .filter_map(|w| routing.slots.get(w).cloned())
+                .collect()
+        };
+        self.deliver_to(targets, Via::Group(group.to_owned()), msg)
+            .await
+    }
+
+    async fn deliver_to(
+        &self,
+        targets: Vec<Recipient<Routed>>,
+        via: Via,
+        msg: &A::Msg,
+    ) -> Result<usize, Error> {
+        let mut payload = Vec::new();
+        crate::codec::encode_value(&mut payload, msg).map_err(crate::CallError::Frame)?;
+        let payload = bytes::Bytes::from(payload);
+        let acks: Vec<_> = targets
+            .into_iter()
+            .map(|target| {
+                let (tx, rx) = oneshot::channel();
+                target.do_send(Routed::Tell {
+                    from: Peer::Master,
+                    via: via.clone(),
+                    payload: payload.clone(),
+                    ack: Some(ReplyTo::Local(tx)),
+                });
+                rx
+            })
+            .collect();
+        let mut received = 0;
+        for ack in acks {
+            if let Ok(Ok(_)) = ack.await {
+                received += 1;
+            }
+        }
+        Ok(received)
+    }
+
+    /// The members of `group` now.
+    pub fn group_members(&self, group: &str) -> Vec<WorkerId> {
+        self.links.routing.borrow().members(group)
+    }
+
+    async fn system(&self, op: OwnedOp) -> Result<bytes::Bytes, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.supervisor
+            .send(SystemCall {
+                from: Peer::Master,
+                op,
+                reply: ReplyTo::Local(tx),
+            })
+            .await?;
+        let answer = rx.await.map_err(|_| actix::MailboxError::Closed)?;
+        answer.map_err(Error::Ask)
+    }
+
+    /// The cluster: the master's pid, every worker slot (pid, state, generation, uptime,
+    /// restarts, groups) and every group's members.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn info(&self) -> Result<ClusterInfo, Error> {
+        let bytes = self.system(OwnedOp::Info).await?;
+        Ok(crate::codec::decode_value(&bytes).map_err(crate::CallError::Frame)?)
+    }
+
+    /// Every worker's traffic counters (frames by kind, requests, errors, restarts) and its
+    /// process's CPU time and resident memory.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn stats(&self) -> Result<Vec<WorkerStats>, Error> {
+        let bytes = self.system(OwnedOp::Stats).await?;
+        Ok(crate::codec::decode_value(&bytes).map_err(crate::CallError::Frame)?)
+    }
+
+    /// Waits until `n` workers have confirmed `key`
+    /// ([`WorkerHandle::confirm`](crate::WorkerHandle::confirm)) and returns which, in the
+    /// order they confirmed (clustr-node's `onConfirmation`).
+    ///
+    /// # Errors
+    /// [`Error::Ask`] with [`AskError::Timeout`] when fewer have confirmed within `timeout`.
+    pub async fn await_confirmations(
+        &self,
+        key: &str,
+        n: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<WorkerId>, Error> {
+        let op = OwnedOp::AwaitConfirmations {
+            key: key.to_owned(),
+            n,
+            timeout,
+        };
+        let bytes = self.system(op).await?;
+        Ok(crate::codec::decode_value(&bytes).map_err(crate::CallError::Frame)?)
+    }
+
     /// Where the listening socket `name` listens (for a TCP port 0, the port it got).
     pub fn local_addr(&self, name: &str) -> Option<ListenAddr> {
         let bound = self.spec.listeners.iter().find(|b| b.name == name)?;
@@ -971,6 +1164,155 @@ impl<A: WorkerActor> Cluster<A> {
         match rx.await {
             Ok(Ok(())) | Err(_) => Ok(()),
             Ok(Err((worker, reason))) => Err(Error::GaveUp { worker, reason }),
+        }
+    }
+}
+
+impl ClusterSupervisor {
+    /// Answers the waits for `key` that its confirmations now satisfy.
+    fn confirmations_changed(&mut self, key: &str) {
+        let confirmed = self
+            .confirmations
+            .confirmed
+            .get(key)
+            .cloned()
+            .unwrap_or_default();
+        let done: Vec<u64> = self
+            .confirmations
+            .waiting
+            .iter()
+            .filter(|(_, (k, n, _))| k == key && confirmed.len() >= *n)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in done {
+            if let Some((_, _, reply)) = self.confirmations.waiting.remove(&token) {
+                reply.answer(encoded(&confirmed));
+            }
+        }
+    }
+
+    fn permitted(&self, from: Peer, allowed: bool, what: &str) -> Result<(), AskError> {
+        match (from, allowed) {
+            (Peer::Master, _) | (_, true) => Ok(()),
+            (Peer::Worker { .. }, false) => Err(AskError::NotPermitted(format!(
+                "{what} from a worker is off in this cluster's config"
+            ))),
+        }
+    }
+}
+
+impl Handler<SystemCall> for ClusterSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, call: SystemCall, ctx: &mut Context<Self>) {
+        let SystemCall { from, op, reply } = call;
+        match op {
+            OwnedOp::Confirm(key) => {
+                let Peer::Worker { id, .. } = from else {
+                    return reply.answer(Err(AskError::Invalid("only workers confirm".into())));
+                };
+                let confirmed = self.confirmations.confirmed.entry(key.clone()).or_default();
+                if !confirmed.contains(&id) {
+                    confirmed.push(id);
+                }
+                reply.answer(encoded(&()));
+                self.confirmations_changed(&key);
+            }
+            OwnedOp::AwaitConfirmations { key, n, timeout } => {
+                let confirmed = self.confirmations.confirmed.get(&key);
+                if let Some(confirmed) = confirmed.filter(|c| c.len() >= n) {
+                    return reply.answer(encoded(confirmed));
+                }
+                let token = self.confirmations.next;
+                self.confirmations.next += 1;
+                self.confirmations.waiting.insert(token, (key, n, reply));
+                ctx.run_later(timeout, move |act, _| {
+                    if let Some((_, _, reply)) = act.confirmations.waiting.remove(&token) {
+                        reply.answer(Err(AskError::Timeout(timeout)));
+                    }
+                });
+            }
+            OwnedOp::Info => {
+                let asks: Vec<_> = self
+                    .slots
+                    .iter()
+                    .map(|s| s.summary.send(GetSummary))
+                    .collect();
+                let groups = self.routing.borrow().groups();
+                actix::spawn(async move {
+                    let mut workers = Vec::with_capacity(asks.len());
+                    for ask in asks {
+                        if let Ok(summary) = ask.await {
+                            workers.push(summary);
+                        }
+                    }
+                    let info = ClusterInfo {
+                        master_pid: std::process::id(),
+                        workers,
+                        groups,
+                    };
+                    reply.answer(encoded(&info));
+                });
+            }
+            OwnedOp::Stats => {
+                let asks: Vec<_> = self.slots.iter().map(|s| s.stats.send(GetStats)).collect();
+                actix::spawn(async move {
+                    let mut stats = Vec::with_capacity(asks.len());
+                    for ask in asks {
+                        if let Ok(s) = ask.await {
+                            stats.push(s);
+                        }
+                    }
+                    reply.answer(encoded(&stats));
+                });
+            }
+            OwnedOp::Kill(worker) | OwnedOp::Restart(worker) => {
+                let kill = matches!(op, OwnedOp::Kill(_));
+                let what = if kill {
+                    "killing a worker"
+                } else {
+                    "restarting a worker"
+                };
+                if let Err(e) = self.permitted(from, self.worker_control, what) {
+                    return reply.answer(Err(e));
+                }
+                let Some(slot) = self.slots.get(worker) else {
+                    return reply.answer(Err(AskError::NoSuchWorker(worker)));
+                };
+                tracing::info!(worker, ?from, "{what} on request");
+                if kill {
+                    let done = slot.kill.send(Kill);
+                    actix::spawn(async move {
+                        let _ = done.await;
+                        reply.answer(encoded(&()));
+                    });
+                } else {
+                    let done = slot.replace.send(Replace);
+                    actix::spawn(async move {
+                        let result = match done.await {
+                            Ok(Ok(_)) => encoded(&()),
+                            Ok(Err(e)) => Err(AskError::Failed(e.to_string())),
+                            Err(e) => Err(AskError::Failed(e.to_string())),
+                        };
+                        reply.answer(result);
+                    });
+                }
+            }
+            OwnedOp::Reload => {
+                if let Err(e) = self.permitted(from, self.reload.from_workers, "a reload") {
+                    return reply.answer(Err(e));
+                }
+                let (tx, rx) = oneshot::channel();
+                self.request_reload(Some(tx), ctx);
+                actix::spawn(async move {
+                    let result = match rx.await {
+                        Ok(Ok(_)) => encoded(&()),
+                        Ok(Err(e)) => Err(AskError::Failed(e.to_string())),
+                        Err(_) => Err(AskError::Failed("the cluster stopped".into())),
+                    };
+                    reply.answer(result);
+                });
+            }
         }
     }
 }

@@ -29,6 +29,7 @@ use serde::Serialize;
 use crate::error::Error;
 
 mod context;
+mod peers;
 mod runtime;
 
 pub use context::{WorkerContext, WorkerHandle};

@@ -12,7 +12,9 @@ use actix::prelude::*;
 
 use crate::error::CallError;
 use crate::event::{ExitReason, WorkerId, WorkerInfo, WorkerState};
+use crate::messaging::{Peer, Via, WorkerStats, WorkerSummary};
 use crate::proxy::{Held, Pending, Worker};
+use crate::routing::{ReplyTo, Routed};
 use crate::worker::WorkerActor;
 
 /// A request to a worker of type `A`; the caller awaits `A::Reply`.
@@ -361,5 +363,112 @@ impl<A: WorkerActor> Handler<Replace> for Worker<A> {
         self.begin_replace(tx, ctx);
         let worker = self.id;
         Box::pin(async move { rx.await.unwrap_or(Err(ReplaceError::Gone { worker })) })
+    }
+}
+
+/// A one-way message to a worker of type `A` that resolves once the worker has received it
+/// (Node's `worker.send(msg, callback)`): the worker's runtime acknowledges it on arrival,
+/// before its `tell` hook runs.
+pub struct TellAck<A: WorkerActor>(pub A::Msg);
+
+impl<A: WorkerActor> Message for TellAck<A> {
+    type Result = Result<(), CallError>;
+}
+
+impl<A: WorkerActor> fmt::Debug for TellAck<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TellAck").finish_non_exhaustive()
+    }
+}
+
+impl<A: WorkerActor> Handler<TellAck<A>> for Worker<A> {
+    type Result = ResponseFuture<Result<(), CallError>>;
+
+    fn handle(&mut self, TellAck(msg): TellAck<A>, ctx: &mut Context<Self>) -> Self::Result {
+        let worker = self.id;
+        let mut payload = Vec::new();
+        if let Err(e) = crate::codec::encode_value(&mut payload, &msg) {
+            return Box::pin(async move { Err(CallError::Frame(e)) });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let routed = Routed::Tell {
+            from: Peer::Master,
+            via: Via::Direct,
+            payload: payload.into(),
+            ack: Some(ReplyTo::Local(tx)),
+        };
+        <Self as Handler<Routed>>::handle(self, routed, ctx);
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(CallError::Failed(e.to_string())),
+                Err(_) => Err(CallError::NotRunning { worker }),
+            }
+        })
+    }
+}
+
+/// A request from a worker to the master
+/// ([`WorkerHandle::ask_master`](crate::WorkerHandle::ask_master)), delivered to the recipient
+/// registered with [`ClusterBuilder::on_request`](crate::ClusterBuilder::on_request), whose
+/// answer (`R`) goes back to the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRequest<E, R> {
+    /// The asking worker's slot, stamped by the master.
+    pub worker: WorkerId,
+    /// The asking process.
+    pub pid: u32,
+    /// Its generation.
+    pub generation: u64,
+    /// The request.
+    pub msg: E,
+    _reply: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<E, R> WorkerRequest<E, R> {
+    pub(crate) fn new(from: FromWorker<()>, msg: E) -> Self {
+        Self {
+            worker: from.worker,
+            pid: from.pid,
+            generation: from.generation,
+            msg,
+            _reply: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<E: 'static, R: 'static> Message for WorkerRequest<E, R> {
+    type Result = R;
+}
+
+/// Asks a proxy for its [`WorkerSummary`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct GetSummary;
+
+impl Message for GetSummary {
+    type Result = WorkerSummary;
+}
+
+impl<A: WorkerActor> Handler<GetSummary> for Worker<A> {
+    type Result = MessageResult<GetSummary>;
+
+    fn handle(&mut self, _: GetSummary, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.summary())
+    }
+}
+
+/// Asks a proxy for its [`WorkerStats`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct GetStats;
+
+impl Message for GetStats {
+    type Result = WorkerStats;
+}
+
+impl<A: WorkerActor> Handler<GetStats> for Worker<A> {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stats())
     }
 }

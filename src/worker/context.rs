@@ -11,7 +11,9 @@ use tokio::sync::Notify;
 use crate::codec::{encode_frame, encode_value};
 use crate::error::FrameError;
 use crate::event::WorkerId;
+use crate::messaging::{Peer, Via};
 use crate::protocol::Envelope;
+use crate::worker::peers::Asks;
 use crate::worker::runtime::Identity;
 use crate::worker::WorkerActor;
 
@@ -58,6 +60,9 @@ impl Outbox {
 /// The context passed to every [`WorkerActor`] hook.
 pub struct WorkerContext<A> {
     outbox: Rc<Outbox>,
+    peers: WorkerHandle<A>,
+    sender: Peer,
+    via: Via,
     identity: Identity,
     listeners: Vec<(String, OwnedFd)>,
     scratch: Vec<u8>,
@@ -77,11 +82,20 @@ impl<A> fmt::Debug for WorkerContext<A> {
 impl<A: WorkerActor> WorkerContext<A> {
     pub(crate) fn new(
         outbox: Rc<Outbox>,
+        asks: Rc<Asks>,
         identity: Identity,
         listeners: Vec<(String, OwnedFd)>,
     ) -> Self {
         Self {
+            peers: WorkerHandle {
+                outbox: Rc::clone(&outbox),
+                asks,
+                identity,
+                _actor: PhantomData,
+            },
             outbox,
+            sender: Peer::Master,
+            via: Via::Direct,
             identity,
             listeners,
             scratch: Vec::new(),
@@ -103,6 +117,31 @@ impl<A: WorkerActor> WorkerContext<A> {
     /// The master's process id.
     pub fn master_pid(&self) -> u32 {
         self.identity.master_pid
+    }
+
+    /// Who sent the message being handled, as stamped by the master: [`Peer::Master`] for
+    /// [`Call`](crate::Call) and [`Tell`](crate::Tell), the sending worker for messages from
+    /// peers. A worker cannot claim to be another.
+    pub fn sender(&self) -> Peer {
+        self.sender
+    }
+
+    /// How the one-way message being handled came: directly, by broadcast, or to a group.
+    pub fn via(&self) -> &Via {
+        &self.via
+    }
+
+    /// Messaging with the master and the other workers: `tell_worker`, `ask_worker`,
+    /// `ask_master`, `broadcast`, `publish`, `join`, `leave`, `confirm`,
+    /// `await_confirmations`, `cluster_info`, `cluster_stats`, and the controls the cluster
+    /// permits. See [`WorkerHandle`].
+    pub fn peers(&self) -> &WorkerHandle<A> {
+        &self.peers
+    }
+
+    pub(crate) fn set_origin(&mut self, sender: Peer, via: Via) {
+        self.sender = sender;
+        self.via = via;
     }
 
     /// The cluster's listening TCP socket `name` (see
@@ -177,13 +216,10 @@ impl<A: WorkerActor> WorkerContext<A> {
         self.stop_requested = true;
     }
 
-    /// A cloneable handle for tasks the worker spawns (e.g. to report from an HTTP handler).
+    /// A cloneable handle for tasks the worker spawns (e.g. to report from an HTTP handler, or
+    /// to message other workers from a task).
     pub fn handle(&self) -> WorkerHandle<A> {
-        WorkerHandle {
-            outbox: Rc::clone(&self.outbox),
-            identity: self.identity,
-            _actor: PhantomData,
-        }
+        self.peers.clone()
     }
 
     pub(crate) fn stop_requested(&self) -> bool {
@@ -217,10 +253,12 @@ impl<A: WorkerActor> WorkerContext<A> {
     }
 }
 
-/// A cloneable sender to the master for tasks that a worker spawns; see
-/// [`WorkerContext::handle`]. It is not `Send`: it lives on the worker's thread.
+/// A worker's link to the master and, through it, to the other workers: one-way messages,
+/// requests, broadcast, groups, confirmations, cluster info. Cloneable, for tasks that a worker
+/// spawns ([`WorkerContext::handle`]); not `Send`: it lives on the worker's thread.
 pub struct WorkerHandle<A> {
-    outbox: Rc<Outbox>,
+    pub(crate) outbox: Rc<Outbox>,
+    pub(crate) asks: Rc<Asks>,
     identity: Identity,
     _actor: PhantomData<fn() -> A>,
 }
@@ -229,6 +267,7 @@ impl<A> Clone for WorkerHandle<A> {
     fn clone(&self) -> Self {
         Self {
             outbox: Rc::clone(&self.outbox),
+            asks: Rc::clone(&self.asks),
             identity: self.identity,
             _actor: PhantomData,
         }

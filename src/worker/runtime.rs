@@ -12,8 +12,10 @@ use tokio::sync::{mpsc, Notify};
 use crate::codec::{decode_envelope, decode_value, FrameDecoder, DEFAULT_MAX_FRAME_BYTES};
 use crate::error::{Error, FrameError, ProtocolError};
 use crate::event::WorkerId;
+use crate::messaging::{Peer, Via};
 use crate::protocol::{Envelope, PROTOCOL_VERSION};
 use crate::worker::context::{Outbox, WorkerContext};
+use crate::worker::peers::Asks;
 use crate::worker::{env, WorkerActor};
 
 /// Payload bytes that may wait for the handler loop. Past it the reader stops reading, the pipe
@@ -50,15 +52,23 @@ fn nix_getppid() -> u32 {
 
 /// What the reader hands to the handler loop.
 enum Inbound {
-    Request { id: u64, payload: Bytes },
-    Tell { payload: Bytes },
+    Request {
+        id: u64,
+        from: Peer,
+        payload: Bytes,
+    },
+    Tell {
+        from: Peer,
+        via: Via,
+        payload: Bytes,
+    },
     Shutdown,
 }
 
 impl Inbound {
     fn len(&self) -> usize {
         match self {
-            Inbound::Request { payload, .. } | Inbound::Tell { payload } => payload.len(),
+            Inbound::Request { payload, .. } | Inbound::Tell { payload, .. } => payload.len(),
             Inbound::Shutdown => 0,
         }
     }
@@ -113,15 +123,17 @@ pub(crate) async fn run<A: WorkerActor>(
     let writer = tokio::task::unconstrained(write_loop(Rc::clone(&outbox), writer));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let room = Rc::new(InboxRoom::default());
+    let asks = Rc::new(Asks::default());
     let reader = tokio::task::unconstrained(read_loop(
         reader,
         FrameDecoder::new(identity.max_frame_bytes),
         (tx, Rc::clone(&room)),
         Rc::clone(&outbox),
+        Rc::clone(&asks),
     ));
     tokio::pin!(writer, reader);
 
-    let mut ctx = WorkerContext::<A>::new(Rc::clone(&outbox), identity, listeners);
+    let mut ctx = WorkerContext::<A>::new(Rc::clone(&outbox), asks, identity, listeners);
     let handled = async {
         actor.started(&mut ctx).await;
         outbox.push(&Envelope::Ready)?;
@@ -131,16 +143,20 @@ pub(crate) async fn run<A: WorkerActor>(
                 room.taken(item);
             }
             match item {
-                Some(Inbound::Request { id, payload }) => match decode_value(&payload) {
+                Some(Inbound::Request { id, from, payload }) => match decode_value(&payload) {
                     Ok(msg) => {
+                        ctx.set_origin(from, Via::Direct);
                         let reply = actor.handle(msg, &mut ctx).await;
                         ctx.reply(id, &reply);
                     }
                     Err(e) => ctx.fail(id, &format!("request did not decode: {e}")),
                 },
-                Some(Inbound::Tell { payload }) => match decode_value(&payload) {
-                    Ok(msg) => actor.tell(msg, &mut ctx).await,
-                    Err(e) => tracing::warn!(error = %e, "one-way message did not decode"),
+                Some(Inbound::Tell { from, via, payload }) => match decode_value(&payload) {
+                    Ok(msg) => {
+                        ctx.set_origin(from, via);
+                        actor.tell(msg, &mut ctx).await;
+                    }
+                    Err(e) => tracing::warn!(?from, error = %e, "one-way message did not decode"),
                 },
                 Some(Inbound::Shutdown) => break,
                 // The reader ended: the master is gone or its stream is corrupt.
@@ -178,6 +194,7 @@ async fn read_loop(
     decoder: FrameDecoder,
     (tx, room): (mpsc::UnboundedSender<Inbound>, Rc<InboxRoom>),
     outbox: Rc<Outbox>,
+    asks: Rc<Asks>,
 ) -> Result<(), ProtocolError> {
     let mut buf = BytesMut::with_capacity(256 * 1024);
     let result = async {
@@ -187,11 +204,43 @@ async fn read_loop(
                 let inbound = match decode_envelope(&frame)? {
                     Envelope::Request { id, payload } => Inbound::Request {
                         id,
+                        from: Peer::Master,
                         payload: frame.slice_ref(payload),
                     },
                     Envelope::Tell { payload } => Inbound::Tell {
+                        from: Peer::Master,
+                        via: Via::Direct,
                         payload: frame.slice_ref(payload),
                     },
+                    Envelope::PeerRequest { id, from, payload } => Inbound::Request {
+                        id,
+                        from,
+                        payload: frame.slice_ref(payload),
+                    },
+                    Envelope::Deliver {
+                        from,
+                        via,
+                        ack,
+                        payload,
+                    } => {
+                        if let Some(id) = ack {
+                            // Received: that is what the sender waits to hear.
+                            let _ = outbox.push(&Envelope::Reply { id, payload: &[] });
+                        }
+                        Inbound::Tell {
+                            from,
+                            via,
+                            payload: frame.slice_ref(payload),
+                        }
+                    }
+                    Envelope::AskReply { id, payload } => {
+                        asks.answer(id, Ok(frame.slice_ref(payload)));
+                        continue;
+                    }
+                    Envelope::AskFailed { id, error } => {
+                        asks.answer(id, Err(error));
+                        continue;
+                    }
                     Envelope::Shutdown => Inbound::Shutdown,
                     Envelope::Ping { seq } => {
                         // Answered here, not by the handler loop: a worker awaiting a long
@@ -222,6 +271,7 @@ async fn read_loop(
         }
     }
     .await;
+    asks.close_all();
     if let Err(e) = &result {
         tracing::error!(error = %e, "the master's stream is corrupt; exiting");
         eprintln!("procactor worker: the master's stream is corrupt: {e}");

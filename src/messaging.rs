@@ -1,0 +1,227 @@
+//! Messaging between processes: who sent a message, how it came, and what can go wrong.
+//!
+//! Every message between processes passes through the master, which stamps its sender: a worker
+//! names where a message goes ([`Route`]), never who it is from. Messages between one pair of
+//! processes keep their order (they travel one pipe, one proxy mailbox and the other pipe, each
+//! first in, first out). Nothing queues without bound in the master: a message for a worker goes
+//! into that worker's outbox, and when the outbox is full the sender gets
+//! [`AskError::Backpressure`].
+//!
+//! From a worker ([`WorkerContext`](crate::WorkerContext)): `tell_worker`, `ask_worker`,
+//! `ask_master`, `broadcast`, `publish`, `join` / `leave`, `confirm` / `await_confirmations`,
+//! `cluster_info`, and, where the config permits, `kill_worker` / `restart_worker` /
+//! `reload_cluster`. From the master: [`Cluster`](crate::Cluster)'s `broadcast`, `publish`,
+//! `info`, `stats` and `await_confirmations`, and [`TellAck`](crate::TellAck) to one worker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{WorkerId, WorkerState};
+
+/// Who sent a message, as stamped by the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Peer {
+    /// The master process.
+    Master,
+    /// A worker process.
+    Worker {
+        /// Its slot.
+        id: WorkerId,
+        /// Its process id.
+        pid: u32,
+    },
+}
+
+/// How a one-way message reached this worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Via {
+    /// Sent to this worker by id, or by the master to this worker.
+    #[default]
+    Direct,
+    /// Sent to every worker.
+    Broadcast,
+    /// Published to a group this worker had joined.
+    Group(String),
+}
+
+/// Where a worker sends a message; the wire form of its choice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Route<'a> {
+    /// The master's handlers.
+    Master,
+    /// One worker, by slot.
+    Worker(u64),
+    /// Every other worker.
+    All,
+    /// The members of a group (the sender excluded).
+    Group(&'a str),
+}
+
+/// Why a message or request between processes failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum AskError {
+    /// No answer within the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// There is no worker with this id.
+    #[error("no worker {0}")]
+    NoSuchWorker(WorkerId),
+    /// The worker is not running (stopped, restarting, failed).
+    #[error("worker {0} is not running")]
+    NotRunning(WorkerId),
+    /// The worker's process ended before it answered.
+    #[error("worker {worker} died: {reason}")]
+    WorkerDied {
+        /// The worker.
+        worker: WorkerId,
+        /// How its process ended.
+        reason: String,
+    },
+    /// The handler failed; for example, the payload did not decode as the receiver's type.
+    #[error("handler failed: {0}")]
+    Failed(String),
+    /// The answer did not decode as the type the asker expected.
+    #[error("the answer did not decode: {0}")]
+    BadReply(String),
+    /// The receiver's outbox is full: it is not reading fast enough.
+    #[error("worker {0} is not keeping up (its outbox is full)")]
+    Backpressure(WorkerId),
+    /// The master has no handler for this request.
+    #[error("the master has no handler for requests from workers")]
+    NoHandler,
+    /// The cluster's configuration does not allow this operation from a worker.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    /// The message cannot be sent that way.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The channel to the master is closed.
+    #[error("the channel to the master is closed")]
+    Closed,
+}
+
+/// A system operation a worker asks of the master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SystemOp<'a> {
+    /// Join a group.
+    Join(&'a str),
+    /// Leave a group.
+    Leave(&'a str),
+    /// Confirm a key.
+    Confirm(&'a str),
+    /// Wait until `n` processes have confirmed `key`, at most `timeout_ms`.
+    AwaitConfirmations {
+        /// The key.
+        key: &'a str,
+        /// How many confirmations.
+        n: u32,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The cluster's [`ClusterInfo`].
+    Info,
+    /// Every worker's [`WorkerStats`].
+    Stats,
+    /// Kill a worker (the restart policy decides what follows).
+    Kill(u64),
+    /// Replace a worker with a new process, gracefully.
+    Restart(u64),
+    /// A rolling reload of the cluster.
+    Reload,
+}
+
+/// The cluster as seen from the master: groups, workers and their processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The master's pid.
+    pub master_pid: u32,
+    /// Every worker slot.
+    pub workers: Vec<WorkerSummary>,
+    /// Each group's members.
+    pub groups: BTreeMap<String, Vec<WorkerId>>,
+}
+
+impl ClusterInfo {
+    /// The pids of a group's members (those running).
+    pub fn group_pids(&self, group: &str) -> Vec<u32> {
+        let Some(ids) = self.groups.get(group) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| self.workers.get(*id)?.pid)
+            .collect()
+    }
+}
+
+/// One worker slot in [`ClusterInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSummary {
+    /// The slot.
+    pub id: WorkerId,
+    /// Its process, when one runs.
+    pub pid: Option<u32>,
+    /// Its state.
+    pub state: WorkerState,
+    /// Its process's generation.
+    pub generation: u64,
+    /// How long its process has run.
+    pub uptime: Duration,
+    /// How many times the slot has started a new process after its first.
+    pub restarts: u64,
+    /// The groups it has joined.
+    pub groups: Vec<String>,
+}
+
+/// Traffic and resource figures of one worker slot, counted by its proxy in the master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WorkerStats {
+    /// The slot.
+    pub id: WorkerId,
+    /// Its process, when one runs.
+    pub pid: Option<u32>,
+    /// Frames sent to the worker, by kind (`Request`, `Tell`, `Deliver`, `PeerRequest`, …).
+    pub sent: BTreeMap<String, u64>,
+    /// Frames received from the worker, by kind (`Reply`, `Event`, `Send`, `Ask`, …).
+    pub received: BTreeMap<String, u64>,
+    /// Requests made to the worker (by the master or by peers).
+    pub requests: u64,
+    /// Failures: requests answered `Failed`, messages that could not be delivered.
+    pub errors: u64,
+    /// New processes started after the first.
+    pub restarts: u64,
+    /// CPU time of the current process (user + system), from `/proc`.
+    pub cpu: Duration,
+    /// Resident memory of the current process in bytes, from `/proc`.
+    pub rss_bytes: u64,
+}
+
+/// CPU time and resident memory of `pid`, from `/proc/<pid>/stat` and `/proc/<pid>/statm`.
+pub(crate) fn proc_usage(pid: u32) -> (Duration, u64) {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(Duration::from_millis((utime + stime) * 1000 / ticks.max(1)))
+        })
+        .unwrap_or_default();
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page);
+    (cpu, rss)
+}

@@ -1,0 +1,160 @@
+//! How the master routes messages between processes: the table of slots and groups that every
+//! proxy shares, and the messages proxies and the supervisor exchange to route them.
+//!
+//! A message from worker A to worker B goes A's pipe → A's proxy → B's proxy (an actor message,
+//! no supervisor in between) → B's pipe. B's answer retraces it: B's proxy holds the request
+//! under a correlation id of its own, with where to send the answer ([`ReplyTo`]). The sender
+//! is stamped by A's proxy from the pipe the frame came on.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::event::WorkerId;
+use crate::messaging::{AskError, Peer, Via};
+
+/// The routing table, shared by the proxies and the supervisor of one cluster (one thread).
+#[derive(Debug, Default)]
+pub(crate) struct Routing {
+    pub(crate) slots: Vec<Recipient<Routed>>,
+    groups: BTreeMap<String, BTreeSet<WorkerId>>,
+}
+
+pub(crate) type SharedRouting = Rc<RefCell<Routing>>;
+
+impl Routing {
+    pub(crate) fn join(&mut self, group: &str, worker: WorkerId) {
+        self.groups
+            .entry(group.to_owned())
+            .or_default()
+            .insert(worker);
+    }
+
+    pub(crate) fn leave(&mut self, group: &str, worker: WorkerId) {
+        if let Some(members) = self.groups.get_mut(group) {
+            members.remove(&worker);
+            if members.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    /// A worker's process ended: its memberships end with it.
+    pub(crate) fn leave_all(&mut self, worker: WorkerId) {
+        self.groups.retain(|_, members| {
+            members.remove(&worker);
+            !members.is_empty()
+        });
+    }
+
+    pub(crate) fn members(&self, group: &str) -> Vec<WorkerId> {
+        self.groups
+            .get(group)
+            .map(|m| m.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn groups(&self) -> BTreeMap<String, Vec<WorkerId>> {
+        self.groups
+            .iter()
+            .map(|(g, m)| (g.clone(), m.iter().copied().collect()))
+            .collect()
+    }
+
+    pub(crate) fn groups_of(&self, worker: WorkerId) -> Vec<String> {
+        self.groups
+            .iter()
+            .filter(|(_, m)| m.contains(&worker))
+            .map(|(g, _)| g.clone())
+            .collect()
+    }
+}
+
+/// Where the answer to a routed request (or a delivery acknowledgement) goes.
+#[derive(Debug)]
+pub(crate) enum ReplyTo {
+    /// To a worker, through its proxy: `AskReply` / `AskFailed` with the worker's id.
+    Proxy {
+        proxy: Recipient<AskDone>,
+        generation: u64,
+        id: u64,
+    },
+    /// To a caller in the master.
+    Local(oneshot::Sender<Result<Bytes, AskError>>),
+}
+
+impl ReplyTo {
+    pub(crate) fn answer(self, result: Result<Bytes, AskError>) {
+        match self {
+            ReplyTo::Proxy {
+                proxy,
+                generation,
+                id,
+            } => proxy.do_send(AskDone {
+                generation,
+                id,
+                result,
+            }),
+            ReplyTo::Local(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// A message for a worker from another process, handed to the worker's proxy.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) enum Routed {
+    /// One-way; `ack` hears when the worker has it.
+    Tell {
+        from: Peer,
+        via: Via,
+        payload: Bytes,
+        ack: Option<ReplyTo>,
+    },
+    /// A request; `reply` hears the answer.
+    Ask {
+        from: Peer,
+        payload: Bytes,
+        reply: ReplyTo,
+    },
+}
+
+/// The answer to a worker's `Ask`, `System` or acknowledged `Send`, for its proxy to pass on.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct AskDone {
+    pub(crate) generation: u64,
+    pub(crate) id: u64,
+    pub(crate) result: Result<Bytes, AskError>,
+}
+
+/// A system operation for the supervisor, from a worker or from the master's own handle.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct SystemCall {
+    pub(crate) from: Peer,
+    pub(crate) op: OwnedOp,
+    pub(crate) reply: ReplyTo,
+}
+
+/// [`SystemOp`](crate::SystemOp) with its strings owned.
+#[derive(Debug, Clone)]
+pub(crate) enum OwnedOp {
+    Confirm(String),
+    AwaitConfirmations {
+        key: String,
+        n: usize,
+        timeout: std::time::Duration,
+    },
+    Info,
+    Stats,
+    Kill(WorkerId),
+    Restart(WorkerId),
+    Reload,
+}

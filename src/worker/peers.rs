@@ -1,0 +1,320 @@
+//! The worker's side of messaging between processes: requests awaiting answers from the master,
+//! and the operations of [`WorkerHandle`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::codec::{decode_value, encode_value};
+use crate::event::WorkerId;
+use crate::messaging::{AskError, ClusterInfo, Route, SystemOp, WorkerStats};
+use crate::protocol::Envelope;
+use crate::worker::context::WorkerHandle;
+use crate::worker::WorkerActor;
+
+/// Requests this worker awaits answers to, by correlation id.
+#[derive(Debug, Default)]
+pub(crate) struct Asks {
+    next: Cell<u64>,
+    waiting: RefCell<HashMap<u64, oneshot::Sender<Result<Bytes, AskError>>>>,
+}
+
+impl Asks {
+    fn open(&self) -> (u64, oneshot::Receiver<Result<Bytes, AskError>>) {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.borrow_mut().insert(id, tx);
+        (id, rx)
+    }
+
+    fn close(&self, id: u64) {
+        self.waiting.borrow_mut().remove(&id);
+    }
+
+    /// An answer from the master; one nobody awaits any more (timed out) is dropped.
+    pub(crate) fn answer(&self, id: u64, result: Result<Bytes, AskError>) {
+        if let Some(tx) = self.waiting.borrow_mut().remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// The master is gone: every request fails.
+    pub(crate) fn close_all(&self) {
+        for (_, tx) in self.waiting.borrow_mut().drain() {
+            let _ = tx.send(Err(AskError::Closed));
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AskError> {
+    let mut buf = Vec::new();
+    encode_value(&mut buf, value).map_err(|e| AskError::Invalid(e.to_string()))?;
+    Ok(buf)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AskError> {
+    decode_value(bytes).map_err(|e| AskError::BadReply(e.to_string()))
+}
+
+impl<A: WorkerActor> WorkerHandle<A> {
+    fn push(&self, envelope: &Envelope<'_>) -> Result<(), AskError> {
+        self.outbox.push(envelope).map_err(|e| match e {
+            crate::error::FrameError::Io(_) => AskError::Closed,
+            other => AskError::Invalid(other.to_string()),
+        })
+    }
+
+    async fn ask_with(
+        &self,
+        timeout: Duration,
+        send: impl FnOnce(u64, &dyn Fn(&Envelope<'_>) -> Result<(), AskError>) -> Result<(), AskError>,
+    ) -> Result<Bytes, AskError> {
+        let (id, rx) = self.asks.open();
+        if let Err(e) = send(id, &|env| self.push(env)) {
+            self.asks.close(id);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(AskError::Closed),
+            Err(_) => {
+                self.asks.close(id);
+                Err(AskError::Timeout(timeout))
+            }
+        }
+    }
+
+    async fn system<T: DeserializeOwned>(
+        &self,
+        op: SystemOp<'_>,
+        timeout: Duration,
+    ) -> Result<T, AskError> {
+        let bytes = self
+            .ask_with(timeout, |id, push| push(&Envelope::System { id, op }))
+            .await?;
+        decode(&bytes)
+    }
+
+    /// Sends a one-way message to worker `id`, which handles it with its `tell` hook and sees
+    /// this worker as [`sender`](crate::WorkerContext::sender).
+    ///
+    /// # Errors
+    /// [`AskError::Invalid`] when the message cannot be encoded or is too large,
+    /// [`AskError::Closed`] when the master is gone. Delivery is not confirmed; use
+    /// [`tell_worker_acked`](Self::tell_worker_acked) for that.
+    pub fn tell_worker(&self, id: WorkerId, msg: &A::Msg) -> Result<(), AskError> {
+        let payload = encode(msg)?;
+        self.push(&Envelope::Send {
+            to: Route::Worker(id as u64),
+            ack: None,
+            payload: &payload,
+        })
+    }
+
+    /// As [`tell_worker`](Self::tell_worker), and resolves once worker `id` has received the
+    /// message (Node's `send(msg, callback)`).
+    ///
+    /// # Errors
+    /// [`AskError::NoSuchWorker`], [`AskError::NotRunning`], [`AskError::Backpressure`] (its
+    /// outbox is full), [`AskError::WorkerDied`], [`AskError::Timeout`], and those of
+    /// [`tell_worker`](Self::tell_worker).
+    pub async fn tell_worker_acked(
+        &self,
+        id: WorkerId,
+        msg: &A::Msg,
+        timeout: Duration,
+    ) -> Result<(), AskError> {
+        let payload = encode(msg)?;
+        self.ask_with(timeout, |ack, push| {
+            push(&Envelope::Send {
+                to: Route::Worker(id as u64),
+                ack: Some(ack),
+                payload: &payload,
+            })
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Asks worker `id` (a worker of the same type) and awaits its typed reply; the receiver
+    /// handles it with its `handle` hook and sees this worker as its sender.
+    ///
+    /// A worker handles one message at a time: two workers asking each other at once wait for
+    /// each other until one request times out.
+    ///
+    /// # Errors
+    /// [`AskError::Timeout`], [`AskError::NoSuchWorker`], [`AskError::NotRunning`],
+    /// [`AskError::WorkerDied`], [`AskError::Failed`] (e.g. the request did not decode as the
+    /// receiver's type), [`AskError::Backpressure`], [`AskError::BadReply`].
+    pub async fn ask_worker(
+        &self,
+        id: WorkerId,
+        msg: &A::Msg,
+        timeout: Duration,
+    ) -> Result<A::Reply, AskError> {
+        let payload = encode(msg)?;
+        let bytes = self
+            .ask_with(timeout, |ask, push| {
+                push(&Envelope::Ask {
+                    id: ask,
+                    to: Route::Worker(id as u64),
+                    payload: &payload,
+                })
+            })
+            .await?;
+        decode(&bytes)
+    }
+
+    /// Asks the master: the request is this worker type's `Event`, answered by the handler
+    /// registered with [`ClusterBuilder::on_request`](crate::ClusterBuilder::on_request) with
+    /// an `R`.
+    ///
+    /// # Errors
+    /// [`AskError::NoHandler`] when the master registered none, [`AskError::BadReply`] when its
+    /// answer is not an `R`, [`AskError::Timeout`], [`AskError::Closed`].
+    pub async fn ask_master<R: DeserializeOwned>(
+        &self,
+        msg: &A::Event,
+        timeout: Duration,
+    ) -> Result<R, AskError> {
+        let payload = encode(msg)?;
+        let bytes = self
+            .ask_with(timeout, |ask, push| {
+                push(&Envelope::Ask {
+                    id: ask,
+                    to: Route::Master,
+                    payload: &payload,
+                })
+            })
+            .await?;
+        decode(&bytes)
+    }
+
+    /// Sends a one-way message to every other worker.
+    ///
+    /// # Errors
+    /// As [`tell_worker`](Self::tell_worker).
+    pub fn broadcast(&self, msg: &A::Msg) -> Result<(), AskError> {
+        let payload = encode(msg)?;
+        self.push(&Envelope::Send {
+            to: Route::All,
+            ack: None,
+            payload: &payload,
+        })
+    }
+
+    /// Sends a one-way message to every member of `group` but this worker.
+    ///
+    /// # Errors
+    /// As [`tell_worker`](Self::tell_worker).
+    pub fn publish(&self, group: &str, msg: &A::Msg) -> Result<(), AskError> {
+        let payload = encode(msg)?;
+        self.push(&Envelope::Send {
+            to: Route::Group(group),
+            ack: None,
+            payload: &payload,
+        })
+    }
+
+    /// Joins `group`; messages published to it after this resolves reach this worker. A
+    /// worker's memberships end with its process.
+    ///
+    /// # Errors
+    /// [`AskError::Timeout`] (10 s), [`AskError::Closed`].
+    pub async fn join(&self, group: &str) -> Result<(), AskError> {
+        self.system(SystemOp::Join(group), Duration::from_secs(10))
+            .await
+    }
+
+    /// Leaves `group`; nothing published to it after this resolves reaches this worker.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub async fn leave(&self, group: &str) -> Result<(), AskError> {
+        self.system(SystemOp::Leave(group), Duration::from_secs(10))
+            .await
+    }
+
+    /// Confirms `key` (clustr-node's confirmations): counts toward every
+    /// [`await_confirmations`](Self::await_confirmations) of that key.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub async fn confirm(&self, key: &str) -> Result<(), AskError> {
+        self.system(SystemOp::Confirm(key), Duration::from_secs(10))
+            .await
+    }
+
+    /// Waits until `n` workers have confirmed `key`, and returns which (in the order they
+    /// confirmed).
+    ///
+    /// # Errors
+    /// [`AskError::Timeout`] when fewer have confirmed within `timeout`.
+    pub async fn await_confirmations(
+        &self,
+        key: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<WorkerId>, AskError> {
+        let op = SystemOp::AwaitConfirmations {
+            key,
+            n: n.try_into().unwrap_or(u32::MAX),
+            timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
+        };
+        // The master enforces the timeout; allow for the trip.
+        self.system(op, timeout + Duration::from_secs(5)).await
+    }
+
+    /// The cluster: the master's pid, every worker's pid, state, generation, uptime and
+    /// restarts, and the groups.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub async fn cluster_info(&self) -> Result<ClusterInfo, AskError> {
+        self.system(SystemOp::Info, Duration::from_secs(10)).await
+    }
+
+    /// Every worker's traffic counters, CPU time and memory.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub async fn cluster_stats(&self) -> Result<Vec<WorkerStats>, AskError> {
+        self.system(SystemOp::Stats, Duration::from_secs(10)).await
+    }
+
+    /// Kills worker `id` (its restart policy decides what follows), where the cluster permits
+    /// it ([`ClusterConfig::worker_control`](crate::ClusterConfig::worker_control)).
+    ///
+    /// # Errors
+    /// [`AskError::NotPermitted`], [`AskError::NoSuchWorker`], and as [`join`](Self::join).
+    pub async fn kill_worker(&self, id: WorkerId) -> Result<(), AskError> {
+        self.system(SystemOp::Kill(id as u64), Duration::from_secs(30))
+            .await
+    }
+
+    /// Replaces worker `id` with a new process, gracefully and with no gap, where the cluster
+    /// permits it ([`ClusterConfig::worker_control`](crate::ClusterConfig::worker_control)).
+    ///
+    /// # Errors
+    /// As [`kill_worker`](Self::kill_worker), and [`AskError::Failed`] when the replacement
+    /// failed (the old process still serves).
+    pub async fn restart_worker(&self, id: WorkerId, timeout: Duration) -> Result<(), AskError> {
+        self.system(SystemOp::Restart(id as u64), timeout).await
+    }
+
+    /// Reloads the whole cluster (rolling) and awaits the outcome, where the cluster permits
+    /// it ([`ClusterConfig::worker_reload`](crate::ClusterConfig::worker_reload)). This worker
+    /// is replaced too: call it from a task, not from a handler that must return first.
+    ///
+    /// # Errors
+    /// [`AskError::NotPermitted`], [`AskError::Failed`] with the reload's error.
+    pub async fn reload_cluster(&self, timeout: Duration) -> Result<(), AskError> {
+        self.system(SystemOp::Reload, timeout).await
+    }
+}
