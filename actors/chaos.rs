@@ -19,6 +19,7 @@
 //! | `ready-before-hello` | a well-formed `Ready` frame first                             |
 //! | `noise-before-hello` | a line of text printed to stdout before the runtime starts    |
 //! | `partial-frame` *    | 10 bytes of a 100-byte frame, then exit 0                     |
+//! | `forge-sender` *     | a `Deliver` frame (master → worker only) naming worker 1      |
 //! | `hang-on-stop`       | the echo worker, but its `stopping` hook never returns        |
 //! | `crash-at-start`     | exits with status 1 before saying anything                    |
 //! | `abort`              | aborts (SIGABRT) before saying anything                       |
@@ -108,6 +109,16 @@ fn main() -> Result<(), procactor::Error> {
             bytes.extend_from_slice(&[0; 10]);
             out.write_all(&bytes)?;
             std::process::exit(0);
+        }
+        "forge-sender" => {
+            // A frame only the master may write, claiming to come from worker 1.
+            after_first_request(&mut out, &handshake)?;
+            frame(Envelope::Deliver {
+                from: procactor::Peer::Worker { id: 1, pid: 1 },
+                via: procactor::Via::Direct,
+                ack: None,
+                payload: &[0],
+            })
         }
         "hang-on-stop" => return procactor::run_worker(Stubborn),
         "crash-at-start" => std::process::exit(1),

@@ -192,3 +192,20 @@ async fn end_of_file_inside_a_frame_is_truncation() {
     })
     .await;
 }
+
+#[actix::test]
+async fn a_worker_cannot_forge_a_sender() {
+    within(60, async {
+        // The wire has no field for a worker to say who it is; the one frame that names a
+        // sender travels master → worker only, and a worker that writes it is ended.
+        let reason = in_flight_request_fails_with("forge-sender").await;
+        assert!(
+            matches!(
+                &reason,
+                ExitReason::Protocol(ProtocolError::Unexpected { got: "Deliver", .. })
+            ),
+            "{reason}"
+        );
+    })
+    .await;
+}

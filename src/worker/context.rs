@@ -274,6 +274,19 @@ impl<A> Clone for WorkerHandle<A> {
     }
 }
 
+impl<A> WorkerHandle<A> {
+    /// The same link, typed for another worker type (for tests that send what a receiver does
+    /// not decode).
+    pub(crate) fn cast<B>(&self) -> WorkerHandle<B> {
+        WorkerHandle {
+            outbox: Rc::clone(&self.outbox),
+            asks: Rc::clone(&self.asks),
+            identity: self.identity,
+            _actor: PhantomData,
+        }
+    }
+}
+
 impl<A> fmt::Debug for WorkerHandle<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerHandle")

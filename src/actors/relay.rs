@@ -1,0 +1,325 @@
+//! A worker that exercises messaging between processes: the master (or a test) drives it with
+//! commands to tell, ask, broadcast, publish, join, confirm and control, and it records what
+//! other processes send it, with the sender the master stamped.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::WorkerId;
+use crate::messaging::{AskError, ClusterInfo, Peer, Via, WorkerStats};
+use crate::worker::{WorkerActor, WorkerContext};
+
+/// What [`Relay`] accepts: commands from the master, and messages from its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayMsg {
+    /// Command: tell worker `to` a [`Note`](RelayMsg::Note).
+    TellPeer {
+        /// The receiver.
+        to: WorkerId,
+        /// The note.
+        text: String,
+    },
+    /// Command: tell `count` numbered notes `"<prefix><n>"` to worker `to`, in order.
+    TellMany {
+        /// The receiver.
+        to: WorkerId,
+        /// The text before each number.
+        prefix: String,
+        /// How many.
+        count: u64,
+    },
+    /// Command: tell worker `to` a note and await its delivery acknowledgement.
+    TellPeerAcked {
+        /// The receiver.
+        to: WorkerId,
+        /// The note.
+        text: String,
+    },
+    /// Command: ask worker `to` to [`Echo`](RelayMsg::Echo) `text`.
+    AskPeer {
+        /// The receiver.
+        to: WorkerId,
+        /// What it echoes.
+        text: String,
+        /// The request's timeout.
+        timeout_ms: u64,
+    },
+    /// Command: ask worker `to` `count` requests of `bytes` bytes each, all at once; answers
+    /// how many were refused with [`AskError::Backpressure`] and how many succeeded.
+    Flood {
+        /// The receiver.
+        to: WorkerId,
+        /// How many requests.
+        count: usize,
+        /// Payload size of each.
+        bytes: usize,
+    },
+    /// Command: ask worker `to` a message its type does not decode (a [`RelayMsg`] it cannot
+    /// read: raw bytes sent as another worker type).
+    AskGarbage {
+        /// The receiver.
+        to: WorkerId,
+    },
+    /// Command: ask the master (its `on_request` handler) with this text.
+    AskMaster(String),
+    /// Command: send a note to every other worker.
+    Broadcast(String),
+    /// Command: publish a note to a group.
+    Publish {
+        /// The group.
+        group: String,
+        /// The note.
+        text: String,
+    },
+    /// Command: join a group.
+    Join(String),
+    /// Command: leave a group.
+    Leave(String),
+    /// Command: confirm a key.
+    Confirm(String),
+    /// Command: wait for `n` confirmations of a key.
+    AwaitConfirmations {
+        /// The key.
+        key: String,
+        /// How many.
+        n: usize,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// Command: the cluster's info.
+    Info,
+    /// Command: every worker's stats.
+    Stats,
+    /// Command: kill worker `id`.
+    Kill(WorkerId),
+    /// Command: replace worker `id`.
+    Restart(WorkerId),
+    /// Command: block this process's thread (no reading, no heartbeats) for this many ms.
+    Block(u64),
+    /// Command: exit the process at once with status 1.
+    Die,
+    /// From a peer: a one-way note, recorded.
+    Note(String),
+    /// From a peer: answer [`RelayReply::Echoed`].
+    Echo(String),
+    /// From a peer: exit at once while handling it.
+    DieWhileHandling,
+    /// What this worker has received so far.
+    Log,
+    /// Forget what this worker has received.
+    Clear,
+    /// This worker's pid.
+    Pid,
+}
+
+/// A note a [`Relay`] received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    /// Who sent it, as stamped by the master.
+    pub from: Peer,
+    /// How it came.
+    pub via: Via,
+    /// The note.
+    pub text: String,
+}
+
+/// What [`Relay`] answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayReply {
+    /// The command succeeded.
+    Done,
+    /// The command failed with this error.
+    Failed(AskError),
+    /// To `Echo`: who echoed, who asked (as stamped by the master) and the text.
+    Echoed {
+        /// The echoing worker.
+        by: WorkerId,
+        /// The asker.
+        from: Peer,
+        /// The text.
+        text: String,
+    },
+    /// To `AskMaster`: the master's answer.
+    Text(String),
+    /// To `Flood`.
+    Flooded {
+        /// Answered requests.
+        ok: usize,
+        /// Requests refused with backpressure.
+        backpressure: usize,
+        /// Other failures.
+        other: Vec<String>,
+    },
+    /// To `AwaitConfirmations`.
+    Confirmed(Vec<WorkerId>),
+    /// To `Info`.
+    Info(Box<ClusterInfo>),
+    /// To `Stats`.
+    Stats(Vec<WorkerStats>),
+    /// To `Log`.
+    Log(Vec<Received>),
+    /// To `Pid`.
+    Pid(u32),
+}
+
+/// The messaging worker; see [`RelayMsg`].
+#[derive(Debug, Default)]
+pub struct Relay {
+    received: Vec<Received>,
+}
+
+fn done(result: Result<(), AskError>) -> RelayReply {
+    match result {
+        Ok(()) => RelayReply::Done,
+        Err(e) => RelayReply::Failed(e),
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+impl WorkerActor for Relay {
+    type Msg = RelayMsg;
+    type Reply = RelayReply;
+    type Event = String;
+
+    async fn handle(&mut self, msg: RelayMsg, ctx: &mut WorkerContext<Self>) -> RelayReply {
+        let peers = ctx.peers().clone();
+        match msg {
+            RelayMsg::TellPeer { to, text } => done(peers.tell_worker(to, &RelayMsg::Note(text))),
+            RelayMsg::TellMany { to, prefix, count } => {
+                done((0..count).try_for_each(|n| {
+                    peers.tell_worker(to, &RelayMsg::Note(format!("{prefix}{n}")))
+                }))
+            }
+            RelayMsg::TellPeerAcked { to, text } => done(
+                peers
+                    .tell_worker_acked(to, &RelayMsg::Note(text), TIMEOUT)
+                    .await,
+            ),
+            RelayMsg::AskPeer {
+                to,
+                text,
+                timeout_ms,
+            } => match peers
+                .ask_worker(to, &RelayMsg::Echo(text), Duration::from_millis(timeout_ms))
+                .await
+            {
+                Ok(reply) => reply,
+                Err(e) => RelayReply::Failed(e),
+            },
+            RelayMsg::Flood { to, count, bytes } => {
+                let text = "x".repeat(bytes);
+                let asks = (0..count).map(|_| {
+                    let peers = peers.clone();
+                    let msg = RelayMsg::Echo(text.clone());
+                    async move { peers.ask_worker(to, &msg, TIMEOUT).await }
+                });
+                let results = futures_join_all(asks).await;
+                let (mut ok, mut backpressure, mut other) = (0, 0, Vec::new());
+                for result in results {
+                    match result {
+                        Ok(_) => ok += 1,
+                        Err(AskError::Backpressure(_)) => backpressure += 1,
+                        Err(e) => other.push(e.to_string()),
+                    }
+                }
+                RelayReply::Flooded {
+                    ok,
+                    backpressure,
+                    other,
+                }
+            }
+            RelayMsg::AskGarbage { to } => {
+                // A u8 where a RelayMsg is expected: it does not decode as one.
+                let garbage = peers.cast::<Garbage>();
+                match garbage.ask_worker(to, &200u8, TIMEOUT).await {
+                    Ok(_) => RelayReply::Done,
+                    Err(e) => RelayReply::Failed(e),
+                }
+            }
+            RelayMsg::AskMaster(text) => match peers.ask_master::<String>(&text, TIMEOUT).await {
+                Ok(answer) => RelayReply::Text(answer),
+                Err(e) => RelayReply::Failed(e),
+            },
+            RelayMsg::Broadcast(text) => done(peers.broadcast(&RelayMsg::Note(text))),
+            RelayMsg::Publish { group, text } => done(peers.publish(&group, &RelayMsg::Note(text))),
+            RelayMsg::Join(group) => done(peers.join(&group).await),
+            RelayMsg::Leave(group) => done(peers.leave(&group).await),
+            RelayMsg::Confirm(key) => done(peers.confirm(&key).await),
+            RelayMsg::AwaitConfirmations { key, n, timeout_ms } => match peers
+                .await_confirmations(&key, n, Duration::from_millis(timeout_ms))
+                .await
+            {
+                Ok(ids) => RelayReply::Confirmed(ids),
+                Err(e) => RelayReply::Failed(e),
+            },
+            RelayMsg::Info => match peers.cluster_info().await {
+                Ok(info) => RelayReply::Info(Box::new(info)),
+                Err(e) => RelayReply::Failed(e),
+            },
+            RelayMsg::Stats => match peers.cluster_stats().await {
+                Ok(stats) => RelayReply::Stats(stats),
+                Err(e) => RelayReply::Failed(e),
+            },
+            RelayMsg::Kill(id) => done(peers.kill_worker(id).await),
+            RelayMsg::Restart(id) => done(peers.restart_worker(id, TIMEOUT).await),
+            RelayMsg::Block(ms) => {
+                std::thread::sleep(Duration::from_millis(ms));
+                RelayReply::Done
+            }
+            RelayMsg::Die => std::process::exit(1),
+            RelayMsg::Note(text) => {
+                self.received.push(Received {
+                    from: ctx.sender(),
+                    via: ctx.via().clone(),
+                    text,
+                });
+                RelayReply::Done
+            }
+            RelayMsg::Echo(text) => RelayReply::Echoed {
+                by: ctx.id(),
+                from: ctx.sender(),
+                text,
+            },
+            RelayMsg::DieWhileHandling => std::process::exit(3),
+            RelayMsg::Log => RelayReply::Log(self.received.clone()),
+            RelayMsg::Clear => {
+                self.received.clear();
+                RelayReply::Done
+            }
+            RelayMsg::Pid => RelayReply::Pid(std::process::id()),
+        }
+    }
+}
+
+/// A worker type whose messages are bytes, to send another type what it cannot decode.
+#[derive(Debug)]
+pub struct Garbage;
+
+impl WorkerActor for Garbage {
+    type Msg = u8;
+    type Reply = u8;
+    type Event = ();
+
+    async fn handle(&mut self, msg: u8, _ctx: &mut WorkerContext<Self>) -> u8 {
+        msg
+    }
+}
+
+/// Runs every future as a task of its own (so that they are in flight together) and collects
+/// their outputs in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + 'static,
+    F::Output: 'static,
+{
+    let tasks: Vec<_> = futures.map(actix_rt::spawn).collect();
+    let mut outputs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        if let Ok(output) = task.await {
+            outputs.push(output);
+        }
+    }
+    outputs
+}
