@@ -31,7 +31,12 @@ struct Sizes {
     tells: usize,
     bulk_messages: usize,
     spawns: usize,
+    broadcasts: usize,
+    peer_round_trips: u32,
 }
+
+/// Broadcasts in flight at once, for procactor and the baseline alike.
+const BROADCAST_WINDOW: usize = 256;
 
 impl Sizes {
     fn full() -> Self {
@@ -42,6 +47,8 @@ impl Sizes {
             tells: 2_000_000,
             bulk_messages: 20_000,
             spawns: 10,
+            broadcasts: 200_000,
+            peer_round_trips: 20_000,
         }
     }
 
@@ -53,6 +60,8 @@ impl Sizes {
             tells: 200_000,
             bulk_messages: 2_000,
             spawns: 3,
+            broadcasts: 20_000,
+            peer_round_trips: 2_000,
         }
     }
 }
@@ -67,6 +76,8 @@ struct Figures {
     bulk_64k_mb_per_s: f64,
     spawn_ms_median: f64,
     respawn_ms_median: f64,
+    broadcast_4_per_s: f64,
+    peer_rtt_us_median: f64,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -97,9 +108,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tells: sizes.tells,
         bulk_messages: sizes.bulk_messages,
         spawns: sizes.spawns,
+        broadcasts: sizes.broadcasts,
+        broadcast_window: BROADCAST_WINDOW,
     })?;
 
-    let rows: [(&str, f64, f64, bool); 7] = [
+    let rows: [(&str, f64, f64, bool); 8] = [
         (
             "rtt_us_median",
             ours.rtt_us_median,
@@ -132,9 +145,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             raw.respawn_ms_median,
             false,
         ),
+        (
+            "broadcast_4_per_s",
+            ours.broadcast_4_per_s,
+            raw.broadcast_4_per_s,
+            true,
+        ),
     ];
     // Figures with a baseline of their own: (key, value, baseline key, baseline, ratio key).
-    let pairs: [(&str, f64, &str, f64, &str); 3] = [
+    let pairs: [(&str, f64, &str, f64, &str); 4] = [
+        (
+            "peer_rtt_us_median",
+            ours.peer_rtt_us_median,
+            "raw_rtt_us_median",
+            raw.rtt_us_median,
+            "peer_rtt_vs_raw_rtt",
+        ),
         (
             "http_4w_req_per_s",
             web.req_per_s_4w,
@@ -274,6 +300,7 @@ async fn measure(sizes: Sizes) -> Result<Figures, procactor::Error> {
     figures.spawn_ms_median = spawns[spawns.len() / 2].as_secs_f64() * 1e3;
 
     // SIGKILL of a worker until its replacement answers (no backoff for a first restart).
+    let broadcast_config = config.clone().workers(4);
     let config = config.restart(RestartPolicy {
         backoff: Backoff::none(),
         intensity: Intensity {
@@ -309,6 +336,45 @@ async fn measure(sizes: Sizes) -> Result<Figures, procactor::Error> {
     cluster.stop().await?;
     respawns.sort();
     figures.respawn_ms_median = respawns[respawns.len() / 2].as_secs_f64() * 1e3;
+
+    // Broadcast to 4 workers, `BROADCAST_WINDOW` in flight, each acknowledged by every worker.
+    let cluster = ClusterSupervisor::start::<Echo>(broadcast_config).await?;
+    let t = Instant::now();
+    tokio::task::unconstrained(async {
+        let mut window = FuturesUnordered::new();
+        let (mut sent, mut done) = (0, 0);
+        while done < sizes.broadcasts {
+            while sent < sizes.broadcasts && window.len() < BROADCAST_WINDOW {
+                window.push(cluster.broadcast(&EchoMsg::Ping));
+                sent += 1;
+            }
+            let acked = window.next().await.expect("window is not empty")?;
+            assert_eq!(acked, 4, "every worker acknowledged");
+            done += 1;
+        }
+        Ok::<_, procactor::Error>(())
+    })
+    .await?;
+    figures.broadcast_4_per_s = sizes.broadcasts as f64 / t.elapsed().as_secs_f64();
+
+    // Worker 0 asks worker 1, through the master, one request at a time.
+    let reply = cluster
+        .worker(0)
+        .send(Call(EchoMsg::PeerRoundTrips {
+            to: 1,
+            count: sizes.peer_round_trips,
+        }))
+        .await??;
+    let EchoReply::Nanos(mut nanos) = reply else {
+        return Err(procactor::Error::Ask(procactor::AskError::Failed(format!(
+            "{reply:?}"
+        ))));
+    };
+    // The first tenth warms up.
+    nanos.drain(..nanos.len() / 10);
+    nanos.sort_unstable();
+    figures.peer_rtt_us_median = nanos[nanos.len() / 2] as f64 / 1e3;
+    cluster.stop().await?;
     Ok(figures)
 }
 

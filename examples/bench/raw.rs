@@ -32,6 +32,7 @@ pub(crate) struct RawFigures {
     pub(crate) bulk_64k_mb_per_s: f64,
     pub(crate) spawn_ms_median: f64,
     pub(crate) respawn_ms_median: f64,
+    pub(crate) broadcast_4_per_s: f64,
 }
 
 /// Sizes of each measurement.
@@ -43,6 +44,8 @@ pub(crate) struct RawParams {
     pub(crate) tells: usize,
     pub(crate) bulk_messages: usize,
     pub(crate) spawns: usize,
+    pub(crate) broadcasts: usize,
+    pub(crate) broadcast_window: usize,
 }
 
 /// True when this process was started as the raw child.
@@ -333,6 +336,8 @@ pub(crate) fn measure(p: &RawParams) -> io::Result<RawFigures> {
     c.end()?;
     respawns.sort();
 
+    let broadcast = broadcast(p.broadcasts, p.broadcast_window)?;
+
     Ok(RawFigures {
         rtt_us_median: rtts[rtts.len() / 2].as_secs_f64() * 1e6,
         rtt_us_p99: rtts[rtts.len() * 99 / 100].as_secs_f64() * 1e6,
@@ -341,5 +346,46 @@ pub(crate) fn measure(p: &RawParams) -> io::Result<RawFigures> {
         bulk_64k_mb_per_s: bulk * BULK_BODY as f64 / 1e6,
         spawn_ms_median: spawns[spawns.len() / 2].as_secs_f64() * 1e3,
         respawn_ms_median: respawns[respawns.len() / 2].as_secs_f64() * 1e3,
+        broadcast_4_per_s: broadcast,
     })
+}
+
+/// One parent, four children: every message is written to each child, which echoes it back as
+/// its acknowledgement; up to `window` messages in flight; messages per second, all acknowledged.
+fn broadcast(count: usize, window: usize) -> io::Result<f64> {
+    let mut children = (0..4)
+        .map(|_| RawChild::spawn())
+        .collect::<io::Result<Vec<_>>>()?;
+    let request = frame(REQUEST, SMALL_BODY);
+    let mut batch = Vec::with_capacity(window * request.len());
+    let mut acked = [0usize; 4];
+    let mut sent = 0usize;
+    let t = Instant::now();
+    loop {
+        let done = *acked.iter().min().expect("four children");
+        if done >= count {
+            break;
+        }
+        let room = (window - (sent - done)).min(count - sent);
+        if room > 0 {
+            batch.clear();
+            for _ in 0..room {
+                batch.extend_from_slice(&request);
+            }
+            for c in children.iter_mut() {
+                c.input().write_all(&batch)?;
+            }
+            sent += room;
+        }
+        for (c, acked) in children.iter_mut().zip(acked.iter_mut()) {
+            if *acked < sent {
+                *acked += c.read_some()?;
+            }
+        }
+    }
+    let rate = count as f64 / t.elapsed().as_secs_f64();
+    for c in children {
+        c.end()?;
+    }
+    Ok(rate)
 }

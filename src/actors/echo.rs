@@ -32,6 +32,14 @@ pub enum EchoMsg {
     Exit(i32),
     /// Asks the master for a rolling reload of the cluster, then answers `Done`.
     RequestReload,
+    /// Asks worker `to` `Ping` this many times, one after another, and answers the time each
+    /// round trip took ([`EchoReply::Nanos`]), or the first error as [`EchoReply::Error`].
+    PeerRoundTrips {
+        /// The worker asked.
+        to: crate::WorkerId,
+        /// How many round trips.
+        count: u32,
+    },
 }
 
 /// What [`Echo`] answers.
@@ -61,6 +69,10 @@ pub enum EchoReply {
     Done,
     /// To `Pid`.
     Pid(u32),
+    /// To `PeerRoundTrips`: each round trip, in nanoseconds.
+    Nanos(Vec<u64>),
+    /// A command failed.
+    Error(String),
 }
 
 /// The reference worker.
@@ -118,6 +130,21 @@ impl WorkerActor for Echo {
             }
             EchoMsg::Pid => EchoReply::Pid(std::process::id()),
             EchoMsg::Exit(code) => std::process::exit(code),
+            EchoMsg::PeerRoundTrips { to, count } => {
+                let peers = ctx.peers();
+                let mut nanos = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    let t = std::time::Instant::now();
+                    match peers
+                        .ask_worker(to, &EchoMsg::Ping, Duration::from_secs(10))
+                        .await
+                    {
+                        Ok(_) => nanos.push(t.elapsed().as_nanos() as u64),
+                        Err(e) => return EchoReply::Error(e.to_string()),
+                    }
+                }
+                EchoReply::Nanos(nanos)
+            }
             EchoMsg::RequestReload => {
                 if let Err(e) = ctx.request_reload() {
                     eprintln!("echo: cannot request a reload: {e}");
