@@ -71,6 +71,8 @@ pub struct ClusterConfig {
     pub worker_reload: bool,
     /// Whether workers may kill or restart other workers (off by default).
     pub worker_control: bool,
+    /// The shared cache: collection limits and snapshot.
+    pub cache: crate::cache::CacheConfig,
     /// The program is not a procactor worker (any program, supervised as PM2 would): it gets no
     /// messages, is ready once it runs, has its stdout logged like its stderr, and is stopped
     /// with SIGTERM.
@@ -98,6 +100,7 @@ impl Default for ClusterConfig {
             reload_delay: Duration::ZERO,
             worker_reload: false,
             worker_control: false,
+            cache: crate::cache::CacheConfig::default(),
             plain: false,
         }
     }
@@ -222,6 +225,12 @@ impl ClusterConfig {
     /// [`WorkerHandle::restart_worker`](crate::WorkerHandle::restart_worker) (default off).
     pub fn worker_control(mut self, on: bool) -> Self {
         self.worker_control = on;
+        self
+    }
+
+    /// The shared cache's limits and snapshot (default: unbounded, in memory only).
+    pub fn cache(mut self, cache: crate::cache::CacheConfig) -> Self {
+        self.cache = cache;
         self
     }
 

@@ -52,11 +52,13 @@
 //! - Every worker runs in its own process group, dies with the master (`PR_SET_PDEATHSIG`) and
 //!   is reaped; [`Cluster::stop`] returns once every worker has been reaped.
 
+pub mod cache;
 mod codec;
 mod config;
 mod error;
 mod event;
 mod listen;
+pub mod logger;
 mod messaging;
 mod process;
 mod protocol;

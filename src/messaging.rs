@@ -131,6 +131,8 @@ pub enum SystemOp<'a> {
     Restart(u64),
     /// A rolling reload of the cluster.
     Reload,
+    /// A cache operation.
+    Cache(crate::cache::CacheOp),
 }
 
 /// The cluster as seen from the master: groups, workers and their processes.

@@ -20,6 +20,7 @@
 //! worker → master   System { id, op }                 groups, confirmations, info, controls
 //! master → worker   Deliver { from, via, ack, .. }    one-way from another process, sender stamped
 //! master → worker   PeerRequest { id, from, .. }      … Reply { id } or Failed { id }, routed back
+//! master → worker   Notify { payload }                a change to subscribed cache keys
 //! ```
 //!
 //! Wire types are flat (no recursion), so a hostile frame cannot nest deeply; byte fields borrow
@@ -164,11 +165,18 @@ pub enum Envelope<'a> {
         #[serde(borrow, with = "serde_bytes")]
         payload: &'a [u8],
     },
+    /// Master → worker: a change to cache keys the worker subscribed to, postcard-encoded as
+    /// a [`CacheEvent`](crate::cache::CacheEvent).
+    Notify {
+        /// The event.
+        #[serde(borrow, with = "serde_bytes")]
+        payload: &'a [u8],
+    },
 }
 
 impl Envelope<'_> {
     /// The name of every variant, in declaration order; [`index`](Self::index) points into it.
-    pub const KINDS: [&'static str; 18] = [
+    pub const KINDS: [&'static str; 19] = [
         "Hello",
         "Ready",
         "Request",
@@ -187,6 +195,7 @@ impl Envelope<'_> {
         "AskFailed",
         "Deliver",
         "PeerRequest",
+        "Notify",
     ];
 
     /// The variant's name, for log lines and errors.
@@ -210,6 +219,7 @@ impl Envelope<'_> {
             Envelope::AskFailed { .. } => "AskFailed",
             Envelope::Deliver { .. } => "Deliver",
             Envelope::PeerRequest { .. } => "PeerRequest",
+            Envelope::Notify { .. } => "Notify",
         }
     }
 
@@ -234,6 +244,7 @@ impl Envelope<'_> {
             Envelope::AskFailed { .. } => 15,
             Envelope::Deliver { .. } => 16,
             Envelope::PeerRequest { .. } => 17,
+            Envelope::Notify { .. } => 18,
         }
     }
 }

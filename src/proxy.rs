@@ -124,6 +124,8 @@ pub(crate) struct Links<A: WorkerActor> {
     pub(crate) system: Recipient<SystemCall>,
     /// The cluster's routing table.
     pub(crate) routing: SharedRouting,
+    /// The cluster's cache.
+    pub(crate) cache: Addr<crate::cache::Cache>,
     /// The master's handlers for what workers send it.
     pub(crate) handlers: Rc<Handlers<A>>,
 }
@@ -134,6 +136,7 @@ impl<A: WorkerActor> Clone for Links<A> {
             events: self.events.clone(),
             system: self.system.clone(),
             routing: Rc::clone(&self.routing),
+            cache: self.cache.clone(),
             handlers: Rc::clone(&self.handlers),
         }
     }
@@ -177,6 +180,7 @@ const ASK_REPLY: usize = 14;
 const ASK_FAILED: usize = 15;
 const DELIVER: usize = 16;
 const PEER_REQUEST: usize = 17;
+const NOTIFY: usize = 18;
 
 /// One process of a slot, with its pipes and what is in flight to it.
 pub(crate) struct Proc<R> {
@@ -1003,6 +1007,12 @@ impl<A: WorkerActor> Worker<A> {
         p.child = None;
         let last_stderr: Vec<String> = p.stderr_tail.borrow().iter().cloned().collect();
         let uptime = p.started_at.map(|t| t.elapsed()).unwrap_or_default();
+        if let Some(pid) = pid {
+            // Its locks are released and its subscriptions end, however it ended.
+            self.links
+                .cache
+                .do_send(crate::cache::ProcessGone(crate::Peer::Worker { id, pid }));
+        }
 
         if self.proc.generation != generation {
             // A replacement that never became ready, or a replaced process done retiring.
@@ -1261,6 +1271,7 @@ mod tests {
             (ASK_FAILED, "AskFailed"),
             (DELIVER, "Deliver"),
             (PEER_REQUEST, "PeerRequest"),
+            (NOTIFY, "Notify"),
         ] {
             assert_eq!(Envelope::KINDS[index], name);
         }

@@ -123,6 +123,8 @@ pub(crate) enum Routed {
         payload: Bytes,
         reply: ReplyTo,
     },
+    /// A change to cache keys the worker's process `pid` subscribed to.
+    Notify { pid: u32, payload: Bytes },
 }
 
 /// The answer to a worker's `Ask`, `System` or acknowledged `Send`, for its proxy to pass on.

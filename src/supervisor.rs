@@ -66,6 +66,7 @@ pub struct ClusterSupervisor {
     confirmations: Confirmations,
     /// Whether workers may kill and restart other workers.
     worker_control: bool,
+    cache: Addr<crate::cache::Cache>,
 }
 
 /// Keys confirmed by workers, and who waits for how many.
@@ -530,6 +531,16 @@ impl<A: WorkerActor> ClusterBuilder<A> {
         });
         let routing: SharedRouting = Rc::default();
         let worker_control = self.config.worker_control;
+        let mut store = crate::cache::MemoryStore::new(self.config.cache.limits.into());
+        for (name, limits) in &self.config.cache.collections {
+            store.set_limits(name, (*limits).into(), Instant::now());
+        }
+        let cache = crate::cache::Cache::new(
+            Box::new(store),
+            self.config.cache.clone(),
+            Rc::clone(&routing),
+        )
+        .start();
         let subscribers = self.subscribers;
         let count = self.config.worker_count();
         let policy = self.config.restart;
@@ -547,6 +558,7 @@ impl<A: WorkerActor> ClusterBuilder<A> {
                 events: ctx.address().recipient(),
                 system: ctx.address().recipient(),
                 routing: Rc::clone(&routing),
+                cache: cache.clone(),
                 handlers,
             };
             for id in 0..count {
@@ -574,6 +586,7 @@ impl<A: WorkerActor> ClusterBuilder<A> {
                 routing: Rc::clone(&routing),
                 confirmations: Confirmations::default(),
                 worker_control,
+                cache: cache.clone(),
             }
         });
         let cluster = Cluster {
@@ -673,6 +686,7 @@ impl Handler<StopAll> for ClusterSupervisor {
                 slot.stop.clone()
             })
             .collect();
+        let cache = self.cache.clone();
         Box::pin(
             async move {
                 let mut reasons = Vec::with_capacity(stops.len());
@@ -680,6 +694,8 @@ impl Handler<StopAll> for ClusterSupervisor {
                     reasons.push(stop.send(Stop).await.unwrap_or(ExitReason::Killed));
                 }
                 reasons.reverse();
+                // Then the cache: its snapshot, if it keeps one, is written last.
+                let _ = cache.send(crate::cache::Flush).await;
                 reasons
             }
             .into_actor(self)
@@ -1072,6 +1088,13 @@ impl<A: WorkerActor> Cluster<A> {
             }
         }
         Ok(received)
+    }
+
+    /// The cluster's shared cache (see [`crate::cache`]), as workers see it.
+    pub fn cache(&self) -> crate::cache::CacheClient<crate::cache::MasterCache> {
+        crate::cache::CacheClient::new(crate::cache::MasterCache {
+            addr: self.links.cache.clone(),
+        })
     }
 
     /// The members of `group` now.

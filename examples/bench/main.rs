@@ -12,6 +12,7 @@
 //! higher is better). The worker is this executable re-run in worker role, running
 //! [`procactor::actors::echo::Echo`].
 
+mod cache;
 mod http;
 mod raw;
 
@@ -88,6 +89,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if http::is_http_worker() {
             return Ok(http::run_http_worker()?);
         }
+        if cache::is_relay_worker() {
+            return Ok(cache::run_relay_worker()?);
+        }
         return Ok(procactor::run_worker(Echo::default())?);
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -101,6 +105,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let quick = args.iter().any(|a| a == "--quick");
     let ours = actix::System::new().block_on(measure(sizes))?;
     let web = actix::System::new().block_on(http::measure(quick))?;
+    let cache_ops = if quick { 20_000 } else { 200_000 };
+    let cache_rate = actix::System::new().block_on(cache::procactor_ops(cache_ops))?;
+    let redis_rate = cache::redis_ops(cache_ops)?;
     let raw = raw::measure(&raw::RawParams {
         round_trips: sizes.round_trips,
         pipelined: sizes.pipelined,
@@ -201,6 +208,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "\"reload_retried_idle_close\":{}",
             web.reload_retried_idle_close
         ));
+        fields.push(format!("\"cache_ops_per_s\":{cache_rate:.3}"));
+        match redis_rate {
+            Some(redis) => {
+                fields.push(format!("\"redis_cache_ops_per_s\":{redis:.3}"));
+                fields.push(format!("\"cache_vs_redis\":{:.3}", cache_rate / redis));
+            }
+            None => {
+                fields.push("\"redis_cache_ops_per_s\":null".into());
+                fields.push("\"redis\":\"redis-server is not installed\"".into());
+            }
+        }
         println!("{{{}}}", fields.join(","));
     } else {
         println!(
@@ -230,6 +248,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{:<24} {:>12}   (keep-alive requests resent after the server closed an idle connection)",
             "reload_retried_idle_close", web.reload_retried_idle_close
         );
+        match redis_rate {
+            Some(redis) => println!(
+                "{:<24} {cache_rate:>12.2}   {:<30} {redis:>12.2}",
+                "cache_ops_per_s", "redis_cache_ops_per_s"
+            ),
+            None => println!(
+                "{:<24} {cache_rate:>12.2}   redis-server is not installed: no baseline",
+                "cache_ops_per_s"
+            ),
+        }
     }
     Ok(())
 }

@@ -111,6 +111,80 @@ pub enum RelayMsg {
     Clear,
     /// This worker's pid.
     Pid,
+    /// Cache: increments `key` `times` times, one after another.
+    CacheIncrement {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+        /// How many times.
+        times: u64,
+    },
+    /// Cache: sets `key` to `value` (a string), for `ttl_ms` if given.
+    CacheSet {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Time to live.
+        ttl_ms: Option<u64>,
+    },
+    /// Cache: writes `count` keys `<prefix><n>` = n, then deletes every tenth.
+    CacheBurst {
+        /// The collection.
+        collection: String,
+        /// The key prefix.
+        prefix: String,
+        /// How many.
+        count: u64,
+    },
+    /// Cache: `times` times, takes lock `lock`, reads the number at `key`, writes it plus one
+    /// (a read-modify-write that only the lock makes safe) and releases the lock.
+    CacheLockedIncrement {
+        /// The lock.
+        lock: String,
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+        /// How many times.
+        times: u64,
+    },
+    /// Cache: takes lock `lock` (lease 60 s) and keeps it.
+    CacheHoldLock(String),
+    /// Cache: waits for lock `lock` at most `wait_ms`, answers how long it waited (`Int`, ms),
+    /// then releases it.
+    CacheLockWait {
+        /// The lock.
+        lock: String,
+        /// The wait.
+        wait_ms: u64,
+    },
+    /// Cache: subscribes to `collection` under `prefix`, keeping the subscription.
+    CacheSubscribe {
+        /// The collection.
+        collection: String,
+        /// The prefix.
+        prefix: String,
+    },
+    /// Cache: the events received on the subscription so far, as (key, change) texts.
+    CacheEvents,
+    /// Cache: keeps a replica of `collection` (values are numbers).
+    CacheReplica(String),
+    /// Cache: the replica's current entries.
+    CacheReplicaState,
+    /// Cache: `count` operations (3 gets to 1 set, on 1 000 keys), `window` in flight at
+    /// once; answers operations per second (`Int`).
+    CacheBench {
+        /// The collection.
+        collection: String,
+        /// How many operations.
+        count: u64,
+        /// How many in flight.
+        window: usize,
+    },
 }
 
 /// A note a [`Relay`] received.
@@ -161,12 +235,27 @@ pub enum RelayReply {
     Log(Vec<Received>),
     /// To `Pid`.
     Pid(u32),
+    /// A number.
+    Int(i64),
+    /// (key, change) pairs, to `CacheEvents`.
+    Events(Vec<(String, String)>),
+    /// To `CacheReplicaState`.
+    Entries(std::collections::BTreeMap<String, u64>),
 }
+
+type Handle = crate::worker::WorkerHandle<Relay>;
 
 /// The messaging worker; see [`RelayMsg`].
 #[derive(Debug, Default)]
 pub struct Relay {
     received: Vec<Received>,
+    locks: Vec<crate::cache::LockGuard<Handle>>,
+    subscription: Option<crate::cache::Subscription<Handle>>,
+    replica: Option<crate::cache::Replica<Handle, u64>>,
+}
+
+fn cache_err(e: crate::cache::CacheError) -> RelayReply {
+    RelayReply::Failed(AskError::Failed(e.to_string()))
 }
 
 fn done(result: Result<(), AskError>) -> RelayReply {
@@ -289,7 +378,168 @@ impl WorkerActor for Relay {
                 RelayReply::Done
             }
             RelayMsg::Pid => RelayReply::Pid(std::process::id()),
+            cache => self.cache(cache, &peers).await,
         }
+    }
+}
+
+impl Relay {
+    async fn cache(&mut self, msg: RelayMsg, peers: &Handle) -> RelayReply {
+        let cache = peers.cache();
+        let result = match msg {
+            RelayMsg::CacheIncrement {
+                collection,
+                key,
+                times,
+            } => {
+                for _ in 0..times {
+                    if let Err(e) = cache.increment(&collection, &key, 1).await {
+                        return cache_err(e);
+                    }
+                }
+                Ok(RelayReply::Done)
+            }
+            RelayMsg::CacheSet {
+                collection,
+                key,
+                value,
+                ttl_ms,
+            } => cache
+                .set(&collection, &key, &value, ttl_ms.map(Duration::from_millis))
+                .await
+                .map(|()| RelayReply::Done),
+            RelayMsg::CacheBurst {
+                collection,
+                prefix,
+                count,
+            } => {
+                for n in 0..count {
+                    if let Err(e) = cache
+                        .set(&collection, &format!("{prefix}{n}"), &n, None)
+                        .await
+                    {
+                        return cache_err(e);
+                    }
+                }
+                for n in (0..count).step_by(10) {
+                    if let Err(e) = cache.delete(&collection, &format!("{prefix}{n}")).await {
+                        return cache_err(e);
+                    }
+                }
+                Ok(RelayReply::Done)
+            }
+            RelayMsg::CacheLockedIncrement {
+                lock,
+                collection,
+                key,
+                times,
+            } => {
+                for _ in 0..times {
+                    let step = async {
+                        let guard = cache.lock(&lock, TIMEOUT, TIMEOUT).await?;
+                        let n: u64 = cache.get(&collection, &key).await?.unwrap_or(0);
+                        // Let the others try while the lock is held.
+                        tokio::task::yield_now().await;
+                        cache.set(&collection, &key, &(n + 1), None).await?;
+                        guard.release().await
+                    };
+                    if let Err(e) = step.await {
+                        return cache_err(e);
+                    }
+                }
+                Ok(RelayReply::Done)
+            }
+            RelayMsg::CacheHoldLock(lock) => cache
+                .lock(&lock, Duration::from_secs(60), TIMEOUT)
+                .await
+                .map(|guard| {
+                    self.locks.push(guard);
+                    RelayReply::Done
+                }),
+            RelayMsg::CacheLockWait { lock, wait_ms } => {
+                let t = std::time::Instant::now();
+                match cache
+                    .lock(&lock, TIMEOUT, Duration::from_millis(wait_ms))
+                    .await
+                {
+                    Ok(guard) => {
+                        let waited = t.elapsed().as_millis() as i64;
+                        guard.release().await.map(|()| RelayReply::Int(waited))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            RelayMsg::CacheSubscribe { collection, prefix } => {
+                cache.subscribe(&collection, &prefix).await.map(|sub| {
+                    self.subscription = Some(sub);
+                    RelayReply::Done
+                })
+            }
+            RelayMsg::CacheEvents => {
+                let mut events = Vec::new();
+                if let Some(sub) = self.subscription.as_mut() {
+                    while let Some(event) = sub.try_next() {
+                        let change = match event.change {
+                            crate::cache::Change::Set(v) => {
+                                let value: Result<String, _> = crate::codec::decode_value(&v);
+                                format!("set {}", value.unwrap_or_default())
+                            }
+                            other => format!("{other:?}").to_lowercase(),
+                        };
+                        events.push((event.key, change));
+                    }
+                }
+                Ok(RelayReply::Events(events))
+            }
+            RelayMsg::CacheReplica(collection) => {
+                cache.replica(&collection, "").await.map(|replica| {
+                    self.replica = Some(replica);
+                    RelayReply::Done
+                })
+            }
+            RelayMsg::CacheReplicaState => Ok(RelayReply::Entries(
+                self.replica
+                    .as_mut()
+                    .map(|r| r.current().clone())
+                    .unwrap_or_default(),
+            )),
+            RelayMsg::CacheBench {
+                collection,
+                count,
+                window,
+            } => {
+                let t = std::time::Instant::now();
+                let mut tasks = std::collections::VecDeque::new();
+                for n in 0..count {
+                    if tasks.len() >= window {
+                        let task: actix_rt::task::JoinHandle<Result<(), crate::cache::CacheError>> =
+                            tasks.pop_front().expect("not empty");
+                        if let Ok(Err(e)) = task.await {
+                            return cache_err(e);
+                        }
+                    }
+                    let cache = cache.clone();
+                    let collection = collection.clone();
+                    tasks.push_back(actix_rt::spawn(async move {
+                        let key = format!("k{}", n % 1000);
+                        if n % 4 == 0 {
+                            cache.set(&collection, &key, &n, None).await
+                        } else {
+                            cache.get::<u64>(&collection, &key).await.map(drop)
+                        }
+                    }));
+                }
+                for task in tasks {
+                    if let Ok(Err(e)) = task.await {
+                        return cache_err(e);
+                    }
+                }
+                let rate = count as f64 / t.elapsed().as_secs_f64();
+                Ok(RelayReply::Int(rate as i64))
+            }
+            other => Ok(RelayReply::Failed(AskError::Invalid(format!("{other:?}")))),
+        };
+        result.unwrap_or_else(cache_err)
     }
 }
 

@@ -8,7 +8,7 @@ use crate::error::CallError;
 use crate::event::WorkerId;
 use crate::messaging::{AskError, Peer, Route, SystemOp, Via};
 use crate::protocol::Envelope;
-use crate::proxy::{FromWorker, Worker, ASK_FAILED, ASK_REPLY, DELIVER, PEER_REQUEST};
+use crate::proxy::{FromWorker, Worker, ASK_FAILED, ASK_REPLY, DELIVER, NOTIFY, PEER_REQUEST};
 use crate::routing::{AskDone, OwnedOp, ReplyTo, Routed, SystemCall};
 use crate::worker::WorkerActor;
 
@@ -178,6 +178,16 @@ impl<A: WorkerActor> Worker<A> {
             SystemOp::Kill(w) => OwnedOp::Kill(w as WorkerId),
             SystemOp::Restart(w) => OwnedOp::Restart(w as WorkerId),
             SystemOp::Reload => OwnedOp::Reload,
+            SystemOp::Cache(op) => {
+                if let Some(reply) = self.reply_to(generation, id) {
+                    self.links.cache.do_send(crate::cache::CacheCall {
+                        from: self.peer(pid),
+                        op,
+                        reply,
+                    });
+                }
+                return;
+            }
         };
         if let Some(reply) = self.reply_to(generation, id) {
             self.links.system.do_send(SystemCall {
@@ -223,8 +233,34 @@ impl<A: WorkerActor> Worker<A> {
         }
     }
 
+    /// A cache change for the subscriptions of process `pid`, if it still serves the slot.
+    fn notify(&mut self, pid: u32, payload: &[u8], ctx: &mut Context<Self>) {
+        let generation = self.proc.generation;
+        if self.proc.pid() != Some(pid) || !self.proc.is_running() {
+            return;
+        }
+        match self
+            .proc
+            .outbox
+            .push(self.id, &Envelope::Notify { payload })
+        {
+            Ok(()) => {
+                self.counters.sent(NOTIFY);
+                self.kick_writer(generation, ctx);
+            }
+            Err(e) => {
+                self.counters.errors += 1;
+                tracing::warn!(worker = self.id, error = %e, "cache event not delivered");
+            }
+        }
+    }
+
     /// A message for this worker from another process.
     fn deliver(&mut self, routed: Routed, ctx: &mut Context<Self>) {
+        let routed = match routed {
+            Routed::Notify { pid, payload } => return self.notify(pid, &payload, ctx),
+            other => other,
+        };
         let refused = |worker: WorkerId, e: CallError| match e {
             CallError::Backpressure { .. } => AskError::Backpressure(worker),
             CallError::NotRunning { .. } | CallError::NoChannel { .. } => {
@@ -245,6 +281,7 @@ impl<A: WorkerActor> Worker<A> {
                 Routed::Tell { from, .. } => {
                     tracing::debug!(worker = self.id, ?from, error = %e, "message dropped")
                 }
+                Routed::Notify { .. } => {}
             }
             return;
         }
@@ -282,6 +319,7 @@ impl<A: WorkerActor> Worker<A> {
                     PEER_REQUEST,
                 )
             }
+            Routed::Notify { .. } => return,
         };
         match pushed {
             Ok(()) => {

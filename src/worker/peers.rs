@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cache::{CacheAnswer, CacheClient, CacheError, CacheEvent, CacheOp, CacheTransport};
 
 use crate::codec::{decode_value, encode_value};
 use crate::event::WorkerId;
@@ -22,6 +24,8 @@ use crate::worker::WorkerActor;
 pub(crate) struct Asks {
     next: Cell<u64>,
     waiting: RefCell<HashMap<u64, oneshot::Sender<Result<Bytes, AskError>>>>,
+    next_subscription: Cell<u64>,
+    subscriptions: RefCell<HashMap<u64, mpsc::UnboundedSender<CacheEvent>>>,
 }
 
 impl Asks {
@@ -44,10 +48,21 @@ impl Asks {
         }
     }
 
-    /// The master is gone: every request fails.
+    /// The master is gone: every request fails and every subscription ends.
     pub(crate) fn close_all(&self) {
         for (_, tx) in self.waiting.borrow_mut().drain() {
             let _ = tx.send(Err(AskError::Closed));
+        }
+        self.subscriptions.borrow_mut().clear();
+    }
+
+    /// A cache change for one of this worker's subscriptions.
+    pub(crate) fn notify(&self, event: CacheEvent) {
+        let mut subs = self.subscriptions.borrow_mut();
+        if let Some(tx) = subs.get(&event.subscription) {
+            if tx.send(event.clone()).is_err() {
+                subs.remove(&event.subscription);
+            }
         }
     }
 }
@@ -99,6 +114,11 @@ impl<A: WorkerActor> WorkerHandle<A> {
             .ask_with(timeout, |id, push| push(&Envelope::System { id, op }))
             .await?;
         decode(&bytes)
+    }
+
+    /// The cluster's shared cache (see [`crate::cache`]).
+    pub fn cache(&self) -> CacheClient<Self> {
+        CacheClient::new(self.clone())
     }
 
     /// Sends a one-way message to worker `id`, which handles it with its `tell` hook and sees
@@ -316,5 +336,55 @@ impl<A: WorkerActor> WorkerHandle<A> {
     /// [`AskError::NotPermitted`], [`AskError::Failed`] with the reload's error.
     pub async fn reload_cluster(&self, timeout: Duration) -> Result<(), AskError> {
         self.system(SystemOp::Reload, timeout).await
+    }
+}
+
+impl<A: WorkerActor> CacheTransport for WorkerHandle<A> {
+    async fn call(&self, op: CacheOp) -> Result<CacheAnswer, CacheError> {
+        let bytes = self
+            .ask_with(Duration::from_secs(60), |id, push| {
+                push(&Envelope::System {
+                    id,
+                    op: SystemOp::Cache(op),
+                })
+            })
+            .await
+            .map_err(|e| CacheError::Unreachable(e.to_string()))?;
+        decode_value::<Result<CacheAnswer, CacheError>>(&bytes)
+            .map_err(|e| CacheError::Codec(e.to_string()))?
+    }
+
+    async fn subscribe(
+        &self,
+        collection: &str,
+        prefix: &str,
+    ) -> Result<(u64, mpsc::UnboundedReceiver<CacheEvent>), CacheError> {
+        let id = self.asks.next_subscription.get();
+        self.asks.next_subscription.set(id + 1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.asks.subscriptions.borrow_mut().insert(id, tx);
+        let op = CacheOp::Subscribe {
+            id,
+            collection: collection.into(),
+            prefix: prefix.into(),
+        };
+        if let Err(e) = self.call(op).await {
+            self.asks.subscriptions.borrow_mut().remove(&id);
+            return Err(e);
+        }
+        Ok((id, rx))
+    }
+
+    fn send_and_forget(&self, op: CacheOp) {
+        if let CacheOp::Unsubscribe { id } = &op {
+            self.asks.subscriptions.borrow_mut().remove(id);
+        }
+        // An id nobody waits on: the answer is dropped when it comes.
+        let (id, _rx) = self.asks.open();
+        self.asks.close(id);
+        let _ = self.push(&Envelope::System {
+            id,
+            op: SystemOp::Cache(op),
+        });
     }
 }

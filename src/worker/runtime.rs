@@ -241,6 +241,13 @@ async fn read_loop(
                         asks.answer(id, Err(error));
                         continue;
                     }
+                    Envelope::Notify { payload } => {
+                        match decode_value(payload) {
+                            Ok(event) => asks.notify(event),
+                            Err(e) => tracing::warn!(error = %e, "cache event did not decode"),
+                        }
+                        continue;
+                    }
                     Envelope::Shutdown => Inbound::Shutdown,
                     Envelope::Ping { seq } => {
                         // Answered here, not by the handler loop: a worker awaiting a long

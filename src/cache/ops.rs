@@ -1,0 +1,237 @@
+//! The cache's operations, answers and events, as they travel between processes.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One cache operation; every process sends the same ones (the master through [`Cache`]'s
+/// address, a worker through its pipe).
+///
+/// [`Cache`]: crate::cache::Cache
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheOp {
+    /// The value of a key.
+    Get {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+    },
+    /// Sets a key, with an optional time to live.
+    Set {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+        /// The value, postcard-encoded by the caller.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Time to live.
+        ttl: Option<Duration>,
+    },
+    /// Deletes a key.
+    Delete {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+    },
+    /// Whether a key exists.
+    Exists {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+    },
+    /// Sets or clears a key's time to live.
+    Expire {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+        /// The new time to live; `None` keeps the key for good.
+        ttl: Option<Duration>,
+    },
+    /// A key's remaining time to live.
+    Ttl {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+    },
+    /// Adds to an integer (an absent key counts from 0).
+    Increment {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+        /// How much.
+        by: i64,
+    },
+    /// Sets (or deletes, with `new: None`) a key only if its value is `expected` (`None`:
+    /// absent).
+    CompareAndSet {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+        /// The value expected now.
+        expected: Option<serde_bytes::ByteBuf>,
+        /// The value to set.
+        new: Option<serde_bytes::ByteBuf>,
+        /// Time to live of the new value.
+        ttl: Option<Duration>,
+    },
+    /// The keys that start with a prefix, sorted.
+    Keys {
+        /// The collection.
+        collection: String,
+        /// The prefix.
+        prefix: String,
+    },
+    /// The entries whose keys start with a prefix, sorted by key.
+    Entries {
+        /// The collection.
+        collection: String,
+        /// The prefix.
+        prefix: String,
+    },
+    /// Receive the changes to keys of a collection that start with a prefix.
+    Subscribe {
+        /// The subscriber's id for it (chosen by the subscriber).
+        id: u64,
+        /// The collection.
+        collection: String,
+        /// The prefix.
+        prefix: String,
+    },
+    /// Stop receiving a subscription's changes.
+    Unsubscribe {
+        /// The subscriber's id for it.
+        id: u64,
+    },
+    /// Takes an exclusive lock, waiting in line (first come, first served) for at most `wait`;
+    /// it is released by `Unlock`, when its lease runs out, or when the holder's process ends.
+    Lock {
+        /// The lock's name.
+        name: String,
+        /// How long the holder may keep it.
+        lease: Duration,
+        /// How long to wait for it.
+        wait: Duration,
+    },
+    /// Releases a lock taken with this token.
+    Unlock {
+        /// The lock's name.
+        name: String,
+        /// The token its `Lock` returned.
+        token: u64,
+    },
+    /// The store's figures.
+    Stats,
+}
+
+/// The answer to a [`CacheOp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheAnswer {
+    /// Done.
+    Done,
+    /// A value, if there is one.
+    Value(Option<serde_bytes::ByteBuf>),
+    /// Yes or no.
+    Bool(bool),
+    /// To `Ttl`: `None` for no such key, `Some(None)` for a key without a time to live.
+    Ttl(Option<Option<Duration>>),
+    /// To `Increment`: the new value.
+    Int(i64),
+    /// To `Keys`.
+    Keys(Vec<String>),
+    /// To `Entries`.
+    Entries(Vec<(String, serde_bytes::ByteBuf)>),
+    /// To `Lock`: the token that releases it.
+    Locked(u64),
+    /// To `Stats`.
+    Stats(CacheStats),
+}
+
+/// Why a cache operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The value is larger than its collection may hold.
+    #[error("value too large: {0}")]
+    TooLarge(String),
+    /// `increment` on a value that is not an integer, or past `i64`.
+    #[error("not an integer: {0}")]
+    NotAnInteger(String),
+    /// The lock was not free within the wait.
+    #[error("lock {0:?} not acquired within the wait")]
+    LockTimeout(String),
+    /// `unlock` with a token that does not hold the lock (its lease ran out, say).
+    #[error("lock {0:?} is not held with this token")]
+    NotHeld(String),
+    /// The value did not encode or decode as the caller's type.
+    #[error("value: {0}")]
+    Codec(String),
+    /// The cache could not be reached (the channel to the master is closed, it timed out).
+    #[error("cache unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// A change to a key, delivered to subscribers in the order the changes happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheEvent {
+    /// The subscription it is for.
+    pub subscription: u64,
+    /// The collection.
+    pub collection: String,
+    /// The key.
+    pub key: String,
+    /// What happened.
+    pub change: Change,
+}
+
+/// What happened to a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// It was set to this value.
+    Set(serde_bytes::ByteBuf),
+    /// It was deleted.
+    Deleted,
+    /// Its time to live ran out.
+    Expired,
+    /// It was evicted to make room (least recently used).
+    Evicted,
+}
+
+/// The cache's figures, per collection.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CacheStats {
+    /// Per collection: entries, bytes, hits, misses, evictions, expiries.
+    pub collections: Vec<CollectionStats>,
+    /// Locks held now.
+    pub locks_held: usize,
+    /// Subscriptions now.
+    pub subscriptions: usize,
+    /// Why the snapshot could not be loaded at start, if it could not (it was set aside).
+    pub snapshot_error: Option<String>,
+}
+
+/// One collection's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CollectionStats {
+    /// Its name.
+    pub name: String,
+    /// Entries now.
+    pub entries: usize,
+    /// Bytes of keys and values now.
+    pub bytes: usize,
+    /// Reads that found a value.
+    pub hits: u64,
+    /// Reads that found none.
+    pub misses: u64,
+    /// Entries evicted to make room.
+    pub evictions: u64,
+    /// Entries whose time to live ran out.
+    pub expiries: u64,
+}
