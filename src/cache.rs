@@ -122,7 +122,7 @@ pub(crate) struct SubscribeLocal {
 #[rtype(result = "()")]
 pub(crate) struct ProcessGone(pub(crate) Peer);
 
-/// Writes the snapshot (if configured) and resolves; sent when the cluster stops.
+/// Writes the snapshot (if configured) and stops the cache; sent when the cluster stops.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct Flush;
@@ -630,7 +630,8 @@ impl Handler<ProcessGone> for Cache {
 impl Handler<Flush> for Cache {
     type Result = ();
 
-    fn handle(&mut self, _: Flush, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
         self.save();
+        ctx.stop();
     }
 }

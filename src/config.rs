@@ -73,6 +73,8 @@ pub struct ClusterConfig {
     pub worker_control: bool,
     /// The shared cache: collection limits and snapshot.
     pub cache: crate::cache::CacheConfig,
+    /// The cluster's logs: directory, rotation, kinds, levels.
+    pub log: crate::logger::LogConfig,
     /// The program is not a procactor worker (any program, supervised as PM2 would): it gets no
     /// messages, is ready once it runs, has its stdout logged like its stderr, and is stopped
     /// with SIGTERM.
@@ -101,6 +103,7 @@ impl Default for ClusterConfig {
             worker_reload: false,
             worker_control: false,
             cache: crate::cache::CacheConfig::default(),
+            log: crate::logger::LogConfig::default(),
             plain: false,
         }
     }
@@ -231,6 +234,13 @@ impl ClusterConfig {
     /// The shared cache's limits and snapshot (default: unbounded, in memory only).
     pub fn cache(mut self, cache: crate::cache::CacheConfig) -> Self {
         self.cache = cache;
+        self
+    }
+
+    /// Where and how the cluster's logs are kept (default: JSON lines per kind in `./logs`,
+    /// 10 MiB × 5 per kind, and the master's `tracing` output).
+    pub fn log(mut self, log: crate::logger::LogConfig) -> Self {
+        self.log = log;
         self
     }
 

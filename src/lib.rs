@@ -84,7 +84,9 @@ pub use supervisor::{
     Backoff, Cluster, ClusterBuilder, ClusterSupervisor, Escalation, Intensity, ListWorkers,
     ReloadError, ReloadEvent, ReloadReport, RestartPolicy, RestartType, StopAll, Strategy,
 };
-pub use worker::{is_worker, run_worker, WorkerActor, WorkerContext, WorkerHandle};
+pub use worker::{
+    is_worker, run_worker, LogLayer, LogSender, WorkerActor, WorkerContext, WorkerHandle,
+};
 
 /// The wire format, for programs that speak the protocol without the worker runtime.
 pub mod wire {

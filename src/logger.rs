@@ -6,8 +6,11 @@
 //! kind with size-based rotation ([`FileSink`](sink::FileSink)), an in-memory ring for queries
 //! ([`RingSink`](sink::RingSink)), or one of your own.
 
+mod actor;
 pub mod record;
 pub mod sink;
 
+pub(crate) use actor::{CloseLogs, FlushLogs, LogLink, Recent};
+pub use actor::{LogConfig, Logger};
 pub use record::{Kind, Record, Source, Stream};
 pub use sink::{FileConfig, FileSink, RingSink, Sink};

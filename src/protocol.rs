@@ -21,6 +21,7 @@
 //! master → worker   Deliver { from, via, ack, .. }    one-way from another process, sender stamped
 //! master → worker   PeerRequest { id, from, .. }      … Reply { id } or Failed { id }, routed back
 //! master → worker   Notify { payload }                a change to subscribed cache keys
+//! worker → master   Log { kind, time_ns, fields }     a record for the cluster's logger
 //! ```
 //!
 //! Wire types are flat (no recursion), so a hostile frame cannot nest deeply; byte fields borrow
@@ -172,11 +173,20 @@ pub enum Envelope<'a> {
         #[serde(borrow, with = "serde_bytes")]
         payload: &'a [u8],
     },
+    /// Worker → master: a log record (`ip`, `history` or `error`) for the cluster's logger.
+    Log {
+        /// Its kind.
+        kind: crate::logger::Kind,
+        /// When it happened, in nanoseconds since the Unix epoch.
+        time_ns: u64,
+        /// Its fields, as a JSON object (JSON because record fields are free-form values).
+        fields: &'a str,
+    },
 }
 
 impl Envelope<'_> {
     /// The name of every variant, in declaration order; [`index`](Self::index) points into it.
-    pub const KINDS: [&'static str; 19] = [
+    pub const KINDS: [&'static str; 20] = [
         "Hello",
         "Ready",
         "Request",
@@ -196,6 +206,7 @@ impl Envelope<'_> {
         "Deliver",
         "PeerRequest",
         "Notify",
+        "Log",
     ];
 
     /// The variant's name, for log lines and errors.
@@ -220,6 +231,7 @@ impl Envelope<'_> {
             Envelope::Deliver { .. } => "Deliver",
             Envelope::PeerRequest { .. } => "PeerRequest",
             Envelope::Notify { .. } => "Notify",
+            Envelope::Log { .. } => "Log",
         }
     }
 
@@ -245,6 +257,7 @@ impl Envelope<'_> {
             Envelope::Deliver { .. } => 16,
             Envelope::PeerRequest { .. } => 17,
             Envelope::Notify { .. } => 18,
+            Envelope::Log { .. } => 19,
         }
     }
 }

@@ -126,6 +126,8 @@ pub(crate) struct Links<A: WorkerActor> {
     pub(crate) routing: SharedRouting,
     /// The cluster's cache.
     pub(crate) cache: Addr<crate::cache::Cache>,
+    /// The cluster's logger.
+    pub(crate) log: crate::logger::LogLink,
     /// The master's handlers for what workers send it.
     pub(crate) handlers: Rc<Handlers<A>>,
 }
@@ -137,6 +139,7 @@ impl<A: WorkerActor> Clone for Links<A> {
             system: self.system.clone(),
             routing: Rc::clone(&self.routing),
             cache: self.cache.clone(),
+            log: self.log.clone(),
             handlers: Rc::clone(&self.handlers),
         }
     }
@@ -171,6 +174,9 @@ impl Counters {
         self.sent[kind] += 1;
     }
 }
+
+/// The group of every worker in log records, until clusters have several groups.
+const LOG_GROUP: &str = "workers";
 
 /// Positions in [`Envelope::KINDS`] of the frames the proxy counts as it sends them.
 const REQUEST: usize = 2;
@@ -430,6 +436,16 @@ impl<A: WorkerActor> Worker<A> {
         }
     }
 
+    /// Who a process of this slot is, in its log records.
+    pub(crate) fn source(&self, generation: u64, pid: u32) -> crate::logger::Source {
+        crate::logger::Source {
+            worker: Some(self.id),
+            pid,
+            generation,
+            group: LOG_GROUP.into(),
+        }
+    }
+
     fn emit(&self, generation: u64, pid: Option<u32>, kind: WorkerEventKind) {
         self.links.events.do_send(WorkerEvent {
             worker: self.id,
@@ -468,6 +484,7 @@ impl<A: WorkerActor> Worker<A> {
                 (env::GENERATION, generation.to_string()),
                 (env::MASTER_PID, std::process::id().to_string()),
                 (env::MAX_FRAME_BYTES, config.max_frame_bytes.to_string()),
+                (env::LOG_LEVEL, config.log.worker_level.clone()),
             ] {
                 env.push((key.into(), value.into()));
             }
@@ -536,23 +553,35 @@ impl<A: WorkerActor> Worker<A> {
 
         if plain {
             ctx.spawn(
-                io::read_lines(pipes.stdout, id, pid, "stdout", Rc::clone(&tail))
-                    .into_actor(self)
-                    .map(move |(), act, ctx| act.stdout_closed(generation, ctx)),
+                io::read_lines(
+                    pipes.stdout,
+                    self.source(generation, pid),
+                    crate::logger::Stream::Stdout,
+                    self.links.log.clone(),
+                    Rc::clone(&tail),
+                )
+                .into_actor(self)
+                .map(move |(), act, ctx| act.stdout_closed(generation, ctx)),
             );
         } else {
             let max_frame = self.spawn.config.max_frame_bytes;
             ctx.spawn(ReadFrames::new(generation, pipes.stdout, max_frame));
         }
         ctx.spawn(
-            io::read_lines(pipes.stderr, id, pid, "stderr", tail)
-                .into_actor(self)
-                .map(move |(), act, ctx| {
-                    if let Some(p) = act.proc_mut(generation) {
-                        p.stderr_open = false;
-                        act.try_finalize(generation, ctx);
-                    }
-                }),
+            io::read_lines(
+                pipes.stderr,
+                self.source(generation, pid),
+                crate::logger::Stream::Stderr,
+                self.links.log.clone(),
+                tail,
+            )
+            .into_actor(self)
+            .map(move |(), act, ctx| {
+                if let Some(p) = act.proc_mut(generation) {
+                    p.stderr_open = false;
+                    act.try_finalize(generation, ctx);
+                }
+            }),
         );
         ctx.spawn(
             async move { child.wait().await }
@@ -752,6 +781,28 @@ impl<A: WorkerActor> Worker<A> {
             ) => {
                 let pid = p.pid().unwrap_or_default();
                 self.deliver_event(generation, pid, payload);
+            }
+            (
+                WorkerState::Online | WorkerState::Ready | WorkerState::Stopping,
+                Envelope::Log {
+                    kind,
+                    time_ns,
+                    fields,
+                },
+            ) => {
+                let pid = p.pid().unwrap_or_default();
+                let fields = match serde_json::from_str(fields) {
+                    Ok(serde_json::Value::Object(map)) => map,
+                    _ => {
+                        let mut map = serde_json::Map::new();
+                        map.insert("raw".into(), fields.into());
+                        map
+                    }
+                };
+                let time = std::time::UNIX_EPOCH + Duration::from_nanos(time_ns);
+                let record =
+                    crate::logger::Record::new(self.source(generation, pid), kind, fields).at(time);
+                self.links.log.send_always(record);
             }
             (WorkerState::Online | WorkerState::Ready, Envelope::ReloadRequest) => {
                 let pid = p.pid();

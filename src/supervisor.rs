@@ -67,6 +67,7 @@ pub struct ClusterSupervisor {
     /// Whether workers may kill and restart other workers.
     worker_control: bool,
     cache: Addr<crate::cache::Cache>,
+    logger: Addr<crate::logger::Logger>,
 }
 
 /// Keys confirmed by workers, and who waits for how many.
@@ -208,6 +209,7 @@ impl ClusterSupervisor {
             listeners: Vec::new(),
             requests: None,
             reload_subscribers: Vec::new(),
+            log_sinks: Vec::new(),
         }
     }
 
@@ -458,6 +460,7 @@ pub struct ClusterBuilder<A: WorkerActor> {
     listeners: Vec<Recipient<FromWorker<A::Event>>>,
     requests: Option<RequestHandler>,
     reload_subscribers: Vec<Recipient<ReloadEvent>>,
+    log_sinks: Vec<Box<dyn crate::logger::Sink>>,
 }
 
 impl<A: WorkerActor> fmt::Debug for ClusterBuilder<A> {
@@ -509,6 +512,13 @@ impl<A: WorkerActor> ClusterBuilder<A> {
         self
     }
 
+    /// Adds a sink for the cluster's log records, besides the files, the in-memory ring and
+    /// `tracing` that [`LogConfig`](crate::logger::LogConfig) sets up.
+    pub fn log_sink(mut self, sink: Box<dyn crate::logger::Sink>) -> Self {
+        self.log_sinks.push(sink);
+        self
+    }
+
     /// Receives the progress of rolling reloads: started, each worker replaced, done or failed.
     pub fn on_reload(mut self, recipient: Recipient<ReloadEvent>) -> Self {
         self.reload_subscribers.push(recipient);
@@ -531,6 +541,18 @@ impl<A: WorkerActor> ClusterBuilder<A> {
         });
         let routing: SharedRouting = Rc::default();
         let worker_control = self.config.worker_control;
+        let logger = crate::logger::Logger::new(&self.config.log, self.log_sinks).map_err(|e| {
+            crate::error::ConfigError {
+                field: "log",
+                reason: format!("cannot open the log files: {e}"),
+            }
+        })?;
+        let log_queue = logger.queue();
+        let logger = logger.start();
+        let log = crate::logger::LogLink {
+            logger: logger.clone(),
+            queue: log_queue,
+        };
         let mut store = crate::cache::MemoryStore::new(self.config.cache.limits.into());
         for (name, limits) in &self.config.cache.collections {
             store.set_limits(name, (*limits).into(), Instant::now());
@@ -559,6 +581,7 @@ impl<A: WorkerActor> ClusterBuilder<A> {
                 system: ctx.address().recipient(),
                 routing: Rc::clone(&routing),
                 cache: cache.clone(),
+                log,
                 handlers,
             };
             for id in 0..count {
@@ -587,6 +610,7 @@ impl<A: WorkerActor> ClusterBuilder<A> {
                 confirmations: Confirmations::default(),
                 worker_control,
                 cache: cache.clone(),
+                logger,
             }
         });
         let cluster = Cluster {
@@ -687,6 +711,7 @@ impl Handler<StopAll> for ClusterSupervisor {
             })
             .collect();
         let cache = self.cache.clone();
+        let logger = self.logger.clone();
         Box::pin(
             async move {
                 let mut reasons = Vec::with_capacity(stops.len());
@@ -696,6 +721,8 @@ impl Handler<StopAll> for ClusterSupervisor {
                 reasons.reverse();
                 // Then the cache: its snapshot, if it keeps one, is written last.
                 let _ = cache.send(crate::cache::Flush).await;
+                // And the logger: every record queued so far is written and flushed.
+                let _ = logger.send(crate::logger::CloseLogs).await;
                 reasons
             }
             .into_actor(self)
@@ -1095,6 +1122,33 @@ impl<A: WorkerActor> Cluster<A> {
         crate::cache::CacheClient::new(crate::cache::MasterCache {
             addr: self.links.cache.clone(),
         })
+    }
+
+    /// The last `n` log records of `kind` (newest last), of every process or of one worker,
+    /// from the logger's in-memory ring.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the logger has stopped.
+    pub async fn recent_logs(
+        &self,
+        kind: crate::logger::Kind,
+        n: usize,
+        worker: Option<WorkerId>,
+    ) -> Result<Vec<crate::logger::Record>, Error> {
+        Ok(self
+            .links
+            .log
+            .logger
+            .send(crate::logger::Recent { kind, n, worker })
+            .await?)
+    }
+
+    /// Writes and flushes every log record queued so far.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the logger has stopped.
+    pub async fn flush_logs(&self) -> Result<(), Error> {
+        Ok(self.links.log.logger.send(crate::logger::FlushLogs).await?)
     }
 
     /// The members of `group` now.

@@ -29,10 +29,12 @@ use serde::Serialize;
 use crate::error::Error;
 
 mod context;
+mod log;
 mod peers;
 mod runtime;
 
 pub use context::{WorkerContext, WorkerHandle};
+pub use log::{LogLayer, LogSender};
 
 /// Environment variables that the master sets for every worker.
 pub(crate) mod env {
@@ -44,6 +46,8 @@ pub(crate) mod env {
     pub(crate) const MASTER_PID: &str = "PROCACTOR_MASTER_PID";
     /// The largest frame body either side accepts.
     pub(crate) const MAX_FRAME_BYTES: &str = "PROCACTOR_MAX_FRAME_BYTES";
+    /// The lowest `tracing` level of worker code that becomes a log record.
+    pub(crate) const LOG_LEVEL: &str = "PROCACTOR_LOG_LEVEL";
 }
 
 /// A user type run as an OS-process actor by the worker runtime.

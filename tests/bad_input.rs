@@ -95,9 +95,10 @@ async fn garbage_ends_the_worker_without_reading_it_all() {
             "{reason:?}"
         );
         let after = common::vm_hwm_kib(std::process::id()).unwrap();
-        // At most one maximal frame may have been buffered, never the stream.
+        // At most one maximal frame (16 MiB) may have been buffered, never the endless stream;
+        // the other tests of this binary run in the same process meanwhile, hence the margin.
         assert!(
-            after - before < 40 * 1024,
+            after - before < 64 * 1024,
             "peak memory grew by {} KiB",
             after - before
         );

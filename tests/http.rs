@@ -356,3 +356,46 @@ fn the_http_cluster_example_reloads_on_sighup_and_stops_on_sigterm_with_status_0
         );
     }
 }
+
+#[actix::test]
+async fn the_http_worker_writes_an_ip_record_for_every_request() {
+    within(60, async {
+        let dir = std::env::temp_dir().join(format!("procactor-http-ip-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = http_config(2, Path::new(HTTP_BIN)).log(procactor::logger::LogConfig {
+            dir: Some(dir.clone()),
+            tracing: false,
+            ..procactor::logger::LogConfig::default()
+        });
+        let cluster = ClusterSupervisor::start::<HttpWorker>(config)
+            .await
+            .unwrap();
+        let addr = tcp_addr(&cluster);
+        for n in 0..10 {
+            let (status, _) = get(addr, &format!("/health?n={n}")).unwrap();
+            assert_eq!(status, 200);
+        }
+        let (status, _) = get(addr, "/missing").unwrap();
+        assert_eq!(status, 404);
+        cluster.stop().await.unwrap();
+        let text = std::fs::read_to_string(dir.join("ip.log")).unwrap();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records.len(), 11, "{text}");
+        assert_eq!(
+            records
+                .iter()
+                .filter(|r| r["path"] == "/health" && r["status"] == 200)
+                .count(),
+            10
+        );
+        assert_eq!(records.iter().filter(|r| r["status"] == 404).count(), 1);
+        assert!(records
+            .iter()
+            .all(|r| r["client"] == "127.0.0.1" && r["method"] == "GET"));
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

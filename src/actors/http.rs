@@ -157,7 +157,8 @@ impl WorkerActor for HttpWorker {
                 return;
             }
         };
-        match start(listener, Arc::clone(&self.served)).await {
+        let log = Some(ctx.log().clone());
+        match start(listener, Arc::clone(&self.served), log).await {
             Ok((handle, _task)) => self.server = Some(handle),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the HTTP server; not serving");
@@ -203,7 +204,7 @@ pub fn serve_plain(listener: TcpListener) -> io::Result<()> {
         // Installed before serving, so that a signal from then on drains instead of killing.
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let (handle, mut task) = start(listener, Arc::default()).await?;
+        let (handle, mut task) = start(listener, Arc::default(), None).await?;
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
@@ -224,10 +225,36 @@ fn shutdown_secs() -> u64 {
 
 /// The server for both modes: one HTTP worker thread, no signal handling of its own (each mode
 /// stops it with [`drain`]).
-fn server(listener: TcpListener, served: Arc<AtomicU64>) -> io::Result<Server> {
+fn server(
+    listener: TcpListener,
+    served: Arc<AtomicU64>,
+    log: Option<crate::worker::LogSender>,
+) -> io::Result<Server> {
     let server = HttpServer::new(move || {
+        let log = log.clone();
         App::new()
             .app_data(web::Data::from(Arc::clone(&served)))
+            // An `ip` record for every request served, when there is a master to send it to.
+            .wrap_fn(move |req, srv| {
+                use actix_web::dev::Service as _;
+                let started = std::time::Instant::now();
+                let client = req
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                let method = req.method().to_string();
+                let path = req.path().to_owned();
+                let log = log.clone();
+                let response = srv.call(req);
+                async move {
+                    let response = response.await?;
+                    if let Some(log) = &log {
+                        let status = response.status().as_u16();
+                        log.ip(&client, &method, &path, status, started.elapsed());
+                    }
+                    Ok(response)
+                }
+            })
             .configure(routes)
     })
     .workers(1)
@@ -243,8 +270,9 @@ fn server(listener: TcpListener, served: Arc<AtomicU64>) -> io::Result<Server> {
 async fn start(
     listener: TcpListener,
     served: Arc<AtomicU64>,
+    log: Option<crate::worker::LogSender>,
 ) -> io::Result<(ServerHandle, actix_rt::task::JoinHandle<io::Result<()>>)> {
-    let mut server = server(listener, served)?;
+    let mut server = server(listener, served, log)?;
     let handle = server.handle();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let task = actix_rt::spawn(async move {

@@ -175,6 +175,18 @@ pub enum RelayMsg {
     CacheReplica(String),
     /// Cache: the replica's current entries.
     CacheReplicaState,
+    /// Logs: an `ip` record per text, `history` and `error` records, `tracing` events at info
+    /// (with fields `user` and `n`) and at error level, each tagged with `tag`.
+    LogAll {
+        /// A tag in every record.
+        tag: String,
+        /// How many `ip` records.
+        ips: u32,
+    },
+    /// Writes these raw bytes to stderr (no newline added).
+    Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Writes a line to stderr, then aborts the process at once.
+    StderrThenAbort(String),
     /// Cache: `count` operations (3 gets to 1 set, on 1 000 keys), `window` in flight at
     /// once; answers operations per second (`Int`).
     CacheBench {
@@ -378,6 +390,40 @@ impl WorkerActor for Relay {
                 RelayReply::Done
             }
             RelayMsg::Pid => RelayReply::Pid(std::process::id()),
+            RelayMsg::LogAll { tag, ips } => {
+                let log = ctx.log();
+                for n in 0..ips {
+                    log.ip(
+                        "10.0.0.1",
+                        "GET",
+                        &format!("/{tag}/{n}"),
+                        200,
+                        Duration::from_micros(1500),
+                    );
+                }
+                let mut fields = serde_json::Map::new();
+                fields.insert("tag".into(), tag.clone().into());
+                log.history("logged in", fields);
+                log.error(
+                    &format!("{tag} failed"),
+                    vec!["disk full".into()],
+                    Some("relay.rs"),
+                );
+                tracing::info!(user = "alice", n = 3, tag = tag.as_str(), "traced");
+                tracing::error!(tag = tag.as_str(), "traced failure");
+                RelayReply::Done
+            }
+            RelayMsg::Stderr(bytes) => {
+                use std::io::Write;
+                let mut stderr = std::io::stderr().lock();
+                let _ = stderr.write_all(&bytes);
+                let _ = stderr.flush();
+                RelayReply::Done
+            }
+            RelayMsg::StderrThenAbort(line) => {
+                eprintln!("{line}");
+                std::process::abort()
+            }
             cache => self.cache(cache, &peers).await,
         }
     }

@@ -17,6 +17,7 @@ use tokio::net::unix::pipe;
 use crate::codec::{encode_frame, FrameDecoder};
 use crate::error::CallError;
 use crate::event::WorkerId;
+use crate::logger::{LogLink, Record, Source, Stream};
 use crate::protocol::Envelope;
 use crate::proxy::Worker;
 use crate::worker::WorkerActor;
@@ -243,23 +244,27 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
 ///
 /// Lines are split on `\n`, decoded lossily (non-UTF-8 bytes become U+FFFD) and capped at
 /// [`MAX_LINE_BYTES`]; the rest of a longer line is dropped.
+///
+/// Each line becomes an `output` record for the logger; when the logger's queue is full, lines
+/// are dropped and counted, and a record of their number follows once there is room.
 pub(crate) async fn read_lines(
     mut pipe: pipe::Receiver,
-    worker: WorkerId,
-    pid: u32,
-    stream: &'static str,
+    source: Source,
+    stream: Stream,
+    log: LogLink,
     tail: std::rc::Rc<std::cell::RefCell<VecDeque<String>>>,
 ) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut skipping = false;
+    let dropped = std::cell::Cell::new(0u64);
     let emit = |bytes: &[u8], truncated: bool| {
         let text = String::from_utf8_lossy(bytes);
         let line = text.trim_end_matches('\r');
-        if truncated {
-            tracing::info!(target: "procactor::worker", worker, pid, stream, truncated, "{line}");
-        } else {
-            tracing::info!(target: "procactor::worker", worker, pid, stream, "{line}");
-        }
+        log.report_dropped(&source, &dropped);
+        log.send(
+            Record::output(source.clone(), stream, line, truncated),
+            &dropped,
+        );
         let mut tail = tail.borrow_mut();
         if tail.len() == STDERR_TAIL_LINES {
             tail.pop_front();
@@ -288,6 +293,7 @@ pub(crate) async fn read_lines(
                 if !buf.is_empty() && !skipping {
                     emit(&buf, false);
                 }
+                log.flush_dropped(&source, &dropped);
                 return;
             }
         }

@@ -13,6 +13,7 @@ use crate::error::FrameError;
 use crate::event::WorkerId;
 use crate::messaging::{Peer, Via};
 use crate::protocol::Envelope;
+use crate::worker::log::LogSender;
 use crate::worker::peers::Asks;
 use crate::worker::runtime::Identity;
 use crate::worker::WorkerActor;
@@ -83,6 +84,7 @@ impl<A: WorkerActor> WorkerContext<A> {
     pub(crate) fn new(
         outbox: Rc<Outbox>,
         asks: Rc<Asks>,
+        log: LogSender,
         identity: Identity,
         listeners: Vec<(String, OwnedFd)>,
     ) -> Self {
@@ -90,6 +92,7 @@ impl<A: WorkerActor> WorkerContext<A> {
             peers: WorkerHandle {
                 outbox: Rc::clone(&outbox),
                 asks,
+                log,
                 identity,
                 _actor: PhantomData,
             },
@@ -210,6 +213,13 @@ impl<A: WorkerActor> WorkerContext<A> {
         self.outbox.push(&Envelope::ReloadRequest)
     }
 
+    /// Log records for the cluster's logger (`ip`, `history`, `error`); the sender is `Send`,
+    /// so threads of the worker (an HTTP server's) can keep a clone. `tracing` events of worker
+    /// code become records too.
+    pub fn log(&self) -> &LogSender {
+        &self.peers.log
+    }
+
     /// Ends the worker gracefully once the current hook returns: [`WorkerActor::stopping`] runs,
     /// then the process exits with status 0.
     pub fn stop(&mut self) {
@@ -259,6 +269,7 @@ impl<A: WorkerActor> WorkerContext<A> {
 pub struct WorkerHandle<A> {
     pub(crate) outbox: Rc<Outbox>,
     pub(crate) asks: Rc<Asks>,
+    log: LogSender,
     identity: Identity,
     _actor: PhantomData<fn() -> A>,
 }
@@ -268,6 +279,7 @@ impl<A> Clone for WorkerHandle<A> {
         Self {
             outbox: Rc::clone(&self.outbox),
             asks: Rc::clone(&self.asks),
+            log: self.log.clone(),
             identity: self.identity,
             _actor: PhantomData,
         }
@@ -275,12 +287,18 @@ impl<A> Clone for WorkerHandle<A> {
 }
 
 impl<A> WorkerHandle<A> {
+    /// As [`WorkerContext::log`].
+    pub fn log(&self) -> &LogSender {
+        &self.log
+    }
+
     /// The same link, typed for another worker type (for tests that send what a receiver does
     /// not decode).
     pub(crate) fn cast<B>(&self) -> WorkerHandle<B> {
         WorkerHandle {
             outbox: Rc::clone(&self.outbox),
             asks: Rc::clone(&self.asks),
+            log: self.log.clone(),
             identity: self.identity,
             _actor: PhantomData,
         }

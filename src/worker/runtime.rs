@@ -15,6 +15,7 @@ use crate::event::WorkerId;
 use crate::messaging::{Peer, Via};
 use crate::protocol::{Envelope, PROTOCOL_VERSION};
 use crate::worker::context::{Outbox, WorkerContext};
+use crate::worker::log::{LogSender, Outgoing};
 use crate::worker::peers::Asks;
 use crate::worker::{env, WorkerActor};
 
@@ -30,6 +31,11 @@ pub(crate) struct Identity {
     pub(crate) generation: u64,
     pub(crate) master_pid: u32,
     pub(crate) max_frame_bytes: usize,
+}
+
+/// The `tracing` level of worker code that becomes log records, from the master.
+fn log_level() -> String {
+    std::env::var(env::LOG_LEVEL).unwrap_or_else(|_| "info".into())
 }
 
 impl Identity {
@@ -133,7 +139,25 @@ pub(crate) async fn run<A: WorkerActor>(
     ));
     tokio::pin!(writer, reader);
 
-    let mut ctx = WorkerContext::<A>::new(Rc::clone(&outbox), asks, identity, listeners);
+    let (log, log_rx) = LogSender::new();
+    crate::worker::log::install(&log_level());
+    let log_rx = std::cell::RefCell::new(log_rx);
+    let forward_logs = || {
+        while let Ok(record) = log_rx.borrow_mut().try_recv() {
+            push_log(&outbox, &record);
+        }
+    };
+    let logs = async {
+        loop {
+            let record = std::future::poll_fn(|cx| log_rx.borrow_mut().poll_recv(cx)).await;
+            match record {
+                Some(record) => push_log(&outbox, &record),
+                None => std::future::pending::<()>().await,
+            }
+        }
+    };
+    tokio::pin!(logs);
+    let mut ctx = WorkerContext::<A>::new(Rc::clone(&outbox), asks, log, identity, listeners);
     let handled = async {
         actor.started(&mut ctx).await;
         outbox.push(&Envelope::Ready)?;
@@ -176,12 +200,14 @@ pub(crate) async fn run<A: WorkerActor>(
             false
         }
         () = &mut writer => false,
+        () = &mut logs => false,
     };
     if let Some(Err(e)) = reader_result {
         return Err(e.into());
     }
     if graceful {
-        // Flush everything written so far, then let the writer end.
+        // Records still queued go too; then flush everything written so far and end.
+        forward_logs();
         outbox.broken.set(true);
         outbox.wake_writer.notify_one();
         writer.await;
@@ -312,4 +338,12 @@ async fn write_loop(outbox: Rc<Outbox>, mut pipe: pipe::Sender) {
             spare = Vec::with_capacity(64 * 1024);
         }
     }
+}
+
+fn push_log(outbox: &Outbox, record: &Outgoing) {
+    let _ = outbox.push(&Envelope::Log {
+        kind: record.kind,
+        time_ns: record.time_ns,
+        fields: &record.fields,
+    });
 }

@@ -1,0 +1,205 @@
+//! The worker's side of the cluster's logs: records sent on purpose ([`LogSender`]) and the
+//! `tracing` events of worker code ([`LogLayer`]), both carried to the master's logger.
+//!
+//! Both may be used from any thread of the worker (an HTTP server's threads included): records
+//! go through a bounded channel to the runtime's thread, which writes them to the master. When
+//! the channel is full (the master is not keeping up), records are dropped and counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::Layer;
+
+use crate::logger::Kind;
+
+/// Records that may wait for the runtime's thread.
+pub(crate) const QUEUE: usize = 16 * 1024;
+
+/// One record on its way to the master.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) kind: Kind,
+    pub(crate) time_ns: u64,
+    pub(crate) fields: String,
+}
+
+/// Sends log records to the cluster's logger from any thread of a worker; cheap to clone.
+///
+/// Every record is stamped by the master with this worker's id, pid, generation and group.
+#[derive(Debug, Clone)]
+pub struct LogSender {
+    tx: mpsc::Sender<Outgoing>,
+    dropped: Arc<AtomicU64>,
+}
+
+static GLOBAL: OnceLock<LogSender> = OnceLock::new();
+
+impl LogSender {
+    pub(crate) fn new() -> (Self, mpsc::Receiver<Outgoing>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let sender = Self {
+            tx,
+            dropped: Arc::default(),
+        };
+        let _ = GLOBAL.set(sender.clone());
+        (sender, rx)
+    }
+
+    /// A record of `kind` with these fields.
+    pub fn record(&self, kind: Kind, fields: Map<String, Value>) {
+        let time_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let outgoing = Outgoing {
+            kind,
+            time_ns,
+            fields: Value::Object(fields).to_string(),
+        };
+        if self.tx.try_send(outgoing).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An `ip` record: a request served (`method` and `path`, or a label and an operation).
+    pub fn ip(&self, client: &str, method: &str, path: &str, status: u16, duration: Duration) {
+        let mut fields = Map::new();
+        fields.insert("client".into(), client.into());
+        fields.insert("method".into(), method.into());
+        fields.insert("path".into(), path.into());
+        fields.insert("status".into(), status.into());
+        fields.insert(
+            "duration_ms".into(),
+            (duration.as_micros() as f64 / 1e3).into(),
+        );
+        self.record(Kind::Ip, fields);
+    }
+
+    /// A `history` record: an event with structured fields.
+    pub fn history(&self, event: &str, mut fields: Map<String, Value>) {
+        let field = if fields.contains_key("event") {
+            "field_event"
+        } else {
+            "event"
+        };
+        if let Some(v) = fields.remove("event") {
+            fields.insert(field.into(), v);
+        }
+        fields.insert("event".into(), event.into());
+        self.record(Kind::History, fields);
+    }
+
+    /// An `error` record: a message, its chain of causes (outermost first) and where.
+    pub fn error(&self, message: &str, causes: Vec<String>, location: Option<&str>) {
+        let mut fields = Map::new();
+        fields.insert("message".into(), message.into());
+        fields.insert("causes".into(), causes.into());
+        fields.insert("location".into(), location.map_or(Value::Null, Into::into));
+        self.record(Kind::Error, fields);
+    }
+
+    /// An `error` record of `error` and its sources.
+    pub fn error_chain(&self, error: &dyn std::error::Error, location: Option<&str>) {
+        let mut causes = Vec::new();
+        let mut source = error.source();
+        while let Some(e) = source {
+            causes.push(e.to_string());
+            source = e.source();
+        }
+        self.error(&error.to_string(), causes, location);
+    }
+
+    /// Records dropped so far because the channel to the runtime's thread was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A `tracing` layer that turns the events of worker code into log records: `ERROR` events
+/// into `error` records, the others into `history` records, fields preserved. The worker runtime
+/// installs it (unless the program installed a subscriber of its own first; add this layer to
+/// it then), at the level the master's `LogConfig::worker_level` names.
+#[derive(Debug, Clone)]
+pub struct LogLayer {
+    level: Level,
+}
+
+impl LogLayer {
+    /// A layer passing events at `level` and above.
+    pub fn new(level: Level) -> Self {
+        Self { level }
+    }
+}
+
+#[derive(Default)]
+struct Fields(Map<String, Value>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+}
+
+impl<S: Subscriber> Layer<S> for LogLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() > self.level {
+            return;
+        }
+        let Some(sender) = GLOBAL.get() else { return };
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let mut fields = fields.0;
+        let message = fields
+            .remove("message")
+            .and_then(|m| m.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        fields.insert("level".into(), meta.level().as_str().into());
+        fields.insert("target".into(), meta.target().into());
+        if *meta.level() == Level::ERROR {
+            let location = meta
+                .file()
+                .map(|f| format!("{f}:{}", meta.line().unwrap_or(0)));
+            fields.insert("message".into(), message.into());
+            fields.insert("causes".into(), Value::Array(Vec::new()));
+            fields.insert("location".into(), location.map_or(Value::Null, Into::into));
+            sender.record(Kind::Error, fields);
+        } else {
+            sender.history(&message, fields);
+        }
+    }
+}
+
+/// Installs [`LogLayer`] as the process's subscriber, unless one is installed already.
+pub(crate) fn install(level: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let level = level.parse().unwrap_or(Level::INFO);
+    let subscriber = tracing_subscriber::registry().with(LogLayer::new(level));
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}

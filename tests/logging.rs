@@ -1,0 +1,377 @@
+//! The cluster's log pipeline end to end: every record kind from several workers into JSON-lines
+//! files, `tracing` fields, rotation, a stderr flood, the last line before an abort, flush on
+//! stop, non-UTF-8 output and an endless line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::cluster::within;
+use procactor::actors::relay::{Relay, RelayMsg, RelayReply};
+use procactor::logger::{Kind, LogConfig};
+use procactor::prelude::*;
+use serde_json::Value;
+
+fn log_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("procactor-logs-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn config(n: usize, dir: &Path) -> ClusterConfig {
+    ClusterConfig::new()
+        .workers(n)
+        .exec(env!("CARGO_BIN_EXE_procactor-relay"))
+        .ready_timeout(Duration::from_secs(20))
+        .shutdown_timeout(Duration::from_secs(5))
+        .handle_signals(false)
+        .log(LogConfig {
+            dir: Some(dir.to_path_buf()),
+            tracing: false,
+            ..LogConfig::default()
+        })
+}
+
+async fn cmd(cluster: &Cluster<Relay>, worker: usize, msg: RelayMsg) -> RelayReply {
+    cluster
+        .worker(worker)
+        .send(Call(msg))
+        .await
+        .expect("mailbox")
+        .expect("call")
+}
+
+/// Every JSON line of `dir/name`.
+fn lines(dir: &Path, name: &str) -> Vec<Value> {
+    std::fs::read_to_string(dir.join(name))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: {e}: {l}")))
+        .collect()
+}
+
+#[actix::test]
+async fn every_kind_reaches_its_file_from_several_workers_with_who_and_when() {
+    within(60, async {
+        let dir = log_dir("kinds");
+        let cluster = ClusterSupervisor::start::<Relay>(config(3, &dir))
+            .await
+            .unwrap();
+        let mut pids = Vec::new();
+        for w in 0..3 {
+            let RelayReply::Pid(pid) = cmd(&cluster, w, RelayMsg::Pid).await else {
+                panic!()
+            };
+            pids.push(pid);
+            let reply = cmd(
+                &cluster,
+                w,
+                RelayMsg::LogAll {
+                    tag: format!("w{w}"),
+                    ips: 5,
+                },
+            )
+            .await;
+            assert_eq!(reply, RelayReply::Done);
+            cmd(
+                &cluster,
+                w,
+                RelayMsg::Stderr(format!("stray w{w}\n").into_bytes()),
+            )
+            .await;
+        }
+        cluster.stop().await.unwrap();
+
+        let ip = lines(&dir, "ip.log");
+        assert_eq!(ip.len(), 15);
+        for record in &ip {
+            for key in [
+                "time",
+                "kind",
+                "worker",
+                "pid",
+                "generation",
+                "group",
+                "client",
+                "method",
+                "path",
+                "status",
+                "duration_ms",
+            ] {
+                assert!(record.get(key).is_some(), "{key} missing in {record}");
+            }
+            let w = record["worker"].as_u64().unwrap() as usize;
+            assert_eq!(record["pid"].as_u64().unwrap() as u32, pids[w]);
+            assert_eq!(record["generation"], 1);
+            assert_eq!(record["kind"], "ip");
+            assert!(record["path"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("/w{w}/")));
+            assert!(record["time"].as_str().unwrap().ends_with('Z'));
+        }
+        // Per worker, in the order sent.
+        for w in 0..3u64 {
+            let paths: Vec<&str> = ip
+                .iter()
+                .filter(|r| r["worker"] == w)
+                .map(|r| r["path"].as_str().unwrap())
+                .collect();
+            let expected: Vec<String> = (0..5).map(|n| format!("/w{w}/{n}")).collect();
+            assert_eq!(paths, expected);
+        }
+
+        let history = lines(&dir, "history.log");
+        let logged_in: Vec<_> = history
+            .iter()
+            .filter(|r| r["event"] == "logged in")
+            .collect();
+        assert_eq!(logged_in.len(), 3);
+        // tracing events keep their fields.
+        let traced: Vec<_> = history.iter().filter(|r| r["event"] == "traced").collect();
+        assert_eq!(traced.len(), 3, "{history:?}");
+        for r in &traced {
+            assert_eq!(r["user"], "alice");
+            assert_eq!(r["n"], 3);
+            assert_eq!(r["level"], "INFO");
+        }
+
+        let errors = lines(&dir, "error.log");
+        let explicit: Vec<_> = errors
+            .iter()
+            .filter(|r| r["causes"] == serde_json::json!(["disk full"]))
+            .collect();
+        assert_eq!(explicit.len(), 3);
+        let traced_errors: Vec<_> = errors
+            .iter()
+            .filter(|r| r["message"] == "traced failure")
+            .collect();
+        assert_eq!(traced_errors.len(), 3, "{errors:?}");
+        assert!(traced_errors
+            .iter()
+            .all(|r| r["location"].as_str().unwrap().contains("relay.rs")));
+
+        let output = lines(&dir, "output.log");
+        for w in 0..3u64 {
+            assert!(
+                output.iter().any(|r| r["worker"] == w
+                    && r["line"] == format!("stray w{w}")
+                    && r["stream"] == "stderr"),
+                "{output:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+#[actix::test]
+async fn recent_records_are_queryable_by_kind_and_worker() {
+    within(60, async {
+        let dir = log_dir("recent");
+        let cluster = ClusterSupervisor::start::<Relay>(config(2, &dir))
+            .await
+            .unwrap();
+        for w in 0..2 {
+            cmd(
+                &cluster,
+                w,
+                RelayMsg::LogAll {
+                    tag: format!("w{w}"),
+                    ips: 3,
+                },
+            )
+            .await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let recent = cluster.recent_logs(Kind::Ip, 2, Some(1)).await.unwrap();
+            if recent.len() == 2 {
+                assert!(recent.iter().all(|r| r.worker == Some(1)));
+                assert_eq!(recent[1].fields["path"], "/w1/2", "newest last");
+                break;
+            }
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cluster.stop().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+#[actix::test]
+async fn files_rotate_at_their_size_and_keep_the_newest() {
+    within(60, async {
+        let dir = log_dir("rotation");
+        let config = config(1, &dir).log(LogConfig {
+            dir: Some(dir.clone()),
+            max_bytes: 4 * 1024,
+            keep: 2,
+            tracing: false,
+            ..LogConfig::default()
+        });
+        let cluster = ClusterSupervisor::start::<Relay>(config).await.unwrap();
+        cmd(
+            &cluster,
+            0,
+            RelayMsg::LogAll {
+                tag: "r".into(),
+                ips: 400,
+            },
+        )
+        .await;
+        cluster.stop().await.unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ip.log"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ip.log", "ip.log.1", "ip.log.2"]);
+        for name in &names {
+            let size = std::fs::metadata(dir.join(name)).unwrap().len();
+            assert!(size <= 4 * 1024, "{name}: {size}");
+        }
+        // The newest records survive, whole and in order.
+        let mut newest: Vec<Value> = lines(&dir, "ip.log.2");
+        newest.extend(lines(&dir, "ip.log.1"));
+        newest.extend(lines(&dir, "ip.log"));
+        let last = newest.last().unwrap();
+        assert_eq!(last["path"], "/r/399");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+#[actix::test]
+async fn the_last_line_before_an_abort_is_kept_and_queued_records_are_flushed_on_stop() {
+    within(60, async {
+        let dir = log_dir("abort");
+        let cluster = ClusterSupervisor::start::<Relay>(config(2, &dir))
+            .await
+            .unwrap();
+        let reply = cluster
+            .worker(0)
+            .send(Call(RelayMsg::StderrThenAbort(
+                "last words before abort".into(),
+            )))
+            .await
+            .unwrap();
+        assert!(reply.is_err(), "the worker died mid-request");
+        // Many records just before the stop: none is lost.
+        cmd(
+            &cluster,
+            1,
+            RelayMsg::LogAll {
+                tag: "flush".into(),
+                ips: 2_000,
+            },
+        )
+        .await;
+        cluster.stop().await.unwrap();
+        let output = lines(&dir, "output.log");
+        assert!(
+            output
+                .iter()
+                .any(|r| r["worker"] == 0 && r["line"] == "last words before abort"),
+            "{output:?}"
+        );
+        let ip = lines(&dir, "ip.log");
+        assert_eq!(ip.iter().filter(|r| r["worker"] == 1).count(), 2_000);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+#[actix::test]
+async fn non_utf8_output_and_an_endless_line_are_handled_within_bounds() {
+    within(60, async {
+        let dir = log_dir("bytes");
+        let cluster = ClusterSupervisor::start::<Relay>(config(1, &dir))
+            .await
+            .unwrap();
+        cmd(
+            &cluster,
+            0,
+            RelayMsg::Stderr(b"caf\xe9 \xff\xfe ok\n".to_vec()),
+        )
+        .await;
+        // 10 MB without a newline, then one.
+        cmd(&cluster, 0, RelayMsg::Stderr(vec![b'x'; 10_000_000])).await;
+        cmd(&cluster, 0, RelayMsg::Stderr(b"\nafter\n".to_vec())).await;
+        cluster.stop().await.unwrap();
+        let output = lines(&dir, "output.log");
+        let texts: Vec<&str> = output.iter().filter_map(|r| r["line"].as_str()).collect();
+        assert!(
+            texts.contains(&"caf\u{fffd} \u{fffd}\u{fffd} ok"),
+            "{texts:?}"
+        );
+        let long: Vec<_> = output.iter().filter(|r| r["truncated"] == true).collect();
+        assert_eq!(long.len(), 1, "one truncated record for the long line");
+        assert!(long[0]["line"].as_str().unwrap().len() <= 16 * 1024);
+        assert!(texts.contains(&"after"));
+        let size = std::fs::metadata(dir.join("output.log")).unwrap().len();
+        assert!(
+            size < 1024 * 1024,
+            "the 10 MB line was not written whole: {size}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+#[actix::test]
+async fn a_stderr_flood_is_bounded_counted_and_does_not_delay_another_workers_requests() {
+    within(120, async {
+        let dir = log_dir("flood");
+        let config = ClusterConfig::new()
+            .workers(2)
+            .exec(env!("CARGO_BIN_EXE_procactor-chaos"))
+            .env("PROCACTOR_CHAOS_MODE_0", "flood-stderr")
+            .handle_signals(false)
+            .log(LogConfig {
+                dir: Some(dir.clone()),
+                tracing: false,
+                max_queue_bytes: 1024 * 1024,
+                ..LogConfig::default()
+            });
+        let cluster = ClusterSupervisor::start::<procactor::actors::echo::Echo>(config)
+            .await
+            .unwrap();
+        let before = common::vm_hwm_kib(std::process::id()).unwrap();
+        // While worker 0 floods, worker 1 answers promptly.
+        let w1 = cluster.worker(1);
+        let mut worst = Duration::ZERO;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(2) {
+            let sent = Instant::now();
+            let reply = w1
+                .send(Call(procactor::actors::echo::EchoMsg::Ping))
+                .await
+                .unwrap();
+            assert!(reply.is_ok());
+            worst = worst.max(sent.elapsed());
+        }
+        assert!(
+            worst < Duration::from_millis(500),
+            "worst round trip {worst:?}"
+        );
+        cluster.stop().await.unwrap();
+        let after = common::vm_hwm_kib(std::process::id()).unwrap();
+        assert!(
+            after - before < 64 * 1024,
+            "master peak memory grew by {} KiB",
+            after - before
+        );
+        let output = lines(&dir, "output.log");
+        let dropped: u64 = output.iter().filter_map(|r| r["dropped"].as_u64()).sum();
+        assert!(dropped > 0, "a flood past the queue is counted");
+        assert!(output.iter().any(|r| r["line"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("dropped "))));
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
