@@ -25,7 +25,10 @@ pub(crate) fn run_relay_worker() -> Result<(), procactor::Error> {
 
 /// Operations per second through the cluster's cache from 2 workers.
 pub(crate) async fn procactor_ops(count: u64) -> Result<f64, procactor::Error> {
-    let config = ClusterConfig::new().workers(2).env(ROLE_ENV, "relay");
+    let config = ClusterConfig::new()
+        .workers(2)
+        .env(ROLE_ENV, "relay")
+        .log(crate::bench_logs());
     let cluster = ClusterSupervisor::start::<Relay>(config).await?;
     let run = |w: usize| {
         cluster.worker(w).send(Call(RelayMsg::CacheBench {

@@ -41,6 +41,7 @@ pub(crate) fn run_http_worker() -> Result<(), procactor::Error> {
 
 fn config(workers: usize) -> ClusterConfig {
     ClusterConfig::new()
+        .log(crate::bench_logs())
         .workers(workers)
         .env(ROLE_ENV, "http")
         .env("PROCACTOR_HTTP_SHUTDOWN_SECS", "10")

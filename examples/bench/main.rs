@@ -14,6 +14,7 @@
 
 mod cache;
 mod http;
+mod logs;
 mod raw;
 
 use std::time::{Duration, Instant};
@@ -94,6 +95,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(procactor::run_worker(Echo::default())?);
     }
+    if logs::is_child() {
+        return logs::child_main();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     let sizes = if args.iter().any(|a| a == "--quick") {
@@ -108,6 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cache_ops = if quick { 20_000 } else { 200_000 };
     let cache_rate = actix::System::new().block_on(cache::procactor_ops(cache_ops))?;
     let redis_rate = cache::redis_ops(cache_ops)?;
+    let logs = logs::measure_in_child(quick)?;
     let raw = raw::measure(&raw::RawParams {
         round_trips: sizes.round_trips,
         pipelined: sizes.pipelined,
@@ -160,7 +165,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     // Figures with a baseline of their own: (key, value, baseline key, baseline, ratio key).
-    let pairs: [(&str, f64, &str, f64, &str); 4] = [
+    let pairs: [(&str, f64, &str, f64, &str); 6] = [
+        (
+            "log_records_per_s",
+            logs.records_per_s,
+            "direct_file_records_per_s",
+            logs.direct_records_per_s,
+            "log_records_vs_direct",
+        ),
+        (
+            "flood_master_rss_mb",
+            logs.flood_master_rss_mb,
+            "idle_master_rss_mb",
+            logs.idle_master_rss_mb,
+            "flood_rss_vs_idle",
+        ),
         (
             "peer_rtt_us_median",
             ours.peer_rtt_us_median,
@@ -259,11 +278,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ),
         }
     }
+    if let Some(dir) = bench_logs().dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(())
 }
 
 async fn measure(sizes: Sizes) -> Result<Figures, procactor::Error> {
     let config = ClusterConfig::new()
+        .log(bench_logs())
         .workers(1)
         .max_outbox_bytes(256 * 1024 * 1024);
     let cluster = ClusterSupervisor::start::<Echo>(config.clone()).await?;
@@ -444,6 +467,18 @@ async fn stats(w: &Addr<Worker<Echo>>) -> Result<u64, procactor::Error> {
     match w.send(Call(EchoMsg::Stats)).await?? {
         EchoReply::Stats { tells, .. } => Ok(tells),
         other => unreachable!("{other:?}"),
+    }
+}
+
+/// The bench's clusters log to a directory of their own under the temp dir, with `tracing`
+/// output off (the bench installs no subscriber).
+pub(crate) fn bench_logs() -> procactor::logger::LogConfig {
+    procactor::logger::LogConfig {
+        dir: Some(
+            std::env::temp_dir().join(format!("procactor-bench-logs-{}", std::process::id())),
+        ),
+        tracing: false,
+        ..procactor::logger::LogConfig::default()
     }
 }
 

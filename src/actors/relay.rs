@@ -183,6 +183,13 @@ pub enum RelayMsg {
         /// How many `ip` records.
         ips: u32,
     },
+    /// Logs `count` `ip` records, as fast as it can.
+    LogMany(u64),
+    /// Writes `mb` megabytes of 100-byte lines to stderr, as fast as it can.
+    StderrFlood {
+        /// How many megabytes.
+        mb: u64,
+    },
     /// Writes these raw bytes to stderr (no newline added).
     Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Writes a line to stderr, then aborts the process at once.
@@ -411,6 +418,24 @@ impl WorkerActor for Relay {
                 );
                 tracing::info!(user = "alice", n = 3, tag = tag.as_str(), "traced");
                 tracing::error!(tag = tag.as_str(), "traced failure");
+                RelayReply::Done
+            }
+            RelayMsg::LogMany(count) => {
+                let log = ctx.log();
+                for _ in 0..count {
+                    log.ip("10.0.0.1", "GET", "/bench", 200, Duration::from_micros(100));
+                }
+                RelayReply::Done
+            }
+            RelayMsg::StderrFlood { mb } => {
+                use std::io::Write;
+                let line = format!("{}\n", "f".repeat(99));
+                let mut stderr = std::io::stderr().lock();
+                for _ in 0..mb * 10_000 {
+                    if stderr.write_all(line.as_bytes()).is_err() {
+                        break;
+                    }
+                }
                 RelayReply::Done
             }
             RelayMsg::Stderr(bytes) => {

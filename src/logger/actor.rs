@@ -57,9 +57,25 @@ impl Default for LogConfig {
 pub(crate) struct LogQueue {
     queued: Cell<usize>,
     limit: usize,
+    /// Proxies that stopped reading their worker's records until the queue drains.
+    waiting: std::cell::RefCell<Vec<std::task::Waker>>,
 }
 
 impl LogQueue {
+    /// Whether the queue is over its limit: a proxy then reads no more from its worker until
+    /// the logger has caught up (see [`wait`](Self::wait)).
+    pub(crate) fn full(&self) -> bool {
+        self.queued.get() > self.limit
+    }
+
+    /// Wakes `waker` once the queue is down to half its limit.
+    pub(crate) fn wait(&self, waker: &std::task::Waker) {
+        let mut waiting = self.waiting.borrow_mut();
+        if !waiting.iter().any(|w| w.will_wake(waker)) {
+            waiting.push(waker.clone());
+        }
+    }
+
     /// Whether a record of `size` bytes may be queued now (and counts it if so).
     pub(crate) fn admit(&self, size: usize) -> bool {
         if self.queued.get() + size > self.limit {
@@ -71,6 +87,11 @@ impl LogQueue {
 
     fn written(&self, size: usize) {
         self.queued.set(self.queued.get().saturating_sub(size));
+        if self.queued.get() <= self.limit / 2 && !self.waiting.borrow().is_empty() {
+            for waker in self.waiting.borrow_mut().drain(..) {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -94,7 +115,8 @@ impl LogLink {
     }
 
     /// Queues a record that must not be dropped (records a worker sent on purpose; a count of
-    /// dropped lines): they are few, and the worker's pipe already bounds them.
+    /// dropped lines). They are bounded by backpressure instead: past the limit, the proxy
+    /// reads nothing more from that worker until the logger has caught up.
     pub(crate) fn send_always(&self, record: Record) {
         let size = record.approx_size();
         self.queue.queued.set(self.queue.queued.get() + size);
@@ -184,6 +206,7 @@ impl Logger {
             queue: Rc::new(LogQueue {
                 queued: Cell::new(0),
                 limit: config.max_queue_bytes,
+                waiting: std::cell::RefCell::default(),
             }),
             failed: BTreeMap::new(),
         })

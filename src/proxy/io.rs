@@ -216,6 +216,12 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
                     }
                 }
             }
+            if act.links.log.queue.full() {
+                // The logger is behind: read no more records from this worker until it has
+                // caught up, rather than queue them without bound.
+                act.links.log.queue.wait(cx.waker());
+                return Poll::Pending;
+            }
             if this.buf.capacity() - this.buf.len() < 64 * 1024 {
                 this.buf.reserve(256 * 1024);
             }

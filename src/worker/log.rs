@@ -17,6 +17,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
 use crate::logger::Kind;
+use crate::worker::context::Outbox;
 
 /// Records that may wait for the runtime's thread.
 pub(crate) const QUEUE: usize = 16 * 1024;
@@ -40,6 +41,18 @@ pub struct LogSender {
 
 static GLOBAL: OnceLock<LogSender> = OnceLock::new();
 
+thread_local! {
+    /// On the runtime's thread, records go straight to the master's channel: a handler that
+    /// logs in a loop never fills the cross-thread queue.
+    static DIRECT: std::cell::RefCell<Option<std::rc::Rc<Outbox>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes this thread (the runtime's) write records directly to `outbox`.
+pub(crate) fn write_directly(outbox: std::rc::Rc<Outbox>) {
+    DIRECT.with(|d| *d.borrow_mut() = Some(outbox));
+}
+
 impl LogSender {
     pub(crate) fn new() -> (Self, mpsc::Receiver<Outgoing>) {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -60,6 +73,16 @@ impl LogSender {
             kind,
             time_ns,
             fields: Value::Object(fields).to_string(),
+        };
+        let outgoing = match DIRECT.with(|d| match d.borrow().as_ref() {
+            Some(outbox) => {
+                super::runtime::push_log(outbox, &outgoing);
+                None
+            }
+            None => Some(outgoing),
+        }) {
+            Some(outgoing) => outgoing,
+            None => return,
         };
         if self.tx.try_send(outgoing).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);

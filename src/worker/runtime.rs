@@ -140,6 +140,7 @@ pub(crate) async fn run<A: WorkerActor>(
     tokio::pin!(writer, reader);
 
     let (log, log_rx) = LogSender::new();
+    crate::worker::log::write_directly(Rc::clone(&outbox));
     crate::worker::log::install(&log_level());
     let log_rx = std::cell::RefCell::new(log_rx);
     let forward_logs = || {
@@ -340,7 +341,7 @@ async fn write_loop(outbox: Rc<Outbox>, mut pipe: pipe::Sender) {
     }
 }
 
-fn push_log(outbox: &Outbox, record: &Outgoing) {
+pub(crate) fn push_log(outbox: &Outbox, record: &Outgoing) {
     let _ = outbox.push(&Envelope::Log {
         kind: record.kind,
         time_ns: record.time_ns,
