@@ -25,8 +25,10 @@
 //! The cache lives in the master: it survives every worker crash, and an operation is applied
 //! whole or not at all.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -35,13 +37,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::messaging::Peer;
-use crate::routing::{ReplyTo, Routed, SharedRouting};
+use crate::routing::{ReplyTo, SharedRouting};
 
 mod client;
+mod core;
 mod ops;
 pub mod snapshot;
 pub mod store;
 
+pub(crate) use self::core::CacheCore;
 pub use client::{CacheClient, CacheTransport, LockGuard, MasterCache, Replica, Subscription};
 pub use ops::{CacheAnswer, CacheError, CacheEvent, CacheOp, CacheStats, Change, CollectionStats};
 pub use store::{Limits, MemoryStore, RemoveReason, Removed, Store, StoreError, StoreStats};
@@ -127,18 +131,6 @@ pub(crate) struct ProcessGone(pub(crate) Peer);
 #[rtype(result = "()")]
 pub(crate) struct Flush;
 
-enum Owner {
-    Worker { id: usize, pid: u32 },
-    Master(mpsc::UnboundedSender<CacheEvent>),
-}
-
-struct Sub {
-    owner: Owner,
-    id: u64,
-    collection: String,
-    prefix: String,
-}
-
 struct Waiter {
     who: Peer,
     lease: Duration,
@@ -152,22 +144,27 @@ struct LockState {
     queue: VecDeque<Waiter>,
 }
 
+/// Re-arms the expiry timer after an operation served inline gave a key a time to live.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Rearm;
+
 /// The cache actor; see the [module docs](self).
+///
+/// The store and the subscriptions live in a [`CacheCore`] that the worker proxies share (they
+/// run on the same thread): a worker's operation is served by its proxy as the frame arrives,
+/// with no message to this actor and back. The actor keeps what needs timers: expiry, and the
+/// locks with their leases and waits.
 pub struct Cache {
-    store: Box<dyn Store>,
-    config: CacheConfig,
-    routing: SharedRouting,
-    subs: Vec<Sub>,
+    core: Rc<RefCell<CacheCore>>,
     locks: HashMap<String, LockState>,
     next_ticket: u64,
     expiry: Option<(Instant, SpawnHandle)>,
-    snapshot_error: Option<String>,
 }
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
-            .field("subscriptions", &self.subs.len())
             .field("locks", &self.locks.len())
             .finish_non_exhaustive()
     }
@@ -175,100 +172,28 @@ impl std::fmt::Debug for Cache {
 
 impl Cache {
     /// A cache over `store`, loading the configured snapshot into it.
-    pub(crate) fn new(
-        mut store: Box<dyn Store>,
-        config: CacheConfig,
-        routing: SharedRouting,
-    ) -> Self {
-        let mut snapshot_error = None;
-        if let Some(path) = &config.snapshot {
-            let now = Instant::now();
-            match snapshot::load(path) {
-                Ok(Some(entries)) => {
-                    let count = entries.len();
-                    store.import(entries, now);
-                    tracing::info!(path = %path.display(), entries = count, "cache snapshot loaded");
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let aside = snapshot::set_aside(path);
-                    let aside = match &aside {
-                        Ok(p) => p.display().to_string(),
-                        Err(err) => format!("(could not be set aside: {err})"),
-                    };
-                    tracing::error!(path = %path.display(), error = %e, set_aside = %aside, "cache snapshot is corrupt; starting empty");
-                    snapshot_error = Some(format!("{e}; set aside as {aside}"));
-                }
-            }
-        }
+    pub(crate) fn new(store: Box<dyn Store>, config: CacheConfig, routing: SharedRouting) -> Self {
         Self {
-            store,
-            config,
-            routing,
-            subs: Vec::new(),
+            core: Rc::new(RefCell::new(CacheCore::new(store, config, routing))),
             locks: HashMap::new(),
             next_ticket: 1,
             expiry: None,
-            snapshot_error,
         }
     }
 
-    fn save(&self) {
-        let Some(path) = &self.config.snapshot else {
-            return;
-        };
-        if let Err(e) = snapshot::save(self.store.as_ref(), path, Instant::now()) {
-            tracing::error!(path = %path.display(), error = %e, "cache snapshot not written");
-        }
-    }
-
-    /// Tells subscribers about a change.
-    fn notify(&mut self, collection: &str, key: &str, change: &Change) {
-        self.subs.retain(|sub| {
-            if sub.collection != collection || !key.starts_with(&sub.prefix) {
-                return true;
-            }
-            let event = CacheEvent {
-                subscription: sub.id,
-                collection: collection.to_owned(),
-                key: key.to_owned(),
-                change: change.clone(),
-            };
-            match &sub.owner {
-                Owner::Master(tx) => tx.send(event).is_ok(),
-                Owner::Worker { id, pid } => {
-                    let mut payload = Vec::new();
-                    if crate::codec::encode_value(&mut payload, &event).is_err() {
-                        return true;
-                    }
-                    if let Some(slot) = self.routing.borrow().slots.get(*id) {
-                        slot.do_send(Routed::Notify {
-                            pid: *pid,
-                            payload: payload.into(),
-                        });
-                    }
-                    true
-                }
-            }
-        });
-    }
-
-    fn removed(&mut self, removed: Vec<Removed>) {
-        for r in removed {
-            let change = match r.reason {
-                RemoveReason::Evicted => Change::Evicted,
-                RemoveReason::Expired => Change::Expired,
-            };
-            self.notify(&r.collection, &r.key, &change);
-        }
+    /// The store and subscriptions, for the proxies to serve operations inline.
+    pub(crate) fn core(&self) -> Rc<RefCell<CacheCore>> {
+        Rc::clone(&self.core)
     }
 
     /// Removes what has expired and sleeps until the next expiry.
     fn arm_expiry(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        let expired = self.store.purge_expired(now);
-        self.removed(expired);
-        let Some(next) = self.store.next_expiry() else {
+        let next = {
+            let mut core = self.core.borrow_mut();
+            core.purge_expired(Instant::now());
+            core.next_expiry()
+        };
+        let Some(next) = next else {
             if let Some((_, handle)) = self.expiry.take() {
                 ctx.cancel_future(handle);
             }
@@ -280,7 +205,8 @@ impl Cache {
             }
             ctx.cancel_future(handle);
         }
-        let handle = ctx.run_later(next.saturating_duration_since(now), |act, ctx| {
+        let wait = next.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(wait, |act, ctx| {
             act.expiry = None;
             act.arm_expiry(ctx);
         });
@@ -288,163 +214,7 @@ impl Cache {
     }
 
     fn run(&mut self, from: Peer, op: CacheOp, reply: ReplyTo, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        let store_err = |e: StoreError| match e {
-            StoreError::TooLarge { .. } | StoreError::NoCapacity { .. } => {
-                CacheError::TooLarge(e.to_string())
-            }
-            other => CacheError::NotAnInteger(other.to_string()),
-        };
-        let answer: Result<CacheAnswer, CacheError> = match op {
-            CacheOp::Get { collection, key } => Ok(CacheAnswer::Value(
-                self.store
-                    .get(&collection, &key, now)
-                    .map(|v| serde_bytes::ByteBuf::from(v.to_vec())),
-            )),
-            CacheOp::Set {
-                collection,
-                key,
-                value,
-                ttl,
-            } => {
-                let value = Bytes::from(value);
-                match self.store.set(&collection, &key, value.clone(), ttl, now) {
-                    Ok(evicted) => {
-                        self.removed(evicted);
-                        self.notify(&collection, &key, &Change::Set(value.to_vec().into()));
-                        if ttl.is_some() {
-                            self.arm_expiry(ctx);
-                        }
-                        Ok(CacheAnswer::Done)
-                    }
-                    Err(e) => Err(store_err(e)),
-                }
-            }
-            CacheOp::Delete { collection, key } => {
-                let deleted = self.store.delete(&collection, &key, now);
-                if deleted {
-                    self.notify(&collection, &key, &Change::Deleted);
-                }
-                Ok(CacheAnswer::Bool(deleted))
-            }
-            CacheOp::Exists { collection, key } => {
-                Ok(CacheAnswer::Bool(self.store.exists(&collection, &key, now)))
-            }
-            CacheOp::Expire {
-                collection,
-                key,
-                ttl,
-            } => {
-                let done = self.store.expire(&collection, &key, ttl, now);
-                if done && ttl.is_some() {
-                    self.arm_expiry(ctx);
-                }
-                Ok(CacheAnswer::Bool(done))
-            }
-            CacheOp::Ttl { collection, key } => {
-                Ok(CacheAnswer::Ttl(self.store.ttl(&collection, &key, now)))
-            }
-            CacheOp::Increment {
-                collection,
-                key,
-                by,
-            } => match self.store.increment(&collection, &key, by, None, now) {
-                Ok((n, evicted)) => {
-                    self.removed(evicted);
-                    if !self.subs.is_empty() {
-                        let mut value = Vec::new();
-                        if crate::codec::encode_value(&mut value, &n).is_ok() {
-                            self.notify(&collection, &key, &Change::Set(value.into()));
-                        }
-                    }
-                    Ok(CacheAnswer::Int(n))
-                }
-                Err(e) => Err(store_err(e)),
-            },
-            CacheOp::CompareAndSet {
-                collection,
-                key,
-                expected,
-                new,
-                ttl,
-            } => {
-                let new_value = new.map(|v| Bytes::from(v.into_vec()));
-                match self.store.compare_and_set(
-                    &collection,
-                    &key,
-                    expected.as_deref().map(|v| &v[..]),
-                    new_value.clone(),
-                    ttl,
-                    now,
-                ) {
-                    Ok((true, evicted)) => {
-                        self.removed(evicted);
-                        match new_value {
-                            Some(v) => {
-                                self.notify(&collection, &key, &Change::Set(v.to_vec().into()))
-                            }
-                            // Deleting what was there (an absent key "deleted" is no change).
-                            None if expected.is_some() => {
-                                self.notify(&collection, &key, &Change::Deleted)
-                            }
-                            None => {}
-                        }
-                        if ttl.is_some() {
-                            self.arm_expiry(ctx);
-                        }
-                        Ok(CacheAnswer::Bool(true))
-                    }
-                    Ok((false, _)) => Ok(CacheAnswer::Bool(false)),
-                    Err(e) => Err(store_err(e)),
-                }
-            }
-            CacheOp::Keys { collection, prefix } => Ok(CacheAnswer::Keys(self.store.keys(
-                &collection,
-                &prefix,
-                now,
-            ))),
-            CacheOp::Entries { collection, prefix } => {
-                let keys = self.store.keys(&collection, &prefix, now);
-                let entries = keys
-                    .into_iter()
-                    .filter_map(|k| {
-                        let v = self.store.get(&collection, &k, now)?;
-                        Some((k, serde_bytes::ByteBuf::from(v.to_vec())))
-                    })
-                    .collect();
-                Ok(CacheAnswer::Entries(entries))
-            }
-            CacheOp::Subscribe {
-                id,
-                collection,
-                prefix,
-            } => match from {
-                Peer::Worker { id: worker, pid } => {
-                    self.subs.push(Sub {
-                        owner: Owner::Worker { id: worker, pid },
-                        id,
-                        collection,
-                        prefix,
-                    });
-                    Ok(CacheAnswer::Done)
-                }
-                Peer::Master => Err(CacheError::Unreachable(
-                    "the master subscribes through CacheClient::subscribe".into(),
-                )),
-            },
-            CacheOp::Unsubscribe { id } => {
-                self.subs.retain(|s| {
-                    !(s.id == id
-                        && match (&s.owner, from) {
-                            (Owner::Worker { id: w, pid: p }, Peer::Worker { id, pid }) => {
-                                *w == id && *p == pid
-                            }
-                            (Owner::Master(_), Peer::Master) => true,
-                            _ => false,
-                        })
-                });
-                Ok(CacheAnswer::Done)
-            }
+        let answer = match op {
             CacheOp::Lock { name, lease, wait } => {
                 return self.lock(from, name, lease, wait, reply, ctx);
             }
@@ -461,31 +231,26 @@ impl Cache {
                     Err(CacheError::NotHeld(name))
                 }
             }
-            CacheOp::Stats => Ok(CacheAnswer::Stats(self.stats())),
+            CacheOp::Stats => {
+                let mut stats = self.core.borrow().stats();
+                stats.locks_held = self.locks.values().filter(|l| l.holder.is_some()).count();
+                Ok(CacheAnswer::Stats(stats))
+            }
+            op => {
+                let (answer, rearm) = {
+                    let mut core = self.core.borrow_mut();
+                    let answer = core.serve(from, op).unwrap_or_else(|op| {
+                        Err(CacheError::Codec(format!("not served inline: {op:?}")))
+                    });
+                    (answer, core.take_rearm())
+                };
+                if rearm {
+                    self.arm_expiry(ctx);
+                }
+                answer
+            }
         };
         reply.answer(encode_answer(&answer));
-    }
-
-    fn stats(&self) -> CacheStats {
-        let store = self.store.stats();
-        CacheStats {
-            collections: store
-                .collections
-                .into_iter()
-                .map(|(name, c)| CollectionStats {
-                    name,
-                    entries: c.entries,
-                    bytes: c.bytes,
-                    hits: c.hits,
-                    misses: c.misses,
-                    evictions: c.evictions,
-                    expiries: c.expiries,
-                })
-                .collect(),
-            locks_held: self.locks.values().filter(|l| l.holder.is_some()).count(),
-            subscriptions: self.subs.len(),
-            snapshot_error: self.snapshot_error.clone(),
-        }
     }
 
     fn lock(
@@ -560,7 +325,9 @@ impl Cache {
     }
 }
 
-fn encode_answer(answer: &Result<CacheAnswer, CacheError>) -> Result<Bytes, crate::AskError> {
+pub(crate) fn encode_answer(
+    answer: &Result<CacheAnswer, CacheError>,
+) -> Result<Bytes, crate::AskError> {
     let mut buf = Vec::new();
     crate::codec::encode_value(&mut buf, answer)
         .map_err(|e| crate::AskError::Failed(e.to_string()))?;
@@ -572,8 +339,8 @@ impl Actor for Cache {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.arm_expiry(ctx);
-        if let (Some(every), Some(_)) = (self.config.snapshot_interval, &self.config.snapshot) {
-            ctx.run_interval(every, |act, _| act.save());
+        if let Some(every) = self.core.borrow().snapshot_interval() {
+            ctx.run_interval(every, |act, _| act.core.borrow().save());
         }
     }
 }
@@ -590,12 +357,7 @@ impl Handler<SubscribeLocal> for Cache {
     type Result = Result<(), CacheError>;
 
     fn handle(&mut self, sub: SubscribeLocal, _ctx: &mut Context<Self>) -> Self::Result {
-        self.subs.push(Sub {
-            owner: Owner::Master(sub.tx),
-            id: sub.id,
-            collection: sub.collection,
-            prefix: sub.prefix,
-        });
+        self.core.borrow_mut().subscribe_local(sub);
         Ok(())
     }
 }
@@ -607,8 +369,7 @@ impl Handler<ProcessGone> for Cache {
         let Peer::Worker { id, pid } = who else {
             return;
         };
-        self.subs
-            .retain(|s| !matches!(s.owner, Owner::Worker { id: w, pid: p } if w == id && p == pid));
+        self.core.borrow_mut().process_gone(id, pid);
         let held: Vec<String> = self
             .locks
             .iter_mut()
@@ -631,7 +392,15 @@ impl Handler<Flush> for Cache {
     type Result = ();
 
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
-        self.save();
+        self.core.borrow().save();
         ctx.stop();
+    }
+}
+
+impl Handler<Rearm> for Cache {
+    type Result = ();
+
+    fn handle(&mut self, _: Rearm, ctx: &mut Context<Self>) {
+        self.arm_expiry(ctx);
     }
 }

@@ -126,6 +126,8 @@ pub(crate) struct Links<A: WorkerActor> {
     pub(crate) routing: SharedRouting,
     /// The cluster's cache.
     pub(crate) cache: Addr<crate::cache::Cache>,
+    /// Its store, served inline.
+    pub(crate) cache_core: Rc<RefCell<crate::cache::CacheCore>>,
     /// The cluster's logger.
     pub(crate) log: crate::logger::LogLink,
     /// The master's handlers for what workers send it.
@@ -139,6 +141,7 @@ impl<A: WorkerActor> Clone for Links<A> {
             system: self.system.clone(),
             routing: Rc::clone(&self.routing),
             cache: self.cache.clone(),
+            cache_core: Rc::clone(&self.cache_core),
             log: self.log.clone(),
             handlers: Rc::clone(&self.handlers),
         }
@@ -935,12 +938,19 @@ impl<A: WorkerActor> Worker<A> {
         let misses = u64::from(self.spawn.config.heartbeat_misses.max(1));
         ctx.run_interval(interval, move |act, ctx| {
             let id = act.id;
-            let Some(p) = act
+            let alive = act
                 .proc_mut(generation)
-                .filter(|p| matches!(p.state, WorkerState::Ready | WorkerState::Stopping))
-            else {
+                .is_some_and(|p| matches!(p.state, WorkerState::Ready | WorkerState::Stopping));
+            if !alive {
                 // This process is gone; a new one runs its own heartbeat.
                 ctx.cancel_future(ctx.handle());
+                return;
+            }
+            if act.links.log.queue.full() {
+                // Its stdout is not being read while the logger catches up: no verdict now.
+                return;
+            }
+            let Some(p) = act.proc_mut(generation) else {
                 return;
             };
             if p.pings_sent - p.pongs_seen >= misses {

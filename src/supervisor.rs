@@ -561,8 +561,9 @@ impl<A: WorkerActor> ClusterBuilder<A> {
             Box::new(store),
             self.config.cache.clone(),
             Rc::clone(&routing),
-        )
-        .start();
+        );
+        let cache_core = cache.core();
+        let cache = cache.start();
         let subscribers = self.subscribers;
         let count = self.config.worker_count();
         let policy = self.config.restart;
@@ -581,6 +582,7 @@ impl<A: WorkerActor> ClusterBuilder<A> {
                 system: ctx.address().recipient(),
                 routing: Rc::clone(&routing),
                 cache: cache.clone(),
+                cache_core,
                 log,
                 handlers,
             };

@@ -579,31 +579,53 @@ impl Relay {
                 count,
                 window,
             } => {
+                // `window` operations in flight, polled together by this one task.
                 let t = std::time::Instant::now();
-                let mut tasks = std::collections::VecDeque::new();
-                for n in 0..count {
-                    if tasks.len() >= window {
-                        let task: actix_rt::task::JoinHandle<Result<(), crate::cache::CacheError>> =
-                            tasks.pop_front().expect("not empty");
-                        if let Ok(Err(e)) = task.await {
-                            return cache_err(e);
-                        }
-                    }
+                let op = |n: u64| {
                     let cache = cache.clone();
                     let collection = collection.clone();
-                    tasks.push_back(actix_rt::spawn(async move {
+                    Box::pin(async move {
                         let key = format!("k{}", n % 1000);
                         if n % 4 == 0 {
                             cache.set(&collection, &key, &n, None).await
                         } else {
                             cache.get::<u64>(&collection, &key).await.map(drop)
                         }
-                    }));
-                }
-                for task in tasks {
-                    if let Ok(Err(e)) = task.await {
-                        return cache_err(e);
+                    })
+                };
+                let mut next = 0u64;
+                let mut in_flight: Vec<_> = Vec::with_capacity(window);
+                let mut failure = None;
+                std::future::poll_fn(|cx| {
+                    while next < count && in_flight.len() < window {
+                        in_flight.push(op(next));
+                        next += 1;
                     }
+                    let mut i = 0;
+                    while i < in_flight.len() {
+                        match std::future::Future::poll(in_flight[i].as_mut(), cx) {
+                            std::task::Poll::Ready(result) => {
+                                if let Err(e) = result {
+                                    failure.get_or_insert(e);
+                                }
+                                drop(in_flight.swap_remove(i));
+                                if next < count {
+                                    in_flight.push(op(next));
+                                    next += 1;
+                                }
+                            }
+                            std::task::Poll::Pending => i += 1,
+                        }
+                    }
+                    if in_flight.is_empty() {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                })
+                .await;
+                if let Some(e) = failure {
+                    return cache_err(e);
                 }
                 let rate = count as f64 / t.elapsed().as_secs_f64();
                 Ok(RelayReply::Int(rate as i64))

@@ -255,6 +255,13 @@ impl Logger {
 
 /// A record as a `tracing` event of the master.
 fn emit(record: &Record) {
+    let wanted = match record.kind {
+        Kind::Error => tracing::enabled!(target: "procactor::log", tracing::Level::WARN),
+        _ => tracing::enabled!(target: "procactor::log", tracing::Level::INFO),
+    };
+    if !wanted {
+        return;
+    }
     let mut line = Vec::new();
     record.to_json_line(&mut line);
     let line = String::from_utf8_lossy(&line);

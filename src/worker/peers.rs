@@ -95,6 +95,10 @@ impl<A: WorkerActor> WorkerHandle<A> {
             self.asks.close(id);
             return Err(e);
         }
+        if timeout == Duration::MAX {
+            // The master always answers (or its channel closes, which fails every ask).
+            return rx.await.unwrap_or(Err(AskError::Closed));
+        }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(AskError::Closed),
@@ -341,8 +345,10 @@ impl<A: WorkerActor> WorkerHandle<A> {
 
 impl<A: WorkerActor> CacheTransport for WorkerHandle<A> {
     async fn call(&self, op: CacheOp) -> Result<CacheAnswer, CacheError> {
+        // No timer per operation: the master serves every cache operation (a lock's wait is
+        // bounded by the master), and a closed channel fails them all.
         let bytes = self
-            .ask_with(Duration::from_secs(60), |id, push| {
+            .ask_with(Duration::MAX, |id, push| {
                 push(&Envelope::System {
                     id,
                     op: SystemOp::Cache(op),
