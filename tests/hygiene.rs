@@ -373,9 +373,10 @@ async fn descriptors_threads_and_zombies_return_to_baseline_after_50_reloads() {
             assert!(report.replaced.iter().all(|r| r.generation == round + 1));
         }
         // Every replaced process reaped, its pipes closed (a pipe's reader may finish just
-        // after the exit is reported), no thread left behind.
+        // after the exit is reported), no thread left behind. The baseline, taken just after
+        // the start, may still hold a descriptor of the start in flight: never more than it.
         let back =
-            common::wait_until_async(Duration::from_secs(10), || common::fd_count(me) == fds).await;
+            common::wait_until_async(Duration::from_secs(10), || common::fd_count(me) <= fds).await;
         assert!(
             back,
             "descriptors: {} now, {fds} before: {:?}",
