@@ -12,23 +12,9 @@ use procactor::actors::relay::{Relay, RelayMsg, RelayReply};
 use procactor::cache::{CacheConfig, CacheLimits};
 use procactor::prelude::*;
 
-fn config(n: usize) -> ClusterConfig {
-    ClusterConfig::new()
-        .workers(n)
-        .exec(env!("CARGO_BIN_EXE_procactor-relay"))
-        .ready_timeout(Duration::from_secs(20))
-        .shutdown_timeout(Duration::from_secs(5))
-        .handle_signals(false)
-}
+use common::cluster::relay_config as config;
 
-async fn cmd(cluster: &Cluster<Relay>, worker: usize, msg: RelayMsg) -> RelayReply {
-    cluster
-        .worker(worker)
-        .send(Call(msg))
-        .await
-        .expect("mailbox")
-        .expect("call")
-}
+use common::cluster::relay as cmd;
 
 fn temp_path(test: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("procactor-cache-{test}-{}", std::process::id()));

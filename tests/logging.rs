@@ -20,27 +20,14 @@ fn log_dir(test: &str) -> PathBuf {
 }
 
 fn config(n: usize, dir: &Path) -> ClusterConfig {
-    ClusterConfig::new()
-        .workers(n)
-        .exec(env!("CARGO_BIN_EXE_procactor-relay"))
-        .ready_timeout(Duration::from_secs(20))
-        .shutdown_timeout(Duration::from_secs(5))
-        .handle_signals(false)
-        .log(LogConfig {
-            dir: Some(dir.to_path_buf()),
-            tracing: false,
-            ..LogConfig::default()
-        })
+    common::cluster::relay_config(n).log(LogConfig {
+        dir: Some(dir.to_path_buf()),
+        tracing: false,
+        ..LogConfig::default()
+    })
 }
 
-async fn cmd(cluster: &Cluster<Relay>, worker: usize, msg: RelayMsg) -> RelayReply {
-    cluster
-        .worker(worker)
-        .send(Call(msg))
-        .await
-        .expect("mailbox")
-        .expect("call")
-}
+use common::cluster::relay as cmd;
 
 /// Every JSON line of `dir/name`.
 fn lines(dir: &Path, name: &str) -> Vec<Value> {

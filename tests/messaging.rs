@@ -14,23 +14,9 @@ use procactor::actors::relay::{Received, Relay, RelayMsg, RelayReply};
 use procactor::prelude::*;
 use procactor::{AskError, Error, Peer, TellAck, Via, WorkerRequest};
 
-fn relay_config(n: usize) -> ClusterConfig {
-    ClusterConfig::new()
-        .workers(n)
-        .exec(env!("CARGO_BIN_EXE_procactor-relay"))
-        .ready_timeout(Duration::from_secs(20))
-        .shutdown_timeout(Duration::from_secs(5))
-        .handle_signals(false)
-}
+use common::cluster::relay_config;
 
-async fn cmd(cluster: &Cluster<Relay>, worker: usize, msg: RelayMsg) -> RelayReply {
-    cluster
-        .worker(worker)
-        .send(Call(msg))
-        .await
-        .expect("mailbox")
-        .expect("call")
-}
+use common::cluster::relay as cmd;
 
 async fn pid(cluster: &Cluster<Relay>, worker: usize) -> u32 {
     match cmd(cluster, worker, RelayMsg::Pid).await {

@@ -18,6 +18,30 @@ pub(crate) fn echo_config(n: usize) -> ClusterConfig {
         .handle_signals(false)
 }
 
+/// A cluster of `n` `procactor-relay` workers (messaging, cache and log commands).
+pub(crate) fn relay_config(n: usize) -> ClusterConfig {
+    ClusterConfig::new()
+        .workers(n)
+        .exec(env!("CARGO_BIN_EXE_procactor-relay"))
+        .ready_timeout(Duration::from_secs(20))
+        .shutdown_timeout(Duration::from_secs(5))
+        .handle_signals(false)
+}
+
+/// Sends a relay worker a command and returns its reply; panics if the call fails.
+pub(crate) async fn relay(
+    cluster: &procactor::Cluster<procactor::actors::relay::Relay>,
+    worker: usize,
+    msg: procactor::actors::relay::RelayMsg,
+) -> procactor::actors::relay::RelayReply {
+    cluster
+        .worker(worker)
+        .send(procactor::Call(msg))
+        .await
+        .expect("mailbox")
+        .expect("call")
+}
+
 /// A cluster of `n` `procactor-chaos` workers; `modes` names the misbehaving slots.
 pub(crate) fn chaos_config(n: usize, modes: &[(usize, &str)]) -> ClusterConfig {
     let mut config = ClusterConfig::new()
