@@ -341,10 +341,9 @@ async fn a_stderr_flood_is_bounded_counted_and_does_not_delay_another_workers_re
             assert!(reply.is_ok());
             worst = worst.max(sent.elapsed());
         }
-        assert!(
-            worst < Duration::from_millis(500),
-            "worst round trip {worst:?}"
-        );
+        // Not starved: a generous bound that a loaded 2-core machine still meets; the figures
+        // themselves are the bench's business.
+        assert!(worst < Duration::from_secs(2), "worst round trip {worst:?}");
         cluster.stop().await.unwrap();
         let after = common::vm_hwm_kib(std::process::id()).unwrap();
         assert!(
