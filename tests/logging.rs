@@ -321,7 +321,9 @@ async fn a_stderr_flood_is_bounded_counted_and_does_not_delay_another_workers_re
             .log(LogConfig {
                 dir: Some(dir.clone()),
                 tracing: false,
-                max_queue_bytes: 1024 * 1024,
+                // Small enough that one pipe-full of lines overflows it, however fast the
+                // logger is on this machine.
+                max_queue_bytes: 16 * 1024,
                 ..LogConfig::default()
             });
         let cluster = ClusterSupervisor::start::<procactor::actors::echo::Echo>(config)
