@@ -75,6 +75,8 @@ pub struct ClusterConfig {
     pub cache: crate::cache::CacheConfig,
     /// The cluster's logs: directory, rotation, kinds, levels.
     pub log: crate::logger::LogConfig,
+    /// Which CPUs the workers run on (default: the master's).
+    pub affinity: Affinity,
     /// The program is not a procactor worker (any program, supervised as PM2 would): it gets no
     /// messages, is ready once it runs, has its stdout logged like its stderr, and is stopped
     /// with SIGTERM.
@@ -105,6 +107,7 @@ impl Default for ClusterConfig {
             cache: crate::cache::CacheConfig::default(),
             log: crate::logger::LogConfig::default(),
             plain: false,
+            affinity: Affinity::Inherit,
         }
     }
 }
@@ -244,6 +247,13 @@ impl ClusterConfig {
         self
     }
 
+    /// Which CPUs the workers run on (default: those the master may run on), applied when each
+    /// process starts (taskset, in clustr-node's terms).
+    pub fn affinity(mut self, affinity: Affinity) -> Self {
+        self.affinity = affinity;
+        self
+    }
+
     /// Runs `exec` as a plain program, not a procactor worker (default off): it takes no
     /// messages, counts as ready once it runs, has its stdout logged like its stderr, and is
     /// stopped with SIGTERM, then SIGKILL after the shutdown timeout. Listening sockets reach it
@@ -311,6 +321,9 @@ impl ClusterConfig {
                 );
             }
         }
+        if let Err(reason) = self.affinity.check() {
+            return bad("affinity", reason);
+        }
         if self.plain && self.exec.is_none() {
             return bad(
                 "plain",
@@ -353,6 +366,61 @@ pub(crate) fn resolve_program(program: &Path) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|p| executable(p))
+}
+
+/// Which CPUs a cluster's workers run on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Affinity {
+    /// The CPUs the master may run on.
+    #[default]
+    Inherit,
+    /// Every worker on this set of CPUs.
+    Cpus(Vec<usize>),
+    /// Worker `i` on one CPU: the `i`-th of those the master may run on, round robin.
+    OnePerWorker,
+}
+
+impl Affinity {
+    /// The CPUs worker `id` is pinned to; empty: not pinned.
+    pub(crate) fn cpus_for(&self, id: usize) -> Vec<usize> {
+        match self {
+            Affinity::Inherit => Vec::new(),
+            Affinity::Cpus(cpus) => cpus.clone(),
+            Affinity::OnePerWorker => {
+                let allowed = allowed_cpus();
+                match allowed.len() {
+                    0 => Vec::new(),
+                    n => vec![allowed[id % n]],
+                }
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let Affinity::Cpus(cpus) = self else {
+            return Ok(());
+        };
+        if cpus.is_empty() {
+            return Err("an empty CPU list: use Affinity::Inherit".into());
+        }
+        let allowed = allowed_cpus();
+        match cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+            Some(cpu) => Err(format!(
+                "CPU {cpu} is not one this process may run on ({allowed:?})"
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    (0..nix::sched::CpuSet::count())
+        .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+        .collect()
 }
 
 mod millis {

@@ -69,7 +69,7 @@ mod worker;
 
 pub mod actors;
 
-pub use config::ClusterConfig;
+pub use config::{Affinity, ClusterConfig};
 pub use error::{CallError, ConfigError, Error, FrameError, ProtocolError, SpawnError};
 pub use event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
 pub use listen::{activated_sockets, ListenAddr};

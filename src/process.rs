@@ -45,6 +45,8 @@ pub(crate) struct SpawnSpec {
     pub(crate) pipe_bytes: usize,
     /// Listening sockets to hand over at fds 3, 4, … (socket activation), with their names.
     pub(crate) listeners: Vec<(String, OwnedFd)>,
+    /// The CPUs the child may run on; empty: those of the master.
+    pub(crate) cpus: Vec<usize>,
 }
 
 /// A started child: its pid, the master's ends of its pipes and its pidfd.
@@ -131,10 +133,24 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // The CPU set is built here, before the fork; the child only hands it to the kernel.
+    // SAFETY: cpu_set_t is plain data, all zeroes is the empty set.
+    let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in &spec.cpus {
+        // SAFETY: CPU_SET writes a bit inside `cpus`; `cpu` was checked against CPU_SETSIZE by
+        // the config's validation, and CPU_SET ignores bits past the set anyway.
+        unsafe { libc::CPU_SET(cpu, &mut cpus) };
+    }
+    let pin = !spec.cpus.is_empty();
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
-    // (setsid, prctl, getppid, close_range, _exit); it allocates nothing and takes no lock.
+    // (setsid, prctl, getppid, sched_setaffinity, close_range, _exit); it allocates nothing and
+    // takes no lock.
     unsafe {
         cmd.pre_exec(move || {
+            if pin && libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &cpus) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -504,6 +504,7 @@ impl<A: WorkerActor> Worker<A> {
             env,
             pipe_bytes: config.pipe_buffer_bytes,
             listeners,
+            cpus: config.affinity.cpus_for(self.id),
         };
         ctx.wait(
             process::spawn(spec)
