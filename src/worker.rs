@@ -34,6 +34,7 @@ mod peers;
 mod runtime;
 
 pub use context::{WorkerContext, WorkerHandle};
+pub(crate) use log::parent as parent_log;
 pub use log::{LogLayer, LogSender};
 
 /// Environment variables that the master sets for every worker.

@@ -183,6 +183,10 @@ pub enum RelayMsg {
         /// How many `ip` records.
         ips: u32,
     },
+    /// The pids of this worker's own workers (see [`LEAVES_ENV`]).
+    LeafPids,
+    /// Kills this worker's own worker `id` (its sub-cluster restarts it per policy).
+    KillLeaf(WorkerId),
     /// Logs `count` `ip` records, as fast as it can.
     LogMany(u64),
     /// Writes `mb` megabytes of 100-byte lines to stderr, as fast as it can.
@@ -264,6 +268,15 @@ pub enum RelayReply {
 
 type Handle = crate::worker::WorkerHandle<Relay>;
 
+/// With `n` in this variable, a relay worker starts a cluster of `n` relay workers of its own
+/// when it starts (a supervision tree): they die with it, and when its cluster gives up, it
+/// exits with status 1, which its own supervisor sees as an abnormal exit.
+pub const LEAVES_ENV: &str = "PROCACTOR_RELAY_LEAVES";
+
+/// With `g` in this variable, a relay worker of generation `g` or later exits with status 2 as
+/// it starts (a crash loop, for escalation tests).
+pub const CRASH_FROM_ENV: &str = "PROCACTOR_RELAY_CRASH_FROM";
+
 /// The messaging worker; see [`RelayMsg`].
 #[derive(Debug, Default)]
 pub struct Relay {
@@ -271,6 +284,7 @@ pub struct Relay {
     locks: Vec<crate::cache::LockGuard<Handle>>,
     subscription: Option<crate::cache::Subscription<Handle>>,
     replica: Option<crate::cache::Replica<Handle, u64>>,
+    leaves: Option<std::rc::Rc<crate::Cluster<Relay>>>,
 }
 
 fn cache_err(e: crate::cache::CacheError) -> RelayReply {
@@ -290,6 +304,49 @@ impl WorkerActor for Relay {
     type Msg = RelayMsg;
     type Reply = RelayReply;
     type Event = String;
+
+    async fn started(&mut self, ctx: &mut WorkerContext<Self>) {
+        let number = |name: &str| std::env::var(name).ok()?.parse::<u64>().ok();
+        if number(CRASH_FROM_ENV).is_some_and(|g| ctx.generation() >= g) {
+            eprintln!("relay: generation {} crashes as asked", ctx.generation());
+            std::process::exit(2);
+        }
+        let Some(n) = number(LEAVES_ENV).filter(|&n| n > 0) else {
+            return;
+        };
+        let Ok(program) = std::env::current_exe() else {
+            std::process::exit(1);
+        };
+        let config = crate::ClusterConfig::new()
+            .workers(n as usize)
+            .exec(program)
+            .env(LEAVES_ENV, "0")
+            .handle_signals(false)
+            .restart(crate::RestartPolicy {
+                intensity: crate::Intensity {
+                    max_restarts: 2,
+                    period: Duration::from_secs(60),
+                },
+                backoff: crate::Backoff::none(),
+                ..crate::RestartPolicy::default()
+            });
+        let leaves = match crate::ClusterSupervisor::start::<Relay>(config).await {
+            Ok(leaves) => std::rc::Rc::new(leaves),
+            Err(e) => {
+                eprintln!("relay: cannot start its workers: {e}");
+                std::process::exit(1);
+            }
+        };
+        let watched = std::rc::Rc::clone(&leaves);
+        actix_rt::spawn(async move {
+            if let Err(e) = watched.wait().await {
+                // Escalate: this worker's supervisor sees an abnormal exit.
+                eprintln!("relay: its own workers failed: {e}");
+                std::process::exit(1);
+            }
+        });
+        self.leaves = Some(leaves);
+    }
 
     async fn handle(&mut self, msg: RelayMsg, ctx: &mut WorkerContext<Self>) -> RelayReply {
         let peers = ctx.peers().clone();
@@ -420,6 +477,25 @@ impl WorkerActor for Relay {
                 tracing::error!(tag = tag.as_str(), "traced failure");
                 RelayReply::Done
             }
+            RelayMsg::LeafPids => match &self.leaves {
+                Some(leaves) => match leaves.workers().await {
+                    Ok(infos) => RelayReply::Entries(
+                        infos
+                            .iter()
+                            .map(|i| (i.id.to_string(), u64::from(i.pid.unwrap_or(0))))
+                            .collect(),
+                    ),
+                    Err(e) => RelayReply::Failed(AskError::Failed(e.to_string())),
+                },
+                None => RelayReply::Failed(AskError::Invalid("no workers of its own".into())),
+            },
+            RelayMsg::KillLeaf(id) => match &self.leaves {
+                Some(leaves) => match leaves.kill(id).await {
+                    Ok(_) => RelayReply::Done,
+                    Err(e) => RelayReply::Failed(AskError::Failed(e.to_string())),
+                },
+                None => RelayReply::Failed(AskError::Invalid("no workers of its own".into())),
+            },
             RelayMsg::LogMany(count) => {
                 let log = ctx.log();
                 for _ in 0..count {

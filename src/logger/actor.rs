@@ -188,8 +188,15 @@ impl Logger {
     ///
     /// # Errors
     /// When the log directory cannot be created or its files opened.
-    pub(crate) fn new(config: &LogConfig, extra: Vec<Box<dyn Sink>>) -> std::io::Result<Self> {
-        let files = match &config.dir {
+    pub(crate) fn new(config: &LogConfig, mut extra: Vec<Box<dyn Sink>>) -> std::io::Result<Self> {
+        // A cluster inside a worker (a supervision tree) sends its records up to the master
+        // above, which writes them with everyone else's: one writer per file.
+        let nested = crate::worker::parent_log().is_some();
+        if nested {
+            extra.push(Box::new(Upward));
+        }
+        let dir = if nested { None } else { config.dir.as_ref() };
+        let files = match dir {
             Some(dir) => Some(FileSink::open(
                 FileConfig::new(dir)
                     .max_bytes(config.max_bytes)
@@ -250,6 +257,33 @@ impl Logger {
         for sink in &mut self.extra {
             let _ = sink.flush();
         }
+    }
+}
+
+/// Sends records up to the master of the worker this cluster runs in, each with where it came
+/// from in this cluster (`origin`), since the master above stamps it as this worker's.
+struct Upward;
+
+impl Sink for Upward {
+    fn write(&mut self, record: &Record) -> std::io::Result<()> {
+        if let Some(parent) = crate::worker::parent_log() {
+            let mut fields = record.fields.clone();
+            fields.insert(
+                "origin".into(),
+                serde_json::json!({
+                    "worker": record.worker,
+                    "pid": record.pid,
+                    "generation": record.generation,
+                    "group": record.group,
+                }),
+            );
+            parent.record(record.kind, fields);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

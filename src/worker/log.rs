@@ -48,6 +48,12 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// This worker's own log sender, when the process runs the worker runtime (for a cluster
+/// nested inside a worker, whose records go up to the master above).
+pub(crate) fn parent() -> Option<&'static LogSender> {
+    GLOBAL.get()
+}
+
 /// Makes this thread (the runtime's) write records directly to `outbox`.
 pub(crate) fn write_directly(outbox: std::rc::Rc<Outbox>) {
     DIRECT.with(|d| *d.borrow_mut() = Some(outbox));
