@@ -403,17 +403,33 @@ impl Affinity {
         if cpus.is_empty() {
             return Err("an empty CPU list: use Affinity::Inherit".into());
         }
-        let allowed = allowed_cpus();
-        match cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+        let online = online_cpus();
+        match cpus.iter().find(|cpu| !online.contains(cpu)) {
             Some(cpu) => Err(format!(
-                "CPU {cpu} is not one this process may run on ({allowed:?})"
+                "CPU {cpu} does not exist here (online: {online:?})"
             )),
             None => Ok(()),
         }
     }
 }
 
-/// The CPUs this process may run on.
+/// The CPUs online on this machine (`/sys/devices/system/cpu/online`, e.g. `0-3,6`), or, if
+/// that cannot be read, those this thread may run on.
+fn online_cpus() -> Vec<usize> {
+    let Ok(text) = std::fs::read_to_string("/sys/devices/system/cpu/online") else {
+        return allowed_cpus();
+    };
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(first), Ok(last)) = (first.parse::<usize>(), last.parse::<usize>()) {
+            cpus.extend(first..=last);
+        }
+    }
+    cpus
+}
+
+/// The CPUs this thread may run on.
 fn allowed_cpus() -> Vec<usize> {
     let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
         return Vec::new();

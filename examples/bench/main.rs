@@ -15,6 +15,7 @@
 mod cache;
 mod http;
 mod logs;
+mod pinned;
 mod raw;
 
 use std::time::{Duration, Instant};
@@ -108,6 +109,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let quick = args.iter().any(|a| a == "--quick");
     let ours = actix::System::new().block_on(measure(sizes))?;
+    // Pinned round trips: cross-core and same-core, procactor then raw.
+    let pinned = match pinned::two_cpus() {
+        Some((a, b)) => {
+            let base = ClusterConfig::new().log(bench_logs());
+            let cross = actix::System::new().block_on(pinned::procactor_rtt(
+                base.clone(),
+                a,
+                b,
+                sizes.round_trips,
+            ))?;
+            let same = actix::System::new().block_on(pinned::procactor_rtt(
+                base,
+                a,
+                a,
+                sizes.round_trips,
+            ))?;
+            let raw_cross = raw::pinned_rtt(a, b, sizes.round_trips)?;
+            let raw_same = raw::pinned_rtt(a, a, sizes.round_trips)?;
+            Some((cross, raw_cross, same, raw_same))
+        }
+        None => None,
+    };
     let web = actix::System::new().block_on(http::measure(quick))?;
     let cache_ops = if quick { 20_000 } else { 200_000 };
     let cache_rate = actix::System::new().block_on(cache::procactor_ops(cache_ops))?;
@@ -124,7 +147,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         broadcast_window: BROADCAST_WINDOW,
     })?;
 
-    let rows: [(&str, f64, f64, bool); 8] = [
+    let (cross, raw_cross, same, raw_same) =
+        pinned.unwrap_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN));
+    let rows: [(&str, f64, f64, bool); 10] = [
+        ("rtt_us_median_cross_core", cross, raw_cross, false),
+        ("rtt_us_median_same_core", same, raw_same, false),
         (
             "rtt_us_median",
             ours.rtt_us_median,

@@ -389,3 +389,29 @@ fn broadcast(count: usize, window: usize) -> io::Result<f64> {
     }
     Ok(rate)
 }
+
+/// Median round trip with this thread on CPU `master` and the raw child on CPU `child`.
+pub(crate) fn pinned_rtt(master: usize, child: usize, round_trips: usize) -> io::Result<f64> {
+    let restore = crate::pinned::pin_this_thread(master)?;
+    let result = (|| {
+        let mut c = RawChild::spawn()?;
+        crate::pinned::pin_process(c.child.id(), child)?;
+        let request = frame(REQUEST, SMALL_BODY);
+        for _ in 0..1_000 {
+            c.input().write_all(&request)?;
+            c.read_frames(1)?;
+        }
+        let mut rtts = Vec::with_capacity(round_trips);
+        for _ in 0..round_trips {
+            let t = Instant::now();
+            c.input().write_all(&request)?;
+            c.read_frames(1)?;
+            rtts.push(t.elapsed());
+        }
+        c.end()?;
+        rtts.sort();
+        Ok(rtts[rtts.len() / 2].as_secs_f64() * 1e6)
+    })();
+    crate::pinned::restore(restore)?;
+    result
+}
