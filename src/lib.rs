@@ -83,6 +83,7 @@ pub use proxy::{
 pub use supervisor::{
     Backoff, Cluster, ClusterBuilder, ClusterSupervisor, Escalation, Intensity, ListWorkers,
     ReloadError, ReloadEvent, ReloadReport, RestartPolicy, RestartType, StopAll, Strategy,
+    DEFAULT_GROUP,
 };
 pub use worker::{
     is_worker, run_worker, LogLayer, LogSender, WorkerActor, WorkerContext, WorkerHandle,

@@ -178,9 +178,6 @@ impl Counters {
     }
 }
 
-/// The group of every worker in log records, until clusters have several groups.
-const LOG_GROUP: &str = "workers";
-
 /// Positions in [`Envelope::KINDS`] of the frames the proxy counts as it sends them.
 const REQUEST: usize = 2;
 const TELL: usize = 5;
@@ -312,6 +309,8 @@ pub(crate) struct SlotSpec {
     pub(crate) config: ClusterConfig,
     /// The cluster's listening sockets, held for its whole life.
     pub(crate) listeners: Vec<crate::listen::Bound>,
+    /// The group the slots belong to.
+    pub(crate) group: String,
 }
 
 impl SlotSpec {
@@ -340,6 +339,7 @@ impl SlotSpec {
             env,
             config: config.clone(),
             listeners: crate::listen::bind_all(&config.listen)?,
+            group: crate::supervisor::DEFAULT_GROUP.to_owned(),
         })
     }
 }
@@ -445,7 +445,7 @@ impl<A: WorkerActor> Worker<A> {
             worker: Some(self.id),
             pid,
             generation,
-            group: LOG_GROUP.into(),
+            group: self.spawn.group.clone(),
         }
     }
 
@@ -488,6 +488,7 @@ impl<A: WorkerActor> Worker<A> {
                 (env::MASTER_PID, std::process::id().to_string()),
                 (env::MAX_FRAME_BYTES, config.max_frame_bytes.to_string()),
                 (env::LOG_LEVEL, config.log.worker_level.clone()),
+                (env::GROUP, self.spawn.group.clone()),
             ] {
                 env.push((key.into(), value.into()));
             }

@@ -54,7 +54,7 @@ pub use rolling::{ReloadError, ReloadEvent, ReloadReport};
 pub struct ClusterSupervisor {
     subscribers: Vec<Recipient<WorkerEvent>>,
     slots: Vec<Slot>,
-    policy: PolicyState,
+    groups: Vec<GroupState>,
     respawn: bool,
     handle_signals: bool,
     stopping: bool,
@@ -68,6 +68,13 @@ pub struct ClusterSupervisor {
     worker_control: bool,
     cache: Addr<crate::cache::Cache>,
     logger: Addr<crate::logger::Logger>,
+}
+
+/// One group of slots: its restart policy and which slots are its, in order.
+struct GroupState {
+    name: String,
+    policy: PolicyState,
+    members: Vec<WorkerId>,
 }
 
 /// Keys confirmed by workers, and who waits for how many.
@@ -118,6 +125,7 @@ enum Mode {
 /// The typed proxy's controls, without its type.
 struct Slot {
     mode: Mode,
+    group: usize,
     stop: Recipient<Stop>,
     kill: Recipient<Kill>,
     info: Recipient<GetInfo>,
@@ -129,9 +137,10 @@ struct Slot {
 }
 
 impl Slot {
-    fn of<A: WorkerActor>(addr: &Addr<Worker<A>>) -> Self {
+    fn of<A: WorkerActor>(addr: &Addr<Worker<A>>, group: usize) -> Self {
         Self {
             mode: Mode::Active,
+            group,
             stop: addr.clone().recipient(),
             kill: addr.clone().recipient(),
             info: addr.clone().recipient(),
@@ -259,14 +268,26 @@ impl ClusterSupervisor {
             ExitKind::Abnormal
         };
         let now = Instant::now();
-        match self.policy.on_exit(worker, kind, uptime, now) {
+        let g = self.slots[worker].group;
+        let Some(local) = self.groups[g].members.iter().position(|&m| m == worker) else {
+            return;
+        };
+        let decision = self.groups[g].policy.on_exit(local, kind, uptime, now);
+        let decision = match decision {
+            Decision::Restart { slots, delay } => Decision::Restart {
+                slots: slots.iter().map(|&l| self.groups[g].members[l]).collect(),
+                delay,
+            },
+            other => other,
+        };
+        match decision {
             Decision::Stay => self.slots[worker].mode = Mode::Down,
             Decision::Fail => {
                 self.slots[worker].mode = Mode::Failed;
                 self.slots[worker]
                     .decided
                     .do_send(Decided::Settle(WorkerState::Failed));
-                let restarts = self.policy.restarts_in_window(now);
+                let restarts = self.groups[g].policy.restarts_in_window(now);
                 tracing::error!(worker, %reason, "permanent fault; the slot stays down");
                 let reason = reason.clone();
                 self.publish(
@@ -291,8 +312,9 @@ impl ClusterSupervisor {
                 }
             }
             Decision::GiveUp(escalation) => {
-                let restarts = self.policy.restarts_in_window(now);
-                tracing::error!(worker, %reason, restarts, ?escalation, "restart intensity exceeded; giving up");
+                let restarts = self.groups[g].policy.restarts_in_window(now);
+                let group = self.groups[g].name.clone();
+                tracing::error!(worker, group, %reason, restarts, ?escalation, "restart intensity exceeded; giving up");
                 let event = WorkerEventKind::GaveUp {
                     reason: reason.clone(),
                     restarts,
@@ -306,7 +328,9 @@ impl ClusterSupervisor {
                         ctx.notify(StopAll);
                     }
                     Escalation::FailGroup => {
-                        for (id, slot) in self.slots.iter_mut().enumerate() {
+                        let members = self.groups[g].members.clone();
+                        for id in members {
+                            let slot = &mut self.slots[id];
                             if id == worker || slot.mode != Mode::Active {
                                 slot.decided.do_send(Decided::Settle(WorkerState::Failed));
                             } else {
@@ -534,14 +558,48 @@ impl<A: WorkerActor> ClusterBuilder<A> {
     /// when a worker could not be spawned or did not become ready (the others are stopped first).
     pub async fn start(self) -> Result<Cluster<A>, Error> {
         self.config.validate()?;
-        let spec = Rc::new(SlotSpec::from_config(&self.config)?);
+        let core = Core::start(
+            &self.config,
+            self.subscribers,
+            self.reload_subscribers,
+            self.log_sinks,
+        )?;
         let handlers = Rc::new(Handlers {
             listeners: self.listeners,
             requests: self.requests,
         });
+        let cluster = core.start_group::<A>(DEFAULT_GROUP, &self.config, handlers)?;
+        core.finish_start(cluster.readiness()).await?;
+        Ok(cluster)
+    }
+}
+
+/// The name of a cluster's only group when it was not given groups.
+pub const DEFAULT_GROUP: &str = "workers";
+
+/// What every group of a cluster shares: its supervisor, routing, cache and logger.
+#[derive(Clone)]
+pub(crate) struct Core {
+    supervisor: Addr<ClusterSupervisor>,
+    routing: SharedRouting,
+    cache: Addr<crate::cache::Cache>,
+    cache_core: Rc<RefCell<crate::cache::CacheCore>>,
+    log: crate::logger::LogLink,
+    /// The next slot id, across groups.
+    next_id: Rc<std::cell::Cell<usize>>,
+    groups: Rc<std::cell::Cell<usize>>,
+}
+
+impl Core {
+    /// Starts the supervisor, the cache and the logger; no worker yet.
+    fn start(
+        config: &ClusterConfig,
+        subscribers: Vec<Recipient<WorkerEvent>>,
+        reload_subscribers: Vec<Recipient<ReloadEvent>>,
+        log_sinks: Vec<Box<dyn crate::logger::Sink>>,
+    ) -> Result<Self, Error> {
         let routing: SharedRouting = Rc::default();
-        let worker_control = self.config.worker_control;
-        let logger = crate::logger::Logger::new(&self.config.log, self.log_sinks).map_err(|e| {
+        let logger = crate::logger::Logger::new(&config.log, log_sinks).map_err(|e| {
             crate::error::ConfigError {
                 field: "log",
                 reason: format!("cannot open the log files: {e}"),
@@ -553,77 +611,103 @@ impl<A: WorkerActor> ClusterBuilder<A> {
             logger: logger.clone(),
             queue: log_queue,
         };
-        let mut store = crate::cache::MemoryStore::new(self.config.cache.limits.into());
-        for (name, limits) in &self.config.cache.collections {
+        let mut store = crate::cache::MemoryStore::new(config.cache.limits.into());
+        for (name, limits) in &config.cache.collections {
             store.set_limits(name, (*limits).into(), Instant::now());
         }
-        let cache = crate::cache::Cache::new(
-            Box::new(store),
-            self.config.cache.clone(),
-            Rc::clone(&routing),
-        );
+        let cache =
+            crate::cache::Cache::new(Box::new(store), config.cache.clone(), Rc::clone(&routing));
         let cache_core = cache.core();
         let cache = cache.start();
-        let subscribers = self.subscribers;
-        let count = self.config.worker_count();
-        let policy = self.config.restart;
-        let handle_signals = self.config.handle_signals;
         let reload = ReloadState {
-            subscribers: self.reload_subscribers,
-            delay: self.config.reload_delay,
-            from_workers: self.config.worker_reload,
+            subscribers: reload_subscribers,
+            delay: config.reload_delay,
+            from_workers: config.worker_reload,
             ..ReloadState::default()
         };
-        let mut workers = Vec::with_capacity(count);
-        let mut links = None;
-        let supervisor = ClusterSupervisor::create(|ctx| {
-            let link = Links {
-                events: ctx.address().recipient(),
-                system: ctx.address().recipient(),
-                routing: Rc::clone(&routing),
-                cache: cache.clone(),
-                cache_core,
-                log,
-                handlers,
-            };
-            for id in 0..count {
-                let proxy = Worker::<A>::new(id, Rc::clone(&spec), link.clone()).start();
-                routing
-                    .borrow_mut()
-                    .slots
-                    .push(proxy.clone().recipient::<Routed>());
-                workers.push(proxy);
-            }
-            links = Some(link);
-            ClusterSupervisor {
-                subscribers,
-                slots: workers.iter().map(Slot::of).collect(),
-                policy: PolicyState::new(policy, count, u64::from(std::process::id())),
-                // Restarts begin once every worker has been ready: a failed start is reported,
-                // not retried.
-                respawn: false,
-                handle_signals,
-                stopping: false,
-                finished: false,
-                outcome: None,
-                waiters: Vec::new(),
-                reload,
-                routing: Rc::clone(&routing),
-                confirmations: Confirmations::default(),
-                worker_control,
-                cache: cache.clone(),
-                logger,
-            }
-        });
-        let cluster = Cluster {
+        let supervisor = ClusterSupervisor {
+            subscribers,
+            slots: Vec::new(),
+            groups: Vec::new(),
+            // Restarts begin once every worker has been ready: a failed start is reported,
+            // not retried.
+            respawn: false,
+            handle_signals: config.handle_signals,
+            stopping: false,
+            finished: false,
+            outcome: None,
+            waiters: Vec::new(),
+            reload,
+            routing: Rc::clone(&routing),
+            confirmations: Confirmations::default(),
+            worker_control: config.worker_control,
+            cache: cache.clone(),
+            logger,
+        }
+        .start();
+        Ok(Self {
             supervisor,
-            workers: Rc::new(RefCell::new(workers)),
-            spec,
-            links: links.expect("set when the supervisor was created"),
+            routing,
+            cache,
+            cache_core,
+            log,
+            next_id: Rc::default(),
+            groups: Rc::default(),
+        })
+    }
+
+    /// Starts a group of `A` workers run as `config` says (its processes start now).
+    fn start_group<A: WorkerActor>(
+        &self,
+        name: &str,
+        config: &ClusterConfig,
+        handlers: Rc<Handlers<A>>,
+    ) -> Result<Cluster<A>, Error> {
+        let group = self.groups.get();
+        self.groups.set(group + 1);
+        let mut spec = SlotSpec::from_config(config)?;
+        spec.group = name.to_owned();
+        let spec = Rc::new(spec);
+        self.supervisor.do_send(Control::AddGroup {
+            name: name.to_owned(),
+            policy: config.restart,
+        });
+        let links = Links {
+            events: self.supervisor.clone().recipient(),
+            system: self.supervisor.clone().recipient(),
+            routing: Rc::clone(&self.routing),
+            cache: self.cache.clone(),
+            cache_core: Rc::clone(&self.cache_core),
+            log: self.log.clone(),
+            handlers,
         };
-        let readiness: Vec<_> = cluster.addrs().iter().map(|w| w.send(AwaitReady)).collect();
+        let cluster = Cluster {
+            supervisor: self.supervisor.clone(),
+            workers: Rc::default(),
+            ids: Rc::default(),
+            group,
+            next_id: Rc::clone(&self.next_id),
+            spec,
+            links,
+        };
+        for _ in 0..config.worker_count() {
+            cluster.add_slot();
+        }
+        Ok(cluster)
+    }
+
+    /// Waits until every one of `slots` is ready, then turns restarts on; stops the cluster and
+    /// reports the first failure otherwise.
+    async fn finish_start(
+        &self,
+        slots: Vec<(WorkerId, Recipient<AwaitReady>)>,
+    ) -> Result<(), Error> {
+        let readiness: Vec<_> = slots
+            .into_iter()
+            .map(|(id, ready)| (id, ready.send(AwaitReady)))
+            .collect();
         let mut failure = None;
-        for (worker, ready) in readiness.into_iter().enumerate() {
+        for (worker, ready) in readiness {
             let result = ready.await.unwrap_or(Err(ExitReason::Killed));
             if let (Err(reason), None) = (result, &failure) {
                 failure = Some(Error::StartFailed { worker, reason });
@@ -631,11 +715,11 @@ impl<A: WorkerActor> ClusterBuilder<A> {
         }
         match failure {
             None => {
-                cluster.set_respawn(true).await?;
-                Ok(cluster)
+                self.supervisor.send(Control::Respawn(true)).await?;
+                Ok(())
             }
             Some(error) => {
-                cluster.stop().await?;
+                self.supervisor.send(StopAll).await?;
                 Err(error)
             }
         }
@@ -763,7 +847,10 @@ impl Handler<ListWorkers> for ClusterSupervisor {
 
 /// Scales to `n` running workers; resolves with the number of slots still to add.
 #[derive(Debug, Clone, Copy)]
-struct Scale(usize);
+struct Scale {
+    group: usize,
+    n: usize,
+}
 
 impl Message for Scale {
     type Result = Result<usize, Error>;
@@ -772,8 +859,15 @@ impl Message for Scale {
 impl Handler<Scale> for ClusterSupervisor {
     type Result = ResponseFuture<Result<usize, Error>>;
 
-    fn handle(&mut self, Scale(n): Scale, _ctx: &mut Context<Self>) -> Self::Result {
-        let running: Vec<usize> = (0..self.slots.len())
+    fn handle(&mut self, Scale { group, n }: Scale, _ctx: &mut Context<Self>) -> Self::Result {
+        let members = self
+            .groups
+            .get(group)
+            .map(|g| g.members.clone())
+            .unwrap_or_default();
+        let running: Vec<usize> = members
+            .iter()
+            .copied()
             .filter(|&id| matches!(self.slots[id].mode, Mode::Active | Mode::GroupStop))
             .collect();
         if n < running.len() {
@@ -795,7 +889,8 @@ impl Handler<Scale> for ClusterSupervisor {
         }
         let mut missing = n - running.len();
         let mut readiness = Vec::new();
-        for (id, slot) in self.slots.iter_mut().enumerate() {
+        for id in members {
+            let slot = &mut self.slots[id];
             if missing == 0 {
                 break;
             }
@@ -830,8 +925,10 @@ enum Control {
     Respawn(bool),
     /// Resolve when the cluster has stopped.
     Wait(oneshot::Sender<Result<(), (WorkerId, ExitReason)>>),
-    /// A slot added at runtime.
+    /// A slot added to a group (its id is the next one).
     Add(Slot),
+    /// A group, before its slots.
+    AddGroup { name: String, policy: RestartPolicy },
     /// A rolling reload, reported to the sender if there is one.
     Reload(Option<ReloadWaiter>),
 }
@@ -884,8 +981,19 @@ impl Handler<Control> for ClusterSupervisor {
                 Box::pin(async { None })
             }
             Control::Add(slot) => {
-                self.policy.add_slot();
+                let group = &mut self.groups[slot.group];
+                group.policy.add_slot();
+                group.members.push(self.slots.len());
                 self.slots.push(slot);
+                Box::pin(async { None })
+            }
+            Control::AddGroup { name, policy } => {
+                let seed = u64::from(std::process::id()) ^ self.groups.len() as u64;
+                self.groups.push(GroupState {
+                    name,
+                    policy: PolicyState::new(policy, 0, seed),
+                    members: Vec::new(),
+                });
                 Box::pin(async { None })
             }
             Control::Reload(waiter) => {
@@ -900,6 +1008,10 @@ impl Handler<Control> for ClusterSupervisor {
 pub struct Cluster<A: WorkerActor> {
     supervisor: Addr<ClusterSupervisor>,
     workers: Rc<RefCell<Vec<Addr<Worker<A>>>>>,
+    /// The cluster-wide slot id of each of this group's slots, in order.
+    ids: Rc<RefCell<Vec<WorkerId>>>,
+    group: usize,
+    next_id: Rc<std::cell::Cell<usize>>,
     spec: Rc<SlotSpec>,
     links: Links<A>,
 }
@@ -913,6 +1025,44 @@ impl<A: WorkerActor> fmt::Debug for Cluster<A> {
 }
 
 impl<A: WorkerActor> Cluster<A> {
+    /// Starts one more slot of this group (its process starts now).
+    fn add_slot(&self) -> Addr<Worker<A>> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let addr = Worker::<A>::new(id, Rc::clone(&self.spec), self.links.clone()).start();
+        self.links
+            .routing
+            .borrow_mut()
+            .slots
+            .push(addr.clone().recipient());
+        // Slots are added in id order: the supervisor's mailbox keeps it.
+        self.supervisor
+            .do_send(Control::Add(Slot::of(&addr, self.group)));
+        self.workers.borrow_mut().push(addr.clone());
+        self.ids.borrow_mut().push(id);
+        addr
+    }
+
+    fn readiness(&self) -> Vec<(WorkerId, Recipient<AwaitReady>)> {
+        let ids = self.ids.borrow();
+        self.workers
+            .borrow()
+            .iter()
+            .zip(ids.iter())
+            .map(|(w, &id)| (id, w.clone().recipient()))
+            .collect()
+    }
+
+    /// The cluster-wide id of this group's slot `index`.
+    fn global(&self, index: usize) -> Option<WorkerId> {
+        self.ids.borrow().get(index).copied()
+    }
+
+    /// This group's name.
+    pub fn group_name(&self) -> &str {
+        &self.spec.group
+    }
+
     /// The proxy of worker slot `id`; valid for the life of the cluster, across respawns.
     ///
     /// # Panics
@@ -946,7 +1096,12 @@ impl<A: WorkerActor> Cluster<A> {
     /// # Errors
     /// [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, Error> {
-        Ok(self.supervisor.send(ListWorkers).await?)
+        let all = self.supervisor.send(ListWorkers).await?;
+        let ids = self.ids.borrow().clone();
+        Ok(ids
+            .iter()
+            .filter_map(|id| all.iter().find(|info| info.id == *id).cloned())
+            .collect())
     }
 
     /// Kills worker `id`'s process group with SIGKILL; the restart policy then decides what
@@ -956,6 +1111,9 @@ impl<A: WorkerActor> Cluster<A> {
     /// # Errors
     /// [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn kill(&self, id: WorkerId) -> Result<Option<ExitReason>, Error> {
+        let Some(id) = self.global(id) else {
+            return Ok(None);
+        };
         Ok(self.supervisor.send(Control::Kill(id)).await?)
     }
 
@@ -964,8 +1122,11 @@ impl<A: WorkerActor> Cluster<A> {
     /// # Errors
     /// [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn kill_all(&self) -> Result<(), Error> {
-        let kills: Vec<_> = (0..self.len())
-            .map(|id| self.supervisor.send(Control::Kill(id)))
+        let kills: Vec<_> = self
+            .ids
+            .borrow()
+            .iter()
+            .map(|&id| self.supervisor.send(Control::Kill(id)))
             .collect();
         for kill in kills {
             kill.await?;
@@ -979,6 +1140,9 @@ impl<A: WorkerActor> Cluster<A> {
     /// # Errors
     /// [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn stop_worker(&self, id: WorkerId) -> Result<Option<ExitReason>, Error> {
+        let Some(id) = self.global(id) else {
+            return Ok(None);
+        };
         Ok(self.supervisor.send(Control::StopWorker(id)).await?)
     }
 
@@ -997,15 +1161,8 @@ impl<A: WorkerActor> Cluster<A> {
     /// [`Error::StartFailed`] when the new worker does not become ready (the slot remains,
     /// supervised like the others); [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn add_worker(&self) -> Result<Addr<Worker<A>>, Error> {
-        let id = self.len();
-        let addr = Worker::<A>::new(id, Rc::clone(&self.spec), self.links.clone()).start();
-        self.links
-            .routing
-            .borrow_mut()
-            .slots
-            .push(addr.clone().recipient());
-        self.supervisor.send(Control::Add(Slot::of(&addr))).await?;
-        self.workers.borrow_mut().push(addr.clone());
+        let addr = self.add_slot();
+        let id = self.global(self.len() - 1).unwrap_or_default();
         match addr.send(AwaitReady).await? {
             Ok(()) => Ok(addr),
             Err(reason) => Err(Error::StartFailed { worker: id, reason }),
@@ -1052,7 +1209,13 @@ impl<A: WorkerActor> Cluster<A> {
             }
             .into());
         }
-        let to_add = self.supervisor.send(Scale(n)).await??;
+        let to_add = self
+            .supervisor
+            .send(Scale {
+                group: self.group,
+                n,
+            })
+            .await??;
         for _ in 0..to_add {
             self.add_worker().await?;
         }

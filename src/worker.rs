@@ -49,6 +49,8 @@ pub(crate) mod env {
     pub(crate) const MAX_FRAME_BYTES: &str = "PROCACTOR_MAX_FRAME_BYTES";
     /// The lowest `tracing` level of worker code that becomes a log record.
     pub(crate) const LOG_LEVEL: &str = "PROCACTOR_LOG_LEVEL";
+    /// The name of the worker's group.
+    pub(crate) const GROUP: &str = "PROCACTOR_GROUP";
 }
 
 /// A user type run as an OS-process actor by the worker runtime.
