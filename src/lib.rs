@@ -69,7 +69,7 @@ mod worker;
 
 pub mod actors;
 
-pub use config::{Affinity, ClusterConfig};
+pub use config::{Affinity, ClusterConfig, GroupConfig};
 pub use error::{CallError, ConfigError, Error, FrameError, ProtocolError, SpawnError};
 pub use event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
 pub use listen::{activated_sockets, ListenAddr};
@@ -81,9 +81,9 @@ pub use proxy::{
     Stop, Tell, TellAck, TellResponse, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
 };
 pub use supervisor::{
-    Backoff, Cluster, ClusterBuilder, ClusterSupervisor, Escalation, Intensity, ListWorkers,
-    ReloadError, ReloadEvent, ReloadReport, RestartPolicy, RestartType, StopAll, Strategy,
-    DEFAULT_GROUP,
+    Backoff, Cluster, ClusterBuilder, ClusterSupervisor, Escalation, GroupKey, Groups,
+    GroupsBuilder, Intensity, ListWorkers, ReloadError, ReloadEvent, ReloadReport, RestartPolicy,
+    RestartType, StopAll, Strategy, DEFAULT_GROUP,
 };
 pub use worker::{
     is_worker, run_worker, LogLayer, LogSender, WorkerActor, WorkerContext, WorkerHandle,
@@ -103,8 +103,9 @@ pub mod prelude {
     pub use actix::{Actor, Addr, Recipient};
 
     pub use crate::{
-        Call, CallError, Cluster, ClusterConfig, ClusterSupervisor, ExitReason, FromWorker, Tell,
-        Worker, WorkerActor, WorkerContext, WorkerEvent, WorkerEventKind, WorkerId,
+        Call, CallError, Cluster, ClusterConfig, ClusterSupervisor, ExitReason, FromWorker,
+        GroupConfig, Groups, Tell, Worker, WorkerActor, WorkerContext, WorkerEvent,
+        WorkerEventKind, WorkerId,
     };
 }
 

@@ -42,9 +42,11 @@ use crate::proxy::{
 use crate::routing::{OwnedOp, ReplyTo, Routed, SharedRouting, SystemCall};
 use crate::worker::WorkerActor;
 
+mod groups;
 mod policy;
 mod rolling;
 
+pub use groups::{GroupKey, Groups, GroupsBuilder};
 pub use policy::{Backoff, Escalation, Intensity, RestartPolicy, RestartType, Strategy};
 use policy::{Decision, ExitKind, PolicyState};
 pub use rolling::{ReloadError, ReloadEvent, ReloadReport};

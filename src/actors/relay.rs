@@ -183,6 +183,10 @@ pub enum RelayMsg {
         /// How many `ip` records.
         ips: u32,
     },
+    /// The value of an environment variable of this process, as `Entries` of one (absent: none).
+    Env(String),
+    /// This worker's group and arguments, as `Events` of ("group", name) and ("arg", each).
+    Identity,
     /// The pids of this worker's own workers (see [`LEAVES_ENV`]).
     LeafPids,
     /// Kills this worker's own worker `id` (its sub-cluster restarts it per policy).
@@ -477,6 +481,16 @@ impl WorkerActor for Relay {
                 tracing::error!(tag = tag.as_str(), "traced failure");
                 RelayReply::Done
             }
+            RelayMsg::Env(name) => RelayReply::Events(
+                std::env::var(&name)
+                    .map(|v| vec![(name, v)])
+                    .unwrap_or_default(),
+            ),
+            RelayMsg::Identity => RelayReply::Events(
+                std::iter::once(("group".to_string(), ctx.group().to_string()))
+                    .chain(std::env::args().skip(1).map(|a| ("arg".to_string(), a)))
+                    .collect(),
+            ),
             RelayMsg::LeafPids => match &self.leaves {
                 Some(leaves) => match leaves.workers().await {
                     Ok(infos) => RelayReply::Entries(

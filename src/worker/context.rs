@@ -64,6 +64,7 @@ pub struct WorkerContext<A> {
     peers: WorkerHandle<A>,
     sender: Peer,
     via: Via,
+    group: String,
     identity: Identity,
     listeners: Vec<(String, OwnedFd)>,
     scratch: Vec<u8>,
@@ -99,6 +100,8 @@ impl<A: WorkerActor> WorkerContext<A> {
             outbox,
             sender: Peer::Master,
             via: Via::Direct,
+            group: std::env::var(crate::worker::env::GROUP)
+                .unwrap_or_else(|_| crate::supervisor::DEFAULT_GROUP.into()),
             identity,
             listeners,
             scratch: Vec::new(),
@@ -120,6 +123,12 @@ impl<A: WorkerActor> WorkerContext<A> {
     /// The master's process id.
     pub fn master_pid(&self) -> u32 {
         self.identity.master_pid
+    }
+
+    /// The name of this worker's group ([`DEFAULT_GROUP`](crate::DEFAULT_GROUP) in a cluster
+    /// started without groups).
+    pub fn group(&self) -> &str {
+        &self.group
     }
 
     /// Who sent the message being handled, as stamped by the master: [`Peer::Master`] for

@@ -1,0 +1,288 @@
+//! Clusters of several groups: different programs, counts, policies and worker types in one
+//! cluster, started in order and stopped in reverse.
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::fmt;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use actix::prelude::*;
+
+use crate::config::{ClusterConfig, GroupConfig};
+use crate::error::{ConfigError, Error};
+use crate::event::{ExitReason, WorkerEvent, WorkerId, WorkerInfo};
+use crate::proxy::{AwaitReady, Handlers};
+use crate::supervisor::{Cluster, ClusterSupervisor, Core, ListWorkers, ReloadEvent, StopAll};
+use crate::worker::WorkerActor;
+
+type Starter = Box<dyn FnOnce(&Core, &ClusterConfig) -> Result<Started, Error>>;
+
+struct Started {
+    view: Box<dyn Any>,
+    readiness: Vec<(WorkerId, Recipient<AwaitReady>)>,
+}
+
+/// The typed key of a group added with [`GroupsBuilder::group`]: [`Groups::get`] gives its
+/// [`Cluster<A>`] handle back, typed.
+pub struct GroupKey<A> {
+    index: usize,
+    _actor: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for GroupKey<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A> Copy for GroupKey<A> {}
+
+impl<A> fmt::Debug for GroupKey<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("GroupKey").field(&self.index).finish()
+    }
+}
+
+/// Builds a cluster of several groups; see [`ClusterSupervisor::with_groups`].
+pub struct GroupsBuilder {
+    config: ClusterConfig,
+    groups: Vec<(GroupConfig, Starter)>,
+    subscribers: Vec<Recipient<WorkerEvent>>,
+    reload_subscribers: Vec<Recipient<ReloadEvent>>,
+    log_sinks: Vec<Box<dyn crate::logger::Sink>>,
+}
+
+impl fmt::Debug for GroupsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupsBuilder")
+            .field(
+                "groups",
+                &self.groups.iter().map(|(g, _)| &g.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterSupervisor {
+    /// A cluster of several groups of workers, each with its own program, count, restart
+    /// policy, shutdown timeout, CPU affinity and [`WorkerActor`] type. `config` holds what
+    /// they share (environment, timeouts, listeners, cache, logs); each [`GroupConfig`] what
+    /// differs. Groups start in the order they are added (a group may wait for another to be
+    /// ready) and stop in reverse order.
+    ///
+    /// ```no_run
+    /// # use procactor::prelude::*;
+    /// # use procactor::actors::{echo::Echo, relay::Relay};
+    /// # async fn f() -> Result<(), procactor::Error> {
+    /// let mut builder = ClusterSupervisor::with_groups(ClusterConfig::new().env("MODE", "prod"));
+    /// let warm = builder.group::<Relay>(GroupConfig::new("warm").workers(1).exec("procactor-relay"));
+    /// let web = builder.group::<Echo>(
+    ///     GroupConfig::new("web").workers(4).exec("procactor-echo").after("warm"),
+    /// );
+    /// let groups = builder.start().await?;
+    /// let web: &Cluster<Echo> = groups.get(web);
+    /// # let _ = (warm, web);
+    /// groups.stop().await
+    /// # }
+    /// ```
+    pub fn with_groups(config: ClusterConfig) -> GroupsBuilder {
+        GroupsBuilder {
+            config,
+            groups: Vec::new(),
+            subscribers: Vec::new(),
+            reload_subscribers: Vec::new(),
+            log_sinks: Vec::new(),
+        }
+    }
+}
+
+impl GroupsBuilder {
+    /// Adds a group of `A` workers; the key gives its typed handle once started.
+    pub fn group<A: WorkerActor>(&mut self, group: GroupConfig) -> GroupKey<A> {
+        let index = self.groups.len();
+        let name = group.name.clone();
+        let starter: Starter = Box::new(move |core, config| {
+            let handlers = Rc::new(Handlers::<A> {
+                listeners: Vec::new(),
+                requests: None,
+            });
+            let cluster = core.start_group::<A>(&name, config, handlers)?;
+            Ok(Started {
+                readiness: cluster.readiness(),
+                view: Box::new(cluster),
+            })
+        });
+        self.groups.push((group, starter));
+        GroupKey {
+            index,
+            _actor: PhantomData,
+        }
+    }
+
+    /// Receives every worker's lifecycle events, of every group.
+    pub fn subscribe(&mut self, recipient: Recipient<WorkerEvent>) -> &mut Self {
+        self.subscribers.push(recipient);
+        self
+    }
+
+    /// Receives the progress of rolling reloads.
+    pub fn on_reload(&mut self, recipient: Recipient<ReloadEvent>) -> &mut Self {
+        self.reload_subscribers.push(recipient);
+        self
+    }
+
+    /// Adds a sink for the cluster's log records.
+    pub fn log_sink(&mut self, sink: Box<dyn crate::logger::Sink>) -> &mut Self {
+        self.log_sinks.push(sink);
+        self
+    }
+
+    /// Every group's settings, checked before anything starts.
+    fn validate(&self) -> Result<Vec<ClusterConfig>, Error> {
+        let bad = |name: &str, reason: String| {
+            Err(Error::Config(ConfigError {
+                field: "groups",
+                reason: format!("group {name:?}: {reason}"),
+            }))
+        };
+        if self.groups.is_empty() {
+            return Err(ConfigError {
+                field: "groups",
+                reason: "a cluster needs at least one group".into(),
+            }
+            .into());
+        }
+        self.config.validate()?;
+        let mut names = HashSet::new();
+        let mut configs = Vec::with_capacity(self.groups.len());
+        for (group, _) in &self.groups {
+            let name = group.name.as_str();
+            if name.is_empty() || name.contains(['\0', '=']) {
+                return bad(name, "name: must be non-empty, without '=' or NUL".into());
+            }
+            if let Some(after) = &group.after {
+                if !names.contains(after.as_str()) {
+                    return bad(
+                        name,
+                        format!("after: {after:?} is not a group started before it"),
+                    );
+                }
+            }
+            if !names.insert(name) {
+                return bad(name, "name: another group has the same name".into());
+            }
+            if group.workers == Some(0) {
+                return bad(name, "workers: a group needs at least one worker".into());
+            }
+            let config = group.apply(&self.config);
+            if let Err(e) = config.validate() {
+                return bad(name, format!("{}: {}", e.field, e.reason));
+            }
+            configs.push(config);
+        }
+        Ok(configs)
+    }
+
+    /// Validates every group (nothing starts if one is bad), then starts them in order, each
+    /// once the group it waits for is ready, and returns once every worker is ready.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the group and the setting; [`Error::StartFailed`] when a
+    /// worker did not become ready (every group is stopped first).
+    pub async fn start(self) -> Result<Groups, Error> {
+        let configs = self.validate()?;
+        let core = Core::start(
+            &self.config,
+            self.subscribers,
+            self.reload_subscribers,
+            self.log_sinks,
+        )?;
+        let mut names = Vec::new();
+        let mut views = Vec::new();
+        let mut readiness: Vec<Vec<(WorkerId, Recipient<AwaitReady>)>> = Vec::new();
+        for ((group, starter), config) in self.groups.into_iter().zip(configs) {
+            if let Some(after) = &group.after {
+                let index = names.iter().position(|n| n == after).expect("validated");
+                for (worker, ready) in &readiness[index] {
+                    let result = ready
+                        .send(AwaitReady)
+                        .await
+                        .unwrap_or(Err(ExitReason::Killed));
+                    if let Err(reason) = result {
+                        let _ = core.supervisor.send(StopAll).await;
+                        return Err(Error::StartFailed {
+                            worker: *worker,
+                            reason,
+                        });
+                    }
+                }
+            }
+            let started = starter(&core, &config)?;
+            names.push(group.name);
+            readiness.push(started.readiness);
+            views.push(started.view);
+        }
+        core.finish_start(readiness.into_iter().flatten().collect())
+            .await?;
+        Ok(Groups {
+            supervisor: core.supervisor.clone(),
+            names,
+            views,
+        })
+    }
+}
+
+/// A running cluster of several groups; [`get`](Self::get) gives each group's typed handle.
+pub struct Groups {
+    supervisor: Addr<ClusterSupervisor>,
+    names: Vec<String>,
+    views: Vec<Box<dyn Any>>,
+}
+
+impl fmt::Debug for Groups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Groups")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Groups {
+    /// The typed handle of the group `key` was returned for.
+    ///
+    /// # Panics
+    /// When `key` comes from another cluster's builder with other groups.
+    pub fn get<A: WorkerActor>(&self, key: GroupKey<A>) -> &Cluster<A> {
+        self.views[key.index]
+            .downcast_ref::<Cluster<A>>()
+            .expect("a GroupKey matches the group it was created for")
+    }
+
+    /// The groups' names, in start order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Every worker slot of every group.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, Error> {
+        Ok(self.supervisor.send(ListWorkers).await?)
+    }
+
+    /// Stops every group, the last started first, and returns once every worker is reaped.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has already stopped.
+    pub async fn stop(&self) -> Result<(), Error> {
+        self.supervisor.send(StopAll).await?;
+        Ok(())
+    }
+
+    /// The supervisor actor.
+    pub fn supervisor(&self) -> &Addr<ClusterSupervisor> {
+        &self.supervisor
+    }
+}
