@@ -382,7 +382,7 @@ pub struct GroupConfig {
     pub workers: Option<usize>,
     /// Its program (by default the cluster's).
     pub exec: Option<PathBuf>,
-    /// Its program's arguments.
+    /// Arguments for its program, after the cluster's own `args` (which every group gets).
     pub args: Option<Vec<String>>,
     /// Environment variables added to the cluster's for this group.
     pub env: Vec<(String, String)>,
@@ -464,7 +464,10 @@ impl GroupConfig {
             config.exec = Some(exec.clone());
         }
         if let Some(args) = &self.args {
-            config.args = Some(args.clone());
+            // The cluster's arguments reach every group; the group's follow them.
+            let mut all = base.args.clone().unwrap_or_default();
+            all.extend(args.iter().cloned());
+            config.args = Some(all);
         }
         for (key, value) in &self.env {
             config.env.retain(|(k, _)| k != key);

@@ -21,6 +21,7 @@ fn base() -> ClusterConfig {
         .ready_timeout(Duration::from_secs(20))
         .env("CLUSTER_WIDE", "everyone")
         .env("OVERRIDDEN", "cluster")
+        .args(["--cluster-wide"])
         .restart(RestartPolicy {
             backoff: Backoff::none(),
             ..RestartPolicy::default()
@@ -85,7 +86,7 @@ async fn two_groups_of_different_programs_types_counts_and_policies() {
         };
         assert_eq!(identity[0], ("group".into(), "relays".into()));
         let args: Vec<&str> = identity[1..].iter().map(|(_, a)| a.as_str()).collect();
-        assert_eq!(args, ["--from-group", "relays"]);
+        assert_eq!(args, ["--cluster-wide", "--from-group", "relays"]);
 
         // CPU affinity per group.
         for info in echoes.workers().await.unwrap() {
