@@ -81,9 +81,9 @@ pub use proxy::{
     Stop, Tell, TellAck, TellResponse, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
 };
 pub use supervisor::{
-    Backoff, Cluster, ClusterBuilder, ClusterSupervisor, Escalation, GroupKey, Groups,
-    GroupsBuilder, Intensity, ListWorkers, ReloadError, ReloadEvent, ReloadReport, RestartPolicy,
-    RestartType, StopAll, Strategy, DEFAULT_GROUP,
+    Backoff, Cluster, ClusterBuilder, ClusterSupervisor, Escalation, GroupHandlers, GroupKey,
+    Groups, GroupsBuilder, Intensity, ListWorkers, ReloadError, ReloadEvent, ReloadReport,
+    RestartPolicy, RestartType, StopAll, Strategy, DEFAULT_GROUP,
 };
 pub use worker::{
     is_worker, run_worker, LogLayer, LogSender, WorkerActor, WorkerContext, WorkerHandle,

@@ -46,7 +46,7 @@ mod groups;
 mod policy;
 mod rolling;
 
-pub use groups::{GroupKey, Groups, GroupsBuilder};
+pub use groups::{GroupHandlers, GroupKey, Groups, GroupsBuilder};
 pub use policy::{Backoff, Escalation, Intensity, RestartPolicy, RestartType, Strategy};
 use policy::{Decision, ExitKind, PolicyState};
 pub use rolling::{ReloadError, ReloadEvent, ReloadReport};
@@ -521,19 +521,7 @@ impl<A: WorkerActor> ClusterBuilder<A> {
     where
         R: serde::Serialize + Send + 'static,
     {
-        let handler: RequestHandler = Rc::new(move |from, payload| {
-            let msg = crate::codec::decode_value::<A::Event>(payload);
-            let recipient = recipient.clone();
-            Box::pin(async move {
-                let msg =
-                    msg.map_err(|e| AskError::Failed(format!("request did not decode: {e}")))?;
-                let answer = recipient
-                    .send(WorkerRequest::new(from, msg))
-                    .await
-                    .map_err(|e| AskError::Failed(format!("the master's handler is gone: {e}")))?;
-                encoded(&answer)
-            })
-        });
+        let handler = request_handler::<A, R>(recipient);
         self.requests = Some(handler);
         self
     }
@@ -574,6 +562,28 @@ impl<A: WorkerActor> ClusterBuilder<A> {
         core.finish_start(cluster.readiness()).await?;
         Ok(cluster)
     }
+}
+
+/// The master's handler for requests from `A` workers, answering with `recipient`'s `R`.
+pub(crate) fn request_handler<A, R>(
+    recipient: Recipient<WorkerRequest<A::Event, R>>,
+) -> RequestHandler
+where
+    A: WorkerActor,
+    R: serde::Serialize + Send + 'static,
+{
+    Rc::new(move |from, payload| {
+        let msg = crate::codec::decode_value::<A::Event>(payload);
+        let recipient = recipient.clone();
+        Box::pin(async move {
+            let msg = msg.map_err(|e| AskError::Failed(format!("request did not decode: {e}")))?;
+            let answer = recipient
+                .send(WorkerRequest::new(from, msg))
+                .await
+                .map_err(|e| AskError::Failed(format!("the master's handler is gone: {e}")))?;
+            encoded(&answer)
+        })
+    })
 }
 
 /// The name of a cluster's only group when it was not given groups.

@@ -5,12 +5,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use actix::prelude::*;
 use common::cluster::{collector, next_matching, relay, within};
 use common::{is_alive, status_field};
 use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
 use procactor::actors::relay::{Relay, RelayMsg, RelayReply};
 use procactor::prelude::*;
-use procactor::{Affinity, Backoff, Error, RestartPolicy, RestartType, WorkerState};
+use procactor::{Affinity, Backoff, Error, GroupHandlers, RestartPolicy, RestartType, WorkerState};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_procactor-relay");
 const ECHO: &str = env!("CARGO_BIN_EXE_procactor-echo");
@@ -28,6 +29,25 @@ fn base() -> ClusterConfig {
         })
 }
 
+/// The relays' handler for `ask_master`.
+struct Shouter;
+
+impl Actor for Shouter {
+    type Context = Context<Self>;
+}
+
+impl Handler<procactor::WorkerRequest<String, String>> for Shouter {
+    type Result = String;
+
+    fn handle(
+        &mut self,
+        req: procactor::WorkerRequest<String, String>,
+        _: &mut Context<Self>,
+    ) -> String {
+        format!("{} from {}", req.msg.to_uppercase(), req.worker)
+    }
+}
+
 fn first_cpu() -> usize {
     let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
     (0..nix::sched::CpuSet::count())
@@ -40,7 +60,8 @@ async fn two_groups_of_different_programs_types_counts_and_policies() {
     within(120, async {
         let cpu = first_cpu();
         let mut builder = ClusterSupervisor::with_groups(base());
-        let relays = builder.group::<Relay>(
+        let handlers = GroupHandlers::<Relay>::new().on_request(Shouter.start().recipient());
+        let relays = builder.group_with::<Relay>(
             GroupConfig::new("relays")
                 .workers(2)
                 .exec(RELAY)
@@ -50,6 +71,7 @@ async fn two_groups_of_different_programs_types_counts_and_policies() {
                     restart: RestartType::Temporary,
                     ..RestartPolicy::default()
                 }),
+            handlers,
         );
         let echoes = builder.group::<Echo>(
             GroupConfig::new("echoes")
@@ -87,6 +109,12 @@ async fn two_groups_of_different_programs_types_counts_and_policies() {
         assert_eq!(identity[0], ("group".into(), "relays".into()));
         let args: Vec<&str> = identity[1..].iter().map(|(_, a)| a.as_str()).collect();
         assert_eq!(args, ["--cluster-wide", "--from-group", "relays"]);
+
+        // The group's own handler answers its workers' requests.
+        assert_eq!(
+            relay(relays, 1, RelayMsg::AskMaster("hi".into())).await,
+            RelayReply::Text("HI from 1".into())
+        );
 
         // CPU affinity per group.
         for info in echoes.workers().await.unwrap() {

@@ -12,7 +12,7 @@ use actix::prelude::*;
 use crate::config::{ClusterConfig, GroupConfig};
 use crate::error::{ConfigError, Error};
 use crate::event::{ExitReason, WorkerEvent, WorkerId, WorkerInfo};
-use crate::proxy::{AwaitReady, Handlers};
+use crate::proxy::{AwaitReady, FromWorker, Handlers, WorkerRequest};
 use crate::supervisor::{Cluster, ClusterSupervisor, Core, ListWorkers, ReloadEvent, StopAll};
 use crate::worker::WorkerActor;
 
@@ -41,6 +41,52 @@ impl<A> Copy for GroupKey<A> {}
 impl<A> fmt::Debug for GroupKey<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("GroupKey").field(&self.index).finish()
+    }
+}
+
+/// The master's handlers for what a group's `A` workers send it (see
+/// [`GroupsBuilder::group_with`]), as [`ClusterBuilder`](crate::ClusterBuilder) has them for a
+/// cluster of one group.
+pub struct GroupHandlers<A: WorkerActor> {
+    handlers: Handlers<A>,
+}
+
+impl<A: WorkerActor> Default for GroupHandlers<A> {
+    fn default() -> Self {
+        Self {
+            handlers: Handlers {
+                listeners: Vec::new(),
+                requests: None,
+            },
+        }
+    }
+}
+
+impl<A: WorkerActor> fmt::Debug for GroupHandlers<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupHandlers").finish_non_exhaustive()
+    }
+}
+
+impl<A: WorkerActor> GroupHandlers<A> {
+    /// No handlers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Receives the one-way messages the group's workers send with `send_master`.
+    pub fn on_message(mut self, recipient: Recipient<FromWorker<A::Event>>) -> Self {
+        self.handlers.listeners.push(recipient);
+        self
+    }
+
+    /// Answers the requests the group's workers send with `ask_master`.
+    pub fn on_request<R>(mut self, recipient: Recipient<WorkerRequest<A::Event, R>>) -> Self
+    where
+        R: serde::Serialize + Send + 'static,
+    {
+        self.handlers.requests = Some(crate::supervisor::request_handler::<A, R>(recipient));
+        self
     }
 }
 
@@ -100,13 +146,19 @@ impl ClusterSupervisor {
 impl GroupsBuilder {
     /// Adds a group of `A` workers; the key gives its typed handle once started.
     pub fn group<A: WorkerActor>(&mut self, group: GroupConfig) -> GroupKey<A> {
+        self.group_with(group, GroupHandlers::new())
+    }
+
+    /// Adds a group of `A` workers whose messages and requests to the master go to `handlers`.
+    pub fn group_with<A: WorkerActor>(
+        &mut self,
+        group: GroupConfig,
+        handlers: GroupHandlers<A>,
+    ) -> GroupKey<A> {
         let index = self.groups.len();
         let name = group.name.clone();
         let starter: Starter = Box::new(move |core, config| {
-            let handlers = Rc::new(Handlers::<A> {
-                listeners: Vec::new(),
-                requests: None,
-            });
+            let handlers = Rc::new(handlers.handlers);
             let cluster = core.start_group::<A>(&name, config, handlers)?;
             Ok(Started {
                 readiness: cluster.readiness(),
