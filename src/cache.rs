@@ -61,7 +61,7 @@ pub struct CacheConfig {
     /// Where the snapshot is kept; `None` keeps nothing on disk.
     pub snapshot: Option<PathBuf>,
     /// How often the snapshot is written besides at stop; `None`: only at stop.
-    #[serde(with = "opt_millis")]
+    #[serde(with = "crate::config::opt_millis")]
     pub snapshot_interval: Option<Duration>,
 }
 
@@ -80,25 +80,6 @@ impl From<CacheLimits> for Limits {
             max_entries: l.max_entries,
             max_bytes: l.max_bytes,
         }
-    }
-}
-
-mod opt_millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
 
@@ -234,6 +215,7 @@ impl Cache {
             CacheOp::Stats => {
                 let mut stats = self.core.borrow().stats();
                 stats.locks_held = self.locks.values().filter(|l| l.holder.is_some()).count();
+                stats.lock_waiters = self.locks.values().map(|l| l.queue.len()).sum();
                 Ok(CacheAnswer::Stats(stats))
             }
             op => {

@@ -540,7 +540,7 @@ impl<A: WorkerActor> Worker<A> {
                 tracing::error!(worker = id, generation, error = %e, "worker failed to spawn");
                 p.exit = Some(RawExit::Code(-1));
                 p.fault = Some(ExitReason::SpawnFailed(e));
-                self.finalize(generation, ctx);
+                self.finalize(generation);
                 return;
             }
         };
@@ -566,7 +566,7 @@ impl<A: WorkerActor> Worker<A> {
                     Rc::clone(&tail),
                 )
                 .into_actor(self)
-                .map(move |(), act, ctx| act.stdout_closed(generation, ctx)),
+                .map(move |(), act, _| act.stdout_closed(generation)),
             );
         } else {
             let max_frame = self.spawn.config.max_frame_bytes;
@@ -581,10 +581,10 @@ impl<A: WorkerActor> Worker<A> {
                 tail,
             )
             .into_actor(self)
-            .map(move |(), act, ctx| {
+            .map(move |(), act, _| {
                 if let Some(p) = act.proc_mut(generation) {
                     p.stderr_open = false;
-                    act.try_finalize(generation, ctx);
+                    act.try_finalize(generation);
                 }
             }),
         );
@@ -841,7 +841,20 @@ impl<A: WorkerActor> Worker<A> {
             for tx in self.ready_waiters.drain(..) {
                 let _ = tx.send(Ok(()));
             }
+            if self.replacing_promoted() {
+                if let Some(replacing) = self.replace.as_mut() {
+                    replacing.new_pid = pid;
+                }
+                self.finish_replace(Ok(self.last_exit.clone().unwrap_or(ExitReason::Killed)));
+            }
         }
+    }
+
+    /// Whether the [`Replace`] under way has lost the process it was replacing (it died while
+    /// the replacement started), so that the replacement serves the slot already and the
+    /// `Replace` resolves with it: ready, or exited.
+    fn replacing_promoted(&self) -> bool {
+        self.incoming.is_none() && self.replace.as_ref().is_some_and(|r| r.retiring.is_none())
     }
 
     /// The replacement is ready: it becomes the serving process; the old one is stopped
@@ -1015,10 +1028,10 @@ impl<A: WorkerActor> Worker<A> {
         p.fault = Some(reason);
     }
 
-    pub(crate) fn stdout_closed(&mut self, generation: u64, ctx: &mut Context<Self>) {
+    pub(crate) fn stdout_closed(&mut self, generation: u64) {
         if let Some(p) = self.proc_mut(generation) {
             p.stdout_open = false;
-            self.try_finalize(generation, ctx);
+            self.try_finalize(generation);
         }
     }
 
@@ -1028,25 +1041,23 @@ impl<A: WorkerActor> Worker<A> {
         };
         p.exit = Some(raw);
         if p.stdout_open || p.stderr_open {
-            ctx.run_later(DRAIN_AFTER_EXIT, move |act, ctx| {
-                act.finalize(generation, ctx)
-            });
+            ctx.run_later(DRAIN_AFTER_EXIT, move |act, _| act.finalize(generation));
         }
-        self.try_finalize(generation, ctx);
+        self.try_finalize(generation);
     }
 
-    fn try_finalize(&mut self, generation: u64, ctx: &mut Context<Self>) {
+    fn try_finalize(&mut self, generation: u64) {
         let Some(p) = self.proc_mut(generation) else {
             return;
         };
         if !p.stdout_open && !p.stderr_open && p.exit.is_some() {
-            self.finalize(generation, ctx);
+            self.finalize(generation);
         }
     }
 
     /// Process `generation` is reaped and its output read (or the wait for it is over): report
     /// its exit, and settle what depended on it.
-    fn finalize(&mut self, generation: u64, ctx: &mut Context<Self>) {
+    fn finalize(&mut self, generation: u64) {
         let id = self.id;
         let Some(p) = self.proc_mut(generation) else {
             return;
@@ -1123,59 +1134,27 @@ impl<A: WorkerActor> Worker<A> {
             generation,
             pid,
             WorkerEventKind::Exited {
-                reason,
-                last_stderr,
+                reason: reason.clone(),
+                last_stderr: last_stderr.clone(),
                 uptime,
             },
         );
-        if self.incoming.is_some() {
-            // The replacement under way takes the slot now; the slot is served again once it is
-            // ready, and the Replace resolves then.
-            if let Some(new) = self.incoming.take() {
-                self.proc = new;
-            }
-            if let Some(replacing) = self.replace.as_mut() {
-                replacing.retiring = None;
-            }
-            let generation = self.proc.generation;
-            if self.proc.state == WorkerState::Ready {
-                self.on_ready(generation, ctx);
-            }
-            self.watch_promoted(generation, ctx);
-        } else {
-            for tx in self.ready_waiters.drain(..) {
-                let _ = tx.send(Err(self.last_exit.clone().unwrap_or(ExitReason::Killed)));
-            }
+        if let Some(new) = self.incoming.take() {
+            // The replacement under way (not ready yet, or it would have taken over) takes the
+            // slot now; the `Replace` resolves when it is ready or exits.
+            self.proc = new;
+            return;
         }
-    }
-
-    /// A replacement promoted because the process it was to replace died: the [`Replace`]
-    /// resolves when it is ready (or fails with it).
-    fn watch_promoted(&mut self, generation: u64, ctx: &mut Context<Self>) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.ready_waiters.push(tx);
-        ctx.spawn(rx.into_actor(self).map(move |result, act, _ctx| {
-            if act.proc.generation != generation {
-                return;
-            }
-            let result = match result {
-                Ok(Ok(())) => Ok(act.last_exit.clone().unwrap_or(ExitReason::Killed)),
-                Ok(Err(reason)) => Err(ReplaceError::Failed {
-                    worker: act.id,
-                    reason,
-                    last_stderr: Vec::new(),
-                }),
-                Err(_) => Err(ReplaceError::Failed {
-                    worker: act.id,
-                    reason: ExitReason::Killed,
-                    last_stderr: Vec::new(),
-                }),
-            };
-            if let Some(replacing) = act.replace.as_mut() {
-                replacing.new_pid = act.proc.pid();
-            }
-            act.finish_replace(result);
-        }));
+        for tx in self.ready_waiters.drain(..) {
+            let _ = tx.send(Err(reason.clone()));
+        }
+        if self.replacing_promoted() {
+            self.finish_replace(Err(ReplaceError::Failed {
+                worker: id,
+                reason,
+                last_stderr,
+            }));
+        }
     }
 
     /// Starts a graceful stop of process `generation`: `Shutdown` (SIGTERM for a plain

@@ -441,20 +441,11 @@ impl ClusterSupervisor {
                 let _ = tx.send(result.clone());
             }
             act.reload.running = false;
+            // A stop takes the queued reload's waiters (and answers them) before this runs.
             if let Some(next) = act.reload.queued.take() {
-                act.request_reload_now(next, ctx);
+                act.start_reload(next, ctx);
             }
         }));
-    }
-
-    fn request_reload_now(&mut self, waiters: Vec<ReloadWaiter>, ctx: &mut Context<Self>) {
-        if self.stopping {
-            for tx in waiters {
-                let _ = tx.send(Err(ReloadError::Stopping { replaced: 0 }));
-            }
-            return;
-        }
-        self.start_reload(waiters, ctx);
     }
 
     fn finish(&mut self) {

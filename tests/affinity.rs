@@ -39,11 +39,12 @@ async fn workers_run_on_the_cpus_they_were_given() {
         );
         // A restarted worker is pinned again.
         cluster.kill(1).await.unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while cluster.workers().await.unwrap()[1].state != procactor::WorkerState::Ready {
-            assert!(std::time::Instant::now() < deadline);
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        common::eventually(
+            std::time::Duration::from_secs(20),
+            "worker 1 again",
+            || async { cluster.workers().await.unwrap()[1].state == procactor::WorkerState::Ready },
+        )
+        .await;
         assert_eq!(cpus_of(&cluster).await[1], first.to_string());
         cluster.stop().await.unwrap();
 

@@ -305,7 +305,12 @@ async fn a_lock_is_released_when_its_holder_is_killed_and_waits_time_out() {
             lock: "L".into(),
             wait_ms: 30_000,
         }));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        common::eventually(
+            Duration::from_secs(10),
+            "worker 1 in line for the lock",
+            || async { cluster.cache().stats().await.unwrap().lock_waiters == 1 },
+        )
+        .await;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(holder as i32),
             nix::sys::signal::Signal::SIGKILL,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use common::cluster::{collector, next_matching, relay, within};
@@ -129,15 +129,11 @@ async fn two_groups_of_different_programs_types_counts_and_policies() {
         let echo_pid = echoes.workers().await.unwrap()[0].pid.unwrap();
         relays.kill(0).await.unwrap();
         echoes.kill(0).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        common::eventually(Duration::from_secs(20), "the echo's restart", || async {
             let echo = &echoes.workers().await.unwrap()[0];
-            if echo.state == WorkerState::Ready && echo.pid != Some(echo_pid) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{echo:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            echo.state == WorkerState::Ready && echo.pid != Some(echo_pid)
+        })
+        .await;
         let relay0 = &relays.workers().await.unwrap()[0];
         assert!(!is_alive(relay_pid));
         assert_eq!(relay0.state, WorkerState::Exited, "{relay0:?}");

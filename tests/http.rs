@@ -24,7 +24,7 @@ fn http_config(n: usize, program: &Path) -> ClusterConfig {
         .workers(n)
         .exec(program)
         .listen("http", "127.0.0.1:0")
-        .env("PROCACTOR_HTTP_SHUTDOWN_SECS", "10")
+        .env(procactor::actors::http::SHUTDOWN_SECS_ENV, "10")
         .ready_timeout(Duration::from_secs(20))
         .shutdown_timeout(Duration::from_secs(15))
         .handle_signals(false)

@@ -49,6 +49,20 @@ fn runtime_threads() -> usize {
         .count()
 }
 
+/// Waits until `pid` holds no more descriptors than `fds`: an exited worker's pipe readers may
+/// finish just after its exit is reported, and a baseline taken just after a start may still
+/// hold one of the start's.
+async fn descriptors_back_to(pid: u32, fds: usize) {
+    let back =
+        common::wait_until_async(Duration::from_secs(10), || common::fd_count(pid) <= fds).await;
+    assert!(
+        back,
+        "descriptors: {} now, {fds} before: {:?}",
+        common::fd_count(pid),
+        common::fds(pid)
+    );
+}
+
 fn zombie_children() -> Vec<u32> {
     common::children(std::process::id())
         .into_iter()
@@ -307,15 +321,7 @@ async fn descriptors_and_threads_return_to_baseline_after_500_respawns() {
             .await
             .unwrap_or_else(|| panic!("respawn {generation}"));
         }
-        // The last exit's pipe readers may finish just after it is reported.
-        let back =
-            common::wait_until_async(Duration::from_secs(10), || common::fd_count(me) <= fds).await;
-        assert!(
-            back,
-            "descriptors: {} now, {fds} before: {:?}",
-            common::fd_count(me),
-            common::fds(me)
-        );
+        descriptors_back_to(me, fds).await;
         // Threads come and go with libtest's test threads; the runtime's own must not grow.
         assert_eq!(
             runtime_threads(),
@@ -375,17 +381,8 @@ async fn descriptors_threads_and_zombies_return_to_baseline_after_50_reloads() {
             assert_eq!(report.replaced.len(), 2);
             assert!(report.replaced.iter().all(|r| r.generation == round + 1));
         }
-        // Every replaced process reaped, its pipes closed (a pipe's reader may finish just
-        // after the exit is reported), no thread left behind. The baseline, taken just after
-        // the start, may still hold a descriptor of the start in flight: never more than it.
-        let back =
-            common::wait_until_async(Duration::from_secs(10), || common::fd_count(me) <= fds).await;
-        assert!(
-            back,
-            "descriptors: {} now, {fds} before: {:?}",
-            common::fd_count(me),
-            common::fds(me)
-        );
+        // Every replaced process reaped, its pipes closed, no thread left behind.
+        descriptors_back_to(me, fds).await;
         assert_eq!(runtime_threads(), threads);
         assert_eq!(zombie_children(), Vec::<u32>::new());
         let live: Vec<u32> = common::children(me)

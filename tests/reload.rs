@@ -281,3 +281,56 @@ async fn scaling_down_drains_the_last_workers_and_scaling_up_starts_them_again()
     })
     .await;
 }
+
+#[actix::test]
+async fn a_replacement_whose_old_process_dies_meanwhile_takes_the_slot_and_reports_its_fate() {
+    within(120, async {
+        // The replacement hangs before it is ready; the old process is killed meanwhile.
+        let config = chaos_config(1, &[])
+            .env("PROCACTOR_CHAOS_MODE", "hang-at-start")
+            .env("PROCACTOR_CHAOS_FROM_GENERATION", "2")
+            .ready_timeout(Duration::from_secs(2))
+            .restart(procactor::RestartPolicy {
+                restart: procactor::RestartType::Temporary,
+                ..procactor::RestartPolicy::default()
+            });
+        let (events, mut seen) = collector::<WorkerEvent>();
+        let cluster = ClusterSupervisor::builder::<Echo>(config)
+            .subscribe(events)
+            .start()
+            .await
+            .unwrap();
+        let old = pids(&cluster).await[0];
+        let reload = cluster.reload();
+        let spawned = next_matching(&mut seen, Duration::from_secs(10), |e| {
+            e.generation == 2 && e.kind == WorkerEventKind::Spawned
+        });
+        let kill_old = async {
+            spawned.await.expect("the replacement spawns");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(old as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        };
+        let ((), result) = futures_util::join!(kill_old, reload);
+        let error = result.unwrap_err();
+        // The replacement served the slot, then failed its ready timeout: the reload says so.
+        let Error::Reload(ReloadError::Replace {
+            source: ReplaceError::Failed { reason, .. },
+            ..
+        }) = &error
+        else {
+            panic!("{error:?}");
+        };
+        assert_eq!(*reason, procactor::ExitReason::ReadyTimeout);
+        assert!(!is_alive(old));
+        let info = &cluster.workers().await.unwrap()[0];
+        assert_eq!(
+            info.generation, 2,
+            "no third process: the slot is temporary"
+        );
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{collector, next_matching, relay, relay_config, within};
 use common::is_alive;
@@ -50,15 +50,11 @@ async fn killing_the_middle_supervisor_leaves_no_leaf_and_it_comes_back_with_fre
             "a leaf outlived its supervisor: {old:?}"
         );
 
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        common::eventually(Duration::from_secs(30), "the middle's restart", || async {
             let info = &cluster.workers().await.unwrap()[0];
-            if info.state == WorkerState::Ready && info.generation == 2 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{info:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            info.state == WorkerState::Ready && info.generation == 2
+        })
+        .await;
         let fresh = leaves(&cluster).await;
         assert_eq!(fresh.len(), 2);
         assert!(fresh.is_disjoint(&old));

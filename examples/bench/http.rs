@@ -44,7 +44,7 @@ fn config(workers: usize) -> ClusterConfig {
         .log(crate::bench_logs())
         .workers(workers)
         .env(ROLE_ENV, "http")
-        .env("PROCACTOR_HTTP_SHUTDOWN_SECS", "10")
+        .env(procactor::actors::http::SHUTDOWN_SECS_ENV, "10")
         .shutdown_timeout(Duration::from_secs(15))
         .listen("http", "127.0.0.1:0")
         .restart(RestartPolicy {

@@ -356,6 +356,7 @@ impl CacheCore {
                 })
                 .collect(),
             locks_held: 0,
+            lock_waiters: 0,
             subscriptions: self.subs.len(),
             snapshot_error: self.snapshot_error.clone(),
         }

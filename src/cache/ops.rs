@@ -211,6 +211,8 @@ pub struct CacheStats {
     pub collections: Vec<CollectionStats>,
     /// Locks held now.
     pub locks_held: usize,
+    /// Processes waiting in line for a lock now.
+    pub lock_waiters: usize,
     /// Subscriptions now.
     pub subscriptions: usize,
     /// Why the snapshot could not be loaded at start, if it could not (it was set aside).

@@ -204,14 +204,14 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
                     Ok(Some(frame)) => {
                         if let Err(e) = act.on_frame(generation, &frame, ctx) {
                             act.fault(generation, e.into(), ctx);
-                            act.stdout_closed(generation, ctx);
+                            act.stdout_closed(generation);
                             return Poll::Ready(());
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
                         act.fault(generation, e.into(), ctx);
-                        act.stdout_closed(generation, ctx);
+                        act.stdout_closed(generation);
                         return Poll::Ready(());
                     }
                 }
@@ -235,7 +235,7 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
                     } else if let Err(e) = result {
                         tracing::debug!(worker = act.id, error = %e, "read from worker failed");
                     }
-                    act.stdout_closed(generation, ctx);
+                    act.stdout_closed(generation);
                     return Poll::Ready(());
                 }
             }

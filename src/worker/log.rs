@@ -16,8 +16,14 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
-use crate::logger::Kind;
+use crate::logger::{Kind, Record, Source};
 use crate::worker::context::Outbox;
+
+/// The fields are built by the same [`Record`] constructors as the master's; who sent them is
+/// stamped by the master, so the source here is a placeholder.
+fn here() -> Source {
+    Source::master(String::new())
+}
 
 /// Records that may wait for the runtime's thread.
 pub(crate) const QUEUE: usize = 16 * 1024;
@@ -97,50 +103,25 @@ impl LogSender {
 
     /// An `ip` record: a request served (`method` and `path`, or a label and an operation).
     pub fn ip(&self, client: &str, method: &str, path: &str, status: u16, duration: Duration) {
-        let mut fields = Map::new();
-        fields.insert("client".into(), client.into());
-        fields.insert("method".into(), method.into());
-        fields.insert("path".into(), path.into());
-        fields.insert("status".into(), status.into());
-        fields.insert(
-            "duration_ms".into(),
-            (duration.as_micros() as f64 / 1e3).into(),
-        );
-        self.record(Kind::Ip, fields);
+        let record = Record::ip(here(), client, method, path, status, duration);
+        self.record(Kind::Ip, record.fields);
     }
 
     /// A `history` record: an event with structured fields.
-    pub fn history(&self, event: &str, mut fields: Map<String, Value>) {
-        let field = if fields.contains_key("event") {
-            "field_event"
-        } else {
-            "event"
-        };
-        if let Some(v) = fields.remove("event") {
-            fields.insert(field.into(), v);
-        }
-        fields.insert("event".into(), event.into());
-        self.record(Kind::History, fields);
+    pub fn history(&self, event: &str, fields: Map<String, Value>) {
+        self.record(Kind::History, Record::history(here(), event, fields).fields);
     }
 
     /// An `error` record: a message, its chain of causes (outermost first) and where.
     pub fn error(&self, message: &str, causes: Vec<String>, location: Option<&str>) {
-        let mut fields = Map::new();
-        fields.insert("message".into(), message.into());
-        fields.insert("causes".into(), causes.into());
-        fields.insert("location".into(), location.map_or(Value::Null, Into::into));
-        self.record(Kind::Error, fields);
+        let record = Record::error(here(), message, causes, location.map(str::to_owned));
+        self.record(Kind::Error, record.fields);
     }
 
     /// An `error` record of `error` and its sources.
     pub fn error_chain(&self, error: &dyn std::error::Error, location: Option<&str>) {
-        let mut causes = Vec::new();
-        let mut source = error.source();
-        while let Some(e) = source {
-            causes.push(e.to_string());
-            source = e.source();
-        }
-        self.error(&error.to_string(), causes, location);
+        let record = Record::from_error(here(), error, location.map(str::to_owned));
+        self.record(Kind::Error, record.fields);
     }
 
     /// Records dropped so far because the channel to the runtime's thread was full.

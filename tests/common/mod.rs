@@ -34,6 +34,19 @@ pub(crate) async fn wait_until_async(timeout: Duration, mut cond: impl FnMut() -
     }
 }
 
+/// Polls the async `check` until it holds; panics, naming `what`, after `timeout`.
+pub(crate) async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The fields of /proc/<pid>/stat after the command name (which may hold spaces and parens):
 /// index 0 is the state (field 3 of proc(5)).
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
