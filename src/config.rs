@@ -12,6 +12,9 @@ use crate::codec::{DEFAULT_MAX_FRAME_BYTES, HEADER_LEN};
 use crate::error::ConfigError;
 use crate::supervisor::RestartPolicy;
 
+/// The name of a cluster's only group when it was not given groups.
+pub const DEFAULT_GROUP: &str = "workers";
+
 /// How a cluster's workers are started and talked to.
 ///
 /// ```

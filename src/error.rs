@@ -53,6 +53,10 @@ pub enum Error {
     /// `run_worker` was called in a process that the master did not start as a worker.
     #[error("not started as a procactor worker (PROCACTOR_WORKER_ID is not set)")]
     NotAWorker,
+    /// A [`GroupKey`](crate::GroupKey) was used with the [`Groups`](crate::Groups) of another
+    /// cluster.
+    #[error("this group key belongs to another cluster")]
+    ForeignGroupKey,
     /// An I/O error outside a worker's channel.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

@@ -53,6 +53,7 @@
 //!   is reaped; [`Cluster::stop`] returns once every worker has been reaped.
 
 pub mod cache;
+mod cluster;
 mod codec;
 mod config;
 mod error;
@@ -69,7 +70,8 @@ mod worker;
 
 pub mod actors;
 
-pub use config::{Affinity, ClusterConfig, GroupConfig};
+pub use cluster::{Cluster, ClusterBuilder, GroupHandlers, GroupKey, Groups, GroupsBuilder};
+pub use config::{Affinity, ClusterConfig, GroupConfig, DEFAULT_GROUP};
 pub use error::{CallError, ConfigError, Error, FrameError, ProtocolError, SpawnError};
 pub use event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
 pub use listen::{activated_sockets, ListenAddr};
@@ -81,9 +83,8 @@ pub use proxy::{
     Stop, Tell, TellAck, TellResponse, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
 };
 pub use supervisor::{
-    Backoff, Cluster, ClusterBuilder, ClusterSupervisor, Escalation, GroupHandlers, GroupKey,
-    Groups, GroupsBuilder, Intensity, ListWorkers, ReloadError, ReloadEvent, ReloadReport,
-    RestartPolicy, RestartType, StopAll, Strategy, DEFAULT_GROUP,
+    Backoff, ClusterSupervisor, Escalation, Intensity, ListWorkers, ReloadError, ReloadEvent,
+    ReloadReport, RestartPolicy, RestartType, StopAll, Strategy,
 };
 pub use worker::{
     is_worker, run_worker, LogLayer, LogSender, WorkerActor, WorkerContext, WorkerHandle,

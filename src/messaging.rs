@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{WorkerId, WorkerState};
 
+pub(crate) mod confirm;
+
 /// Who sent a message, as stamped by the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Peer {

@@ -339,7 +339,7 @@ impl SlotSpec {
             env,
             config: config.clone(),
             listeners: crate::listen::bind_all(&config.listen)?,
-            group: crate::supervisor::DEFAULT_GROUP.to_owned(),
+            group: crate::config::DEFAULT_GROUP.to_owned(),
         })
     }
 }

@@ -160,3 +160,10 @@ pub(crate) enum OwnedOp {
     Restart(WorkerId),
     Reload,
 }
+
+/// `value` encoded for an answer to a worker's request.
+pub(crate) fn encoded<T: serde::Serialize>(value: &T) -> Result<Bytes, AskError> {
+    let mut buf = Vec::new();
+    crate::codec::encode_value(&mut buf, value).map_err(|e| AskError::Failed(e.to_string()))?;
+    Ok(buf.into())
+}

@@ -80,7 +80,7 @@ async fn two_groups_of_different_programs_types_counts_and_policies() {
                 .affinity(Affinity::Cpus(vec![cpu])),
         );
         let groups = builder.start().await.unwrap();
-        let (relays, echoes) = (groups.get(relays), groups.get(echoes));
+        let (relays, echoes) = (groups.get(relays).unwrap(), groups.get(echoes).unwrap());
         assert_eq!((relays.len(), echoes.len()), (2, 3));
         assert_eq!(groups.workers().await.unwrap().len(), 5);
 
@@ -156,8 +156,8 @@ async fn groups_start_in_order_waiting_when_asked_and_stop_in_reverse() {
                 .after("first"),
         );
         let groups = builder.start().await.unwrap();
-        let first_id = groups.get(first).workers().await.unwrap()[0].id;
-        let second_id = groups.get(second).workers().await.unwrap()[0].id;
+        let first_id = groups.get(first).unwrap().workers().await.unwrap()[0].id;
+        let second_id = groups.get(second).unwrap().workers().await.unwrap()[0].id;
         // The second group's process was spawned only after the first was ready.
         let mut order = Vec::new();
         while order.len() < 2 {
@@ -249,6 +249,22 @@ async fn bad_group_configurations_are_refused_before_anything_starts() {
                 other => panic!("{case}: {other:?}"),
             }
         }
+    })
+    .await;
+}
+
+#[actix::test]
+async fn a_group_key_of_another_cluster_is_an_error_not_a_panic() {
+    within(60, async {
+        let mut builder = ClusterSupervisor::with_groups(base());
+        let mine = builder.group::<Echo>(GroupConfig::new("mine").workers(1).exec(ECHO));
+        // Same index and type, other builder: it must not be read as this cluster's group.
+        let foreign =
+            ClusterSupervisor::with_groups(base()).group::<Echo>(GroupConfig::new("mine"));
+        let groups = builder.start().await.unwrap();
+        assert!(matches!(groups.get(foreign), Err(Error::ForeignGroupKey)));
+        assert_eq!(groups.get(mine).unwrap().len(), 1);
+        groups.stop().await.unwrap();
     })
     .await;
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::{ClusterSupervisor, Mode, ReloadWaiter};
 use crate::event::WorkerId;
 use crate::proxy::{Replace, ReplaceError, Replaced};
 
@@ -181,4 +182,52 @@ pub(super) async fn run(
         elapsed: report.elapsed,
     });
     Ok(report)
+}
+
+impl ClusterSupervisor {
+    /// Starts a rolling reload, or queues one behind the reload that is running.
+    pub(super) fn request_reload(&mut self, waiter: Option<ReloadWaiter>, ctx: &mut Context<Self>) {
+        if self.stopping {
+            if let Some(tx) = waiter {
+                let _ = tx.send(Err(ReloadError::Stopping { replaced: 0 }));
+            }
+            return;
+        }
+        if self.reload.running {
+            tracing::info!("a reload is running; the new request is queued behind it");
+            self.reload
+                .queued
+                .get_or_insert_with(Vec::new)
+                .extend(waiter);
+            return;
+        }
+        self.start_reload(waiter.into_iter().collect(), ctx);
+    }
+
+    fn start_reload(&mut self, waiters: Vec<ReloadWaiter>, ctx: &mut Context<Self>) {
+        self.reload.running = true;
+        let slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.mode == Mode::Active)
+            .map(|(id, slot)| (id, slot.replace.clone()))
+            .collect();
+        let run = run(
+            slots,
+            self.reload.delay,
+            Rc::clone(&self.reload.cancelled),
+            self.reload.subscribers.clone(),
+        );
+        ctx.spawn(run.into_actor(self).map(move |result, act, ctx| {
+            for tx in waiters {
+                let _ = tx.send(result.clone());
+            }
+            act.reload.running = false;
+            // A stop takes the queued reload's waiters (and answers them) before this runs.
+            if let Some(next) = act.reload.queued.take() {
+                act.start_reload(next, ctx);
+            }
+        }));
+    }
 }

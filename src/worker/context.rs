@@ -101,7 +101,7 @@ impl<A: WorkerActor> WorkerContext<A> {
             sender: Peer::Master,
             via: Via::Direct,
             group: std::env::var(crate::worker::env::GROUP)
-                .unwrap_or_else(|_| crate::supervisor::DEFAULT_GROUP.into()),
+                .unwrap_or_else(|_| crate::config::DEFAULT_GROUP.into()),
             identity,
             listeners,
             scratch: Vec::new(),

@@ -9,11 +9,16 @@ use std::rc::Rc;
 
 use actix::prelude::*;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::assembly::Core;
+use super::builder::request_handler;
+use super::Cluster;
 use crate::config::{ClusterConfig, GroupConfig};
 use crate::error::{ConfigError, Error};
 use crate::event::{ExitReason, WorkerEvent, WorkerId, WorkerInfo};
-use crate::proxy::{AwaitReady, FromWorker, Handlers, WorkerRequest};
-use crate::supervisor::{Cluster, ClusterSupervisor, Core, ListWorkers, ReloadEvent, StopAll};
+use crate::proxy::{AwaitReady, FromWorker, Handlers, RequestHandler, WorkerRequest};
+use crate::supervisor::{ClusterSupervisor, ListWorkers, ReloadEvent, StopAll};
 use crate::worker::WorkerActor;
 
 type Starter = Box<dyn FnOnce(&Core, &ClusterConfig) -> Result<Started, Error>>;
@@ -26,6 +31,8 @@ struct Started {
 /// The typed key of a group added with [`GroupsBuilder::group`]: [`Groups::get`] gives its
 /// [`Cluster<A>`] handle back, typed.
 pub struct GroupKey<A> {
+    /// The builder it came from: a key of another cluster is refused, not misread.
+    cluster: u64,
     index: usize,
     _actor: PhantomData<fn() -> A>,
 }
@@ -40,7 +47,10 @@ impl<A> Copy for GroupKey<A> {}
 
 impl<A> fmt::Debug for GroupKey<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("GroupKey").field(&self.index).finish()
+        f.debug_struct("GroupKey")
+            .field("cluster", &self.cluster)
+            .field("index", &self.index)
+            .finish()
     }
 }
 
@@ -76,7 +86,7 @@ impl<A: WorkerActor> GroupHandlers<A> {
 
     /// Receives the one-way messages the group's workers send with `send_master`.
     pub fn on_message(mut self, recipient: Recipient<FromWorker<A::Event>>) -> Self {
-        self.handlers.listeners.push(recipient);
+        self.add_listener(recipient);
         self
     }
 
@@ -85,13 +95,23 @@ impl<A: WorkerActor> GroupHandlers<A> {
     where
         R: serde::Serialize + Send + 'static,
     {
-        self.handlers.requests = Some(crate::supervisor::request_handler::<A, R>(recipient));
+        self.set_requests(request_handler::<A, R>(recipient));
         self
+    }
+
+    pub(super) fn add_listener(&mut self, recipient: Recipient<FromWorker<A::Event>>) {
+        self.handlers.listeners.push(recipient);
+    }
+
+    pub(super) fn set_requests(&mut self, handler: RequestHandler) {
+        self.handlers.requests = Some(handler);
     }
 }
 
 /// Builds a cluster of several groups; see [`ClusterSupervisor::with_groups`].
 pub struct GroupsBuilder {
+    /// This cluster's number among the clusters of this process, for its [`GroupKey`]s.
+    id: u64,
     config: ClusterConfig,
     groups: Vec<(GroupConfig, Starter)>,
     subscribers: Vec<Recipient<WorkerEvent>>,
@@ -127,13 +147,15 @@ impl ClusterSupervisor {
     ///     GroupConfig::new("web").workers(4).exec("procactor-echo").after("warm"),
     /// );
     /// let groups = builder.start().await?;
-    /// let web: &Cluster<Echo> = groups.get(web);
+    /// let web: &Cluster<Echo> = groups.get(web)?;
     /// # let _ = (warm, web);
     /// groups.stop().await
     /// # }
     /// ```
     pub fn with_groups(config: ClusterConfig) -> GroupsBuilder {
+        static CLUSTERS: AtomicU64 = AtomicU64::new(0);
         GroupsBuilder {
+            id: CLUSTERS.fetch_add(1, Ordering::Relaxed),
             config,
             groups: Vec::new(),
             subscribers: Vec::new(),
@@ -144,6 +166,11 @@ impl ClusterSupervisor {
 }
 
 impl GroupsBuilder {
+    /// A spent builder, left behind by [`ClusterBuilder::start`](crate::ClusterBuilder::start).
+    pub(super) fn empty() -> Self {
+        ClusterSupervisor::with_groups(ClusterConfig::new())
+    }
+
     /// Adds a group of `A` workers; the key gives its typed handle once started.
     pub fn group<A: WorkerActor>(&mut self, group: GroupConfig) -> GroupKey<A> {
         self.group_with(group, GroupHandlers::new())
@@ -167,6 +194,7 @@ impl GroupsBuilder {
         });
         self.groups.push((group, starter));
         GroupKey {
+            cluster: self.id,
             index,
             _actor: PhantomData,
         }
@@ -242,7 +270,11 @@ impl GroupsBuilder {
     /// # Errors
     /// [`Error::Config`] naming the group and the setting; [`Error::StartFailed`] when a
     /// worker did not become ready (every group is stopped first).
-    pub async fn start(self) -> Result<Groups, Error> {
+    pub async fn start(&mut self) -> Result<Groups, Error> {
+        std::mem::replace(self, Self::empty()).launch().await
+    }
+
+    pub(super) async fn launch(self) -> Result<Groups, Error> {
         let configs = self.validate()?;
         let core = Core::start(
             &self.config,
@@ -278,6 +310,7 @@ impl GroupsBuilder {
         core.finish_start(readiness.into_iter().flatten().collect())
             .await?;
         Ok(Groups {
+            id: self.id,
             supervisor: core.supervisor.clone(),
             names,
             views,
@@ -287,6 +320,7 @@ impl GroupsBuilder {
 
 /// A running cluster of several groups; [`get`](Self::get) gives each group's typed handle.
 pub struct Groups {
+    id: u64,
     supervisor: Addr<ClusterSupervisor>,
     names: Vec<String>,
     views: Vec<Box<dyn Any>>,
@@ -303,12 +337,13 @@ impl fmt::Debug for Groups {
 impl Groups {
     /// The typed handle of the group `key` was returned for.
     ///
-    /// # Panics
-    /// When `key` comes from another cluster's builder with other groups.
-    pub fn get<A: WorkerActor>(&self, key: GroupKey<A>) -> &Cluster<A> {
-        self.views[key.index]
-            .downcast_ref::<Cluster<A>>()
-            .expect("a GroupKey matches the group it was created for")
+    /// # Errors
+    /// [`Error::ForeignGroupKey`] when `key` comes from another cluster's builder.
+    pub fn get<A: WorkerActor>(&self, key: GroupKey<A>) -> Result<&Cluster<A>, Error> {
+        let view = (key.cluster == self.id)
+            .then(|| self.views.get(key.index)?.downcast_ref::<Cluster<A>>())
+            .flatten();
+        view.ok_or(Error::ForeignGroupKey)
     }
 
     /// The groups' names, in start order.

@@ -1,0 +1,454 @@
+//! The public handle of a running cluster: [`Cluster`], one group's typed view, with the
+//! builders that start clusters ([`ClusterBuilder`] for one group, [`GroupsBuilder`] for
+//! several) and the start-up assembly that puts the supervisor, the services and the proxies
+//! together.
+//!
+//! A [`Cluster<A>`] is cheap to keep and holds the `Addr` of every slot of its group: the
+//! addresses never change across respawns and reloads. Its operations go to the supervisor
+//! (lifecycle, reload, scale), to the slots' proxies (messaging) or to the services (cache, logs).
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::error::{CallError, ConfigError, Error};
+use crate::event::{ExitReason, WorkerId, WorkerInfo};
+use crate::listen::ListenAddr;
+use crate::messaging::{ClusterInfo, Peer, Via, WorkerStats};
+use crate::proxy::{AwaitReady, Links, SlotSpec, Worker};
+use crate::routing::{OwnedOp, ReplyTo, Routed, SystemCall};
+use crate::supervisor::{
+    ClusterSupervisor, Control, ListWorkers, ReloadError, ReloadReport, Scale, StopAll,
+};
+use crate::worker::WorkerActor;
+
+mod assembly;
+mod builder;
+mod groups;
+
+pub use builder::ClusterBuilder;
+pub use groups::{GroupHandlers, GroupKey, Groups, GroupsBuilder};
+
+/// A running cluster of `A` workers: the typed handle to its slots.
+pub struct Cluster<A: WorkerActor> {
+    supervisor: Addr<ClusterSupervisor>,
+    workers: Rc<RefCell<Vec<Addr<Worker<A>>>>>,
+    /// The cluster-wide slot id of each of this group's slots, in order.
+    ids: Rc<RefCell<Vec<WorkerId>>>,
+    group: usize,
+    next_id: Rc<Cell<usize>>,
+    spec: Rc<SlotSpec>,
+    links: Links<A>,
+}
+
+impl<A: WorkerActor> Clone for Cluster<A> {
+    fn clone(&self) -> Self {
+        Self {
+            supervisor: self.supervisor.clone(),
+            workers: Rc::clone(&self.workers),
+            ids: Rc::clone(&self.ids),
+            group: self.group,
+            next_id: Rc::clone(&self.next_id),
+            spec: Rc::clone(&self.spec),
+            links: self.links.clone(),
+        }
+    }
+}
+
+impl<A: WorkerActor> fmt::Debug for Cluster<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("workers", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: WorkerActor> Cluster<A> {
+    /// Starts one more slot of this group (its process starts now).
+    fn add_slot(&self) -> Addr<Worker<A>> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let addr = Worker::<A>::new(id, Rc::clone(&self.spec), self.links.clone()).start();
+        self.links
+            .routing
+            .borrow_mut()
+            .slots
+            .push(addr.clone().recipient());
+        // Slots are added in id order: the supervisor's mailbox keeps it.
+        self.supervisor
+            .do_send(Control::Add(crate::supervisor::Slot::of(&addr, self.group)));
+        self.workers.borrow_mut().push(addr.clone());
+        self.ids.borrow_mut().push(id);
+        addr
+    }
+
+    fn readiness(&self) -> Vec<(WorkerId, Recipient<AwaitReady>)> {
+        let ids = self.ids.borrow();
+        self.workers
+            .borrow()
+            .iter()
+            .zip(ids.iter())
+            .map(|(w, &id)| (id, w.clone().recipient()))
+            .collect()
+    }
+
+    /// The cluster-wide id of this group's slot `index`.
+    fn global(&self, index: usize) -> Option<WorkerId> {
+        self.ids.borrow().get(index).copied()
+    }
+
+    /// This group's name.
+    pub fn group_name(&self) -> &str {
+        &self.spec.group
+    }
+
+    /// The proxy of worker slot `id`; valid for the life of the cluster, across respawns.
+    ///
+    /// # Panics
+    /// When `id` is not below [`len`](Self::len).
+    pub fn worker(&self, id: WorkerId) -> Addr<Worker<A>> {
+        self.workers.borrow()[id].clone()
+    }
+
+    /// Every slot's proxy, in slot order.
+    pub fn addrs(&self) -> Vec<Addr<Worker<A>>> {
+        self.workers.borrow().clone()
+    }
+
+    /// The number of worker slots.
+    pub fn len(&self) -> usize {
+        self.workers.borrow().len()
+    }
+
+    /// True for a cluster without slots (which validation does not allow).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The supervisor actor.
+    pub fn supervisor(&self) -> &Addr<ClusterSupervisor> {
+        &self.supervisor
+    }
+
+    /// Id, pid, state and generation of every slot.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, Error> {
+        let all = self.supervisor.send(ListWorkers).await?;
+        let ids = self.ids.borrow().clone();
+        Ok(ids
+            .iter()
+            .filter_map(|id| all.iter().find(|info| info.id == *id).cloned())
+            .collect())
+    }
+
+    /// Kills worker `id`'s process group with SIGKILL; the restart policy then decides what
+    /// follows, as for any crash (sicarii's `kill`). Resolves with the exit reason once reaped,
+    /// or `None` for an unknown slot.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn kill(&self, id: WorkerId) -> Result<Option<ExitReason>, Error> {
+        let Some(id) = self.global(id) else {
+            return Ok(None);
+        };
+        Ok(self.supervisor.send(Control::Kill(id)).await?)
+    }
+
+    /// Kills every worker, as [`kill`](Self::kill) does one.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn kill_all(&self) -> Result<(), Error> {
+        let kills: Vec<_> = self
+            .ids
+            .borrow()
+            .iter()
+            .map(|&id| self.supervisor.send(Control::Kill(id)))
+            .collect();
+        for kill in kills {
+            kill.await?;
+        }
+        Ok(())
+    }
+
+    /// Stops worker `id` gracefully and for good: it is not restarted (Node's `worker.kill()`).
+    /// Resolves with its exit reason once reaped, or `None` for an unknown slot.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn stop_worker(&self, id: WorkerId) -> Result<Option<ExitReason>, Error> {
+        let Some(id) = self.global(id) else {
+            return Ok(None);
+        };
+        Ok(self.supervisor.send(Control::StopWorker(id)).await?)
+    }
+
+    /// Turns restarts on or off for the whole cluster (on by default).
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn set_respawn(&self, on: bool) -> Result<(), Error> {
+        self.supervisor.send(Control::Respawn(on)).await?;
+        Ok(())
+    }
+
+    /// Adds a worker slot at runtime and waits until its worker is ready.
+    ///
+    /// # Errors
+    /// [`Error::StartFailed`] when the new worker does not become ready (the slot remains,
+    /// supervised like the others); [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn add_worker(&self) -> Result<Addr<Worker<A>>, Error> {
+        let addr = self.add_slot();
+        let id = self.global(self.len() - 1).unwrap_or_default();
+        match addr.send(AwaitReady).await? {
+            Ok(()) => Ok(addr),
+            Err(reason) => Err(Error::StartFailed { worker: id, reason }),
+        }
+    }
+
+    /// Replaces every worker, one at a time, with a new process of the program as it is on disk
+    /// now, with no gap in service (a rolling restart; see [`ReloadEvent`] for its progress).
+    ///
+    /// Each new process is started beside the one it replaces; once it is ready it takes over,
+    /// and the old one is stopped gracefully, finishing its work first. The next worker follows
+    /// after `reload_delay`. A reload asked for while one runs (by this method, SIGHUP or a
+    /// worker) is queued and runs after it.
+    ///
+    /// # Errors
+    /// [`Error::Reload`] when a replacement failed (it crashed, or was not ready within the
+    /// ready timeout): the reload stopped there, and that worker and those after it still run
+    /// their old process; or when the cluster began to stop. [`Error::Mailbox`] when the
+    /// supervisor has stopped.
+    pub async fn reload(&self) -> Result<ReloadReport, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.supervisor.send(Control::Reload(Some(tx))).await?;
+        match rx.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(Error::Reload(ReloadError::Stopping { replaced: 0 })),
+        }
+    }
+
+    /// Scales the cluster to `n` running workers, with no failed request.
+    ///
+    /// Scaling down stops the highest-numbered running workers gracefully (each finishes its
+    /// work and its `stopping` hook runs; an HTTP worker stops accepting first) and returns once
+    /// they have exited; their slots stay, stopped. Scaling up starts stopped slots again, lowest
+    /// first, then adds new slots, and returns once every new worker is ready.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for `n == 0`; [`Error::StartFailed`] when a new worker did not become
+    /// ready; [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn scale(&self, n: usize) -> Result<(), Error> {
+        if n == 0 {
+            return Err(ConfigError {
+                field: "workers",
+                reason: "cannot scale to 0 workers; stop the cluster instead".into(),
+            }
+            .into());
+        }
+        let to_add = self
+            .supervisor
+            .send(Scale {
+                group: self.group,
+                n,
+            })
+            .await??;
+        for _ in 0..to_add {
+            self.add_worker().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `msg` to every running worker as a one-way message (its sender is
+    /// [`Peer::Master`], its [`Via`] `Broadcast`) and resolves once each has received it;
+    /// returns how many did. Workers that are not running are skipped.
+    ///
+    /// # Errors
+    /// [`Error::Call`] when the message cannot be encoded.
+    pub async fn broadcast(&self, msg: &A::Msg) -> Result<usize, Error> {
+        let targets = self.addrs().into_iter().map(|w| w.recipient()).collect();
+        self.deliver_to(targets, Via::Broadcast, msg).await
+    }
+
+    /// Sends `msg` to every member of `group`, as [`broadcast`](Self::broadcast) does to all;
+    /// returns how many received it.
+    ///
+    /// # Errors
+    /// As [`broadcast`](Self::broadcast).
+    pub async fn publish(&self, group: &str, msg: &A::Msg) -> Result<usize, Error> {
+        let targets = {
+            let routing = self.links.routing.borrow();
+            routing
+                .members(group)
+                .into_iter()
+                .filter_map(|w| routing.slots.get(w).cloned())
+                .collect()
+        };
+        self.deliver_to(targets, Via::Group(group.to_owned()), msg)
+            .await
+    }
+
+    async fn deliver_to(
+        &self,
+        targets: Vec<Recipient<Routed>>,
+        via: Via,
+        msg: &A::Msg,
+    ) -> Result<usize, Error> {
+        let mut payload = Vec::new();
+        crate::codec::encode_value(&mut payload, msg).map_err(CallError::Frame)?;
+        let payload = bytes::Bytes::from(payload);
+        let acks: Vec<_> = targets
+            .into_iter()
+            .map(|target| {
+                let (tx, rx) = oneshot::channel();
+                target.do_send(Routed::Tell {
+                    from: Peer::Master,
+                    via: via.clone(),
+                    payload: payload.clone(),
+                    ack: Some(ReplyTo::Local(tx)),
+                });
+                rx
+            })
+            .collect();
+        let mut received = 0;
+        for ack in acks {
+            if let Ok(Ok(_)) = ack.await {
+                received += 1;
+            }
+        }
+        Ok(received)
+    }
+
+    /// The cluster's shared cache (see [`crate::cache`]), as workers see it.
+    pub fn cache(&self) -> crate::cache::CacheClient<crate::cache::MasterCache> {
+        crate::cache::CacheClient::new(crate::cache::MasterCache {
+            addr: self.links.cache.clone(),
+        })
+    }
+
+    /// The last `n` log records of `kind` (newest last), of every process or of one worker,
+    /// from the logger's in-memory ring.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the logger has stopped.
+    pub async fn recent_logs(
+        &self,
+        kind: crate::logger::Kind,
+        n: usize,
+        worker: Option<WorkerId>,
+    ) -> Result<Vec<crate::logger::Record>, Error> {
+        Ok(self
+            .links
+            .log
+            .logger
+            .send(crate::logger::Recent { kind, n, worker })
+            .await?)
+    }
+
+    /// Writes and flushes every log record queued so far.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the logger has stopped.
+    pub async fn flush_logs(&self) -> Result<(), Error> {
+        Ok(self.links.log.logger.send(crate::logger::FlushLogs).await?)
+    }
+
+    /// The members of `group` now.
+    pub fn group_members(&self, group: &str) -> Vec<WorkerId> {
+        self.links.routing.borrow().members(group)
+    }
+
+    async fn system(&self, op: OwnedOp) -> Result<bytes::Bytes, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.supervisor
+            .send(SystemCall {
+                from: Peer::Master,
+                op,
+                reply: ReplyTo::Local(tx),
+            })
+            .await?;
+        let answer = rx.await.map_err(|_| actix::MailboxError::Closed)?;
+        answer.map_err(Error::Ask)
+    }
+
+    /// The cluster: the master's pid, every worker slot (pid, state, generation, uptime,
+    /// restarts, groups) and every group's members.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn info(&self) -> Result<ClusterInfo, Error> {
+        let bytes = self.system(OwnedOp::Info).await?;
+        Ok(crate::codec::decode_value(&bytes).map_err(CallError::Frame)?)
+    }
+
+    /// Every worker's traffic counters (frames by kind, requests, errors, restarts) and its
+    /// process's CPU time and resident memory.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn stats(&self) -> Result<Vec<WorkerStats>, Error> {
+        let bytes = self.system(OwnedOp::Stats).await?;
+        Ok(crate::codec::decode_value(&bytes).map_err(CallError::Frame)?)
+    }
+
+    /// Waits until `n` workers have confirmed `key`
+    /// ([`WorkerHandle::confirm`](crate::WorkerHandle::confirm)) and returns which, in the
+    /// order they confirmed (clustr-node's `onConfirmation`).
+    ///
+    /// # Errors
+    /// [`Error::Ask`] with [`AskError::Timeout`] when fewer have confirmed within `timeout`.
+    pub async fn await_confirmations(
+        &self,
+        key: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<WorkerId>, Error> {
+        let op = OwnedOp::AwaitConfirmations {
+            key: key.to_owned(),
+            n,
+            timeout,
+        };
+        let bytes = self.system(op).await?;
+        Ok(crate::codec::decode_value(&bytes).map_err(CallError::Frame)?)
+    }
+
+    /// Where the listening socket `name` listens (for a TCP port 0, the port it got).
+    pub fn local_addr(&self, name: &str) -> Option<ListenAddr> {
+        let bound = self.spec.listeners.iter().find(|b| b.name == name)?;
+        Some(bound.addr.clone())
+    }
+
+    /// Stops every worker gracefully and returns once all have been reaped.
+    ///
+    /// Workers stop one by one, last slot first. Each gets `Shutdown`, finishes the messages sent
+    /// before it, runs its `stopping` hook and exits; one still running after the shutdown
+    /// timeout is killed with its process group.
+    ///
+    /// # Errors
+    /// [`Error::Mailbox`] when the supervisor has already stopped.
+    pub async fn stop(&self) -> Result<(), Error> {
+        self.supervisor.send(StopAll).await?;
+        Ok(())
+    }
+
+    /// Resolves when the cluster has stopped: after [`stop`](Self::stop), a SIGTERM or SIGINT, or
+    /// the supervisor giving up. This is what a master's `main` awaits.
+    ///
+    /// # Errors
+    /// [`Error::GaveUp`] when the supervisor stopped the cluster because a worker exceeded the
+    /// restart intensity; [`Error::Mailbox`] when the supervisor is gone.
+    pub async fn wait(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.supervisor.send(Control::Wait(tx)).await?;
+        match rx.await {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err((worker, reason))) => Err(Error::GaveUp { worker, reason }),
+        }
+    }
+}

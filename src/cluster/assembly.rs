@@ -1,0 +1,148 @@
+//! The start-up assembly: the supervisor, the routing table, the cache and the logger that every
+//! group of a cluster shares, then each group's slots and proxies.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use super::Cluster;
+use crate::config::ClusterConfig;
+use crate::error::{ConfigError, Error};
+use crate::event::{ExitReason, WorkerEvent, WorkerId};
+use crate::proxy::{AwaitReady, Handlers, Links, SlotSpec};
+use crate::routing::SharedRouting;
+use crate::supervisor::{ClusterSupervisor, Control, ReloadEvent, StopAll};
+use crate::worker::WorkerActor;
+
+/// What every group of a cluster shares: its supervisor, routing, cache and logger.
+#[derive(Clone)]
+pub(crate) struct Core {
+    pub(super) supervisor: Addr<ClusterSupervisor>,
+    routing: SharedRouting,
+    cache: Addr<crate::cache::Cache>,
+    cache_core: Rc<RefCell<crate::cache::CacheCore>>,
+    log: crate::logger::LogLink,
+    /// The next slot id, across groups.
+    next_id: Rc<Cell<usize>>,
+    groups: Rc<Cell<usize>>,
+}
+
+impl Core {
+    /// Starts the supervisor, the cache and the logger; no worker yet.
+    pub(super) fn start(
+        config: &ClusterConfig,
+        subscribers: Vec<Recipient<WorkerEvent>>,
+        reload_subscribers: Vec<Recipient<ReloadEvent>>,
+        log_sinks: Vec<Box<dyn crate::logger::Sink>>,
+    ) -> Result<Self, Error> {
+        let routing: SharedRouting = Rc::default();
+        let logger =
+            crate::logger::Logger::new(&config.log, log_sinks).map_err(|e| ConfigError {
+                field: "log",
+                reason: format!("cannot open the log files: {e}"),
+            })?;
+        let log_queue = logger.queue();
+        let logger = logger.start();
+        let log = crate::logger::LogLink {
+            logger: logger.clone(),
+            queue: log_queue,
+        };
+        let mut store = crate::cache::MemoryStore::new(config.cache.limits.into());
+        for (name, limits) in &config.cache.collections {
+            store.set_limits(name, (*limits).into(), Instant::now());
+        }
+        let cache =
+            crate::cache::Cache::new(Box::new(store), config.cache.clone(), Rc::clone(&routing));
+        let cache_core = cache.core();
+        let cache = cache.start();
+        let supervisor = ClusterSupervisor::new(
+            config,
+            subscribers,
+            reload_subscribers,
+            Rc::clone(&routing),
+            cache.clone(),
+            logger,
+        )
+        .start();
+        Ok(Self {
+            supervisor,
+            routing,
+            cache,
+            cache_core,
+            log,
+            next_id: Rc::default(),
+            groups: Rc::default(),
+        })
+    }
+
+    /// Starts a group of `A` workers run as `config` says (its processes start now).
+    pub(super) fn start_group<A: WorkerActor>(
+        &self,
+        name: &str,
+        config: &ClusterConfig,
+        handlers: Rc<Handlers<A>>,
+    ) -> Result<Cluster<A>, Error> {
+        let group = self.groups.get();
+        self.groups.set(group + 1);
+        let mut spec = SlotSpec::from_config(config)?;
+        spec.group = name.to_owned();
+        let spec = Rc::new(spec);
+        self.supervisor.do_send(Control::AddGroup {
+            name: name.to_owned(),
+            policy: config.restart,
+        });
+        let links = Links {
+            events: self.supervisor.clone().recipient(),
+            system: self.supervisor.clone().recipient(),
+            routing: Rc::clone(&self.routing),
+            cache: self.cache.clone(),
+            cache_core: Rc::clone(&self.cache_core),
+            log: self.log.clone(),
+            handlers,
+        };
+        let cluster = Cluster {
+            supervisor: self.supervisor.clone(),
+            workers: Rc::default(),
+            ids: Rc::default(),
+            group,
+            next_id: Rc::clone(&self.next_id),
+            spec,
+            links,
+        };
+        for _ in 0..config.worker_count() {
+            cluster.add_slot();
+        }
+        Ok(cluster)
+    }
+
+    /// Waits until every one of `slots` is ready, then turns restarts on; stops the cluster and
+    /// reports the first failure otherwise.
+    pub(super) async fn finish_start(
+        &self,
+        slots: Vec<(WorkerId, Recipient<AwaitReady>)>,
+    ) -> Result<(), Error> {
+        let readiness: Vec<_> = slots
+            .into_iter()
+            .map(|(id, ready)| (id, ready.send(AwaitReady)))
+            .collect();
+        let mut failure = None;
+        for (worker, ready) in readiness {
+            let result = ready.await.unwrap_or(Err(ExitReason::Killed));
+            if let (Err(reason), None) = (result, &failure) {
+                failure = Some(Error::StartFailed { worker, reason });
+            }
+        }
+        match failure {
+            None => {
+                self.supervisor.send(Control::Respawn(true)).await?;
+                Ok(())
+            }
+            Some(error) => {
+                self.supervisor.send(StopAll).await?;
+                Err(error)
+            }
+        }
+    }
+}
