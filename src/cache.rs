@@ -41,7 +41,7 @@ use crate::routing::{ReplyTo, SharedRouting};
 
 mod client;
 mod core;
-mod ops;
+pub(crate) mod ops;
 pub mod snapshot;
 pub mod store;
 

@@ -15,15 +15,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::error::{CallError, ConfigError, Error};
-use crate::event::{ExitReason, WorkerId, WorkerInfo};
+use crate::error::ExitReason;
+use crate::error::{CallError, ConfigError, Error, ReloadError};
+use crate::event::WorkerInfo;
 use crate::listen::ListenAddr;
 use crate::messaging::{ClusterInfo, Peer, Via, WorkerStats};
 use crate::proxy::{AwaitReady, Links, SlotSpec, Worker};
 use crate::routing::{OwnedOp, ReplyTo, Routed, SystemCall};
-use crate::supervisor::{
-    ClusterSupervisor, Control, ListWorkers, ReloadError, ReloadReport, Scale, StopAll,
-};
+use crate::state::WorkerId;
+use crate::supervisor::{ClusterSupervisor, Control, ListWorkers, ReloadReport, Scale, StopAll};
 use crate::worker::WorkerActor;
 
 mod assembly;

@@ -6,7 +6,12 @@
 
 use std::path::PathBuf;
 
-use crate::event::{ExitReason, WorkerId};
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{WorkerId, WorkerState};
 
 /// Anything that can go wrong in procactor's public entry points.
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +42,13 @@ pub enum Error {
     },
     /// A rolling reload did not finish.
     #[error(transparent)]
-    Reload(#[from] crate::supervisor::ReloadError),
+    Reload(#[from] ReloadError),
     /// A request or message to a worker failed.
     #[error(transparent)]
     Call(#[from] CallError),
     /// A cluster operation between processes failed (e.g. a confirmation wait timed out).
     #[error(transparent)]
-    Ask(#[from] crate::messaging::AskError),
+    Ask(#[from] AskError),
     /// An actor's mailbox was closed (the actor stopped) before it answered.
     #[error("actor mailbox closed: {0}")]
     Mailbox(#[from] actix::MailboxError),
@@ -208,4 +213,173 @@ impl From<std::io::Error> for FrameError {
     fn from(e: std::io::Error) -> Self {
         FrameError::Io(e.to_string())
     }
+}
+
+/// How a worker's process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// It exited on its own with this status code.
+    Exited(i32),
+    /// It was ended by this signal, which the master did not send.
+    Signaled(i32),
+    /// The master ended it because it broke the protocol.
+    Protocol(ProtocolError),
+    /// It did not exit within the shutdown timeout, and the master killed it.
+    ShutdownTimeout,
+    /// It did not become ready within the ready timeout, and the master killed it.
+    ReadyTimeout,
+    /// It stopped answering heartbeats (hung or stopped), and the master killed it.
+    HeartbeatTimeout,
+    /// The master killed it on request.
+    Killed,
+    /// Its process could not be started.
+    SpawnFailed(SpawnError),
+}
+
+impl ExitReason {
+    /// True for a clean exit: status 0, on its own or after `Shutdown`.
+    pub fn is_normal(&self) -> bool {
+        matches!(self, ExitReason::Exited(0))
+    }
+}
+
+impl From<ProtocolError> for ExitReason {
+    fn from(e: ProtocolError) -> Self {
+        ExitReason::Protocol(e)
+    }
+}
+
+impl From<FrameError> for ExitReason {
+    fn from(e: FrameError) -> Self {
+        ExitReason::Protocol(ProtocolError::Frame(e))
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Exited(code) => write!(f, "exited with status {code}"),
+            ExitReason::Signaled(sig) => write!(f, "killed by signal {sig}"),
+            ExitReason::Protocol(e) => write!(f, "ended for a protocol violation: {e}"),
+            ExitReason::ShutdownTimeout => f.write_str("killed after the shutdown timeout"),
+            ExitReason::ReadyTimeout => f.write_str("killed: not ready within the ready timeout"),
+            ExitReason::HeartbeatTimeout => f.write_str("killed: stopped answering heartbeats"),
+            ExitReason::Killed => f.write_str("killed by the master"),
+            ExitReason::SpawnFailed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl ExitReason {
+    /// True for a fault that a restart cannot mend (a protocol version mismatch).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ExitReason::Protocol(ProtocolError::VersionMismatch { .. })
+        )
+    }
+}
+
+/// Why a message or request between processes failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum AskError {
+    /// No answer within the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// There is no worker with this id.
+    #[error("no worker {0}")]
+    NoSuchWorker(WorkerId),
+    /// The worker is not running (stopped, restarting, failed).
+    #[error("worker {0} is not running")]
+    NotRunning(WorkerId),
+    /// The worker's process ended before it answered.
+    #[error("worker {worker} died: {reason}")]
+    WorkerDied {
+        /// The worker.
+        worker: WorkerId,
+        /// How its process ended.
+        reason: String,
+    },
+    /// The handler failed; for example, the payload did not decode as the receiver's type.
+    #[error("handler failed: {0}")]
+    Failed(String),
+    /// The answer did not decode as the type the asker expected.
+    #[error("the answer did not decode: {0}")]
+    BadReply(String),
+    /// The receiver's outbox is full: it is not reading fast enough.
+    #[error("worker {0} is not keeping up (its outbox is full)")]
+    Backpressure(WorkerId),
+    /// The master has no handler for this request.
+    #[error("the master has no handler for requests from workers")]
+    NoHandler,
+    /// The cluster's configuration does not allow this operation from a worker.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    /// The message cannot be sent that way.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The channel to the master is closed.
+    #[error("the channel to the master is closed")]
+    Closed,
+}
+
+/// Why a [`Replace`](crate::Replace) did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplaceError {
+    /// The replacement exited or was not ready in time; the old process still serves.
+    #[error("worker {worker}'s replacement failed ({reason}); the old process still serves")]
+    Failed {
+        /// The slot.
+        worker: WorkerId,
+        /// How the replacement ended.
+        reason: ExitReason,
+        /// The last lines the replacement wrote to stderr.
+        last_stderr: Vec<String>,
+    },
+    /// The slot has no ready process to replace.
+    #[error("worker {worker} is not serving (state {state:?})")]
+    NotServing {
+        /// The slot.
+        worker: WorkerId,
+        /// Its state.
+        state: WorkerState,
+    },
+    /// A replacement of this slot is already under way.
+    #[error("worker {worker} is already being replaced")]
+    Busy {
+        /// The slot.
+        worker: WorkerId,
+    },
+    /// The slot's proxy is gone.
+    #[error("worker {worker}'s proxy is gone")]
+    Gone {
+        /// The slot.
+        worker: WorkerId,
+    },
+}
+
+/// Why a rolling reload did not finish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// A replacement failed; the reload stopped there and the old process of that slot, and of
+    /// every slot after it, still serves.
+    #[error("reload stopped after {replaced} of {of} workers: {source}")]
+    Replace {
+        /// Workers replaced before the failure.
+        replaced: usize,
+        /// Workers the reload was to replace.
+        of: usize,
+        /// The failure.
+        source: ReplaceError,
+    },
+    /// The cluster began to stop during the reload.
+    #[error("reload abandoned after {replaced} workers: the cluster is stopping")]
+    Stopping {
+        /// Workers replaced before the stop.
+        replaced: usize,
+    },
 }

@@ -65,6 +65,7 @@ mod process;
 mod protocol;
 mod proxy;
 mod routing;
+mod state;
 mod supervisor;
 mod worker;
 
@@ -72,19 +73,21 @@ pub mod actors;
 
 pub use cluster::{Cluster, ClusterBuilder, GroupHandlers, GroupKey, Groups, GroupsBuilder};
 pub use config::{Affinity, ClusterConfig, GroupConfig, DEFAULT_GROUP};
-pub use error::{CallError, ConfigError, Error, FrameError, ProtocolError, SpawnError};
-pub use event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
+pub use error::{
+    AskError, CallError, ConfigError, Error, ExitReason, FrameError, ProtocolError, ReloadError,
+    ReplaceError, SpawnError,
+};
+pub use event::{WorkerEvent, WorkerEventKind, WorkerInfo};
 pub use listen::{activated_sockets, ListenAddr};
-pub use messaging::{
-    AskError, ClusterInfo, Peer, Route, SystemOp, Via, WorkerStats, WorkerSummary,
-};
+pub use messaging::{ClusterInfo, Peer, Route, SystemOp, Via, WorkerStats, WorkerSummary};
 pub use proxy::{
-    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, ReplaceError, Replaced,
-    Stop, Tell, TellAck, TellResponse, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
+    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, Replaced, Stop, Tell,
+    TellAck, TellResponse, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
 };
+pub use state::{WorkerId, WorkerState};
 pub use supervisor::{
-    Backoff, ClusterSupervisor, Escalation, Intensity, ListWorkers, ReloadError, ReloadEvent,
-    ReloadReport, RestartPolicy, RestartType, StopAll, Strategy,
+    Backoff, ClusterSupervisor, Escalation, Intensity, ListWorkers, ReloadEvent, ReloadReport,
+    RestartPolicy, RestartType, StopAll, Strategy,
 };
 pub use worker::{
     is_worker, run_worker, LogLayer, LogSender, WorkerActor, WorkerContext, WorkerHandle,

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{WorkerId, WorkerState};
+pub(crate) use crate::error::AskError;
+use crate::state::{WorkerId, WorkerState};
 
 pub(crate) mod confirm;
 
@@ -61,50 +62,6 @@ pub enum Route<'a> {
     Group(&'a str),
 }
 
-/// Why a message or request between processes failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[non_exhaustive]
-pub enum AskError {
-    /// No answer within the timeout.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    /// There is no worker with this id.
-    #[error("no worker {0}")]
-    NoSuchWorker(WorkerId),
-    /// The worker is not running (stopped, restarting, failed).
-    #[error("worker {0} is not running")]
-    NotRunning(WorkerId),
-    /// The worker's process ended before it answered.
-    #[error("worker {worker} died: {reason}")]
-    WorkerDied {
-        /// The worker.
-        worker: WorkerId,
-        /// How its process ended.
-        reason: String,
-    },
-    /// The handler failed; for example, the payload did not decode as the receiver's type.
-    #[error("handler failed: {0}")]
-    Failed(String),
-    /// The answer did not decode as the type the asker expected.
-    #[error("the answer did not decode: {0}")]
-    BadReply(String),
-    /// The receiver's outbox is full: it is not reading fast enough.
-    #[error("worker {0} is not keeping up (its outbox is full)")]
-    Backpressure(WorkerId),
-    /// The master has no handler for this request.
-    #[error("the master has no handler for requests from workers")]
-    NoHandler,
-    /// The cluster's configuration does not allow this operation from a worker.
-    #[error("not permitted: {0}")]
-    NotPermitted(String),
-    /// The message cannot be sent that way.
-    #[error("invalid: {0}")]
-    Invalid(String),
-    /// The channel to the master is closed.
-    #[error("the channel to the master is closed")]
-    Closed,
-}
-
 /// A system operation a worker asks of the master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SystemOp<'a> {
@@ -134,7 +91,7 @@ pub enum SystemOp<'a> {
     /// A rolling reload of the cluster.
     Reload,
     /// A cache operation.
-    Cache(crate::cache::CacheOp),
+    Cache(crate::cache::ops::CacheOp),
 }
 
 /// The cluster as seen from the master: groups, workers and their processes.

@@ -57,12 +57,14 @@ use nix::sys::signal::Signal;
 
 use crate::codec::decode_envelope;
 use crate::config::ClusterConfig;
-use crate::error::{CallError, ProtocolError, SpawnError};
-use crate::event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
+use crate::error::ExitReason;
+use crate::error::{CallError, ProtocolError, ReplaceError, SpawnError};
+use crate::event::{WorkerEvent, WorkerEventKind, WorkerInfo};
 use crate::messaging::{AskError, WorkerStats, WorkerSummary};
 use crate::process::{self, ChildHandle, RawExit, SpawnSpec};
 use crate::protocol::{Envelope, PROTOCOL_VERSION};
 use crate::routing::{AskDone, ReplyTo, SharedRouting, SystemCall};
+use crate::state::{WorkerId, WorkerState};
 use crate::worker::{env, WorkerActor};
 
 mod io;
@@ -71,8 +73,8 @@ mod route;
 
 pub(crate) use messages::Decided;
 pub use messages::{
-    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, ReplaceError, Replaced,
-    Stop, Tell, TellAck, TellResponse, WorkerRequest,
+    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, Replaced, Stop, Tell,
+    TellAck, TellResponse, WorkerRequest,
 };
 pub(crate) use messages::{GetStats, GetSummary};
 

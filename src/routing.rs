@@ -14,8 +14,8 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::event::WorkerId;
 use crate::messaging::{AskError, Peer, Via};
+use crate::state::WorkerId;
 
 /// The routing table, shared by the proxies and the supervisor of one cluster (one thread).
 #[derive(Debug, Default)]

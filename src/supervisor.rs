@@ -30,16 +30,19 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::config::ClusterConfig;
-use crate::event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerState};
+use crate::error::ExitReason;
+use crate::error::ReloadError;
+use crate::event::{WorkerEvent, WorkerEventKind};
 use crate::messaging::confirm::Confirmations;
 use crate::proxy::{
     AwaitReady, Decided, GetInfo, GetStats, GetSummary, Kill, Replace, Stop, Worker,
 };
 use crate::routing::SharedRouting;
+use crate::state::{WorkerId, WorkerState};
 use crate::worker::WorkerActor;
 
 mod control;
-mod policy;
+pub(crate) mod policy;
 mod rolling;
 mod signals;
 mod system;
@@ -49,7 +52,7 @@ pub(crate) use control::{Control, Scale};
 pub use control::{ListWorkers, StopAll};
 pub use policy::{Backoff, Escalation, Intensity, RestartPolicy, RestartType, Strategy};
 use policy::{Decision, ExitKind, PolicyState};
-pub use rolling::{ReloadError, ReloadEvent, ReloadReport};
+pub use rolling::{ReloadEvent, ReloadReport};
 
 /// The supervisor actor of a cluster: it owns the worker slots, applies the restart policy and
 /// passes on their events.

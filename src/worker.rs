@@ -28,10 +28,14 @@ use serde::Serialize;
 
 use crate::error::Error;
 
+mod asks;
 mod context;
+mod identity;
+mod inbox;
 mod log;
 mod peers;
 mod runtime;
+mod uplink;
 
 pub use context::{WorkerContext, WorkerHandle};
 pub(crate) use log::parent as parent_log;
@@ -138,7 +142,7 @@ pub fn is_worker() -> bool {
 /// # Panics
 /// When called from inside a running tokio runtime (nested runtimes are not allowed).
 pub fn run_worker<A: WorkerActor>(actor: A) -> Result<(), Error> {
-    let identity = runtime::Identity::from_env()?;
+    let identity = identity::Identity::from_env()?;
     let listeners = crate::process::take_listen_fds();
     let (from_master, to_master) = crate::process::take_worker_channel()?;
     actix_rt::System::new().block_on(runtime::run(

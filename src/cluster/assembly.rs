@@ -9,10 +9,12 @@ use actix::prelude::*;
 
 use super::Cluster;
 use crate::config::ClusterConfig;
+use crate::error::ExitReason;
 use crate::error::{ConfigError, Error};
-use crate::event::{ExitReason, WorkerEvent, WorkerId};
+use crate::event::WorkerEvent;
 use crate::proxy::{AwaitReady, Handlers, Links, SlotSpec};
 use crate::routing::SharedRouting;
+use crate::state::WorkerId;
 use crate::supervisor::{ClusterSupervisor, Control, ReloadEvent, StopAll};
 use crate::worker::WorkerActor;
 

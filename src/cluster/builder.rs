@@ -7,14 +7,12 @@ use std::fmt;
 
 use actix::prelude::*;
 
-use super::groups::{GroupHandlers, GroupsBuilder};
+use super::groups::{request_handler, GroupHandlers, GroupsBuilder};
 use super::Cluster;
 use crate::config::{ClusterConfig, GroupConfig, DEFAULT_GROUP};
 use crate::error::Error;
 use crate::event::WorkerEvent;
-use crate::messaging::AskError;
-use crate::proxy::{FromWorker, RequestHandler, WorkerRequest};
-use crate::routing::encoded;
+use crate::proxy::{FromWorker, WorkerRequest};
 use crate::supervisor::{ClusterSupervisor, ReloadEvent};
 use crate::worker::WorkerActor;
 
@@ -135,26 +133,4 @@ impl<A: WorkerActor> ClusterBuilder<A> {
         let started = groups.launch().await?;
         Ok(started.get(key)?.clone())
     }
-}
-
-/// The master's handler for requests from `A` workers, answering with `recipient`'s `R`.
-pub(crate) fn request_handler<A, R>(
-    recipient: Recipient<WorkerRequest<A::Event, R>>,
-) -> RequestHandler
-where
-    A: WorkerActor,
-    R: serde::Serialize + Send + 'static,
-{
-    std::rc::Rc::new(move |from, payload| {
-        let msg = crate::codec::decode_value::<A::Event>(payload);
-        let recipient = recipient.clone();
-        Box::pin(async move {
-            let msg = msg.map_err(|e| AskError::Failed(format!("request did not decode: {e}")))?;
-            let answer = recipient
-                .send(WorkerRequest::new(from, msg))
-                .await
-                .map_err(|e| AskError::Failed(format!("the master's handler is gone: {e}")))?;
-            encoded(&answer)
-        })
-    })
 }

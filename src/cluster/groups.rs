@@ -12,12 +12,15 @@ use actix::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::assembly::Core;
-use super::builder::request_handler;
 use super::Cluster;
 use crate::config::{ClusterConfig, GroupConfig};
+use crate::error::ExitReason;
 use crate::error::{ConfigError, Error};
-use crate::event::{ExitReason, WorkerEvent, WorkerId, WorkerInfo};
+use crate::event::{WorkerEvent, WorkerInfo};
+use crate::messaging::AskError;
 use crate::proxy::{AwaitReady, FromWorker, Handlers, RequestHandler, WorkerRequest};
+use crate::routing::encoded;
+use crate::state::WorkerId;
 use crate::supervisor::{ClusterSupervisor, ListWorkers, ReloadEvent, StopAll};
 use crate::worker::WorkerActor;
 
@@ -372,4 +375,26 @@ impl Groups {
     pub fn supervisor(&self) -> &Addr<ClusterSupervisor> {
         &self.supervisor
     }
+}
+
+/// The master's handler for requests from `A` workers, answering with `recipient`'s `R`.
+pub(crate) fn request_handler<A, R>(
+    recipient: Recipient<WorkerRequest<A::Event, R>>,
+) -> RequestHandler
+where
+    A: WorkerActor,
+    R: serde::Serialize + Send + 'static,
+{
+    std::rc::Rc::new(move |from, payload| {
+        let msg = crate::codec::decode_value::<A::Event>(payload);
+        let recipient = recipient.clone();
+        Box::pin(async move {
+            let msg = msg.map_err(|e| AskError::Failed(format!("request did not decode: {e}")))?;
+            let answer = recipient
+                .send(WorkerRequest::new(from, msg))
+                .await
+                .map_err(|e| AskError::Failed(format!("the master's handler is gone: {e}")))?;
+            encoded(&answer)
+        })
+    })
 }

@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 
-use crate::event::WorkerId;
 use crate::messaging::AskError;
 use crate::routing::{encoded, ReplyTo};
+use crate::state::WorkerId;
 
 /// Keys confirmed by workers, and who waits for how many.
 #[derive(Debug, Default)]

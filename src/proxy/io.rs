@@ -16,10 +16,10 @@ use tokio::net::unix::pipe;
 
 use crate::codec::{encode_frame, FrameDecoder};
 use crate::error::CallError;
-use crate::event::WorkerId;
 use crate::logger::{LogLink, Record, Source, Stream};
 use crate::protocol::Envelope;
 use crate::proxy::Worker;
+use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 
 /// Longest stderr line kept whole; the rest of a longer line is dropped and counted.

@@ -10,11 +10,13 @@ use std::time::Duration;
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
 
-use crate::error::CallError;
-use crate::event::{ExitReason, WorkerId, WorkerInfo, WorkerState};
+use crate::error::ExitReason;
+use crate::error::{CallError, ReplaceError};
+use crate::event::WorkerInfo;
 use crate::messaging::{Peer, Via, WorkerStats, WorkerSummary};
 use crate::proxy::{Held, Pending, Worker};
 use crate::routing::{ReplyTo, Routed};
+use crate::state::{WorkerId, WorkerState};
 use crate::worker::WorkerActor;
 
 /// A request to a worker of type `A`; the caller awaits `A::Reply`.
@@ -317,42 +319,6 @@ pub struct Replaced {
     pub generation: u64,
     /// How the old process ended (normally `exited with status 0`).
     pub old_exit: ExitReason,
-}
-
-/// Why a [`Replace`] did not happen.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ReplaceError {
-    /// The replacement exited or was not ready in time; the old process still serves.
-    #[error("worker {worker}'s replacement failed ({reason}); the old process still serves")]
-    Failed {
-        /// The slot.
-        worker: WorkerId,
-        /// How the replacement ended.
-        reason: ExitReason,
-        /// The last lines the replacement wrote to stderr.
-        last_stderr: Vec<String>,
-    },
-    /// The slot has no ready process to replace.
-    #[error("worker {worker} is not serving (state {state:?})")]
-    NotServing {
-        /// The slot.
-        worker: WorkerId,
-        /// Its state.
-        state: WorkerState,
-    },
-    /// A replacement of this slot is already under way.
-    #[error("worker {worker} is already being replaced")]
-    Busy {
-        /// The slot.
-        worker: WorkerId,
-    },
-    /// The slot's proxy is gone.
-    #[error("worker {worker}'s proxy is gone")]
-    Gone {
-        /// The slot.
-        worker: WorkerId,
-    },
 }
 
 impl<A: WorkerActor> Handler<Replace> for Worker<A> {

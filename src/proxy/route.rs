@@ -5,11 +5,11 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use crate::error::CallError;
-use crate::event::WorkerId;
 use crate::messaging::{AskError, Peer, Route, SystemOp, Via};
 use crate::protocol::Envelope;
 use crate::proxy::{FromWorker, Worker, ASK_FAILED, ASK_REPLY, DELIVER, NOTIFY, PEER_REQUEST};
 use crate::routing::{AskDone, OwnedOp, ReplyTo, Routed, SystemCall};
+use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 
 impl<A: WorkerActor> Worker<A> {

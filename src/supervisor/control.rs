@@ -6,11 +6,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use super::RestartPolicy;
 use super::{ClusterSupervisor, Exit, GroupState, Mode, PolicyState, ReloadWaiter, Slot};
 use crate::error::Error;
-use crate::event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo};
+use crate::error::ExitReason;
+use crate::error::ReloadError;
+use crate::event::{WorkerEvent, WorkerEventKind, WorkerInfo};
 use crate::proxy::{AwaitReady, Decided, GetInfo, Kill, Stop};
-use crate::supervisor::{ReloadError, RestartPolicy};
+use crate::state::WorkerId;
 
 impl Handler<WorkerEvent> for ClusterSupervisor {
     type Result = ();

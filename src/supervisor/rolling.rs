@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::{ClusterSupervisor, Mode, ReloadWaiter};
-use crate::event::WorkerId;
-use crate::proxy::{Replace, ReplaceError, Replaced};
+use crate::error::{ReloadError, ReplaceError};
+use crate::proxy::{Replace, Replaced};
+use crate::state::WorkerId;
 
 /// Progress of a rolling reload, delivered to the recipients registered with
 /// [`ClusterBuilder::on_reload`](crate::ClusterBuilder::on_reload).
@@ -67,29 +68,6 @@ pub struct ReloadReport {
     pub skipped: Vec<WorkerId>,
     /// How long the reload took.
     pub elapsed: Duration,
-}
-
-/// Why a rolling reload did not finish.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ReloadError {
-    /// A replacement failed; the reload stopped there and the old process of that slot, and of
-    /// every slot after it, still serves.
-    #[error("reload stopped after {replaced} of {of} workers: {source}")]
-    Replace {
-        /// Workers replaced before the failure.
-        replaced: usize,
-        /// Workers the reload was to replace.
-        of: usize,
-        /// The failure.
-        source: ReplaceError,
-    },
-    /// The cluster began to stop during the reload.
-    #[error("reload abandoned after {replaced} workers: the cluster is stopping")]
-    Stopping {
-        /// Workers replaced before the stop.
-        replaced: usize,
-    },
 }
 
 /// Replaces `slots` one by one; see the module docs.

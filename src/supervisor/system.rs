@@ -6,10 +6,10 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::{ClusterSupervisor, Slot};
-use crate::event::WorkerId;
 use crate::messaging::{AskError, ClusterInfo, Peer};
 use crate::proxy::{GetStats, GetSummary, Kill, Replace};
 use crate::routing::{encoded, OwnedOp, ReplyTo, SystemCall};
+use crate::state::WorkerId;
 
 impl Handler<SystemCall> for ClusterSupervisor {
     type Result = ();

@@ -1,66 +1,24 @@
 //! What a worker's hooks can reach: its identity and the channel to the master.
 
-use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
-use tokio::sync::Notify;
-
-use crate::codec::{encode_frame, encode_value};
+use crate::codec::encode_value;
 use crate::error::FrameError;
-use crate::event::WorkerId;
 use crate::messaging::{Peer, Via};
 use crate::protocol::Envelope;
+use crate::state::WorkerId;
+use crate::worker::asks::Asks;
+use crate::worker::identity::Identity;
 use crate::worker::log::LogSender;
-use crate::worker::peers::Asks;
-use crate::worker::runtime::Identity;
+use crate::worker::uplink::Uplink;
 use crate::worker::WorkerActor;
-
-/// Frames waiting to be written to the master, shared by everything in the worker that writes.
-///
-/// Frames are appended here and written by one writer task, many per `write(2)`.
-#[derive(Debug)]
-pub(crate) struct Outbox {
-    pub(crate) buf: RefCell<Vec<u8>>,
-    pub(crate) wake_writer: Notify,
-    pub(crate) broken: Cell<bool>,
-    max_frame_bytes: usize,
-}
-
-impl Outbox {
-    pub(crate) fn new(max_frame_bytes: usize) -> Self {
-        Self {
-            buf: RefCell::new(Vec::with_capacity(64 * 1024)),
-            wake_writer: Notify::new(),
-            broken: Cell::new(false),
-            max_frame_bytes,
-        }
-    }
-
-    pub(crate) fn push(&self, envelope: &Envelope<'_>) -> Result<(), FrameError> {
-        if self.broken.get() {
-            return Err(FrameError::Io("the channel to the master is closed".into()));
-        }
-        encode_frame(&mut self.buf.borrow_mut(), envelope, self.max_frame_bytes)?;
-        self.wake_writer.notify_one();
-        Ok(())
-    }
-
-    fn push_event<T: serde::Serialize>(
-        &self,
-        scratch: &mut Vec<u8>,
-        event: &T,
-    ) -> Result<(), FrameError> {
-        encode_value(scratch, event)?;
-        self.push(&Envelope::Event { payload: scratch })
-    }
-}
 
 /// The context passed to every [`WorkerActor`] hook.
 pub struct WorkerContext<A> {
-    outbox: Rc<Outbox>,
+    outbox: Rc<Uplink>,
     peers: WorkerHandle<A>,
     sender: Peer,
     via: Via,
@@ -83,7 +41,7 @@ impl<A> fmt::Debug for WorkerContext<A> {
 
 impl<A: WorkerActor> WorkerContext<A> {
     pub(crate) fn new(
-        outbox: Rc<Outbox>,
+        outbox: Rc<Uplink>,
         asks: Rc<Asks>,
         log: LogSender,
         identity: Identity,
@@ -276,7 +234,7 @@ impl<A: WorkerActor> WorkerContext<A> {
 /// requests, broadcast, groups, confirmations, cluster info. Cloneable, for tasks that a worker
 /// spawns ([`WorkerContext::handle`]); not `Send`: it lives on the worker's thread.
 pub struct WorkerHandle<A> {
-    pub(crate) outbox: Rc<Outbox>,
+    pub(crate) outbox: Rc<Uplink>,
     pub(crate) asks: Rc<Asks>,
     log: LogSender,
     identity: Identity,

@@ -17,7 +17,8 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
 use crate::logger::{Kind, Record, Source};
-use crate::worker::context::Outbox;
+use crate::protocol::Envelope;
+use crate::worker::uplink::Uplink;
 
 /// The fields are built by the same [`Record`] constructors as the master's; who sent them is
 /// stamped by the master, so the source here is a placeholder.
@@ -50,7 +51,7 @@ static GLOBAL: OnceLock<LogSender> = OnceLock::new();
 thread_local! {
     /// On the runtime's thread, records go straight to the master's channel: a handler that
     /// logs in a loop never fills the cross-thread queue.
-    static DIRECT: std::cell::RefCell<Option<std::rc::Rc<Outbox>>> =
+    static DIRECT: std::cell::RefCell<Option<std::rc::Rc<Uplink>>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -61,7 +62,7 @@ pub(crate) fn parent() -> Option<&'static LogSender> {
 }
 
 /// Makes this thread (the runtime's) write records directly to `outbox`.
-pub(crate) fn write_directly(outbox: std::rc::Rc<Outbox>) {
+pub(crate) fn write_directly(outbox: std::rc::Rc<Uplink>) {
     DIRECT.with(|d| *d.borrow_mut() = Some(outbox));
 }
 
@@ -88,7 +89,7 @@ impl LogSender {
         };
         let outgoing = match DIRECT.with(|d| match d.borrow().as_ref() {
             Some(outbox) => {
-                super::runtime::push_log(outbox, &outgoing);
+                push_log(outbox, &outgoing);
                 None
             }
             None => Some(outgoing),
@@ -212,4 +213,13 @@ pub(crate) fn install(level: &str) {
     let level = level.parse().unwrap_or(Level::INFO);
     let subscriber = tracing_subscriber::registry().with(LogLayer::new(level));
     let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// Frames one record for the master.
+pub(crate) fn push_log(outbox: &Uplink, record: &Outgoing) {
+    let _ = outbox.push(&Envelope::Log {
+        kind: record.kind,
+        time_ns: record.time_ns,
+        fields: &record.fields,
+    });
 }

@@ -1,71 +1,21 @@
 //! The worker's side of messaging between processes: requests awaiting answers from the master,
 //! and the operations of [`WorkerHandle`].
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::cache::{CacheAnswer, CacheClient, CacheError, CacheEvent, CacheOp, CacheTransport};
 
 use crate::codec::{decode_value, encode_value};
-use crate::event::WorkerId;
 use crate::messaging::{AskError, ClusterInfo, Route, SystemOp, WorkerStats};
 use crate::protocol::Envelope;
+use crate::state::WorkerId;
 use crate::worker::context::WorkerHandle;
 use crate::worker::WorkerActor;
-
-/// Requests this worker awaits answers to, by correlation id.
-#[derive(Debug, Default)]
-pub(crate) struct Asks {
-    next: Cell<u64>,
-    waiting: RefCell<HashMap<u64, oneshot::Sender<Result<Bytes, AskError>>>>,
-    next_subscription: Cell<u64>,
-    subscriptions: RefCell<HashMap<u64, mpsc::UnboundedSender<CacheEvent>>>,
-}
-
-impl Asks {
-    fn open(&self) -> (u64, oneshot::Receiver<Result<Bytes, AskError>>) {
-        let id = self.next.get();
-        self.next.set(id + 1);
-        let (tx, rx) = oneshot::channel();
-        self.waiting.borrow_mut().insert(id, tx);
-        (id, rx)
-    }
-
-    fn close(&self, id: u64) {
-        self.waiting.borrow_mut().remove(&id);
-    }
-
-    /// An answer from the master; one nobody awaits any more (timed out) is dropped.
-    pub(crate) fn answer(&self, id: u64, result: Result<Bytes, AskError>) {
-        if let Some(tx) = self.waiting.borrow_mut().remove(&id) {
-            let _ = tx.send(result);
-        }
-    }
-
-    /// The master is gone: every request fails and every subscription ends.
-    pub(crate) fn close_all(&self) {
-        for (_, tx) in self.waiting.borrow_mut().drain() {
-            let _ = tx.send(Err(AskError::Closed));
-        }
-        self.subscriptions.borrow_mut().clear();
-    }
-
-    /// A cache change for one of this worker's subscriptions.
-    pub(crate) fn notify(&self, event: CacheEvent) {
-        let mut subs = self.subscriptions.borrow_mut();
-        if let Some(tx) = subs.get(&event.subscription) {
-            if tx.send(event.clone()).is_err() {
-                subs.remove(&event.subscription);
-            }
-        }
-    }
-}
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AskError> {
     let mut buf = Vec::new();
@@ -365,17 +315,14 @@ impl<A: WorkerActor> CacheTransport for WorkerHandle<A> {
         collection: &str,
         prefix: &str,
     ) -> Result<(u64, mpsc::UnboundedReceiver<CacheEvent>), CacheError> {
-        let id = self.asks.next_subscription.get();
-        self.asks.next_subscription.set(id + 1);
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.asks.subscriptions.borrow_mut().insert(id, tx);
+        let (id, rx) = self.asks.subscribe();
         let op = CacheOp::Subscribe {
             id,
             collection: collection.into(),
             prefix: prefix.into(),
         };
         if let Err(e) = self.call(op).await {
-            self.asks.subscriptions.borrow_mut().remove(&id);
+            self.asks.unsubscribe(id);
             return Err(e);
         }
         Ok((id, rx))
@@ -383,7 +330,7 @@ impl<A: WorkerActor> CacheTransport for WorkerHandle<A> {
 
     fn send_and_forget(&self, op: CacheOp) {
         if let CacheOp::Unsubscribe { id } = &op {
-            self.asks.subscriptions.borrow_mut().remove(id);
+            self.asks.unsubscribe(*id);
         }
         // An id nobody waits on: the answer is dropped when it comes.
         let (id, _rx) = self.asks.open();
