@@ -383,3 +383,20 @@ pub enum ReloadError {
         replaced: usize,
     },
 }
+
+impl AskError {
+    /// How a failure of the master's request to `worker` reads for a peer that asked the same.
+    pub(crate) fn from_call(error: &CallError) -> Self {
+        match error {
+            CallError::WorkerExited { worker, reason } => AskError::WorkerDied {
+                worker: *worker,
+                reason: reason.to_string(),
+            },
+            CallError::Backpressure { worker, .. } => AskError::Backpressure(*worker),
+            CallError::NotRunning { worker } | CallError::NoChannel { worker } => {
+                AskError::NotRunning(*worker)
+            }
+            other => AskError::Failed(other.to_string()),
+        }
+    }
+}

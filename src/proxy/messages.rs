@@ -10,13 +10,16 @@ use std::time::Duration;
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
 
+use super::actor::Worker;
+use super::generation::Held;
+use super::handover::Replaced;
+use super::inflight::InFlight;
 use crate::error::ExitReason;
 use crate::error::{CallError, ReplaceError};
 use crate::event::WorkerInfo;
 use crate::messaging::{Peer, Via, WorkerStats, WorkerSummary};
-use crate::proxy::{Held, Pending, Worker};
 use crate::routing::{ReplyTo, Routed};
-use crate::state::{WorkerId, WorkerState};
+use crate::state::WorkerState;
 use crate::worker::WorkerActor;
 
 /// A request to a worker of type `A`; the caller awaits `A::Reply`.
@@ -67,24 +70,6 @@ macro_rules! opaque_debug {
 }
 opaque_debug!(Call, Tell);
 
-/// A one-way message from a worker to the master, delivered to the recipients registered with
-/// [`ClusterBuilder::on_message`](crate::ClusterBuilder::on_message).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FromWorker<E> {
-    /// The sending worker's slot; stamped by the master, not claimed by the worker.
-    pub worker: WorkerId,
-    /// The sending process.
-    pub pid: u32,
-    /// The sending process's generation.
-    pub generation: u64,
-    /// The message.
-    pub msg: E,
-}
-
-impl<E: 'static> Message for FromWorker<E> {
-    type Result = ();
-}
-
 /// Stops the worker gracefully and resolves with its exit reason once it has been reaped.
 ///
 /// The worker gets `Shutdown`, handles what it was sent before it, runs its `stopping` hook and
@@ -125,7 +110,7 @@ pub struct CallResponse<A: WorkerActor>(CallInner<A>);
 
 enum CallInner<A: WorkerActor> {
     Now(Result<A::Reply, CallError>),
-    Parked(u64, Pending<A::Reply>),
+    Parked(u64, InFlight<A::Reply>),
 }
 
 impl<A: WorkerActor> fmt::Debug for CallResponse<A> {
@@ -149,8 +134,8 @@ impl<A: WorkerActor> MessageResponse<Worker<A>, Call<A>> for CallResponse<A> {
                     let _ = tx.send(result);
                 }
             }
-            CallInner::Parked(id, pending) => {
-                pending.borrow_mut().insert(id, tx);
+            CallInner::Parked(id, in_flight) => {
+                in_flight.park_caller(id, tx);
             }
         }
     }
@@ -161,7 +146,7 @@ impl<A: WorkerActor> Handler<Call<A>> for Worker<A> {
 
     fn handle(&mut self, Call(msg): Call<A>, ctx: &mut Context<Self>) -> CallResponse<A> {
         match self.send_request(&msg, ctx) {
-            Ok(id) => CallResponse(CallInner::Parked(id, self.pending().clone())),
+            Ok(id) => CallResponse(CallInner::Parked(id, self.in_flight().clone())),
             Err(e) => CallResponse(CallInner::Now(Err(e))),
         }
     }
@@ -306,21 +291,6 @@ impl Message for Replace {
     type Result = Result<Replaced, ReplaceError>;
 }
 
-/// A slot's process replaced by [`Replace`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replaced {
-    /// The slot.
-    pub worker: WorkerId,
-    /// The process that was replaced.
-    pub old_pid: Option<u32>,
-    /// The process that serves the slot now.
-    pub new_pid: Option<u32>,
-    /// The new process's generation.
-    pub generation: u64,
-    /// How the old process ended (normally `exited with status 0`).
-    pub old_exit: ExitReason,
-}
-
 impl<A: WorkerActor> Handler<Replace> for Worker<A> {
     type Result = ResponseFuture<Result<Replaced, ReplaceError>>;
 
@@ -372,39 +342,6 @@ impl<A: WorkerActor> Handler<TellAck<A>> for Worker<A> {
             }
         })
     }
-}
-
-/// A request from a worker to the master
-/// ([`WorkerHandle::ask_master`](crate::WorkerHandle::ask_master)), delivered to the recipient
-/// registered with [`ClusterBuilder::on_request`](crate::ClusterBuilder::on_request), whose
-/// answer (`R`) goes back to the worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerRequest<E, R> {
-    /// The asking worker's slot, stamped by the master.
-    pub worker: WorkerId,
-    /// The asking process.
-    pub pid: u32,
-    /// Its generation.
-    pub generation: u64,
-    /// The request.
-    pub msg: E,
-    _reply: std::marker::PhantomData<fn() -> R>,
-}
-
-impl<E, R> WorkerRequest<E, R> {
-    pub(crate) fn new(from: FromWorker<()>, msg: E) -> Self {
-        Self {
-            worker: from.worker,
-            pid: from.pid,
-            generation: from.generation,
-            msg,
-            _reply: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<E: 'static, R: 'static> Message for WorkerRequest<E, R> {
-    type Result = R;
 }
 
 /// Asks a proxy for its [`WorkerSummary`].

@@ -4,10 +4,10 @@
 use actix::prelude::*;
 use bytes::Bytes;
 
-use crate::error::CallError;
+use super::actor::{Worker, ASK_FAILED, ASK_REPLY, DELIVER, NOTIFY, PEER_REQUEST};
+use super::links::FromWorker;
 use crate::messaging::{AskError, Peer, Route, SystemOp, Via};
 use crate::protocol::Envelope;
-use crate::proxy::{FromWorker, Worker, ASK_FAILED, ASK_REPLY, DELIVER, NOTIFY, PEER_REQUEST};
 use crate::routing::{AskDone, OwnedOp, ReplyTo, Routed, SystemCall};
 use crate::state::WorkerId;
 use crate::worker::WorkerActor;
@@ -229,11 +229,11 @@ impl<A: WorkerActor> Worker<A> {
         // Answers bypass the outbox limit: the worker waits for them, and they are small.
         let (pushed, kind) = match &result {
             Ok(payload) => (
-                p.outbox.push_control(&Envelope::AskReply { id, payload }),
+                p.stdin.push_control(&Envelope::AskReply { id, payload }),
                 ASK_REPLY,
             ),
             Err(error) => (
-                p.outbox.push_control(&Envelope::AskFailed {
+                p.stdin.push_control(&Envelope::AskFailed {
                     id,
                     error: error.clone(),
                 }),
@@ -255,11 +255,7 @@ impl<A: WorkerActor> Worker<A> {
         if self.proc.pid() != Some(pid) || !self.proc.is_running() {
             return;
         }
-        match self
-            .proc
-            .outbox
-            .push(self.id, &Envelope::Notify { payload })
-        {
+        match self.proc.stdin.push(self.id, &Envelope::Notify { payload }) {
             Ok(()) => {
                 self.counters.sent(NOTIFY);
                 self.kick_writer(generation, ctx);
@@ -277,22 +273,11 @@ impl<A: WorkerActor> Worker<A> {
             Routed::Notify { pid, payload } => return self.notify(pid, &payload, ctx),
             other => other,
         };
-        let refused = |worker: WorkerId, e: CallError| match e {
-            CallError::Backpressure { .. } => AskError::Backpressure(worker),
-            CallError::NotRunning { .. } | CallError::NoChannel { .. } => {
-                AskError::NotRunning(worker)
-            }
-            CallError::WorkerExited { reason, .. } => AskError::WorkerDied {
-                worker,
-                reason: reason.to_string(),
-            },
-            other => AskError::Failed(other.to_string()),
-        };
         if let Err(e) = self.accepting() {
             self.counters.errors += 1;
             match routed {
                 Routed::Tell { ack: Some(ack), .. } | Routed::Ask { reply: ack, .. } => {
-                    ack.answer(Err(refused(self.id, e)))
+                    ack.answer(Err(AskError::from_call(&e)))
                 }
                 Routed::Tell { from, .. } => {
                     tracing::debug!(worker = self.id, ?from, error = %e, "message dropped")
@@ -316,7 +301,7 @@ impl<A: WorkerActor> Worker<A> {
                     ack: ack.as_ref().map(|_| id),
                     payload: &payload,
                 };
-                (self.proc.outbox.push(self.id, &env), ack, DELIVER)
+                (self.proc.stdin.push(self.id, &env), ack, DELIVER)
             }
             Routed::Ask {
                 from,
@@ -330,7 +315,7 @@ impl<A: WorkerActor> Worker<A> {
                 };
                 self.counters.requests += 1;
                 (
-                    self.proc.outbox.push(self.id, &env),
+                    self.proc.stdin.push(self.id, &env),
                     Some(reply),
                     PEER_REQUEST,
                 )
@@ -342,13 +327,13 @@ impl<A: WorkerActor> Worker<A> {
                 self.counters.sent(kind);
                 if let Some(waiter) = waiter {
                     self.next_id += 1;
-                    self.proc.routed.insert(id, waiter);
+                    self.proc.in_flight.insert_peer(id, waiter);
                 }
                 self.kick_writer(generation, ctx);
             }
             Err(e) => {
                 self.counters.errors += 1;
-                let error = refused(self.id, e);
+                let error = AskError::from_call(&e);
                 match waiter {
                     Some(waiter) => waiter.answer(Err(error)),
                     None => tracing::debug!(worker = self.id, %error, "message dropped"),

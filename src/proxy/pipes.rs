@@ -1,25 +1,22 @@
-//! The proxy's pipe machinery: a batching outbox, the frame reader and the stderr reader.
+//! The proxy's pipe futures: the stdin writer, the frame reader and the line reader (stderr,
+//! and a plain program's stdout).
 //!
 //! Both pipe futures run inside the proxy's own actix context, so they touch the actor's state
 //! directly, with no channel between them. actix polls context futures after the mailbox is
 //! drained, so every frame queued while a burst of messages is handled leaves in one `write(2)`.
 
 use std::collections::VecDeque;
-use std::io;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use actix::ActorFuture;
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
-use crate::codec::{encode_frame, FrameDecoder};
-use crate::error::CallError;
+use super::actor::Worker;
+use crate::codec::FrameDecoder;
 use crate::logger::{LogLink, Record, Source, Stream};
-use crate::protocol::Envelope;
-use crate::proxy::Worker;
-use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 
 /// Longest stderr line kept whole; the rest of a longer line is dropped and counted.
@@ -28,99 +25,6 @@ pub(crate) const MAX_LINE_BYTES: usize = 16 * 1024;
 pub(crate) const STDERR_TAIL_LINES: usize = 20;
 /// Reads per poll of the frame reader before it yields to the proxy's other work.
 const READS_PER_POLL: usize = 32;
-
-/// Frames waiting for the worker's stdin: appended by handlers, written by [`Flush`].
-#[derive(Debug)]
-pub(crate) struct Outbox {
-    queued: Vec<u8>,
-    writing: Vec<u8>,
-    written: usize,
-    stdin: Option<pipe::Sender>,
-    pub(crate) flushing: bool,
-    max_frame_bytes: usize,
-    limit: usize,
-}
-
-impl Outbox {
-    pub(crate) fn new(max_frame_bytes: usize, limit: usize) -> Self {
-        Self {
-            queued: Vec::new(),
-            writing: Vec::new(),
-            written: 0,
-            stdin: None,
-            flushing: false,
-            max_frame_bytes,
-            limit,
-        }
-    }
-
-    /// Bytes not yet written.
-    pub(crate) fn len(&self) -> usize {
-        self.queued.len() + self.writing.len() - self.written
-    }
-
-    pub(crate) fn limit(&self) -> usize {
-        self.limit
-    }
-
-    pub(crate) fn attach(&mut self, stdin: pipe::Sender) {
-        self.stdin = Some(stdin);
-    }
-
-    /// Drops the pipe and everything queued for it.
-    pub(crate) fn detach(&mut self) {
-        self.stdin = None;
-        self.queued = Vec::new();
-        self.writing = Vec::new();
-        self.written = 0;
-    }
-
-    pub(crate) fn is_attached(&self) -> bool {
-        self.stdin.is_some()
-    }
-
-    /// Queues one frame, refusing it when the outbox is over its limit.
-    pub(crate) fn push(&mut self, worker: WorkerId, env: &Envelope<'_>) -> Result<(), CallError> {
-        let queued = self.len();
-        if queued >= self.limit {
-            return Err(CallError::Backpressure {
-                worker,
-                queued,
-                limit: self.limit,
-            });
-        }
-        encode_frame(&mut self.queued, env, self.max_frame_bytes).map_err(CallError::Frame)
-    }
-
-    /// Queues a control frame (`Shutdown`) even past the limit: it must reach the worker.
-    pub(crate) fn push_control(&mut self, env: &Envelope<'_>) -> Result<(), CallError> {
-        encode_frame(&mut self.queued, env, self.max_frame_bytes).map_err(CallError::Frame)
-    }
-
-    fn poll_flush(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        loop {
-            if self.written == self.writing.len() {
-                self.writing.clear();
-                self.written = 0;
-                if self.queued.is_empty() {
-                    if self.writing.capacity() > 4 * 1024 * 1024 {
-                        self.writing = Vec::new();
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                std::mem::swap(&mut self.queued, &mut self.writing);
-            }
-            let Some(stdin) = self.stdin.as_mut() else {
-                return Poll::Ready(Ok(()));
-            };
-            match Pin::new(stdin).poll_write(cx, &self.writing[self.written..]) {
-                Poll::Ready(Ok(n)) => self.written += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
 
 /// Writes the outbox of one process to its stdin until it is empty.
 #[derive(Debug)]
@@ -147,7 +51,7 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
         let Some(p) = act.proc_mut(self.generation) else {
             return Poll::Ready(());
         };
-        let result = p.outbox.poll_flush(cx);
+        let result = p.stdin.poll_flush(cx);
         p.release_held_tells();
         match result {
             Poll::Pending => Poll::Pending,
@@ -155,9 +59,9 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
                 if let Err(e) = result {
                     // The worker closed its stdin or died; its exit is reported separately.
                     tracing::debug!(worker = id, error = %e, "write to worker failed");
-                    p.outbox.detach();
+                    p.stdin.detach();
                 }
-                p.outbox.flushing = false;
+                p.stdin.flushing = false;
                 Poll::Ready(())
             }
         }

@@ -1,0 +1,254 @@
+//! The proxy actor: one per worker slot, standing in the master for the processes behind it.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use actix::dev::OneshotSender;
+use actix::prelude::*;
+
+use super::generation::{Held, Proc};
+use super::handover::Handover;
+use super::inflight::InFlight;
+use super::links::Links;
+use super::spec::SlotSpec;
+use crate::error::ExitReason;
+use crate::event::{WorkerEvent, WorkerEventKind, WorkerInfo};
+use crate::messaging::{WorkerStats, WorkerSummary};
+use crate::protocol::Envelope;
+use crate::routing::AskDone;
+use crate::state::{WorkerId, WorkerState};
+use crate::worker::WorkerActor;
+
+/// The master's proxy actor for one worker slot; `A` is the worker's [`WorkerActor`] type.
+///
+/// Send it [`Call`] (a request; the reply is typed `A::Reply`) or [`Tell`] (one-way). A message
+/// for another worker type does not compile.
+pub struct Worker<A: WorkerActor> {
+    pub(crate) id: WorkerId,
+    /// The last generation handed out; each process of the slot gets the next one.
+    pub(super) generations: u64,
+    /// The process that serves the slot (or the last one, when none runs).
+    pub(super) proc: Proc<A::Reply>,
+    /// The other process of a rolling hand-over, if one is under way.
+    pub(super) handover: Handover<A::Reply>,
+    pub(super) spawn: Rc<SlotSpec>,
+    pub(super) links: Links<A>,
+    /// This proxy, for answers to what its worker asked of others.
+    pub(super) me: Option<Recipient<AskDone>>,
+    pub(super) counters: Counters,
+    /// Processes started after the first one by the restart policy.
+    pub(super) respawns: u64,
+    pub(super) next_id: u64,
+    pub(super) scratch: Vec<u8>,
+    pub(super) ready_waiters: Vec<OneshotSender<Result<(), ExitReason>>>,
+    pub(super) exit_waiters: Vec<OneshotSender<ExitReason>>,
+    pub(super) last_exit: Option<ExitReason>,
+    pub(super) respawn: Option<SpawnHandle>,
+    _actor: PhantomData<fn() -> A>,
+}
+
+/// Frames to and from a slot's processes, by kind, and failures.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) sent: [u64; Envelope::KINDS.len()],
+    pub(super) received: [u64; Envelope::KINDS.len()],
+    pub(super) requests: u64,
+    pub(super) errors: u64,
+}
+
+impl Counters {
+    pub(super) fn sent(&mut self, kind: usize) {
+        self.sent[kind] += 1;
+    }
+}
+
+/// Positions in [`Envelope::KINDS`] of the frames the proxy counts as it sends them.
+pub(super) const REQUEST: usize = 2;
+pub(super) const TELL: usize = 5;
+pub(super) const PING: usize = 8;
+pub(super) const ASK_REPLY: usize = 14;
+pub(super) const ASK_FAILED: usize = 15;
+pub(super) const DELIVER: usize = 16;
+pub(super) const PEER_REQUEST: usize = 17;
+pub(super) const NOTIFY: usize = 18;
+
+impl<A: WorkerActor> fmt::Debug for Worker<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .field("generation", &self.proc.generation)
+            .field("state", &self.proc.state)
+            .field("pid", &self.proc.pid())
+            .field("handover", &self.handover.phase())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: WorkerActor> Worker<A> {
+    pub(crate) fn new(id: WorkerId, spawn: Rc<SlotSpec>, links: Links<A>) -> Self {
+        Self {
+            id,
+            generations: 0,
+            proc: Proc::new(0, &spawn.config),
+            handover: Handover::Serving,
+            spawn,
+            links,
+            me: None,
+            counters: Counters::default(),
+            respawns: 0,
+            next_id: 0,
+            scratch: Vec::new(),
+            ready_waiters: Vec::new(),
+            exit_waiters: Vec::new(),
+            last_exit: None,
+            respawn: None,
+            _actor: PhantomData,
+        }
+    }
+
+    /// The process of generation `generation`, if the slot still holds it.
+    pub(crate) fn proc_mut(&mut self, generation: u64) -> Option<&mut Proc<A::Reply>> {
+        if self.proc.generation == generation {
+            return Some(&mut self.proc);
+        }
+        self.handover.proc_mut(generation)
+    }
+
+    pub(super) fn plain(&self) -> bool {
+        self.spawn.config.plain
+    }
+
+    pub(crate) fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            id: self.id,
+            pid: self.proc.pid(),
+            state: self.proc.state,
+            generation: self.proc.generation,
+        }
+    }
+
+    pub(crate) fn summary(&self) -> WorkerSummary {
+        WorkerSummary {
+            id: self.id,
+            pid: self.proc.pid(),
+            state: self.proc.state,
+            generation: self.proc.generation,
+            uptime: self
+                .proc
+                .started_at
+                .filter(|_| self.proc.is_running())
+                .map(|t| t.elapsed())
+                .unwrap_or_default(),
+            restarts: self.respawns,
+            groups: self.links.routing.borrow().groups_of(self.id),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> WorkerStats {
+        let by_kind = |counts: &[u64]| {
+            counts
+                .iter()
+                .zip(Envelope::KINDS)
+                .filter(|(n, _)| **n > 0)
+                .map(|(n, k)| (k.to_owned(), *n))
+                .collect()
+        };
+        let pid = self.proc.pid().filter(|_| self.proc.is_running());
+        let (cpu, rss_bytes) = pid.map(crate::messaging::proc_usage).unwrap_or_default();
+        WorkerStats {
+            id: self.id,
+            pid,
+            sent: by_kind(&self.counters.sent),
+            received: by_kind(&self.counters.received),
+            requests: self.counters.requests,
+            errors: self.counters.errors,
+            restarts: self.respawns,
+            cpu,
+            rss_bytes,
+        }
+    }
+
+    /// Who a process of this slot is, in its log records.
+    pub(crate) fn source(&self, generation: u64, pid: u32) -> crate::logger::Source {
+        crate::logger::Source {
+            worker: Some(self.id),
+            pid,
+            generation,
+            group: self.spawn.group.clone(),
+        }
+    }
+
+    pub(super) fn emit(&self, generation: u64, pid: Option<u32>, kind: WorkerEventKind) {
+        self.links.events.do_send(WorkerEvent {
+            worker: self.id,
+            generation,
+            pid,
+            kind,
+        });
+    }
+
+    /// Where the serving process's callers wait for its replies.
+    pub(crate) fn in_flight(&self) -> &InFlight<A::Reply> {
+        &self.proc.in_flight
+    }
+
+    /// Where one-way senders wait for the serving process's outbox to drain.
+    pub(crate) fn held(&self) -> &Held {
+        &self.proc.held
+    }
+
+    pub(crate) fn state(&self) -> WorkerState {
+        self.proc.state
+    }
+
+    pub(crate) fn last_exit(&self) -> Option<&ExitReason> {
+        self.last_exit.as_ref()
+    }
+
+    pub(crate) fn add_exit_waiter(&mut self, tx: OneshotSender<ExitReason>) {
+        self.exit_waiters.push(tx);
+    }
+
+    pub(crate) fn add_ready_waiter(&mut self, tx: OneshotSender<Result<(), ExitReason>>) {
+        self.ready_waiters.push(tx);
+    }
+}
+
+impl<A: WorkerActor> Actor for Worker<A> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.spawn.config.mailbox_capacity);
+        self.me = Some(ctx.address().recipient());
+        self.spawn_process(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_kinds_point_at_their_names() {
+        for (index, name) in [
+            (REQUEST, "Request"),
+            (TELL, "Tell"),
+            (PING, "Ping"),
+            (ASK_REPLY, "AskReply"),
+            (ASK_FAILED, "AskFailed"),
+            (DELIVER, "Deliver"),
+            (PEER_REQUEST, "PeerRequest"),
+            (NOTIFY, "Notify"),
+        ] {
+            assert_eq!(Envelope::KINDS[index], name);
+        }
+        let env = Envelope::Deliver {
+            from: crate::Peer::Master,
+            via: crate::Via::Direct,
+            ack: None,
+            payload: &[],
+        };
+        assert_eq!(Envelope::KINDS[env.index()], env.kind());
+    }
+}

@@ -1,0 +1,83 @@
+//! Requests and one-way messages from the master to the serving process.
+
+use actix::prelude::*;
+
+use super::actor::*;
+use super::pipes::Flush;
+use crate::error::CallError;
+use crate::protocol::Envelope;
+use crate::state::WorkerState;
+use crate::worker::WorkerActor;
+
+impl<A: WorkerActor> Worker<A> {
+    /// Makes sure a [`Flush`] runs while the outbox of process `generation` holds frames.
+    pub(crate) fn kick_writer(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let Some(p) = self.proc_mut(generation) else {
+            return;
+        };
+        if !p.stdin.flushing && p.stdin.is_attached() && p.stdin.len() > 0 {
+            p.stdin.flushing = true;
+            ctx.spawn(Flush::new(generation));
+        }
+    }
+
+    /// Whether new messages are taken now; the error to give if not.
+    pub(crate) fn accepting(&self) -> Result<(), CallError> {
+        if self.plain() {
+            return Err(CallError::NoChannel { worker: self.id });
+        }
+        match self.proc.state {
+            WorkerState::Spawning
+            | WorkerState::Starting
+            | WorkerState::Online
+            | WorkerState::Ready
+            | WorkerState::Backoff => Ok(()),
+            WorkerState::Exited | WorkerState::Failed => Err(match &self.last_exit {
+                Some(reason) => CallError::WorkerExited {
+                    worker: self.id,
+                    reason: reason.clone(),
+                },
+                None => CallError::NotRunning { worker: self.id },
+            }),
+            _ => Err(CallError::NotRunning { worker: self.id }),
+        }
+    }
+
+    /// Queues a request to the serving process and returns its correlation id.
+    pub(crate) fn send_request(
+        &mut self,
+        msg: &A::Msg,
+        ctx: &mut Context<Self>,
+    ) -> Result<u64, CallError> {
+        self.accepting()?;
+        crate::codec::encode_value(&mut self.scratch, msg).map_err(CallError::Frame)?;
+        let id = self.next_id;
+        let env = Envelope::Request {
+            id,
+            payload: &self.scratch,
+        };
+        self.proc.stdin.push(self.id, &env)?;
+        self.next_id += 1;
+        self.counters.sent(REQUEST);
+        self.counters.requests += 1;
+        self.kick_writer(self.proc.generation, ctx);
+        Ok(id)
+    }
+
+    /// Queues a one-way message; `Ok(true)` when the sender should wait for the outbox to drain.
+    pub(crate) fn send_tell(
+        &mut self,
+        msg: &A::Msg,
+        ctx: &mut Context<Self>,
+    ) -> Result<bool, CallError> {
+        self.accepting()?;
+        crate::codec::encode_value(&mut self.scratch, msg).map_err(CallError::Frame)?;
+        let env = Envelope::Tell {
+            payload: &self.scratch,
+        };
+        self.proc.stdin.push(self.id, &env)?;
+        self.counters.sent(TELL);
+        self.kick_writer(self.proc.generation, ctx);
+        Ok(self.proc.stdin.len() > self.proc.stdin.limit() / 16)
+    }
+}

@@ -1,0 +1,278 @@
+//! Starting a slot's process, watching its output and its exit, and settling what depended on it
+//! once it is reaped.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use super::actor::*;
+use super::generation::{Finished, Proc};
+use super::pipes::{self, ReadFrames};
+use super::DRAIN_AFTER_EXIT;
+use crate::error::{ExitReason, SpawnError};
+use crate::event::WorkerEventKind;
+use crate::process::{self, RawExit, SpawnSpec};
+use crate::state::WorkerState;
+use crate::worker::{env, WorkerActor};
+
+impl<A: WorkerActor> Worker<A> {
+    /// Starts a new process as the slot's serving process.
+    pub(super) fn spawn_process(&mut self, ctx: &mut Context<Self>) {
+        if self.generations > 0 {
+            self.respawns += 1;
+        }
+        self.generations += 1;
+        let old = std::mem::replace(
+            &mut self.proc,
+            Proc::new(self.generations, &self.spawn.config),
+        );
+        // What was sent while the slot was down waits for the new process.
+        self.proc.inherit(old);
+        self.start_process(self.generations, ctx);
+    }
+
+    /// Spawns the process for the (already placed) `Proc` of `generation`.
+    pub(super) fn start_process(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let config = &self.spawn.config;
+        let mut env = self.spawn.env.clone();
+        if !config.plain {
+            for (key, value) in [
+                (env::WORKER_ID, self.id.to_string()),
+                (env::GENERATION, generation.to_string()),
+                (env::MASTER_PID, std::process::id().to_string()),
+                (env::MAX_FRAME_BYTES, config.max_frame_bytes.to_string()),
+                (env::LOG_LEVEL, config.log.worker_level.clone()),
+                (env::GROUP, self.spawn.group.clone()),
+            ] {
+                env.push((key.into(), value.into()));
+            }
+        }
+        let listeners = self
+            .spawn
+            .listeners
+            .iter()
+            .filter_map(|b| Some((b.name.clone(), b.fd.try_clone().ok()?)))
+            .collect();
+        let spec = SpawnSpec {
+            program: self.spawn.program.clone(),
+            args: self.spawn.args.clone(),
+            env,
+            pipe_bytes: config.pipe_buffer_bytes,
+            listeners,
+            cpus: config.affinity.cpus_for(self.id),
+        };
+        ctx.wait(
+            process::spawn(spec)
+                .into_actor(self)
+                .map(move |result, act, ctx| act.spawned(generation, result, ctx)),
+        );
+    }
+
+    pub(super) fn spawned(
+        &mut self,
+        generation: u64,
+        result: Result<process::Spawned, SpawnError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let program = self.spawn.program.clone();
+        let id = self.id;
+        let parts = result.and_then(|spawned| {
+            spawned.into_async().map_err(|e| SpawnError {
+                program,
+                kind: e.kind(),
+                message: e.to_string(),
+            })
+        });
+        let Some(p) = self.proc_mut(generation) else {
+            // Abandoned while spawning (a replacement given up on): dropping the handle kills it.
+            return;
+        };
+        let (pipes, child) = match parts {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::error!(worker = id, generation, error = %e, "worker failed to spawn");
+                p.exit = Some(RawExit::Code(-1));
+                p.fault = Some(ExitReason::SpawnFailed(e));
+                self.finalize(generation);
+                return;
+            }
+        };
+        let child = Rc::new(child);
+        let pid = child.pid();
+        p.child = Some(Rc::clone(&child));
+        p.started(pid, Instant::now());
+        p.stdin.attach(pipes.stdin);
+        let tail = Rc::clone(&p.stderr_tail);
+        tracing::debug!(worker = id, pid, generation, "worker spawned");
+        self.emit(generation, Some(pid), WorkerEventKind::Spawned);
+        self.watch(
+            generation,
+            pid,
+            pipes.stdout,
+            pipes.stderr,
+            tail,
+            child,
+            ctx,
+        );
+    }
+
+    /// Reads process `generation`'s stdout (frames, or lines of a plain program) and stderr,
+    /// waits for its exit, and arms its ready timeout.
+    #[allow(clippy::too_many_arguments)]
+    fn watch(
+        &mut self,
+        generation: u64,
+        pid: u32,
+        stdout: tokio::net::unix::pipe::Receiver,
+        stderr: tokio::net::unix::pipe::Receiver,
+        tail: Rc<std::cell::RefCell<std::collections::VecDeque<String>>>,
+        child: Rc<crate::process::ChildHandle>,
+        ctx: &mut Context<Self>,
+    ) {
+        let plain = self.plain();
+        if plain {
+            ctx.spawn(
+                pipes::read_lines(
+                    stdout,
+                    self.source(generation, pid),
+                    crate::logger::Stream::Stdout,
+                    self.links.log.clone(),
+                    Rc::clone(&tail),
+                )
+                .into_actor(self)
+                .map(move |(), act, _| act.stdout_closed(generation)),
+            );
+        } else {
+            let max_frame = self.spawn.config.max_frame_bytes;
+            ctx.spawn(ReadFrames::new(generation, stdout, max_frame));
+        }
+        ctx.spawn(
+            pipes::read_lines(
+                stderr,
+                self.source(generation, pid),
+                crate::logger::Stream::Stderr,
+                self.links.log.clone(),
+                tail,
+            )
+            .into_actor(self)
+            .map(move |(), act, _| {
+                if let Some(p) = act.proc_mut(generation) {
+                    p.stderr_open = false;
+                    act.try_finalize(generation);
+                }
+            }),
+        );
+        ctx.spawn(
+            async move { child.wait().await }
+                .into_actor(self)
+                .map(move |raw, act, ctx| act.exited(generation, raw, ctx)),
+        );
+        if plain {
+            // Nothing to wait for: a plain program serves once it runs.
+            self.on_ready(generation, ctx);
+            return;
+        }
+        ctx.run_later(self.spawn.config.ready_timeout, move |act, ctx| {
+            let starting = act
+                .proc_mut(generation)
+                .is_some_and(|p| matches!(p.state, WorkerState::Starting | WorkerState::Online));
+            if starting {
+                act.fault(generation, ExitReason::ReadyTimeout, ctx);
+            }
+        });
+        self.kick_writer(generation, ctx);
+    }
+
+    pub(crate) fn stdout_closed(&mut self, generation: u64) {
+        if let Some(p) = self.proc_mut(generation) {
+            p.stdout_open = false;
+            self.try_finalize(generation);
+        }
+    }
+
+    pub(super) fn exited(&mut self, generation: u64, raw: RawExit, ctx: &mut Context<Self>) {
+        let Some(p) = self.proc_mut(generation) else {
+            return;
+        };
+        p.exit = Some(raw);
+        if p.stdout_open || p.stderr_open {
+            ctx.run_later(DRAIN_AFTER_EXIT, move |act, _| act.finalize(generation));
+        }
+        self.try_finalize(generation);
+    }
+
+    pub(super) fn try_finalize(&mut self, generation: u64) {
+        if self.proc_mut(generation).is_some_and(|p| p.drained()) {
+            self.finalize(generation);
+        }
+    }
+
+    /// Process `generation` is reaped and its output read (or the wait for it is over): report
+    /// its exit, and settle what depended on it.
+    pub(super) fn finalize(&mut self, generation: u64) {
+        let id = self.id;
+        let Some(finished) = self.proc_mut(generation).and_then(|p| p.finish(id)) else {
+            return;
+        };
+        if let Some(pid) = finished.pid {
+            // Its locks are released and its subscriptions end, however it ended.
+            self.links
+                .cache
+                .do_send(crate::cache::ProcessGone(crate::Peer::Worker { id, pid }));
+        }
+        if self.proc.generation == generation {
+            self.serving_exited(generation, finished);
+        } else {
+            // A replacement that never became ready, or a replaced process done draining.
+            self.retired(generation, &finished);
+            let Finished {
+                reason,
+                pid,
+                last_stderr,
+                uptime,
+            } = finished;
+            let kind = WorkerEventKind::Retired {
+                reason,
+                last_stderr,
+                uptime,
+            };
+            self.emit(generation, pid, kind);
+        }
+    }
+
+    /// The serving process exited: waiters hear of it, and so does the supervisor.
+    fn serving_exited(&mut self, generation: u64, finished: Finished) {
+        let Finished {
+            reason,
+            pid,
+            last_stderr,
+            uptime,
+        } = finished;
+        let id = self.id;
+        if reason.is_normal() {
+            tracing::info!(worker = id, pid, generation, "worker exited");
+        } else {
+            tracing::warn!(worker = id, pid, generation, %reason, "worker exited");
+        }
+        for tx in self.exit_waiters.drain(..) {
+            let _ = tx.send(reason.clone());
+        }
+        // Group memberships end with the process; its successor joins again.
+        self.links.routing.borrow_mut().leave_all(id);
+        self.last_exit = Some(reason.clone());
+        let kind = WorkerEventKind::Exited {
+            reason: reason.clone(),
+            last_stderr: last_stderr.clone(),
+            uptime,
+        };
+        self.emit(generation, pid, kind);
+        if self.promote_replacement() {
+            return;
+        }
+        for tx in self.ready_waiters.drain(..) {
+            let _ = tx.send(Err(reason.clone()));
+        }
+        self.promoted_failed(reason, last_stderr);
+    }
+}

@@ -1,0 +1,49 @@
+//! What a slot needs to start its process, shared by the slots of a group.
+
+use std::ffi::OsString;
+
+use crate::config::ClusterConfig;
+
+/// What a slot needs to start its process, shared by the slots of a cluster.
+#[derive(Debug)]
+pub(crate) struct SlotSpec {
+    pub(crate) program: std::path::PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) config: ClusterConfig,
+    /// The cluster's listening sockets, held for its whole life.
+    pub(crate) listeners: Vec<crate::listen::Bound>,
+    /// The group the slots belong to.
+    pub(crate) group: String,
+}
+
+impl SlotSpec {
+    pub(crate) fn from_config(config: &ClusterConfig) -> Result<Self, crate::Error> {
+        let (program, args) = match &config.exec {
+            Some(program) => (
+                crate::config::resolve_program(program).unwrap_or_else(|| program.clone()),
+                config.args.iter().flatten().map(OsString::from).collect(),
+            ),
+            None => (
+                std::env::current_exe()?,
+                match &config.args {
+                    Some(args) => args.iter().map(OsString::from).collect(),
+                    None => std::env::args_os().skip(1).collect(),
+                },
+            ),
+        };
+        let env = config
+            .env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect();
+        Ok(Self {
+            program,
+            args,
+            env,
+            config: config.clone(),
+            listeners: crate::listen::bind_all(&config.listen)?,
+            group: crate::config::DEFAULT_GROUP.to_owned(),
+        })
+    }
+}
