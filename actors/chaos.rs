@@ -34,7 +34,9 @@
 //! |                      | event to the master is `"grandchild <pid> <port>"`            |
 //! | `echo` (default)     | behaves as `procactor-echo`                                   |
 
+use std::fs::File;
 use std::io::{Read, Write};
+use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
 
 use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
@@ -42,104 +44,18 @@ use procactor::wire::{encode_frame, Envelope, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_
 use procactor::{WorkerActor, WorkerContext};
 
 fn main() -> Result<(), procactor::Error> {
-    let id = std::env::var("PROCACTOR_WORKER_ID").unwrap_or_default();
     if std::env::var_os("PROCACTOR_CHAOS_HOLD_PORT").is_some() {
         return hold_port();
     }
-    let mut mode = std::env::var(format!("PROCACTOR_CHAOS_MODE_{id}"))
-        .or_else(|_| std::env::var("PROCACTOR_CHAOS_MODE"))
-        .unwrap_or_else(|_| "echo".into());
-    let generation: u64 = env_number("PROCACTOR_GENERATION").unwrap_or(1);
-    if generation < env_number("PROCACTOR_CHAOS_FROM_GENERATION").unwrap_or(1) {
-        mode = "echo".into();
-    }
+    let mode = mode();
     eprintln!("chaos: pid {} mode {mode}", std::process::id());
     // fd 1 is the raw channel here: the worker runtime is not running to protect it.
-    // SAFETY: fd 1 is open for the life of the process and only this function writes to it.
+    // SAFETY: fd 1 is open for the life of the process; it is never closed (`ManuallyDrop`), and
+    // only `breach` writes to it before the worker runtime takes it over.
     #[allow(unsafe_code)]
-    let mut out = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
-    let frame = |env: Envelope<'_>| {
-        let mut buf = Vec::new();
-        encode_frame(&mut buf, &env, DEFAULT_MAX_FRAME_BYTES).expect("small frame");
-        buf
-    };
-    let pid = std::process::id();
-    let hello = frame(Envelope::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        pid,
-    });
-    let handshake = [hello.clone(), frame(Envelope::Ready)].concat();
-    let bytes: Vec<u8> = match mode.as_str() {
-        "huge-len" => u32::MAX.to_le_bytes().to_vec(),
-        "garbage" => {
-            let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(pid);
-            let mut chunk = vec![0u8; 64 * 1024];
-            loop {
-                for b in chunk.iter_mut() {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    *b = state as u8;
-                }
-                if out.write_all(&chunk).is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        "bad-body" => {
-            after_first_request(&mut out, &handshake)?;
-            vec![3, 0, 0, 0, 0xee, 0xee, 0xee]
-        }
-        "trailing" => {
-            after_first_request(&mut out, &handshake)?;
-            vec![2, 0, 0, 0, 1, 0]
-        }
-        "wrong-version" => frame(Envelope::Hello {
-            protocol_version: 999,
-            pid,
-        }),
-        "ready-before-hello" => frame(Envelope::Ready),
-        "noise-before-hello" => {
-            println!("hello from a library that prints before the runtime starts");
-            return procactor::run_worker(Echo::default());
-        }
-        "partial-frame" => {
-            after_first_request(&mut out, &handshake)?;
-            let mut bytes = 100u32.to_le_bytes().to_vec();
-            bytes.extend_from_slice(&[0; 10]);
-            out.write_all(&bytes)?;
-            std::process::exit(0);
-        }
-        "forge-sender" => {
-            // A frame only the master may write, claiming to come from worker 1.
-            after_first_request(&mut out, &handshake)?;
-            frame(Envelope::Deliver {
-                from: procactor::Peer::Worker { id: 1, pid: 1 },
-                via: procactor::Via::Direct,
-                ack: None,
-                payload: &[0],
-            })
-        }
-        "hang-on-stop" => return procactor::run_worker(Stubborn),
-        "crash-at-start" => std::process::exit(1),
-        "abort" => std::process::abort(),
-        "hang-at-start" => hello,
-        "stop-reading" => handshake,
-        "fork-grandchild" => return procactor::run_worker(Grandparent::start()?),
-        "serve" => return procactor::run_worker(Server),
-        "flood-stderr" => {
-            std::thread::spawn(|| {
-                let line = "flood ".repeat(20);
-                let mut stderr = std::io::stderr().lock();
-                while writeln!(stderr, "{line}").is_ok() {}
-            });
-            return procactor::run_worker(Echo::default());
-        }
-        mode if mode.starts_with("die-after-") => {
-            let n = mode["die-after-".len()..].parse().unwrap_or(1);
-            return procactor::run_worker(DieAfter { left: n });
-        }
-        _ => return procactor::run_worker(Echo::default()),
+    let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
+    let Some(bytes) = breach(&mode, &mut out)? else {
+        return procactor::run_worker(Chaos::new(&mode)?);
     };
     out.write_all(&bytes)?;
     if mode == "stop-reading" {
@@ -153,33 +69,99 @@ fn main() -> Result<(), procactor::Error> {
     Ok(())
 }
 
+/// This process's mode: its slot's, else the cluster's, else `echo`; `echo` for the processes
+/// of a slot before generation `PROCACTOR_CHAOS_FROM_GENERATION`.
+fn mode() -> String {
+    let generation = env_number("PROCACTOR_GENERATION").unwrap_or(1);
+    if generation < env_number("PROCACTOR_CHAOS_FROM_GENERATION").unwrap_or(1) {
+        return "echo".into();
+    }
+    let id = std::env::var("PROCACTOR_WORKER_ID").unwrap_or_default();
+    std::env::var(format!("PROCACTOR_CHAOS_MODE_{id}"))
+        .or_else(|_| std::env::var("PROCACTOR_CHAOS_MODE"))
+        .unwrap_or_else(|_| "echo".into())
+}
+
+/// The modes that break the protocol: what they write to the channel last (some write more
+/// first, or never return). `None` for the modes that run the echo worker.
+fn breach(mode: &str, out: &mut File) -> std::io::Result<Option<Vec<u8>>> {
+    let pid = std::process::id();
+    let hello = frame(Envelope::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        pid,
+    });
+    let handshake = [hello.clone(), frame(Envelope::Ready)].concat();
+    let bytes = match mode {
+        "huge-len" => u32::MAX.to_le_bytes().to_vec(),
+        "garbage" => write_garbage(out, pid),
+        "bad-body" => {
+            after_first_request(out, &handshake)?;
+            vec![3, 0, 0, 0, 0xee, 0xee, 0xee]
+        }
+        "trailing" => {
+            after_first_request(out, &handshake)?;
+            vec![2, 0, 0, 0, 1, 0]
+        }
+        "wrong-version" => frame(Envelope::Hello {
+            protocol_version: 999,
+            pid,
+        }),
+        "ready-before-hello" => frame(Envelope::Ready),
+        "partial-frame" => {
+            after_first_request(out, &handshake)?;
+            let mut bytes = 100u32.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[0; 10]);
+            out.write_all(&bytes)?;
+            std::process::exit(0);
+        }
+        "forge-sender" => {
+            // A frame only the master may write, claiming to come from worker 1.
+            after_first_request(out, &handshake)?;
+            frame(Envelope::Deliver {
+                from: procactor::Peer::Worker { id: 1, pid: 1 },
+                via: procactor::Via::Direct,
+                ack: None,
+                payload: &[0],
+            })
+        }
+        "crash-at-start" => std::process::exit(1),
+        "abort" => std::process::abort(),
+        "hang-at-start" => hello,
+        "stop-reading" => handshake,
+        _ => return Ok(None),
+    };
+    Ok(Some(bytes))
+}
+
+/// One encoded frame.
+fn frame(env: Envelope<'_>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_frame(&mut buf, &env, DEFAULT_MAX_FRAME_BYTES).expect("small frame");
+    buf
+}
+
+/// Writes pseudo-random bytes until the pipe breaks, then exits with status 0.
+fn write_garbage(out: &mut File, pid: u32) -> ! {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(pid);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        for b in chunk.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+        if out.write_all(&chunk).is_err() {
+            std::process::exit(0);
+        }
+    }
+}
+
 /// Completes the handshake, then waits until the master's first frame header has arrived.
-fn after_first_request(out: &mut std::fs::File, handshake: &[u8]) -> std::io::Result<()> {
+fn after_first_request(out: &mut File, handshake: &[u8]) -> std::io::Result<()> {
     out.write_all(handshake)?;
     let mut header = [0u8; 4];
     std::io::stdin().read_exact(&mut header)
-}
-
-/// The echo worker with a `stopping` hook that never returns.
-struct Stubborn;
-
-impl WorkerActor for Stubborn {
-    type Msg = EchoMsg;
-    type Reply = EchoReply;
-    type Event = String;
-
-    async fn handle(&mut self, msg: EchoMsg, _ctx: &mut WorkerContext<Self>) -> EchoReply {
-        match msg {
-            EchoMsg::Ping => EchoReply::Pong,
-            EchoMsg::Pid => EchoReply::Pid(std::process::id()),
-            _ => EchoReply::Done,
-        }
-    }
-
-    async fn stopping(&mut self, _ctx: &mut WorkerContext<Self>) {
-        eprintln!("chaos: refusing to stop");
-        std::future::pending::<()>().await;
-    }
 }
 
 fn env_number(name: &str) -> Option<u64> {
@@ -195,107 +177,141 @@ fn hold_port() -> Result<(), procactor::Error> {
     }
 }
 
-/// The echo worker with a grandchild process that holds a TCP port.
-struct Grandparent {
-    grandchild: String,
+/// The echo worker ([`Echo`], whose answers it reuses) with what a mode adds to it.
+struct Chaos {
+    echo: Echo,
+    fault: Fault,
 }
 
-impl Grandparent {
-    fn start() -> std::io::Result<Self> {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .env("PROCACTOR_CHAOS_HOLD_PORT", "1")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+/// What a mode adds to the echo worker.
+enum Fault {
+    /// Nothing (any start-up effect has happened already).
+    None,
+    /// A `stopping` hook that never returns.
+    HangOnStop,
+    /// Aborts as the message that leaves `left` at zero arrives.
+    DieAfter { left: u64 },
+    /// Answers every connection to each listening socket it was handed with its pid.
+    Serve,
+    /// Has a grandchild holding a port; its first event to the master is this report.
+    Grandchild(String),
+}
+
+impl Chaos {
+    /// The worker for an echo-based `mode`, after what that mode does before the runtime starts.
+    fn new(mode: &str) -> std::io::Result<Self> {
+        let fault = match mode {
+            "noise-before-hello" => {
+                println!("hello from a library that prints before the runtime starts");
+                Fault::None
+            }
+            "flood-stderr" => {
+                std::thread::spawn(|| {
+                    let line = "flood ".repeat(20);
+                    let mut stderr = std::io::stderr().lock();
+                    while writeln!(stderr, "{line}").is_ok() {}
+                });
+                Fault::None
+            }
+            "hang-on-stop" => Fault::HangOnStop,
+            "serve" => Fault::Serve,
+            "fork-grandchild" => Fault::Grandchild(spawn_grandchild()?),
+            mode => match mode.strip_prefix("die-after-") {
+                Some(n) => Fault::DieAfter {
+                    left: n.parse().unwrap_or(1),
+                },
+                None => Fault::None,
+            },
+        };
         Ok(Self {
-            grandchild: format!("grandchild {}", line.trim()),
+            echo: Echo::default(),
+            fault,
         })
     }
-}
 
-impl WorkerActor for Grandparent {
-    type Msg = EchoMsg;
-    type Reply = EchoReply;
-    type Event = String;
-
-    async fn started(&mut self, ctx: &mut WorkerContext<Self>) {
-        let _ = ctx.send_master(&self.grandchild);
-    }
-
-    async fn handle(&mut self, msg: EchoMsg, _ctx: &mut WorkerContext<Self>) -> EchoReply {
-        match msg {
-            EchoMsg::Ping => EchoReply::Pong,
-            EchoMsg::Pid => EchoReply::Pid(std::process::id()),
-            _ => EchoReply::Done,
-        }
-    }
-}
-
-/// The echo worker, aborting when its n-th request arrives.
-struct DieAfter {
-    left: u64,
-}
-
-impl WorkerActor for DieAfter {
-    type Msg = EchoMsg;
-    type Reply = EchoReply;
-    type Event = String;
-
-    async fn handle(&mut self, msg: EchoMsg, _ctx: &mut WorkerContext<Self>) -> EchoReply {
-        self.left = self.left.saturating_sub(1);
-        if self.left == 0 {
-            eprintln!("chaos: dying as planned");
-            std::process::abort();
-        }
-        match msg {
-            EchoMsg::Seq(n) => EchoReply::Seq { n, in_order: true },
-            EchoMsg::Pid => EchoReply::Pid(std::process::id()),
-            _ => EchoReply::Pong,
-        }
-    }
-}
-
-/// The echo worker serving "<pid>\n" on every listening socket it was handed.
-struct Server;
-
-impl WorkerActor for Server {
-    type Msg = EchoMsg;
-    type Reply = EchoReply;
-    type Event = String;
-
-    async fn started(&mut self, ctx: &mut WorkerContext<Self>) {
-        let var = |name: &str| std::env::var(name).unwrap_or_default();
-        let report = format!(
-            "listen {} {} {}",
-            var("LISTEN_PID"),
-            var("LISTEN_FDS"),
-            var("LISTEN_FDNAMES")
-        );
-        let _ = ctx.send_master(&report);
-        for name in ctx.listener_names() {
-            if let Ok(tcp) = ctx.listener(name) {
-                std::thread::spawn(move || {
-                    for stream in tcp.incoming().flatten() {
-                        let _ = writeln!(&stream, "{}", std::process::id());
-                    }
-                });
-            } else if let Ok(unix) = ctx.unix_listener(name) {
-                std::thread::spawn(move || {
-                    for stream in unix.incoming().flatten() {
-                        let _ = writeln!(&stream, "{}", std::process::id());
-                    }
-                });
+    /// Counts a message in, for `die-after-<n>`.
+    fn arrived(&mut self) {
+        if let Fault::DieAfter { left } = &mut self.fault {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                eprintln!("chaos: dying as planned");
+                std::process::abort();
             }
         }
     }
+}
 
-    async fn handle(&mut self, msg: EchoMsg, _ctx: &mut WorkerContext<Self>) -> EchoReply {
-        match msg {
-            EchoMsg::Pid => EchoReply::Pid(std::process::id()),
-            _ => EchoReply::Pong,
+impl WorkerActor for Chaos {
+    type Msg = EchoMsg;
+    type Reply = EchoReply;
+    type Event = String;
+
+    async fn started(&mut self, ctx: &mut WorkerContext<Self>) {
+        match &self.fault {
+            Fault::Serve => serve(ctx),
+            Fault::Grandchild(report) => {
+                let _ = ctx.send_master(report);
+            }
+            _ => {}
+        }
+    }
+
+    async fn handle(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<Self>) -> EchoReply {
+        self.arrived();
+        self.echo.answer(msg, ctx).await
+    }
+
+    async fn tell(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<Self>) {
+        self.arrived();
+        self.echo.take(msg, ctx).await;
+    }
+
+    async fn stopping(&mut self, _ctx: &mut WorkerContext<Self>) {
+        if let Fault::HangOnStop = self.fault {
+            eprintln!("chaos: refusing to stop");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Starts the grandchild (this program again, holding a port) and returns the report
+/// `"grandchild <pid> <port>"`.
+fn spawn_grandchild() -> std::io::Result<String> {
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .env("PROCACTOR_CHAOS_HOLD_PORT", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("piped");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    Ok(format!("grandchild {}", line.trim()))
+}
+
+/// Reports the socket-activation variables to the master, then answers `"<pid>\n"` on every
+/// connection to each listening socket, from a thread per socket.
+fn serve(ctx: &mut WorkerContext<Chaos>) {
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    let report = format!(
+        "listen {} {} {}",
+        var("LISTEN_PID"),
+        var("LISTEN_FDS"),
+        var("LISTEN_FDNAMES")
+    );
+    let _ = ctx.send_master(&report);
+    for name in ctx.listener_names() {
+        if let Ok(tcp) = ctx.listener(name) {
+            std::thread::spawn(move || {
+                for stream in tcp.incoming().flatten() {
+                    let _ = writeln!(&stream, "{}", std::process::id());
+                }
+            });
+        } else if let Ok(unix) = ctx.unix_listener(name) {
+            std::thread::spawn(move || {
+                for stream in unix.incoming().flatten() {
+                    let _ = writeln!(&stream, "{}", std::process::id());
+                }
+            });
         }
     }
 }

@@ -114,6 +114,6 @@ pub mod prelude {
 }
 
 /// The README's examples, compiled as doctests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "http"))] // the README shows the HTTP worker
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

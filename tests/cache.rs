@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::within;
 use common::is_alive;
-use procactor::actors::relay::{Relay, RelayMsg, RelayReply};
+use common::relay::{Relay, RelayMsg, RelayReply};
 use procactor::cache::{CacheConfig, CacheLimits};
 use procactor::prelude::*;
 

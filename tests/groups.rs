@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use common::cluster::{collector, next_matching, relay, within};
+use common::relay::{Relay, RelayMsg, RelayReply};
 use common::{is_alive, status_field};
 use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
-use procactor::actors::relay::{Relay, RelayMsg, RelayReply};
 use procactor::prelude::*;
 use procactor::{Affinity, Backoff, Error, GroupHandlers, RestartPolicy, RestartType, WorkerState};
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::cluster::within;
-use procactor::actors::relay::{Relay, RelayMsg, RelayReply};
+use common::relay::{Relay, RelayMsg, RelayReply};
 use procactor::logger::{Kind, LogConfig};
 use procactor::prelude::*;
 use serde_json::Value;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use common::cluster::within;
 use common::is_alive;
-use procactor::actors::relay::{Received, Relay, RelayMsg, RelayReply};
+use common::relay::{Received, Relay, RelayMsg, RelayReply};
 use procactor::prelude::*;
 use procactor::{AskError, Error, Peer, TellAck, Via, WorkerRequest};
 

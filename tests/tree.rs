@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::cluster::{collector, next_matching, relay, relay_config, within};
 use common::is_alive;
-use procactor::actors::relay::{Relay, RelayMsg, RelayReply, CRASH_FROM_ENV, LEAVES_ENV};
+use common::relay::{Relay, RelayMsg, RelayReply, CRASH_FROM_ENV, LEAVES_ENV};
 use procactor::prelude::*;
 use procactor::{ExitReason, WorkerState};
 

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use procactor::actors::relay::{Relay, RelayMsg, RelayReply};
+use crate::relay::{Relay, RelayMsg, RelayReply};
 use procactor::prelude::*;
 
 use crate::http::ROLE_ENV;

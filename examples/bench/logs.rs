@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use procactor::actors::relay::{Relay, RelayMsg};
+use crate::relay::{Relay, RelayMsg};
 use procactor::logger::{FileConfig, FileSink, Kind, LogConfig, Record, Sink, Source};
 use procactor::prelude::*;
 

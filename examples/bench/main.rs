@@ -17,6 +17,9 @@ mod http;
 mod logs;
 mod pinned;
 mod raw;
+/// The relay worker of `procactor-relay` (a test fixture), for the cache and log figures.
+#[path = "../../actors/relay/relay.rs"]
+mod relay;
 
 use std::time::{Duration, Instant};
 

@@ -85,22 +85,13 @@ pub struct Echo {
 }
 
 impl Echo {
-    fn seq(&mut self, n: u64) -> bool {
-        let in_order = self.next_seq.is_none_or(|next| next == n);
-        if !in_order {
-            self.out_of_order += 1;
-        }
-        self.next_seq = Some(n + 1);
-        in_order
-    }
-}
-
-impl WorkerActor for Echo {
-    type Msg = EchoMsg;
-    type Reply = EchoReply;
-    type Event = String;
-
-    async fn handle(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<Self>) -> EchoReply {
+    /// Answers a request as [`Echo`] does, for a worker of another type that keeps an `Echo`
+    /// inside and adds behaviour around it (the fault-injection worker of the tests does): `ctx`
+    /// is that worker's context.
+    pub async fn answer<A>(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<A>) -> EchoReply
+    where
+        A: WorkerActor<Msg = EchoMsg, Event = String>,
+    {
         match msg {
             EchoMsg::Ping => EchoReply::Pong,
             EchoMsg::Echo(bytes) => EchoReply::Bytes(bytes),
@@ -154,14 +145,43 @@ impl WorkerActor for Echo {
         }
     }
 
-    async fn tell(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<Self>) {
+    /// Takes a one-way message as [`Echo`] does (counts it; an `Echo` only adds its bytes, any
+    /// other message is handled as a request whose reply is dropped), for a worker of another
+    /// type that keeps an `Echo` inside; see [`Echo::answer`].
+    pub async fn take<A>(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<A>)
+    where
+        A: WorkerActor<Msg = EchoMsg, Event = String>,
+    {
         self.tells += 1;
         match msg {
             EchoMsg::Echo(bytes) => self.bytes += bytes.len() as u64,
             other => {
-                let _ = self.handle(other, ctx).await;
+                let _ = self.answer(other, ctx).await;
             }
         }
+    }
+
+    fn seq(&mut self, n: u64) -> bool {
+        let in_order = self.next_seq.is_none_or(|next| next == n);
+        if !in_order {
+            self.out_of_order += 1;
+        }
+        self.next_seq = Some(n + 1);
+        in_order
+    }
+}
+
+impl WorkerActor for Echo {
+    type Msg = EchoMsg;
+    type Reply = EchoReply;
+    type Event = String;
+
+    async fn handle(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<Self>) -> EchoReply {
+        self.answer(msg, ctx).await
+    }
+
+    async fn tell(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<Self>) {
+        self.take(msg, ctx).await;
     }
 
     async fn stopping(&mut self, _ctx: &mut WorkerContext<Self>) {

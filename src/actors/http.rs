@@ -1,6 +1,9 @@
 //! An HTTP worker: actix-web serving the cluster's shared listening socket `"http"`, drained
 //! gracefully on stop, so that a rolling restart of the cluster drops no request.
 //!
+//! Needs the `http` feature (on by default): it is the only part of procactor that compiles
+//! actix-web.
+//!
 //! | route            | answer                                                        |
 //! |------------------|---------------------------------------------------------------|
 //! | `GET /`          | 200, `pid <pid>\n` (`text/plain`)                             |

@@ -142,7 +142,14 @@ impl ClusterSupervisor {
     ///
     /// ```no_run
     /// # use procactor::prelude::*;
-    /// # use procactor::actors::{echo::Echo, relay::Relay};
+    /// # use procactor::actors::echo::Echo;
+    /// # struct Relay;
+    /// # impl WorkerActor for Relay {
+    /// #     type Msg = ();
+    /// #     type Reply = ();
+    /// #     type Event = ();
+    /// #     async fn handle(&mut self, _: (), _: &mut WorkerContext<Self>) {}
+    /// # }
     /// # async fn f() -> Result<(), procactor::Error> {
     /// let mut builder = ClusterSupervisor::with_groups(ClusterConfig::new().env("MODE", "prod"));
     /// let warm = builder.group::<Relay>(GroupConfig::new("warm").workers(1).exec("procactor-relay"));

@@ -258,18 +258,6 @@ impl<A> WorkerHandle<A> {
     pub fn log(&self) -> &LogSender {
         &self.log
     }
-
-    /// The same link, typed for another worker type (for tests that send what a receiver does
-    /// not decode).
-    pub(crate) fn cast<B>(&self) -> WorkerHandle<B> {
-        WorkerHandle {
-            outbox: Rc::clone(&self.outbox),
-            asks: Rc::clone(&self.asks),
-            log: self.log.clone(),
-            identity: self.identity,
-            _actor: PhantomData,
-        }
-    }
 }
 
 impl<A> fmt::Debug for WorkerHandle<A> {

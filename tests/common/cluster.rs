@@ -30,10 +30,10 @@ pub(crate) fn relay_config(n: usize) -> ClusterConfig {
 
 /// Sends a relay worker a command and returns its reply; panics if the call fails.
 pub(crate) async fn relay(
-    cluster: &procactor::Cluster<procactor::actors::relay::Relay>,
+    cluster: &procactor::Cluster<super::relay::Relay>,
     worker: usize,
-    msg: procactor::actors::relay::RelayMsg,
-) -> procactor::actors::relay::RelayReply {
+    msg: super::relay::RelayMsg,
+) -> super::relay::RelayReply {
     cluster
         .worker(worker)
         .send(procactor::Call(msg))

@@ -3,6 +3,9 @@
 
 pub(crate) mod cluster;
 pub(crate) mod http;
+/// The relay worker of `procactor-relay`, for its message types (a fixture, not library API).
+#[path = "../../actors/relay/relay.rs"]
+pub(crate) mod relay;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,222 @@
+//! The relay's cache commands: counters, bursts of writes, locks, subscriptions, a replica and
+//! a throughput run, through this worker's cache client.
+
+use std::future::Future;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use procactor::cache::{CacheClient, CacheError, Change};
+
+use super::{invalid, Handle, Relay, RelayMsg, RelayReply, TIMEOUT};
+
+type Cache = CacheClient<Handle>;
+
+impl Relay {
+    /// Runs one cache command with this worker's handle.
+    pub(super) async fn cache(&mut self, msg: RelayMsg, peers: &Handle) -> RelayReply {
+        let cache = peers.cache();
+        let result = match msg {
+            RelayMsg::CacheIncrement {
+                collection,
+                key,
+                times,
+            } => increment(&cache, &collection, &key, times).await,
+            RelayMsg::CacheSet {
+                collection,
+                key,
+                value,
+                ttl_ms,
+            } => cache
+                .set(&collection, &key, &value, ttl_ms.map(Duration::from_millis))
+                .await
+                .map(|()| RelayReply::Done),
+            RelayMsg::CacheBurst {
+                collection,
+                prefix,
+                count,
+            } => burst(&cache, &collection, &prefix, count).await,
+            RelayMsg::CacheLockedIncrement {
+                lock,
+                collection,
+                key,
+                times,
+            } => locked_increment(&cache, &lock, &collection, &key, times).await,
+            RelayMsg::CacheHoldLock(lock) => cache
+                .lock(&lock, Duration::from_secs(60), TIMEOUT)
+                .await
+                .map(|guard| {
+                    self.locks.push(guard);
+                    RelayReply::Done
+                }),
+            RelayMsg::CacheLockWait { lock, wait_ms } => lock_wait(&cache, &lock, wait_ms).await,
+            RelayMsg::CacheSubscribe { collection, prefix } => {
+                cache.subscribe(&collection, &prefix).await.map(|sub| {
+                    self.subscription = Some(sub);
+                    RelayReply::Done
+                })
+            }
+            RelayMsg::CacheEvents => Ok(self.events()),
+            RelayMsg::CacheReplica(collection) => {
+                cache.replica(&collection, "").await.map(|replica| {
+                    self.replica = Some(replica);
+                    RelayReply::Done
+                })
+            }
+            RelayMsg::CacheReplicaState => Ok(RelayReply::Entries(
+                self.replica
+                    .as_mut()
+                    .map(|r| r.current().clone())
+                    .unwrap_or_default(),
+            )),
+            RelayMsg::CacheBench {
+                collection,
+                count,
+                window,
+            } => bench(&cache, &collection, count, window).await,
+            other => Ok(invalid(other)),
+        };
+        result.unwrap_or_else(cache_err)
+    }
+
+    /// The events received on the subscription so far, as (key, change) texts.
+    fn events(&mut self) -> RelayReply {
+        let mut events = Vec::new();
+        if let Some(sub) = self.subscription.as_mut() {
+            while let Some(event) = sub.try_next() {
+                let change = match event.change {
+                    Change::Set(v) => {
+                        let value: Result<String, _> = procactor::wire::decode_value(&v);
+                        format!("set {}", value.unwrap_or_default())
+                    }
+                    other => format!("{other:?}").to_lowercase(),
+                };
+                events.push((event.key, change));
+            }
+        }
+        RelayReply::Events(events)
+    }
+}
+
+fn cache_err(e: CacheError) -> RelayReply {
+    RelayReply::Failed(procactor::AskError::Failed(e.to_string()))
+}
+
+/// Increments `key` `times` times, one after another.
+async fn increment(
+    cache: &Cache,
+    collection: &str,
+    key: &str,
+    times: u64,
+) -> Result<RelayReply, CacheError> {
+    for _ in 0..times {
+        cache.increment(collection, key, 1).await?;
+    }
+    Ok(RelayReply::Done)
+}
+
+/// Writes `count` keys `<prefix><n>` = n, then deletes every tenth.
+async fn burst(
+    cache: &Cache,
+    collection: &str,
+    prefix: &str,
+    count: u64,
+) -> Result<RelayReply, CacheError> {
+    for n in 0..count {
+        cache
+            .set(collection, &format!("{prefix}{n}"), &n, None)
+            .await?;
+    }
+    for n in (0..count).step_by(10) {
+        cache.delete(collection, &format!("{prefix}{n}")).await?;
+    }
+    Ok(RelayReply::Done)
+}
+
+/// `times` times: takes `lock`, reads the number at `key`, writes it plus one, releases.
+async fn locked_increment(
+    cache: &Cache,
+    lock: &str,
+    collection: &str,
+    key: &str,
+    times: u64,
+) -> Result<RelayReply, CacheError> {
+    for _ in 0..times {
+        let guard = cache.lock(lock, TIMEOUT, TIMEOUT).await?;
+        let n: u64 = cache.get(collection, key).await?.unwrap_or(0);
+        // Let the others try while the lock is held.
+        tokio::task::yield_now().await;
+        cache.set(collection, key, &(n + 1), None).await?;
+        guard.release().await?;
+    }
+    Ok(RelayReply::Done)
+}
+
+/// Waits for `lock` at most `wait_ms`, then releases it; answers how long it waited (ms).
+async fn lock_wait(cache: &Cache, lock: &str, wait_ms: u64) -> Result<RelayReply, CacheError> {
+    let t = Instant::now();
+    let guard = cache
+        .lock(lock, TIMEOUT, Duration::from_millis(wait_ms))
+        .await?;
+    let waited = t.elapsed().as_millis() as i64;
+    guard.release().await?;
+    Ok(RelayReply::Int(waited))
+}
+
+/// `count` operations (3 gets to 1 set, on 1 000 keys), `window` of them in flight at once,
+/// polled together by this one task; answers operations per second.
+async fn bench(
+    cache: &Cache,
+    collection: &str,
+    count: u64,
+    window: usize,
+) -> Result<RelayReply, CacheError> {
+    let t = Instant::now();
+    let op = |n: u64| {
+        let cache = cache.clone();
+        let collection = collection.to_owned();
+        Box::pin(async move {
+            let key = format!("k{}", n % 1000);
+            if n % 4 == 0 {
+                cache.set(&collection, &key, &n, None).await
+            } else {
+                cache.get::<u64>(&collection, &key).await.map(drop)
+            }
+        })
+    };
+    let mut next = 0u64;
+    let mut in_flight = Vec::with_capacity(window);
+    let mut failure = None;
+    std::future::poll_fn(|cx| {
+        while next < count && in_flight.len() < window {
+            in_flight.push(op(next));
+            next += 1;
+        }
+        let mut i = 0;
+        while i < in_flight.len() {
+            match in_flight[i].as_mut().poll(cx) {
+                Poll::Ready(result) => {
+                    if let Err(e) = result {
+                        failure.get_or_insert(e);
+                    }
+                    drop(in_flight.swap_remove(i));
+                    if next < count {
+                        in_flight.push(op(next));
+                        next += 1;
+                    }
+                }
+                Poll::Pending => i += 1,
+            }
+        }
+        if in_flight.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let rate = count as f64 / t.elapsed().as_secs_f64();
+    Ok(RelayReply::Int(rate as i64))
+}
