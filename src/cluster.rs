@@ -213,7 +213,7 @@ impl<A: WorkerActor> Cluster<A> {
     }
 
     /// Replaces every worker, one at a time, with a new process of the program as it is on disk
-    /// now, with no gap in service (a rolling restart; see [`ReloadEvent`] for its progress).
+    /// now, with no gap in service (a rolling restart; see [`ReloadEvent`](crate::ReloadEvent) for its progress).
     ///
     /// Each new process is started beside the one it replaces; once it is ready it takes over,
     /// and the old one is stopped gracefully, finishing its work first. The next worker follows
@@ -402,7 +402,7 @@ impl<A: WorkerActor> Cluster<A> {
     /// order they confirmed (clustr-node's `onConfirmation`).
     ///
     /// # Errors
-    /// [`Error::Ask`] with [`AskError::Timeout`] when fewer have confirmed within `timeout`.
+    /// [`Error::Ask`] with [`AskError::Timeout`](crate::AskError::Timeout) when fewer have confirmed within `timeout`.
     pub async fn await_confirmations(
         &self,
         key: &str,

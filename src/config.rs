@@ -371,8 +371,8 @@ pub(crate) fn resolve_program(program: &Path) -> Option<PathBuf> {
         .find(|p| executable(p))
 }
 
-/// One group of a cluster started with [`ClusterSupervisor::with_groups`]
-/// (crate::ClusterSupervisor::with_groups): its name, and what differs from the cluster's
+/// One group of a cluster started with
+/// [`ClusterSupervisor::with_groups`](crate::ClusterSupervisor::with_groups): its name, and what differs from the cluster's
 /// settings. Unset fields are the cluster's; the environment is the cluster's plus the group's
 /// (the group's wins for a variable both set).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

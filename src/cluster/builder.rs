@@ -95,7 +95,7 @@ impl<A: WorkerActor> ClusterBuilder<A> {
     /// [`WorkerHandle::ask_master`](crate::WorkerHandle::ask_master): each arrives as a
     /// [`WorkerRequest`] carrying the worker's `Event` type, and the recipient's `R` goes back to
     /// the worker. A request that does not decode as `A::Event` fails with
-    /// [`AskError::Failed`] on the worker's side.
+    /// [`AskError::Failed`](crate::AskError::Failed) on the worker's side.
     pub fn on_request<R>(&mut self, recipient: Recipient<WorkerRequest<A::Event, R>>) -> &mut Self
     where
         R: serde::Serialize + Send + 'static,

@@ -22,7 +22,7 @@ use crate::worker::WorkerActor;
 
 /// The master's proxy actor for one worker slot; `A` is the worker's [`WorkerActor`] type.
 ///
-/// Send it [`Call`] (a request; the reply is typed `A::Reply`) or [`Tell`] (one-way). A message
+/// Send it [`Call`](crate::Call) (a request; the reply is typed `A::Reply`) or [`Tell`](crate::Tell) (one-way). A message
 /// for another worker type does not compile.
 pub struct Worker<A: WorkerActor> {
     pub(crate) id: WorkerId,
