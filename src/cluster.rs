@@ -19,9 +19,10 @@ use crate::error::ExitReason;
 use crate::error::{CallError, ConfigError, Error, ReloadError};
 use crate::event::WorkerInfo;
 use crate::listen::ListenAddr;
+use crate::messaging::system::{AwaitConfirmations, GetClusterInfo, GetClusterStats};
 use crate::messaging::{ClusterInfo, Peer, Via, WorkerStats};
 use crate::proxy::{AwaitReady, Links, SlotSpec, Worker};
-use crate::routing::{OwnedOp, ReplyTo, Routed, SystemCall};
+use crate::routing::{ReplyTo, Routed};
 use crate::state::WorkerId;
 use crate::supervisor::{ClusterSupervisor, Control, ListWorkers, ReloadReport, Scale, StopAll};
 use crate::worker::WorkerActor;
@@ -364,27 +365,13 @@ impl<A: WorkerActor> Cluster<A> {
         self.links.routing.borrow().members(group)
     }
 
-    async fn system(&self, op: OwnedOp) -> Result<bytes::Bytes, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.supervisor
-            .send(SystemCall {
-                from: Peer::Master,
-                op,
-                reply: ReplyTo::Local(tx),
-            })
-            .await?;
-        let answer = rx.await.map_err(|_| actix::MailboxError::Closed)?;
-        answer.map_err(Error::Ask)
-    }
-
     /// The cluster: the master's pid, every worker slot (pid, state, generation, uptime,
     /// restarts, groups) and every group's members.
     ///
     /// # Errors
     /// [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn info(&self) -> Result<ClusterInfo, Error> {
-        let bytes = self.system(OwnedOp::Info).await?;
-        Ok(crate::codec::decode_value(&bytes).map_err(CallError::Frame)?)
+        Ok(self.supervisor.send(GetClusterInfo).await?)
     }
 
     /// Every worker's traffic counters (frames by kind, requests, errors, restarts) and its
@@ -393,8 +380,7 @@ impl<A: WorkerActor> Cluster<A> {
     /// # Errors
     /// [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn stats(&self) -> Result<Vec<WorkerStats>, Error> {
-        let bytes = self.system(OwnedOp::Stats).await?;
-        Ok(crate::codec::decode_value(&bytes).map_err(CallError::Frame)?)
+        Ok(self.supervisor.send(GetClusterStats).await?)
     }
 
     /// Waits until `n` workers have confirmed `key`
@@ -402,20 +388,20 @@ impl<A: WorkerActor> Cluster<A> {
     /// order they confirmed (clustr-node's `onConfirmation`).
     ///
     /// # Errors
-    /// [`Error::Ask`] with [`AskError::Timeout`](crate::AskError::Timeout) when fewer have confirmed within `timeout`.
+    /// [`Error::Ask`] with [`AskError::Timeout`](crate::AskError::Timeout) when fewer have
+    /// confirmed within `timeout`.
     pub async fn await_confirmations(
         &self,
         key: &str,
         n: usize,
         timeout: Duration,
     ) -> Result<Vec<WorkerId>, Error> {
-        let op = OwnedOp::AwaitConfirmations {
+        let wait = AwaitConfirmations {
             key: key.to_owned(),
             n,
             timeout,
         };
-        let bytes = self.system(op).await?;
-        Ok(crate::codec::decode_value(&bytes).map_err(CallError::Frame)?)
+        Ok(self.supervisor.send(wait).await??)
     }
 
     /// Where the listening socket `name` listens (for a TCP port 0, the port it got).

@@ -22,6 +22,7 @@ pub(crate) use crate::error::AskError;
 use crate::state::{WorkerId, WorkerState};
 
 pub(crate) mod confirm;
+pub(crate) mod system;
 
 /// Who sent a message, as stamped by the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -136,31 +136,6 @@ pub(crate) struct AskDone {
     pub(crate) result: Result<Bytes, AskError>,
 }
 
-/// A system operation for the supervisor, from a worker or from the master's own handle.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct SystemCall {
-    pub(crate) from: Peer,
-    pub(crate) op: OwnedOp,
-    pub(crate) reply: ReplyTo,
-}
-
-/// [`SystemOp`](crate::SystemOp) with its strings owned.
-#[derive(Debug, Clone)]
-pub(crate) enum OwnedOp {
-    Confirm(String),
-    AwaitConfirmations {
-        key: String,
-        n: usize,
-        timeout: std::time::Duration,
-    },
-    Info,
-    Stats,
-    Kill(WorkerId),
-    Restart(WorkerId),
-    Reload,
-}
-
 /// `value` encoded for an answer to a worker's request.
 pub(crate) fn encoded<T: serde::Serialize>(value: &T) -> Result<Bytes, AskError> {
     let mut buf = Vec::new();

@@ -12,6 +12,7 @@ use crate::config::ClusterConfig;
 use crate::error::ExitReason;
 use crate::error::{ConfigError, Error};
 use crate::event::WorkerEvent;
+use crate::messaging::system::SystemLink;
 use crate::proxy::{AwaitReady, Handlers, Links, SlotSpec};
 use crate::routing::SharedRouting;
 use crate::state::WorkerId;
@@ -97,7 +98,7 @@ impl Core {
         });
         let links = Links {
             events: self.supervisor.clone().recipient(),
-            system: self.supervisor.clone().recipient(),
+            system: SystemLink::of(&self.supervisor),
             routing: Rc::clone(&self.routing),
             cache: self.cache.clone(),
             cache_core: Rc::clone(&self.cache_core),

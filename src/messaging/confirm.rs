@@ -8,8 +8,11 @@
 use std::collections::HashMap;
 
 use crate::messaging::AskError;
-use crate::routing::{encoded, ReplyTo};
 use crate::state::WorkerId;
+use tokio::sync::oneshot;
+
+/// Who waits for a confirmation: the workers that confirmed, in order, or a timeout.
+pub(crate) type Waiter = oneshot::Sender<Result<Vec<WorkerId>, AskError>>;
 
 /// Keys confirmed by workers, and who waits for how many.
 #[derive(Debug, Default)]
@@ -24,7 +27,7 @@ pub(crate) struct Confirmations {
 struct Wait {
     key: String,
     n: usize,
-    reply: ReplyTo,
+    reply: Waiter,
 }
 
 impl Confirmations {
@@ -43,16 +46,16 @@ impl Confirmations {
             .collect();
         for token in done {
             if let Some(wait) = self.waiting.remove(&token) {
-                wait.reply.answer(encoded(confirmed));
+                let _ = wait.reply.send(Ok(confirmed.clone()));
             }
         }
     }
 
     /// Waits for `n` confirmations of `key`: answered now if they are in, otherwise held, and
     /// the returned token is for [`expire`](Self::expire) at the deadline.
-    pub(crate) fn wait(&mut self, key: String, n: usize, reply: ReplyTo) -> Option<u64> {
+    pub(crate) fn wait(&mut self, key: String, n: usize, reply: Waiter) -> Option<u64> {
         if let Some(confirmed) = self.confirmed.get(&key).filter(|c| c.len() >= n) {
-            reply.answer(encoded(confirmed));
+            let _ = reply.send(Ok(confirmed.clone()));
             return None;
         }
         let token = self.next;
@@ -64,7 +67,7 @@ impl Confirmations {
     /// The deadline of wait `token` passed: it fails with a timeout, unless already answered.
     pub(crate) fn expire(&mut self, token: u64, timeout: std::time::Duration) {
         if let Some(wait) = self.waiting.remove(&token) {
-            wait.reply.answer(Err(AskError::Timeout(timeout)));
+            let _ = wait.reply.send(Err(AskError::Timeout(timeout)));
         }
     }
 }

@@ -8,7 +8,8 @@ use actix::prelude::*;
 
 use crate::error::AskError;
 use crate::event::WorkerEvent;
-use crate::routing::{SharedRouting, SystemCall};
+use crate::messaging::system::SystemLink;
+use crate::routing::SharedRouting;
 use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 
@@ -68,7 +69,7 @@ pub(crate) struct Links<A: WorkerActor> {
     /// The supervisor, for lifecycle events.
     pub(crate) events: Recipient<WorkerEvent>,
     /// The supervisor, for system operations.
-    pub(crate) system: Recipient<SystemCall>,
+    pub(crate) system: SystemLink,
     /// The cluster's routing table.
     pub(crate) routing: SharedRouting,
     /// The cluster's cache.

@@ -8,7 +8,7 @@ use super::actor::{Worker, ASK_FAILED, ASK_REPLY, DELIVER, NOTIFY, PEER_REQUEST}
 use super::links::FromWorker;
 use crate::messaging::{AskError, Peer, Route, SystemOp, Via};
 use crate::protocol::Envelope;
-use crate::routing::{AskDone, OwnedOp, ReplyTo, Routed, SystemCall};
+use crate::routing::{AskDone, ReplyTo, Routed};
 use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 
@@ -158,26 +158,15 @@ impl<A: WorkerActor> Worker<A> {
         op: SystemOp<'_>,
         ctx: &mut Context<Self>,
     ) {
-        let owned = match op {
+        match op {
             SystemOp::Join(group) => {
                 self.links.routing.borrow_mut().join(group, self.id);
-                return self.answer_worker(generation, id, Ok(Bytes::new()), ctx);
+                self.answer_worker(generation, id, Ok(Bytes::new()), ctx)
             }
             SystemOp::Leave(group) => {
                 self.links.routing.borrow_mut().leave(group, self.id);
-                return self.answer_worker(generation, id, Ok(Bytes::new()), ctx);
+                self.answer_worker(generation, id, Ok(Bytes::new()), ctx)
             }
-            SystemOp::Confirm(key) => OwnedOp::Confirm(key.to_owned()),
-            SystemOp::AwaitConfirmations { key, n, timeout_ms } => OwnedOp::AwaitConfirmations {
-                key: key.to_owned(),
-                n: n as usize,
-                timeout: std::time::Duration::from_millis(timeout_ms),
-            },
-            SystemOp::Info => OwnedOp::Info,
-            SystemOp::Stats => OwnedOp::Stats,
-            SystemOp::Kill(w) => OwnedOp::Kill(w as WorkerId),
-            SystemOp::Restart(w) => OwnedOp::Restart(w as WorkerId),
-            SystemOp::Reload => OwnedOp::Reload,
             SystemOp::Cache(op) => {
                 // Served here and now when the store alone can; locks go to the cache actor.
                 let served = {
@@ -202,15 +191,15 @@ impl<A: WorkerActor> Worker<A> {
                         reply,
                     });
                 }
-                return;
             }
-        };
-        if let Some(reply) = self.reply_to(generation, id) {
-            self.links.system.do_send(SystemCall {
-                from: self.peer(pid),
-                op: owned,
-                reply,
-            });
+            op => {
+                let answer = self.links.system.serve(self.peer(pid), op);
+                ctx.spawn(
+                    answer.into_actor(self).map(move |result, act, ctx| {
+                        act.answer_worker(generation, id, result, ctx)
+                    }),
+                );
+            }
         }
     }
 

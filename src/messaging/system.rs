@@ -1,0 +1,173 @@
+//! System operations on the cluster, one typed actix message each: what a worker asks with
+//! [`SystemOp`] and what the master's own [`Cluster`](crate::Cluster) handle asks, answered by
+//! the supervisor with typed values. Nothing is encoded between actors of the master: a worker's
+//! answer is encoded once, at its proxy, on its way into the pipe ([`SystemLink::serve`]).
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use crate::error::AskError;
+use crate::messaging::{ClusterInfo, Peer, SystemOp, WorkerStats};
+use crate::routing::encoded;
+use crate::state::WorkerId;
+
+/// An answer on its way to a worker, encoded.
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, AskError>>>>;
+
+/// A worker confirms `key` ([`WorkerHandle::confirm`](crate::WorkerHandle::confirm)).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), AskError>")]
+pub(crate) struct Confirm {
+    pub(crate) from: Peer,
+    pub(crate) key: String,
+}
+
+/// Waits until `n` workers have confirmed `key`; answers which, in the order they did.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<WorkerId>, AskError>")]
+pub(crate) struct AwaitConfirmations {
+    pub(crate) key: String,
+    pub(crate) n: usize,
+    pub(crate) timeout: Duration,
+}
+
+/// The cluster's [`ClusterInfo`].
+#[derive(Debug, Message)]
+#[rtype(result = "ClusterInfo")]
+pub(crate) struct GetClusterInfo;
+
+/// Every worker's [`WorkerStats`].
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<WorkerStats>")]
+pub(crate) struct GetClusterStats;
+
+/// What [`ControlWorker`] does to its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// SIGKILL; the restart policy decides what follows.
+    Kill,
+    /// A graceful replacement with a new process.
+    Restart,
+}
+
+/// Kills or restarts a worker, if `from` may.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), AskError>")]
+pub(crate) struct ControlWorker {
+    pub(crate) from: Peer,
+    pub(crate) worker: WorkerId,
+    pub(crate) action: Action,
+}
+
+/// A rolling reload of the cluster, if `from` may; answered when it ends.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), AskError>")]
+pub(crate) struct ReloadCluster {
+    pub(crate) from: Peer,
+}
+
+/// The supervisor as the proxies reach it for their workers' system operations.
+#[derive(Clone)]
+pub(crate) struct SystemLink {
+    confirm: Recipient<Confirm>,
+    await_confirmations: Recipient<AwaitConfirmations>,
+    info: Recipient<GetClusterInfo>,
+    stats: Recipient<GetClusterStats>,
+    control: Recipient<ControlWorker>,
+    reload: Recipient<ReloadCluster>,
+}
+
+impl std::fmt::Debug for SystemLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemLink").finish_non_exhaustive()
+    }
+}
+
+/// The actor that answers every system operation.
+pub(crate) trait SystemActor:
+    Actor<Context = Context<Self>>
+    + Handler<Confirm>
+    + Handler<AwaitConfirmations>
+    + Handler<GetClusterInfo>
+    + Handler<GetClusterStats>
+    + Handler<ControlWorker>
+    + Handler<ReloadCluster>
+{
+}
+
+impl<S> SystemActor for S where
+    S: Actor<Context = Context<S>>
+        + Handler<Confirm>
+        + Handler<AwaitConfirmations>
+        + Handler<GetClusterInfo>
+        + Handler<GetClusterStats>
+        + Handler<ControlWorker>
+        + Handler<ReloadCluster>
+{
+}
+
+impl SystemLink {
+    /// The link to `actor`.
+    pub(crate) fn of<S: SystemActor>(actor: &Addr<S>) -> Self {
+        Self {
+            confirm: actor.clone().recipient(),
+            await_confirmations: actor.clone().recipient(),
+            info: actor.clone().recipient(),
+            stats: actor.clone().recipient(),
+            control: actor.clone().recipient(),
+            reload: actor.clone().recipient(),
+        }
+    }
+
+    /// Serves `op` from a worker: the typed answer, encoded for the worker's pipe. `Join`,
+    /// `Leave` and `Cache` are the proxy's own and are not served here.
+    pub(crate) fn serve(&self, from: Peer, op: SystemOp<'_>) -> Answer {
+        let gone = |e: MailboxError| AskError::Failed(format!("the supervisor is gone: {e}"));
+        match op {
+            SystemOp::Confirm(key) => {
+                let sent = self.confirm.send(Confirm {
+                    from,
+                    key: key.to_owned(),
+                });
+                Box::pin(async move { sent.await.map_err(gone)?.and_then(|()| encoded(&())) })
+            }
+            SystemOp::AwaitConfirmations { key, n, timeout_ms } => {
+                let sent = self.await_confirmations.send(AwaitConfirmations {
+                    key: key.to_owned(),
+                    n: n as usize,
+                    timeout: Duration::from_millis(timeout_ms),
+                });
+                Box::pin(async move { encoded(&sent.await.map_err(gone)??) })
+            }
+            SystemOp::Info => {
+                let sent = self.info.send(GetClusterInfo);
+                Box::pin(async move { encoded(&sent.await.map_err(gone)?) })
+            }
+            SystemOp::Stats => {
+                let sent = self.stats.send(GetClusterStats);
+                Box::pin(async move { encoded(&sent.await.map_err(gone)?) })
+            }
+            SystemOp::Kill(worker) | SystemOp::Restart(worker) => {
+                let action = match op {
+                    SystemOp::Kill(_) => Action::Kill,
+                    _ => Action::Restart,
+                };
+                let sent = self.control.send(ControlWorker {
+                    from,
+                    worker: worker as WorkerId,
+                    action,
+                });
+                Box::pin(async move { sent.await.map_err(gone)?.and_then(|()| encoded(&())) })
+            }
+            SystemOp::Reload => {
+                let sent = self.reload.send(ReloadCluster { from });
+                Box::pin(async move { sent.await.map_err(gone)?.and_then(|()| encoded(&())) })
+            }
+            SystemOp::Join(_) | SystemOp::Leave(_) | SystemOp::Cache(_) => {
+                Box::pin(async { Err(AskError::Invalid("served by the worker's proxy".into())) })
+            }
+        }
+    }
+}
