@@ -53,14 +53,15 @@ use std::time::{Duration, Instant};
 
 use actix::dev::OneshotSender;
 use actix::prelude::*;
-use nix::sys::signal::Signal;
 
 use crate::codec::decode_envelope;
 use crate::config::ClusterConfig;
 use crate::error::{CallError, ProtocolError, SpawnError};
 use crate::event::{ExitReason, WorkerEvent, WorkerEventKind, WorkerId, WorkerInfo, WorkerState};
 use crate::messaging::{AskError, WorkerStats, WorkerSummary};
-use crate::process::{self, ChildHandle, RawExit, SpawnSpec};
+use crate::os::{
+    Child as _, ChildPipes, OsChild, OsSpawner, RawExit, Signal, SpawnSpec, Spawner as _,
+};
 use crate::protocol::{Envelope, PROTOCOL_VERSION};
 use crate::routing::{AskDone, ReplyTo, SharedRouting, SystemCall};
 use crate::worker::{env, WorkerActor};
@@ -192,7 +193,7 @@ const NOTIFY: usize = 18;
 pub(crate) struct Proc<R> {
     pub(crate) generation: u64,
     pub(crate) state: WorkerState,
-    child: Option<Rc<ChildHandle>>,
+    child: Option<Rc<OsChild>>,
     pub(crate) outbox: Outbox,
     pending: Pending<R>,
     /// Requests and acknowledged messages from other processes, by correlation id.
@@ -508,7 +509,8 @@ impl<A: WorkerActor> Worker<A> {
             cpus: config.affinity.cpus_for(self.id),
         };
         ctx.wait(
-            process::spawn(spec)
+            OsSpawner
+                .spawn(spec)
                 .into_actor(self)
                 .map(move |result, act, ctx| act.spawned(generation, result, ctx)),
         );
@@ -517,19 +519,11 @@ impl<A: WorkerActor> Worker<A> {
     fn spawned(
         &mut self,
         generation: u64,
-        result: Result<process::Spawned, SpawnError>,
+        parts: Result<(ChildPipes, OsChild), SpawnError>,
         ctx: &mut Context<Self>,
     ) {
-        let program = self.spawn.program.clone();
         let id = self.id;
         let plain = self.plain();
-        let parts = result.and_then(|spawned| {
-            spawned.into_async().map_err(|e| SpawnError {
-                program,
-                kind: e.kind(),
-                message: e.to_string(),
-            })
-        });
         let Some(p) = self.proc_mut(generation) else {
             // Abandoned while spawning (a replacement given up on): dropping the handle kills it.
             return;
@@ -589,7 +583,7 @@ impl<A: WorkerActor> Worker<A> {
             }),
         );
         ctx.spawn(
-            async move { child.wait().await }
+            async move { child.wait().await.unwrap_or(RawExit::LOST) }
                 .into_actor(self)
                 .map(move |raw, act, ctx| act.exited(generation, raw, ctx)),
         );
@@ -1019,7 +1013,7 @@ impl<A: WorkerActor> Worker<A> {
             }
         }
         if let Some(child) = &p.child {
-            child.signal_group(Signal::SIGKILL);
+            let _ = child.signal_group(Signal::Kill);
         }
         p.fail_in_flight(&CallError::WorkerExited {
             worker: id,
@@ -1174,7 +1168,7 @@ impl<A: WorkerActor> Worker<A> {
         p.state = WorkerState::Stopping;
         if plain {
             if let Some(child) = &p.child {
-                child.signal_group(Signal::SIGTERM);
+                let _ = child.signal_group(Signal::Term);
             }
         } else {
             // Past the limit or not, Shutdown must go out: bypass the backpressure check.
