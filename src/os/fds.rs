@@ -1,12 +1,13 @@
 //! The worker's side: taking the channel off fds 0 and 1, and the sockets handed over by socket
-//! activation.
+//! activation. Both run once, early, before the worker's runtime opens any descriptor.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{fcntl, FcntlArg};
 
-/// Worker side: moves the channel off fd 1 and fd 0 so that user code cannot touch it.
+/// Worker side: moves the channel off fd 1 and fd 0 so that user code cannot touch it
+/// (`fcntl(2)` `F_DUPFD_CLOEXEC`, then `dup2(2)`).
 ///
 /// Returns `(from_master, to_master)`: close-on-exec duplicates of the original stdin and stdout.
 /// Afterwards fd 1 is a copy of fd 2 (a stray `println!` lands in the log, not in the channel)
