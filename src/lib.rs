@@ -61,7 +61,7 @@ mod event;
 mod listen;
 pub mod logger;
 mod messaging;
-mod process;
+mod os;
 mod protocol;
 mod proxy;
 mod routing;

@@ -109,7 +109,7 @@ fn bind(name: &str, addr: &str) -> io::Result<Bound> {
 /// [`WorkerContext::listener`](crate::WorkerContext::listener) instead. The descriptors are taken
 /// (marked close-on-exec and owned by the caller), so call it once, early in `main`.
 pub fn activated_sockets() -> Vec<(String, OwnedFd)> {
-    crate::process::take_listen_fds()
+    crate::os::take_listen_fds()
 }
 
 #[cfg(test)]

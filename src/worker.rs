@@ -143,8 +143,8 @@ pub fn is_worker() -> bool {
 /// When called from inside a running tokio runtime (nested runtimes are not allowed).
 pub fn run_worker<A: WorkerActor>(actor: A) -> Result<(), Error> {
     let identity = identity::Identity::from_env()?;
-    let listeners = crate::process::take_listen_fds();
-    let (from_master, to_master) = crate::process::take_worker_channel()?;
+    let listeners = crate::os::take_listen_fds();
+    let (from_master, to_master) = crate::os::take_worker_channel()?;
     actix_rt::System::new().block_on(runtime::run(
         actor,
         identity,

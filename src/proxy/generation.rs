@@ -24,18 +24,19 @@ use super::inflight::InFlight;
 use super::stdin::StdinQueue;
 use crate::config::ClusterConfig;
 use crate::error::{CallError, ExitReason, ProtocolError};
-use crate::process::{ChildHandle, RawExit};
+use crate::os::{Child, OsChild, RawExit, Signal};
 use crate::protocol::{Envelope, PROTOCOL_VERSION};
 use crate::state::WorkerState;
 
 /// One-way senders waiting for a process's stdin queue to drain.
 pub(crate) type Held = Rc<RefCell<VecDeque<OneshotSender<Result<(), CallError>>>>>;
 
-/// One process of a slot, with its pipes and what is in flight to it.
-pub(crate) struct Proc<R> {
+/// One process of a slot, with its pipes and what is in flight to it; `C` is the OS seam's child
+/// (a fake one in unit tests).
+pub(crate) struct Proc<R, C: Child = OsChild> {
     pub(crate) generation: u64,
     pub(crate) state: WorkerState,
-    pub(super) child: Option<Rc<ChildHandle>>,
+    pub(super) child: Option<Rc<C>>,
     /// Its pid, once spawned.
     pub(super) pid: Option<u32>,
     pub(crate) stdin: StdinQueue,
@@ -87,7 +88,7 @@ pub(super) struct Finished {
     pub(super) uptime: Duration,
 }
 
-impl<R> Proc<R> {
+impl<R, C: Child> Proc<R, C> {
     pub(super) fn new(generation: u64, config: &ClusterConfig) -> Self {
         Self {
             generation,
@@ -216,18 +217,32 @@ impl<R> Proc<R> {
         Beat::Ping(self.pings_sent)
     }
 
-    /// The master ends it for `reason`: what is in flight fails now. `false` when it was
-    /// already ended or is not running (nothing to do).
+    /// The master ends it for `reason`: its process group is killed and what is in flight
+    /// fails now. `false` when it was already ended or is not running (nothing to do).
     pub(super) fn fault(&mut self, worker: usize, reason: ExitReason) -> bool {
         if self.fault.is_some() || !self.is_running() {
             return false;
         }
+        self.signal(Signal::Kill);
         self.fail_in_flight(&CallError::WorkerExited {
             worker,
             reason: reason.clone(),
         });
         self.fault = Some(reason);
         true
+    }
+
+    /// Asks a plain program to stop (SIGTERM to its process group).
+    pub(super) fn terminate(&self) {
+        self.signal(Signal::Term);
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(child) = &self.child {
+            if let Err(e) = child.signal_group(signal) {
+                tracing::debug!(pid = child.pid(), ?signal, error = %e, "signal not delivered");
+            }
+        }
     }
 
     /// Whether it has been reaped and its stdout and stderr have closed.
@@ -280,7 +295,7 @@ impl<R> Proc<R> {
     }
 
     /// Takes over what waited for `old` (its queue, its callers), as a respawn does.
-    pub(super) fn inherit(&mut self, old: Proc<R>) {
+    pub(super) fn inherit(&mut self, old: Proc<R, C>) {
         self.stdin = old.stdin;
         self.stdin.flushing = false;
         self.in_flight = old.in_flight;
@@ -292,13 +307,29 @@ impl<R> Proc<R> {
 mod tests {
     use super::*;
     use crate::messaging::{AskError, Peer, Route};
+    use crate::os::fake::{FakeChild, FakeControl, FakeSpawner};
+    use crate::os::{SpawnSpec, Spawner};
     use crate::routing::ReplyTo;
 
-    fn proc() -> Proc<u32> {
+    fn proc() -> Proc<u32, FakeChild> {
         Proc::new(1, &ClusterConfig::new())
     }
 
-    fn running(state: WorkerState) -> Proc<u32> {
+    /// A process of the fake OS seam, started, with the test's handle on it.
+    async fn spawned(state: WorkerState) -> (Proc<u32, FakeChild>, FakeControl) {
+        let spawner = FakeSpawner::default();
+        let spec = SpawnSpec::command("worker", &[]);
+        let (pipes, child) = spawner.spawn(spec).await.expect("fake spawn");
+        let control = spawner.take().expect("started").control;
+        let mut p = proc();
+        p.started(child.pid(), Instant::now());
+        p.child = Some(Rc::new(child));
+        p.stdin.attach(pipes.stdin);
+        p.state = state;
+        (p, control)
+    }
+
+    fn running(state: WorkerState) -> Proc<u32, FakeChild> {
         let mut p = proc();
         p.started(42, Instant::now());
         p.state = state;
@@ -343,7 +374,8 @@ mod tests {
             ack: None,
             payload: &[],
         };
-        let online = |p: &mut Proc<u32>| matches!(p.admit(send()), Ok(Admitted::Outbound(_)));
+        let online =
+            |p: &mut Proc<u32, FakeChild>| matches!(p.admit(send()), Ok(Admitted::Outbound(_)));
         assert!(online(&mut running(WorkerState::Online)));
         assert!(online(&mut running(WorkerState::Ready)));
         assert!(online(&mut running(WorkerState::Stopping)));
@@ -421,6 +453,39 @@ mod tests {
         assert_eq!(p.pid(), None, "no pid once reaped");
         assert_eq!(p.state, WorkerState::Exited);
         assert!(p.finish(7).is_none(), "finished once");
+    }
+
+    #[tokio::test]
+    async fn a_fault_kills_the_process_group_once_and_a_stop_of_a_plain_program_terms_it() {
+        let (mut p, control) = spawned(WorkerState::Ready).await;
+        p.terminate();
+        assert_eq!(control.signals(), [Signal::Term]);
+        assert!(p.fault(0, ExitReason::ShutdownTimeout));
+        assert!(!p.fault(0, ExitReason::Killed));
+        assert_eq!(control.signals(), [Signal::Term, Signal::Kill]);
+        // Reaped: the exit the fake child reports, and no pid, no signal after that.
+        let raw = p.child.as_ref().unwrap().wait().await.expect("exit");
+        assert_eq!(raw, RawExit::Signal(9));
+        p.exit = Some(raw);
+        let finished = p.finish(0).expect("finished");
+        assert_eq!(finished.reason, ExitReason::ShutdownTimeout);
+        assert!(p.child.is_none(), "the child is let go once reaped");
+        p.terminate();
+        assert_eq!(control.signals(), [Signal::Term, Signal::Kill]);
+    }
+
+    #[tokio::test]
+    async fn a_process_that_exits_on_its_own_is_not_signalled() {
+        let (mut p, control) = spawned(WorkerState::Ready).await;
+        control.exit(RawExit::Code(0));
+        let raw = p.child.as_ref().unwrap().wait().await.expect("exit");
+        p.exit = Some(raw);
+        p.stdout_open = false;
+        p.stderr_open = false;
+        assert!(p.drained());
+        assert_eq!(p.finish(0).unwrap().reason, ExitReason::Exited(0));
+        assert!(control.signals().is_empty());
+        assert!(control.is_reaped());
     }
 
     #[test]

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use nix::sys::signal::Signal;
 
 use super::actor::*;
 use super::generation::Beat;
@@ -59,7 +58,6 @@ impl<A: WorkerActor> Worker<A> {
             return;
         };
         let pid = p.pid();
-        let child = p.child.clone();
         if !p.fault(id, reason.clone()) {
             return;
         }
@@ -70,9 +68,6 @@ impl<A: WorkerActor> Worker<A> {
             other => {
                 tracing::warn!(worker = id, pid, generation, reason = %other, "killing worker")
             }
-        }
-        if let Some(child) = child {
-            child.signal_group(Signal::SIGKILL);
         }
     }
 
@@ -92,9 +87,7 @@ impl<A: WorkerActor> Worker<A> {
         }
         p.state = WorkerState::Stopping;
         if plain {
-            if let Some(child) = &p.child {
-                child.signal_group(Signal::SIGTERM);
-            }
+            p.terminate();
         } else {
             // Past the limit or not, Shutdown must go out: bypass the backpressure check.
             if let Err(e) = p.stdin.push_control(&Envelope::Shutdown) {

@@ -12,7 +12,7 @@ use super::pipes::{self, ReadFrames};
 use super::DRAIN_AFTER_EXIT;
 use crate::error::{ExitReason, SpawnError};
 use crate::event::WorkerEventKind;
-use crate::process::{self, RawExit, SpawnSpec};
+use crate::os::{Child as _, ChildPipes, OsChild, OsSpawner, RawExit, SpawnSpec, Spawner as _};
 use crate::state::WorkerState;
 use crate::worker::{env, WorkerActor};
 
@@ -63,7 +63,8 @@ impl<A: WorkerActor> Worker<A> {
             cpus: config.affinity.cpus_for(self.id),
         };
         ctx.wait(
-            process::spawn(spec)
+            OsSpawner
+                .spawn(spec)
                 .into_actor(self)
                 .map(move |result, act, ctx| act.spawned(generation, result, ctx)),
         );
@@ -72,18 +73,10 @@ impl<A: WorkerActor> Worker<A> {
     pub(super) fn spawned(
         &mut self,
         generation: u64,
-        result: Result<process::Spawned, SpawnError>,
+        parts: Result<(ChildPipes, OsChild), SpawnError>,
         ctx: &mut Context<Self>,
     ) {
-        let program = self.spawn.program.clone();
         let id = self.id;
-        let parts = result.and_then(|spawned| {
-            spawned.into_async().map_err(|e| SpawnError {
-                program,
-                kind: e.kind(),
-                message: e.to_string(),
-            })
-        });
         let Some(p) = self.proc_mut(generation) else {
             // Abandoned while spawning (a replacement given up on): dropping the handle kills it.
             return;
@@ -127,7 +120,7 @@ impl<A: WorkerActor> Worker<A> {
         stdout: tokio::net::unix::pipe::Receiver,
         stderr: tokio::net::unix::pipe::Receiver,
         tail: Rc<std::cell::RefCell<std::collections::VecDeque<String>>>,
-        child: Rc<crate::process::ChildHandle>,
+        child: Rc<OsChild>,
         ctx: &mut Context<Self>,
     ) {
         let plain = self.plain();
@@ -164,7 +157,7 @@ impl<A: WorkerActor> Worker<A> {
             }),
         );
         ctx.spawn(
-            async move { child.wait().await }
+            async move { child.wait().await.unwrap_or(RawExit::LOST) }
                 .into_actor(self)
                 .map(move |raw, act, ctx| act.exited(generation, raw, ctx)),
         );
