@@ -35,6 +35,10 @@
 //! - Records reach `tracing` from the writer thread: a subscriber set for the master's thread
 //!   only (`tracing::subscriber::set_default`) does not see them; set a global one.
 //! - Sinks must be [`Send`]; they are called on the writer thread, one at a time.
+//! - Stop the cluster ([`Cluster::stop`](crate::Cluster::stop)) before the process exits: the
+//!   stop waits until the writer has written, flushed and closed everything. A cluster that is
+//!   merely dropped leaves the writer to finish on its own thread, and what it has not
+//!   written when the process exits is lost.
 
 mod actor;
 mod queue;

@@ -60,6 +60,8 @@ pub(crate) struct Gauge {
     waiting: Mutex<Vec<Waker>>,
     /// Bytes of each worker's records written so far (a running total; see `LogQueue::pushed`).
     written: Mutex<HashMap<WorkerId, u64>>,
+    /// The writer has ended: nothing will be counted out any more, so nothing waits for it.
+    closed: AtomicBool,
 }
 
 impl Gauge {
@@ -70,6 +72,30 @@ impl Gauge {
             anyone_waiting: AtomicBool::new(false),
             waiting: Mutex::new(Vec::new()),
             written: Mutex::default(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the count is over the limit while a writer still runs to bring it down.
+    fn over(&self) -> bool {
+        self.queued() > self.limit && !self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The writer has ended (closed, or panicked mid-batch with bytes still counted): the queue
+    /// is never full again, and whoever waits is woken.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        let waiting = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            self.anyone_waiting.store(false, Ordering::SeqCst);
+            std::mem::take(&mut *waiting)
+        };
+        for waker in waiting {
+            waker.wake();
         }
     }
 
@@ -100,18 +126,14 @@ impl Gauge {
         if size == 0 {
             return;
         }
-        let left = self.queued.fetch_sub(size, Ordering::SeqCst) - size;
+        let left = self
+            .queued
+            .fetch_sub(size, Ordering::SeqCst)
+            .saturating_sub(size);
         // SeqCst on both sides: either this load sees a waiter registered by `wait`, or
         // `wait`'s second look at the count sees this release.
         if left <= self.limit / 2 && self.anyone_waiting.load(Ordering::SeqCst) {
-            let waiting = {
-                let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-                self.anyone_waiting.store(false, Ordering::SeqCst);
-                std::mem::take(&mut *waiting)
-            };
-            for waker in waiting {
-                waker.wake();
-            }
+            self.wake_all();
         }
     }
 }
@@ -145,9 +167,9 @@ impl LogQueue {
         Arc::new(Gauge::new(limit))
     }
 
-    /// Whether the queue is over its limit. One atomic load.
+    /// Whether the queue is over its limit. One atomic load while it has room.
     pub(crate) fn full(&self) -> bool {
-        self.gauge.queued() > self.gauge.limit
+        self.gauge.over()
     }
 
     /// Whether the queue is over its limit with records of `worker` in it: its proxy then
@@ -346,6 +368,18 @@ mod tests {
         assert!(!queue.full_for(2));
         gauge.release(30);
         assert!(!queue.full_for(1), "room again");
+    }
+
+    #[test]
+    fn a_queue_whose_writer_ended_is_never_full_and_wakes_its_waiters() {
+        let (queue, gauge, _rx) = queue(100);
+        queue.push(record_of(1), 150);
+        let count = Arc::new(Count::default());
+        queue.wait(&Waker::from(Arc::clone(&count)));
+        assert!(queue.full_for(1));
+        gauge.close();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(!queue.full() && !queue.full_for(1));
     }
 
     #[test]

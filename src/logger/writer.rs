@@ -119,7 +119,8 @@ impl Writer {
             );
         }
         // Whatever is still queued will not be written: count it out; a waiting flush resolves
-        // as its answer is dropped.
+        // as its answer is dropped. Proxies waiting for room are let go.
+        gauge.close();
         for job in jobs.try_iter() {
             if let Job::Record(_, size) = job {
                 gauge.release(size);
