@@ -11,7 +11,8 @@
 //! # Caveats
 //! - Writes are buffered. A line reaches the OS when the buffer fills, at rotation, on
 //!   [`Sink::flush`] or when the sink is dropped; what is buffered when the master itself dies
-//!   is lost, so the logger flushes whenever its queue runs empty. Flushing does not `fsync`.
+//!   is lost, so the logger flushes at least once a second while records arrive. Flushing
+//!   does not `fsync`.
 //! - Rotation renames files in place: a tool following `ip.log` must follow the name
 //!   (`tail -F`), not the open file.
 //! - Nothing else may write to or rotate the files while the sink is open.
@@ -27,11 +28,15 @@ use serde::{Deserialize, Serialize};
 
 use super::record::{Kind, Record};
 
-/// A destination for log records; the logger actor writes every record to each of its sinks.
+/// A destination for log records; the logger's writer thread writes every record to each of
+/// its sinks.
 ///
 /// A sink is driven by one owner, so it needs no locking; it may buffer until
-/// [`flush`](Sink::flush).
-pub trait Sink {
+/// [`flush`](Sink::flush). It must be [`Send`]: it is moved to the writer thread
+/// (`procactor-log`) and called there, never on the master's event loop, so a slow sink
+/// delays the logs (and, once the queue is full, the workers that log), not the cluster. A
+/// sink that panics is reported and gets no more records.
+pub trait Sink: Send {
     /// Takes one record.
     ///
     /// # Errors

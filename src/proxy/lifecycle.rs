@@ -30,7 +30,7 @@ impl<A: WorkerActor> Worker<A> {
                 ctx.cancel_future(ctx.handle());
                 return;
             }
-            if act.links.log.queue.full() {
+            if act.links.log.queue.full_for(id) {
                 // Its stdout is not being read while the logger catches up: no verdict now.
                 return;
             }

@@ -120,9 +120,9 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
                     }
                 }
             }
-            if act.links.log.queue.full() {
-                // The logger is behind: read no more records from this worker until it has
-                // caught up, rather than queue them without bound.
+            if act.links.log.queue.full_for(act.id) {
+                // The log writer is behind with this worker's records: read no more from it
+                // until the writer has caught up, rather than queue them without bound.
                 act.links.log.queue.wait(cx.waker());
                 return Poll::Pending;
             }

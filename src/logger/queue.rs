@@ -1,0 +1,394 @@
+//! The bounded queue between the master's event loop and the log writer thread.
+//!
+//! Records enter on the arbiter (the proxies and the supervisor put them there) and leave on
+//! the writer thread once every sink has taken them. The queue is an unbounded channel whose
+//! *bytes* are bounded: each record is counted at its [`approx_size`](Record::approx_size)
+//! when it enters and uncounted only after the writer has written it, so a slow disk or sink
+//! shows up here as a full queue — backpressure — rather than as memory.
+//!
+//! What a full queue means is the callers' policy ([`LogLink`](super::LogLink)): captured
+//! output is dropped and counted; records sent on purpose are always queued, and the proxy of
+//! a worker that has records in the full queue stops reading that worker
+//! ([`full_for`](LogQueue::full_for), [`wait`](LogQueue::wait)) until the writer has brought
+//! the queue down to half its limit. A worker with nothing in the queue is read on: a stuck
+//! sink delays the workers that log, not the frames and heartbeats of the others.
+//!
+//! # Limits
+//! - The bound is soft for records that are never dropped: a proxy checks it between reads,
+//!   so the queue may overshoot by what one read brought in (a pipe-full per worker).
+//! - The count uses [`Record::approx_size`], not the allocator's figure.
+//! - A record queued after the writer has closed is dropped (and uncounted).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Waker;
+
+use tokio::sync::oneshot;
+
+use super::record::{Kind, Record};
+use crate::WorkerId;
+
+/// What the writer thread is asked to do, in queue order.
+#[derive(Debug)]
+pub(crate) enum Job {
+    /// Write a record to every sink; its counted size goes with it.
+    Record(Record, usize),
+    /// Flush every sink, then answer.
+    Flush(oneshot::Sender<()>),
+    /// Answer the last `n` records of `kind` (of one worker, or of all) from the ring.
+    Recent {
+        kind: Kind,
+        n: usize,
+        worker: Option<WorkerId>,
+        answer: oneshot::Sender<Vec<Record>>,
+    },
+    /// Flush every sink, drop them (closing the files) and end the thread, then answer.
+    Close(oneshot::Sender<()>),
+}
+
+/// The queue's byte count and the proxies waiting for room: shared by the arbiter, which
+/// counts records in, and the writer thread, which counts them out.
+#[derive(Debug)]
+pub(crate) struct Gauge {
+    queued: AtomicUsize,
+    limit: usize,
+    /// Whether `waiting` may hold a waker: spares the writer the lock when no one waits.
+    anyone_waiting: AtomicBool,
+    waiting: Mutex<Vec<Waker>>,
+    /// Bytes of each worker's records written so far (a running total; see `LogQueue::pushed`).
+    written: Mutex<HashMap<WorkerId, u64>>,
+    /// The writer has ended: nothing will be counted out any more, so nothing waits for it.
+    closed: AtomicBool,
+}
+
+impl Gauge {
+    fn new(limit: usize) -> Self {
+        Self {
+            queued: AtomicUsize::new(0),
+            limit,
+            anyone_waiting: AtomicBool::new(false),
+            waiting: Mutex::new(Vec::new()),
+            written: Mutex::default(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the count is over the limit while a writer still runs to bring it down.
+    fn over(&self) -> bool {
+        self.queued() > self.limit && !self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The writer has ended (closed, or panicked mid-batch with bytes still counted): the queue
+    /// is never full again, and whoever waits is woken.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        let waiting = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            self.anyone_waiting.store(false, Ordering::SeqCst);
+            std::mem::take(&mut *waiting)
+        };
+        for waker in waiting {
+            waker.wake();
+        }
+    }
+
+    /// Adds what the writer wrote of each worker's records (bytes by worker) to the totals;
+    /// called before [`release`](Self::release)ing the same bytes.
+    pub(crate) fn written_by(&self, tally: &mut HashMap<WorkerId, u64>) {
+        if tally.is_empty() {
+            return;
+        }
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        for (worker, bytes) in tally.drain() {
+            *written.entry(worker).or_default() += bytes;
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    fn add(&self, size: usize) {
+        self.queued.fetch_add(size, Ordering::SeqCst);
+    }
+
+    /// Uncounts `size` bytes written (or dropped); wakes the waiting proxies once the queue is
+    /// down to half its limit. Called on the writer thread: the wakers hand the proxies back
+    /// to the arbiter that runs them.
+    pub(crate) fn release(&self, size: usize) {
+        if size == 0 {
+            return;
+        }
+        let left = self
+            .queued
+            .fetch_sub(size, Ordering::SeqCst)
+            .saturating_sub(size);
+        // SeqCst on both sides: either this load sees a waiter registered by `wait`, or
+        // `wait`'s second look at the count sees this release.
+        if left <= self.limit / 2 && self.anyone_waiting.load(Ordering::SeqCst) {
+            self.wake_all();
+        }
+    }
+}
+
+/// The arbiter's end of the queue: counts records in and hands them to the writer thread.
+#[derive(Debug)]
+pub(crate) struct LogQueue {
+    gauge: Arc<Gauge>,
+    jobs: Sender<Job>,
+    /// This cluster runs inside a worker: records also go up to the master above.
+    upward: bool,
+    /// Bytes of each worker's records queued so far, a running total: less the writer's
+    /// total, what the worker has in the queue now. Only the arbiter adds, without a lock.
+    pushed: RefCell<HashMap<WorkerId, u64>>,
+}
+
+impl LogQueue {
+    /// A queue of at most `limit` bytes feeding `jobs`, whose receiver counts records out
+    /// through `gauge`.
+    pub(crate) fn new(gauge: Arc<Gauge>, jobs: Sender<Job>, upward: bool) -> Self {
+        Self {
+            gauge,
+            jobs,
+            upward,
+            pushed: RefCell::default(),
+        }
+    }
+
+    /// The byte count to share with the writer thread, for a queue of `limit` bytes.
+    pub(crate) fn gauge(limit: usize) -> Arc<Gauge> {
+        Arc::new(Gauge::new(limit))
+    }
+
+    /// Whether the queue is over its limit. One atomic load while it has room.
+    pub(crate) fn full(&self) -> bool {
+        self.gauge.over()
+    }
+
+    /// Whether the queue is over its limit with records of `worker` in it: its proxy then
+    /// reads no more from it until the writer has caught up (see [`wait`](Self::wait)). One
+    /// atomic load while the queue has room.
+    pub(crate) fn full_for(&self, worker: WorkerId) -> bool {
+        if !self.full() {
+            return false;
+        }
+        let Some(&pushed) = self.pushed.borrow().get(&worker) else {
+            return false;
+        };
+        let written = self
+            .gauge
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pushed > written.get(&worker).copied().unwrap_or(0)
+    }
+
+    /// Whether the queue is below half its limit (room to report dropped lines).
+    pub(crate) fn roomy(&self) -> bool {
+        self.gauge.queued() < self.gauge.limit / 2
+    }
+
+    /// Wakes `waker` once the queue is down to half its limit (at once if it already has
+    /// room again).
+    pub(crate) fn wait(&self, waker: &Waker) {
+        {
+            let mut waiting = self
+                .gauge
+                .waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !waiting.iter().any(|w| w.will_wake(waker)) {
+                waiting.push(waker.clone());
+            }
+            self.gauge.anyone_waiting.store(true, Ordering::SeqCst);
+        }
+        // The writer may have made room between the caller's `full` and the registration.
+        if !self.full() {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// Queues a record of `size` bytes if it fits under the limit; `false` (nothing queued)
+    /// if it does not.
+    pub(crate) fn admit(&self, record: Record, size: usize) -> bool {
+        // Only the arbiter adds, so the count cannot grow between the look and the add.
+        if self.gauge.queued().saturating_add(size) > self.gauge.limit {
+            return false;
+        }
+        self.push(record, size);
+        true
+    }
+
+    /// Queues a record of `size` bytes whatever the count.
+    pub(crate) fn push(&self, record: Record, size: usize) {
+        if self.upward {
+            super::upward::forward(&record);
+        }
+        let worker = record.worker;
+        self.gauge.add(size);
+        if self.jobs.send(Job::Record(record, size)).is_err() {
+            // The writer has closed: nothing will count it out.
+            self.gauge.release(size);
+        } else if let Some(worker) = worker {
+            *self.pushed.borrow_mut().entry(worker).or_default() += size as u64;
+        }
+    }
+
+    /// Asks the writer to flush everything queued so far; the receiver resolves once it has
+    /// (or at once, with an error, when the writer is gone).
+    pub(crate) fn flush(&self) -> oneshot::Receiver<()> {
+        let (done, flushed) = oneshot::channel();
+        let _ = self.jobs.send(Job::Flush(done));
+        flushed
+    }
+
+    /// Asks the writer for the last `n` records of `kind` (of `worker`, or of every process),
+    /// answered once everything queued before has been written; an error when the writer is
+    /// gone.
+    pub(crate) fn recent(
+        &self,
+        kind: Kind,
+        n: usize,
+        worker: Option<WorkerId>,
+    ) -> oneshot::Receiver<Vec<Record>> {
+        let (answer, recent) = oneshot::channel();
+        let _ = self.jobs.send(Job::Recent {
+            kind,
+            n,
+            worker,
+            answer,
+        });
+        recent
+    }
+
+    /// Asks the writer to write everything queued so far, flush, close its sinks and end; the
+    /// receiver resolves once the thread has let go of every sink.
+    pub(crate) fn close(&self) -> oneshot::Receiver<()> {
+        let (done, closed) = oneshot::channel();
+        let _ = self.jobs.send(Job::Close(done));
+        closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{channel, Receiver};
+    use std::task::Wake;
+
+    use super::*;
+    use crate::logger::record::Source;
+
+    fn record() -> Record {
+        Record::new(Source::master("g"), Kind::History, serde_json::Map::new())
+    }
+
+    fn record_of(worker: WorkerId) -> Record {
+        let source = Source {
+            worker: Some(worker),
+            ..Source::master("g")
+        };
+        Record::new(source, Kind::History, serde_json::Map::new())
+    }
+
+    fn queue(limit: usize) -> (LogQueue, Arc<Gauge>, Receiver<Job>) {
+        let gauge = LogQueue::gauge(limit);
+        let (tx, rx) = channel();
+        (LogQueue::new(Arc::clone(&gauge), tx, false), gauge, rx)
+    }
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn admit_refuses_past_the_limit_and_push_does_not() {
+        let (queue, gauge, rx) = queue(100);
+        assert!(queue.admit(record(), 60));
+        assert!(!queue.admit(record(), 60), "60 + 60 > 100");
+        assert!(!queue.full());
+        queue.push(record(), 60);
+        assert!(queue.full());
+        assert_eq!(gauge.queued(), 120);
+        assert_eq!(rx.try_iter().count(), 2);
+    }
+
+    #[test]
+    fn waiters_wake_once_the_writer_brings_the_queue_to_half() {
+        let (queue, gauge, _rx) = queue(100);
+        queue.push(record(), 150);
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        queue.wait(&waker);
+        queue.wait(&waker);
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "still full");
+        gauge.release(60);
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "90 is above half");
+        assert!(!queue.roomy());
+        gauge.release(50);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake per waker");
+        assert!(queue.roomy());
+    }
+
+    #[test]
+    fn a_waiter_registered_after_the_room_was_made_wakes_at_once() {
+        let (queue, gauge, _rx) = queue(100);
+        queue.push(record(), 150);
+        assert!(queue.full());
+        gauge.release(150);
+        let count = Arc::new(Count::default());
+        queue.wait(&Waker::from(Arc::clone(&count)));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_full_queue_holds_back_only_the_workers_with_records_in_it() {
+        let (queue, gauge, _rx) = queue(100);
+        queue.push(record_of(1), 80);
+        queue.push(record_of(2), 30);
+        queue.push(record(), 10);
+        assert!(queue.full());
+        assert!(queue.full_for(1) && queue.full_for(2));
+        assert!(!queue.full_for(3), "nothing of worker 3 is queued");
+        // The writer has written worker 2's record, not yet counted out.
+        gauge.written_by(&mut HashMap::from([(2, 30)]));
+        assert!(queue.full_for(1));
+        assert!(!queue.full_for(2));
+        gauge.release(30);
+        assert!(!queue.full_for(1), "room again");
+    }
+
+    #[test]
+    fn a_queue_whose_writer_ended_is_never_full_and_wakes_its_waiters() {
+        let (queue, gauge, _rx) = queue(100);
+        queue.push(record_of(1), 150);
+        let count = Arc::new(Count::default());
+        queue.wait(&Waker::from(Arc::clone(&count)));
+        assert!(queue.full_for(1));
+        gauge.close();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(!queue.full() && !queue.full_for(1));
+    }
+
+    #[test]
+    fn a_record_for_a_closed_writer_is_not_counted() {
+        let (queue, gauge, rx) = queue(100);
+        drop(rx);
+        queue.push(record(), 50);
+        assert_eq!(gauge.queued(), 0);
+        let mut flushed = queue.flush();
+        assert!(flushed.try_recv().is_err(), "answered: the writer is gone");
+    }
+}
