@@ -96,6 +96,8 @@ struct ReloadState {
     delay: std::time::Duration,
     /// Whether workers may ask for one.
     from_workers: bool,
+    /// Reloads started so far, to tell them apart in traces.
+    count: u64,
 }
 
 /// How a slot is to be treated when its process exits.

@@ -107,6 +107,27 @@ impl<A: WorkerActor> Worker<A> {
         }
     }
 
+    /// A new process of this slot, not started yet, with its span.
+    pub(super) fn new_proc(&self, generation: u64) -> Proc<A::Reply> {
+        let span = tracing::info_span!(
+            "worker",
+            worker = self.id,
+            group = %self.spawn.group,
+            generation,
+            pid = tracing::field::Empty,
+        );
+        Proc::new(generation, &self.spawn.config).in_span(span)
+    }
+
+    /// The span of process `generation` (none once the slot let it go).
+    pub(super) fn span(&self, generation: u64) -> tracing::Span {
+        let held = match &self.handover {
+            _ if self.proc.generation == generation => Some(&self.proc),
+            handover => handover.get(generation),
+        };
+        held.map_or_else(tracing::Span::none, |p| p.span.clone())
+    }
+
     /// The process of generation `generation`, if the slot still holds it.
     pub(crate) fn proc_mut(&mut self, generation: u64) -> Option<&mut Proc<A::Reply>> {
         if self.proc.generation == generation {

@@ -52,6 +52,8 @@ pub(crate) struct Proc<R, C: Child = OsChild> {
     pub(super) started_at: Option<Instant>,
     pub(super) pings_sent: u64,
     pub(super) pongs_seen: u64,
+    /// The span every event of this process is inside (worker, group, generation, pid).
+    pub(super) span: tracing::Span,
 }
 
 /// What the proxy does with a frame [`Proc::admit`] accepted.
@@ -106,7 +108,14 @@ impl<R, C: Child> Proc<R, C> {
             started_at: None,
             pings_sent: 0,
             pongs_seen: 0,
+            span: tracing::Span::none(),
         }
+    }
+
+    /// The same, its events inside `span`.
+    pub(super) fn in_span(mut self, span: tracing::Span) -> Self {
+        self.span = span;
+        self
     }
 
     /// Its pid, while it has not been reaped.
@@ -117,6 +126,7 @@ impl<R, C: Child> Proc<R, C> {
     /// The process was started: it runs and its pipes are open.
     pub(super) fn started(&mut self, pid: u32, now: Instant) {
         self.pid = Some(pid);
+        self.span.record("pid", pid);
         self.started_at = Some(now);
         self.state = WorkerState::Starting;
         self.stdout_open = true;

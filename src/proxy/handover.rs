@@ -105,6 +105,16 @@ impl<R> Handover<R> {
         }
     }
 
+    /// The process this hand-over holds besides the serving one, if it is `generation`.
+    pub(super) fn get(&self, generation: u64) -> Option<&Proc<R>> {
+        match self {
+            Handover::Replacing { new: p, .. } | Handover::Draining { old: p, .. } => {
+                Some(p).filter(|p| p.generation == generation)
+            }
+            Handover::Serving | Handover::Promoted { .. } => None,
+        }
+    }
+
     /// The generation of the replacement being started, if one is.
     pub(super) fn incoming(&self) -> Option<u64> {
         match self {

@@ -21,6 +21,8 @@ impl<A: WorkerActor> Worker<A> {
         }
         let misses = u64::from(self.spawn.config.heartbeat_misses.max(1));
         ctx.run_interval(interval, move |act, ctx| {
+            let span = act.span(generation);
+            let _entered = span.enter();
             let id = act.id;
             let alive = act
                 .proc_mut(generation)
@@ -53,6 +55,8 @@ impl<A: WorkerActor> Worker<A> {
     /// Ends process `generation` for `reason`: kills its process group and fails what is in
     /// flight to it.
     pub(crate) fn fault(&mut self, generation: u64, reason: ExitReason, _ctx: &mut Context<Self>) {
+        let span = self.span(generation);
+        let _entered = span.enter();
         let id = self.id;
         let Some(p) = self.proc_mut(generation) else {
             return;
@@ -74,6 +78,8 @@ impl<A: WorkerActor> Worker<A> {
     /// Starts a graceful stop of process `generation`: `Shutdown` (SIGTERM for a plain
     /// program), then SIGKILL after the shutdown timeout.
     pub(crate) fn begin_stop(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let span = self.span(generation);
+        let _entered = span.enter();
         let id = self.id;
         let plain = self.plain();
         let Some(p) = self.proc_mut(generation) else {

@@ -47,6 +47,8 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
         _ctx: &mut actix::Context<Worker<A>>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
+        let span = act.span(self.generation);
+        let _entered = span.enter();
         let id = act.id;
         let Some(p) = act.proc_mut(self.generation) else {
             return Poll::Ready(());
@@ -99,6 +101,8 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
     ) -> Poll<()> {
         let this = self.get_mut();
         let generation = this.generation;
+        let span = act.span(generation);
+        let _entered = span.enter();
         for _ in 0..READS_PER_POLL {
             loop {
                 if act.proc_mut(generation).is_none() {

@@ -5,7 +5,7 @@ use actix::dev::OneshotSender;
 use actix::prelude::*;
 
 use super::actor::Worker;
-use super::generation::{Finished, Proc};
+use super::generation::Finished;
 use super::handover::{Handover, ReplaceReply, Replaced};
 use crate::error::{ExitReason, ReplaceError};
 use crate::event::WorkerEventKind;
@@ -15,6 +15,8 @@ use crate::worker::WorkerActor;
 impl<A: WorkerActor> Worker<A> {
     /// Process `generation` is ready: it serves the slot, or takes over from the serving one.
     pub(super) fn on_ready(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let span = self.span(generation);
+        let _entered = span.enter();
         let Some(p) = self.proc_mut(generation) else {
             return;
         };
@@ -134,7 +136,7 @@ impl<A: WorkerActor> Worker<A> {
         self.generations += 1;
         let generation = self.generations;
         self.handover = Handover::Replacing {
-            new: Proc::new(generation, &self.spawn.config),
+            new: self.new_proc(generation),
             reply: ReplaceReply::new(tx, self.proc.pid()),
         };
         tracing::info!(

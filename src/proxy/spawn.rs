@@ -7,7 +7,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use super::actor::*;
-use super::generation::{Finished, Proc};
+use super::generation::Finished;
 use super::pipes::{self, ReadFrames};
 use super::DRAIN_AFTER_EXIT;
 use crate::error::{ExitReason, SpawnError};
@@ -23,10 +23,8 @@ impl<A: WorkerActor> Worker<A> {
             self.respawns += 1;
         }
         self.generations += 1;
-        let old = std::mem::replace(
-            &mut self.proc,
-            Proc::new(self.generations, &self.spawn.config),
-        );
+        let new = self.new_proc(self.generations);
+        let old = std::mem::replace(&mut self.proc, new);
         // What was sent while the slot was down waits for the new process.
         self.proc.inherit(old);
         self.start_process(self.generations, ctx);
@@ -76,6 +74,8 @@ impl<A: WorkerActor> Worker<A> {
         parts: Result<(ChildPipes, OsChild), SpawnError>,
         ctx: &mut Context<Self>,
     ) {
+        let span = self.span(generation);
+        let _entered = span.enter();
         let id = self.id;
         let Some(p) = self.proc_mut(generation) else {
             // Abandoned while spawning (a replacement given up on): dropping the handle kills it.
@@ -185,6 +185,8 @@ impl<A: WorkerActor> Worker<A> {
     }
 
     pub(super) fn exited(&mut self, generation: u64, raw: RawExit, ctx: &mut Context<Self>) {
+        let span = self.span(generation);
+        let _entered = span.enter();
         let Some(p) = self.proc_mut(generation) else {
             return;
         };
@@ -204,6 +206,8 @@ impl<A: WorkerActor> Worker<A> {
     /// Process `generation` is reaped and its output read (or the wait for it is over): report
     /// its exit, and settle what depended on it.
     pub(super) fn finalize(&mut self, generation: u64) {
+        let span = self.span(generation);
+        let _entered = span.enter();
         let id = self.id;
         let Some(finished) = self.proc_mut(generation).and_then(|p| p.finish(id)) else {
             return;

@@ -18,6 +18,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use tracing::Instrument;
 
 use super::{ClusterSupervisor, Mode, ReloadWaiter};
 use crate::error::{ReloadError, ReplaceError};
@@ -77,29 +78,10 @@ pub(super) async fn run(
     cancelled: Rc<Cell<bool>>,
     progress: Vec<Recipient<ReloadEvent>>,
 ) -> Result<ReloadReport, ReloadError> {
-    let started = Instant::now();
-    let of = slots.len();
-    let tell = |event: ReloadEvent| {
-        for recipient in &progress {
-            recipient.do_send(event.clone());
-        }
-    };
-    tracing::info!(workers = of, "rolling reload started");
-    tell(ReloadEvent::Started { workers: of });
-    let mut report = ReloadReport {
-        replaced: Vec::with_capacity(of),
-        skipped: Vec::new(),
-        elapsed: Duration::ZERO,
-    };
+    let mut reload = Progress::start(slots.len(), progress);
     for (step, (worker, replace)) in slots.into_iter().enumerate() {
         if cancelled.get() {
-            let error = ReloadError::Stopping {
-                replaced: report.replaced.len(),
-            };
-            tell(ReloadEvent::Failed {
-                error: error.clone(),
-            });
-            return Err(error);
+            return Err(reload.fail(None, &cancelled));
         }
         if step > 0 && !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -109,57 +91,98 @@ pub(super) async fn run(
             .await
             .unwrap_or(Err(ReplaceError::Gone { worker }));
         match result {
-            Ok(replaced) => {
-                tracing::info!(
-                    worker,
-                    old_pid = replaced.old_pid,
-                    new_pid = replaced.new_pid,
-                    done = report.replaced.len() + 1,
-                    of,
-                    "worker replaced"
-                );
-                report.replaced.push(replaced.clone());
-                tell(ReloadEvent::Replaced {
-                    replaced,
-                    done: report.replaced.len(),
-                    of,
-                });
-            }
+            Ok(replaced) => reload.replaced(replaced),
             Err(ReplaceError::NotServing { state, .. }) => {
                 tracing::info!(worker, ?state, "not serving; skipped by the reload");
-                report.skipped.push(worker);
+                reload.report.skipped.push(worker);
             }
-            Err(source) => {
-                let error = if cancelled.get() {
-                    ReloadError::Stopping {
-                        replaced: report.replaced.len(),
-                    }
-                } else {
-                    ReloadError::Replace {
-                        replaced: report.replaced.len(),
-                        of,
-                        source,
-                    }
-                };
-                tracing::error!(%error, "rolling reload failed");
-                tell(ReloadEvent::Failed {
-                    error: error.clone(),
-                });
-                return Err(error);
-            }
+            Err(source) => return Err(reload.fail(Some(source), &cancelled)),
         }
     }
-    report.elapsed = started.elapsed();
-    tracing::info!(
-        replaced = report.replaced.len(),
-        elapsed_ms = report.elapsed.as_millis() as u64,
-        "rolling reload done"
-    );
-    tell(ReloadEvent::Done {
-        replaced: report.replaced.len(),
-        elapsed: report.elapsed,
-    });
-    Ok(report)
+    Ok(reload.done())
+}
+
+/// A reload under way: its report so far, and who hears of its progress.
+struct Progress {
+    started: Instant,
+    of: usize,
+    report: ReloadReport,
+    recipients: Vec<Recipient<ReloadEvent>>,
+}
+
+impl Progress {
+    fn start(of: usize, recipients: Vec<Recipient<ReloadEvent>>) -> Self {
+        let progress = Self {
+            started: Instant::now(),
+            of,
+            report: ReloadReport {
+                replaced: Vec::with_capacity(of),
+                skipped: Vec::new(),
+                elapsed: Duration::ZERO,
+            },
+            recipients,
+        };
+        tracing::info!(workers = of, "rolling reload started");
+        progress.tell(ReloadEvent::Started { workers: of });
+        progress
+    }
+
+    fn tell(&self, event: ReloadEvent) {
+        for recipient in &self.recipients {
+            recipient.do_send(event.clone());
+        }
+    }
+
+    fn replaced(&mut self, replaced: Replaced) {
+        tracing::info!(
+            worker = replaced.worker,
+            old_pid = replaced.old_pid,
+            new_pid = replaced.new_pid,
+            done = self.report.replaced.len() + 1,
+            of = self.of,
+            "worker replaced"
+        );
+        self.report.replaced.push(replaced.clone());
+        self.tell(ReloadEvent::Replaced {
+            replaced,
+            done: self.report.replaced.len(),
+            of: self.of,
+        });
+    }
+
+    /// The reload ends here: the cluster is stopping, or a replacement failed (`source`).
+    fn fail(&self, source: Option<ReplaceError>, cancelled: &Cell<bool>) -> ReloadError {
+        let replaced = self.report.replaced.len();
+        let error = match source {
+            Some(source) if !cancelled.get() => ReloadError::Replace {
+                replaced,
+                of: self.of,
+                source,
+            },
+            _ => ReloadError::Stopping { replaced },
+        };
+        if !matches!(error, ReloadError::Stopping { .. }) {
+            tracing::error!(%error, "rolling reload failed");
+        }
+        self.tell(ReloadEvent::Failed {
+            error: error.clone(),
+        });
+        error
+    }
+
+    fn done(mut self) -> ReloadReport {
+        self.report.elapsed = self.started.elapsed();
+        tracing::info!(
+            replaced = self.report.replaced.len(),
+            elapsed_ms = self.report.elapsed.as_millis() as u64,
+            "rolling reload done"
+        );
+        self.tell(ReloadEvent::Done {
+            replaced: self.report.replaced.len(),
+            elapsed: self.report.elapsed,
+        });
+        self.report
+    }
 }
 
 impl ClusterSupervisor {
@@ -191,12 +214,17 @@ impl ClusterSupervisor {
             .filter(|(_, slot)| slot.mode == Mode::Active)
             .map(|(id, slot)| (id, slot.replace.clone()))
             .collect();
+        self.reload.count += 1;
+        // Every step of this reload is inside its span (each worker's own events are in the span
+        // of its process).
+        let span = tracing::info_span!("reload", reload = self.reload.count);
         let run = run(
             slots,
             self.reload.delay,
             Rc::clone(&self.reload.cancelled),
             self.reload.subscribers.clone(),
-        );
+        )
+        .instrument(span);
         ctx.spawn(run.into_actor(self).map(move |result, act, ctx| {
             for tx in waiters {
                 let _ = tx.send(result.clone());
