@@ -86,66 +86,8 @@ pub(crate) async fn read_loop(
         loop {
             while let Some(frame) = decoder.decode(&mut buf)? {
                 let frame = frame.freeze();
-                let inbound = match decode_envelope(&frame)? {
-                    Envelope::Request { id, payload } => Inbound::Request {
-                        id,
-                        from: Peer::Master,
-                        payload: frame.slice_ref(payload),
-                    },
-                    Envelope::Tell { payload } => Inbound::Tell {
-                        from: Peer::Master,
-                        via: Via::Direct,
-                        payload: frame.slice_ref(payload),
-                    },
-                    Envelope::PeerRequest { id, from, payload } => Inbound::Request {
-                        id,
-                        from,
-                        payload: frame.slice_ref(payload),
-                    },
-                    Envelope::Deliver {
-                        from,
-                        via,
-                        ack,
-                        payload,
-                    } => {
-                        if let Some(id) = ack {
-                            // Received: that is what the sender waits to hear.
-                            let _ = outbox.push(&Envelope::Reply { id, payload: &[] });
-                        }
-                        Inbound::Tell {
-                            from,
-                            via,
-                            payload: frame.slice_ref(payload),
-                        }
-                    }
-                    Envelope::AskReply { id, payload } => {
-                        asks.answer(id, Ok(frame.slice_ref(payload)));
-                        continue;
-                    }
-                    Envelope::AskFailed { id, error } => {
-                        asks.answer(id, Err(error));
-                        continue;
-                    }
-                    Envelope::Notify { payload } => {
-                        match decode_value(payload) {
-                            Ok(event) => asks.notify(event),
-                            Err(e) => tracing::warn!(error = %e, "cache event did not decode"),
-                        }
-                        continue;
-                    }
-                    Envelope::Shutdown => Inbound::Shutdown,
-                    Envelope::Ping { seq } => {
-                        // Answered here, not by the handler loop: a worker awaiting a long
-                        // handler is busy, not hung.
-                        let _ = outbox.push(&Envelope::Pong { seq });
-                        continue;
-                    }
-                    other => {
-                        return Err(ProtocolError::Unexpected {
-                            got: other.kind(),
-                            state: "reading from the master",
-                        })
-                    }
+                let Some(inbound) = inbound(&frame, &outbox, &asks)? else {
+                    continue;
                 };
                 room.put(&inbound);
                 if tx.send(inbound).is_err() {
@@ -170,4 +112,71 @@ pub(crate) async fn read_loop(
     }
     // End-of-file or a corrupt stream: either way the worker exits now.
     result
+}
+
+/// What one frame from the master asks of this worker: an item for the handler loop, or
+/// nothing more (a ping, an answer to one of its asks, a cache event: dealt with here).
+fn inbound(frame: &Bytes, outbox: &Uplink, asks: &Asks) -> Result<Option<Inbound>, ProtocolError> {
+    let inbound = match decode_envelope(frame)? {
+        Envelope::Request { id, payload } => Inbound::Request {
+            id,
+            from: Peer::Master,
+            payload: frame.slice_ref(payload),
+        },
+        Envelope::Tell { payload } => Inbound::Tell {
+            from: Peer::Master,
+            via: Via::Direct,
+            payload: frame.slice_ref(payload),
+        },
+        Envelope::PeerRequest { id, from, payload } => Inbound::Request {
+            id,
+            from,
+            payload: frame.slice_ref(payload),
+        },
+        Envelope::Deliver {
+            from,
+            via,
+            ack,
+            payload,
+        } => {
+            if let Some(id) = ack {
+                // Received: that is what the sender waits to hear.
+                let _ = outbox.push(&Envelope::Reply { id, payload: &[] });
+            }
+            Inbound::Tell {
+                from,
+                via,
+                payload: frame.slice_ref(payload),
+            }
+        }
+        Envelope::AskReply { id, payload } => {
+            asks.answer(id, Ok(frame.slice_ref(payload)));
+            return Ok(None);
+        }
+        Envelope::AskFailed { id, error } => {
+            asks.answer(id, Err(error));
+            return Ok(None);
+        }
+        Envelope::Notify { payload } => {
+            match decode_value(payload) {
+                Ok(event) => asks.notify(event),
+                Err(e) => tracing::warn!(error = %e, "cache event did not decode"),
+            }
+            return Ok(None);
+        }
+        Envelope::Shutdown => Inbound::Shutdown,
+        Envelope::Ping { seq } => {
+            // Answered here, not by the handler loop: a worker awaiting a long
+            // handler is busy, not hung.
+            let _ = outbox.push(&Envelope::Pong { seq });
+            return Ok(None);
+        }
+        other => {
+            return Err(ProtocolError::Unexpected {
+                got: other.kind(),
+                state: "reading from the master",
+            })
+        }
+    };
+    Ok(Some(inbound))
 }
