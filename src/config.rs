@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{DEFAULT_MAX_FRAME_BYTES, HEADER_LEN};
 use crate::error::ConfigError;
-use crate::supervisor::policy::RestartPolicy;
+pub(crate) mod restart;
+
+pub use restart::{Backoff, Escalation, Intensity, RestartPolicy, RestartType, Strategy};
 
 /// The name of a cluster's only group when it was not given groups.
 pub const DEFAULT_GROUP: &str = "workers";

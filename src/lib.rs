@@ -72,7 +72,10 @@ mod worker;
 pub mod actors;
 
 pub use cluster::{Cluster, ClusterBuilder, GroupHandlers, GroupKey, Groups, GroupsBuilder};
-pub use config::{Affinity, ClusterConfig, GroupConfig, DEFAULT_GROUP};
+pub use config::{
+    Affinity, Backoff, ClusterConfig, Escalation, GroupConfig, Intensity, RestartPolicy,
+    RestartType, Strategy, DEFAULT_GROUP,
+};
 pub use error::{
     AskError, CallError, ConfigError, Error, ExitReason, FrameError, ProtocolError, ReloadError,
     ReplaceError, SpawnError,
@@ -85,10 +88,7 @@ pub use proxy::{
     TellAck, TellResponse, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
 };
 pub use state::{WorkerId, WorkerState};
-pub use supervisor::{
-    Backoff, ClusterSupervisor, Escalation, Intensity, ListWorkers, ReloadEvent, ReloadReport,
-    RestartPolicy, RestartType, StopAll, Strategy,
-};
+pub use supervisor::{ClusterSupervisor, ListWorkers, ReloadEvent, ReloadReport, StopAll};
 pub use worker::{
     is_worker, run_worker, LogLayer, LogSender, WorkerActor, WorkerContext, WorkerHandle,
 };

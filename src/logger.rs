@@ -44,7 +44,7 @@ mod actor;
 mod queue;
 pub mod record;
 pub mod sink;
-mod upward;
+pub(crate) mod upward;
 mod writer;
 
 use std::path::PathBuf;

@@ -176,7 +176,7 @@ pub enum Envelope<'a> {
     /// Worker → master: a log record (`ip`, `history` or `error`) for the cluster's logger.
     Log {
         /// Its kind.
-        kind: crate::logger::Kind,
+        kind: crate::logger::record::Kind,
         /// When it happened, in nanoseconds since the Unix epoch.
         time_ns: u64,
         /// Its fields, as a JSON object (JSON because record fields are free-form values).

@@ -42,15 +42,15 @@ use crate::state::{WorkerId, WorkerState};
 use crate::worker::WorkerActor;
 
 mod control;
-pub(crate) mod policy;
+mod policy;
 mod rolling;
 mod signals;
 mod system;
 
 pub(crate) use control::{Control, Scale};
 
+pub(crate) use crate::config::{Escalation, RestartPolicy};
 pub use control::{ListWorkers, StopAll};
-pub use policy::{Backoff, Escalation, Intensity, RestartPolicy, RestartType, Strategy};
 use policy::{Decision, ExitKind, PolicyState};
 pub use rolling::{ReloadEvent, ReloadReport};
 

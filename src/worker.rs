@@ -38,7 +38,6 @@ mod runtime;
 mod uplink;
 
 pub use context::{WorkerContext, WorkerHandle};
-pub(crate) use log::parent as parent_log;
 pub use log::{LogLayer, LogSender};
 
 /// Environment variables that the master sets for every worker.

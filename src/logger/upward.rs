@@ -6,17 +6,33 @@
 //! append, no I/O, never dropped), while from any other thread it would cross a bounded
 //! channel that drops when full.
 
-use super::record::Record;
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
+
+use super::record::{Kind, Record};
+
+/// Where records go up: set by the worker runtime when this process is a worker (the logger
+/// does not know the runtime; the runtime tells it).
+type Parent = Box<dyn Fn(Kind, Map<String, Value>) + Send + Sync>;
+
+static PARENT: OnceLock<Parent> = OnceLock::new();
+
+/// Makes this process's clusters send their records up through `parent` (the worker runtime
+/// calls this once, at its start).
+pub(crate) fn set_parent(parent: impl Fn(Kind, Map<String, Value>) + Send + Sync + 'static) {
+    let _ = PARENT.set(Box::new(parent));
+}
 
 /// Whether this process is a worker, so that its cluster's records go up.
 pub(crate) fn nested() -> bool {
-    crate::worker::parent_log().is_some()
+    PARENT.get().is_some()
 }
 
 /// Sends `record` to the master of the worker this cluster runs in, with where it came from
 /// in this cluster (`origin`), since the master above stamps it as this worker's.
 pub(crate) fn forward(record: &Record) {
-    let Some(parent) = crate::worker::parent_log() else {
+    let Some(parent) = PARENT.get() else {
         return;
     };
     let mut fields = record.fields.clone();
@@ -29,5 +45,5 @@ pub(crate) fn forward(record: &Record) {
             "group": record.group,
         }),
     );
-    parent.record(record.kind, fields);
+    parent(record.kind, fields);
 }

@@ -55,12 +55,6 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// This worker's own log sender, when the process runs the worker runtime (for a cluster
-/// nested inside a worker, whose records go up to the master above).
-pub(crate) fn parent() -> Option<&'static LogSender> {
-    GLOBAL.get()
-}
-
 /// Makes this thread (the runtime's) write records directly to `outbox`.
 pub(crate) fn write_directly(outbox: std::rc::Rc<Uplink>) {
     DIRECT.with(|d| *d.borrow_mut() = Some(outbox));
@@ -73,7 +67,14 @@ impl LogSender {
             tx,
             dropped: Arc::default(),
         };
-        let _ = GLOBAL.set(sender.clone());
+        if GLOBAL.set(sender.clone()).is_ok() {
+            // A cluster started inside this worker sends its records up through it.
+            crate::logger::upward::set_parent(|kind, fields| {
+                if let Some(sender) = GLOBAL.get() {
+                    sender.record(kind, fields);
+                }
+            });
+        }
         (sender, rx)
     }
 
