@@ -43,6 +43,34 @@
 //! which role a process has, as Node's `cluster.isMaster` does); [`ClusterConfig::exec`] runs
 //! another program instead.
 //!
+//! ## Layout: layers, bottom-up
+//!
+//! A file imports only from its own layer or the ones below it (checked by reading `crate::`
+//! and `super::` paths; no import cycle among `src/` files). The worker runtime is the child's
+//! side of the pipe; the master's side knows it only by the [`WorkerActor`] trait its proxies
+//! are typed with.
+//!
+//! ```text
+//!             master side                                   worker side (the child)
+//!  7 handles  cluster: Cluster<A>, ClusterBuilder/GroupsBuilder, Groups, start-up assembly
+//!  6 cluster  supervisor: slots and groups, restart policy, rolling reload, scale, signals,
+//!             system operations
+//!  5 proxy    proxy: one slot — its processes' state machine (generation), the hand-over,
+//!             the in-flight table, the stdin queue, the pipe futures    │ worker: WorkerActor,
+//!                                                                      │ runtime, uplink, inbox,
+//!                                                                      │ context, peers, log
+//!  4 config   config: ClusterConfig, GroupConfig, RestartPolicy, Affinity
+//!  3 services messaging (routing table, typed system operations, confirmations), cache (one
+//!             store, locks, snapshots), logger (queue, writer thread, sinks)
+//!  2 os       os: spawn, child, reap (the only `unsafe`), fds; listen: shared sockets
+//!  1 wire     protocol, codec; what frames carry: messaging types, cache ops, log records
+//!  0 words    state (WorkerId, WorkerState), error (every error, ExitReason), event
+//! ```
+//!
+//! The master runs everything of layers 3–7 on one actix arbiter: a round trip costs no lock
+//! and no task. Nothing slow runs there — log files and sinks are written by the logger's
+//! thread, snapshots off the loop, exited children reaped by a reaper thread.
+//!
 //! ## What holds
 //! - A stray `println!` in worker code goes to stderr, never into the channel.
 //! - A frame's length is checked before anything is allocated; any malformed input from a worker
