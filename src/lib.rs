@@ -60,6 +60,7 @@ mod event;
 mod listen;
 pub mod logger;
 mod messaging;
+mod millis;
 mod process;
 mod protocol;
 mod proxy;

@@ -124,10 +124,8 @@ pub(crate) struct Links<A: WorkerActor> {
     pub(crate) system: Recipient<SystemCall>,
     /// The cluster's routing table.
     pub(crate) routing: SharedRouting,
-    /// The cluster's cache.
-    pub(crate) cache: Addr<crate::cache::Cache>,
-    /// Its store, served inline.
-    pub(crate) cache_core: Rc<RefCell<crate::cache::CacheCore>>,
+    /// The cluster's cache, served inline.
+    pub(crate) cache: crate::cache::SharedCache,
     /// The cluster's logger.
     pub(crate) log: crate::logger::LogLink,
     /// The master's handlers for what workers send it.
@@ -141,7 +139,6 @@ impl<A: WorkerActor> Clone for Links<A> {
             system: self.system.clone(),
             routing: Rc::clone(&self.routing),
             cache: self.cache.clone(),
-            cache_core: Rc::clone(&self.cache_core),
             log: self.log.clone(),
             handlers: Rc::clone(&self.handlers),
         }
@@ -1085,7 +1082,7 @@ impl<A: WorkerActor> Worker<A> {
             // Its locks are released and its subscriptions end, however it ended.
             self.links
                 .cache
-                .do_send(crate::cache::ProcessGone(crate::Peer::Worker { id, pid }));
+                .process_gone(crate::Peer::Worker { id, pid });
         }
 
         if self.proc.generation != generation {

@@ -68,7 +68,7 @@ pub struct ClusterSupervisor {
     confirmations: Confirmations,
     /// Whether workers may kill and restart other workers.
     worker_control: bool,
-    cache: Addr<crate::cache::Cache>,
+    cache: crate::cache::SharedCache,
     logger: Addr<crate::logger::Logger>,
 }
 
@@ -585,8 +585,7 @@ pub const DEFAULT_GROUP: &str = "workers";
 pub(crate) struct Core {
     supervisor: Addr<ClusterSupervisor>,
     routing: SharedRouting,
-    cache: Addr<crate::cache::Cache>,
-    cache_core: Rc<RefCell<crate::cache::CacheCore>>,
+    cache: crate::cache::SharedCache,
     log: crate::logger::LogLink,
     /// The next slot id, across groups.
     next_id: Rc<std::cell::Cell<usize>>,
@@ -614,14 +613,7 @@ impl Core {
             logger: logger.clone(),
             queue: log_queue,
         };
-        let mut store = crate::cache::MemoryStore::new(config.cache.limits.into());
-        for (name, limits) in &config.cache.collections {
-            store.set_limits(name, (*limits).into(), Instant::now());
-        }
-        let cache =
-            crate::cache::Cache::new(Box::new(store), config.cache.clone(), Rc::clone(&routing));
-        let cache_core = cache.core();
-        let cache = cache.start();
+        let cache = crate::cache::SharedCache::start(&config.cache, Rc::clone(&routing));
         let reload = ReloadState {
             subscribers: reload_subscribers,
             delay: config.reload_delay,
@@ -652,7 +644,6 @@ impl Core {
             supervisor,
             routing,
             cache,
-            cache_core,
             log,
             next_id: Rc::default(),
             groups: Rc::default(),
@@ -680,7 +671,6 @@ impl Core {
             system: self.supervisor.clone().recipient(),
             routing: Rc::clone(&self.routing),
             cache: self.cache.clone(),
-            cache_core: Rc::clone(&self.cache_core),
             log: self.log.clone(),
             handlers,
         };
@@ -799,7 +789,7 @@ impl Handler<StopAll> for ClusterSupervisor {
                 slot.stop.clone()
             })
             .collect();
-        let cache = self.cache.clone();
+        let close_cache = self.cache.close();
         let logger = self.logger.clone();
         Box::pin(
             async move {
@@ -809,7 +799,7 @@ impl Handler<StopAll> for ClusterSupervisor {
                 }
                 reasons.reverse();
                 // Then the cache: its snapshot, if it keeps one, is written last.
-                let _ = cache.send(crate::cache::Flush).await;
+                close_cache.await;
                 // And the logger: every record queued so far is written and flushed.
                 let _ = logger.send(crate::logger::CloseLogs).await;
                 reasons
@@ -1287,9 +1277,7 @@ impl<A: WorkerActor> Cluster<A> {
 
     /// The cluster's shared cache (see [`crate::cache`]), as workers see it.
     pub fn cache(&self) -> crate::cache::CacheClient<crate::cache::MasterCache> {
-        crate::cache::CacheClient::new(crate::cache::MasterCache {
-            addr: self.links.cache.clone(),
-        })
+        self.links.cache.client()
     }
 
     /// The last `n` log records of `kind` (newest last), of every process or of one worker,

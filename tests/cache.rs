@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::cluster::within;
 use common::is_alive;
 use procactor::actors::relay::{Relay, RelayMsg, RelayReply};
-use procactor::cache::{CacheConfig, CacheLimits};
+use procactor::cache::{CacheConfig, Limits};
 use procactor::prelude::*;
 
 use common::cluster::relay_config as config;
@@ -110,9 +110,9 @@ async fn keys_expire_on_time_and_subscribers_hear_of_it() {
         assert!(cache.exists("sessions", "s1").await.unwrap());
         // The expiry is an event: await it, then the key is gone.
         let t = Instant::now();
-        let first = changes.next().await.unwrap();
+        let first = changes.recv().await.unwrap();
         assert!(matches!(first.change, procactor::cache::Change::Set(_)));
-        let second = tokio::time::timeout(Duration::from_secs(10), changes.next())
+        let second = tokio::time::timeout(Duration::from_secs(10), changes.recv())
             .await
             .expect("the expiry is announced")
             .unwrap();
@@ -137,7 +137,7 @@ async fn a_bounded_collection_evicts_the_least_recently_used() {
         let cache_config = CacheConfig {
             collections: vec![(
                 "lru".into(),
-                CacheLimits {
+                Limits {
                     max_entries: Some(100),
                     max_bytes: None,
                 },

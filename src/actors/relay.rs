@@ -639,7 +639,7 @@ impl Relay {
             RelayMsg::CacheEvents => {
                 let mut events = Vec::new();
                 if let Some(sub) = self.subscription.as_mut() {
-                    while let Some(event) = sub.try_next() {
+                    while let Some(event) = sub.try_recv() {
                         let change = match event.change {
                             crate::cache::Change::Set(v) => {
                                 let value: Result<String, _> = crate::codec::decode_value(&v);

@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cache::{CacheAnswer, CacheClient, CacheError, CacheEvent, CacheOp, CacheTransport};
+use crate::cache::{
+    CacheAnswer, CacheClient, CacheError, CacheEvent, CacheOp, CacheTransport, Subscription,
+};
 
 use crate::codec::{decode_value, encode_value};
 use crate::event::WorkerId;
@@ -364,7 +366,7 @@ impl<A: WorkerActor> CacheTransport for WorkerHandle<A> {
         &self,
         collection: &str,
         prefix: &str,
-    ) -> Result<(u64, mpsc::UnboundedReceiver<CacheEvent>), CacheError> {
+    ) -> Result<Subscription<Self>, CacheError> {
         let id = self.asks.next_subscription.get();
         self.asks.next_subscription.set(id + 1);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -378,7 +380,7 @@ impl<A: WorkerActor> CacheTransport for WorkerHandle<A> {
             self.asks.subscriptions.borrow_mut().remove(&id);
             return Err(e);
         }
-        Ok((id, rx))
+        Ok(Subscription::new(self.clone(), id, rx))
     }
 
     fn send_and_forget(&self, op: CacheOp) {
