@@ -1,6 +1,7 @@
 //! The shared cache from several worker processes at once: exact counters, TTL, the LRU bound,
 //! ordered notifications, replicas, locks (contention, and a holder killed with SIGKILL), and
-//! snapshots (round trip, and a corrupt one set aside).
+//! snapshots (round trip, a corrupt one set aside, and large ones written often while workers
+//! are served).
 
 mod common;
 
@@ -388,6 +389,86 @@ async fn a_snapshot_survives_a_restart_of_the_cluster_and_a_corrupt_one_is_set_a
             .filter(|name| name.contains("corrupt"))
             .collect();
         assert_eq!(aside.len(), 1, "set aside, not deleted: {aside:?}");
+        cluster.stop().await.unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    })
+    .await;
+}
+
+#[actix::test]
+async fn snapshots_of_megabytes_every_20_ms_do_not_stall_round_trips_and_the_last_is_whole() {
+    within(180, async {
+        let path = temp_path("busy-snapshots");
+        let busy = CacheConfig {
+            snapshot: Some(path.clone()),
+            snapshot_interval: Some(Duration::from_millis(20)),
+            ..CacheConfig::default()
+        };
+        let cluster = ClusterSupervisor::start::<Relay>(config(2).cache(busy))
+            .await
+            .unwrap();
+        let cache = cluster.cache();
+        // 8 MiB in 128 values of 64 KiB.
+        let value = vec![7u8; 64 * 1024];
+        for n in 0..128 {
+            cache
+                .set("big", &format!("k{n}"), &value, None)
+                .await
+                .unwrap();
+        }
+        common::eventually(Duration::from_secs(20), "a snapshot written", || async {
+            cache.stats().await.unwrap().snapshots_written > 0
+        })
+        .await;
+        let written_before = cache.stats().await.unwrap().snapshots_written;
+
+        // Round trips to a worker for 2 s while the snapshots are written.
+        let mut rtts = Vec::new();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(2) {
+            let sent = Instant::now();
+            assert!(matches!(
+                cmd(&cluster, 1, RelayMsg::Pid).await,
+                RelayReply::Pid(_)
+            ));
+            rtts.push(sent.elapsed());
+        }
+        let stats = cache.stats().await.unwrap();
+        rtts.sort();
+        let p99 = rtts[rtts.len() * 99 / 100];
+        let written = stats.snapshots_written - written_before;
+        assert!(
+            written >= 2,
+            "{written} snapshots written meanwhile, {} skipped",
+            stats.snapshots_skipped
+        );
+        assert!(
+            p99 < Duration::from_millis(100),
+            "p99 {p99:?} over {} round trips, max {:?}",
+            rtts.len(),
+            rtts.last()
+        );
+
+        // The state at stop is in the last snapshot, and stop waits for it, no longer.
+        cache.set("big", "last", &value, None).await.unwrap();
+        let t = Instant::now();
+        cluster.stop().await.unwrap();
+        let stopping = t.elapsed();
+        assert!(stopping < Duration::from_secs(10), "stop took {stopping:?}");
+        let quiet = CacheConfig {
+            snapshot: Some(path.clone()),
+            ..CacheConfig::default()
+        };
+        let cluster = ClusterSupervisor::start::<Relay>(config(1).cache(quiet))
+            .await
+            .unwrap();
+        let cache = cluster.cache();
+        assert_eq!(cache.stats().await.unwrap().snapshot_error, None);
+        assert_eq!(cache.keys("big", "").await.unwrap().len(), 129);
+        assert_eq!(
+            cache.get::<Vec<u8>>("big", "last").await.unwrap(),
+            Some(value)
+        );
         cluster.stop().await.unwrap();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     })

@@ -141,7 +141,11 @@ impl CacheActor {
             let Some(path) = core.snapshot_path() else {
                 return false;
             };
-            (path.to_owned(), core.export(Instant::now()), SystemTime::now())
+            (
+                path.to_owned(),
+                core.export(Instant::now()),
+                SystemTime::now(),
+            )
         };
         self.saving = true;
         let job = tokio::task::spawn_blocking(move || {

@@ -111,12 +111,12 @@ impl CacheCore {
                 new,
                 ttl,
             } => self.compare_and_set(&collection, &key, expected, new, ttl, now),
-            CacheOp::Keys { collection, prefix } => {
-                Ok(CacheAnswer::Keys(self.store.keys(&collection, &prefix, now)))
-            }
-            CacheOp::Entries { collection, prefix } => {
-                Ok(self.entries(&collection, &prefix, now))
-            }
+            CacheOp::Keys { collection, prefix } => Ok(CacheAnswer::Keys(self.store.keys(
+                &collection,
+                &prefix,
+                now,
+            ))),
+            CacheOp::Entries { collection, prefix } => Ok(self.entries(&collection, &prefix, now)),
             CacheOp::Subscribe {
                 id,
                 collection,
