@@ -130,11 +130,11 @@ impl SharedCache {
     }
 
     /// Writes the last snapshot (if the cache keeps one) and stops the cache's actor; resolves
-    /// once the snapshot is on disk.
+    /// once the snapshot is on disk. Nothing happens until it is polled.
     pub(crate) fn close(&self) -> impl Future<Output = ()> + 'static {
-        let request = self.actor.send(actor::CloseCache);
+        let mailbox = self.actor.clone();
         async move {
-            let _ = request.await;
+            let _ = mailbox.send(actor::CloseCache).await;
         }
     }
 

@@ -91,6 +91,34 @@ fn unexpected(answer: CacheAnswer) -> CacheError {
 }
 
 /// Typed access to the cluster's cache, from the master or from a worker.
+///
+/// # Example
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use procactor::cache::CacheError;
+/// use procactor::prelude::*;
+///
+/// async fn visit<A: WorkerActor>(cluster: &Cluster<A>) -> Result<(), CacheError> {
+///     let cache = cluster.cache();
+///     let mut changes = cache.subscribe("sessions", "").await?;
+///     let minute = Some(Duration::from_secs(60));
+///     cache.set("sessions", "s1", &"alice", minute).await?;
+///     let user: Option<String> = cache.get("sessions", "s1").await?;
+///     assert_eq!(user.as_deref(), Some("alice"));
+///     let visits = cache.increment("counters", "visits", 1).await?;
+///     {
+///         // Exclusive across every process until dropped (or 30 s).
+///         let _guard = cache
+///             .lock("report", Duration::from_secs(30), Duration::from_secs(5))
+///             .await?;
+///         cache.set("reports", "last", &visits, None).await?;
+///     }
+///     let event = changes.recv().await.expect("the set of s1");
+///     assert_eq!(event.key, "s1");
+///     Ok(())
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct CacheClient<T> {
     transport: T,
