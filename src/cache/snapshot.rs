@@ -1,12 +1,12 @@
 //! Snapshots of a [`Store`](crate::cache::Store) on disk, written atomically and checked when
 //! read. The format is this crate's own: nothing here is public, and only [`load`] reads what
-//! [`write`] writes.
+//! [`write()`] writes.
 //!
 //! The cache exports the entries on the master's thread (the values are shared, not copied) and
-//! hands them to [`write`] on a blocking thread: encoding, writing and syncing never hold up the
+//! hands them to [`write()`] on a blocking thread: encoding, writing and syncing never hold up the
 //! master's event loop.
 //!
-//! [`write`] puts the whole store in `<name>.tmp` in the snapshot's directory, syncs it,
+//! [`write()`] puts the whole store in `<name>.tmp` in the snapshot's directory, syncs it,
 //! renames it over the snapshot and syncs the directory, so a crash at any point leaves either
 //! the old snapshot or the new one, never a mixture; a stray `<name>.tmp` is ignored by [`load`]
 //! and overwritten by the next `write`. [`load`] rejects a file whose header, length or checksum
