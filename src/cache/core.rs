@@ -128,12 +128,13 @@ impl CacheCore {
             }
             CacheOp::Lock { name, lease, wait } => {
                 let who = from;
-                return Served::NeedsReply(LockRequest {
+                let request = LockRequest {
                     who,
                     name,
                     lease,
                     wait,
-                });
+                };
+                return Served::NeedsReply(request);
             }
             CacheOp::Unlock { name, token } => {
                 self.deadline_moved = true;
