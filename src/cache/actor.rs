@@ -14,7 +14,6 @@
 //! It holds the core by a weak reference: the cluster's shared context owns it.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::rc::Weak;
 use std::time::{Duration, Instant, SystemTime};
@@ -221,15 +220,14 @@ impl Handler<MasterCall> for CacheActor {
         };
         let now = Instant::now();
         let mut core = core.borrow_mut();
-        let answer: std::pin::Pin<Box<dyn Future<Output = _>>> =
-            match core.serve(Peer::Master, op, now) {
-                Served::Answer(answer) => Box::pin(async { answer }),
-                Served::NeedsReply(request) => {
-                    let (tx, rx) = oneshot::channel();
-                    core.lock(request, Reply::Master(tx), now);
-                    Box::pin(async { rx.await.unwrap_or_else(|_| Err(gone())) })
-                }
-            };
+        let answer: Self::Result = match core.serve(Peer::Master, op, now) {
+            Served::Answer(answer) => Box::pin(async { answer }),
+            Served::NeedsReply(request) => {
+                let (tx, rx) = oneshot::channel();
+                core.lock(request, Reply::Master(tx), now);
+                Box::pin(async { rx.await.unwrap_or_else(|_| Err(gone())) })
+            }
+        };
         if let Some(at) = core.earlier_deadline() {
             self.arm(at, ctx);
         }
