@@ -245,7 +245,8 @@ impl From<StoreError> for CacheError {
 
 /// An answer as a worker receives it: postcard bytes.
 pub(crate) fn encode_answer(answer: &Result<CacheAnswer, CacheError>) -> Result<Bytes, AskError> {
-    let mut buf = Vec::new();
+    // Room for the usual answer (a small value, a flag, a count) in one allocation.
+    let mut buf = Vec::with_capacity(64);
     crate::codec::encode_value(&mut buf, answer).map_err(|e| AskError::Failed(e.to_string()))?;
     Ok(buf.into())
 }
