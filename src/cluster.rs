@@ -328,9 +328,7 @@ impl<A: WorkerActor> Cluster<A> {
 
     /// The cluster's shared cache (see [`crate::cache`]), as workers see it.
     pub fn cache(&self) -> crate::cache::CacheClient<crate::cache::MasterCache> {
-        crate::cache::CacheClient::new(crate::cache::MasterCache {
-            addr: self.links.cache.clone(),
-        })
+        self.links.cache.client()
     }
 
     /// The last `n` log records of `kind` (newest last), of every process or of one worker,

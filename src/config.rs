@@ -394,7 +394,7 @@ pub struct GroupConfig {
     /// Its restart policy.
     pub restart: Option<RestartPolicy>,
     /// Its shutdown timeout.
-    #[serde(with = "opt_millis")]
+    #[serde(with = "crate::millis::opt_millis")]
     pub shutdown_timeout: Option<Duration>,
     /// Its CPU affinity.
     pub affinity: Option<Affinity>,
@@ -573,26 +573,6 @@ mod millis {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
-    }
-}
-
-/// `Option<Duration>` as optional milliseconds.
-pub(crate) mod opt_millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
 

@@ -89,6 +89,7 @@ mod event;
 mod listen;
 pub mod logger;
 mod messaging;
+mod millis;
 mod os;
 mod protocol;
 mod proxy;

@@ -71,7 +71,7 @@ pub struct ClusterSupervisor {
     confirmations: Confirmations,
     /// Whether workers may kill and restart other workers.
     worker_control: bool,
-    cache: Addr<crate::cache::Cache>,
+    cache: crate::cache::SharedCache,
     logger: Addr<crate::logger::Logger>,
 }
 
@@ -189,7 +189,7 @@ impl ClusterSupervisor {
         subscribers: Vec<Recipient<WorkerEvent>>,
         reload_subscribers: Vec<Recipient<ReloadEvent>>,
         routing: SharedRouting,
-        cache: Addr<crate::cache::Cache>,
+        cache: crate::cache::SharedCache,
         logger: Addr<crate::logger::Logger>,
     ) -> Self {
         Self {

@@ -1,6 +1,7 @@
 //! The shared cache from several worker processes at once: exact counters, TTL, the LRU bound,
 //! ordered notifications, replicas, locks (contention, and a holder killed with SIGKILL), and
-//! snapshots (round trip, and a corrupt one set aside).
+//! snapshots (round trip, a corrupt one set aside, and large ones written often while workers
+//! are served).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::cluster::within;
 use common::is_alive;
 use common::relay::{Relay, RelayMsg, RelayReply};
-use procactor::cache::{CacheConfig, CacheLimits};
+use procactor::cache::{CacheConfig, Limits};
 use procactor::prelude::*;
 
 use common::cluster::relay_config as config;
@@ -110,9 +111,9 @@ async fn keys_expire_on_time_and_subscribers_hear_of_it() {
         assert!(cache.exists("sessions", "s1").await.unwrap());
         // The expiry is an event: await it, then the key is gone.
         let t = Instant::now();
-        let first = changes.next().await.unwrap();
+        let first = changes.recv().await.unwrap();
         assert!(matches!(first.change, procactor::cache::Change::Set(_)));
-        let second = tokio::time::timeout(Duration::from_secs(10), changes.next())
+        let second = tokio::time::timeout(Duration::from_secs(10), changes.recv())
             .await
             .expect("the expiry is announced")
             .unwrap();
@@ -137,7 +138,7 @@ async fn a_bounded_collection_evicts_the_least_recently_used() {
         let cache_config = CacheConfig {
             collections: vec![(
                 "lru".into(),
-                CacheLimits {
+                Limits {
                     max_entries: Some(100),
                     max_bytes: None,
                 },
@@ -388,6 +389,85 @@ async fn a_snapshot_survives_a_restart_of_the_cluster_and_a_corrupt_one_is_set_a
             .filter(|name| name.contains("corrupt"))
             .collect();
         assert_eq!(aside.len(), 1, "set aside, not deleted: {aside:?}");
+        cluster.stop().await.unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    })
+    .await;
+}
+
+#[actix::test]
+async fn snapshots_of_megabytes_every_20_ms_do_not_stall_round_trips_and_the_last_is_whole() {
+    within(180, async {
+        let path = temp_path("busy-snapshots");
+        let busy = CacheConfig {
+            snapshot: Some(path.clone()),
+            snapshot_interval: Some(Duration::from_millis(20)),
+            ..CacheConfig::default()
+        };
+        let cluster = ClusterSupervisor::start::<Relay>(config(2).cache(busy))
+            .await
+            .unwrap();
+        let cache = cluster.cache();
+        // 8 MiB in 128 values of 64 KiB.
+        let value = vec![7u8; 64 * 1024];
+        for n in 0..128 {
+            cache
+                .set("big", &format!("k{n}"), &value, None)
+                .await
+                .unwrap();
+        }
+        common::eventually(Duration::from_secs(20), "a snapshot written", || async {
+            cache.stats().await.unwrap().snapshots_written > 0
+        })
+        .await;
+        let written_before = cache.stats().await.unwrap().snapshots_written;
+
+        // Round trips to a worker for at least 2 s, and until 3 more snapshots are written.
+        let mut rtts = Vec::new();
+        let t = Instant::now();
+        let mut written = 0;
+        while t.elapsed() < Duration::from_secs(2) || written < 3 {
+            assert!(t.elapsed() < Duration::from_secs(60), "{written} written");
+            let sent = Instant::now();
+            assert!(matches!(
+                cmd(&cluster, 1, RelayMsg::Pid).await,
+                RelayReply::Pid(_)
+            ));
+            rtts.push(sent.elapsed());
+            if rtts.len() % 100 == 0 {
+                let stats = cache.stats().await.unwrap();
+                written = stats.snapshots_written - written_before;
+            }
+        }
+        rtts.sort();
+        let p99 = rtts[rtts.len() * 99 / 100];
+        assert!(
+            p99 < Duration::from_millis(100),
+            "p99 {p99:?} over {} round trips, max {:?}",
+            rtts.len(),
+            rtts.last()
+        );
+
+        // The state at stop is in the last snapshot, and stop waits for it, no longer.
+        cache.set("big", "last", &value, None).await.unwrap();
+        let t = Instant::now();
+        cluster.stop().await.unwrap();
+        let stopping = t.elapsed();
+        assert!(stopping < Duration::from_secs(10), "stop took {stopping:?}");
+        let quiet = CacheConfig {
+            snapshot: Some(path.clone()),
+            ..CacheConfig::default()
+        };
+        let cluster = ClusterSupervisor::start::<Relay>(config(1).cache(quiet))
+            .await
+            .unwrap();
+        let cache = cluster.cache();
+        assert_eq!(cache.stats().await.unwrap().snapshot_error, None);
+        assert_eq!(cache.keys("big", "").await.unwrap().len(), 129);
+        assert_eq!(
+            cache.get::<Vec<u8>>("big", "last").await.unwrap(),
+            Some(value)
+        );
         cluster.stop().await.unwrap();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     })

@@ -82,7 +82,7 @@ impl Relay {
     fn events(&mut self) -> RelayReply {
         let mut events = Vec::new();
         if let Some(sub) = self.subscription.as_mut() {
-            while let Some(event) = sub.try_next() {
+            while let Some(event) = sub.try_recv() {
                 let change = match event.change {
                     Change::Set(v) => {
                         let value: Result<String, _> = procactor::wire::decode_value(&v);

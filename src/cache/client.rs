@@ -2,100 +2,77 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::Addr;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::cache::{
-    Cache, CacheAnswer, CacheCall, CacheError, CacheEvent, CacheOp, CacheStats, Change,
-    SubscribeLocal,
-};
-use crate::messaging::Peer;
-use crate::routing::ReplyTo;
+use crate::cache::actor::{CacheActor, MasterCall, SubscribeMaster};
+use crate::cache::ops::{CacheAnswer, CacheError, CacheEvent, CacheOp, CacheStats, Change};
 
 /// How a [`CacheClient`] reaches the cache: [`MasterCache`] in the master, a
-/// [`WorkerHandle`](crate::WorkerHandle) in a worker.
+/// [`WorkerHandle`](crate::WorkerHandle) in a worker. Only this crate implements it.
 pub trait CacheTransport: Clone + 'static {
     /// Runs one operation.
     fn call(&self, op: CacheOp) -> impl Future<Output = Result<CacheAnswer, CacheError>>;
 
-    /// Registers a subscription; its events arrive on the returned receiver.
+    /// Registers a subscription to the keys of `collection` that start with `prefix`.
     fn subscribe(
         &self,
         collection: &str,
         prefix: &str,
-    ) -> impl Future<Output = Result<(u64, mpsc::UnboundedReceiver<CacheEvent>), CacheError>>;
+    ) -> impl Future<Output = Result<Subscription<Self>, CacheError>>;
 
     /// Runs an operation without waiting for its answer (a lock released by a dropped guard).
     fn send_and_forget(&self, op: CacheOp);
 }
 
-/// The master's way to the cache.
+/// The master's way to the cache: the mailbox of the cache's actor, so that it may be used from
+/// any thread. Answers come typed, never encoded.
 #[derive(Debug, Clone)]
 pub struct MasterCache {
-    pub(crate) addr: Addr<Cache>,
+    actor: Addr<CacheActor>,
 }
 
 impl MasterCache {
-    /// The cache actor itself.
-    pub fn addr(&self) -> &Addr<Cache> {
-        &self.addr
+    pub(crate) fn new(actor: Addr<CacheActor>) -> Self {
+        Self { actor }
     }
-}
-
-fn decode_answer(bytes: &[u8]) -> Result<CacheAnswer, CacheError> {
-    crate::codec::decode_value::<Result<CacheAnswer, CacheError>>(bytes)
-        .map_err(|e| CacheError::Codec(e.to_string()))?
 }
 
 impl CacheTransport for MasterCache {
     async fn call(&self, op: CacheOp) -> Result<CacheAnswer, CacheError> {
-        let (tx, rx) = oneshot::channel();
-        self.addr
-            .send(CacheCall {
-                from: Peer::Master,
-                op,
-                reply: ReplyTo::Local(tx),
-            })
-            .await
-            .map_err(|e| CacheError::Unreachable(e.to_string()))?;
-        let bytes = rx
+        self.actor
+            .send(MasterCall(op))
             .await
             .map_err(|e| CacheError::Unreachable(e.to_string()))?
-            .map_err(|e| CacheError::Unreachable(e.to_string()))?;
-        decode_answer(&bytes)
     }
 
     async fn subscribe(
         &self,
         collection: &str,
         prefix: &str,
-    ) -> Result<(u64, mpsc::UnboundedReceiver<CacheEvent>), CacheError> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ) -> Result<Subscription<Self>, CacheError> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.addr
-            .send(SubscribeLocal {
+        self.actor
+            .send(SubscribeMaster {
                 id,
                 collection: collection.to_owned(),
                 prefix: prefix.to_owned(),
                 tx,
             })
             .await
-            .map_err(|e| CacheError::Unreachable(e.to_string()))??;
-        Ok((id, rx))
+            .map_err(|e| CacheError::Unreachable(e.to_string()))?;
+        Ok(Subscription::new(self.clone(), id, rx))
     }
 
     fn send_and_forget(&self, op: CacheOp) {
-        let (tx, _rx) = oneshot::channel();
-        self.addr.do_send(CacheCall {
-            from: Peer::Master,
-            op,
-            reply: ReplyTo::Local(tx),
-        });
+        self.actor.do_send(MasterCall(op));
     }
 }
 
@@ -114,6 +91,34 @@ fn unexpected(answer: CacheAnswer) -> CacheError {
 }
 
 /// Typed access to the cluster's cache, from the master or from a worker.
+///
+/// # Example
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use procactor::cache::CacheError;
+/// use procactor::prelude::*;
+///
+/// async fn visit<A: WorkerActor>(cluster: &Cluster<A>) -> Result<(), CacheError> {
+///     let cache = cluster.cache();
+///     let mut changes = cache.subscribe("sessions", "").await?;
+///     let minute = Some(Duration::from_secs(60));
+///     cache.set("sessions", "s1", &"alice", minute).await?;
+///     let user: Option<String> = cache.get("sessions", "s1").await?;
+///     assert_eq!(user.as_deref(), Some("alice"));
+///     let visits = cache.increment("counters", "visits", 1).await?;
+///     {
+///         // Exclusive across every process until dropped (or 30 s).
+///         let _guard = cache
+///             .lock("report", Duration::from_secs(30), Duration::from_secs(5))
+///             .await?;
+///         cache.set("reports", "last", &visits, None).await?;
+///     }
+///     let event = changes.recv().await.expect("the set of s1");
+///     assert_eq!(event.key, "s1");
+///     Ok(())
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct CacheClient<T> {
     transport: T,
@@ -370,12 +375,7 @@ impl<T: CacheTransport> CacheClient<T> {
         collection: &str,
         prefix: &str,
     ) -> Result<Subscription<T>, CacheError> {
-        let (id, events) = self.transport.subscribe(collection, prefix).await?;
-        Ok(Subscription {
-            transport: self.transport.clone(),
-            id,
-            events,
-        })
+        self.transport.subscribe(collection, prefix).await
     }
 
     /// A local copy of the entries of `collection` under `prefix`, kept in sync by a
@@ -452,13 +452,22 @@ pub struct Subscription<T: CacheTransport> {
 }
 
 impl<T: CacheTransport> Subscription<T> {
+    /// A subscription `id` made through `transport`, whose events arrive on `events`.
+    pub(crate) fn new(transport: T, id: u64, events: mpsc::UnboundedReceiver<CacheEvent>) -> Self {
+        Self {
+            transport,
+            id,
+            events,
+        }
+    }
+
     /// The next change; `None` once the cache is gone.
-    pub async fn next(&mut self) -> Option<CacheEvent> {
+    pub async fn recv(&mut self) -> Option<CacheEvent> {
         self.events.recv().await
     }
 
     /// The next change if one has arrived.
-    pub fn try_next(&mut self) -> Option<CacheEvent> {
+    pub fn try_recv(&mut self) -> Option<CacheEvent> {
         self.events.try_recv().ok()
     }
 }
@@ -481,7 +490,7 @@ pub struct Replica<T: CacheTransport, V> {
 impl<T: CacheTransport, V: DeserializeOwned> Replica<T, V> {
     /// Applies the changes that have arrived, then returns the copy.
     pub fn current(&mut self) -> &BTreeMap<String, V> {
-        while let Some(event) = self.subscription.try_next() {
+        while let Some(event) = self.subscription.try_recv() {
             self.apply(event);
         }
         &self.entries
@@ -489,7 +498,7 @@ impl<T: CacheTransport, V: DeserializeOwned> Replica<T, V> {
 
     /// Waits for the next change, applies it and returns its key.
     pub async fn changed(&mut self) -> Option<String> {
-        let event = self.subscription.next().await?;
+        let event = self.subscription.recv().await?;
         let key = event.key.clone();
         self.apply(event);
         Some(key)

@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// One cache operation; every process sends the same ones (the master through [`Cache`]'s
-/// address, a worker through its pipe).
-///
-/// [`Cache`]: crate::cache::Cache
+use crate::cache::store::{CollectionStats, StoreError};
+use crate::messaging::AskError;
+
+/// One cache operation; every process sends the same ones (the master through the cache's
+/// mailbox, a worker through its pipe).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheOp {
     /// The value of a key.
@@ -176,6 +178,9 @@ pub enum CacheError {
     /// The cache could not be reached (the channel to the master is closed, it timed out).
     #[error("cache unreachable: {0}")]
     Unreachable(String),
+    /// The store failed for a reason of its own (a backend's lost connection, say).
+    #[error("store: {0}")]
+    Storage(String),
 }
 
 /// A change to a key, delivered to subscribers in the order the changes happened.
@@ -217,23 +222,31 @@ pub struct CacheStats {
     pub subscriptions: usize,
     /// Why the snapshot could not be loaded at start, if it could not (it was set aside).
     pub snapshot_error: Option<String>,
+    /// Snapshots written since start (at the interval; the one at stop comes after any count).
+    pub snapshots_written: u64,
+    /// Snapshots due at the interval but skipped because the previous one was still being
+    /// written.
+    pub snapshots_skipped: u64,
 }
 
-/// One collection's figures.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct CollectionStats {
-    /// Its name.
-    pub name: String,
-    /// Entries now.
-    pub entries: usize,
-    /// Bytes of keys and values now.
-    pub bytes: usize,
-    /// Reads that found a value.
-    pub hits: u64,
-    /// Reads that found none.
-    pub misses: u64,
-    /// Entries evicted to make room.
-    pub evictions: u64,
-    /// Entries whose time to live ran out.
-    pub expiries: u64,
+impl From<StoreError> for CacheError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TooLarge { .. } | StoreError::NoCapacity { .. } => {
+                CacheError::TooLarge(e.to_string())
+            }
+            StoreError::NotAnInteger { .. } | StoreError::Overflow { .. } => {
+                CacheError::NotAnInteger(e.to_string())
+            }
+            StoreError::Backend(reason) => CacheError::Storage(reason),
+        }
+    }
+}
+
+/// An answer as a worker receives it: postcard bytes.
+pub(crate) fn encode_answer(answer: &Result<CacheAnswer, CacheError>) -> Result<Bytes, AskError> {
+    // Room for the usual answer (a small value, a flag, a count) in one allocation.
+    let mut buf = Vec::with_capacity(64);
+    crate::codec::encode_value(&mut buf, answer).map_err(|e| AskError::Failed(e.to_string()))?;
+    Ok(buf.into())
 }

@@ -1,9 +1,15 @@
-//! Snapshots of a [`Store`] on disk, written atomically and checked when read.
+//! Snapshots of a [`Store`](crate::cache::Store) on disk, written atomically and checked when
+//! read. The format is this crate's own: nothing here is public, and only [`load`] reads what
+//! [`write()`] writes.
 //!
-//! [`save`] writes the whole store to `<name>.tmp` in the snapshot's directory, syncs it,
+//! The cache exports the entries on the master's thread (the values are shared, not copied) and
+//! hands them to [`write()`] on a blocking thread: encoding, writing and syncing never hold up the
+//! master's event loop.
+//!
+//! [`write()`] puts the whole store in `<name>.tmp` in the snapshot's directory, syncs it,
 //! renames it over the snapshot and syncs the directory, so a crash at any point leaves either
 //! the old snapshot or the new one, never a mixture; a stray `<name>.tmp` is ignored by [`load`]
-//! and overwritten by the next `save`. [`load`] rejects a file whose header, length or checksum
+//! and overwritten by the next `write`. [`load`] rejects a file whose header, length or checksum
 //! is wrong rather than loading part of it; the caller moves it out of the way with
 //! [`set_aside`] and starts empty.
 //!
@@ -29,12 +35,12 @@ use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::store::{SnapshotEntry, Store};
+use crate::cache::store::SnapshotEntry;
 
 const MAGIC: &[u8; 8] = b"PACACHE1";
 const VERSION: u32 = 1;
@@ -44,7 +50,7 @@ const CRC_LEN: usize = 4;
 /// Why a snapshot could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum SnapshotError {
+pub(crate) enum SnapshotError {
     /// The file exists but is not a whole, valid snapshot. Set it aside with [`set_aside`].
     #[error("cache snapshot {path} is corrupt: {reason}")]
     Corrupt {
@@ -67,7 +73,7 @@ pub enum SnapshotError {
 /// What is wrong with a corrupt snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Corruption {
+pub(crate) enum Corruption {
     /// It does not start with the magic bytes: not a cache snapshot.
     #[error("not a cache snapshot (bad magic)")]
     BadMagic,
@@ -102,26 +108,27 @@ struct Record<'a> {
     deadline: Option<Duration>,
 }
 
-/// Writes the live entries of `store` to `path` atomically (see the module docs); `now` is the
-/// store's clock, against which remaining TTLs are taken.
+/// Writes `entries` (as [`Store::export`](crate::cache::Store::export) gave them, `wall` being
+/// the wall-clock time of the export) to `path` atomically (see the module docs). It blocks:
+/// call it off the master's event loop.
 ///
 /// # Errors
 /// Any I/O error creating, writing, syncing or renaming the temporary file (the snapshot at
 /// `path` is then the previous one, intact), or syncing the directory (the new one is then in
 /// place, but a crash could still undo the rename).
-pub fn save(store: &dyn Store, path: &Path, now: Instant) -> io::Result<()> {
-    let bytes = encode(&store.export(now), SystemTime::now())?;
+pub(crate) fn write(path: &Path, entries: &[SnapshotEntry], wall: SystemTime) -> io::Result<()> {
+    let bytes = encode(entries, wall)?;
     write_atomically(path, &bytes)
 }
 
 /// Reads the snapshot at `path`: `Ok(None)` when there is none, otherwise its entries with the
-/// TTL each has left now, those already expired left out. Hand them to [`Store::import`] with
-/// the store's current `now`.
+/// TTL each has left now, those already expired left out. Hand them to
+/// [`Store::import`](crate::cache::Store::import) with the store's current `now`.
 ///
 /// # Errors
 /// [`SnapshotError::Corrupt`] when the file is not a whole, valid snapshot (nothing of it is
 /// returned), [`SnapshotError::Io`] when it cannot be read.
-pub fn load(path: &Path) -> Result<Option<Vec<SnapshotEntry>>, SnapshotError> {
+pub(crate) fn load(path: &Path) -> Result<Option<Vec<SnapshotEntry>>, SnapshotError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -145,7 +152,7 @@ pub fn load(path: &Path) -> Result<Option<Vec<SnapshotEntry>>, SnapshotError> {
 ///
 /// # Errors
 /// Any I/O error, e.g. when `path` does not exist; `path` is then left where it was.
-pub fn set_aside(path: &Path) -> io::Result<PathBuf> {
+pub(crate) fn set_aside(path: &Path) -> io::Result<PathBuf> {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -319,8 +326,14 @@ fn crc32(bytes: &[u8]) -> u32 {
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use super::super::store::MemoryStore;
+    use std::time::Instant;
+
     use super::*;
+    use crate::cache::{MemoryStore, Store};
+
+    fn save(store: &dyn Store, path: &Path, now: Instant) -> io::Result<()> {
+        write(path, &store.export(now), SystemTime::now())
+    }
 
     /// A directory of its own under the system temp dir, removed on drop.
     struct TempDir(PathBuf);

@@ -1,9 +1,8 @@
 //! The start-up assembly: the supervisor, the routing table, the cache and the logger that every
 //! group of a cluster shares, then each group's slots and proxies.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Instant;
 
 use actix::prelude::*;
 
@@ -24,8 +23,7 @@ use crate::worker::WorkerActor;
 pub(crate) struct Core {
     pub(super) supervisor: Addr<ClusterSupervisor>,
     routing: SharedRouting,
-    cache: Addr<crate::cache::Cache>,
-    cache_core: Rc<RefCell<crate::cache::CacheCore>>,
+    cache: crate::cache::SharedCache,
     log: crate::logger::LogLink,
     /// The next slot id, across groups.
     next_id: Rc<Cell<usize>>,
@@ -52,14 +50,7 @@ impl Core {
             logger: logger.clone(),
             queue: log_queue,
         };
-        let mut store = crate::cache::MemoryStore::new(config.cache.limits.into());
-        for (name, limits) in &config.cache.collections {
-            store.set_limits(name, (*limits).into(), Instant::now());
-        }
-        let cache =
-            crate::cache::Cache::new(Box::new(store), config.cache.clone(), Rc::clone(&routing));
-        let cache_core = cache.core();
-        let cache = cache.start();
+        let cache = crate::cache::SharedCache::start(&config.cache, Rc::clone(&routing));
         let supervisor = ClusterSupervisor::new(
             config,
             subscribers,
@@ -73,7 +64,6 @@ impl Core {
             supervisor,
             routing,
             cache,
-            cache_core,
             log,
             next_id: Rc::default(),
             groups: Rc::default(),
@@ -101,7 +91,6 @@ impl Core {
             system: SystemLink::of(&self.supervisor),
             routing: Rc::clone(&self.routing),
             cache: self.cache.clone(),
-            cache_core: Rc::clone(&self.cache_core),
             log: self.log.clone(),
             handlers,
         };

@@ -1,7 +1,6 @@
 //! What a proxy is connected to in the master (the supervisor, the routing table, the cache, the
 //! logger, the master's handlers), and the messages it hands to the master's handlers.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
 use actix::prelude::*;
@@ -72,10 +71,8 @@ pub(crate) struct Links<A: WorkerActor> {
     pub(crate) system: SystemLink,
     /// The cluster's routing table.
     pub(crate) routing: SharedRouting,
-    /// The cluster's cache.
-    pub(crate) cache: Addr<crate::cache::Cache>,
-    /// Its store, served inline.
-    pub(crate) cache_core: Rc<RefCell<crate::cache::CacheCore>>,
+    /// The cluster's cache, served inline.
+    pub(crate) cache: crate::cache::SharedCache,
     /// The cluster's logger.
     pub(crate) log: crate::logger::LogLink,
     /// The master's handlers for what workers send it.
@@ -89,7 +86,6 @@ impl<A: WorkerActor> Clone for Links<A> {
             system: self.system.clone(),
             routing: Rc::clone(&self.routing),
             cache: self.cache.clone(),
-            cache_core: Rc::clone(&self.cache_core),
             log: self.log.clone(),
             handlers: Rc::clone(&self.handlers),
         }

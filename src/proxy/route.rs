@@ -168,28 +168,17 @@ impl<A: WorkerActor> Worker<A> {
                 self.answer_worker(generation, id, Ok(Bytes::new()), ctx)
             }
             SystemOp::Cache(op) => {
-                // Served here and now when the store alone can; locks go to the cache actor.
-                let served = {
-                    let mut core = self.links.cache_core.borrow_mut();
-                    let served = core.serve(self.peer(pid), op);
-                    (served, core.take_rearm())
-                };
-                let op = match served {
-                    (Ok(answer), rearm) => {
-                        if rearm {
-                            self.links.cache.do_send(crate::cache::Rearm);
-                        }
+                // Served here and now; a lock answers later, when it is granted or times out.
+                match self.links.cache.serve(self.peer(pid), op) {
+                    crate::cache::Served::Answer(answer) => {
                         let answer = crate::cache::encode_answer(&answer);
-                        return self.answer_worker(generation, id, answer, ctx);
+                        self.answer_worker(generation, id, answer, ctx);
                     }
-                    (Err(op), _) => op,
-                };
-                if let Some(reply) = self.reply_to(generation, id) {
-                    self.links.cache.do_send(crate::cache::CacheCall {
-                        from: self.peer(pid),
-                        op,
-                        reply,
-                    });
+                    crate::cache::Served::NeedsReply(lock) => {
+                        if let Some(reply) = self.reply_to(generation, id) {
+                            self.links.cache.lock(lock, reply);
+                        }
+                    }
                 }
             }
             op => {

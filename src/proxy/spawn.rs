@@ -216,7 +216,7 @@ impl<A: WorkerActor> Worker<A> {
             // Its locks are released and its subscriptions end, however it ended.
             self.links
                 .cache
-                .do_send(crate::cache::ProcessGone(crate::Peer::Worker { id, pid }));
+                .process_gone(crate::Peer::Worker { id, pid });
         }
         if self.proc.generation == generation {
             self.serving_exited(generation, finished);

@@ -90,7 +90,7 @@ impl Handler<StopAll> for ClusterSupervisor {
                 slot.stop.clone()
             })
             .collect();
-        let cache = self.cache.clone();
+        let close_cache = self.cache.close();
         let logger = self.logger.clone();
         Box::pin(
             async move {
@@ -100,7 +100,7 @@ impl Handler<StopAll> for ClusterSupervisor {
                 }
                 reasons.reverse();
                 // Then the cache: its snapshot, if it keeps one, is written last.
-                let _ = cache.send(crate::cache::Flush).await;
+                close_cache.await;
                 // And the logger: every record queued so far is written and flushed.
                 let _ = logger.send(crate::logger::CloseLogs).await;
                 reasons

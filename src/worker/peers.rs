@@ -6,9 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-use crate::cache::{CacheAnswer, CacheClient, CacheError, CacheEvent, CacheOp, CacheTransport};
+use crate::cache::{CacheAnswer, CacheClient, CacheError, CacheOp, CacheTransport, Subscription};
 
 use crate::codec::{decode_value, encode_value};
 use crate::messaging::{AskError, ClusterInfo, Route, SystemOp, WorkerStats};
@@ -314,7 +313,7 @@ impl<A: WorkerActor> CacheTransport for WorkerHandle<A> {
         &self,
         collection: &str,
         prefix: &str,
-    ) -> Result<(u64, mpsc::UnboundedReceiver<CacheEvent>), CacheError> {
+    ) -> Result<Subscription<Self>, CacheError> {
         let (id, rx) = self.asks.subscribe();
         let op = CacheOp::Subscribe {
             id,
@@ -325,7 +324,7 @@ impl<A: WorkerActor> CacheTransport for WorkerHandle<A> {
             self.asks.unsubscribe(id);
             return Err(e);
         }
-        Ok((id, rx))
+        Ok(Subscription::new(self.clone(), id, rx))
     }
 
     fn send_and_forget(&self, op: CacheOp) {
