@@ -73,8 +73,8 @@ mod store;
 mod subs;
 
 pub(crate) use self::core::Served;
+pub(crate) use locks::encode_answer;
 pub(crate) use locks::LockRequest;
-pub(crate) use ops::encode_answer;
 
 pub use client::{CacheClient, CacheTransport, LockGuard, MasterCache, Replica, Subscription};
 pub use config::CacheConfig;

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::cache::ops::{encode_answer, CacheAnswer, CacheError};
+use bytes::Bytes;
+
+use crate::cache::ops::{CacheAnswer, CacheError};
+use crate::error::AskError;
 use crate::messaging::Peer;
 use crate::routing::ReplyTo;
 
@@ -230,6 +233,14 @@ impl LockTable {
         });
         waiter.reply.answer(Ok(CacheAnswer::Locked(waiter.ticket)));
     }
+}
+
+/// An answer as a worker receives it: postcard bytes.
+pub(crate) fn encode_answer(answer: &Result<CacheAnswer, CacheError>) -> Result<Bytes, AskError> {
+    // Room for the usual answer (a small value, a flag, a count) in one allocation.
+    let mut buf = Vec::with_capacity(64);
+    crate::codec::encode_value(&mut buf, answer).map_err(|e| AskError::Failed(e.to_string()))?;
+    Ok(buf.into())
 }
 
 #[cfg(test)]

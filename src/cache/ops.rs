@@ -2,11 +2,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::store::{CollectionStats, StoreError};
-use crate::messaging::AskError;
 
 /// One cache operation; every process sends the same ones (the master through the cache's
 /// mailbox, a worker through its pipe).
@@ -241,12 +239,4 @@ impl From<StoreError> for CacheError {
             StoreError::Backend(reason) => CacheError::Storage(reason),
         }
     }
-}
-
-/// An answer as a worker receives it: postcard bytes.
-pub(crate) fn encode_answer(answer: &Result<CacheAnswer, CacheError>) -> Result<Bytes, AskError> {
-    // Room for the usual answer (a small value, a flag, a count) in one allocation.
-    let mut buf = Vec::with_capacity(64);
-    crate::codec::encode_value(&mut buf, answer).map_err(|e| AskError::Failed(e.to_string()))?;
-    Ok(buf.into())
 }

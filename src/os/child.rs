@@ -12,12 +12,11 @@ use std::task::{ready, Context, Poll};
 use nix::errno::Errno;
 use nix::sys::signal::killpg;
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::unix::pipe;
 
-use super::reap::Unreaped;
+use super::reap::{pid, Unreaped};
 use super::{reap, Child, ChildPipes, RawExit, Signal};
 
 /// A child just started on the spawner thread, not yet registered with a runtime. Dropping it
@@ -176,10 +175,6 @@ impl Drop for OsChild {
             reap::orphan(self.pid, pidfd);
         }
     }
-}
-
-pub(super) fn pid(pid: u32) -> Pid {
-    Pid::from_raw(pid as libc::pid_t)
 }
 
 /// Opens a pidfd for `pid` (`pidfd_open(2)`, Linux 5.3).

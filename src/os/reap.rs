@@ -19,8 +19,6 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 
-use super::child::pid;
-
 /// A child not yet reaped, by pid and pidfd. Dropping it kills its process group and hands it to
 /// the reaper; [`into_pidfd`](Self::into_pidfd) hands that duty to the caller.
 #[derive(Debug)]
@@ -124,6 +122,11 @@ fn try_reap(pidfd: &OwnedFd) -> bool {
         Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => false,
         Ok(_) | Err(_) => true,
     }
+}
+
+/// `pid` as nix names it.
+pub(super) fn pid(pid: u32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(pid as libc::pid_t)
 }
 
 #[cfg(test)]
