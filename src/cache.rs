@@ -58,8 +58,8 @@ use std::time::Instant;
 
 use actix::{Actor, Addr};
 
+use crate::messaging::table::{ReplyTo, SharedRouting};
 use crate::messaging::Peer;
-use crate::routing::{ReplyTo, SharedRouting};
 
 mod actor;
 mod client;

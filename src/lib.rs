@@ -93,7 +93,6 @@ mod millis;
 mod os;
 mod protocol;
 mod proxy;
-mod routing;
 mod state;
 mod supervisor;
 mod worker;

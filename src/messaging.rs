@@ -13,6 +13,17 @@
 //! `reload_cluster`. From the master: [`Cluster`](crate::Cluster)'s `broadcast`, `publish`,
 //! `info`, `stats` and `await_confirmations`, and [`TellAck`](crate::TellAck) to one worker.
 
+//!
+//! # Where it lives
+//! - here: the types on the wire and in the API ([`Peer`], [`Via`], [`Route`], [`SystemOp`],
+//!   [`ClusterInfo`], [`WorkerStats`]);
+//! - `messaging/table.rs`: the routing table every proxy shares, and the routed messages;
+//! - `messaging/system.rs`: one typed actix message per system operation, and the link the
+//!   proxies use to ask the supervisor;
+//! - `messaging/confirm.rs`: confirmations;
+//! - the two halves at the ends of the pipes: the proxy's router (`proxy/route.rs`) and the
+//!   worker's operations on [`WorkerHandle`](crate::WorkerHandle) (`worker/peers.rs`).
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -23,6 +34,7 @@ use crate::state::{WorkerId, WorkerState};
 
 pub(crate) mod confirm;
 pub(crate) mod system;
+pub(crate) mod table;
 
 /// Who sent a message, as stamped by the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

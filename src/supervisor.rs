@@ -34,10 +34,10 @@ use crate::error::ExitReason;
 use crate::error::ReloadError;
 use crate::event::{WorkerEvent, WorkerEventKind};
 use crate::messaging::confirm::Confirmations;
+use crate::messaging::table::SharedRouting;
 use crate::proxy::{
     AwaitReady, Decided, GetInfo, GetStats, GetSummary, Kill, Replace, Stop, Worker,
 };
-use crate::routing::SharedRouting;
 use crate::state::{WorkerId, WorkerState};
 use crate::worker::WorkerActor;
 

@@ -13,8 +13,8 @@ use crate::cache::ops::{CacheAnswer, CacheError, CacheEvent, CacheOp, CacheStats
 use crate::cache::snapshot;
 use crate::cache::store::{RemoveReason, Removed, SnapshotEntry, Store};
 use crate::cache::subs::Subscribers;
+use crate::messaging::table::SharedRouting;
 use crate::messaging::Peer;
-use crate::routing::SharedRouting;
 
 /// What became of an operation handed to [`CacheCore::serve`].
 #[derive(Debug)]

@@ -19,8 +19,8 @@ use bytes::Bytes;
 
 use crate::cache::ops::{CacheAnswer, CacheError};
 use crate::error::AskError;
+use crate::messaging::table::ReplyTo;
 use crate::messaging::Peer;
-use crate::routing::ReplyTo;
 
 /// Where the answer to an operation goes when it cannot be given at once.
 #[derive(Debug)]

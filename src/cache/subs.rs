@@ -8,8 +8,8 @@
 use tokio::sync::mpsc;
 
 use crate::cache::ops::{CacheEvent, Change};
+use crate::messaging::table::{Routed, SharedRouting};
 use crate::messaging::Peer;
-use crate::routing::{Routed, SharedRouting};
 
 #[derive(Debug)]
 enum Owner {

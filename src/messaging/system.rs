@@ -9,8 +9,8 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use crate::error::AskError;
+use crate::messaging::table::encoded;
 use crate::messaging::{ClusterInfo, Peer, SystemOp, WorkerStats};
-use crate::routing::encoded;
 use crate::state::WorkerId;
 
 /// An answer on its way to a worker, encoded.

@@ -14,9 +14,9 @@ use super::links::Links;
 use super::spec::SlotSpec;
 use crate::error::ExitReason;
 use crate::event::{WorkerEvent, WorkerEventKind, WorkerInfo};
+use crate::messaging::table::AskDone;
 use crate::messaging::{WorkerStats, WorkerSummary};
 use crate::protocol::Envelope;
-use crate::routing::AskDone;
 use crate::state::{WorkerId, WorkerState};
 use crate::worker::WorkerActor;
 

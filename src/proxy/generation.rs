@@ -316,10 +316,10 @@ impl<R, C: Child> Proc<R, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messaging::table::ReplyTo;
     use crate::messaging::{AskError, Peer, Route};
     use crate::os::fake::{FakeChild, FakeControl, FakeSpawner};
     use crate::os::{SpawnSpec, Spawner};
-    use crate::routing::ReplyTo;
 
     fn proc() -> Proc<u32, FakeChild> {
         Proc::new(1, &ClusterConfig::new())

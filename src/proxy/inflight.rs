@@ -18,7 +18,7 @@ use actix::dev::OneshotSender;
 use bytes::Bytes;
 
 use crate::error::{AskError, CallError};
-use crate::routing::ReplyTo;
+use crate::messaging::table::ReplyTo;
 
 /// The sender of a parked [`Call`](crate::Call)'s reply.
 pub(crate) type CallerTx<R> = OneshotSender<Result<R, CallError>>;

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use crate::error::AskError;
 use crate::event::WorkerEvent;
 use crate::messaging::system::SystemLink;
-use crate::routing::SharedRouting;
+use crate::messaging::table::SharedRouting;
 use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 

@@ -17,8 +17,8 @@ use super::inflight::InFlight;
 use crate::error::ExitReason;
 use crate::error::{CallError, ReplaceError};
 use crate::event::WorkerInfo;
+use crate::messaging::table::{ReplyTo, Routed};
 use crate::messaging::{Peer, Via, WorkerStats, WorkerSummary};
-use crate::routing::{ReplyTo, Routed};
 use crate::state::WorkerState;
 use crate::worker::WorkerActor;
 

@@ -6,9 +6,9 @@ use bytes::Bytes;
 
 use super::actor::{Worker, ASK_FAILED, ASK_REPLY, DELIVER, NOTIFY, PEER_REQUEST};
 use super::links::FromWorker;
+use crate::messaging::table::{AskDone, ReplyTo, Routed};
 use crate::messaging::{AskError, Peer, Route, SystemOp, Via};
 use crate::protocol::Envelope;
-use crate::routing::{AskDone, ReplyTo, Routed};
 use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 
