@@ -5,8 +5,11 @@ use std::time::Duration;
 pub(crate) use crate::error::ExitReason;
 pub(crate) use crate::state::{WorkerId, WorkerState};
 
-/// A worker slot as listed by [`Cluster::workers`](crate::Cluster::workers).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A worker slot as listed by [`Cluster::workers`](crate::Cluster::workers) and in
+/// [`ClusterInfo`](crate::ClusterInfo): who it is and where its process is in its life. Its
+/// traffic is in [`WorkerStats`](crate::WorkerStats).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct WorkerInfo {
     /// The slot.
     pub id: WorkerId,
@@ -16,6 +19,12 @@ pub struct WorkerInfo {
     pub state: WorkerState,
     /// How many processes this slot has started, counting from 1 for the first.
     pub generation: u64,
+    /// How long its process has run (zero when none runs).
+    pub uptime: Duration,
+    /// How many times the slot has started a new process after its first.
+    pub restarts: u64,
+    /// The groups its process has joined.
+    pub groups: Vec<String>,
 }
 
 /// A lifecycle event of one worker: Node cluster's `fork`, `online`, `listening` and `exit`.

@@ -30,7 +30,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use crate::error::AskError;
-use crate::state::{WorkerId, WorkerState};
+use crate::event::WorkerInfo;
+use crate::state::WorkerId;
 
 pub(crate) mod confirm;
 pub(crate) mod system;
@@ -113,7 +114,7 @@ pub struct ClusterInfo {
     /// The master's pid.
     pub master_pid: u32,
     /// Every worker slot.
-    pub workers: Vec<WorkerSummary>,
+    pub workers: Vec<WorkerInfo>,
     /// Each group's members.
     pub groups: BTreeMap<String, Vec<WorkerId>>,
 }
@@ -128,25 +129,6 @@ impl ClusterInfo {
             .filter_map(|id| self.workers.get(*id)?.pid)
             .collect()
     }
-}
-
-/// One worker slot in [`ClusterInfo`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerSummary {
-    /// The slot.
-    pub id: WorkerId,
-    /// Its process, when one runs.
-    pub pid: Option<u32>,
-    /// Its state.
-    pub state: WorkerState,
-    /// Its process's generation.
-    pub generation: u64,
-    /// How long its process has run.
-    pub uptime: Duration,
-    /// How many times the slot has started a new process after its first.
-    pub restarts: u64,
-    /// The groups it has joined.
-    pub groups: Vec<String>,
 }
 
 /// Traffic and resource figures of one worker slot, counted by its proxy in the master.

@@ -65,10 +65,10 @@ pub use handover::Replaced;
 pub use links::{FromWorker, WorkerRequest};
 pub(crate) use links::{Handlers, Links, RequestHandler};
 pub(crate) use messages::Decided;
+pub(crate) use messages::GetStats;
 pub use messages::{
     AwaitReady, Call, CallResponse, GetInfo, Kill, Replace, Stop, Tell, TellAck, TellResponse,
 };
-pub(crate) use messages::{GetStats, GetSummary};
 pub(crate) use spec::SlotSpec;
 
 use std::time::Duration;

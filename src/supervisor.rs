@@ -35,9 +35,7 @@ use crate::error::ReloadError;
 use crate::event::{WorkerEvent, WorkerEventKind};
 use crate::messaging::confirm::Confirmations;
 use crate::messaging::table::SharedRouting;
-use crate::proxy::{
-    AwaitReady, Decided, GetInfo, GetStats, GetSummary, Kill, Replace, Stop, Worker,
-};
+use crate::proxy::{AwaitReady, Decided, GetInfo, GetStats, Kill, Replace, Stop, Worker};
 use crate::state::{WorkerId, WorkerState};
 use crate::worker::WorkerActor;
 
@@ -125,7 +123,6 @@ pub(crate) struct Slot {
     ready: Recipient<AwaitReady>,
     decided: Recipient<Decided>,
     replace: Recipient<Replace>,
-    summary: Recipient<GetSummary>,
     stats: Recipient<GetStats>,
 }
 
@@ -140,7 +137,6 @@ impl Slot {
             ready: addr.clone().recipient(),
             decided: addr.clone().recipient(),
             replace: addr.clone().recipient(),
-            summary: addr.clone().recipient(),
             stats: addr.clone().recipient(),
         }
     }

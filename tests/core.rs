@@ -34,6 +34,7 @@ async fn typed_request_reply() {
             pid,
             state,
             generation,
+            ..
         } in infos
         {
             assert_eq!(state, WorkerState::Ready);

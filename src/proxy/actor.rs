@@ -15,7 +15,7 @@ use super::spec::SlotSpec;
 use crate::error::ExitReason;
 use crate::event::{WorkerEvent, WorkerEventKind, WorkerInfo};
 use crate::messaging::table::AskDone;
-use crate::messaging::{WorkerStats, WorkerSummary};
+use crate::messaging::WorkerStats;
 use crate::protocol::Envelope;
 use crate::state::{WorkerId, WorkerState};
 use crate::worker::WorkerActor;
@@ -142,15 +142,6 @@ impl<A: WorkerActor> Worker<A> {
 
     pub(crate) fn info(&self) -> WorkerInfo {
         WorkerInfo {
-            id: self.id,
-            pid: self.proc.pid(),
-            state: self.proc.state,
-            generation: self.proc.generation,
-        }
-    }
-
-    pub(crate) fn summary(&self) -> WorkerSummary {
-        WorkerSummary {
             id: self.id,
             pid: self.proc.pid(),
             state: self.proc.state,

@@ -18,7 +18,7 @@ use crate::error::ExitReason;
 use crate::error::{CallError, ReplaceError};
 use crate::event::WorkerInfo;
 use crate::messaging::table::{ReplyTo, Routed};
-use crate::messaging::{Peer, Via, WorkerStats, WorkerSummary};
+use crate::messaging::{Peer, Via, WorkerStats};
 use crate::state::WorkerState;
 use crate::worker::WorkerActor;
 
@@ -341,22 +341,6 @@ impl<A: WorkerActor> Handler<TellAck<A>> for Worker<A> {
                 Err(_) => Err(CallError::NotRunning { worker }),
             }
         })
-    }
-}
-
-/// Asks a proxy for its [`WorkerSummary`].
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct GetSummary;
-
-impl Message for GetSummary {
-    type Result = WorkerSummary;
-}
-
-impl<A: WorkerActor> Handler<GetSummary> for Worker<A> {
-    type Result = MessageResult<GetSummary>;
-
-    fn handle(&mut self, _: GetSummary, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.summary())
     }
 }
 

@@ -12,7 +12,7 @@ use crate::messaging::system::{
     ReloadCluster,
 };
 use crate::messaging::{ClusterInfo, Peer, WorkerStats};
-use crate::proxy::{GetStats, GetSummary, Kill, Replace};
+use crate::proxy::{GetInfo, GetStats, Kill, Replace};
 use crate::state::WorkerId;
 
 impl Handler<Confirm> for ClusterSupervisor {
@@ -49,11 +49,7 @@ impl Handler<GetClusterInfo> for ClusterSupervisor {
     type Result = ResponseFuture<ClusterInfo>;
 
     fn handle(&mut self, _: GetClusterInfo, _ctx: &mut Context<Self>) -> Self::Result {
-        let asks: Vec<_> = self
-            .slots
-            .iter()
-            .map(|s| s.summary.send(GetSummary))
-            .collect();
+        let asks: Vec<_> = self.slots.iter().map(|s| s.info.send(GetInfo)).collect();
         let groups = self.routing.borrow().groups();
         Box::pin(async move {
             let mut workers = Vec::with_capacity(asks.len());
