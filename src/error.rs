@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -114,7 +115,7 @@ pub enum CallError {
 }
 
 /// A frame could not be read or written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum FrameError {
     /// A frame's length prefix exceeds the maximum; detected before its body is read.
@@ -151,7 +152,7 @@ pub enum FrameError {
 }
 
 /// A worker broke the protocol; the master ends such a worker.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtocolError {
     /// The byte stream itself was bad.
@@ -169,9 +170,9 @@ pub enum ProtocolError {
     #[error("unexpected {got} while {state}")]
     Unexpected {
         /// The envelope kind that arrived.
-        got: &'static str,
+        got: Cow<'static, str>,
         /// The state of the conversation.
-        state: &'static str,
+        state: Cow<'static, str>,
     },
     /// A reply named a request that is not in flight.
     #[error("reply to unknown request id {id}")]
@@ -182,12 +183,13 @@ pub enum ProtocolError {
 }
 
 /// A worker process could not be started.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("cannot start {program:?}: {message}")]
 pub struct SpawnError {
     /// The program that was to run.
     pub program: PathBuf,
     /// The kind of OS error.
+    #[serde(with = "error_kind")]
     pub kind: std::io::ErrorKind,
     /// The OS error's text.
     pub message: String,
@@ -203,6 +205,16 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl ProtocolError {
+    /// `got` arrived while the conversation was in `state`.
+    pub(crate) fn unexpected(got: &'static str, state: &'static str) -> Self {
+        ProtocolError::Unexpected {
+            got: Cow::Borrowed(got),
+            state: Cow::Borrowed(state),
+        }
+    }
+}
+
 impl From<FrameError> for Error {
     fn from(e: FrameError) -> Self {
         Error::Protocol(ProtocolError::Frame(e))
@@ -215,8 +227,9 @@ impl From<std::io::Error> for FrameError {
     }
 }
 
-/// How a worker's process ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a worker's process ended. It travels with the failures it causes, to the master's
+/// callers ([`CallError::WorkerExited`]) and to other workers ([`AskError::WorkerDied`]) alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum ExitReason {
     /// It exited on its own with this status code.
@@ -300,7 +313,7 @@ pub enum AskError {
         /// The worker.
         worker: WorkerId,
         /// How its process ended.
-        reason: String,
+        reason: ExitReason,
     },
     /// The handler failed; for example, the payload did not decode as the receiver's type.
     #[error("handler failed: {0}")]
@@ -390,7 +403,7 @@ impl AskError {
         match error {
             CallError::WorkerExited { worker, reason } => AskError::WorkerDied {
                 worker: *worker,
-                reason: reason.to_string(),
+                reason: reason.clone(),
             },
             CallError::Backpressure { worker, .. } => AskError::Backpressure(*worker),
             CallError::NotRunning { worker } | CallError::NoChannel { worker } => {
@@ -398,5 +411,40 @@ impl AskError {
             }
             other => AskError::Failed(other.to_string()),
         }
+    }
+}
+
+/// `std::io::ErrorKind` by its name, for a [`SpawnError`] that travels to a worker; a kind this
+/// build does not name arrives as `Other`.
+mod error_kind {
+    use std::io::ErrorKind;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const KINDS: [ErrorKind; 12] = [
+        ErrorKind::NotFound,
+        ErrorKind::PermissionDenied,
+        ErrorKind::AlreadyExists,
+        ErrorKind::WouldBlock,
+        ErrorKind::InvalidInput,
+        ErrorKind::InvalidData,
+        ErrorKind::TimedOut,
+        ErrorKind::Interrupted,
+        ErrorKind::Unsupported,
+        ErrorKind::OutOfMemory,
+        ErrorKind::BrokenPipe,
+        ErrorKind::Other,
+    ];
+
+    pub(super) fn serialize<S: Serializer>(kind: &ErrorKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{kind:?}"))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ErrorKind, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(KINDS
+            .into_iter()
+            .find(|k| format!("{k:?}") == name)
+            .unwrap_or(ErrorKind::Other))
     }
 }

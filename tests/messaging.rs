@@ -331,9 +331,12 @@ async fn a_request_to_a_worker_that_dies_mid_request_fails_fast() {
         assert!(
             matches!(
                 reply,
-                RelayReply::Failed(AskError::WorkerDied { worker: 1, .. })
+                RelayReply::Failed(AskError::WorkerDied {
+                    worker: 1,
+                    reason: ExitReason::Signaled(9),
+                })
             ),
-            "{reply:?}"
+            "the asker learns how the receiver ended, as the master does: {reply:?}"
         );
         assert!(
             t.elapsed() < Duration::from_secs(2),

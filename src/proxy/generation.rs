@@ -158,13 +158,13 @@ impl<R, C: Child> Proc<R, C> {
         &mut self,
         envelope: Envelope<'a>,
     ) -> Result<Admitted<'a>, ProtocolError> {
-        let unexpected = |state: WorkerState, got: &Envelope<'_>| ProtocolError::Unexpected {
-            got: got.kind(),
-            state: match state {
+        let unexpected = |state: WorkerState, got: &Envelope<'_>| {
+            let state = match state {
                 WorkerState::Starting => "waiting for Hello",
                 WorkerState::Online => "waiting for Ready",
                 _ => "running",
-            },
+            };
+            ProtocolError::unexpected(got.kind(), state)
         };
         match (self.state, envelope) {
             (
@@ -209,10 +209,10 @@ impl<R, C: Child> Proc<R, C> {
     /// A heartbeat answer: it must answer a ping that was sent, and not go backwards.
     pub(super) fn on_pong(&mut self, seq: u64) -> Result<(), ProtocolError> {
         if seq == 0 || seq > self.pings_sent {
-            return Err(ProtocolError::Unexpected {
-                got: "Pong",
-                state: "no ping with that number was sent",
-            });
+            return Err(ProtocolError::unexpected(
+                "Pong",
+                "no ping with that number was sent",
+            ));
         }
         self.pongs_seen = self.pongs_seen.max(seq);
         Ok(())
@@ -351,10 +351,7 @@ mod tests {
         let mut p = running(WorkerState::Starting);
         assert!(matches!(
             p.admit(Envelope::Ready),
-            Err(ProtocolError::Unexpected {
-                state: "waiting for Hello",
-                ..
-            })
+            Err(ProtocolError::Unexpected { state, .. }) if state == "waiting for Hello"
         ));
         let hello = Envelope::Hello {
             protocol_version: PROTOCOL_VERSION,

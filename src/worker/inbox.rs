@@ -172,10 +172,10 @@ fn inbound(frame: &Bytes, outbox: &Uplink, asks: &Asks) -> Result<Option<Inbound
             return Ok(None);
         }
         other => {
-            return Err(ProtocolError::Unexpected {
-                got: other.kind(),
-                state: "reading from the master",
-            })
+            return Err(ProtocolError::unexpected(
+                other.kind(),
+                "reading from the master",
+            ))
         }
     };
     Ok(Some(inbound))
