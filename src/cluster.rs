@@ -35,6 +35,27 @@ pub use builder::ClusterBuilder;
 pub use groups::{GroupHandlers, GroupKey, Groups, GroupsBuilder};
 
 /// A running cluster of `A` workers: the typed handle to its slots.
+///
+/// It holds every slot's proxy ([`worker`](Self::worker)), whose `Addr` stays valid across
+/// respawns and reloads, and reaches the rest of the cluster: lifecycle ([`stop`](Self::stop),
+/// [`wait`](Self::wait), [`reload`](Self::reload), [`scale`](Self::scale)), messaging
+/// ([`broadcast`](Self::broadcast), [`publish`](Self::publish)), the [`cache`](Self::cache) and
+/// the logs ([`recent_logs`](Self::recent_logs)).
+///
+/// ```no_run
+/// use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
+/// use procactor::prelude::*;
+///
+/// # async fn f() -> Result<(), procactor::Error> {
+/// let cluster: Cluster<Echo> = ClusterSupervisor::start(ClusterConfig::new().workers(4)).await?;
+/// let reply = cluster.worker(0).send(Call(EchoMsg::Ping)).await??;
+/// assert_eq!(reply, EchoReply::Pong);
+/// let reached = cluster.broadcast(&EchoMsg::Ping).await?; // every running worker
+/// assert_eq!(reached, 4);
+/// cluster.reload().await?; // every worker replaced, one at a time, no request failed
+/// cluster.stop().await // graceful; returns once every worker is reaped
+/// # }
+/// ```
 pub struct Cluster<A: WorkerActor> {
     supervisor: Addr<ClusterSupervisor>,
     workers: Rc<RefCell<Vec<Addr<Worker<A>>>>>,

@@ -16,7 +16,43 @@ use crate::worker::log::LogSender;
 use crate::worker::uplink::Uplink;
 use crate::worker::WorkerActor;
 
-/// The context passed to every [`WorkerActor`] hook.
+/// The context passed to every [`WorkerActor`] hook: who this worker is, who sent the message
+/// being handled, and the way to everyone else ([`peers`](Self::peers)).
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use procactor::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// enum Msg { Hello, Relay(usize) }
+///
+/// struct Greeter;
+///
+/// impl WorkerActor for Greeter {
+///     type Msg = Msg;
+///     type Reply = String;
+///     type Event = String;
+///
+///     async fn handle(&mut self, msg: Msg, ctx: &mut WorkerContext<Self>) -> String {
+///         match msg {
+///             Msg::Hello => format!("hello from worker {} of {}", ctx.id(), ctx.group()),
+///             Msg::Relay(to) => {
+///                 // Ask another worker; the master stamps who is asking.
+///                 let peers = ctx.peers();
+///                 match peers.ask_worker(to, &Msg::Hello, Duration::from_secs(1)).await {
+///                     Ok(reply) => reply,
+///                     Err(e) => {
+///                         let _ = ctx.send_master(&format!("worker {to} did not answer: {e}"));
+///                         String::new()
+///                     }
+///                 }
+///             }
+///         }
+///     }
+/// }
+/// ```
 pub struct WorkerContext<A> {
     outbox: Rc<Uplink>,
     peers: WorkerHandle<A>,
