@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 
 pub use actor::Logger;
 pub(crate) use actor::{CloseLogs, FlushLogs, LogLink, Recent};
-pub use record::{Kind, Record, Source, Stream};
+pub use record::{Fields, Kind, Record, Source, Stream};
 pub use sink::{FileConfig, FileSink, RingSink, Sink};
 
 /// How the cluster's logs are kept. The defaults work with no configuration: JSON-lines files

@@ -21,6 +21,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use procactor::cache::{LockGuard, Replica, Subscription};
+use procactor::logger::Fields;
 use procactor::{AskError, Cluster, WorkerActor, WorkerContext, WorkerHandle};
 
 pub(crate) use api::{Received, RelayMsg, RelayReply, CRASH_FROM_ENV, LEAVES_ENV};
@@ -129,9 +130,7 @@ fn log(msg: RelayMsg, ctx: &WorkerContext<Relay>) -> RelayReply {
                     Duration::from_micros(1500),
                 );
             }
-            let mut fields = serde_json::Map::new();
-            fields.insert("tag".into(), tag.clone().into());
-            log.history("logged in", fields);
+            log.history("logged in", Fields::new().with("tag", &tag));
             log.error(
                 &format!("{tag} failed"),
                 vec!["disk full".into()],

@@ -286,7 +286,11 @@ mod tests {
     use crate::logger::record::Source;
 
     fn record() -> Record {
-        Record::new(Source::master("g"), Kind::History, serde_json::Map::new())
+        Record::new(
+            Source::master("g"),
+            Kind::History,
+            crate::logger::Fields::new(),
+        )
     }
 
     fn record_of(worker: WorkerId) -> Record {
@@ -294,7 +298,7 @@ mod tests {
             worker: Some(worker),
             ..Source::master("g")
         };
-        Record::new(source, Kind::History, serde_json::Map::new())
+        Record::new(source, Kind::History, crate::logger::Fields::new())
     }
 
     fn queue(limit: usize) -> (LogQueue, Arc<Gauge>, Receiver<Job>) {

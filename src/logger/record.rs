@@ -139,6 +139,72 @@ impl Source {
     }
 }
 
+/// The fields of a log record: a JSON object, by name.
+///
+/// Build them with [`with`](Self::with) (any `Serialize` value), read them typed with
+/// [`get`](Self::get) or [`get_str`](Self::get_str). On disk they are the top-level keys of the
+/// record's JSON line, after the keys every record has.
+///
+/// ```
+/// use procactor::logger::Fields;
+///
+/// let fields = Fields::new().with("user", "ada").with("attempt", 3);
+/// assert_eq!(fields.get_str("user"), Some("ada"));
+/// assert_eq!(fields.get::<u32>("attempt"), Some(3));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Fields(pub(crate) Map<String, Value>);
+
+impl Fields {
+    /// No fields.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The same fields and `key`, set to `value` (replacing a field of that name).
+    pub fn with(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
+        self.insert(key, value);
+        self
+    }
+
+    /// Sets `key` to `value`; a value that does not serialize is recorded as its error text.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Serialize) {
+        let value = serde_json::to_value(value).unwrap_or_else(|e| Value::String(e.to_string()));
+        self.0.insert(key.into(), value);
+    }
+
+    /// Field `key` as a `T`, when it is there and is one.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        T::deserialize(self.0.get(key)?).ok()
+    }
+
+    /// Field `key` when it is a string.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.0.get(key)?.as_str()
+    }
+
+    /// Whether there is a field `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// The fields' names, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// How many fields there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// One log record: when, from which process, what kind, and the kind's fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -155,7 +221,7 @@ pub struct Record {
     /// The group the process belongs to.
     pub group: String,
     /// The kind's fields, written at the top level of the JSON line (see [`Record::to_json_line`]).
-    pub fields: Map<String, Value>,
+    pub fields: Fields,
 }
 
 /// The keys every JSON line starts with; a field with one of these names is renamed.
@@ -163,7 +229,7 @@ const TOP_LEVEL: [&str; 6] = ["time", "kind", "worker", "pid", "generation", "gr
 
 impl Record {
     /// A record of `kind` from `source` with `fields`, stamped with the current time.
-    pub fn new(source: Source, kind: Kind, fields: Map<String, Value>) -> Self {
+    pub fn new(source: Source, kind: Kind, fields: Fields) -> Self {
         Record {
             time: SystemTime::now(),
             kind,
@@ -200,19 +266,20 @@ impl Record {
             ("status".to_owned(), status.into()),
             ("duration_ms".to_owned(), duration_ms(duration)),
         ]);
-        Record::new(source, Kind::Ip, fields)
+        Record::new(source, Kind::Ip, Fields(fields))
     }
 
     /// A `history` record: `event` with the caller's `fields`.
     ///
     /// A caller's field named `event` is renamed `field_event` rather than replacing the event.
-    pub fn history(source: Source, event: &str, mut fields: Map<String, Value>) -> Self {
+    pub fn history(source: Source, event: &str, fields: Fields) -> Self {
+        let mut fields = fields.0;
         if let Some(theirs) = fields.remove("event") {
             let key = field_key("event", &["event"], &fields).into_owned();
             fields.insert(key, theirs);
         }
         fields.insert("event".to_owned(), event.into());
-        Record::new(source, Kind::History, fields)
+        Record::new(source, Kind::History, Fields(fields))
     }
 
     /// An `error` record: `message`, its `causes` (outermost first), and where it happened.
@@ -229,7 +296,7 @@ impl Record {
             ("causes".to_owned(), causes.into()),
             ("location".to_owned(), location.into()),
         ]);
-        Record::new(source, Kind::Error, fields)
+        Record::new(source, Kind::Error, Fields(fields))
     }
 
     /// An `error` record for `error`, its causes taken from its [`source`] chain.
@@ -255,7 +322,7 @@ impl Record {
             ("line".to_owned(), line.into()),
             ("truncated".to_owned(), truncated.into()),
         ]);
-        Record::new(source, Kind::Output, fields)
+        Record::new(source, Kind::Output, Fields(fields))
     }
 
     /// An `output` record saying that `count` lines from `source` were dropped, because a
@@ -270,7 +337,7 @@ impl Record {
             ("line".to_owned(), line.into()),
             ("dropped".to_owned(), count.into()),
         ]);
-        Record::new(source, Kind::Output, fields)
+        Record::new(source, Kind::Output, Fields(fields))
     }
 
     /// Appends the record to `out` as one line of JSON, ending in `\n`.
@@ -292,7 +359,7 @@ impl Record {
     /// It counts the struct, the text and the JSON values, but not allocator slack, so it is
     /// a lower bound within a small factor; it is not the length of the JSON line.
     pub fn approx_size(&self) -> usize {
-        std::mem::size_of::<Self>() + self.group.len() + map_size(&self.fields)
+        std::mem::size_of::<Self>() + self.group.len() + map_size(&self.fields.0)
     }
 }
 
@@ -336,15 +403,15 @@ struct JsonLine<'a>(&'a Record);
 impl Serialize for JsonLine<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let record = self.0;
-        let mut map = serializer.serialize_map(Some(TOP_LEVEL.len() + record.fields.len()))?;
+        let mut map = serializer.serialize_map(Some(TOP_LEVEL.len() + record.fields.0.len()))?;
         map.serialize_entry("time", &Rfc3339(record.time))?;
         map.serialize_entry("kind", &record.kind)?;
         map.serialize_entry("worker", &record.worker)?;
         map.serialize_entry("pid", &record.pid)?;
         map.serialize_entry("generation", &record.generation)?;
         map.serialize_entry("group", &record.group)?;
-        for (key, value) in &record.fields {
-            map.serialize_entry(&field_key(key, &TOP_LEVEL, &record.fields), value)?;
+        for (key, value) in &record.fields.0 {
+            map.serialize_entry(&field_key(key, &TOP_LEVEL, &record.fields.0), value)?;
         }
         map.end()
     }
@@ -475,7 +542,7 @@ mod tests {
 
     #[test]
     fn master_record_has_null_worker() {
-        let record = Record::history(Source::master("web"), "started", Map::new());
+        let record = Record::history(Source::master("web"), "started", Fields::new());
         let (_, object) = line_of(&record);
         assert_eq!(object["worker"], Value::Null);
         assert_eq!(object["pid"], json!(std::process::id()));
@@ -503,7 +570,7 @@ mod tests {
             ("exit".to_owned(), json!({"code": 1, "signal": null})),
             ("workers".to_owned(), json!([0, 1])),
         ]);
-        let record = Record::history(worker(1), "exited", fields);
+        let record = Record::history(worker(1), "exited", Fields(fields));
         let (_, object) = line_of(&record);
         assert_eq!(object["event"], json!("exited"));
         assert_eq!(object["field_event"], json!("theirs"));
@@ -535,8 +602,8 @@ mod tests {
 
         let inner = std::io::Error::other("inner");
         let record = Record::from_error(worker(0), &Outer(inner), None);
-        assert_eq!(record.fields["message"], json!("outer"));
-        assert_eq!(record.fields["causes"], json!(["inner"]));
+        assert_eq!(record.fields.0["message"], json!("outer"));
+        assert_eq!(record.fields.0["causes"], json!(["inner"]));
     }
 
     #[test]
@@ -557,7 +624,7 @@ mod tests {
 
         let record = Record::dropped(Source::master("web"), 1);
         assert_eq!(
-            record.fields["line"],
+            record.fields.0["line"],
             json!("dropped 1 line from the master")
         );
     }
@@ -577,7 +644,7 @@ mod tests {
             ]
             .map(|key| (key.to_owned(), json!(format!("user {key}")))),
         );
-        let record = Record::new(worker(1), Kind::History, fields).at(at_millis(0));
+        let record = Record::new(worker(1), Kind::History, Fields(fields)).at(at_millis(0));
         let (text, object) = line_of(&record);
         assert_eq!(object["time"], json!("1970-01-01T00:00:00.000Z"), "{text}");
         assert_eq!(object["kind"], json!("history"));
@@ -717,7 +784,10 @@ mod tests {
         let nested = Record::history(
             worker(0),
             "e",
-            Map::from_iter([("deep".to_owned(), json!({"a": ["x".repeat(500)]}))]),
+            Fields(Map::from_iter([(
+                "deep".to_owned(),
+                json!({"a": ["x".repeat(500)]}),
+            )])),
         );
         assert!(nested.approx_size() > 500);
     }

@@ -351,7 +351,7 @@ mod tests {
 
     use serde_json::{json, Map, Value};
 
-    use super::super::record::{Source, Stream};
+    use super::super::record::{Fields, Source, Stream};
     use super::*;
 
     /// A fresh directory under the system's temp dir, removed on drop.
@@ -403,7 +403,7 @@ mod tests {
             ("seq".to_owned(), json!(format!("{seq:06}"))),
             ("pad".to_owned(), json!("x".repeat(pad))),
         ]);
-        Record::history(source(Some(0)), "tick", fields).at(UNIX_EPOCH)
+        Record::history(source(Some(0)), "tick", Fields(fields)).at(UNIX_EPOCH)
     }
 
     fn line_len(record: &Record) -> u64 {
@@ -479,7 +479,7 @@ mod tests {
                 200,
                 Duration::ZERO,
             ),
-            Record::history(source(None), "started", Map::new()),
+            Record::history(source(None), "started", Fields::new()),
             Record::error(source(Some(2)), "boom", Vec::new(), None),
             Record::output(source(Some(3)), Stream::Stdout, "hello", false),
             Record::dropped(source(Some(3)), 9),
@@ -753,7 +753,7 @@ mod tests {
         let lines = |records: Vec<Record>| -> Vec<String> {
             let lines = records
                 .iter()
-                .map(|r| r.fields["line"].as_str().unwrap().to_owned());
+                .map(|r| r.fields.0["line"].as_str().unwrap().to_owned());
             lines.collect()
         };
         assert_eq!(

@@ -8,19 +8,17 @@
 
 use std::sync::OnceLock;
 
-use serde_json::{Map, Value};
-
-use super::record::{Kind, Record};
+use super::record::{Fields, Kind, Record};
 
 /// Where records go up: set by the worker runtime when this process is a worker (the logger
 /// does not know the runtime; the runtime tells it).
-type Parent = Box<dyn Fn(Kind, Map<String, Value>) + Send + Sync>;
+type Parent = Box<dyn Fn(Kind, Fields) + Send + Sync>;
 
 static PARENT: OnceLock<Parent> = OnceLock::new();
 
 /// Makes this process's clusters send their records up through `parent` (the worker runtime
 /// calls this once, at its start).
-pub(crate) fn set_parent(parent: impl Fn(Kind, Map<String, Value>) + Send + Sync + 'static) {
+pub(crate) fn set_parent(parent: impl Fn(Kind, Fields) + Send + Sync + 'static) {
     let _ = PARENT.set(Box::new(parent));
 }
 
@@ -36,7 +34,7 @@ pub(crate) fn forward(record: &Record) {
         return;
     };
     let mut fields = record.fields.clone();
-    fields.insert(
+    fields.0.insert(
         "origin".into(),
         serde_json::json!({
             "worker": record.worker,

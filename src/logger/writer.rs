@@ -334,7 +334,11 @@ mod tests {
 
     fn record(n: usize) -> Record {
         let fields = serde_json::Map::from_iter([("n".to_owned(), n.into())]);
-        Record::new(Source::master("g"), Kind::History, fields)
+        Record::new(
+            Source::master("g"),
+            Kind::History,
+            crate::logger::Fields(fields),
+        )
     }
 
     /// A writer thread over `extra` (no files, a ring of 100) and its queue of `limit` bytes.
@@ -362,7 +366,7 @@ mod tests {
 
     impl Sink for Probe {
         fn write(&mut self, record: &Record) -> io::Result<()> {
-            if self.panic_at == record.fields["n"].as_u64().map(|n| n as usize) {
+            if self.panic_at == record.fields.get::<usize>("n") {
                 panic!("probe told to panic");
             }
             self.written.fetch_add(1, Ordering::SeqCst);

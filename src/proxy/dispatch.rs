@@ -12,7 +12,7 @@ use super::links::FromWorker;
 use crate::codec::{decode_envelope, decode_value};
 use crate::error::{CallError, ProtocolError};
 use crate::event::WorkerEventKind;
-use crate::logger::Record;
+use crate::logger::{Fields, Record};
 use crate::protocol::Envelope;
 use crate::worker::WorkerActor;
 
@@ -117,7 +117,8 @@ impl<A: WorkerActor> Worker<A> {
             }
         };
         let time = std::time::UNIX_EPOCH + Duration::from_nanos(time_ns);
-        let record = Record::new(self.source(generation, pid), kind, fields).at(time);
+        let source = self.source(generation, pid);
+        let record = Record::new(source, kind, Fields(fields)).at(time);
         self.links.log.send_always(record);
     }
 

@@ -16,7 +16,7 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
-use crate::logger::{Kind, Record, Source};
+use crate::logger::{Fields, Kind, Record, Source};
 use crate::protocol::Envelope;
 use crate::worker::uplink::Uplink;
 
@@ -79,14 +79,14 @@ impl LogSender {
     }
 
     /// A record of `kind` with these fields.
-    pub fn record(&self, kind: Kind, fields: Map<String, Value>) {
+    pub fn record(&self, kind: Kind, fields: Fields) {
         let time_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let outgoing = Outgoing {
             kind,
             time_ns,
-            fields: Value::Object(fields).to_string(),
+            fields: Value::Object(fields.0).to_string(),
         };
         let outgoing = match DIRECT.with(|d| match d.borrow().as_ref() {
             Some(outbox) => {
@@ -110,7 +110,7 @@ impl LogSender {
     }
 
     /// A `history` record: an event with structured fields.
-    pub fn history(&self, event: &str, fields: Map<String, Value>) {
+    pub fn history(&self, event: &str, fields: Fields) {
         self.record(Kind::History, Record::history(here(), event, fields).fields);
     }
 
@@ -149,9 +149,9 @@ impl LogLayer {
 }
 
 #[derive(Default)]
-struct Fields(Map<String, Value>);
+struct Visited(Map<String, Value>);
 
-impl Visit for Fields {
+impl Visit for Visited {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.0
             .insert(field.name().into(), format!("{value:?}").into());
@@ -185,7 +185,7 @@ impl<S: Subscriber> Layer<S> for LogLayer {
             return;
         }
         let Some(sender) = GLOBAL.get() else { return };
-        let mut fields = Fields::default();
+        let mut fields = Visited::default();
         event.record(&mut fields);
         let mut fields = fields.0;
         let message = fields
@@ -201,9 +201,9 @@ impl<S: Subscriber> Layer<S> for LogLayer {
             fields.insert("message".into(), message.into());
             fields.insert("causes".into(), Value::Array(Vec::new()));
             fields.insert("location".into(), location.map_or(Value::Null, Into::into));
-            sender.record(Kind::Error, fields);
+            sender.record(Kind::Error, Fields(fields));
         } else {
-            sender.history(&message, fields);
+            sender.history(&message, Fields(fields));
         }
     }
 }
