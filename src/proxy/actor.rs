@@ -119,13 +119,15 @@ impl<A: WorkerActor> Worker<A> {
         Proc::new(generation, &self.spawn.config).in_span(span)
     }
 
-    /// The span of process `generation` (none once the slot let it go).
-    pub(super) fn span(&self, generation: u64) -> tracing::Span {
+    /// The span of process `generation`, to enter; `None` once the slot let the process go,
+    /// or when no subscriber wants it (then entering would cost time on every poll for nothing).
+    pub(super) fn span(&self, generation: u64) -> Option<tracing::Span> {
         let held = match &self.handover {
             _ if self.proc.generation == generation => Some(&self.proc),
             handover => handover.get(generation),
         };
-        held.map_or_else(tracing::Span::none, |p| p.span.clone())
+        held.filter(|p| !p.span.is_disabled())
+            .map(|p| p.span.clone())
     }
 
     /// The process of generation `generation`, if the slot still holds it.

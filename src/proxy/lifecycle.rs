@@ -22,7 +22,7 @@ impl<A: WorkerActor> Worker<A> {
         let misses = u64::from(self.spawn.config.heartbeat_misses.max(1));
         ctx.run_interval(interval, move |act, ctx| {
             let span = act.span(generation);
-            let _entered = span.enter();
+            let _entered = span.as_ref().map(tracing::Span::enter);
             let id = act.id;
             let alive = act
                 .proc_mut(generation)
@@ -56,7 +56,7 @@ impl<A: WorkerActor> Worker<A> {
     /// flight to it.
     pub(crate) fn fault(&mut self, generation: u64, reason: ExitReason, _ctx: &mut Context<Self>) {
         let span = self.span(generation);
-        let _entered = span.enter();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let id = self.id;
         let Some(p) = self.proc_mut(generation) else {
             return;
@@ -79,7 +79,7 @@ impl<A: WorkerActor> Worker<A> {
     /// program), then SIGKILL after the shutdown timeout.
     pub(crate) fn begin_stop(&mut self, generation: u64, ctx: &mut Context<Self>) {
         let span = self.span(generation);
-        let _entered = span.enter();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let id = self.id;
         let plain = self.plain();
         let Some(p) = self.proc_mut(generation) else {

@@ -48,7 +48,7 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
         let span = act.span(self.generation);
-        let _entered = span.enter();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let id = act.id;
         let Some(p) = act.proc_mut(self.generation) else {
             return Poll::Ready(());
@@ -102,7 +102,7 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
         let this = self.get_mut();
         let generation = this.generation;
         let span = act.span(generation);
-        let _entered = span.enter();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         for _ in 0..READS_PER_POLL {
             loop {
                 if act.proc_mut(generation).is_none() {

@@ -16,7 +16,7 @@ impl<A: WorkerActor> Worker<A> {
     /// Process `generation` is ready: it serves the slot, or takes over from the serving one.
     pub(super) fn on_ready(&mut self, generation: u64, ctx: &mut Context<Self>) {
         let span = self.span(generation);
-        let _entered = span.enter();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let Some(p) = self.proc_mut(generation) else {
             return;
         };

@@ -75,7 +75,7 @@ impl<A: WorkerActor> Worker<A> {
         ctx: &mut Context<Self>,
     ) {
         let span = self.span(generation);
-        let _entered = span.enter();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let id = self.id;
         let Some(p) = self.proc_mut(generation) else {
             // Abandoned while spawning (a replacement given up on): dropping the handle kills it.
@@ -186,7 +186,7 @@ impl<A: WorkerActor> Worker<A> {
 
     pub(super) fn exited(&mut self, generation: u64, raw: RawExit, ctx: &mut Context<Self>) {
         let span = self.span(generation);
-        let _entered = span.enter();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let Some(p) = self.proc_mut(generation) else {
             return;
         };
@@ -207,7 +207,7 @@ impl<A: WorkerActor> Worker<A> {
     /// its exit, and settle what depended on it.
     pub(super) fn finalize(&mut self, generation: u64) {
         let span = self.span(generation);
-        let _entered = span.enter();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let id = self.id;
         let Some(finished) = self.proc_mut(generation).and_then(|p| p.finish(id)) else {
             return;
