@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::store::{CollectionStats, StoreError};
-
 /// One cache operation; every process sends the same ones (the master through the cache's
 /// mailbox, a worker through its pipe).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,16 +225,22 @@ pub struct CacheStats {
     pub snapshots_skipped: u64,
 }
 
-impl From<StoreError> for CacheError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::TooLarge { .. } | StoreError::NoCapacity { .. } => {
-                CacheError::TooLarge(e.to_string())
-            }
-            StoreError::NotAnInteger { .. } | StoreError::Overflow { .. } => {
-                CacheError::NotAnInteger(e.to_string())
-            }
-            StoreError::Backend(reason) => CacheError::Storage(reason),
-        }
-    }
+/// Counters and sizes of one collection, as the store keeps them and as
+/// [`CacheStats`] reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionStats {
+    /// Its name.
+    pub name: String,
+    /// Entries held, including expired ones not yet purged.
+    pub entries: usize,
+    /// Bytes held: key lengths plus value lengths.
+    pub bytes: usize,
+    /// `get`s that found a live entry.
+    pub hits: u64,
+    /// `get`s that found none.
+    pub misses: u64,
+    /// Entries evicted to make room.
+    pub evictions: u64,
+    /// Expired entries removed.
+    pub expiries: u64,
 }

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::ops::CacheError;
+pub use crate::cache::ops::CollectionStats;
+
 /// A key-value store of named collections, used by the cache on the master's thread.
 ///
 /// Every method takes the caller's clock (`now`) and treats entries that have expired by then as
@@ -173,26 +176,6 @@ pub struct StoreStats {
     pub unknown_misses: u64,
 }
 
-/// Counters and sizes of one collection, as the store keeps them and as
-/// [`CacheStats`](super::CacheStats) reports them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CollectionStats {
-    /// Its name.
-    pub name: String,
-    /// Entries held, including expired ones not yet purged.
-    pub entries: usize,
-    /// Bytes held: key lengths plus value lengths.
-    pub bytes: usize,
-    /// `get`s that found a live entry.
-    pub hits: u64,
-    /// `get`s that found none.
-    pub misses: u64,
-    /// Entries evicted to make room.
-    pub evictions: u64,
-    /// Expired entries removed.
-    pub expiries: u64,
-}
-
 /// Why a write was refused. Nothing changed in the store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -233,4 +216,18 @@ pub enum StoreError {
     /// never returns it.
     #[error("store backend failed: {0}")]
     Backend(String),
+}
+
+impl From<StoreError> for CacheError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TooLarge { .. } | StoreError::NoCapacity { .. } => {
+                CacheError::TooLarge(e.to_string())
+            }
+            StoreError::NotAnInteger { .. } | StoreError::Overflow { .. } => {
+                CacheError::NotAnInteger(e.to_string())
+            }
+            StoreError::Backend(reason) => CacheError::Storage(reason),
+        }
+    }
 }
