@@ -150,6 +150,22 @@ impl fmt::Debug for Slot {
     }
 }
 
+/// Every answer that came back from the slots asked, in slot order (a proxy that has stopped
+/// answers nothing).
+pub(crate) async fn answered<M>(asks: Vec<actix::dev::RecipientRequest<M>>) -> Vec<M::Result>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    let mut answers = Vec::with_capacity(asks.len());
+    for ask in asks {
+        if let Ok(answer) = ask.await {
+            answers.push(answer);
+        }
+    }
+    answers
+}
+
 /// An exit of a worker's process, as the restart policy sees it.
 #[derive(Debug, Clone, Copy)]
 struct Exit<'a> {

@@ -7,7 +7,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::RestartPolicy;
-use super::{ClusterSupervisor, Exit, GroupState, Mode, PolicyState, ReloadWaiter, Slot};
+use super::{answered, ClusterSupervisor, Exit, GroupState, Mode, PolicyState, ReloadWaiter, Slot};
 use crate::error::Error;
 use crate::error::ExitReason;
 use crate::error::ReloadError;
@@ -127,15 +127,7 @@ impl Handler<ListWorkers> for ClusterSupervisor {
 
     fn handle(&mut self, _: ListWorkers, _ctx: &mut Context<Self>) -> Self::Result {
         let asks: Vec<_> = self.slots.iter().map(|s| s.info.send(GetInfo)).collect();
-        Box::pin(async move {
-            let mut infos = Vec::with_capacity(asks.len());
-            for ask in asks {
-                if let Ok(info) = ask.await {
-                    infos.push(info);
-                }
-            }
-            infos
-        })
+        Box::pin(answered(asks))
     }
 }
 

@@ -5,7 +5,7 @@
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::ClusterSupervisor;
+use super::{answered, ClusterSupervisor};
 use crate::error::AskError;
 use crate::messaging::system::{
     Action, AwaitConfirmations, Confirm, ControlWorker, GetClusterInfo, GetClusterStats,
@@ -52,15 +52,9 @@ impl Handler<GetClusterInfo> for ClusterSupervisor {
         let asks: Vec<_> = self.slots.iter().map(|s| s.info.send(GetInfo)).collect();
         let groups = self.routing.borrow().groups();
         Box::pin(async move {
-            let mut workers = Vec::with_capacity(asks.len());
-            for ask in asks {
-                if let Ok(summary) = ask.await {
-                    workers.push(summary);
-                }
-            }
             ClusterInfo {
                 master_pid: std::process::id(),
-                workers,
+                workers: answered(asks).await,
                 groups,
             }
         })
@@ -72,15 +66,7 @@ impl Handler<GetClusterStats> for ClusterSupervisor {
 
     fn handle(&mut self, _: GetClusterStats, _ctx: &mut Context<Self>) -> Self::Result {
         let asks: Vec<_> = self.slots.iter().map(|s| s.stats.send(GetStats)).collect();
-        Box::pin(async move {
-            let mut stats = Vec::with_capacity(asks.len());
-            for ask in asks {
-                if let Ok(s) = ask.await {
-                    stats.push(s);
-                }
-            }
-            stats
-        })
+        Box::pin(answered(asks))
     }
 }
 
