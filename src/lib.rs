@@ -60,7 +60,7 @@
 //!                                                                      │ runtime, uplink, inbox,
 //!                                                                      │ context, peers, log
 //!  4 config   config: ClusterConfig, GroupConfig, RestartPolicy, Affinity
-//!  3 services messaging (routing table, typed system operations, confirmations), cache (one
+//!  3 services messaging (routing table, routers, typed system operations, confirmations), cache (one
 //!             store, locks, snapshots), logger (queue, writer thread, sinks)
 //!  2 os       os: spawn, child, reap (the only `unsafe`), fds; listen: shared sockets
 //!  1 wire     protocol, codec; what frames carry: messaging types, cache ops, log records

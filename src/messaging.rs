@@ -20,9 +20,11 @@
 //! - `messaging/table.rs`: the routing table every proxy shares, and the routed messages;
 //! - `messaging/system.rs`: one typed actix message per system operation, and the link the
 //!   proxies use to ask the supervisor;
+//! - `messaging/router.rs`: a proxy's router — where what its worker sends goes;
 //! - `messaging/confirm.rs`: confirmations;
-//! - the two halves at the ends of the pipes: the proxy's router (`proxy/route.rs`) and the
-//!   worker's operations on [`WorkerHandle`](crate::WorkerHandle) (`worker/peers.rs`).
+//! - at the ends of the pipes, the actors' own halves: the proxy's (`proxy/route.rs`: asks its
+//!   router, writes what others send into its worker's stdin) and the worker's operations on
+//!   [`WorkerHandle`](crate::WorkerHandle) (`worker/peers.rs`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,6 +36,7 @@ use crate::event::WorkerInfo;
 use crate::state::WorkerId;
 
 pub(crate) mod confirm;
+pub(crate) mod router;
 pub(crate) mod system;
 pub(crate) mod table;
 

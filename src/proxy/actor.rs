@@ -14,7 +14,7 @@ use super::links::Links;
 use super::spec::SlotSpec;
 use crate::error::ExitReason;
 use crate::event::{WorkerEvent, WorkerEventKind, WorkerInfo};
-use crate::messaging::table::AskDone;
+use crate::messaging::router::Router;
 use crate::messaging::WorkerStats;
 use crate::protocol::Envelope;
 use crate::state::{WorkerId, WorkerState};
@@ -34,8 +34,8 @@ pub struct Worker<A: WorkerActor> {
     pub(super) handover: Handover<A::Reply>,
     pub(super) spawn: Rc<SlotSpec>,
     pub(super) links: Links<A>,
-    /// This proxy, for answers to what its worker asked of others.
-    pub(super) me: Option<Recipient<AskDone>>,
+    /// Where what its worker sends goes.
+    pub(super) router: Router,
     pub(super) counters: Counters,
     /// Processes started after the first one by the restart policy.
     pub(super) respawns: u64,
@@ -87,6 +87,7 @@ impl<A: WorkerActor> fmt::Debug for Worker<A> {
 
 impl<A: WorkerActor> Worker<A> {
     pub(crate) fn new(id: WorkerId, spawn: Rc<SlotSpec>, links: Links<A>) -> Self {
+        let router = Router::new(id, Rc::clone(&links.routing));
         Self {
             id,
             generations: 0,
@@ -94,7 +95,7 @@ impl<A: WorkerActor> Worker<A> {
             handover: Handover::Serving,
             spawn,
             links,
-            me: None,
+            router,
             counters: Counters::default(),
             respawns: 0,
             next_id: 0,
@@ -234,7 +235,7 @@ impl<A: WorkerActor> Actor for Worker<A> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.spawn.config.mailbox_capacity);
-        self.me = Some(ctx.address().recipient());
+        self.router.attach(ctx.address().recipient());
         self.spawn_process(ctx);
     }
 }

@@ -1,39 +1,20 @@
-//! The proxy's part in messaging between processes: what its worker sends to others, what
-//! others send to its worker, and the answers in between. See [`crate::routing`].
+//! The proxy's part in messaging between processes: what its worker sends (routed by its
+//! [`Router`](crate::messaging::router::Router)), what others send to its worker, and the
+//! answers in between.
 
 use actix::prelude::*;
 use bytes::Bytes;
 
 use super::actor::{Worker, ASK_FAILED, ASK_REPLY, DELIVER, NOTIFY, PEER_REQUEST};
 use super::links::FromWorker;
-use crate::messaging::table::{AskDone, ReplyTo, Routed};
-use crate::messaging::{AskError, Peer, Route, SystemOp, Via};
+use crate::messaging::router::Outcome;
+use crate::messaging::table::{AskDone, Routed};
+use crate::messaging::{AskError, Route, SystemOp};
 use crate::protocol::Envelope;
-use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 
 impl<A: WorkerActor> Worker<A> {
-    fn peer(&self, pid: u32) -> Peer {
-        Peer::Worker { id: self.id, pid }
-    }
-
-    fn reply_to(&self, generation: u64, id: u64) -> Option<ReplyTo> {
-        Some(ReplyTo::Proxy {
-            proxy: self.me.clone()?,
-            generation,
-            id,
-        })
-    }
-
-    fn target(&self, worker: u64) -> Result<Recipient<Routed>, AskError> {
-        let routing = self.links.routing.borrow();
-        usize::try_from(worker)
-            .ok()
-            .and_then(|w| routing.slots.get(w).cloned())
-            .ok_or(AskError::NoSuchWorker(worker as WorkerId))
-    }
-
-    /// A one-way message from this worker to others.
+    /// A one-way message from this worker to others, or to the master's handlers.
     pub(super) fn route_send(
         &mut self,
         generation: u64,
@@ -43,61 +24,21 @@ impl<A: WorkerActor> Worker<A> {
         payload: &[u8],
         ctx: &mut Context<Self>,
     ) {
-        let from = self.peer(pid);
-        let payload = Bytes::copy_from_slice(payload);
-        let targets: Result<Vec<(Recipient<Routed>, Via)>, AskError> = match to {
-            Route::Master => {
-                self.deliver_event(generation, pid, &payload);
-                Ok(Vec::new())
-            }
-            Route::Worker(w) => self.target(w).map(|t| vec![(t, Via::Direct)]),
-            Route::All => {
-                let routing = self.links.routing.borrow();
-                Ok(routing
-                    .slots
-                    .iter()
-                    .enumerate()
-                    .filter(|(w, _)| *w != self.id)
-                    .map(|(_, t)| (t.clone(), Via::Broadcast))
-                    .collect())
-            }
-            Route::Group(group) => {
-                let routing = self.links.routing.borrow();
-                Ok(routing
-                    .members(group)
-                    .into_iter()
-                    .filter(|w| *w != self.id)
-                    .filter_map(|w| routing.slots.get(w).cloned())
-                    .map(|t| (t, Via::Group(group.to_owned())))
-                    .collect())
+        let answer = match self.router.send(generation, pid, to, ack, payload) {
+            Outcome::Routed => return,
+            Outcome::Answer(answer) => answer,
+            Outcome::Master => {
+                self.deliver_event(generation, pid, payload);
+                Ok(Bytes::new())
             }
         };
-        let targets = match targets {
-            Ok(targets) => targets,
-            Err(e) => {
-                self.counters.errors += 1;
-                match ack {
-                    Some(id) => self.answer_worker(generation, id, Err(e), ctx),
-                    None => tracing::warn!(worker = self.id, error = %e, "message not delivered"),
-                }
-                return;
-            }
-        };
-        // Only a message to one worker is acknowledged by its receiver; others once routed.
-        let direct = matches!(to, Route::Worker(_));
-        for (target, via) in targets {
-            let ack = ack
-                .filter(|_| direct)
-                .and_then(|id| self.reply_to(generation, id));
-            target.do_send(Routed::Tell {
-                from,
-                via,
-                payload: payload.clone(),
-                ack,
-            });
+        if answer.is_err() {
+            self.counters.errors += 1;
         }
-        if let (Some(id), false) = (ack, direct) {
-            self.answer_worker(generation, id, Ok(Bytes::new()), ctx);
+        match (ack, answer) {
+            (Some(id), answer) => self.answer_worker(generation, id, answer, ctx),
+            (None, Err(e)) => tracing::warn!(worker = self.id, error = %e, "message not delivered"),
+            (None, Ok(_)) => {}
         }
     }
 
@@ -111,20 +52,10 @@ impl<A: WorkerActor> Worker<A> {
         payload: &[u8],
         ctx: &mut Context<Self>,
     ) {
-        match to {
-            Route::Worker(w) => match self.target(w) {
-                Ok(target) => {
-                    if let Some(reply) = self.reply_to(generation, id) {
-                        target.do_send(Routed::Ask {
-                            from: self.peer(pid),
-                            payload: Bytes::copy_from_slice(payload),
-                            reply,
-                        });
-                    }
-                }
-                Err(e) => self.answer_worker(generation, id, Err(e), ctx),
-            },
-            Route::Master => {
+        match self.router.ask(generation, pid, id, to, payload) {
+            Outcome::Routed => {}
+            Outcome::Answer(answer) => self.answer_worker(generation, id, answer, ctx),
+            Outcome::Master => {
                 let Some(handler) = self.links.handlers.requests.clone() else {
                     self.answer_worker(generation, id, Err(AskError::NoHandler), ctx);
                     return;
@@ -142,10 +73,6 @@ impl<A: WorkerActor> Worker<A> {
                     }),
                 );
             }
-            Route::All | Route::Group(_) => {
-                let e = AskError::Invalid("a request goes to the master or to one worker".into());
-                self.answer_worker(generation, id, Err(e), ctx);
-            }
         }
     }
 
@@ -160,29 +87,29 @@ impl<A: WorkerActor> Worker<A> {
     ) {
         match op {
             SystemOp::Join(group) => {
-                self.links.routing.borrow_mut().join(group, self.id);
+                self.router.join(group);
                 self.answer_worker(generation, id, Ok(Bytes::new()), ctx)
             }
             SystemOp::Leave(group) => {
-                self.links.routing.borrow_mut().leave(group, self.id);
+                self.router.leave(group);
                 self.answer_worker(generation, id, Ok(Bytes::new()), ctx)
             }
             SystemOp::Cache(op) => {
                 // Served here and now; a lock answers later, when it is granted or times out.
-                match self.links.cache.serve(self.peer(pid), op) {
+                match self.links.cache.serve(self.router.peer(pid), op) {
                     crate::cache::Served::Answer(answer) => {
                         let answer = crate::cache::encode_answer(&answer);
                         self.answer_worker(generation, id, answer, ctx);
                     }
                     crate::cache::Served::NeedsReply(lock) => {
-                        if let Some(reply) = self.reply_to(generation, id) {
+                        if let Some(reply) = self.router.reply_to(generation, id) {
                             self.links.cache.lock(lock, reply);
                         }
                     }
                 }
             }
             op => {
-                let answer = self.links.system.serve(self.peer(pid), op);
+                let answer = self.links.system.serve(self.router.peer(pid), op);
                 ctx.spawn(
                     answer.into_actor(self).map(move |result, act, ctx| {
                         act.answer_worker(generation, id, result, ctx)
