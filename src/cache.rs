@@ -52,11 +52,14 @@
 //!   crash is lost. At stop, the last snapshot is written after every worker has stopped.
 
 use std::cell::RefCell;
+use std::fs::File;
 use std::future::Future;
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
 
 use actix::{Actor, Addr};
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::messaging::table::{ReplyTo, SharedRouting};
 use crate::messaging::Peer;
@@ -90,16 +93,55 @@ pub use store::{
 pub(crate) struct SharedCache {
     core: Rc<RefCell<self::core::CacheCore>>,
     actor: Addr<actor::CacheActor>,
+    /// The advisory lock on the snapshot path, held until the cluster stops.
+    snapshot_lock: Rc<RefCell<Option<Flock<File>>>>,
+}
+
+/// Takes the advisory lock of the snapshot at `path` (`flock(2)` on `<path>.lock`): one cluster
+/// per snapshot path, or two would overwrite each other's saves.
+fn lock_snapshot(path: &Path) -> Result<Flock<File>, String> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(|e| {
+            format!(
+                "snapshot {}: cannot open its lock file: {e}",
+                path.display()
+            )
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => format!(
+            "snapshot {}: another cluster keeps its snapshot there (it holds {})",
+            path.display(),
+            std::path::Path::new(&name).display()
+        ),
+        other => format!("snapshot {}: cannot lock it: {other}", path.display()),
+    })
 }
 
 impl SharedCache {
     /// A cache set up as `config` says, its snapshot loaded; its events go out by `routing`.
-    pub(crate) fn start(config: &CacheConfig, routing: SharedRouting) -> Self {
+    ///
+    /// # Errors
+    /// When another cluster keeps its snapshot at the same path (it holds `<path>.lock`).
+    pub(crate) fn start(config: &CacheConfig, routing: SharedRouting) -> Result<Self, String> {
+        let snapshot_lock = match &config.snapshot {
+            Some(path) => Some(lock_snapshot(path)?),
+            None => None,
+        };
         let store = Box::new(config.memory_store());
         let core = self::core::CacheCore::new(store, config, routing);
         let core = Rc::new(RefCell::new(core));
         let actor = actor::CacheActor::new(Rc::downgrade(&core), config.save_every()).start();
-        Self { core, actor }
+        Ok(Self {
+            core,
+            actor,
+            snapshot_lock: Rc::new(RefCell::new(snapshot_lock)),
+        })
     }
 
     /// Serves a worker's operation now, or hands back a lock request for [`lock`](Self::lock).
@@ -130,11 +172,14 @@ impl SharedCache {
     }
 
     /// Writes the last snapshot (if the cache keeps one) and stops the cache's actor; resolves
-    /// once the snapshot is on disk. Nothing happens until it is polled.
+    /// once the snapshot is on disk, and lets its path go (another cluster may use it now).
+    /// Nothing happens until it is polled.
     pub(crate) fn close(&self) -> impl Future<Output = ()> + 'static {
         let mailbox = self.actor.clone();
+        let lock = Rc::clone(&self.snapshot_lock);
         async move {
             let _ = mailbox.send(actor::CloseCache).await;
+            lock.borrow_mut().take();
         }
     }
 

@@ -352,6 +352,23 @@ impl ClusterConfig {
                 return bad("env", format!("{key:?} is not a valid variable name"));
             }
         }
+        if let Some(path) = &self.cache.snapshot {
+            // Refused now rather than the cache lost at stop, when the write fails.
+            let dir = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            if !dir.is_dir() {
+                return bad(
+                    "cache",
+                    format!(
+                        "snapshot {}: the directory {} does not exist",
+                        path.display(),
+                        dir.display()
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -617,5 +634,21 @@ mod tests {
     fn bare_program_names_are_found_in_path() {
         assert!(resolve_program(Path::new("sh")).is_some());
         assert!(resolve_program(Path::new("no-such-program-procactor")).is_none());
+    }
+
+    #[test]
+    fn a_snapshot_in_a_missing_directory_is_refused_naming_the_path() {
+        let mut config = ClusterConfig::new();
+        config.cache.snapshot = Some("/no/such/dir/cache.snap".into());
+        let e = config.validate().unwrap_err();
+        assert_eq!(e.field, "cache");
+        assert!(e.reason.contains("/no/such/dir/cache.snap"), "{}", e.reason);
+        config.cache.snapshot = Some(std::env::temp_dir().join("cache.snap"));
+        assert!(config.validate().is_ok());
+        config.cache.snapshot = Some("cache.snap".into());
+        assert!(
+            config.validate().is_ok(),
+            "a bare name is in the working directory"
+        );
     }
 }

@@ -473,3 +473,47 @@ async fn snapshots_of_megabytes_every_20_ms_do_not_stall_round_trips_and_the_las
     })
     .await;
 }
+
+#[actix::test]
+async fn one_cluster_per_snapshot_path_and_a_missing_directory_is_refused_at_start() {
+    within(120, async {
+        let path = temp_path("shared-snapshot");
+        let cache_config = CacheConfig {
+            snapshot: Some(path.clone()),
+            ..CacheConfig::default()
+        };
+        let first = ClusterSupervisor::start::<Relay>(config(1).cache(cache_config.clone()))
+            .await
+            .unwrap();
+        let second = ClusterSupervisor::start::<Relay>(config(1).cache(cache_config.clone())).await;
+        match second {
+            Err(procactor::Error::Config(e)) => {
+                assert_eq!(e.field, "cache");
+                assert!(
+                    e.reason.contains(&path.display().to_string()),
+                    "{}",
+                    e.reason
+                );
+            }
+            other => panic!("a second cluster on the same snapshot path: {other:?}"),
+        }
+        // Once the first has stopped (its last snapshot written), the path is free.
+        first.stop().await.unwrap();
+        let third = ClusterSupervisor::start::<Relay>(config(1).cache(cache_config))
+            .await
+            .unwrap();
+        third.stop().await.unwrap();
+
+        let missing = CacheConfig {
+            snapshot: Some(path.with_file_name("no-such-dir").join("cache.snap")),
+            ..CacheConfig::default()
+        };
+        match ClusterSupervisor::start::<Relay>(config(1).cache(missing)).await {
+            Err(procactor::Error::Config(e)) => {
+                assert!(e.reason.contains("no-such-dir"), "{}", e.reason)
+            }
+            other => panic!("a snapshot in a missing directory: {other:?}"),
+        }
+    })
+    .await;
+}

@@ -39,6 +39,13 @@ impl Core {
         log_sinks: Vec<Box<dyn crate::logger::Sink>>,
     ) -> Result<Self, Error> {
         let routing: SharedRouting = Rc::default();
+        // First what another cluster may hold (the snapshot's lock): a refusal starts nothing.
+        let cache = crate::cache::SharedCache::start(&config.cache, Rc::clone(&routing)).map_err(
+            |reason| ConfigError {
+                field: "cache",
+                reason,
+            },
+        )?;
         let logger =
             crate::logger::Logger::new(&config.log, log_sinks).map_err(|e| ConfigError {
                 field: "log",
@@ -50,7 +57,6 @@ impl Core {
             logger: logger.clone(),
             queue: log_queue,
         };
-        let cache = crate::cache::SharedCache::start(&config.cache, Rc::clone(&routing));
         let supervisor = ClusterSupervisor::new(
             config,
             subscribers,
