@@ -69,6 +69,9 @@ pub struct ClusterConfig {
     /// Listening sockets bound by the master and handed to every worker: (name, address), where
     /// an address is `host:port` or `unix:/path`.
     pub listen: Vec<(String, String)>,
+    /// The permissions of the socket files of `unix:` listeners (default `0o600`: the
+    /// master's user only), set before the path appears, whatever the umask.
+    pub unix_socket_mode: u32,
     /// The pause between two workers of a rolling reload.
     #[serde(rename = "reload_delay_ms", with = "millis")]
     pub reload_delay: Duration,
@@ -106,6 +109,7 @@ impl Default for ClusterConfig {
             handle_signals: true,
             restart: RestartPolicy::default(),
             listen: Vec::new(),
+            unix_socket_mode: 0o600,
             reload_delay: Duration::ZERO,
             worker_reload: false,
             worker_control: false,
@@ -274,6 +278,12 @@ impl ClusterConfig {
     /// [`Cluster::local_addr`](crate::Cluster::local_addr)) or `unix:/path`.
     pub fn listen(mut self, name: impl Into<String>, addr: impl Into<String>) -> Self {
         self.listen.push((name.into(), addr.into()));
+        self
+    }
+
+    /// The permissions of `unix:` listeners' socket files (default `0o600`).
+    pub fn unix_socket_mode(mut self, mode: u32) -> Self {
+        self.unix_socket_mode = mode;
         self
     }
 

@@ -13,7 +13,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::ConfigError;
 
@@ -22,7 +22,9 @@ use crate::error::ConfigError;
 pub enum ListenAddr {
     /// A TCP address; port 0 picks a free port.
     Tcp(SocketAddr),
-    /// A Unix stream socket at this path; a stale socket file there is replaced.
+    /// A Unix stream socket at this path, with the mode of
+    /// [`ClusterConfig::unix_socket_mode`](crate::ClusterConfig::unix_socket_mode) (0600 by
+    /// default); refused when a server answers there, a stale socket file is replaced.
     Unix(PathBuf),
 }
 
@@ -63,11 +65,14 @@ pub(crate) struct Bound {
 ///
 /// # Errors
 /// A [`ConfigError`] for the `listen` field naming the listener that could not be bound.
-pub(crate) fn bind_all(listeners: &[(String, String)]) -> Result<Vec<Bound>, ConfigError> {
+pub(crate) fn bind_all(
+    listeners: &[(String, String)],
+    unix_mode: u32,
+) -> Result<Vec<Bound>, ConfigError> {
     listeners
         .iter()
         .map(|(name, addr)| {
-            bind(name, addr).map_err(|e| ConfigError {
+            bind(name, addr, unix_mode).map_err(|e| ConfigError {
                 field: "listen",
                 reason: format!("{name}: cannot bind {addr}: {e}"),
             })
@@ -75,7 +80,7 @@ pub(crate) fn bind_all(listeners: &[(String, String)]) -> Result<Vec<Bound>, Con
         .collect()
 }
 
-fn bind(name: &str, addr: &str) -> io::Result<Bound> {
+fn bind(name: &str, addr: &str, unix_mode: u32) -> io::Result<Bound> {
     let addr: ListenAddr = addr
         .parse()
         .map_err(|e: String| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -86,11 +91,7 @@ fn bind(name: &str, addr: &str) -> io::Result<Bound> {
             (OwnedFd::from(listener), ListenAddr::Tcp(local))
         }
         ListenAddr::Unix(path) => {
-            use std::os::unix::fs::FileTypeExt;
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
-                std::fs::remove_file(&path)?;
-            }
-            let listener = std::os::unix::net::UnixListener::bind(&path)?;
+            let listener = bind_unix(&path, unix_mode)?;
             (OwnedFd::from(listener), ListenAddr::Unix(path))
         }
     };
@@ -110,6 +111,36 @@ fn bind(name: &str, addr: &str) -> io::Result<Bound> {
 /// (marked close-on-exec and owned by the caller), so call it once, early in `main`.
 pub fn activated_sockets() -> Vec<(String, OwnedFd)> {
     crate::os::take_listen_fds()
+}
+
+/// Binds a Unix socket at `path` with permissions `mode`: refused when a server answers there;
+/// a stale socket file (nobody answers) is replaced. The socket is bound under a temporary name
+/// beside `path`, given its mode, then renamed into place: the path never exists with the
+/// umask's permissions.
+fn bind_unix(path: &Path, mode: u32) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another server answers on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.binding", std::process::id()));
+    let temporary = std::path::PathBuf::from(temporary);
+    let _ = std::fs::remove_file(&temporary);
+    let listener = UnixListener::bind(&temporary)?;
+    let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    Ok(listener)
 }
 
 #[cfg(test)]
@@ -132,11 +163,38 @@ mod tests {
 
     #[test]
     fn tcp_port_zero_binds_a_real_port() {
-        let bound = bind_all(&[("http".into(), "127.0.0.1:0".into())]).unwrap();
+        let bound = bind_all(&[("http".into(), "127.0.0.1:0".into())], 0o600).unwrap();
         let ListenAddr::Tcp(addr) = &bound[0].addr else {
             panic!()
         };
         assert_ne!(addr.port(), 0);
         assert!(std::net::TcpStream::connect(addr).is_ok(), "it listens");
+    }
+
+    #[test]
+    fn a_unix_socket_gets_its_mode_a_live_server_is_refused_a_stale_file_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("procactor-listen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let addr = format!("unix:{}", path.display());
+        let listeners = [("s".to_owned(), addr)];
+
+        let first = bind_all(&listeners, 0o600).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Someone answers there: refused, and the path still reaches the first server.
+        let e = bind_all(&listeners, 0o600).unwrap_err();
+        assert!(e.reason.contains("another server answers"), "{}", e.reason);
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        // Nobody answers any more: the stale file is replaced, with the mode asked for.
+        drop(first);
+        let second = bind_all(&listeners, 0o660).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        drop(second);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -42,7 +42,7 @@ impl SlotSpec {
             args,
             env,
             config: config.clone(),
-            listeners: crate::listen::bind_all(&config.listen)?,
+            listeners: crate::listen::bind_all(&config.listen, config.unix_socket_mode)?,
             group: crate::config::DEFAULT_GROUP.to_owned(),
         })
     }
