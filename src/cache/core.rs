@@ -138,7 +138,7 @@ impl CacheCore {
             }
             CacheOp::Unlock { name, token } => {
                 self.deadline_moved = true;
-                self.locks.unlock(&name, token, now)
+                self.locks.unlock(&name, token, from, now)
             }
             CacheOp::Stats => Ok(CacheAnswer::Stats(self.stats())),
         })

@@ -77,13 +77,29 @@ struct Lock {
 }
 
 /// Every lock that is held or waited for; a lock nobody holds or waits for has no entry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LockTable {
     locks: HashMap<String, Lock>,
     /// `(deadline, ticket)` → lock name: a holder's lease or a waiter's wait. A ticket is first
     /// a waiter's, then (as the token) its holder's, so it has one deadline at a time.
     deadlines: BTreeMap<(Instant, u64), String>,
     next_ticket: u64,
+}
+
+impl Default for LockTable {
+    /// Tickets (and so tokens) start at the microseconds since the Unix epoch: a master that
+    /// restarts hands out tokens above every token of its previous run, so they serve as
+    /// fencing tokens (as long as the clock does not go back).
+    fn default() -> Self {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            locks: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            next_ticket: u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX / 2),
+        }
+    }
 }
 
 impl LockTable {
@@ -115,14 +131,19 @@ impl LockTable {
         }
     }
 
-    /// Releases the lock held with `token`.
+    /// Releases the lock held with `token` by `who`: only its holder's process may, whatever
+    /// token another one sends.
     pub(crate) fn unlock(
         &mut self,
         name: &str,
         token: u64,
+        who: Peer,
         now: Instant,
     ) -> Result<CacheAnswer, CacheError> {
-        if self.holder(name).is_some_and(|h| h.token == token) {
+        if self
+            .holder(name)
+            .is_some_and(|h| h.token == token && h.who == who)
+        {
             self.release(name, now);
             Ok(CacheAnswer::Done)
         } else {
@@ -288,11 +309,17 @@ mod tests {
         assert!(second.try_recv().is_err(), "waits");
         assert_eq!((table.held(), table.waiting()), (1, 1));
         assert_eq!(table.next_deadline(), Some(t0 + secs(10)), "the wait");
-        assert_eq!(table.unlock("L", first, t0), Ok(CacheAnswer::Done));
+        assert_eq!(
+            table.unlock("L", first, worker(0), t0),
+            Ok(CacheAnswer::Done)
+        );
         let second = token(&mut second);
         assert_eq!(table.next_deadline(), Some(t0 + secs(60)), "its lease");
-        assert!(table.unlock("L", first, t0).is_err(), "not held any more");
-        table.unlock("L", second, t0).unwrap();
+        assert!(
+            table.unlock("L", first, worker(0), t0).is_err(),
+            "not held any more"
+        );
+        table.unlock("L", second, worker(1), t0).unwrap();
         assert_eq!((table.held(), table.waiting()), (0, 0));
         assert_eq!(table.next_deadline(), None);
     }
@@ -313,6 +340,37 @@ mod tests {
     }
 
     #[test]
+    fn only_the_holder_s_process_releases_a_lock_whatever_token_another_sends() {
+        let (t0, mut table) = (Instant::now(), LockTable::default());
+        let mut held = lock(&mut table, worker(0), 60, 0, t0);
+        let held = token(&mut held);
+        let mut waiter = lock(&mut table, worker(1), 60, 30, t0);
+        // The waiter, or any other process, sends the holder's token: refused, still held.
+        for who in [worker(1), worker(2), Peer::Master] {
+            assert!(table.unlock("L", held, who, t0).is_err());
+        }
+        assert!(waiter.try_recv().is_err(), "the waiter still waits");
+        assert_eq!(
+            table.unlock("L", held, worker(0), t0),
+            Ok(CacheAnswer::Done)
+        );
+        token(&mut waiter);
+    }
+
+    #[test]
+    fn tokens_of_a_new_table_exceed_those_of_an_earlier_one() {
+        let t0 = Instant::now();
+        let mut before = LockTable::default();
+        let mut rx = lock(&mut before, worker(0), 60, 0, t0);
+        let old = token(&mut rx);
+        std::thread::sleep(Duration::from_millis(2));
+        // A master restarted later: its first token is above the last of the earlier run.
+        let mut after = LockTable::default();
+        let mut rx = lock(&mut after, worker(0), 60, 0, t0);
+        assert!(token(&mut rx) > old);
+    }
+
+    #[test]
     fn a_lease_that_runs_out_passes_the_lock_on() {
         let (t0, mut table) = (Instant::now(), LockTable::default());
         let mut holder = lock(&mut table, worker(0), 5, 0, t0);
@@ -320,9 +378,9 @@ mod tests {
         let mut next = lock(&mut table, worker(1), 5, 30, t0);
         table.expire(t0 + secs(5));
         let next = token(&mut next);
-        assert!(table.unlock("L", holder, t0 + secs(5)).is_err());
+        assert!(table.unlock("L", holder, worker(0), t0 + secs(5)).is_err());
         assert_eq!(table.next_deadline(), Some(t0 + secs(10)));
-        table.unlock("L", next, t0 + secs(6)).unwrap();
+        table.unlock("L", next, worker(1), t0 + secs(6)).unwrap();
     }
 
     #[test]
