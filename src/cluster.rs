@@ -416,6 +416,7 @@ impl<A: WorkerActor> Cluster<A> {
         timeout: Duration,
     ) -> Result<Vec<WorkerId>, Error> {
         let wait = AwaitConfirmations {
+            from: Peer::Master,
             key: key.to_owned(),
             n,
             timeout,

@@ -28,6 +28,8 @@ struct Wait {
     key: String,
     n: usize,
     reply: Waiter,
+    /// The worker that waits, if a worker does: its wait ends with it.
+    by: Option<WorkerId>,
 }
 
 impl Confirmations {
@@ -53,15 +55,31 @@ impl Confirmations {
 
     /// Waits for `n` confirmations of `key`: answered now if they are in, otherwise held, and
     /// the returned token is for [`expire`](Self::expire) at the deadline.
-    pub(crate) fn wait(&mut self, key: String, n: usize, reply: Waiter) -> Option<u64> {
+    pub(crate) fn wait(
+        &mut self,
+        key: String,
+        n: usize,
+        reply: Waiter,
+        by: Option<WorkerId>,
+    ) -> Option<u64> {
         if let Some(confirmed) = self.confirmed.get(&key).filter(|c| c.len() >= n) {
             let _ = reply.send(Ok(confirmed.clone()));
             return None;
         }
         let token = self.next;
         self.next += 1;
-        self.waiting.insert(token, Wait { key, n, reply });
+        self.waiting.insert(token, Wait { key, n, reply, by });
         Some(token)
+    }
+
+    /// Worker `id`'s process ended: its confirmations no longer count, and what it waited for
+    /// is dropped (nothing of a dead worker stays behind).
+    pub(crate) fn forget(&mut self, id: WorkerId) {
+        self.confirmed.retain(|_, confirmed| {
+            confirmed.retain(|&w| w != id);
+            !confirmed.is_empty()
+        });
+        self.waiting.retain(|_, wait| wait.by != Some(id));
     }
 
     /// The deadline of wait `token` passed: it fails with a timeout, unless already answered.
@@ -69,5 +87,32 @@ impl Confirmations {
         if let Some(wait) = self.waiting.remove(&token) {
             let _ = wait.reply.send(Err(AskError::Timeout(timeout)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_worker_s_confirmations_and_waits_are_forgotten() {
+        let mut c = Confirmations::default();
+        c.confirm("k", 1);
+        c.confirm("k", 2);
+        let (tx, mut rx) = oneshot::channel();
+        let token = c.wait("other".into(), 1, tx, Some(2));
+        assert!(token.is_some());
+        c.forget(2);
+        assert_eq!(c.confirmed["k"], [1], "its confirmation no longer counts");
+        assert!(c.waiting.is_empty(), "its wait is gone");
+        assert!(rx.try_recv().is_err(), "dropped, not answered");
+        // A wait for 2 confirmations now needs another worker.
+        let (tx, mut rx) = oneshot::channel();
+        assert!(c.wait("k".into(), 2, tx, None).is_some());
+        c.confirm("k", 3);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), [1, 3]);
+        c.forget(1);
+        c.forget(3);
+        assert!(c.confirmed.is_empty(), "no key left behind");
     }
 }

@@ -28,6 +28,8 @@ pub(crate) struct Confirm {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<WorkerId>, AskError>")]
 pub(crate) struct AwaitConfirmations {
+    /// Who waits: a worker's wait ends with its process.
+    pub(crate) from: Peer,
     pub(crate) key: String,
     pub(crate) n: usize,
     pub(crate) timeout: Duration,
@@ -135,6 +137,7 @@ impl SystemLink {
             }
             SystemOp::AwaitConfirmations { key, n, timeout_ms } => {
                 let sent = self.await_confirmations.send(AwaitConfirmations {
+                    from,
                     key: key.to_owned(),
                     n: n as usize,
                     timeout: Duration::from_millis(timeout_ms),

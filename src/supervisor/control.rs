@@ -50,6 +50,8 @@ impl Handler<WorkerEvent> for ClusterSupervisor {
             last_stderr,
         } = &event.kind
         {
+            // Nothing of the dead process stays behind: its confirmations and waits go.
+            self.confirmations.forget(worker);
             let exit = Exit {
                 reason,
                 uptime: *uptime,

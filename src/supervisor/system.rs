@@ -31,9 +31,18 @@ impl Handler<AwaitConfirmations> for ClusterSupervisor {
     type Result = ResponseFuture<Result<Vec<WorkerId>, AskError>>;
 
     fn handle(&mut self, wait: AwaitConfirmations, ctx: &mut Context<Self>) -> Self::Result {
-        let AwaitConfirmations { key, n, timeout } = wait;
+        let AwaitConfirmations {
+            from,
+            key,
+            n,
+            timeout,
+        } = wait;
+        let by = match from {
+            Peer::Worker { id, .. } => Some(id),
+            Peer::Master => None,
+        };
         let (tx, rx) = oneshot::channel();
-        if let Some(token) = self.confirmations.wait(key, n, tx) {
+        if let Some(token) = self.confirmations.wait(key, n, tx, by) {
             ctx.run_later(timeout, move |act, _| {
                 act.confirmations.expire(token, timeout)
             });
