@@ -363,7 +363,14 @@ mod tests {
         let mut before = LockTable::default();
         let mut rx = lock(&mut before, worker(0), 60, 0, t0);
         let old = token(&mut rx);
-        std::thread::sleep(Duration::from_millis(2));
+        // Until the wall clock has moved on (a microsecond is enough), as it has for a restart.
+        let started = std::time::SystemTime::now();
+        while std::time::SystemTime::now()
+            .duration_since(started)
+            .map_or(true, |d| d < Duration::from_micros(2))
+        {
+            std::hint::spin_loop();
+        }
         // A master restarted later: its first token is above the last of the earlier run.
         let mut after = LockTable::default();
         let mut rx = lock(&mut after, worker(0), 60, 0, t0);

@@ -12,6 +12,7 @@ use super::pipes::{self, ReadFrames};
 use super::DRAIN_AFTER_EXIT;
 use crate::error::{ExitReason, SpawnError};
 use crate::event::WorkerEventKind;
+use crate::logger::Stream;
 use crate::os::{Child as _, ChildPipes, OsChild, OsSpawner, RawExit, SpawnSpec, Spawner as _};
 use crate::state::WorkerState;
 use crate::worker::{env, WorkerActor};
@@ -125,36 +126,25 @@ impl<A: WorkerActor> Worker<A> {
     ) {
         let plain = self.plain();
         if plain {
+            let lines = self.read_lines(generation, pid, stdout, Stream::Stdout, Rc::clone(&tail));
             ctx.spawn(
-                pipes::read_lines(
-                    stdout,
-                    self.source(generation, pid),
-                    crate::logger::Stream::Stdout,
-                    self.links.log.clone(),
-                    Rc::clone(&tail),
-                )
-                .into_actor(self)
-                .map(move |(), act, _| act.stdout_closed(generation)),
+                lines
+                    .into_actor(self)
+                    .map(move |(), act, _| act.stdout_closed(generation)),
             );
         } else {
             let max_frame = self.spawn.config.max_frame_bytes;
             ctx.spawn(ReadFrames::new(generation, stdout, max_frame));
         }
         ctx.spawn(
-            pipes::read_lines(
-                stderr,
-                self.source(generation, pid),
-                crate::logger::Stream::Stderr,
-                self.links.log.clone(),
-                tail,
-            )
-            .into_actor(self)
-            .map(move |(), act, _| {
-                if let Some(p) = act.proc_mut(generation) {
-                    p.stderr_open = false;
-                    act.try_finalize(generation);
-                }
-            }),
+            self.read_lines(generation, pid, stderr, Stream::Stderr, tail)
+                .into_actor(self)
+                .map(move |(), act, _| {
+                    if let Some(p) = act.proc_mut(generation) {
+                        p.stderr_open = false;
+                        act.try_finalize(generation);
+                    }
+                }),
         );
         ctx.spawn(
             async move { child.wait().await.unwrap_or(RawExit::LOST) }
@@ -175,6 +165,19 @@ impl<A: WorkerActor> Worker<A> {
             }
         });
         self.kick_writer(generation, ctx);
+    }
+
+    /// Reads `pipe` of process `generation` line by line into the logs and `tail`.
+    fn read_lines(
+        &self,
+        generation: u64,
+        pid: u32,
+        pipe: tokio::net::unix::pipe::Receiver,
+        stream: Stream,
+        tail: Rc<std::cell::RefCell<std::collections::VecDeque<String>>>,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        let source = self.source(generation, pid);
+        pipes::read_lines(pipe, source, stream, self.links.log.clone(), tail)
     }
 
     pub(crate) fn stdout_closed(&mut self, generation: u64) {
