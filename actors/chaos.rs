@@ -32,6 +32,12 @@
 //! |                      | master is `"listen <LISTEN_PID> <LISTEN_FDS> <LISTEN_FDNAMES>"` |
 //! | `fork-grandchild`    | the echo worker with a grandchild holding a TCP port; its first |
 //! |                      | event to the master is `"grandchild <pid> <port>"`            |
+//! | `get-no-read` *      | `PROCACTOR_CHAOS_COUNT` (400) cache `Get`s of key `big` in    |
+//! |                      | collection `c`, never reading an answer                       |
+//! | `flood-events` *     | `Event` frames (`"e"`) as fast as it can, never reading stdin |
+//! | `flood-logs` *       | `Log` records as fast as it can, never reading stdin          |
+//! | `flood-sends` *      | tiny `Send`s to the master as fast as it can                  |
+//! | `flood-joins` *      | `System` `Join` requests as fast as it can (answers unread)   |
 //! | `echo` (default)     | behaves as `procactor-echo`                                   |
 
 use std::fs::File;
@@ -40,8 +46,10 @@ use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
 
 use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
-use procactor::wire::{encode_frame, Envelope, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION};
-use procactor::{WorkerActor, WorkerContext};
+use procactor::wire::{
+    encode_frame, encode_value, Envelope, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+use procactor::{SystemOp, WorkerActor, WorkerContext};
 
 fn main() -> Result<(), procactor::Error> {
     if std::env::var_os("PROCACTOR_CHAOS_HOLD_PORT").is_some() {
@@ -124,6 +132,31 @@ fn breach(mode: &str, out: &mut File) -> std::io::Result<Option<Vec<u8>>> {
                 payload: &[0],
             })
         }
+        "get-no-read" => {
+            after_first_request(out, &handshake)?;
+            let count = env_number("PROCACTOR_CHAOS_COUNT").unwrap_or(400);
+            let gets: Vec<u8> = (0..count)
+                .flat_map(|id| {
+                    let op = procactor::cache::CacheOp::Get {
+                        collection: "c".into(),
+                        key: "big".into(),
+                    };
+                    frame(Envelope::System {
+                        id,
+                        op: SystemOp::Cache(op),
+                    })
+                })
+                .collect();
+            out.write_all(&gets)?;
+            // Never read the answers; PR_SET_PDEATHSIG ends us if the master dies.
+            loop {
+                std::thread::park();
+            }
+        }
+        "flood-events" | "flood-logs" | "flood-sends" | "flood-joins" => {
+            after_first_request(out, &handshake)?;
+            flood(out, mode)
+        }
         "crash-at-start" => std::process::exit(1),
         "abort" => std::process::abort(),
         "hang-at-start" => hello,
@@ -138,6 +171,41 @@ fn frame(env: Envelope<'_>) -> Vec<u8> {
     let mut buf = Vec::new();
     encode_frame(&mut buf, &env, DEFAULT_MAX_FRAME_BYTES).expect("small frame");
     buf
+}
+
+/// Writes one kind of small frame in batches until the pipe breaks, then exits with status 0.
+fn flood(out: &mut File, mode: &str) -> ! {
+    let mut event = Vec::new();
+    encode_value(&mut event, "e").expect("a short string encodes");
+    let mut batch = Vec::new();
+    let mut id = 0;
+    loop {
+        batch.clear();
+        for _ in 0..1024 {
+            id += 1;
+            let env = match mode {
+                "flood-events" => Envelope::Event { payload: &event },
+                "flood-logs" => Envelope::Log {
+                    kind: procactor::logger::Kind::History,
+                    time_ns: 0,
+                    fields: r#"{"event":"flood"}"#,
+                },
+                "flood-sends" => Envelope::Send {
+                    to: procactor::Route::Master,
+                    ack: None,
+                    payload: &event,
+                },
+                _ => Envelope::System {
+                    id,
+                    op: SystemOp::Join("g"),
+                },
+            };
+            encode_frame(&mut batch, &env, DEFAULT_MAX_FRAME_BYTES).expect("small frame");
+        }
+        if out.write_all(&batch).is_err() {
+            std::process::exit(0);
+        }
+    }
 }
 
 /// Writes pseudo-random bytes until the pipe breaks, then exits with status 0.

@@ -56,6 +56,11 @@ pub struct ClusterConfig {
     pub max_frame_bytes: usize,
     /// Bytes that may wait to be written to one worker before senders are refused.
     pub max_outbox_bytes: usize,
+    /// Requests one worker process may have waiting for answers (asks, system and cache
+    /// operations, acknowledged sends), and messages it may have waiting for the master's
+    /// `on_message` handlers; at this many, the master reads nothing more from that worker until
+    /// some are done (nothing is dropped; only that worker waits).
+    pub max_worker_pending: usize,
     /// Size the worker's pipes are raised to (best effort; 0 keeps the OS default).
     pub pipe_buffer_bytes: usize,
     /// Capacity of each worker proxy's actix mailbox.
@@ -105,6 +110,7 @@ impl Default for ClusterConfig {
             ready_timeout: Duration::from_secs(30),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_outbox_bytes: 64 * 1024 * 1024,
+            max_worker_pending: 1024,
             pipe_buffer_bytes: 1024 * 1024,
             mailbox_capacity: 4096,
             heartbeat_interval: Duration::from_secs(2),
@@ -183,6 +189,15 @@ impl ClusterConfig {
     /// senders of one-way messages are already held back at a sixteenth of it.
     pub fn max_outbox_bytes(mut self, bytes: usize) -> Self {
         self.max_outbox_bytes = bytes;
+        self
+    }
+
+    /// Requests one worker process may have waiting for answers, and messages it may have
+    /// waiting for the master's `on_message` handlers (default 1024); at this many the master
+    /// reads nothing more from that worker until some are done. Nothing is dropped, and only
+    /// that worker waits.
+    pub fn max_worker_pending(mut self, n: usize) -> Self {
+        self.max_worker_pending = n;
         self
     }
 
@@ -330,6 +345,9 @@ impl ClusterConfig {
         }
         if self.mailbox_capacity == 0 {
             return bad("mailbox_capacity", "must be at least 1".into());
+        }
+        if self.max_worker_pending == 0 {
+            return bad("max_worker_pending", "must be at least 1".into());
         }
         if let Some(program) = &self.exec {
             if resolve_program(program).is_none() {
@@ -520,6 +538,10 @@ mod tests {
                 "max_outbox_bytes",
             ),
             (ClusterConfig::new().mailbox_capacity(0), "mailbox_capacity"),
+            (
+                ClusterConfig::new().max_worker_pending(0),
+                "max_worker_pending",
+            ),
             (ClusterConfig::new().exec("/no/such/program"), "exec"),
             (ClusterConfig::new().exec("/tmp"), "exec"),
             (ClusterConfig::new().env("A=B", "c"), "env"),

@@ -46,6 +46,7 @@
 // Bottom-up: the pure parts first (no actix, no OS), then the actor and its behaviours.
 mod actor;
 mod dispatch;
+mod gate;
 mod generation;
 mod handover;
 mod inflight;

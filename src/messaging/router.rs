@@ -56,11 +56,7 @@ impl Router {
 
     /// Where the answer to request `id` of process `generation` goes.
     pub(crate) fn reply_to(&self, generation: u64, id: u64) -> Option<ReplyTo> {
-        Some(ReplyTo::Proxy {
-            proxy: self.me.clone()?,
-            generation,
-            id,
-        })
+        Some(ReplyTo::proxy(self.me.clone()?, generation, id))
     }
 
     fn target(&self, worker: u64) -> Result<Recipient<Routed>, AskError> {

@@ -78,31 +78,58 @@ impl Routing {
 #[derive(Debug)]
 pub(crate) enum ReplyTo {
     /// To a worker, through its proxy: `AskReply` / `AskFailed` with the worker's id.
-    Proxy {
-        proxy: Recipient<AskDone>,
-        generation: u64,
-        id: u64,
-    },
+    Proxy(ProxyReply),
     /// To a caller in the master.
     Local(oneshot::Sender<Result<Bytes, AskError>>),
 }
 
 impl ReplyTo {
+    /// Where the answer to request `id` of process `generation` goes: its proxy, `proxy`.
+    pub(crate) fn proxy(proxy: Recipient<AskDone>, generation: u64, id: u64) -> Self {
+        ReplyTo::Proxy(ProxyReply {
+            proxy: Some(proxy),
+            generation,
+            id,
+        })
+    }
+
     pub(crate) fn answer(self, result: Result<Bytes, AskError>) {
         match self {
-            ReplyTo::Proxy {
-                proxy,
-                generation,
-                id,
-            } => proxy.do_send(AskDone {
-                generation,
-                id,
-                result,
-            }),
+            ReplyTo::Proxy(mut reply) => reply.send(result),
             ReplyTo::Local(tx) => {
                 let _ = tx.send(result);
             }
         }
+    }
+}
+
+/// The way back to a worker that asked. Dropped unanswered (its receiver went away with it in
+/// a mailbox or a table), it answers with an error itself: a worker's request always gets an
+/// answer, and its proxy's count of requests in flight stays true.
+#[derive(Debug)]
+pub(crate) struct ProxyReply {
+    proxy: Option<Recipient<AskDone>>,
+    generation: u64,
+    id: u64,
+}
+
+impl ProxyReply {
+    fn send(&mut self, result: Result<Bytes, AskError>) {
+        if let Some(proxy) = self.proxy.take() {
+            proxy.do_send(AskDone {
+                generation: self.generation,
+                id: self.id,
+                result,
+            });
+        }
+    }
+}
+
+impl Drop for ProxyReply {
+    fn drop(&mut self) {
+        self.send(Err(AskError::Failed(
+            "the receiver went away without answering".into(),
+        )));
     }
 }
 

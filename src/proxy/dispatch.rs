@@ -78,6 +78,14 @@ impl<A: WorkerActor> Worker<A> {
         envelope: Envelope<'_>,
         ctx: &mut Context<Self>,
     ) {
+        let asks = matches!(
+            envelope,
+            Envelope::Ask { .. } | Envelope::System { .. } | Envelope::Send { ack: Some(_), .. }
+        );
+        if let Some(p) = self.proc_mut(generation).filter(|_| asks) {
+            // Answered through `answer_worker`, which counts it done.
+            p.gate.asked();
+        }
         match envelope {
             Envelope::Send { to, ack, payload } => {
                 self.route_send(generation, pid, to, ack, payload, ctx)
@@ -92,10 +100,19 @@ impl<A: WorkerActor> Worker<A> {
                 time_ns,
                 fields,
             } => self.log_record(generation, pid, kind, time_ns, fields),
-            Envelope::ReloadRequest => {
-                self.emit(generation, Some(pid), WorkerEventKind::ReloadRequested)
-            }
+            Envelope::ReloadRequest => self.reload_requested(generation, pid),
             _ => {}
+        }
+    }
+
+    /// The process asks for a rolling reload: passed on to the supervisor once per process
+    /// (a flood of requests is one request).
+    fn reload_requested(&mut self, generation: u64, pid: u32) {
+        let Some(p) = self.proc_mut(generation) else {
+            return;
+        };
+        if !std::mem::replace(&mut p.reload_asked, true) {
+            self.emit(generation, Some(pid), WorkerEventKind::ReloadRequested);
         }
     }
 
@@ -122,21 +139,35 @@ impl<A: WorkerActor> Worker<A> {
         self.links.log.send_always(record);
     }
 
-    /// A one-way message to the master's handlers.
-    pub(super) fn deliver_event(&self, generation: u64, pid: u32, payload: &[u8]) {
-        for listener in self.links.handlers.listeners.iter() {
-            match decode_value::<A::Event>(payload) {
-                Ok(msg) => listener.do_send(FromWorker {
-                    worker: self.id,
-                    pid,
-                    generation,
-                    msg,
-                }),
+    /// A one-way message to the master's handlers. Each handler's copy counts against the
+    /// process's [`Gate`](super::gate::Gate) until the handler is done with it.
+    pub(super) fn deliver_event(&mut self, generation: u64, pid: u32, payload: &[u8]) {
+        let handlers = std::rc::Rc::clone(&self.links.handlers);
+        for listener in handlers.listeners.iter() {
+            let msg = match decode_value::<A::Event>(payload) {
+                Ok(msg) => msg,
                 Err(e) => {
                     tracing::warn!(worker = self.id, pid, error = %e, "event from worker did not decode; dropped");
                     return;
                 }
-            }
+            };
+            let Some(p) = self.proc_mut(generation) else {
+                return;
+            };
+            // A task of its own, not a future of the proxy's context: actix polls every future
+            // of a context on each wake-up, and a thousand of them would cost the loop dearly.
+            let gate = std::rc::Rc::clone(&p.gate);
+            gate.handed();
+            let handled = listener.send(FromWorker {
+                worker: self.id,
+                pid,
+                generation,
+                msg,
+            });
+            actix::spawn(async move {
+                let _ = handled.await;
+                gate.handled();
+            });
         }
     }
 }

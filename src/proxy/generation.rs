@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use actix::dev::OneshotSender;
 
+use super::gate::Gate;
 use super::inflight::InFlight;
 use super::stdin::StdinQueue;
 use crate::config::ClusterConfig;
@@ -40,6 +41,10 @@ pub(crate) struct Proc<R, C: Child = OsChild> {
     /// Its pid, once spawned.
     pub(super) pid: Option<u32>,
     pub(crate) stdin: StdinQueue,
+    /// When the master stops reading its frames (see [`Gate`]).
+    pub(crate) gate: Rc<Gate>,
+    /// It asked for a reload already: once per process is enough.
+    pub(super) reload_asked: bool,
     /// Callers and peers waiting for its answers.
     pub(super) in_flight: InFlight<R>,
     pub(super) held: Held,
@@ -79,6 +84,9 @@ pub(super) enum Beat {
     Ping(u64),
     /// Too many pings in a row went unanswered.
     Missed,
+    /// Nothing this time: the master is not reading the process's frames, for reasons not of its
+    /// making (see [`Gate`]).
+    Paused,
 }
 
 /// How a process ended, once reaped and its output read.
@@ -98,6 +106,8 @@ impl<R, C: Child> Proc<R, C> {
             child: None,
             pid: None,
             stdin: StdinQueue::new(config.max_frame_bytes, config.max_outbox_bytes),
+            gate: Rc::new(Gate::new(config.max_worker_pending)),
+            reload_asked: false,
             in_flight: InFlight::default(),
             held: Rc::default(),
             fault: None,
@@ -220,6 +230,14 @@ impl<R, C: Child> Proc<R, C> {
 
     /// One heartbeat interval passed: ping again, or give up after `misses` unanswered pings.
     pub(super) fn heartbeat(&mut self, misses: u64) -> Beat {
+        if self
+            .gate
+            .paused()
+            .is_some_and(|pause| !pause.is_the_workers())
+        {
+            // Its pongs wait unread behind frames the master is not reading yet.
+            return Beat::Paused;
+        }
         if self.pings_sent.saturating_sub(self.pongs_seen) >= misses {
             return Beat::Missed;
         }

@@ -41,6 +41,7 @@ impl<A: WorkerActor> Worker<A> {
             };
             match p.heartbeat(misses) {
                 Beat::Missed => act.fault(generation, ExitReason::HeartbeatTimeout, ctx),
+                Beat::Paused => {}
                 Beat::Ping(seq) => {
                     // A full queue is a missed heartbeat too; the worker is not reading.
                     if p.stdin.push(id, &Envelope::Ping { seq }).is_ok() {

@@ -6,8 +6,10 @@
 //! drained, so every frame queued while a burst of messages is handled leaves in one `write(2)`.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use actix::ActorFuture;
 use bytes::BytesMut;
@@ -15,6 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
 use super::actor::Worker;
+use super::gate::Pause;
 use crate::codec::FrameDecoder;
 use crate::logger::{LogLink, Record, Source, Stream};
 use crate::worker::WorkerActor;
@@ -23,8 +26,13 @@ use crate::worker::WorkerActor;
 pub(crate) const MAX_LINE_BYTES: usize = 16 * 1024;
 /// Lines of stderr kept for the exit event.
 pub(crate) const STDERR_TAIL_LINES: usize = 20;
-/// Reads per poll of the frame reader before it yields to the proxy's other work.
-const READS_PER_POLL: usize = 32;
+/// Frames (and reads) one poll of the frame reader handles before it yields the event loop.
+pub(crate) const FRAMES_PER_POLL: usize = 1024;
+/// Time one poll of the frame reader may take before it yields the event loop (looked at every
+/// 8 frames).
+pub(crate) const TIME_PER_POLL: Duration = Duration::from_millis(1);
+/// Bytes one poll of the frame reader consumes before it yields the event loop.
+pub(crate) const BYTES_PER_POLL: usize = 1024 * 1024;
 
 /// Writes the outbox of one process to its stdin until it is empty.
 #[derive(Debug)]
@@ -55,6 +63,9 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
         };
         let result = p.stdin.poll_flush(cx);
         p.release_held_tells();
+        if p.gate.paused() == Some(Pause::Outbox) && !p.stdin.is_full() {
+            p.gate.wake();
+        }
         match result {
             Poll::Pending => Poll::Pending,
             Poll::Ready(result) => {
@@ -71,6 +82,11 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
 }
 
 /// Reads frames from one process's stdout and hands them to the proxy.
+///
+/// A poll handles at most [`FRAMES_PER_POLL`] frames or [`BYTES_PER_POLL`] bytes, then yields:
+/// a worker flooding tiny frames holds the master's event loop for well under a millisecond at
+/// a time. Before each frame the process's [`Gate`](super::gate::Gate) may pause the reader
+/// (see there); it is woken when the pause ends.
 #[derive(Debug)]
 pub(crate) struct ReadFrames {
     generation: u64,
@@ -84,10 +100,20 @@ impl ReadFrames {
         Self {
             generation,
             pipe,
-            buf: BytesMut::with_capacity(256 * 1024),
+            buf: BytesMut::with_capacity(64 * 1024),
             decoder: FrameDecoder::new(max_frame_bytes),
         }
     }
+}
+
+/// What one step of the reader came to.
+enum Step {
+    /// Go on (a frame handled, or bytes read).
+    More,
+    /// The process is gone or its stream ended: the reader is done.
+    Done,
+    /// Wait to be woken.
+    Wait,
 }
 
 impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
@@ -100,56 +126,101 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for ReadFrames {
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
         let this = self.get_mut();
-        let generation = this.generation;
-        let span = act.span(generation);
+        let span = act.span(this.generation);
         let _entered = span.as_ref().map(tracing::Span::enter);
-        for _ in 0..READS_PER_POLL {
-            loop {
-                if act.proc_mut(generation).is_none() {
-                    return Poll::Ready(());
+        let (mut frames, mut bytes) = (0, 0);
+        let started = Instant::now();
+        while frames < FRAMES_PER_POLL
+            && bytes < BYTES_PER_POLL
+            && (frames % 8 != 7 || started.elapsed() < TIME_PER_POLL)
+        {
+            let before = this.buf.len();
+            let step = match this.next_frame(act, ctx, cx) {
+                Some(step) => step,
+                None => this.read(act, ctx, cx),
+            };
+            match step {
+                Step::More => {
+                    frames += 1;
+                    bytes += before.abs_diff(this.buf.len());
                 }
-                match this.decoder.decode(&mut this.buf) {
-                    Ok(Some(frame)) => {
-                        if let Err(e) = act.on_frame(generation, &frame, ctx) {
-                            act.fault(generation, e.into(), ctx);
-                            act.stdout_closed(generation);
-                            return Poll::Ready(());
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        act.fault(generation, e.into(), ctx);
-                        act.stdout_closed(generation);
-                        return Poll::Ready(());
-                    }
-                }
-            }
-            if act.links.log.queue.full_for(act.id) {
-                // The log writer is behind with this worker's records: read no more from it
-                // until the writer has caught up, rather than queue them without bound.
-                act.links.log.queue.wait(cx.waker());
-                return Poll::Pending;
-            }
-            if this.buf.capacity() - this.buf.len() < 64 * 1024 {
-                this.buf.reserve(256 * 1024);
-            }
-            match tokio_util::io::poll_read_buf(Pin::new(&mut this.pipe), cx, &mut this.buf) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(n)) if n > 0 => {}
-                Poll::Ready(result) => {
-                    // End of stream (or a read error, which ends it too).
-                    if let Err(e) = this.decoder.decode_eof(&this.buf) {
-                        act.fault(generation, e.into(), ctx);
-                    } else if let Err(e) = result {
-                        tracing::debug!(worker = act.id, error = %e, "read from worker failed");
-                    }
-                    act.stdout_closed(generation);
-                    return Poll::Ready(());
-                }
+                Step::Done => return Poll::Ready(()),
+                Step::Wait => return Poll::Pending,
             }
         }
-        cx.waker().wake_by_ref();
+        // Over budget: let the other workers' proxies run, and the runtime poll for I/O, then go
+        // on. A plain `wake_by_ref` would put this task straight back in the run queue, and the
+        // runtime looks at I/O only every so many tasks: every other pipe would wait for it.
+        // `yield_now` defers the wake-up until the runtime has polled the I/O driver.
+        let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
         Poll::Pending
+    }
+}
+
+impl ReadFrames {
+    /// Handles the next whole frame in the buffer, if there is one and the gate is open.
+    fn next_frame<A: WorkerActor>(
+        &mut self,
+        act: &mut Worker<A>,
+        ctx: &mut actix::Context<Worker<A>>,
+        cx: &mut TaskContext<'_>,
+    ) -> Option<Step> {
+        let generation = self.generation;
+        let log_full = act.links.log.queue.full_for(act.id);
+        let Some(p) = act.proc_mut(generation) else {
+            return Some(Step::Done);
+        };
+        if let Some(pause) = p.gate.check(p.stdin.is_full(), log_full) {
+            p.gate.wait(pause, cx.waker());
+            if pause == Pause::Log {
+                act.links.log.queue.wait(cx.waker());
+            }
+            return Some(Step::Wait);
+        }
+        p.gate.resumed();
+        match self.decoder.decode(&mut self.buf) {
+            Ok(Some(frame)) => {
+                if let Err(e) = act.on_frame(generation, &frame, ctx) {
+                    act.fault(generation, e.into(), ctx);
+                    act.stdout_closed(generation);
+                    return Some(Step::Done);
+                }
+                Some(Step::More)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                act.fault(generation, e.into(), ctx);
+                act.stdout_closed(generation);
+                Some(Step::Done)
+            }
+        }
+    }
+
+    /// Reads more bytes from the pipe.
+    fn read<A: WorkerActor>(
+        &mut self,
+        act: &mut Worker<A>,
+        ctx: &mut actix::Context<Worker<A>>,
+        cx: &mut TaskContext<'_>,
+    ) -> Step {
+        let generation = self.generation;
+        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.pipe), cx, &mut self.buf) {
+            Poll::Pending => Step::Wait,
+            Poll::Ready(Ok(n)) if n > 0 => Step::More,
+            Poll::Ready(result) => {
+                // End of stream (or a read error, which ends it too).
+                if let Err(e) = self.decoder.decode_eof(&self.buf) {
+                    act.fault(generation, e.into(), ctx);
+                } else if let Err(e) = result {
+                    tracing::debug!(worker = act.id, error = %e, "read from worker failed");
+                }
+                act.stdout_closed(generation);
+                Step::Done
+            }
+        }
     }
 }
 

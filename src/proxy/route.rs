@@ -66,12 +66,7 @@ impl<A: WorkerActor> Worker<A> {
                     generation,
                     msg: (),
                 };
-                let answer = handler(from, payload);
-                ctx.spawn(
-                    answer.into_actor(self).map(move |result, act, ctx| {
-                        act.answer_worker(generation, id, result, ctx)
-                    }),
-                );
+                self.answer_later(generation, id, handler(from, payload), ctx);
             }
         }
     }
@@ -110,13 +105,30 @@ impl<A: WorkerActor> Worker<A> {
             }
             op => {
                 let answer = self.links.system.serve(self.router.peer(pid), op);
-                ctx.spawn(
-                    answer.into_actor(self).map(move |result, act, ctx| {
-                        act.answer_worker(generation, id, result, ctx)
-                    }),
-                );
+                self.answer_later(generation, id, answer, ctx);
             }
         }
+    }
+
+    /// Answers what process `generation` asked under `id` once `answer` resolves. A task of its
+    /// own, which hands the answer back as [`AskDone`]: actix polls every future of a context on
+    /// each wake-up, so a thousand requests in flight as context futures would slow the loop.
+    fn answer_later(
+        &self,
+        generation: u64,
+        id: u64,
+        answer: impl std::future::Future<Output = Result<Bytes, AskError>> + 'static,
+        ctx: &mut Context<Self>,
+    ) {
+        let proxy = ctx.address();
+        actix::spawn(async move {
+            let result = answer.await;
+            proxy.do_send(AskDone {
+                generation,
+                id,
+                result,
+            });
+        });
     }
 
     /// Writes the answer to what process `generation` asked under `id`, if it still runs.
@@ -128,10 +140,16 @@ impl<A: WorkerActor> Worker<A> {
         ctx: &mut Context<Self>,
     ) {
         let worker = self.id;
-        let Some(p) = self.proc_mut(generation).filter(|p| p.is_running()) else {
+        let Some(p) = self.proc_mut(generation) else {
             return;
         };
-        // Answers bypass the outbox limit: the worker waits for them, and they are small.
+        p.gate.answered();
+        if !p.is_running() {
+            return;
+        }
+        // Answers bypass the outbox limit (the worker waits for them); the master stops reading
+        // the worker's requests while its outbox is full, so they cannot pile up past one
+        // answer per request in flight (see `gate`).
         let (pushed, kind) = match &result {
             Ok(payload) => (
                 p.stdin.push_control(&Envelope::AskReply { id, payload }),

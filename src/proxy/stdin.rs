@@ -4,7 +4,8 @@
 //! [`CallError::Backpressure`] rather than queued; control frames (`Shutdown`) always go in. The
 //! bytes queued while a burst of messages is handled leave together, in one `write(2)`.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
@@ -20,24 +21,39 @@ use crate::state::WorkerId;
 /// (`limit / HELD_TELL_FRACTION`): a fast sender is paced long before it meets backpressure.
 pub(crate) const HELD_TELL_FRACTION: usize = 16;
 
-/// Frames waiting for the worker's stdin: appended by handlers, written by the `Flush` future of `pipes`.
+/// Frames waiting for the worker's stdin: appended by handlers, written by the `Flush` future of
+/// `pipes`.
+///
+/// Held in chunks of about [`CHUNK_BYTES`], written with one `writev(2)` of many chunks: a queue
+/// that grows to tens of megabytes never copies what it holds to grow (one `Vec` doubling past
+/// 32 MiB would hold the event loop for tens of milliseconds).
 #[derive(Debug)]
 pub(crate) struct StdinQueue {
-    queued: Vec<u8>,
-    writing: Vec<u8>,
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes of the first chunk written already.
     written: usize,
+    /// Bytes not yet written, over every chunk.
+    len: usize,
+    /// A written chunk kept for the next frames.
+    spare: Option<Vec<u8>>,
     stdin: Option<pipe::Sender>,
     pub(crate) flushing: bool,
     max_frame_bytes: usize,
     limit: usize,
 }
 
+/// The size a chunk of the queue is started with; a larger frame gets a chunk of its own size.
+pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
+/// Chunks one `writev(2)` takes.
+const CHUNKS_PER_WRITE: usize = 64;
+
 impl StdinQueue {
     pub(crate) fn new(max_frame_bytes: usize, limit: usize) -> Self {
         Self {
-            queued: Vec::new(),
-            writing: Vec::new(),
+            chunks: VecDeque::new(),
             written: 0,
+            len: 0,
+            spare: None,
             stdin: None,
             flushing: false,
             max_frame_bytes,
@@ -47,7 +63,13 @@ impl StdinQueue {
 
     /// Bytes not yet written.
     pub(crate) fn len(&self) -> usize {
-        self.queued.len() + self.writing.len() - self.written
+        self.len
+    }
+
+    /// Whether it holds its limit or more: requests and messages are refused, and the master
+    /// reads nothing more from the worker until it drains.
+    pub(crate) fn is_full(&self) -> bool {
+        self.len() >= self.limit
     }
 
     pub(crate) fn limit(&self) -> usize {
@@ -61,9 +83,10 @@ impl StdinQueue {
     /// Drops the pipe and everything queued for it.
     pub(crate) fn detach(&mut self) {
         self.stdin = None;
-        self.queued = Vec::new();
-        self.writing = Vec::new();
+        self.chunks = VecDeque::new();
+        self.spare = None;
         self.written = 0;
+        self.len = 0;
     }
 
     pub(crate) fn is_attached(&self) -> bool {
@@ -80,34 +103,70 @@ impl StdinQueue {
                 limit: self.limit,
             });
         }
-        encode_frame(&mut self.queued, env, self.max_frame_bytes).map_err(CallError::Frame)
+        self.append(env)
     }
 
     /// Queues a control frame (`Shutdown`) even past the limit: it must reach the worker.
     pub(crate) fn push_control(&mut self, env: &Envelope<'_>) -> Result<(), CallError> {
-        encode_frame(&mut self.queued, env, self.max_frame_bytes).map_err(CallError::Frame)
+        self.append(env)
+    }
+
+    /// Encodes one frame at the end of the last chunk, or of a new one once that is full.
+    fn append(&mut self, env: &Envelope<'_>) -> Result<(), CallError> {
+        if self.chunks.back().is_none_or(|c| c.len() >= CHUNK_BYTES) {
+            let chunk = self
+                .spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES));
+            self.chunks.push_back(chunk);
+        }
+        let chunk = self.chunks.back_mut().expect("pushed above");
+        let before = chunk.len();
+        let encoded = encode_frame(chunk, env, self.max_frame_bytes).map_err(CallError::Frame);
+        self.len += chunk.len() - before;
+        if chunk.is_empty() {
+            self.spare = self.chunks.pop_back();
+        }
+        encoded
     }
 
     pub(super) fn poll_flush(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        loop {
-            if self.written == self.writing.len() {
-                self.writing.clear();
-                self.written = 0;
-                if self.queued.is_empty() {
-                    if self.writing.capacity() > 4 * 1024 * 1024 {
-                        self.writing = Vec::new();
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                std::mem::swap(&mut self.queued, &mut self.writing);
-            }
+        while self.len > 0 {
             let Some(stdin) = self.stdin.as_mut() else {
                 return Poll::Ready(Ok(()));
             };
-            match Pin::new(stdin).poll_write(cx, &self.writing[self.written..]) {
-                Poll::Ready(Ok(n)) => self.written += n,
+            let mut slices = [IoSlice::new(&[]); CHUNKS_PER_WRITE];
+            let mut count = 0;
+            for (i, chunk) in self.chunks.iter().take(CHUNKS_PER_WRITE).enumerate() {
+                let from = if i == 0 { self.written } else { 0 };
+                slices[i] = IoSlice::new(&chunk[from..]);
+                count += 1;
+            }
+            match Pin::new(stdin).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.advance(n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// `n` more bytes were written: drops the chunks written whole.
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while let Some(front) = self.chunks.front() {
+            let left = front.len() - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.written = 0;
+            let mut done = self.chunks.pop_front().expect("looked at above");
+            if done.capacity() == CHUNK_BYTES {
+                done.clear();
+                self.spare = Some(done);
             }
         }
     }
@@ -115,5 +174,54 @@ impl StdinQueue {
     /// Whether a one-way sender should wait for the queue to drain before sending more.
     pub(crate) fn over_tell_mark(&self) -> bool {
         self.len() > self.limit / HELD_TELL_FRACTION
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::codec::{decode_envelope, FrameDecoder};
+
+    #[tokio::test]
+    async fn frames_across_many_chunks_arrive_whole_and_in_order() {
+        let (tx, mut rx) = pipe::pipe().unwrap();
+        let mut queue = StdinQueue::new(1024 * 1024, 64 * 1024 * 1024);
+        queue.attach(tx);
+        let big = vec![9u8; 300 * 1024];
+        for seq in 0..2000u64 {
+            let payload: &[u8] = if seq % 500 == 7 { &big } else { &[1, 2, 3] };
+            queue.push(0, &Envelope::Tell { payload }).unwrap();
+            queue.push_control(&Envelope::Ping { seq }).unwrap();
+        }
+        assert!(queue.chunks.len() > 4, "{} chunks", queue.chunks.len());
+        let total = queue.len();
+        let reader = tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            rx.read_to_end(&mut bytes).await.unwrap();
+            bytes
+        });
+        std::future::poll_fn(|cx| queue.poll_flush(cx))
+            .await
+            .unwrap();
+        assert_eq!(queue.len(), 0);
+        queue.detach();
+        let bytes = reader.await.unwrap();
+        assert_eq!(bytes.len(), total);
+        let mut buf = bytes::BytesMut::from(&bytes[..]);
+        let decoder = FrameDecoder::new(1024 * 1024);
+        for seq in 0..2000u64 {
+            let tell = decoder.decode(&mut buf).unwrap().unwrap();
+            let Envelope::Tell { payload } = decode_envelope(&tell).unwrap() else {
+                panic!("a Tell first")
+            };
+            assert_eq!(payload.len(), if seq % 500 == 7 { big.len() } else { 3 });
+            let ping = decoder.decode(&mut buf).unwrap().unwrap();
+            assert!(
+                matches!(decode_envelope(&ping).unwrap(), Envelope::Ping { seq: s } if s == seq)
+            );
+        }
+        assert!(buf.is_empty());
     }
 }
