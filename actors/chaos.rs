@@ -38,6 +38,10 @@
 //! | `flood-logs` *       | `Log` records as fast as it can, never reading stdin          |
 //! | `flood-sends` *      | tiny `Send`s to the master as fast as it can                  |
 //! | `flood-joins` *      | `System` `Join` requests as fast as it can (answers unread)   |
+//! | `escape`             | the echo worker with descendants that `sleep`: one in its     |
+//! |                      | group, one in a group of its own, one in a session of its own,|
+//! |                      | one double-forked (reparented to init), one both; its first   |
+//! |                      | event to the master is `"escape <pid> <pid> <pid> <pid> <pid>"` |
 //! | `echo` (default)     | behaves as `procactor-echo`                                   |
 
 use std::fs::File;
@@ -263,6 +267,8 @@ enum Fault {
     Serve,
     /// Has a grandchild holding a port; its first event to the master is this report.
     Grandchild(String),
+    /// Has descendants out of its process group; its first event to the master is this report.
+    Escaped(String),
 }
 
 impl Chaos {
@@ -284,6 +290,7 @@ impl Chaos {
             "hang-on-stop" => Fault::HangOnStop,
             "serve" => Fault::Serve,
             "fork-grandchild" => Fault::Grandchild(spawn_grandchild()?),
+            "escape" => Fault::Escaped(spawn_escapees()?),
             mode => match mode.strip_prefix("die-after-") {
                 Some(n) => Fault::DieAfter {
                     left: n.parse().unwrap_or(1),
@@ -317,7 +324,7 @@ impl WorkerActor for Chaos {
     async fn started(&mut self, ctx: &mut WorkerContext<Self>) {
         match &self.fault {
             Fault::Serve => serve(ctx),
-            Fault::Grandchild(report) => {
+            Fault::Grandchild(report) | Fault::Escaped(report) => {
                 let _ = ctx.send_master(report);
             }
             _ => {}
@@ -354,6 +361,41 @@ fn spawn_grandchild() -> std::io::Result<String> {
     let stdout = child.stdout.take().expect("piped");
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
     Ok(format!("grandchild {}", line.trim()))
+}
+
+/// Starts descendants that each `sleep 1000` out of reach of a signal to this process's group,
+/// but one; returns the report `"escape <pids>"`.
+#[allow(clippy::zombie_processes)] // they outlive this process, or die with it
+fn spawn_escapees() -> std::io::Result<String> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let sleeper = || {
+        let mut sleep = Command::new("/bin/sleep");
+        sleep
+            .arg("1000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        sleep
+    };
+    let in_group = sleeper().spawn()?.id();
+    let own_group = sleeper().process_group(0).spawn()?.id();
+    // A new session (setsid(1) execs sleep itself: a background job of sh leads no group), a
+    // double fork, and a double fork in a new session; the shells print the pids and exit.
+    let script = "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!; \
+                  (sleep 1000 </dev/null >/dev/null 2>&1 & echo $!); \
+                  setsid sh -c '(sleep 1000 </dev/null >/dev/null 2>&1 & echo $!)'";
+    let out = Command::new("/bin/sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()?;
+    let rest = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(format!("escape {in_group} {own_group} {rest}"))
 }
 
 /// Reports the socket-activation variables to the master, then answers `"<pid>\n"` on every

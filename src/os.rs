@@ -10,6 +10,9 @@
 //! - `activated`: the exec of a worker that receives listening sockets (socket activation);
 //! - `child`: a started child, watched through its pidfd;
 //! - `reap`: the reaper of children whose owner dropped them;
+//! - `tree`: the token every child and its descendants carry in their environment;
+//! - `sweep`: killing every process that carries a token, after a child's exit;
+//! - `keeper`: the process that sweeps a master's tokens once the master has died;
 //! - `fds`: the worker's side, taking its channel and its sockets.
 //!
 //! # Guarantees
@@ -24,13 +27,24 @@
 //!   once its owner dropped it. It is never signalled after it has been reaped, so a recycled pid
 //!   cannot be hit.
 //! - Once a child has exited, what is left of its process group is killed before it is reaped.
+//! - Every child carries a token of its own in `PROCACTOR_TREE`, and its descendants inherit it.
+//!   Once a child is reaped, every live process that carries its token is killed (`sweep`),
+//!   wherever it went (a new group or session, a double fork), before its exit is reported: when
+//!   a stop returns, its workers' descendants are gone.
+//! - When the master dies, even by `SIGKILL`, its keeper process kills every process that carries
+//!   one of the master's tokens (`keeper`).
 //! - Dropping a child never blocks: an unreaped child is killed with its group and handed to the
 //!   reaper thread, which reaps it as soon as it has exited. The master's event loop never waits
 //!   in `waitid` for a process that has not exited.
 //!
 //! # Caveats
 //! - A grandchild that calls `setsid()` itself leaves the worker's process group and is not
-//!   reached by a group signal.
+//!   reached by a group signal: only the sweep after the exit reaches it, so a `SIGTERM` of a
+//!   stop reaches the group only.
+//! - A descendant that executes a program without the token in its environment (an empty or
+//!   rebuilt one), or that the master may not read (another user's, non-dumpable), escapes the
+//!   sweeps. cgroup v2's `cgroup.kill` would not let it, and is not used: it needs a cgroup the
+//!   master may write, which an unprivileged process on a cgroup v1 host does not have.
 //! - A child's exit status is lost if something else in the program reaps it (a `waitpid(-1)`, or
 //!   `SIGCHLD` set to `SIG_IGN`): [`Child::poll_exit`] then fails, and the proxy reports the
 //!   worker as killed ([`RawExit::LOST`]).
@@ -54,12 +68,16 @@ mod child;
 #[cfg(test)]
 pub(crate) mod fake;
 mod fds;
+mod keeper;
 mod reap;
 mod spawn;
+mod sweep;
+mod tree;
 
 pub(crate) use child::OsChild;
 pub(crate) use fds::{take_listen_fds, take_worker_channel};
 pub(crate) use spawn::OsSpawner;
+pub(crate) use tree::Token;
 
 /// What to run as a worker.
 #[derive(Debug)]
@@ -73,6 +91,8 @@ pub(crate) struct SpawnSpec {
     pub(crate) listeners: Vec<(String, OwnedFd)>,
     /// The CPUs the child may run on; empty: those of the master.
     pub(crate) cpus: Vec<usize>,
+    /// The child's tree token, added to `PROCACTOR_TREE` (see the module's guarantees).
+    pub(crate) tree: Token,
 }
 
 /// The master's async ends of a child's pipes.
@@ -119,7 +139,8 @@ pub(crate) trait Child {
     fn signal_group(&self, signal: Signal) -> io::Result<()>;
 
     /// Ready once the child has exited: what is left of its group is killed, the child is reaped,
-    /// and this and every later call return how it ended.
+    /// every process that carries its tree token is killed, and this and every later call return
+    /// how it ended.
     ///
     /// # Errors
     /// When the exit cannot be known, e.g. something else reaped the child.
@@ -158,6 +179,7 @@ impl SpawnSpec {
             pipe_bytes: 0,
             listeners: Vec::new(),
             cpus: Vec::new(),
+            tree: Token::new(0, 0),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
-use super::SpawnSpec;
+use super::{tree, SpawnSpec};
 
 /// The prepared exec; see the module doc.
 pub(super) struct ActivatedExec {
@@ -116,13 +116,15 @@ impl ActivatedExec {
 }
 
 /// The environment std would pass: ours, overridden by the spec's, without `LISTEN_*`; then the
-/// spec's `LISTEN_FDS` and `LISTEN_FDNAMES` (`LISTEN_PID` is added in the child).
+/// child's tree token list (see `tree`), the spec's `LISTEN_FDS` and `LISTEN_FDNAMES`
+/// (`LISTEN_PID` is added in the child).
 fn environment(spec: &SpawnSpec) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !spec.env.iter().any(|(sk, _)| sk == k))
         .chain(spec.env.iter().cloned())
-        .filter(|(k, _)| !k.as_bytes().starts_with(b"LISTEN_"))
+        .filter(|(k, _)| !k.as_bytes().starts_with(b"LISTEN_") && k != tree::VAR)
         .collect();
+    env.push((tree::VAR.into(), spec.tree.env_value()));
     let names: Vec<&str> = spec.listeners.iter().map(|(n, _)| n.as_str()).collect();
     env.push(("LISTEN_FDS".into(), spec.listeners.len().to_string().into()));
     env.push(("LISTEN_FDNAMES".into(), names.join(":").into()));

@@ -3,10 +3,16 @@
 //! A pidfd turns readable once its process has exited, so the wait is an ordinary readiness
 //! wait on the master's event loop, and `waitid(2)` on it (`P_PIDFD`) reaps exactly that process:
 //! never a stranger that recycled the pid.
+//!
+//! Its exit is reported once what the kill of its process group missed has been swept too:
+//! every process that carries its tree token (see `sweep`). The sweep runs on the sweeper thread;
+//! the wait for it is an ordinary wait on a channel.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use nix::errno::Errno;
@@ -17,7 +23,8 @@ use tokio::io::Interest;
 use tokio::net::unix::pipe;
 
 use super::reap::{pid, Unreaped};
-use super::{reap, Child, ChildPipes, RawExit, Signal};
+use super::tree::Token;
+use super::{reap, sweep, Child, ChildPipes, RawExit, Signal};
 
 /// A child just started on the spawner thread, not yet registered with a runtime. Dropping it
 /// kills and reaps the child (through its [`Unreaped`] guard).
@@ -30,8 +37,9 @@ pub(super) struct Spawned {
 }
 
 impl Spawned {
-    /// Takes over a child that `Command::spawn` started with three pipes, and opens its pidfd.
-    pub(super) fn adopt(mut child: std::process::Child) -> io::Result<Self> {
+    /// Takes over a child that `Command::spawn` started with three pipes and `token` in its
+    /// environment, and opens its pidfd.
+    pub(super) fn adopt(mut child: std::process::Child, token: Token) -> io::Result<Self> {
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -42,13 +50,14 @@ impl Spawned {
                 stdin: stdin.into(),
                 stdout: stdout.into(),
                 stderr: stderr.into(),
-                child: Unreaped::new(child.id(), pidfd),
+                child: Unreaped::new(child.id(), pidfd, token),
             }),
             Err(e) => {
                 // Without a pidfd there is nothing to watch it by: end it here, on the spawner
                 // thread, where a wait for a killed child blocks nobody.
                 let _ = child.kill();
                 let _ = child.wait();
+                sweep::after_exit_unwatched(token);
                 Err(e)
             }
         }
@@ -67,20 +76,25 @@ impl Spawned {
             stderr: pipe::Receiver::from_owned_fd(self.stderr)?,
         };
         let pid = self.child.pid();
-        let pidfd = self.child.into_pidfd();
+        let (pidfd, token) = self.child.into_parts();
         // SAFETY: an OwnedFd keeps its descriptor open and unchanged until it is dropped, which
         // only happens when the AsyncFd is, or after `into_inner` has deregistered it.
         let watch = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) };
-        let watch = watch.map_err(|e| {
-            let (pidfd, error) = e.into_parts();
-            reap::orphan(pid, pidfd);
-            error
-        })?;
+        let watch = match watch {
+            Ok(watch) => watch,
+            Err(e) => {
+                let (pidfd, error) = e.into_parts();
+                reap::orphan(pid, pidfd, token);
+                return Err(error);
+            }
+        };
         let child = OsChild {
             pid,
             watch: Some(watch),
             reaped: Cell::new(false),
             exit: Cell::new(None),
+            token,
+            sweep: RefCell::new(Sweep::NotYet),
         };
         Ok((pipes, child))
     }
@@ -98,6 +112,18 @@ pub(crate) struct OsChild {
     /// Reaped (or reaped by someone else): its pid may belong to another process now.
     reaped: Cell<bool>,
     exit: Cell<Option<RawExit>>,
+    /// The token in its environment, which its descendants carry.
+    token: Token,
+    sweep: RefCell<Sweep>,
+}
+
+/// The sweep of a reaped child's token.
+#[derive(Debug)]
+enum Sweep {
+    NotYet,
+    /// Queued; the sweeper says when it has run.
+    Running(tokio::sync::oneshot::Receiver<()>),
+    Done,
 }
 
 impl OsChild {
@@ -117,23 +143,9 @@ impl OsChild {
         self.exit.set(Some(exit));
         Ok(exit)
     }
-}
 
-impl Child for OsChild {
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    fn signal_group(&self, signal: Signal) -> io::Result<()> {
-        if self.reaped.get() {
-            return Ok(());
-        }
-        // The group id is the child's pid (setsid). The leader is not reaped yet, so the pid is
-        // still ours even if it has exited.
-        killpg(pid(self.pid), signal.to_nix()).map_err(io::Error::from)
-    }
-
-    fn poll_exit(&self, cx: &mut Context<'_>) -> Poll<io::Result<RawExit>> {
+    /// Ready once the child is reaped (or lost): its exit, as [`Child::poll_exit`] reports it.
+    fn poll_reaped(&self, cx: &mut Context<'_>) -> Poll<io::Result<RawExit>> {
         if let Some(exit) = self.exit.get() {
             return Poll::Ready(Ok(exit));
         }
@@ -160,6 +172,43 @@ impl Child for OsChild {
             }
         }
     }
+
+    /// Ready once the sweep of the reaped child's token has run; starts it on first call.
+    fn poll_swept(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut sweep = self.sweep.borrow_mut();
+        if let Sweep::NotYet = *sweep {
+            *sweep = Sweep::Running(sweep::after_exit(self.token.clone()));
+        }
+        if let Sweep::Running(done) = &mut *sweep {
+            // Told, or the sweeper is gone: either way there is nothing more to wait for.
+            let _ = ready!(Pin::new(done).poll(cx));
+            *sweep = Sweep::Done;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Child for OsChild {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn signal_group(&self, signal: Signal) -> io::Result<()> {
+        if self.reaped.get() {
+            return Ok(());
+        }
+        // The group id is the child's pid (setsid). The leader is not reaped yet, so the pid is
+        // still ours even if it has exited.
+        killpg(pid(self.pid), signal.to_nix()).map_err(io::Error::from)
+    }
+
+    fn poll_exit(&self, cx: &mut Context<'_>) -> Poll<io::Result<RawExit>> {
+        let exit = ready!(self.poll_reaped(cx));
+        if self.reaped.get() {
+            ready!(self.poll_swept(cx));
+        }
+        Poll::Ready(exit)
+    }
 }
 
 impl Drop for OsChild {
@@ -172,7 +221,9 @@ impl Drop for OsChild {
         // Deregistered from the runtime before the descriptor changes hands.
         let pidfd = watch.into_inner();
         if !self.reaped.get() {
-            reap::orphan(self.pid, pidfd);
+            reap::orphan(self.pid, pidfd, self.token.clone());
+        } else if let Sweep::NotYet = *self.sweep.borrow() {
+            sweep::after_exit_unwatched(self.token.clone());
         }
     }
 }
@@ -264,6 +315,28 @@ mod tests {
         assert_eq!(child.wait().await.unwrap(), RawExit::Code(0));
         let grandchild: u32 = out.trim().parse().unwrap();
         eventually(10, "the grandchild is killed", || !runs(grandchild)).await;
+    }
+
+    #[tokio::test]
+    async fn descendants_that_left_the_group_are_gone_when_the_exit_is_reported() {
+        // A new session, and a double fork: neither is in the child's process group.
+        let script = "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!; \
+                      (sleep 1000 </dev/null >/dev/null 2>&1 & echo $!)";
+        let (mut pipes, child) = start("/bin/sh", &["-c", script]).await;
+        let mut out = String::new();
+        pipes.stdout.read_to_string(&mut out).await.ok();
+        let pids: Vec<u32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+        assert_eq!(pids.len(), 2, "{out:?}");
+        assert_eq!(child.wait().await.unwrap(), RawExit::Code(0));
+        for pid in &pids {
+            // Swept before the exit was reported: at most an exiting shell of a process is left.
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            assert!(environ.is_empty(), "{pid} still runs");
+        }
+        eventually(10, "the descendants are gone", || {
+            pids.iter().all(|&pid| !runs(pid))
+        })
+        .await;
     }
 
     #[tokio::test]

@@ -7,7 +7,8 @@
 //! `poll(2)`s every queued pidfd and a wake-up pipe, and reaps each child (`waitid(2)`,
 //! `P_PIDFD`, `WNOHANG`) once its pidfd turns readable. A child in uninterruptible sleep delays
 //! only its own reaping. This is tokio's orphan queue (`process/unix/orphan.rs`), with pidfds in
-//! place of `SIGCHLD`, which the master leaves to its user.
+//! place of `SIGCHLD`, which the master leaves to its user. Once reaped, the child's token is
+//! handed to the sweeper (see `sweep`), which nobody waits for here.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -19,19 +20,22 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 
-/// A child not yet reaped, by pid and pidfd. Dropping it kills its process group and hands it to
-/// the reaper; [`into_pidfd`](Self::into_pidfd) hands that duty to the caller.
+use super::sweep;
+use super::tree::Token;
+
+/// A child not yet reaped, by pid, pidfd and tree token. Dropping it kills its process group and
+/// hands it to the reaper; [`into_parts`](Self::into_parts) hands that duty to the caller.
 #[derive(Debug)]
 pub(super) struct Unreaped {
     pid: u32,
-    pidfd: Option<OwnedFd>,
+    child: Option<(OwnedFd, Token)>,
 }
 
 impl Unreaped {
-    pub(super) fn new(pid: u32, pidfd: OwnedFd) -> Self {
+    pub(super) fn new(pid: u32, pidfd: OwnedFd, token: Token) -> Self {
         Self {
             pid,
-            pidfd: Some(pidfd),
+            child: Some((pidfd, token)),
         }
     }
 
@@ -39,27 +43,28 @@ impl Unreaped {
         self.pid
     }
 
-    /// The pidfd; the caller now reaps the child, or passes it to [`orphan`].
-    pub(super) fn into_pidfd(mut self) -> OwnedFd {
-        self.pidfd.take().expect("taken only here")
+    /// The pidfd and the token; the caller now reaps the child and sweeps its token, or passes
+    /// them to [`orphan`].
+    pub(super) fn into_parts(mut self) -> (OwnedFd, Token) {
+        self.child.take().expect("taken only here")
     }
 }
 
 impl Drop for Unreaped {
     fn drop(&mut self) {
-        if let Some(pidfd) = self.pidfd.take() {
-            orphan(self.pid, pidfd);
+        if let Some((pidfd, token)) = self.child.take() {
+            orphan(self.pid, pidfd, token);
         }
     }
 }
 
-/// Kills the process group of `pid`, an unreaped child of ours, and queues it to be reaped.
-/// Never blocks.
-pub(super) fn orphan(child: u32, pidfd: OwnedFd) {
+/// Kills the process group of `pid`, an unreaped child of ours, and queues it to be reaped, then
+/// its token to be swept. Never blocks.
+pub(super) fn orphan(child: u32, pidfd: OwnedFd, token: Token) {
     // Unreaped, so the group id is still ours.
     let _ = killpg(pid(child), Signal::SIGKILL);
     let reaper = reaper();
-    if reaper.queue.send(pidfd).is_ok() {
+    if reaper.queue.send((pidfd, token)).is_ok() {
         // Non-blocking: a full pipe means a wake-up is pending already.
         let _ = (&reaper.wake).write(&[1]);
     }
@@ -71,7 +76,7 @@ pub(super) fn start() {
 }
 
 struct Reaper {
-    queue: mpsc::Sender<OwnedFd>,
+    queue: mpsc::Sender<(OwnedFd, Token)>,
     /// The write end of the wake-up pipe, non-blocking.
     wake: std::fs::File,
 }
@@ -94,11 +99,11 @@ fn reaper() -> &'static Reaper {
 }
 
 /// The reaper thread: waits until a queued child has exited or a new one is queued.
-fn run(queue: &mpsc::Receiver<OwnedFd>, mut wakeup: std::fs::File) {
-    let mut orphans: Vec<OwnedFd> = Vec::new();
+fn run(queue: &mpsc::Receiver<(OwnedFd, Token)>, mut wakeup: std::fs::File) {
+    let mut orphans: Vec<(OwnedFd, Token)> = Vec::new();
     loop {
         let mut fds: Vec<PollFd<'_>> = std::iter::once(wakeup.as_fd())
-            .chain(orphans.iter().map(|o| o.as_fd()))
+            .chain(orphans.iter().map(|(o, _)| o.as_fd()))
             .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
             .collect();
         // EINTR or a failure: look at every orphan anyway, then poll again.
@@ -109,7 +114,13 @@ fn run(queue: &mpsc::Receiver<OwnedFd>, mut wakeup: std::fs::File) {
         orphans.extend(queue.try_iter());
         #[cfg(test)]
         let _paused = tests::PAUSED.lock();
-        orphans.retain(|pidfd| !try_reap(pidfd));
+        for (pidfd, token) in std::mem::take(&mut orphans) {
+            if try_reap(&pidfd) {
+                sweep::after_exit_unwatched(token);
+            } else {
+                orphans.push((pidfd, token));
+            }
+        }
     }
 }
 

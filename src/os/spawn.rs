@@ -17,7 +17,7 @@ use nix::fcntl::{fcntl, FcntlArg};
 
 use super::activated::ActivatedExec;
 use super::child::{OsChild, Spawned};
-use super::{reap, ChildPipes, SpawnSpec, Spawner};
+use super::{keeper, reap, sweep, tree, ChildPipes, SpawnSpec, Spawner};
 use crate::error::SpawnError;
 
 /// The real [`Spawner`]: children are forked by one spawner thread, so that `PR_SET_PDEATHSIG`
@@ -61,10 +61,13 @@ fn spawner() -> &'static mpsc::Sender<Job> {
     SPAWNER.get_or_init(|| {
         // Started with the spawner, so that the first spawn settles the count of our threads.
         reap::start();
+        sweep::start();
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("procactor-spawner".into())
             .spawn(move || {
+                // Forked here, off the caller's event loop, before the first child.
+                keeper::start();
                 for job in rx {
                     // A child nobody waits for any more is dropped here: killed and handed to
                     // the reaper.
@@ -89,6 +92,7 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env(tree::VAR, spec.tree.env_value())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -107,7 +111,7 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         }
     }
     let child = cmd.spawn().map_err(err)?;
-    let spawned = Spawned::adopt(child).map_err(err)?;
+    let spawned = Spawned::adopt(child, spec.tree.clone()).map_err(err)?;
     if spec.pipe_bytes > 0 {
         let (stdin, stdout) = spawned.channel();
         size_pipes(&[stdin, stdout], spec.pipe_bytes);

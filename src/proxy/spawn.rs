@@ -13,7 +13,9 @@ use super::DRAIN_AFTER_EXIT;
 use crate::error::{ExitReason, SpawnError};
 use crate::event::WorkerEventKind;
 use crate::logger::Stream;
-use crate::os::{Child as _, ChildPipes, OsChild, OsSpawner, RawExit, SpawnSpec, Spawner as _};
+use crate::os::{
+    Child as _, ChildPipes, OsChild, OsSpawner, RawExit, SpawnSpec, Spawner as _, Token,
+};
 use crate::state::WorkerState;
 use crate::worker::{env, WorkerActor};
 
@@ -60,6 +62,7 @@ impl<A: WorkerActor> Worker<A> {
             pipe_bytes: config.pipe_buffer_bytes,
             listeners,
             cpus: config.affinity.cpus_for(self.id),
+            tree: Token::new(self.id, generation),
         };
         ctx.wait(
             OsSpawner

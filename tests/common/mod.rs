@@ -1,6 +1,7 @@
 //! Helpers for integration tests: deadlines and procfs readings (std only).
 #![allow(dead_code)]
 
+pub(crate) mod carriers;
 pub(crate) mod cluster;
 pub(crate) mod http;
 /// The relay worker of `procactor-relay`, for its message types (a fixture, not library API).
