@@ -42,6 +42,10 @@
 //! |                      | group, one in a group of its own, one in a session of its own,|
 //! |                      | one double-forked (reparented to init), one both; its first   |
 //! |                      | event to the master is `"escape <pid> <pid> <pid> <pid> <pid>"` |
+//! | `tell-burst`         | the echo worker that, at each one-way message from the master, |
+//! |                      | `tell_worker`s `PROCACTOR_CHAOS_COUNT` (1000) 4 KiB messages to |
+//! |                      | worker `PROCACTOR_CHAOS_TARGET` (1), then sends the master     |
+//! |                      | `"told <ok> <backpressure> <other errors>"`                   |
 //! | `echo` (default)     | behaves as `procactor-echo`                                   |
 
 use std::fs::File;
@@ -265,6 +269,8 @@ enum Fault {
     DieAfter { left: u64 },
     /// Answers every connection to each listening socket it was handed with its pid.
     Serve,
+    /// Sends bursts of one-way messages to another worker and reports how many went.
+    TellBurst { to: usize, count: u64 },
     /// Has a grandchild holding a port; its first event to the master is this report.
     Grandchild(String),
     /// Has descendants out of its process group; its first event to the master is this report.
@@ -288,6 +294,10 @@ impl Chaos {
                 Fault::None
             }
             "hang-on-stop" => Fault::HangOnStop,
+            "tell-burst" => Fault::TellBurst {
+                to: env_number("PROCACTOR_CHAOS_TARGET").unwrap_or(1) as usize,
+                count: env_number("PROCACTOR_CHAOS_COUNT").unwrap_or(1000),
+            },
             "serve" => Fault::Serve,
             "fork-grandchild" => Fault::Grandchild(spawn_grandchild()?),
             "escape" => Fault::Escaped(spawn_escapees()?),
@@ -338,6 +348,11 @@ impl WorkerActor for Chaos {
 
     async fn tell(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<Self>) {
         self.arrived();
+        if let Fault::TellBurst { to, count } = self.fault {
+            let report = tell_burst(ctx, to, count);
+            let _ = ctx.send_master(&report);
+            return;
+        }
         self.echo.take(msg, ctx).await;
     }
 
@@ -347,6 +362,21 @@ impl WorkerActor for Chaos {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Sends `count` 4 KiB one-way messages to worker `to`; returns `"told <ok> <backpressure>
+/// <other errors>"`.
+fn tell_burst(ctx: &mut WorkerContext<Chaos>, to: usize, count: u64) -> String {
+    let (mut ok, mut refused, mut other) = (0, 0, 0);
+    let msg = EchoMsg::Echo(vec![5; 4096]);
+    for _ in 0..count {
+        match ctx.peers().tell_worker(to, &msg) {
+            Ok(()) => ok += 1,
+            Err(procactor::AskError::Backpressure(_)) => refused += 1,
+            Err(_) => other += 1,
+        }
+    }
+    format!("told {ok} {refused} {other}")
 }
 
 /// Starts the grandchild (this program again, holding a port) and returns the report

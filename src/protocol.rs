@@ -22,6 +22,7 @@
 //! master → worker   PeerRequest { id, from, .. }      … Reply { id } or Failed { id }, routed back
 //! master → worker   Notify { payload }                a change to subscribed cache keys
 //! worker → master   Log { kind, time_ns, fields }     a record for the cluster's logger
+//! master → worker   Credit { worker, count }          one-way sends to `worker` it took in
 //! ```
 //!
 //! Wire types are flat (no recursion), so a hostile frame cannot nest deeply; byte fields borrow
@@ -32,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::messaging::{AskError, Peer, Route, SystemOp, Via};
 
 /// Version of this protocol. A worker whose `Hello` carries another version is ended for good.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One frame body, in either direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,11 +183,20 @@ pub enum Envelope<'a> {
         /// Its fields, as a JSON object (JSON because record fields are free-form values).
         fields: &'a str,
     },
+    /// Master → worker: worker `worker` has taken in `count` more of the one-way messages this
+    /// worker sent it (`Send` to one worker, no `ack`), in order. The runtime keeps a window of
+    /// messages per receiver not yet taken in; a full window is `AskError::Backpressure`.
+    Credit {
+        /// The receiver.
+        worker: u64,
+        /// How many messages.
+        count: u64,
+    },
 }
 
 impl Envelope<'_> {
     /// The name of every variant, in declaration order; [`index`](Self::index) points into it.
-    pub const KINDS: [&'static str; 20] = [
+    pub const KINDS: [&'static str; 21] = [
         "Hello",
         "Ready",
         "Request",
@@ -207,6 +217,7 @@ impl Envelope<'_> {
         "PeerRequest",
         "Notify",
         "Log",
+        "Credit",
     ];
 
     /// The variant's name, for log lines and errors.
@@ -232,6 +243,7 @@ impl Envelope<'_> {
             Envelope::PeerRequest { .. } => "PeerRequest",
             Envelope::Notify { .. } => "Notify",
             Envelope::Log { .. } => "Log",
+            Envelope::Credit { .. } => "Credit",
         }
     }
 
@@ -258,6 +270,7 @@ impl Envelope<'_> {
             Envelope::PeerRequest { .. } => 17,
             Envelope::Notify { .. } => 18,
             Envelope::Log { .. } => 19,
+            Envelope::Credit { .. } => 20,
         }
     }
 }

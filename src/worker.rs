@@ -36,6 +36,7 @@ mod log;
 mod peers;
 mod runtime;
 mod uplink;
+mod window;
 
 pub use context::{WorkerContext, WorkerHandle};
 pub use log::{LogLayer, LogSender};

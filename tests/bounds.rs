@@ -20,7 +20,7 @@ use actix::prelude::*;
 use common::cluster::{chaos_config, within};
 use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
 use procactor::prelude::*;
-use procactor::WorkerStats;
+use procactor::{WorkerState, WorkerStats};
 
 /// Held by the tests that measure the master's (this process's) memory.
 static MEMORY: Mutex<()> = Mutex::new(());
@@ -236,4 +236,79 @@ fn tempdir() -> TempDir {
     let dir = std::env::temp_dir().join(format!("procactor-bounds-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     TempDir(dir)
+}
+
+/// Asks worker 0 (`tell-burst`) for a burst of 1000 `tell_worker`s to worker 1; what it says:
+/// (accepted, refused with backpressure).
+async fn burst(
+    cluster: &Cluster<Echo>,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<FromWorker<String>>,
+) -> (u64, u64) {
+    cluster.worker(0).do_send(Tell(EchoMsg::Ping));
+    let told =
+        common::cluster::next_matching(rx, Duration::from_secs(30), |m| m.msg.starts_with("told "))
+            .await
+            .expect("the burst's report");
+    let n: Vec<u64> = told.msg[5..]
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(n[2], 0, "no other error: {}", told.msg);
+    assert_eq!(n[0] + n[1], 1000, "{}", told.msg);
+    (n[0], n[1])
+}
+
+#[actix::test]
+async fn tell_worker_to_a_stuck_receiver_is_refused_with_backpressure_and_nothing_accepted_is_lost()
+{
+    within(120, async {
+        let logs = tempdir();
+        let mut config = chaos_config(2, &[(0, "tell-burst"), (1, "stop-reading")])
+            .heartbeat_interval(Duration::ZERO)
+            .shutdown_timeout(Duration::from_secs(1))
+            .max_frame_bytes(64 * 1024)
+            .max_outbox_bytes(256 * 1024);
+        config.log.dir = Some(logs.to_path_buf());
+        let (reports, mut rx) = common::cluster::collector::<FromWorker<String>>();
+        let cluster = ClusterSupervisor::builder::<Echo>(config)
+            .on_message(reports)
+            .start()
+            .await
+            .unwrap();
+        let (mut accepted, mut last) = (0, u64::MAX);
+        for round in 0..6 {
+            let (ok, refused) = burst(&cluster, &mut rx).await;
+            eprintln!("round {round}: {ok} accepted, {refused} refused");
+            assert!(refused > 0, "round {round}: a stuck receiver refuses");
+            accepted += ok;
+            last = ok;
+        }
+        assert_eq!(last, 0, "once its outbox is full, nothing more is accepted");
+        // Every message accepted went into the receiver's outbox: none was dropped.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats: Vec<WorkerStats> = cluster.stats().await.unwrap();
+            let delivered = stats[1].sent.get("Deliver").copied().unwrap_or(0);
+            if delivered == accepted {
+                assert_eq!(stats[1].errors, 0, "nothing refused at the receiver");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{delivered} of {accepted} delivered"
+            );
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Its process ends: what it had is gone with it, and the sender may send again.
+        cluster.kill(1).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster.workers().await.unwrap()[1].state != WorkerState::Ready {
+            assert!(Instant::now() < deadline, "worker 1 never came back");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (ok, _) = burst(&cluster, &mut rx).await;
+        assert!(ok > 0, "the window opened again");
+        cluster.stop().await.unwrap();
+    })
+    .await;
 }

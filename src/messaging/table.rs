@@ -152,6 +152,13 @@ pub(crate) enum Routed {
     },
     /// A change to cache keys the worker's process `pid` subscribed to.
     Notify { pid: u32, payload: Bytes },
+    /// Worker `worker` took in `count` more one-way messages from the worker's process `pid`
+    /// (see [`Envelope::Credit`](crate::protocol::Envelope::Credit)).
+    Credit {
+        pid: u32,
+        worker: WorkerId,
+        count: u64,
+    },
 }
 
 /// The answer to a worker's `Ask`, `System` or acknowledged `Send`, for its proxy to pass on.

@@ -45,6 +45,8 @@ pub struct Worker<A: WorkerActor> {
     pub(super) exit_waiters: Vec<OneshotSender<ExitReason>>,
     pub(super) last_exit: Option<ExitReason>,
     pub(super) respawn: Option<SpawnHandle>,
+    /// Credit owed for one-way messages taken in, by sending slot and process.
+    pub(super) owed: std::collections::BTreeMap<(WorkerId, u32), u64>,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -72,6 +74,7 @@ pub(super) const ASK_FAILED: usize = 15;
 pub(super) const DELIVER: usize = 16;
 pub(super) const PEER_REQUEST: usize = 17;
 pub(super) const NOTIFY: usize = 18;
+pub(super) const CREDIT: usize = 20;
 
 impl<A: WorkerActor> fmt::Debug for Worker<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -104,6 +107,7 @@ impl<A: WorkerActor> Worker<A> {
             exit_waiters: Vec::new(),
             last_exit: None,
             respawn: None,
+            owed: std::collections::BTreeMap::new(),
             _actor: PhantomData,
         }
     }
@@ -255,6 +259,7 @@ mod tests {
             (DELIVER, "Deliver"),
             (PEER_REQUEST, "PeerRequest"),
             (NOTIFY, "Notify"),
+            (CREDIT, "Credit"),
         ] {
             assert_eq!(Envelope::KINDS[index], name);
         }

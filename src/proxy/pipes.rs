@@ -66,7 +66,7 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
         if p.gate.paused() == Some(Pause::Outbox) && !p.stdin.is_full() {
             p.gate.wake();
         }
-        match result {
+        let done = match result {
             Poll::Pending => Poll::Pending,
             Poll::Ready(result) => {
                 if let Err(e) = result {
@@ -77,7 +77,10 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
                 p.stdin.flushing = false;
                 Poll::Ready(())
             }
-        }
+        };
+        // After a burst of one-way messages, one credit per sender.
+        act.pay_credits(false);
+        done
     }
 }
 

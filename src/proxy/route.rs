@@ -5,12 +5,13 @@
 use actix::prelude::*;
 use bytes::Bytes;
 
-use super::actor::{Worker, ASK_FAILED, ASK_REPLY, DELIVER, NOTIFY, PEER_REQUEST};
+use super::actor::{Worker, ASK_FAILED, ASK_REPLY, CREDIT, DELIVER, NOTIFY, PEER_REQUEST};
 use super::links::FromWorker;
 use crate::messaging::router::Outcome;
 use crate::messaging::table::{AskDone, Routed};
-use crate::messaging::{AskError, Route, SystemOp};
+use crate::messaging::{AskError, Peer, Route, SystemOp, Via};
 use crate::protocol::Envelope;
+use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 
 impl<A: WorkerActor> Worker<A> {
@@ -190,12 +191,62 @@ impl<A: WorkerActor> Worker<A> {
         }
     }
 
+    /// Credit for process `pid` of this slot: `worker` took in `count` more of its messages.
+    fn credit(&mut self, pid: u32, worker: WorkerId, count: u64, ctx: &mut Context<Self>) {
+        let generation = self.proc.generation;
+        if self.proc.pid() != Some(pid) || !self.proc.is_running() {
+            return;
+        }
+        let credit = Envelope::Credit {
+            worker: worker as u64,
+            count,
+        };
+        if self.proc.stdin.push_control(&credit).is_ok() {
+            self.counters.sent(CREDIT);
+            self.kick_writer(generation, ctx);
+        }
+    }
+
+    /// Pays the credit owed to the senders of one-way messages, once the outbox is under its
+    /// limit (or at once, with `now`: the messages are gone with their process).
+    pub(crate) fn pay_credits(&mut self, now: bool) {
+        if self.owed.is_empty() || (!now && self.proc.stdin.is_full()) {
+            return;
+        }
+        let routing = self.links.routing.borrow();
+        for ((sender, pid), count) in std::mem::take(&mut self.owed) {
+            if let Some(slot) = routing.slots.get(sender) {
+                slot.do_send(Routed::Credit {
+                    pid,
+                    worker: self.id,
+                    count,
+                });
+            }
+        }
+    }
+
     /// A message for this worker from another process.
     fn deliver(&mut self, routed: Routed, ctx: &mut Context<Self>) {
         let routed = match routed {
             Routed::Notify { pid, payload } => return self.notify(pid, &payload, ctx),
+            Routed::Credit { pid, worker, count } => return self.credit(pid, worker, count, ctx),
             other => other,
         };
+        // A one-way message from a worker to this one, in the sender's window: taken in even
+        // past the outbox's limit (the windows bound it), and paid for in credit once the
+        // outbox is under its limit again.
+        let windowed = match &routed {
+            Routed::Tell {
+                from: Peer::Worker { id, pid },
+                via: Via::Direct,
+                ack: None,
+                ..
+            } => Some((*id, *pid)),
+            _ => None,
+        };
+        if let Some(sender) = windowed {
+            *self.owed.entry(sender).or_default() += 1;
+        }
         if let Err(e) = self.accepting() {
             self.counters.errors += 1;
             match routed {
@@ -205,8 +256,9 @@ impl<A: WorkerActor> Worker<A> {
                 Routed::Tell { from, .. } => {
                     tracing::debug!(worker = self.id, ?from, error = %e, "message dropped")
                 }
-                Routed::Notify { .. } => {}
+                Routed::Notify { .. } | Routed::Credit { .. } => {}
             }
+            self.pay_credits(true);
             return;
         }
         let id = self.next_id;
@@ -224,7 +276,11 @@ impl<A: WorkerActor> Worker<A> {
                     ack: ack.as_ref().map(|_| id),
                     payload: &payload,
                 };
-                (self.proc.stdin.push(self.id, &env), ack, DELIVER)
+                let pushed = match windowed {
+                    Some(_) => self.proc.stdin.push_control(&env),
+                    None => self.proc.stdin.push(self.id, &env),
+                };
+                (pushed, ack, DELIVER)
             }
             Routed::Ask {
                 from,
@@ -243,7 +299,7 @@ impl<A: WorkerActor> Worker<A> {
                     PEER_REQUEST,
                 )
             }
-            Routed::Notify { .. } => return,
+            Routed::Notify { .. } | Routed::Credit { .. } => return,
         };
         match pushed {
             Ok(()) => {

@@ -218,6 +218,8 @@ impl<A: WorkerActor> Worker<A> {
         let Some(finished) = self.proc_mut(generation).and_then(|p| p.finish(id)) else {
             return;
         };
+        // What it had taken in is gone with it: its senders may send again.
+        self.pay_credits(true);
         if let Some(pid) = finished.pid {
             // Its locks are released and its subscriptions end, however it ended.
             self.links

@@ -17,6 +17,8 @@ pub(crate) struct Asks {
     waiting: RefCell<HashMap<u64, oneshot::Sender<Result<Bytes, AskError>>>>,
     next_subscription: Cell<u64>,
     subscriptions: RefCell<HashMap<u64, mpsc::UnboundedSender<CacheEvent>>>,
+    /// One-way messages to each receiver not yet taken in.
+    pub(crate) windows: super::window::TellWindows,
 }
 
 impl Asks {

@@ -164,6 +164,10 @@ fn inbound(frame: &Bytes, outbox: &Uplink, asks: &Asks) -> Result<Option<Inbound
             }
             return Ok(None);
         }
+        Envelope::Credit { worker, count } => {
+            asks.windows.credit(worker, count);
+            return Ok(None);
+        }
         Envelope::Shutdown => Inbound::Shutdown,
         Envelope::Ping { seq } => {
             // Answered here, not by the handler loop: a worker awaiting a long

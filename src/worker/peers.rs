@@ -27,6 +27,13 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AskError> {
 }
 
 impl<A: WorkerActor> WorkerHandle<A> {
+    /// One-way messages to one receiver that may wait to be taken in (see
+    /// [`tell_worker`](Self::tell_worker)).
+    pub const TELL_WINDOW_MESSAGES: usize = super::window::MESSAGES;
+    /// Bytes of one-way messages to one receiver that may wait to be taken in; a larger message
+    /// goes alone.
+    pub const TELL_WINDOW_BYTES: usize = super::window::BYTES;
+
     fn push(&self, envelope: &Envelope<'_>) -> Result<(), AskError> {
         self.outbox.push(envelope).map_err(|e| match e {
             crate::error::FrameError::Io(_) => AskError::Closed,
@@ -77,17 +84,30 @@ impl<A: WorkerActor> WorkerHandle<A> {
     /// Sends a one-way message to worker `id`, which handles it with its `tell` hook and sees
     /// this worker as [`sender`](crate::WorkerContext::sender).
     ///
+    /// Messages to one worker arrive in order. `Ok` means the master will deliver it unless
+    /// the receiver's process ends first: up to [`TELL_WINDOW_MESSAGES`](Self::TELL_WINDOW_MESSAGES)
+    /// messages or [`TELL_WINDOW_BYTES`](Self::TELL_WINDOW_BYTES) to one receiver may wait to be
+    /// taken in by it (its outbox is over its limit while it is not reading); past that, the
+    /// message is refused here, unsent.
+    ///
     /// # Errors
+    /// [`AskError::Backpressure`] when the window to `id` is full (it is not keeping up),
     /// [`AskError::Invalid`] when the message cannot be encoded or is too large,
     /// [`AskError::Closed`] when the master is gone. Delivery is not confirmed; use
     /// [`tell_worker_acked`](Self::tell_worker_acked) for that.
     pub fn tell_worker(&self, id: WorkerId, msg: &A::Msg) -> Result<(), AskError> {
         let payload = encode(msg)?;
+        let to = id as u64;
+        if !self.asks.windows.has_room(to, payload.len()) {
+            return Err(AskError::Backpressure(id));
+        }
         self.push(&Envelope::Send {
-            to: Route::Worker(id as u64),
+            to: Route::Worker(to),
             ack: None,
             payload: &payload,
-        })
+        })?;
+        self.asks.windows.sent(to, payload.len());
+        Ok(())
     }
 
     /// As [`tell_worker`](Self::tell_worker), and resolves once worker `id` has received the
