@@ -42,6 +42,8 @@
 //! |                      | group, one in a group of its own, one in a session of its own,|
 //! |                      | one double-forked (reparented to init), one both; its first   |
 //! |                      | event to the master is `"escape <pid> <pid> <pid> <pid> <pid>"` |
+//! | `extremes` *         | frames with the largest and smallest values each field takes  |
+//! |                      | (TTLs, leases, timeouts, ids, counts, times), then reads on   |
 //! | `tell-burst`         | the echo worker that, at each one-way message from the master, |
 //! |                      | `tell_worker`s `PROCACTOR_CHAOS_COUNT` (1000) 4 KiB messages to |
 //! |                      | worker `PROCACTOR_CHAOS_TARGET` (1), then sends the master     |
@@ -161,6 +163,13 @@ fn breach(mode: &str, out: &mut File) -> std::io::Result<Option<Vec<u8>>> {
                 std::thread::park();
             }
         }
+        "extremes" => {
+            after_first_request(out, &handshake)?;
+            out.write_all(&extremes())?;
+            // Read (and drop) the answers until the master ends us.
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            std::process::exit(0);
+        }
         "flood-events" | "flood-logs" | "flood-sends" | "flood-joins" => {
             after_first_request(out, &handshake)?;
             flood(out, mode)
@@ -179,6 +188,145 @@ fn frame(env: Envelope<'_>) -> Vec<u8> {
     let mut buf = Vec::new();
     encode_frame(&mut buf, &env, DEFAULT_MAX_FRAME_BYTES).expect("small frame");
     buf
+}
+
+/// Frames whose fields hold extreme values, each valid on the wire: the master must answer or
+/// ignore them, never overflow or panic.
+fn extremes() -> Vec<u8> {
+    use procactor::cache::CacheOp;
+    use std::time::Duration;
+
+    let c = || "c".to_string();
+    let k = || "k".to_string();
+    let ops = [
+        CacheOp::Set {
+            collection: c(),
+            key: k(),
+            value: vec![0],
+            ttl: Some(Duration::MAX),
+        },
+        CacheOp::Expire {
+            collection: c(),
+            key: k(),
+            ttl: Some(Duration::MAX),
+        },
+        CacheOp::Ttl {
+            collection: c(),
+            key: k(),
+        },
+        CacheOp::Increment {
+            collection: c(),
+            key: "n".into(),
+            by: i64::MAX,
+        },
+        CacheOp::Increment {
+            collection: c(),
+            key: "n".into(),
+            by: i64::MAX,
+        },
+        CacheOp::Increment {
+            collection: c(),
+            key: "m".into(),
+            by: i64::MIN,
+        },
+        CacheOp::Increment {
+            collection: c(),
+            key: "m".into(),
+            by: i64::MIN,
+        },
+        CacheOp::CompareAndSet {
+            collection: c(),
+            key: k(),
+            expected: None,
+            new: None,
+            ttl: Some(Duration::MAX),
+        },
+        CacheOp::Lock {
+            name: "l".into(),
+            lease: Duration::MAX,
+            wait: Duration::MAX,
+        },
+        CacheOp::Lock {
+            name: "l".into(),
+            lease: Duration::ZERO,
+            wait: Duration::MAX,
+        },
+        CacheOp::Lock {
+            name: "z".into(),
+            lease: Duration::ZERO,
+            wait: Duration::ZERO,
+        },
+        CacheOp::Unlock {
+            name: "l".into(),
+            token: u64::MAX,
+        },
+        CacheOp::Subscribe {
+            id: u64::MAX,
+            collection: c(),
+            prefix: String::new(),
+        },
+        CacheOp::Unsubscribe { id: u64::MAX },
+        CacheOp::Unsubscribe { id: 0 },
+    ];
+    let mut frames = Vec::new();
+    let mut id = u64::MAX - 100;
+    let mut push = |env: Envelope<'_>| {
+        encode_frame(&mut frames, &env, DEFAULT_MAX_FRAME_BYTES).expect("small frame")
+    };
+    for op in ops {
+        id += 1;
+        push(Envelope::System {
+            id,
+            op: SystemOp::Cache(op),
+        });
+    }
+    for op in [
+        SystemOp::AwaitConfirmations {
+            key: "k",
+            n: u32::MAX,
+            timeout_ms: u64::MAX,
+        },
+        SystemOp::AwaitConfirmations {
+            key: "k",
+            n: 0,
+            timeout_ms: 0,
+        },
+        SystemOp::Kill(u64::MAX),
+        SystemOp::Restart(u64::MAX),
+        SystemOp::Leave("never joined"),
+    ] {
+        id += 1;
+        push(Envelope::System { id, op });
+    }
+    push(Envelope::Log {
+        kind: procactor::logger::Kind::Error,
+        time_ns: u64::MAX,
+        fields: "not json",
+    });
+    push(Envelope::Event {
+        payload: &[0xff; 9],
+    });
+    for to in [
+        procactor::Route::Worker(u64::MAX),
+        procactor::Route::Group(""),
+    ] {
+        push(Envelope::Send {
+            to,
+            ack: Some(u64::MAX),
+            payload: &[],
+        });
+    }
+    push(Envelope::Ask {
+        id: u64::MAX,
+        to: procactor::Route::Worker(u64::MAX),
+        payload: &[],
+    });
+    push(Envelope::Ask {
+        id: u64::MAX - 1,
+        to: procactor::Route::Master,
+        payload: &[0xff; 3],
+    });
+    frames
 }
 
 /// Writes one kind of small frame in batches until the pipe breaks, then exits with status 0.

@@ -78,7 +78,13 @@
 //! - A worker that dies fails every request in flight to it at once with
 //!   [`CallError::WorkerExited`].
 //! - Every worker runs in its own process group, dies with the master (`PR_SET_PDEATHSIG`) and
-//!   is reaped; [`Cluster::stop`] returns once every worker has been reaped.
+//!   is reaped; its descendants, whatever group or session they moved to, are swept after it
+//!   (a marker in their environment), and by a keeper process when the master dies.
+//!   [`Cluster::stop`] returns once every worker has been reaped and swept.
+//! - What a worker sends costs the master memory only up to configured bounds (its outbox,
+//!   `max_worker_pending` requests and handler messages, a window of one-way messages per
+//!   receiver): past them the master stops reading that worker, or refuses with a typed error.
+//!   A proxy yields the event loop after 1024 frames, 1 MiB or 1 ms of one worker's input.
 
 pub mod cache;
 mod cluster;

@@ -312,3 +312,44 @@ async fn tell_worker_to_a_stuck_receiver_is_refused_with_backpressure_and_nothin
     })
     .await;
 }
+
+#[actix::test]
+async fn extreme_values_from_a_worker_are_answered_without_overflow_or_panic() {
+    within(60, async {
+        let logs = tempdir();
+        let (events, _rx) = common::cluster::collector::<FromWorker<String>>();
+        let cluster = ClusterSupervisor::builder::<Echo>(flood_config(2, "extremes", &logs))
+            .on_message(events)
+            .start()
+            .await
+            .unwrap();
+        let pid = cluster.workers().await.unwrap()[0].pid;
+        cluster.worker(0).do_send(Tell(EchoMsg::Ping));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (kind, n) in [
+            ("System", 20),
+            ("Log", 1),
+            ("Event", 1),
+            ("Send", 2),
+            ("Ask", 2),
+        ] {
+            while received(&cluster, 0, kind).await < n {
+                assert!(Instant::now() < deadline, "the {kind} frames never came");
+                actix_rt::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Every frame was valid: the worker still runs (no fault), and the master serves.
+        let workers = cluster.workers().await.unwrap();
+        assert_eq!(workers[0].pid, pid, "the same process");
+        assert_eq!(workers[0].state, WorkerState::Ready);
+        let reply = cluster.worker(1).send(Call(EchoMsg::Ping)).await.unwrap();
+        assert_eq!(reply, Ok(EchoReply::Pong));
+        // The set with the largest TTL holds; the overflowing increment was refused, not wrapped.
+        let cache = cluster.cache();
+        assert!(cache.exists("c", "k").await.unwrap());
+        assert_eq!(cache.get::<i64>("c", "n").await.unwrap(), Some(i64::MAX));
+        assert_eq!(cache.get::<i64>("c", "m").await.unwrap(), Some(i64::MIN));
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}

@@ -156,9 +156,10 @@ impl Router {
         }
     }
 
-    /// This worker joins topic `group`.
-    pub(crate) fn join(&self, group: &str) {
-        self.routing.borrow_mut().join(group, self.id);
+    /// This worker joins topic `group` (refused past the limits of
+    /// [`Routing::join`](crate::messaging::table::Routing::join)).
+    pub(crate) fn join(&self, group: &str) -> Result<(), AskError> {
+        self.routing.borrow_mut().join(group, self.id)
     }
 
     /// This worker leaves topic `group`.

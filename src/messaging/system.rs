@@ -9,6 +9,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use crate::error::AskError;
+use crate::messaging::confirm::MAX_KEY_BYTES;
 use crate::messaging::table::encoded;
 use crate::messaging::{ClusterInfo, Peer, SystemOp, WorkerStats};
 use crate::state::WorkerId;
@@ -127,6 +128,12 @@ impl SystemLink {
     /// `Leave` and `Cache` are the proxy's own and are not served here.
     pub(crate) fn serve(&self, from: Peer, op: SystemOp<'_>) -> Answer {
         let gone = |e: MailboxError| AskError::Failed(format!("the supervisor is gone: {e}"));
+        if let SystemOp::Confirm(key) | SystemOp::AwaitConfirmations { key, .. } = &op {
+            if key.len() > MAX_KEY_BYTES {
+                let refused = AskError::Invalid(format!("a key is at most {MAX_KEY_BYTES} bytes"));
+                return Box::pin(std::future::ready(Err(refused)));
+            }
+        }
         match op {
             SystemOp::Confirm(key) => {
                 let sent = self.confirm.send(Confirm {

@@ -7,7 +7,7 @@
 //! is stamped by A's proxy from the pipe the frame came on.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
 use actix::prelude::*;
@@ -22,23 +22,55 @@ use crate::state::WorkerId;
 pub(crate) struct Routing {
     pub(crate) slots: Vec<Recipient<Routed>>,
     groups: BTreeMap<String, BTreeSet<WorkerId>>,
+    /// How many groups each worker is in.
+    joined: HashMap<WorkerId, usize>,
 }
 
 pub(crate) type SharedRouting = Rc<RefCell<Routing>>;
 
+/// Groups one worker may be in at once: what a worker joins costs the master memory.
+pub(crate) const MAX_GROUPS_PER_WORKER: usize = 1024;
+/// Longest group name, in bytes.
+pub(crate) const MAX_GROUP_NAME_BYTES: usize = 1024;
+
 impl Routing {
-    pub(crate) fn join(&mut self, group: &str, worker: WorkerId) {
+    /// Worker `worker` joins `group`; refused past [`MAX_GROUPS_PER_WORKER`] groups or for a
+    /// name longer than [`MAX_GROUP_NAME_BYTES`].
+    pub(crate) fn join(&mut self, group: &str, worker: WorkerId) -> Result<(), AskError> {
+        if group.len() > MAX_GROUP_NAME_BYTES {
+            return Err(AskError::Invalid(format!(
+                "a group name is at most {MAX_GROUP_NAME_BYTES} bytes"
+            )));
+        }
+        if self.groups.get(group).is_some_and(|m| m.contains(&worker)) {
+            return Ok(());
+        }
+        let joined = self.joined.entry(worker).or_default();
+        if *joined >= MAX_GROUPS_PER_WORKER {
+            return Err(AskError::Invalid(format!(
+                "a worker is in at most {MAX_GROUPS_PER_WORKER} groups at once"
+            )));
+        }
+        *joined += 1;
         self.groups
             .entry(group.to_owned())
             .or_default()
             .insert(worker);
+        Ok(())
     }
 
     pub(crate) fn leave(&mut self, group: &str, worker: WorkerId) {
-        if let Some(members) = self.groups.get_mut(group) {
-            members.remove(&worker);
-            if members.is_empty() {
-                self.groups.remove(group);
+        let Some(members) = self.groups.get_mut(group) else {
+            return;
+        };
+        let was_in = members.remove(&worker);
+        if members.is_empty() {
+            self.groups.remove(group);
+        }
+        if let Some(joined) = self.joined.get_mut(&worker).filter(|_| was_in) {
+            *joined -= 1;
+            if *joined == 0 {
+                self.joined.remove(&worker);
             }
         }
     }
@@ -49,6 +81,7 @@ impl Routing {
             members.remove(&worker);
             !members.is_empty()
         });
+        self.joined.remove(&worker);
     }
 
     pub(crate) fn members(&self, group: &str) -> Vec<WorkerId> {
@@ -175,4 +208,35 @@ pub(crate) fn encoded<T: serde::Serialize>(value: &T) -> Result<Bytes, AskError>
     let mut buf = Vec::new();
     crate::codec::encode_value(&mut buf, value).map_err(|e| AskError::Failed(e.to_string()))?;
     Ok(buf.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_joins_at_most_its_share_of_groups_with_names_of_bounded_length() {
+        let mut routing = Routing::default();
+        for n in 0..MAX_GROUPS_PER_WORKER {
+            routing.join(&format!("g{n}"), 1).unwrap();
+        }
+        routing.join("g0", 1).unwrap();
+        assert!(matches!(
+            routing.join("one more", 1),
+            Err(AskError::Invalid(_))
+        ));
+        routing.join("one more", 2).unwrap();
+        routing.leave("g0", 1);
+        routing.leave("g0", 1);
+        routing.join("one more", 1).unwrap();
+        assert!(matches!(
+            routing.join("again", 1),
+            Err(AskError::Invalid(_))
+        ));
+        routing.leave_all(1);
+        routing.join("again", 1).unwrap();
+        let long = "x".repeat(MAX_GROUP_NAME_BYTES + 1);
+        assert!(matches!(routing.join(&long, 3), Err(AskError::Invalid(_))));
+        assert_eq!(routing.members("one more"), [2]);
+    }
 }

@@ -83,8 +83,8 @@ impl<A: WorkerActor> Worker<A> {
     ) {
         match op {
             SystemOp::Join(group) => {
-                self.router.join(group);
-                self.answer_worker(generation, id, Ok(Bytes::new()), ctx)
+                let joined = self.router.join(group).map(|()| Bytes::new());
+                self.answer_worker(generation, id, joined, ctx)
             }
             SystemOp::Leave(group) => {
                 self.router.leave(group);

@@ -22,8 +22,7 @@ impl Handler<Confirm> for ClusterSupervisor {
         let Peer::Worker { id, .. } = from else {
             return Err(AskError::Invalid("only workers confirm".into()));
         };
-        self.confirmations.confirm(&key, id);
-        Ok(())
+        self.confirmations.confirm(&key, id)
     }
 }
 
