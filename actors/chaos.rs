@@ -37,6 +37,7 @@
 //! | `flood-events` *     | `Event` frames (`"e"`) as fast as it can, never reading stdin |
 //! | `flood-logs` *       | `Log` records as fast as it can, never reading stdin          |
 //! | `flood-sends` *      | tiny `Send`s to the master as fast as it can                  |
+//! | `flood-asks` *       | `Ask`s of the master (`"e"`) as fast as it can (answers unread) |
 //! | `flood-joins` *      | `System` `Join` requests as fast as it can (answers unread)   |
 //! | `escape`             | the echo worker with descendants that `sleep`: one in its     |
 //! |                      | group, one in a group of its own, one in a session of its own,|
@@ -170,7 +171,7 @@ fn breach(mode: &str, out: &mut File) -> std::io::Result<Option<Vec<u8>>> {
             let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
             std::process::exit(0);
         }
-        "flood-events" | "flood-logs" | "flood-sends" | "flood-joins" => {
+        "flood-events" | "flood-logs" | "flood-sends" | "flood-asks" | "flood-joins" => {
             after_first_request(out, &handshake)?;
             flood(out, mode)
         }
@@ -349,6 +350,11 @@ fn flood(out: &mut File, mode: &str) -> ! {
                 "flood-sends" => Envelope::Send {
                     to: procactor::Route::Master,
                     ack: None,
+                    payload: &event,
+                },
+                "flood-asks" => Envelope::Ask {
+                    id,
+                    to: procactor::Route::Master,
                     payload: &event,
                 },
                 _ => Envelope::System {

@@ -20,7 +20,7 @@ use actix::prelude::*;
 use common::cluster::{chaos_config, within};
 use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
 use procactor::prelude::*;
-use procactor::{WorkerState, WorkerStats};
+use procactor::{WorkerRequest, WorkerState, WorkerStats};
 
 /// Held by the tests that measure the master's (this process's) memory.
 static MEMORY: Mutex<()> = Mutex::new(());
@@ -154,6 +154,66 @@ async fn messages_for_a_slow_on_message_handler_wait_in_a_bounded_queue_per_work
         assert_eq!(reply, Ok(EchoReply::Pong));
         let grown = rss_mib().saturating_sub(before);
         assert!(grown < 48, "the master grew by {grown} MiB");
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}
+
+/// An `on_request` handler that takes `per_request` for each request, on a thread of its own,
+/// and counts what it answered.
+struct SlowAnswers {
+    answered: Arc<AtomicU64>,
+    per_request: Duration,
+}
+
+impl Actor for SlowAnswers {
+    type Context = Context<Self>;
+}
+
+impl Handler<WorkerRequest<String, String>> for SlowAnswers {
+    type Result = String;
+
+    fn handle(&mut self, _: WorkerRequest<String, String>, _: &mut Context<Self>) -> String {
+        std::thread::sleep(self.per_request);
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        "answer".into()
+    }
+}
+
+#[actix::test]
+async fn requests_for_a_slow_on_request_handler_wait_in_a_bounded_queue_per_worker() {
+    let _memory = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+    within(120, async {
+        let logs = tempdir();
+        let limit = 64;
+        let config = flood_config(2, "flood-asks", &logs).max_worker_pending(limit);
+        let answered = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&answered);
+        let handler =
+            SlowAnswers::start_in_arbiter(&Arbiter::new().handle(), move |_| SlowAnswers {
+                answered: counter,
+                per_request: Duration::from_micros(200),
+            });
+        let cluster = ClusterSupervisor::builder::<Echo>(config)
+            .on_request::<String>(handler.recipient())
+            .start()
+            .await
+            .unwrap();
+        cluster.worker(0).do_send(Tell(EchoMsg::Ping));
+        let watch = Instant::now();
+        while watch.elapsed() < Duration::from_secs(2) {
+            let done = answered.load(Ordering::SeqCst);
+            let read = received(&cluster, 0, "Ask").await;
+            assert!(
+                read <= done + limit as u64,
+                "{read} requests read, {done} answered: more than {limit} waiting"
+            );
+            actix_rt::time::sleep(Duration::from_millis(25)).await;
+        }
+        let done = answered.load(Ordering::SeqCst);
+        assert!(done > 1000, "the handler got only {done} requests");
+        let reply = cluster.worker(1).send(Call(EchoMsg::Ping)).await.unwrap();
+        assert_eq!(reply, Ok(EchoReply::Pong));
         cluster.stop().await.unwrap();
     })
     .await;

@@ -396,7 +396,7 @@ async fn a_snapshot_survives_a_restart_of_the_cluster_and_a_corrupt_one_is_set_a
 }
 
 #[actix::test]
-async fn snapshots_of_megabytes_every_20_ms_do_not_stall_round_trips_and_the_last_is_whole() {
+async fn snapshots_of_32_mib_every_20_ms_do_not_stall_round_trips_and_the_last_is_whole() {
     within(180, async {
         let path = temp_path("busy-snapshots");
         let busy = CacheConfig {
@@ -408,9 +408,10 @@ async fn snapshots_of_megabytes_every_20_ms_do_not_stall_round_trips_and_the_las
             .await
             .unwrap();
         let cache = cluster.cache();
-        // 8 MiB in 128 values of 64 KiB.
+        // 32 MiB in 512 values of 64 KiB (a 31 MB snapshot every 20 ms once stalled the loop
+        // for seconds and kept stop() waiting).
         let value = vec![7u8; 64 * 1024];
-        for n in 0..128 {
+        for n in 0..512 {
             cache
                 .set("big", &format!("k{n}"), &value, None)
                 .await
@@ -463,7 +464,7 @@ async fn snapshots_of_megabytes_every_20_ms_do_not_stall_round_trips_and_the_las
             .unwrap();
         let cache = cluster.cache();
         assert_eq!(cache.stats().await.unwrap().snapshot_error, None);
-        assert_eq!(cache.keys("big", "").await.unwrap().len(), 129);
+        assert_eq!(cache.keys("big", "").await.unwrap().len(), 513);
         assert_eq!(
             cache.get::<Vec<u8>>("big", "last").await.unwrap(),
             Some(value)

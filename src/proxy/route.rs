@@ -7,8 +7,9 @@ use bytes::Bytes;
 
 use super::actor::{Worker, ASK_FAILED, ASK_REPLY, CREDIT, DELIVER, NOTIFY, PEER_REQUEST};
 use super::links::FromWorker;
+use crate::error::CallError;
 use crate::messaging::router::Outcome;
-use crate::messaging::table::{AskDone, Routed};
+use crate::messaging::table::{AskDone, ReplyTo, Routed};
 use crate::messaging::{AskError, Peer, Route, SystemOp, Via};
 use crate::protocol::Envelope;
 use crate::state::WorkerId;
@@ -262,8 +263,38 @@ impl<A: WorkerActor> Worker<A> {
             return;
         }
         let id = self.next_id;
-        let generation = self.proc.generation;
-        let (pushed, waiter, kind) = match routed {
+        let Some((pushed, waiter, kind)) = self.push_routed(id, routed, windowed.is_some()) else {
+            return;
+        };
+        match pushed {
+            Ok(()) => {
+                self.counters.sent(kind);
+                if let Some(waiter) = waiter {
+                    self.next_id += 1;
+                    self.proc.in_flight.insert_peer(id, waiter);
+                }
+                self.kick_writer(self.proc.generation, ctx);
+            }
+            Err(e) => {
+                self.counters.errors += 1;
+                let error = AskError::from_call(&e);
+                match waiter {
+                    Some(waiter) => waiter.answer(Err(error)),
+                    None => tracing::debug!(worker = self.id, %error, "message dropped"),
+                }
+            }
+        }
+    }
+
+    /// Queues a message from another process as a frame (under `id`, if it wants an answer):
+    /// whether it went in, who waits for its answer, and the frame's kind.
+    fn push_routed(
+        &mut self,
+        id: u64,
+        routed: Routed,
+        windowed: bool,
+    ) -> Option<(Result<(), CallError>, Option<ReplyTo>, usize)> {
+        Some(match routed {
             Routed::Tell {
                 from,
                 via,
@@ -276,9 +307,10 @@ impl<A: WorkerActor> Worker<A> {
                     ack: ack.as_ref().map(|_| id),
                     payload: &payload,
                 };
-                let pushed = match windowed {
-                    Some(_) => self.proc.stdin.push_control(&env),
-                    None => self.proc.stdin.push(self.id, &env),
+                let pushed = if windowed {
+                    self.proc.stdin.push_control(&env)
+                } else {
+                    self.proc.stdin.push(self.id, &env)
                 };
                 (pushed, ack, DELIVER)
             }
@@ -299,26 +331,8 @@ impl<A: WorkerActor> Worker<A> {
                     PEER_REQUEST,
                 )
             }
-            Routed::Notify { .. } | Routed::Credit { .. } => return,
-        };
-        match pushed {
-            Ok(()) => {
-                self.counters.sent(kind);
-                if let Some(waiter) = waiter {
-                    self.next_id += 1;
-                    self.proc.in_flight.insert_peer(id, waiter);
-                }
-                self.kick_writer(generation, ctx);
-            }
-            Err(e) => {
-                self.counters.errors += 1;
-                let error = AskError::from_call(&e);
-                match waiter {
-                    Some(waiter) => waiter.answer(Err(error)),
-                    None => tracing::debug!(worker = self.id, %error, "message dropped"),
-                }
-            }
-        }
+            Routed::Notify { .. } | Routed::Credit { .. } => return None,
+        })
     }
 }
 
