@@ -247,6 +247,33 @@ impl Envelope<'_> {
         }
     }
 
+    /// About how many bytes the frame body takes encoded: its payload and text plus room for
+    /// the fixed fields. A hint, to size buffers: rarely a little short for long errors.
+    pub(crate) fn size_hint(&self) -> usize {
+        let carried = match self {
+            Envelope::Request { payload, .. }
+            | Envelope::Reply { payload, .. }
+            | Envelope::Tell { payload }
+            | Envelope::Event { payload }
+            | Envelope::Send { payload, .. }
+            | Envelope::Ask { payload, .. }
+            | Envelope::AskReply { payload, .. }
+            | Envelope::PeerRequest { payload, .. }
+            | Envelope::Notify { payload } => payload.len(),
+            Envelope::Deliver { payload, via, .. } => {
+                payload.len()
+                    + match via {
+                        crate::messaging::Via::Group(group) => group.len(),
+                        _ => 0,
+                    }
+            }
+            Envelope::Log { fields, .. } => fields.len(),
+            Envelope::AskFailed { .. } | Envelope::Failed { .. } => 256,
+            _ => 0,
+        };
+        carried + 64
+    }
+
     /// The variant's position in [`KINDS`](Self::KINDS), for counters.
     pub fn index(&self) -> usize {
         match self {

@@ -103,7 +103,7 @@ impl ReadFrames {
         Self {
             generation,
             pipe,
-            buf: BytesMut::with_capacity(64 * 1024),
+            buf: BytesMut::with_capacity(256 * 1024),
             decoder: FrameDecoder::new(max_frame_bytes),
         }
     }
@@ -207,8 +207,8 @@ impl ReadFrames {
         cx: &mut TaskContext<'_>,
     ) -> Step {
         let generation = self.generation;
-        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-            self.buf.reserve(64 * 1024);
+        if self.buf.capacity() - self.buf.len() < 64 * 1024 {
+            self.buf.reserve(256 * 1024);
         }
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.pipe), cx, &mut self.buf) {
             Poll::Pending => Step::Wait,

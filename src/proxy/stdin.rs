@@ -34,8 +34,8 @@ pub(crate) struct StdinQueue {
     written: usize,
     /// Bytes not yet written, over every chunk.
     len: usize,
-    /// A written chunk kept for the next frames.
-    spare: Option<Vec<u8>>,
+    /// Written chunks of [`CHUNK_BYTES`], kept for the next frames (at most [`SPARE_CHUNKS`]).
+    spare: Vec<Vec<u8>>,
     stdin: Option<pipe::Sender>,
     pub(crate) flushing: bool,
     max_frame_bytes: usize,
@@ -46,6 +46,8 @@ pub(crate) struct StdinQueue {
 pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
 /// Chunks one `writev(2)` takes.
 const CHUNKS_PER_WRITE: usize = 64;
+/// Written chunks kept for reuse: a steady stream allocates nothing.
+const SPARE_CHUNKS: usize = 8;
 
 impl StdinQueue {
     pub(crate) fn new(max_frame_bytes: usize, limit: usize) -> Self {
@@ -53,7 +55,7 @@ impl StdinQueue {
             chunks: VecDeque::new(),
             written: 0,
             len: 0,
-            spare: None,
+            spare: Vec::new(),
             stdin: None,
             flushing: false,
             max_frame_bytes,
@@ -84,7 +86,7 @@ impl StdinQueue {
     pub(crate) fn detach(&mut self) {
         self.stdin = None;
         self.chunks = VecDeque::new();
-        self.spare = None;
+        self.spare = Vec::new();
         self.written = 0;
         self.len = 0;
     }
@@ -111,13 +113,19 @@ impl StdinQueue {
         self.append(env)
     }
 
-    /// Encodes one frame at the end of the last chunk, or of a new one once that is full.
+    /// Encodes one frame at the end of the last chunk, or of a new one when it would not fit:
+    /// a chunk never grows by copying what it holds.
     fn append(&mut self, env: &Envelope<'_>) -> Result<(), CallError> {
-        if self.chunks.back().is_none_or(|c| c.len() >= CHUNK_BYTES) {
-            let chunk = self
-                .spare
-                .take()
-                .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES));
+        let need = env.size_hint() + crate::codec::HEADER_LEN;
+        if self
+            .chunks
+            .back()
+            .is_none_or(|c| c.capacity() - c.len() < need)
+        {
+            let chunk = match self.spare.pop() {
+                Some(chunk) if need <= CHUNK_BYTES => chunk,
+                _ => Vec::with_capacity(need.max(CHUNK_BYTES)),
+            };
             self.chunks.push_back(chunk);
         }
         let chunk = self.chunks.back_mut().expect("pushed above");
@@ -125,9 +133,18 @@ impl StdinQueue {
         let encoded = encode_frame(chunk, env, self.max_frame_bytes).map_err(CallError::Frame);
         self.len += chunk.len() - before;
         if chunk.is_empty() {
-            self.spare = self.chunks.pop_back();
+            let empty = self.chunks.pop_back().expect("looked at above");
+            self.recycle(empty);
         }
         encoded
+    }
+
+    /// Keeps a written chunk for reuse, if it is of the usual size and there is room.
+    fn recycle(&mut self, mut chunk: Vec<u8>) {
+        if chunk.capacity() == CHUNK_BYTES && self.spare.len() < SPARE_CHUNKS {
+            chunk.clear();
+            self.spare.push(chunk);
+        }
     }
 
     pub(super) fn poll_flush(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
@@ -163,11 +180,8 @@ impl StdinQueue {
             }
             n -= left;
             self.written = 0;
-            let mut done = self.chunks.pop_front().expect("looked at above");
-            if done.capacity() == CHUNK_BYTES {
-                done.clear();
-                self.spare = Some(done);
-            }
+            let done = self.chunks.pop_front().expect("looked at above");
+            self.recycle(done);
         }
     }
 
@@ -196,6 +210,14 @@ mod tests {
             queue.push_control(&Envelope::Ping { seq }).unwrap();
         }
         assert!(queue.chunks.len() > 4, "{} chunks", queue.chunks.len());
+        let largest = big.len() + 64 + crate::codec::HEADER_LEN;
+        assert!(
+            queue
+                .chunks
+                .iter()
+                .all(|c| c.capacity() == CHUNK_BYTES || c.capacity() == largest),
+            "no chunk grew by copying"
+        );
         let total = queue.len();
         let reader = tokio::spawn(async move {
             let mut bytes = Vec::new();
