@@ -77,6 +77,7 @@ async fn cache_gets_from_a_worker_that_never_reads_are_held_to_its_outbox() {
             actix_rt::time::sleep(Duration::from_millis(50)).await;
         }
         let grown = rss_mib().saturating_sub(before);
+        eprintln!("get-no-read: {most} of 400 gets read, the master grew by {grown} MiB");
         // 4 MiB of outbox, the pipe's buffer (1 MiB) and the answer that crossed the limit.
         assert!(most <= 8, "the master read {most} of the 400 gets");
         assert!(
@@ -147,6 +148,10 @@ async fn messages_for_a_slow_on_message_handler_wait_in_a_bounded_queue_per_work
             actix_rt::time::sleep(Duration::from_millis(25)).await;
         }
         let done = handled.load(Ordering::SeqCst);
+        eprintln!(
+            "flood-events: {done} handled, the master grew by {} MiB",
+            rss_mib().saturating_sub(before)
+        );
         assert!(done > 1000, "the handler got only {done} messages");
         assert!(samples > 10);
         // Another worker is served meanwhile.
