@@ -493,17 +493,14 @@ async fn operator_controls_kill_stop_worker_add_worker_and_respawn_off() {
         .await
         .unwrap();
         // kill: the slot restarts per policy.
-        assert_eq!(cluster.kill(0).await.unwrap(), Some(ExitReason::Killed));
+        assert_eq!(cluster.kill(0).await.unwrap(), ExitReason::Killed);
         next_matching(&mut rx, Duration::from_secs(10), |e| {
             e.worker == 0 && e.generation == 2 && e.kind == WorkerEventKind::Ready
         })
         .await
         .expect("killed worker restarted");
         // stop_worker: stopped for good.
-        assert_eq!(
-            cluster.stop_worker(1).await.unwrap(),
-            Some(ExitReason::Exited(0))
-        );
+        assert_eq!(cluster.stop_worker(1).await.unwrap(), ExitReason::Exited(0));
         let info = &cluster.workers().await.unwrap()[1];
         assert_eq!(info.state, WorkerState::Exited);
         // add_worker: a third slot, supervised like the others.
