@@ -118,9 +118,17 @@ impl<A: WorkerActor> Cluster<A> {
             .collect()
     }
 
-    /// The cluster-wide id of this group's slot `index`.
-    fn global(&self, index: usize) -> Option<WorkerId> {
-        self.ids.borrow().get(index).copied()
+    /// Where worker `id` is among this group's slots, if it is one of them.
+    fn position(&self, id: WorkerId) -> Option<usize> {
+        // Ids are given out in increasing order, so a group's are sorted.
+        self.ids.borrow().binary_search(&id).ok()
+    }
+
+    fn no_such_worker(&self, id: WorkerId) -> Error {
+        Error::NoSuchWorker {
+            worker: id,
+            group: self.spec.group.clone(),
+        }
     }
 
     /// This group's name.
@@ -128,15 +136,57 @@ impl<A: WorkerActor> Cluster<A> {
         &self.spec.group
     }
 
-    /// The proxy of worker slot `id`; valid for the life of the cluster, across respawns.
+    /// The proxy of worker `id`; valid for the life of the cluster, across respawns.
+    ///
+    /// `id` is the worker's cluster-wide id, as [`ids`](Self::ids), [`workers`](Self::workers),
+    /// events, [`FromWorker`](crate::FromWorker), [`info`](Self::info) and the worker's own
+    /// `ctx.id()` report it. In a cluster of one group the ids are `0..len()`; in a cluster of
+    /// several, each group has its own share of them.
     ///
     /// # Panics
-    /// When `id` is not below [`len`](Self::len).
+    /// When `id` is not a worker of this group (see [`try_worker`](Self::try_worker)).
     pub fn worker(&self, id: WorkerId) -> Addr<Worker<A>> {
-        self.workers.borrow()[id].clone()
+        match self.try_worker(id) {
+            Ok(addr) => addr,
+            Err(e) => panic!("{e}; its workers are {:?}", self.ids()),
+        }
     }
 
-    /// Every slot's proxy, in slot order.
+    /// The proxy of worker `id`, as [`worker`](Self::worker) gives it.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchWorker`] when `id` is not a worker of this group.
+    pub fn try_worker(&self, id: WorkerId) -> Result<Addr<Worker<A>>, Error> {
+        let index = self.position(id).ok_or_else(|| self.no_such_worker(id))?;
+        Ok(self.workers.borrow()[index].clone())
+    }
+
+    /// The proxy of this group's `index`-th worker (counting from 0, in the order of
+    /// [`ids`](Self::ids)), or `None` past the last. A position, not an id: in a cluster of
+    /// several groups the two differ.
+    pub fn worker_at(&self, index: usize) -> Option<Addr<Worker<A>>> {
+        self.workers.borrow().get(index).cloned()
+    }
+
+    /// The ids of this group's workers, in the order they were added (ascending).
+    pub fn ids(&self) -> Vec<WorkerId> {
+        self.ids.borrow().clone()
+    }
+
+    /// The worker of this group whose process has pid `pid` now: its id and its proxy
+    /// (clustr-node's and sicarii's way of naming a worker).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchPid`] when no process of this group has that pid (one of another group,
+    /// one that has exited); [`Error::Mailbox`] when the supervisor has stopped.
+    pub async fn worker_by_pid(&self, pid: u32) -> Result<(WorkerId, Addr<Worker<A>>), Error> {
+        let workers = self.workers().await?;
+        let info = workers.iter().find(|info| info.pid == Some(pid));
+        let id = info.ok_or(Error::NoSuchPid { pid })?.id;
+        Ok((id, self.try_worker(id)?))
+    }
+
+    /// Every worker's proxy, in the order of [`ids`](Self::ids).
     pub fn addrs(&self) -> Vec<Addr<Worker<A>>> {
         self.workers.borrow().clone()
     }
@@ -169,20 +219,25 @@ impl<A: WorkerActor> Cluster<A> {
             .collect())
     }
 
-    /// Kills worker `id`'s process group with SIGKILL; the restart policy then decides what
-    /// follows, as for any crash (sicarii's `kill`). Resolves with the exit reason once reaped,
-    /// or `None` for an unknown slot.
+    /// Kills worker `id`'s process group with SIGKILL, and restarts it. Resolves with the exit
+    /// reason ([`ExitReason::Killed`]) once the process is reaped.
+    ///
+    /// The restart type and strategy of the [`RestartPolicy`](crate::RestartPolicy) apply as
+    /// to any exit (a `temporary` worker stays down), but a kill asked for is not a crash: it
+    /// does not count toward the restart intensity or grow the backoff, and the restart follows
+    /// at once.
     ///
     /// # Errors
-    /// [`Error::Mailbox`] when the supervisor has stopped.
-    pub async fn kill(&self, id: WorkerId) -> Result<Option<ExitReason>, Error> {
-        let Some(id) = self.global(id) else {
-            return Ok(None);
-        };
-        Ok(self.supervisor.send(Control::Kill(id)).await?)
+    /// [`Error::NoSuchWorker`] when `id` is not a worker of this group; [`Error::Mailbox`] when
+    /// the supervisor or the worker's proxy has stopped.
+    pub async fn kill(&self, id: WorkerId) -> Result<ExitReason, Error> {
+        self.position(id).ok_or_else(|| self.no_such_worker(id))?;
+        let reason = self.supervisor.send(Control::Kill(id)).await?;
+        reason.ok_or(Error::Mailbox(MailboxError::Closed))
     }
 
-    /// Kills every worker, as [`kill`](Self::kill) does one.
+    /// Kills every worker, as [`kill`](Self::kill) does one; none of these exits counts
+    /// toward the restart intensity.
     ///
     /// # Errors
     /// [`Error::Mailbox`] when the supervisor has stopped.
@@ -200,15 +255,15 @@ impl<A: WorkerActor> Cluster<A> {
     }
 
     /// Stops worker `id` gracefully and for good: it is not restarted (Node's `worker.kill()`).
-    /// Resolves with its exit reason once reaped, or `None` for an unknown slot.
+    /// Resolves with its exit reason once reaped. [`scale`](Self::scale) up starts it again.
     ///
     /// # Errors
-    /// [`Error::Mailbox`] when the supervisor has stopped.
-    pub async fn stop_worker(&self, id: WorkerId) -> Result<Option<ExitReason>, Error> {
-        let Some(id) = self.global(id) else {
-            return Ok(None);
-        };
-        Ok(self.supervisor.send(Control::StopWorker(id)).await?)
+    /// [`Error::NoSuchWorker`] when `id` is not a worker of this group; [`Error::Mailbox`] when
+    /// the supervisor or the worker's proxy has stopped.
+    pub async fn stop_worker(&self, id: WorkerId) -> Result<ExitReason, Error> {
+        self.position(id).ok_or_else(|| self.no_such_worker(id))?;
+        let reason = self.supervisor.send(Control::StopWorker(id)).await?;
+        reason.ok_or(Error::Mailbox(MailboxError::Closed))
     }
 
     /// Turns restarts on or off for the whole cluster (on by default).
@@ -227,7 +282,7 @@ impl<A: WorkerActor> Cluster<A> {
     /// supervised like the others); [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn add_worker(&self) -> Result<Addr<Worker<A>>, Error> {
         let addr = self.add_slot();
-        let id = self.global(self.len() - 1).unwrap_or_default();
+        let id = self.ids.borrow().last().copied().unwrap_or_default();
         match addr.send(AwaitReady).await? {
             Ok(()) => Ok(addr),
             Err(reason) => Err(Error::StartFailed { worker: id, reason }),

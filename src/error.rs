@@ -63,6 +63,23 @@ pub enum Error {
     /// cluster.
     #[error("this group key belongs to another cluster")]
     ForeignGroupKey,
+    /// No worker of the group has this id: it belongs to another group, or to no worker.
+    /// Ids are cluster-wide; a group's are those its [`Cluster::ids`](crate::Cluster::ids)
+    /// and [`Cluster::workers`](crate::Cluster::workers) list.
+    #[error("group {group:?} has no worker {worker}")]
+    NoSuchWorker {
+        /// The id asked for.
+        worker: WorkerId,
+        /// The group asked.
+        group: String,
+    },
+    /// No worker process of the group (or of the cluster, when asked of
+    /// [`Groups`](crate::Groups)) has this pid now.
+    #[error("no worker process has pid {pid}")]
+    NoSuchPid {
+        /// The pid asked for.
+        pid: u32,
+    },
     /// An I/O error outside a worker's channel.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

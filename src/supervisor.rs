@@ -5,7 +5,11 @@
 //! # Supervision
 //! When a worker's process exits on its own (not because it was asked to stop), the supervisor
 //! asks the [`RestartPolicy`] of the worker's group: restart it (after a backoff), leave it down,
-//! or give up. Under `one_for_all` and `rest_for_one` the other affected workers are stopped
+//! or give up. A kill that the operator or the program asked for
+//! ([`Cluster::kill`](crate::Cluster::kill), `kill_all`, a worker's `kill_worker`) goes to the
+//! policy too, but as a requested exit: restarted at once, not counted toward the intensity.
+//! Graceful stops (`stop_worker`, scaling down) are final, and the processes that a reload or
+//! `restart_worker` replaces retire without reaching the policy; neither counts either. Under `one_for_all` and `rest_for_one` the other affected workers are stopped
 //! first, and only when every old process is gone are the new ones started, in slot order, each
 //! awaited until ready. Giving up escalates as configured: stop the cluster, so that
 //! [`Cluster::wait`](crate::Cluster::wait) returns [`Error::GaveUp`](crate::Error::GaveUp) to the
@@ -255,6 +259,10 @@ impl ClusterSupervisor {
         }
         let kind = if exit.reason.is_permanent() {
             ExitKind::Permanent
+        } else if *exit.reason == ExitReason::Killed {
+            // Only a kill on request ends a process with `Killed` (the proxy records the reason
+            // per process, so a kill that found no process marks nothing).
+            ExitKind::Requested
         } else if exit.reason.is_normal() {
             ExitKind::Normal
         } else {

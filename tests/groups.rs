@@ -126,9 +126,12 @@ async fn two_groups_of_different_programs_types_counts_and_policies() {
 
         // Policies per group: a temporary relay stays down, a permanent echo comes back.
         let relay_pid = relays.workers().await.unwrap()[0].pid.unwrap();
-        let echo_pid = echoes.workers().await.unwrap()[0].pid.unwrap();
+        let echo0 = echoes.workers().await.unwrap()[0].clone();
+        let echo_pid = echo0.pid.unwrap();
+        // Ids are cluster-wide: the relays are 0 and 1, the echoes 2, 3 and 4.
+        assert_eq!((relays.ids(), echoes.ids()), (vec![0, 1], vec![2, 3, 4]));
         relays.kill(0).await.unwrap();
-        echoes.kill(0).await.unwrap();
+        echoes.kill(echo0.id).await.unwrap();
         common::eventually(Duration::from_secs(20), "the echo's restart", || async {
             let echo = &echoes.workers().await.unwrap()[0];
             echo.state == WorkerState::Ready && echo.pid != Some(echo_pid)

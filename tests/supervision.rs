@@ -242,7 +242,8 @@ async fn a_crash_loop_backs_off_then_gives_up_and_stops_the_cluster() {
             .unwrap();
         let cpu_before = cpu_ticks_of_self();
         let started = Instant::now();
-        cluster.kill(0).await.unwrap();
+        // A SIGKILL the master did not send: a crash, counted like the ones that follow.
+        sigkill(pids(&cluster).await[0].unwrap());
         let outcome = cluster.wait().await;
         let took = started.elapsed();
         let Err(Error::GaveUp { worker: 0, reason }) = outcome else {
@@ -398,7 +399,8 @@ async fn a_worker_not_ready_in_time_is_killed_and_restarted() {
             .start()
             .await
             .unwrap();
-        cluster.kill(0).await.unwrap();
+        // A crash (a kill asked for would not count), then a start that hangs.
+        sigkill(pids(&cluster).await[0].unwrap());
         let exited = next_matching(&mut rx, Duration::from_secs(10), |e| {
             e.generation == 2 && matches!(e.kind, WorkerEventKind::Exited { .. })
         })
@@ -493,17 +495,14 @@ async fn operator_controls_kill_stop_worker_add_worker_and_respawn_off() {
         .await
         .unwrap();
         // kill: the slot restarts per policy.
-        assert_eq!(cluster.kill(0).await.unwrap(), Some(ExitReason::Killed));
+        assert_eq!(cluster.kill(0).await.unwrap(), ExitReason::Killed);
         next_matching(&mut rx, Duration::from_secs(10), |e| {
             e.worker == 0 && e.generation == 2 && e.kind == WorkerEventKind::Ready
         })
         .await
         .expect("killed worker restarted");
         // stop_worker: stopped for good.
-        assert_eq!(
-            cluster.stop_worker(1).await.unwrap(),
-            Some(ExitReason::Exited(0))
-        );
+        assert_eq!(cluster.stop_worker(1).await.unwrap(), ExitReason::Exited(0));
         let info = &cluster.workers().await.unwrap()[1];
         assert_eq!(info.state, WorkerState::Exited);
         // add_worker: a third slot, supervised like the others.
@@ -584,6 +583,96 @@ async fn every_in_flight_request_resolves_when_a_worker_dies_halfway() {
         }
         assert!(failed >= 50, "{failed} failed");
         cluster.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[actix::test]
+async fn twenty_kill_alls_with_the_default_policy_leave_the_cluster_up() {
+    within(120, async {
+        // The default policy: 5 restarts in 30 s. Kills asked for are not crashes.
+        let (events, mut rx) = collector::<WorkerEvent>();
+        let cluster = ClusterSupervisor::builder::<Echo>(echo_config(3))
+            .subscribe(events)
+            .start()
+            .await
+            .unwrap();
+        for round in 0..20 {
+            cluster
+                .kill_all()
+                .await
+                .unwrap_or_else(|e| panic!("kill_all {round}: {e}"));
+        }
+        common::eventually(Duration::from_secs(60), "every worker back", || async {
+            cluster.workers().await.unwrap().iter().all(|info| {
+                (info.state, info.generation) == (WorkerState::Ready, 21) && info.pid.is_some()
+            })
+        })
+        .await;
+        for id in cluster.ids() {
+            let reply = cluster.worker(id).send(Call(EchoMsg::Ping)).await.unwrap();
+            assert_eq!(reply, Ok(EchoReply::Pong), "worker {id} answers");
+        }
+        let mut restarts = 0;
+        while let Ok(event) = rx.try_recv() {
+            match event.kind {
+                WorkerEventKind::GaveUp { .. } => panic!("the supervisor gave up: {event:?}"),
+                WorkerEventKind::Restarting { delay } => {
+                    assert_eq!(delay, Duration::ZERO, "a kill asked for is not backed off");
+                    restarts += 1;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(restarts, 60, "each kill restarted its worker");
+        cluster.stop().await.unwrap();
+        assert!(cluster.wait().await.is_ok(), "the cluster stopped cleanly");
+    })
+    .await;
+}
+
+#[actix::test]
+async fn a_crash_loop_started_by_a_kill_gives_up_counting_only_its_crashes() {
+    within(60, async {
+        // The default policy; worker 0 crashes at start from generation 2 on.
+        let config =
+            chaos_config(2, &[(0, "crash-at-start")]).env("PROCACTOR_CHAOS_FROM_GENERATION", "2");
+        let (events, mut rx) = collector::<WorkerEvent>();
+        let cluster = ClusterSupervisor::builder::<Echo>(config)
+            .subscribe(events)
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(cluster.kill(0).await.unwrap(), ExitReason::Killed);
+        let outcome = cluster.wait().await;
+        let Err(Error::GaveUp { worker: 0, reason }) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(reason, ExitReason::Exited(1));
+        let mut delays = Vec::new();
+        let mut spawns = 0;
+        let mut gave_up = None;
+        while let Ok(event) = rx.try_recv() {
+            match event.kind {
+                WorkerEventKind::Restarting { delay } if event.worker == 0 => delays.push(delay),
+                WorkerEventKind::Spawned if event.worker == 0 => spawns += 1,
+                WorkerEventKind::GaveUp { restarts, .. } => gave_up = Some(restarts),
+                _ => {}
+            }
+        }
+        // Generation 1; the kill's restart, at once and not counted; then 5 counted restarts,
+        // backed off from the floor; the 6th crash exceeds 5 in 30 s.
+        assert_eq!(spawns, 7, "spawns of slot 0");
+        assert_eq!(delays.len(), 6, "{delays:?}");
+        assert_eq!(delays[0], Duration::ZERO, "the kill's restart");
+        for (n, delay) in delays[1..].iter().enumerate() {
+            let floor = Duration::from_millis(100) * (1 << n);
+            assert!(
+                *delay >= floor.mul_f64(0.8) && *delay <= floor.mul_f64(1.2),
+                "restart {n} after {delay:?}, expected {floor:?} ± 20 %"
+            );
+        }
+        assert_eq!(gave_up, Some(5));
     })
     .await;
 }

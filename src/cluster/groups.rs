@@ -2,6 +2,7 @@
 //! cluster, started in order and stopped in reverse.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
@@ -28,6 +29,8 @@ type Starter = Box<dyn FnOnce(&Core, &ClusterConfig) -> Result<Started, Error>>;
 
 struct Started {
     view: Box<dyn Any>,
+    /// The group's ids, shared with its view (workers added later included).
+    ids: Rc<RefCell<Vec<WorkerId>>>,
     readiness: Vec<(WorkerId, Recipient<AwaitReady>)>,
 }
 
@@ -199,6 +202,7 @@ impl GroupsBuilder {
             let cluster = core.start_group::<A>(&name, config, handlers)?;
             Ok(Started {
                 readiness: cluster.readiness(),
+                ids: Rc::clone(&cluster.ids),
                 view: Box::new(cluster),
             })
         });
@@ -294,6 +298,7 @@ impl GroupsBuilder {
         )?;
         let mut names = Vec::new();
         let mut views = Vec::new();
+        let mut ids = Vec::new();
         let mut readiness: Vec<Vec<(WorkerId, Recipient<AwaitReady>)>> = Vec::new();
         for ((group, starter), config) in self.groups.into_iter().zip(configs) {
             if let Some(after) = &group.after {
@@ -316,6 +321,7 @@ impl GroupsBuilder {
             names.push(group.name);
             readiness.push(started.readiness);
             views.push(started.view);
+            ids.push(started.ids);
         }
         core.finish_start(readiness.into_iter().flatten().collect())
             .await?;
@@ -324,6 +330,7 @@ impl GroupsBuilder {
             supervisor: core.supervisor.clone(),
             names,
             views,
+            ids,
         })
     }
 }
@@ -334,6 +341,8 @@ pub struct Groups {
     supervisor: Addr<ClusterSupervisor>,
     names: Vec<String>,
     views: Vec<Box<dyn Any>>,
+    /// Each group's ids, in start order.
+    ids: Vec<Rc<RefCell<Vec<WorkerId>>>>,
 }
 
 impl fmt::Debug for Groups {
@@ -361,12 +370,35 @@ impl Groups {
         &self.names
     }
 
-    /// Every worker slot of every group.
+    /// Every worker of every group, by id.
     ///
     /// # Errors
     /// [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, Error> {
         Ok(self.supervisor.send(ListWorkers).await?)
+    }
+
+    /// The name of the group that worker `id` belongs to, or `None` for no worker.
+    pub fn group_of(&self, id: WorkerId) -> Option<&str> {
+        let index = self
+            .ids
+            .iter()
+            .position(|ids| ids.borrow().binary_search(&id).is_ok())?;
+        Some(&self.names[index])
+    }
+
+    /// The group and id of the worker whose process has pid `pid` now; the group's
+    /// [`Cluster::worker`] gives its proxy.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchPid`] when no worker process has that pid; [`Error::Mailbox`] when the
+    /// supervisor has stopped.
+    pub async fn worker_by_pid(&self, pid: u32) -> Result<(&str, WorkerId), Error> {
+        let workers = self.workers().await?;
+        let info = workers.iter().find(|info| info.pid == Some(pid));
+        let id = info.ok_or(Error::NoSuchPid { pid })?.id;
+        let group = self.group_of(id).ok_or(Error::NoSuchPid { pid })?;
+        Ok((group, id))
     }
 
     /// Stops every group, the last started first, and returns once every worker is reaped.

@@ -8,6 +8,15 @@
 //!   `rest_for_one` that slot and every slot after it.
 //! - **Intensity**: at most `max_restarts` restarts within a sliding window of `period`; the
 //!   restart that would exceed it becomes a give-up. A multi-slot restart counts once.
+//! - **Only crashes count.** An exit that the operator or the program asked for is not a crash
+//!   and counts neither toward the intensity nor toward the backoff: a kill
+//!   ([`Cluster::kill`](crate::Cluster::kill), [`kill_all`](crate::Cluster::kill_all), a
+//!   worker's [`kill_worker`](crate::WorkerHandle::kill_worker)) restarts the worker at once,
+//!   as its restart type and strategy say; a graceful stop (`stop_worker`, scaling down) is
+//!   final; the processes a reload or `restart_worker` replaces retire. What counts is every
+//!   exit the worker did not ask for: a status, a signal the master did not send, a missed
+//!   heartbeat, a ready or shutdown timeout, a failed spawn (as OTP's `terminate_child` and
+//!   `restart_child` do not count, and a child's own exit does).
 //! - **Backoff** per slot: the n-th consecutive restart waits `floor × multiplier^n`, capped, with
 //!   jitter of ± `jitter`; a process that had run for `reset_after` resets its slot to the floor.
 //! - A **permanent** fault (a protocol version mismatch) is never restarted and not counted.
@@ -62,6 +71,11 @@ pub enum Escalation {
 }
 
 /// At most `max_restarts` restarts within `period` (a sliding window).
+///
+/// Only crashes count: the restarts that follow a kill asked for
+/// ([`Cluster::kill`](crate::Cluster::kill), [`kill_all`](crate::Cluster::kill_all)) do not,
+/// and neither do reloads, `restart_worker`, `stop_worker` or scaling; see
+/// [`RestartPolicy`] for the rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intensity {
     /// Restarts allowed within the window; 0 gives up at the first exit that would restart.
@@ -116,7 +130,22 @@ impl Backoff {
     }
 }
 
-/// The restart policy of a worker group.
+/// The restart policy of a worker group (Erlang/OTP's restart types, strategies and intensity,
+/// plus a backoff).
+///
+/// # What counts against the intensity
+/// Only crashes: the exits the worker did not ask for (a status, a signal the master did not
+/// send, a missed heartbeat, a ready or shutdown timeout, a failed spawn). What the operator or
+/// the program asked for is not a crash and counts neither toward the
+/// [`intensity`](Self::intensity) nor toward the [`backoff`](Self::backoff), as OTP's
+/// `terminate_child` and `restart_child` do not:
+/// - a kill ([`Cluster::kill`](crate::Cluster::kill), [`kill_all`](crate::Cluster::kill_all),
+///   a worker's [`kill_worker`](crate::WorkerHandle::kill_worker)) restarts the worker at once,
+///   as the restart type and strategy say (a `temporary` worker stays down);
+/// - a graceful stop ([`stop_worker`](crate::Cluster::stop_worker), scaling down) is final;
+/// - the processes that a reload or `restart_worker` replaces retire.
+///
+/// So no number of `kill_all()` ends a cluster, while a crash loop still gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RestartPolicy {

@@ -204,7 +204,9 @@ impl Handler<Scale> for ClusterSupervisor {
 /// Operator controls, sent by [`Cluster`]'s methods.
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// SIGKILL a slot's process group; the policy decides what follows.
+    /// SIGKILL a slot's process group; the policy decides what follows, as for an exit asked
+    /// for (the proxy ends the process with [`ExitReason::Killed`], which is how its exit is
+    /// told from a crash).
     Kill(WorkerId),
     /// Stop a slot gracefully, for good.
     StopWorker(WorkerId),

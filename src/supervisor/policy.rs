@@ -19,6 +19,9 @@ pub(crate) enum ExitKind {
     Abnormal,
     /// A fault that a restart cannot mend.
     Permanent,
+    /// Ended because the operator or the program asked (a kill): restarted as an abnormal
+    /// exit would be, but not a crash, so neither counted toward the intensity nor backed off.
+    Requested,
 }
 
 /// What follows an exit.
@@ -27,6 +30,7 @@ pub(crate) enum Decision {
     /// Leave the slot down.
     Stay,
     /// Restart these slots, in ascending order, after `delay` (the others stopped first).
+    /// Zero for an exit that was asked for.
     Restart { slots: Vec<usize>, delay: Duration },
     /// The intensity is exceeded.
     GiveUp(Escalation),
@@ -80,11 +84,16 @@ impl PolicyState {
         if !restart {
             return Decision::Stay;
         }
-        if self.restarts_in_window(now) >= self.policy.intensity.max_restarts as usize {
-            return Decision::GiveUp(self.policy.escalation);
-        }
-        self.window.push_back(now);
-        let delay = self.next_delay(slot, uptime);
+        let delay = if kind == ExitKind::Requested {
+            // Asked for, not a crash: OTP's terminate_child/restart_child do not count either.
+            Duration::ZERO
+        } else {
+            if self.restarts_in_window(now) >= self.policy.intensity.max_restarts as usize {
+                return Decision::GiveUp(self.policy.escalation);
+            }
+            self.window.push_back(now);
+            self.next_delay(slot, uptime)
+        };
         let n = self.slots();
         let slots = match self.policy.strategy {
             Strategy::OneForOne => vec![slot],
@@ -358,6 +367,55 @@ mod tests {
             state.on_exit(0, ExitKind::Abnormal, ms(0), t0),
             Decision::Restart { .. }
         ));
+    }
+
+    #[test]
+    fn requested_exits_are_not_counted_nor_backed_off() {
+        let t0 = Instant::now();
+        let mut state = intensity(1, ms(5000));
+        for i in 0..100 {
+            assert_eq!(
+                state.on_exit(0, ExitKind::Requested, ms(0), t0 + ms(i)),
+                Decision::Restart {
+                    slots: vec![0],
+                    delay: Duration::ZERO
+                },
+                "kill {i}"
+            );
+        }
+        assert_eq!(state.restarts_in_window(t0 + ms(100)), 0);
+        // The crashes that follow are counted from zero, and backed off from the floor.
+        assert_eq!(
+            state.on_exit(0, ExitKind::Abnormal, ms(0), t0 + ms(200)),
+            Decision::Restart {
+                slots: vec![0],
+                delay: ms(100)
+            }
+        );
+        assert_eq!(
+            state.on_exit(0, ExitKind::Abnormal, ms(0), t0 + ms(300)),
+            Decision::GiveUp(Escalation::StopCluster)
+        );
+    }
+
+    #[test]
+    fn requested_exits_follow_the_restart_type_and_strategy() {
+        let t0 = Instant::now();
+        let mut temporary =
+            PolicyState::new(policy(RestartType::Temporary, Strategy::OneForOne), 1, 1);
+        assert_eq!(
+            temporary.on_exit(0, ExitKind::Requested, ms(0), t0),
+            Decision::Stay
+        );
+        let mut transient =
+            PolicyState::new(policy(RestartType::Transient, Strategy::RestForOne), 3, 1);
+        assert_eq!(
+            transient.on_exit(1, ExitKind::Requested, ms(0), t0),
+            Decision::Restart {
+                slots: vec![1, 2],
+                delay: Duration::ZERO
+            }
+        );
     }
 
     #[test]
