@@ -30,6 +30,7 @@ use crate::worker::WorkerActor;
 mod assembly;
 mod builder;
 mod groups;
+mod topics;
 
 pub use builder::ClusterBuilder;
 pub use groups::{GroupHandlers, GroupKey, Groups, GroupsBuilder};

@@ -46,6 +46,8 @@ pub(crate) mod router;
 pub(crate) mod system;
 pub(crate) mod table;
 
+pub use confirm::ConfirmationRounds;
+
 /// Who sent a message, as stamped by the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Peer {
