@@ -30,6 +30,7 @@ use crate::worker::WorkerActor;
 mod assembly;
 mod builder;
 mod groups;
+mod topics;
 
 pub use builder::ClusterBuilder;
 pub use groups::{GroupHandlers, GroupKey, Groups, GroupsBuilder};
@@ -98,8 +99,7 @@ impl<A: WorkerActor> Cluster<A> {
         self.links
             .routing
             .borrow_mut()
-            .slots
-            .push(addr.clone().recipient());
+            .add_slot(addr.clone().recipient(), &self.spec.group);
         // Slots are added in id order: the supervisor's mailbox keeps it.
         self.supervisor
             .do_send(Control::Add(crate::supervisor::Slot::of(&addr, self.group)));

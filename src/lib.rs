@@ -116,7 +116,7 @@ pub use error::{
 };
 pub use event::{WorkerEvent, WorkerEventKind, WorkerInfo};
 pub use listen::{activated_sockets, ListenAddr};
-pub use messaging::{ClusterInfo, Peer, Route, SystemOp, Via, WorkerStats};
+pub use messaging::{ClusterInfo, ConfirmationRounds, Peer, Route, SystemOp, Via, WorkerStats};
 pub use proxy::{
     AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, Replaced, Stop, Tell,
     TellAck, TellResponse, Worker, WorkerRequest, DRAIN_AFTER_EXIT,

@@ -11,7 +11,13 @@
 //! `ask_master`, `broadcast`, `publish`, `join` / `leave`, `confirm` / `await_confirmations`,
 //! `cluster_info`, and, where the config permits, `kill_worker` / `restart_worker` /
 //! `reload_cluster`. From the master: [`Cluster`](crate::Cluster)'s `broadcast`, `publish`,
-//! `info`, `stats` and `await_confirmations`, and [`TellAck`](crate::TellAck) to one worker.
+//! `group_members`, `info`, `stats`, `confirm`, `await_confirmations` and `on_confirmation`,
+//! and [`TellAck`](crate::TellAck) to one worker.
+//!
+//! A group is a topic: each supervision group's live workers are members of the topic of its
+//! name, and workers join further topics (the one place that says it all:
+//! [`ClusterInfo`'s Groups](crate::ClusterInfo#groups)). Confirmations count in rounds, each
+//! waiter its own (`messaging/confirm.rs`).
 
 //!
 //! # Where it lives
@@ -40,6 +46,8 @@ pub(crate) mod router;
 pub(crate) mod system;
 pub(crate) mod table;
 
+pub use confirm::ConfirmationRounds;
+
 /// Who sent a message, as stamped by the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Peer {
@@ -62,7 +70,8 @@ pub enum Via {
     Direct,
     /// Sent to every worker.
     Broadcast,
-    /// Published to a group this worker had joined.
+    /// Published to a group this worker is a member of (its supervision group or a topic it
+    /// joined; see [`ClusterInfo`'s Groups](ClusterInfo#groups)).
     Group(String),
 }
 
@@ -75,7 +84,8 @@ pub enum Route<'a> {
     Worker(u64),
     /// Every other worker.
     All,
-    /// The members of a group (the sender excluded).
+    /// The members of a group (the sender excluded; see [`ClusterInfo`'s
+    /// Groups](ClusterInfo#groups)).
     Group(&'a str),
 }
 
@@ -112,24 +122,61 @@ pub enum SystemOp<'a> {
 }
 
 /// The cluster as seen from the master: groups, workers and their processes.
+///
+/// # Groups
+/// A group is a message topic. Each supervision group — the group a worker was started in
+/// (a [`GroupConfig`](crate::GroupConfig), or [`DEFAULT_GROUP`](crate::DEFAULT_GROUP) in a
+/// cluster of one group) — is a topic whose members are its live workers: a worker is a member
+/// from its start, without `join`, while a process of its slot runs (not while it is down,
+/// restarting or stopped). Other topics are joined and left with
+/// [`WorkerHandle::join`](crate::WorkerHandle::join) / [`leave`](crate::WorkerHandle::leave);
+/// a worker may join another supervision group's topic too, and its joins end with its
+/// process. Leaving one's own supervision group, or joining it, does nothing: a worker stays a
+/// member of its group for as long as it runs.
+///
+/// A message published to a group (`publish(group, &msg)`, from the master's
+/// [`Cluster`](crate::Cluster) or from a worker) reaches the members at that moment, the
+/// publishing worker excluded; it arrives with [`Via::Group`]. `group_members(group)` lists
+/// the members by id, [`groups`](Self::groups) every group's, and
+/// [`pids_by_group`](Self::pids_by_group) their pids (clustr-node's `clusterInfo`).
+/// [`WorkerInfo::groups`](crate::WorkerInfo::groups) lists only the topics a worker joined.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterInfo {
     /// The master's pid.
     pub master_pid: u32,
     /// Every worker slot.
     pub workers: Vec<WorkerInfo>,
-    /// Each group's members.
+    /// Each group's members, by id: every supervision group (its live workers) and every
+    /// topic a worker has joined (see [Groups](Self#groups)).
     pub groups: BTreeMap<String, Vec<WorkerId>>,
 }
 
 impl ClusterInfo {
-    /// The pids of a group's members (those running).
+    /// The pids of a group's members (those running), in id order.
     pub fn group_pids(&self, group: &str) -> Vec<u32> {
         let Some(ids) = self.groups.get(group) else {
             return Vec::new();
         };
         ids.iter()
             .filter_map(|id| self.workers.get(*id)?.pid)
+            .collect()
+    }
+
+    /// Every group with the pids of its running members: clustr-node's `clusterInfo`,
+    /// `{ webWorker: [pids], cacheWorker: [pids] }`. Every supervision group is listed (with no
+    /// pids while none of its workers runs), and every topic a worker has joined.
+    ///
+    /// ```
+    /// # fn f(info: procactor::ClusterInfo) {
+    /// for (group, pids) in info.pids_by_group() {
+    ///     println!("{group}: {pids:?}");
+    /// }
+    /// # }
+    /// ```
+    pub fn pids_by_group(&self) -> BTreeMap<String, Vec<u32>> {
+        self.groups
+            .keys()
+            .map(|group| (group.clone(), self.group_pids(group)))
             .collect()
     }
 }

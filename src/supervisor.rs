@@ -429,6 +429,7 @@ impl ClusterSupervisor {
 
     fn finish(&mut self) {
         self.finished = true;
+        self.confirmations.close();
         let outcome = self.outcome.clone().unwrap_or(Ok(()));
         self.outcome = Some(outcome.clone());
         for tx in self.waiters.drain(..) {

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use crate::error::AskError;
-use crate::messaging::confirm::MAX_KEY_BYTES;
+use crate::messaging::confirm::{check_key, ConfirmationRounds};
 use crate::messaging::table::encoded;
 use crate::messaging::{ClusterInfo, Peer, SystemOp, WorkerStats};
 use crate::state::WorkerId;
@@ -17,7 +17,8 @@ use crate::state::WorkerId;
 /// An answer on its way to a worker, encoded.
 type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, AskError>>>>;
 
-/// A worker confirms `key` ([`WorkerHandle::confirm`](crate::WorkerHandle::confirm)).
+/// A worker ([`WorkerHandle::confirm`](crate::WorkerHandle::confirm)) or the master
+/// ([`Cluster::confirm`](crate::Cluster::confirm)) confirms `key`.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), AskError>")]
 pub(crate) struct Confirm {
@@ -25,15 +26,25 @@ pub(crate) struct Confirm {
     pub(crate) key: String,
 }
 
-/// Waits until `n` workers have confirmed `key`; answers which, in the order they did.
+/// Waits for `from`'s next round of `n` confirmations of `key` (see `messaging::confirm`);
+/// answers the workers that confirmed in it, in order.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<WorkerId>, AskError>")]
 pub(crate) struct AwaitConfirmations {
-    /// Who waits: a worker's wait ends with its process.
+    /// Who waits: its rounds; a worker's wait ends with its process.
     pub(crate) from: Peer,
     pub(crate) key: String,
     pub(crate) n: usize,
     pub(crate) timeout: Duration,
+}
+
+/// Registers the master for every round of `n` confirmations of `key`
+/// ([`Cluster::on_confirmation`](crate::Cluster::on_confirmation)).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ConfirmationRounds, AskError>")]
+pub(crate) struct OnConfirmation {
+    pub(crate) key: String,
+    pub(crate) n: usize,
 }
 
 /// The cluster's [`ClusterInfo`].
@@ -129,8 +140,7 @@ impl SystemLink {
     pub(crate) fn serve(&self, from: Peer, op: SystemOp<'_>) -> Answer {
         let gone = |e: MailboxError| AskError::Failed(format!("the supervisor is gone: {e}"));
         if let SystemOp::Confirm(key) | SystemOp::AwaitConfirmations { key, .. } = &op {
-            if key.len() > MAX_KEY_BYTES {
-                let refused = AskError::Invalid(format!("a key is at most {MAX_KEY_BYTES} bytes"));
+            if let Err(refused) = check_key(key) {
                 return Box::pin(std::future::ready(Err(refused)));
             }
         }

@@ -18,31 +18,98 @@ use crate::messaging::{AskError, Peer, Via};
 use crate::state::WorkerId;
 
 /// The routing table, shared by the proxies and the supervisor of one cluster (one thread).
+///
+/// # Groups are topics
+/// A topic's members are the live workers of the supervision group of that name (a worker is a
+/// member while a process of its slot runs — not while it is down, restarting or stopped),
+/// and the workers that [`join`](Self::join)ed it. The supervision membership is set once per
+/// slot ([`add_slot`](Self::add_slot)) and follows the slot's process
+/// ([`process_started`](Self::process_started), [`process_ended`](Self::process_ended)); it
+/// does not count toward [`MAX_GROUPS_PER_WORKER`], and `join` / `leave` of a worker's own
+/// supervision group do nothing.
 #[derive(Debug, Default)]
 pub(crate) struct Routing {
     pub(crate) slots: Vec<Recipient<Routed>>,
-    groups: BTreeMap<String, BTreeSet<WorkerId>>,
-    /// How many groups each worker is in.
+    /// Each slot's supervision group and whether a process of it runs, by slot id.
+    supervised: Vec<Supervised>,
+    /// The slots of each supervision group, in id order.
+    supervision: BTreeMap<String, Vec<WorkerId>>,
+    /// The topics joined with `join`, and their members.
+    topics: BTreeMap<String, BTreeSet<WorkerId>>,
+    /// How many topics each worker has joined.
     joined: HashMap<WorkerId, usize>,
+}
+
+/// One slot's supervision group.
+#[derive(Debug)]
+struct Supervised {
+    group: String,
+    /// A process of the slot runs.
+    live: bool,
 }
 
 pub(crate) type SharedRouting = Rc<RefCell<Routing>>;
 
-/// Groups one worker may be in at once: what a worker joins costs the master memory.
+/// Topics one worker may have joined at once (its supervision group not counted): what a
+/// worker joins costs the master memory.
 pub(crate) const MAX_GROUPS_PER_WORKER: usize = 1024;
 /// Longest group name, in bytes.
 pub(crate) const MAX_GROUP_NAME_BYTES: usize = 1024;
 
 impl Routing {
-    /// Worker `worker` joins `group`; refused past [`MAX_GROUPS_PER_WORKER`] groups or for a
-    /// name longer than [`MAX_GROUP_NAME_BYTES`].
+    /// Adds the next slot (its id is its index), a worker of supervision group `group`; it is a
+    /// member of that topic once its process starts.
+    pub(crate) fn add_slot(&mut self, slot: Recipient<Routed>, group: &str) {
+        self.slots.push(slot);
+        self.supervise(group);
+    }
+
+    /// The next slot's supervision group (slots and their groups are added together).
+    fn supervise(&mut self, group: &str) {
+        let id = self.supervised.len();
+        self.supervised.push(Supervised {
+            group: group.to_owned(),
+            live: false,
+        });
+        self.supervision
+            .entry(group.to_owned())
+            .or_default()
+            .push(id);
+    }
+
+    /// A process of slot `worker` runs: it is a member of its supervision group's topic.
+    pub(crate) fn process_started(&mut self, worker: WorkerId) {
+        if let Some(s) = self.supervised.get_mut(worker) {
+            s.live = true;
+        }
+    }
+
+    /// Slot `worker`'s serving process ended: the topics it joined are left, and it stays a
+    /// member of its supervision group only if `successor` (a replacement) runs in its place.
+    pub(crate) fn process_ended(&mut self, worker: WorkerId, successor: bool) {
+        self.leave_all(worker);
+        if let Some(s) = self.supervised.get_mut(worker) {
+            s.live = successor;
+        }
+    }
+
+    /// Whether `group` is worker `worker`'s supervision group.
+    fn supervises(&self, group: &str, worker: WorkerId) -> bool {
+        self.supervised
+            .get(worker)
+            .is_some_and(|s| s.group == group)
+    }
+
+    /// Worker `worker` joins `group`; refused past [`MAX_GROUPS_PER_WORKER`] topics or for a
+    /// name longer than [`MAX_GROUP_NAME_BYTES`]. Its own supervision group: nothing to do.
     pub(crate) fn join(&mut self, group: &str, worker: WorkerId) -> Result<(), AskError> {
         if group.len() > MAX_GROUP_NAME_BYTES {
             return Err(AskError::Invalid(format!(
                 "a group name is at most {MAX_GROUP_NAME_BYTES} bytes"
             )));
         }
-        if self.groups.get(group).is_some_and(|m| m.contains(&worker)) {
+        let already = self.topics.get(group).is_some_and(|m| m.contains(&worker));
+        if already || self.supervises(group, worker) {
             return Ok(());
         }
         let joined = self.joined.entry(worker).or_default();
@@ -52,20 +119,22 @@ impl Routing {
             )));
         }
         *joined += 1;
-        self.groups
+        self.topics
             .entry(group.to_owned())
             .or_default()
             .insert(worker);
         Ok(())
     }
 
+    /// Worker `worker` leaves topic `group` (a group it is not in, or its own supervision
+    /// group: nothing to do).
     pub(crate) fn leave(&mut self, group: &str, worker: WorkerId) {
-        let Some(members) = self.groups.get_mut(group) else {
+        let Some(members) = self.topics.get_mut(group) else {
             return;
         };
         let was_in = members.remove(&worker);
         if members.is_empty() {
-            self.groups.remove(group);
+            self.topics.remove(group);
         }
         if let Some(joined) = self.joined.get_mut(&worker).filter(|_| was_in) {
             *joined -= 1;
@@ -75,31 +144,46 @@ impl Routing {
         }
     }
 
-    /// A worker's process ended: its memberships end with it.
-    pub(crate) fn leave_all(&mut self, worker: WorkerId) {
-        self.groups.retain(|_, members| {
+    /// Every topic worker `worker` joined is left.
+    fn leave_all(&mut self, worker: WorkerId) {
+        self.topics.retain(|_, members| {
             members.remove(&worker);
             !members.is_empty()
         });
         self.joined.remove(&worker);
     }
 
-    pub(crate) fn members(&self, group: &str) -> Vec<WorkerId> {
-        self.groups
+    /// The live workers of supervision group `group`.
+    fn live(&self, group: &str) -> impl Iterator<Item = WorkerId> + '_ {
+        self.supervision
             .get(group)
-            .map(|m| m.iter().copied().collect())
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&w| self.supervised.get(w).is_some_and(|s| s.live))
     }
 
+    /// The members of topic `group`, in id order: its supervision group's live workers and
+    /// those that joined it.
+    pub(crate) fn members(&self, group: &str) -> Vec<WorkerId> {
+        let mut members: BTreeSet<WorkerId> = self.live(group).collect();
+        members.extend(self.topics.get(group).into_iter().flatten());
+        members.into_iter().collect()
+    }
+
+    /// Every topic and its members: each supervision group (also when none of its workers
+    /// runs) and each joined topic.
     pub(crate) fn groups(&self) -> BTreeMap<String, Vec<WorkerId>> {
-        self.groups
-            .iter()
-            .map(|(g, m)| (g.clone(), m.iter().copied().collect()))
+        self.supervision
+            .keys()
+            .chain(self.topics.keys())
+            .map(|g| (g.clone(), self.members(g)))
             .collect()
     }
 
+    /// The topics worker `worker` joined (its supervision group is not one of them).
     pub(crate) fn groups_of(&self, worker: WorkerId) -> Vec<String> {
-        self.groups
+        self.topics
             .iter()
             .filter(|(_, m)| m.contains(&worker))
             .map(|(g, _)| g.clone())
@@ -233,10 +317,54 @@ mod tests {
             routing.join("again", 1),
             Err(AskError::Invalid(_))
         ));
-        routing.leave_all(1);
+        routing.process_ended(1, false);
         routing.join("again", 1).unwrap();
         let long = "x".repeat(MAX_GROUP_NAME_BYTES + 1);
         assert!(matches!(routing.join(&long, 3), Err(AskError::Invalid(_))));
         assert_eq!(routing.members("one more"), [2]);
+    }
+
+    #[test]
+    fn a_supervision_group_is_a_topic_of_its_live_workers_beside_joined_ones() {
+        let mut routing = Routing::default();
+        for group in ["web", "cache", "web"] {
+            routing.supervise(group);
+        }
+        assert_eq!(
+            routing.members("web"),
+            [] as [WorkerId; 0],
+            "no process runs yet"
+        );
+        for w in 0..3 {
+            routing.process_started(w);
+        }
+        assert_eq!(routing.members("web"), [0, 2]);
+        assert_eq!(routing.members("cache"), [1]);
+        // Joining and leaving one's own supervision group do nothing, and cost nothing.
+        routing.join("web", 0).unwrap();
+        routing.leave("web", 0);
+        assert_eq!(routing.members("web"), [0, 2]);
+        assert!(routing.joined.is_empty());
+        // Another supervision group's topic is joined like any other.
+        routing.join("cache", 0).unwrap();
+        assert_eq!(routing.members("cache"), [0, 1]);
+        assert_eq!(routing.groups_of(0), ["cache"]);
+        // A process ends: its joins go; it is a member again once its successor runs.
+        routing.process_ended(0, false);
+        assert_eq!(routing.members("web"), [2]);
+        assert_eq!(routing.members("cache"), [1]);
+        routing.process_started(0);
+        assert_eq!(routing.members("web"), [0, 2]);
+        // A replacement that takes over keeps the slot a member.
+        routing.process_ended(2, true);
+        assert_eq!(routing.members("web"), [0, 2]);
+        routing.process_ended(1, false);
+        let groups = routing.groups();
+        assert_eq!(groups["web"], [0, 2]);
+        assert_eq!(
+            groups["cache"],
+            [] as [WorkerId; 0],
+            "listed while none runs"
+        );
     }
 }

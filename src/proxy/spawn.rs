@@ -101,6 +101,8 @@ impl<A: WorkerActor> Worker<A> {
         p.started(pid, Instant::now());
         p.stdin.attach(pipes.stdin);
         let tail = Rc::clone(&p.stderr_tail);
+        // A member of its supervision group's topic while a process of the slot runs.
+        self.links.routing.borrow_mut().process_started(id);
         tracing::debug!(worker = id, pid, generation, "worker spawned");
         self.emit(generation, Some(pid), WorkerEventKind::Spawned);
         self.watch(
@@ -263,8 +265,10 @@ impl<A: WorkerActor> Worker<A> {
         for tx in self.exit_waiters.drain(..) {
             let _ = tx.send(reason.clone());
         }
-        // Group memberships end with the process; its successor joins again.
-        self.links.routing.borrow_mut().leave_all(id);
+        // Joined topics end with the process (its successor joins again); the slot stays a
+        // member of its supervision group only if a replacement takes over.
+        let successor = self.handover.incoming().is_some();
+        self.links.routing.borrow_mut().process_ended(id, successor);
         self.last_exit = Some(reason.clone());
         let kind = WorkerEventKind::Exited {
             reason: reason.clone(),

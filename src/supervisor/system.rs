@@ -1,15 +1,17 @@
 //! System operations that workers (and the master's own [`Cluster`](crate::Cluster) handle) ask
-//! of the supervisor, one typed message each (see `messaging::system`): confirmations, cluster
-//! info and stats, and the controls a cluster's config may allow workers (kill, restart, reload).
+//! of the supervisor, one typed message each (see `messaging::system`): confirmations (and the
+//! master's registrations for their rounds), cluster info and stats, and the controls a
+//! cluster's config may allow workers (kill, restart, reload).
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::{answered, ClusterSupervisor};
 use crate::error::AskError;
+use crate::messaging::confirm::ConfirmationRounds;
 use crate::messaging::system::{
     Action, AwaitConfirmations, Confirm, ControlWorker, GetClusterInfo, GetClusterStats,
-    ReloadCluster,
+    OnConfirmation, ReloadCluster,
 };
 use crate::messaging::{ClusterInfo, Peer, WorkerStats};
 use crate::proxy::{GetInfo, GetStats, Kill, Replace};
@@ -19,10 +21,15 @@ impl Handler<Confirm> for ClusterSupervisor {
     type Result = Result<(), AskError>;
 
     fn handle(&mut self, Confirm { from, key }: Confirm, _ctx: &mut Context<Self>) -> Self::Result {
-        let Peer::Worker { id, .. } = from else {
-            return Err(AskError::Invalid("only workers confirm".into()));
-        };
-        self.confirmations.confirm(&key, id)
+        self.confirmations.confirm(&key, from)
+    }
+}
+
+impl Handler<OnConfirmation> for ClusterSupervisor {
+    type Result = Result<ConfirmationRounds, AskError>;
+
+    fn handle(&mut self, on: OnConfirmation, _ctx: &mut Context<Self>) -> Self::Result {
+        self.confirmations.register(on.key, on.n)
     }
 }
 
@@ -36,19 +43,24 @@ impl Handler<AwaitConfirmations> for ClusterSupervisor {
             n,
             timeout,
         } = wait;
-        let by = match from {
-            Peer::Worker { id, .. } => Some(id),
-            Peer::Master => None,
-        };
         let (tx, rx) = oneshot::channel();
-        if let Some(token) = self.confirmations.wait(key, n, tx, by) {
+        if let Some(token) = self.confirmations.wait(key, n, tx, from) {
             ctx.run_later(timeout, move |act, _| {
                 act.confirmations.expire(token, timeout)
             });
         }
         Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(AskError::Failed("the cluster stopped".into())))
+            let round = rx
+                .await
+                .unwrap_or_else(|_| Err(AskError::Failed("the cluster stopped".into())))?;
+            // Typed as worker ids: the master, when it confirmed in the round, is not listed.
+            Ok(round
+                .into_iter()
+                .filter_map(|peer| match peer {
+                    Peer::Worker { id, .. } => Some(id),
+                    Peer::Master => None,
+                })
+                .collect())
         })
     }
 }
