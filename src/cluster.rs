@@ -91,11 +91,14 @@ impl<A: WorkerActor> fmt::Debug for Cluster<A> {
 }
 
 impl<A: WorkerActor> Cluster<A> {
-    /// Starts one more slot of this group (its process starts now).
-    fn add_slot(&self) -> Addr<Worker<A>> {
+    /// Starts one more slot of this group (its process starts now), its processes started with
+    /// `env` on top of the group's environment.
+    fn add_slot(&self, env: Vec<(std::ffi::OsString, std::ffi::OsString)>) -> Addr<Worker<A>> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let addr = Worker::<A>::new(id, Rc::clone(&self.spec), self.links.clone()).start();
+        let addr = Worker::<A>::new(id, Rc::clone(&self.spec), self.links.clone())
+            .with_env(env)
+            .start();
         self.links
             .routing
             .borrow_mut()
@@ -281,7 +284,25 @@ impl<A: WorkerActor> Cluster<A> {
     /// [`Error::StartFailed`] when the new worker does not become ready (the slot remains,
     /// supervised like the others); [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn add_worker(&self) -> Result<Addr<Worker<A>>, Error> {
-        let addr = self.add_slot();
+        self.add_worker_with_env(Vec::<(String, String)>::new())
+            .await
+    }
+
+    /// As [`add_worker`](Self::add_worker), the new worker's processes started with `env` on
+    /// top of the group's environment (Node's `cluster.fork(env)`); its restarts keep it.
+    ///
+    /// # Errors
+    /// As [`add_worker`](Self::add_worker).
+    pub async fn add_worker_with_env<K, V>(
+        &self,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Addr<Worker<A>>, Error>
+    where
+        K: Into<std::ffi::OsString>,
+        V: Into<std::ffi::OsString>,
+    {
+        let env = env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let addr = self.add_slot(env);
         let id = self.ids.borrow().last().copied().unwrap_or_default();
         match addr.send(AwaitReady).await? {
             Ok(()) => Ok(addr),

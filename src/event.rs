@@ -76,6 +76,10 @@ pub enum WorkerEventKind {
         /// How long it ran.
         uptime: Duration,
     },
+    /// The worker's channel to the master closed while its process still ran (Node's
+    /// `disconnect` event): it closed its stdout or was stopped, and its exit follows. A plain
+    /// program has no channel and never disconnects.
+    Disconnected,
     /// The worker asked for a rolling reload of the cluster
     /// ([`WorkerContext::request_reload`](crate::WorkerContext::request_reload)).
     ReloadRequested,

@@ -189,7 +189,7 @@ async fn a_worker_that_prints_to_stdout_keeps_working() {
 }
 
 #[actix::test]
-async fn lifecycle_events_spawned_online_ready_exited() {
+async fn lifecycle_events_spawned_online_ready_disconnected_exited() {
     within(60, async {
         let (events, mut rx) = collector::<WorkerEvent>();
         let cluster = ClusterSupervisor::builder::<Echo>(echo_config(2))
@@ -201,7 +201,7 @@ async fn lifecycle_events_spawned_online_ready_exited() {
         cluster.stop().await.unwrap();
 
         let mut seen = vec![Vec::new(); 2];
-        while seen.iter().any(|kinds: &Vec<_>| kinds.len() < 4) {
+        while seen.iter().any(|kinds: &Vec<_>| kinds.len() < 5) {
             let event = next_matching(&mut rx, Duration::from_secs(10), |_| true)
                 .await
                 .unwrap_or_else(|| panic!("events so far: {seen:?}"));
@@ -210,16 +210,17 @@ async fn lifecycle_events_spawned_online_ready_exited() {
             seen[event.worker].push(event.kind);
         }
         for kinds in seen {
-            assert_eq!(kinds[..3], [
+            assert_eq!(kinds[..4], [
                 WorkerEventKind::Spawned,
                 WorkerEventKind::Online,
-                WorkerEventKind::Ready
+                WorkerEventKind::Ready,
+                WorkerEventKind::Disconnected,
             ]);
             assert!(
-                matches!(&kinds[3], WorkerEventKind::Exited { reason: ExitReason::Exited(0), last_stderr, .. }
+                matches!(&kinds[4], WorkerEventKind::Exited { reason: ExitReason::Exited(0), last_stderr, .. }
                     if last_stderr.iter().any(|l| l.contains("echo: stopping"))),
                 "graceful exit after the stopping hook: {:?}",
-                kinds[3]
+                kinds[4]
             );
         }
     })

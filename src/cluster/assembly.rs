@@ -110,7 +110,7 @@ impl Core {
             links,
         };
         for _ in 0..config.worker_count() {
-            cluster.add_slot();
+            cluster.add_slot(Vec::new());
         }
         Ok(cluster)
     }

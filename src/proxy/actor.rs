@@ -45,6 +45,8 @@ pub struct Worker<A: WorkerActor> {
     pub(super) exit_waiters: Vec<OneshotSender<ExitReason>>,
     pub(super) last_exit: Option<ExitReason>,
     pub(super) respawn: Option<SpawnHandle>,
+    /// Environment of this slot's processes on top of its group's (`add_worker_with_env`).
+    pub(super) env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     /// Credit owed for one-way messages taken in, by sending slot and process.
     pub(super) owed: std::collections::BTreeMap<(WorkerId, u32), u64>,
     _actor: PhantomData<fn() -> A>,
@@ -107,9 +109,16 @@ impl<A: WorkerActor> Worker<A> {
             exit_waiters: Vec::new(),
             last_exit: None,
             respawn: None,
+            env: Vec::new(),
             owed: std::collections::BTreeMap::new(),
             _actor: PhantomData,
         }
+    }
+
+    /// The same slot, its processes started with `env` on top of the group's environment.
+    pub(crate) fn with_env(mut self, env: Vec<(std::ffi::OsString, std::ffi::OsString)>) -> Self {
+        self.env = env;
+        self
     }
 
     /// A new process of this slot, not started yet, with its span.

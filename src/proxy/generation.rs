@@ -45,6 +45,8 @@ pub(crate) struct Proc<R, C: Child = OsChild> {
     pub(crate) gate: Rc<Gate>,
     /// It asked for a reload already: once per process is enough.
     pub(super) reload_asked: bool,
+    /// Its `Disconnected` event went out.
+    pub(super) disconnected: bool,
     /// Callers and peers waiting for its answers.
     pub(super) in_flight: InFlight<R>,
     pub(super) held: Held,
@@ -108,6 +110,7 @@ impl<R, C: Child> Proc<R, C> {
             stdin: StdinQueue::new(config.max_frame_bytes, config.max_outbox_bytes),
             gate: Rc::new(Gate::new(config.max_worker_pending)),
             reload_asked: false,
+            disconnected: false,
             in_flight: InFlight::default(),
             held: Rc::default(),
             fault: None,

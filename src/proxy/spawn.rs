@@ -7,7 +7,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use super::actor::*;
-use super::generation::Finished;
+use super::generation::{Finished, Proc};
 use super::pipes::{self, ReadFrames};
 use super::DRAIN_AFTER_EXIT;
 use crate::error::{ExitReason, SpawnError};
@@ -37,6 +37,7 @@ impl<A: WorkerActor> Worker<A> {
     pub(super) fn start_process(&mut self, generation: u64, ctx: &mut Context<Self>) {
         let config = &self.spawn.config;
         let mut env = self.spawn.env.clone();
+        env.extend(self.env.iter().cloned());
         if !config.plain {
             for (key, value) in [
                 (env::WORKER_ID, self.id.to_string()),
@@ -186,9 +187,26 @@ impl<A: WorkerActor> Worker<A> {
     }
 
     pub(crate) fn stdout_closed(&mut self, generation: u64) {
-        if let Some(p) = self.proc_mut(generation) {
-            p.stdout_open = false;
-            self.try_finalize(generation);
+        let plain = self.plain();
+        let Some(p) = self.proc_mut(generation) else {
+            return;
+        };
+        p.stdout_open = false;
+        if !plain {
+            self.disconnected(generation);
+        }
+        self.try_finalize(generation);
+    }
+
+    /// The channel of process `generation` is closed (or gone with it): `Disconnected`, once,
+    /// before its exit is reported.
+    fn disconnected(&mut self, generation: u64) {
+        let Some(p) = self.proc_mut(generation) else {
+            return;
+        };
+        if !std::mem::replace(&mut p.disconnected, true) {
+            let pid = p.pid();
+            self.emit(generation, pid, WorkerEventKind::Disconnected);
         }
     }
 
@@ -217,6 +235,11 @@ impl<A: WorkerActor> Worker<A> {
         let span = self.span(generation);
         let _entered = span.as_ref().map(tracing::Span::enter);
         let id = self.id;
+        let finishing = |p: &Proc<A::Reply>| p.exit.is_some() && p.state != WorkerState::Exited;
+        if !self.plain() && self.proc_mut(generation).is_some_and(|p| finishing(p)) {
+            // Its stdout is still held open (by a descendant): the channel is gone with it.
+            self.disconnected(generation);
+        }
         let Some(finished) = self.proc_mut(generation).and_then(|p| p.finish(id)) else {
             return;
         };
