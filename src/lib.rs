@@ -19,6 +19,7 @@
 //!     type Msg = Calc;
 //!     type Reply = i64;
 //!     type Event = ();
+//!     type MasterReply = ();
 //!
 //!     async fn handle(&mut self, msg: Calc, _ctx: &mut WorkerContext<Self>) -> i64 {
 //!         match msg { Calc::Add(a, b) => a + b }

@@ -175,6 +175,7 @@ impl WorkerActor for Echo {
     type Msg = EchoMsg;
     type Reply = EchoReply;
     type Event = String;
+    type MasterReply = String;
 
     async fn handle(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<Self>) -> EchoReply {
         self.answer(msg, ctx).await

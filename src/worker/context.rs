@@ -34,6 +34,7 @@ use crate::worker::WorkerActor;
 ///     type Msg = Msg;
 ///     type Reply = String;
 ///     type Event = String;
+///     type MasterReply = ();
 ///
 ///     async fn handle(&mut self, msg: Msg, ctx: &mut WorkerContext<Self>) -> String {
 ///         match msg {
