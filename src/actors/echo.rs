@@ -30,7 +30,8 @@ pub enum EchoMsg {
     Pid,
     /// Exits the process at once with this status.
     Exit(i32),
-    /// Asks the master for a rolling reload of the cluster, then answers `Done`.
+    /// Asks the master for a rolling reload of the cluster; answers `Done` when the master
+    /// accepted, [`EchoReply::Error`] when it refused.
     RequestReload,
     /// Asks worker `to` `Ping` this many times, one after another, and answers the time each
     /// round trip took ([`EchoReply::Nanos`]), or the first error as [`EchoReply::Error`].
@@ -136,12 +137,10 @@ impl Echo {
                 }
                 EchoReply::Nanos(nanos)
             }
-            EchoMsg::RequestReload => {
-                if let Err(e) = ctx.request_reload() {
-                    eprintln!("echo: cannot request a reload: {e}");
-                }
-                EchoReply::Done
-            }
+            EchoMsg::RequestReload => match ctx.request_reload().await {
+                Ok(()) => EchoReply::Done,
+                Err(e) => EchoReply::Error(e.to_string()),
+            },
         }
     }
 

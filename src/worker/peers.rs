@@ -323,6 +323,16 @@ impl<A: WorkerActor> WorkerHandle<A> {
         self.system(SystemOp::Restart(id as u64), timeout).await
     }
 
+    /// As [`WorkerContext::request_reload`](crate::WorkerContext::request_reload): asks for a
+    /// rolling reload and returns once the master has accepted or refused it.
+    ///
+    /// # Errors
+    /// As [`WorkerContext::request_reload`](crate::WorkerContext::request_reload).
+    pub async fn request_reload(&self) -> Result<(), AskError> {
+        self.system(SystemOp::RequestReload, Duration::from_secs(10))
+            .await
+    }
+
     /// Reloads the whole cluster (rolling) and awaits the outcome, where the cluster permits
     /// it ([`ClusterConfig::worker_reload`](crate::ClusterConfig::worker_reload)). This worker
     /// is replaced too: call it from a task, not from a handler that must return first.
