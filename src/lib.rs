@@ -41,8 +41,9 @@
 //! ```
 //!
 //! By default a worker is this same executable run again in worker role ([`is_worker`] tells
-//! which role a process has, as Node's `cluster.isMaster` does); [`ClusterConfig::exec`] runs
-//! another program instead.
+//! which role a process has, as Node's `cluster.isMaster` does; [`role`] also tells a worker that
+//! runs a cluster of its own from that cluster's workers); [`ClusterConfig::exec`] runs another
+//! program instead.
 //!
 //! ## Layout: layers, bottom-up
 //!
@@ -125,7 +126,8 @@ pub use proxy::{
 pub use state::{WorkerId, WorkerState};
 pub use supervisor::{ClusterSupervisor, ListWorkers, ReloadEvent, ReloadReport, StopAll};
 pub use worker::{
-    is_worker, run_worker, LogLayer, LogSender, WorkerActor, WorkerContext, WorkerHandle,
+    is_worker, role, run_worker, LogLayer, LogSender, Role, WorkerActor, WorkerContext,
+    WorkerHandle,
 };
 
 /// The wire format, for programs that speak the protocol without the worker runtime.
@@ -143,8 +145,8 @@ pub mod prelude {
 
     pub use crate::{
         Call, CallError, Cluster, ClusterConfig, ClusterSupervisor, ExitReason, FromWorker,
-        GroupConfig, Groups, Tell, Worker, WorkerActor, WorkerContext, WorkerEvent,
-        WorkerEventKind, WorkerId,
+        GroupConfig, GroupKey, Groups, Tell, TellAck, Worker, WorkerActor, WorkerContext,
+        WorkerEvent, WorkerEventKind, WorkerId,
     };
 }
 

@@ -34,12 +34,14 @@ mod identity;
 mod inbox;
 mod log;
 mod peers;
+mod role;
 mod runtime;
 mod uplink;
 mod window;
 
 pub use context::{WorkerContext, WorkerHandle};
 pub use log::{LogLayer, LogSender};
+pub use role::{role, Role};
 
 /// Environment variables that the master sets for every worker.
 pub(crate) mod env {
@@ -55,6 +57,8 @@ pub(crate) mod env {
     pub(crate) const LOG_LEVEL: &str = "PROCACTOR_LOG_LEVEL";
     /// The name of the worker's group.
     pub(crate) const GROUP: &str = "PROCACTOR_GROUP";
+    /// The tree marker (`os/tree.rs`): one token per master above, the worker's own last.
+    pub(crate) const TREE: &str = "PROCACTOR_TREE";
 }
 
 /// A user type run as an OS-process actor by the worker runtime.
@@ -182,7 +186,8 @@ pub trait WorkerActor: Sized + 'static {
 /// True when this process was started by a procactor master as a worker.
 ///
 /// This is the `cluster.isMaster` test: a program that is both master and worker branches on it
-/// at the top of `main`.
+/// at the top of `main`. A worker that runs a cluster of its own is a worker too, and so are
+/// that cluster's workers; [`role`] tells them apart.
 pub fn is_worker() -> bool {
     std::env::var_os(env::WORKER_ID).is_some()
 }

@@ -41,6 +41,19 @@ pub enum EchoMsg {
         /// How many round trips.
         count: u32,
     },
+    /// Answers this process's [`Role`](crate::Role) ([`EchoReply::Role`]).
+    Role,
+    /// Starts a cluster of its own (a supervision tree) of this many echo workers, this same
+    /// program re-run, then answers `Done`; it stops them in `stopping`.
+    Nest(usize),
+    /// Asks worker `worker` of its own cluster ([`Nest`](EchoMsg::Nest)) `msg` and answers its
+    /// reply.
+    ToNested {
+        /// The worker of its own cluster.
+        worker: crate::WorkerId,
+        /// What to ask it.
+        msg: Box<EchoMsg>,
+    },
 }
 
 /// What [`Echo`] answers.
@@ -72,6 +85,8 @@ pub enum EchoReply {
     Pid(u32),
     /// To `PeerRoundTrips`: each round trip, in nanoseconds.
     Nanos(Vec<u64>),
+    /// To `Role`.
+    Role(crate::Role),
     /// A command failed.
     Error(String),
 }
@@ -83,6 +98,8 @@ pub struct Echo {
     bytes: u64,
     next_seq: Option<u64>,
     out_of_order: u64,
+    /// Its own cluster, once asked to start one ([`EchoMsg::Nest`]).
+    nested: Option<crate::Cluster<Echo>>,
 }
 
 impl Echo {
@@ -141,6 +158,9 @@ impl Echo {
                 Ok(()) => EchoReply::Done,
                 Err(e) => EchoReply::Error(e.to_string()),
             },
+            EchoMsg::Role => EchoReply::Role(crate::role()),
+            EchoMsg::Nest(n) => self.nest(n).await,
+            EchoMsg::ToNested { worker, msg } => self.to_nested(worker, *msg).await,
         }
     }
 
@@ -157,6 +177,40 @@ impl Echo {
             other => {
                 let _ = self.answer(other, ctx).await;
             }
+        }
+    }
+
+    /// Starts its own cluster of `n` workers of this program.
+    async fn nest(&mut self, n: usize) -> EchoReply {
+        if self.nested.is_some() {
+            return EchoReply::Error("it runs a cluster already".into());
+        }
+        let program = match std::env::current_exe() {
+            Ok(program) => program,
+            Err(e) => return EchoReply::Error(e.to_string()),
+        };
+        let config = crate::ClusterConfig::new()
+            .workers(n)
+            .exec(program)
+            .handle_signals(false);
+        match crate::ClusterSupervisor::start::<Echo>(config).await {
+            Ok(cluster) => {
+                self.nested = Some(cluster);
+                EchoReply::Done
+            }
+            Err(e) => EchoReply::Error(e.to_string()),
+        }
+    }
+
+    /// Asks worker `worker` of its own cluster.
+    async fn to_nested(&self, worker: crate::WorkerId, msg: EchoMsg) -> EchoReply {
+        let Some(cluster) = self.nested.as_ref().filter(|c| worker < c.len()) else {
+            return EchoReply::Error(format!("its own cluster has no worker {worker}"));
+        };
+        match cluster.worker(worker).send(crate::Call(msg)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => EchoReply::Error(e.to_string()),
+            Err(e) => EchoReply::Error(e.to_string()),
         }
     }
 
@@ -186,5 +240,10 @@ impl WorkerActor for Echo {
 
     async fn stopping(&mut self, _ctx: &mut WorkerContext<Self>) {
         eprintln!("echo: stopping after {} one-way messages", self.tells);
+        if let Some(nested) = self.nested.take() {
+            if let Err(e) = nested.stop().await {
+                eprintln!("echo: its own cluster did not stop cleanly: {e}");
+            }
+        }
     }
 }
