@@ -255,6 +255,10 @@ pub struct ReadmeDoctests;
 ///         .await?;
 ///     // `Cluster<A>`
 ///     let w: Addr<Worker<W>> = cluster.worker(0);
+///     let _: Result<Addr<Worker<W>>, procactor::Error> = cluster.try_worker(0);
+///     let _: Option<Addr<Worker<W>>> = cluster.worker_at(0);
+///     let _: Vec<WorkerId> = cluster.ids();
+///     let _: (WorkerId, Addr<Worker<W>>) = cluster.worker_by_pid(42).await?;
 ///     let _: Vec<WorkerInfo> = cluster.workers().await?;
 ///     let _: ReloadReport = cluster.reload().await?;
 ///     cluster.scale(3).await?;
@@ -293,6 +297,9 @@ pub struct ReadmeDoctests;
 ///     let _: GroupKey<HttpWorker> = builder.group_with(GroupConfig::new("warm"), handlers);
 ///     let groups: Groups = builder.start().await?;
 ///     let _: &Cluster<W> = groups.get(web)?;
+///     let _: Vec<WorkerInfo> = groups.workers().await?;
+///     let _: Option<&str> = groups.group_of(0);
+///     let _: (&str, WorkerId) = groups.worker_by_pid(42).await?;
 ///     groups.stop().await?;
 ///     cluster.stop().await?;
 ///     cluster.wait().await

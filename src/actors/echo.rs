@@ -204,10 +204,14 @@ impl Echo {
 
     /// Asks worker `worker` of its own cluster.
     async fn to_nested(&self, worker: crate::WorkerId, msg: EchoMsg) -> EchoReply {
-        let Some(cluster) = self.nested.as_ref().filter(|c| worker < c.len()) else {
-            return EchoReply::Error(format!("its own cluster has no worker {worker}"));
+        let Some(cluster) = &self.nested else {
+            return EchoReply::Error("it runs no cluster of its own".into());
         };
-        match cluster.worker(worker).send(crate::Call(msg)).await {
+        let addr = match cluster.try_worker(worker) {
+            Ok(addr) => addr,
+            Err(e) => return EchoReply::Error(e.to_string()),
+        };
+        match addr.send(crate::Call(msg)).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => EchoReply::Error(e.to_string()),
             Err(e) => EchoReply::Error(e.to_string()),
