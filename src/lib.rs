@@ -268,6 +268,11 @@ pub struct ReadmeDoctests;
 ///     let _: ClusterInfo = cluster.info().await?;
 ///     let _: Vec<WorkerStats> = cluster.stats().await?;
 ///     let _ = cluster.await_confirmations("k", 2, t).await;
+///     // groups and confirmations
+///     let _: std::collections::BTreeMap<String, Vec<u32>> = cluster.info().await?.pids_by_group();
+///     cluster.confirm("k").await?;
+///     let mut rounds: ConfirmationRounds = cluster.on_confirmation("k", 2).await?;
+///     let _: Option<Vec<Peer>> = rounds.next().await;
 ///     let _ = (cluster.kill(0).await?, cluster.stop_worker(1).await?);
 ///     cluster.kill_all().await?;
 ///     let _: Addr<Worker<W>> = cluster.add_worker().await?;
