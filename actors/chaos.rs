@@ -484,6 +484,7 @@ impl WorkerActor for Chaos {
     type Msg = EchoMsg;
     type Reply = EchoReply;
     type Event = String;
+    type MasterReply = String;
 
     async fn started(&mut self, ctx: &mut WorkerContext<Self>) {
         match &self.fault {

@@ -32,6 +32,7 @@ impl WorkerActor for Calculator {
     type Msg = Calc;
     type Reply = i64;
     type Event = String;
+    type MasterReply = ();
 
     async fn started(&mut self, ctx: &mut WorkerContext<Self>) {
         // A stray print goes to stderr, which the master logs; the channel is safe.

@@ -24,8 +24,11 @@
 //!   workers whose records are in it (backpressure): it costs neither the master's memory nor
 //!   the other workers' frames and heartbeats.
 //!
-//! `tracing` re-emission moved to the thread because it formats a JSON line per record and its
-//! subscriber may write to a pipe that blocks (a terminal, a log collector). The ring moved
+//! `tracing` re-emission moved to the thread because it formats a line per record and its
+//! subscriber may write to a pipe that blocks (a terminal, a log collector). There a record is
+//! an event whose message reads as PM2 shows a worker's line (`[workers 2 pid 25300] started`:
+//! see `Record`'s `Display`) and whose fields carry the record for structured subscribers
+//! (`logger/emit.rs`); the files keep JSON lines. The ring moved
 //! with it because it takes each record by value after the sinks, so no record is cloned and
 //! the arbiter neither keeps nor frees records; and because a query that travels the queue
 //! sees every record queued before it, as when the ring was the actor's.
@@ -41,6 +44,7 @@
 //!   written when the process exits is lost.
 
 mod actor;
+mod emit;
 mod queue;
 pub mod record;
 pub mod sink;
@@ -72,7 +76,10 @@ pub struct LogConfig {
     pub file_kinds: Vec<Kind>,
     /// Records of each kind kept in memory for [`Cluster::recent_logs`](crate::Cluster::recent_logs).
     pub ring: usize,
-    /// Whether records also go to the master's `tracing` output (target `procactor::log`).
+    /// Whether records also go to the master's `tracing` output (target `procactor::log`), each
+    /// as an event whose message is the record as a person reads it (`[workers 2 pid 25300]
+    /// started`) and whose fields are the record's (`kind`, `worker`, `pid`, `generation`,
+    /// `group`, then `stream` or `fields`).
     pub tracing: bool,
     /// The lowest `tracing` level of worker code that becomes a record (`error`, `warn`,
     /// `info`, `debug`, `trace`).

@@ -119,6 +119,9 @@ pub enum SystemOp<'a> {
     Reload,
     /// A cache operation.
     Cache(crate::cache::ops::CacheOp),
+    /// Ask for a rolling reload of the cluster; the worker's proxy answers at once: accepted
+    /// (the reload starts, or queues behind the one running) or refused by the config.
+    RequestReload,
 }
 
 /// The cluster as seen from the master: groups, workers and their processes.

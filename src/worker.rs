@@ -34,12 +34,14 @@ mod identity;
 mod inbox;
 mod log;
 mod peers;
+mod role;
 mod runtime;
 mod uplink;
 mod window;
 
 pub use context::{WorkerContext, WorkerHandle};
 pub use log::{LogLayer, LogSender};
+pub use role::{role, Role};
 
 /// Environment variables that the master sets for every worker.
 pub(crate) mod env {
@@ -55,14 +57,69 @@ pub(crate) mod env {
     pub(crate) const LOG_LEVEL: &str = "PROCACTOR_LOG_LEVEL";
     /// The name of the worker's group.
     pub(crate) const GROUP: &str = "PROCACTOR_GROUP";
+    /// The tree marker (`os/tree.rs`): one token per master above, the worker's own last.
+    pub(crate) const TREE: &str = "PROCACTOR_TREE";
 }
 
 /// A user type run as an OS-process actor by the worker runtime.
 ///
-/// `Msg` is what the master (or, later, other workers) send it; `Reply` is its answer to a
-/// request; `Event` is what it may send to the master on its own (use `()` if it sends nothing).
-/// All three are postcard-encoded on the wire, so they must round-trip through serde; for byte
-/// fields, `#[serde(with = "serde_bytes")]` is markedly faster.
+/// `Msg` is what the master (or other workers) send it; `Reply` is its answer to a request;
+/// `Event` is what it may send to the master on its own, as a one-way message or as a request
+/// ([`WorkerHandle::ask_master`]); `MasterReply` is the master's answer to such a request (use
+/// `()` for either if it sends or asks nothing). All four are postcard-encoded on the wire, so
+/// they must round-trip through serde; for byte fields, `#[serde(with = "serde_bytes")]` is
+/// markedly faster.
+///
+/// The types fix both directions: the master's request handler
+/// ([`ClusterBuilder::on_request`](crate::ClusterBuilder::on_request)) must answer with
+/// `MasterReply`, and [`WorkerHandle::ask_master`] returns one, so a worker cannot ask for any
+/// other type:
+///
+/// ```compile_fail
+/// # use procactor::{WorkerActor, WorkerContext};
+/// struct Asker;
+///
+/// impl WorkerActor for Asker {
+///     type Msg = ();
+///     type Reply = ();
+///     type Event = String;
+///     type MasterReply = i64; // the master answers with a number
+///
+///     async fn handle(&mut self, _: (), ctx: &mut WorkerContext<Self>) {
+///         let timeout = std::time::Duration::from_secs(1);
+///         // Does not compile: the answer is an `i64`, not a `String`.
+///         let _: String = ctx.peers().ask_master(&"hi".to_string(), timeout).await.unwrap();
+///     }
+/// }
+/// ```
+///
+/// Nor can the master register a handler that answers with another type:
+///
+/// ```compile_fail
+/// # use procactor::prelude::*;
+/// # use procactor::WorkerRequest;
+/// # struct Asker;
+/// # impl WorkerActor for Asker {
+/// #     type Msg = ();
+/// #     type Reply = ();
+/// #     type Event = String;
+/// #     type MasterReply = i64;
+/// #     async fn handle(&mut self, _: (), _: &mut WorkerContext<Self>) {}
+/// # }
+/// struct Answers;
+/// impl Actor for Answers { type Context = actix::Context<Self>; }
+/// impl actix::Handler<WorkerRequest<String, String>> for Answers {
+///     type Result = String;
+///     fn handle(&mut self, r: WorkerRequest<String, String>, _: &mut Self::Context) -> String {
+///         r.msg
+///     }
+/// }
+/// # async fn f() {
+/// // Does not compile: `Asker`'s master answers with an `i64`.
+/// let builder = ClusterSupervisor::builder::<Asker>(ClusterConfig::new())
+///     .on_request(Answers.start().recipient());
+/// # }
+/// ```
 ///
 /// Every hook may be written as an `async fn`.
 ///
@@ -80,6 +137,7 @@ pub(crate) mod env {
 ///     type Msg = Calc;
 ///     type Reply = i64;
 ///     type Event = ();
+///     type MasterReply = ();
 ///
 ///     async fn handle(&mut self, msg: Calc, _ctx: &mut WorkerContext<Self>) -> i64 {
 ///         self.calls += 1;
@@ -92,8 +150,10 @@ pub trait WorkerActor: Sized + 'static {
     type Msg: Serialize + DeserializeOwned + Send + 'static;
     /// Its answer to a request.
     type Reply: Serialize + DeserializeOwned + Send + 'static;
-    /// One-way messages it sends to the master.
+    /// What it sends to the master: one-way messages, and requests.
     type Event: Serialize + DeserializeOwned + Send + 'static;
+    /// The master's answer to its requests ([`WorkerHandle::ask_master`]).
+    type MasterReply: Serialize + DeserializeOwned + Send + 'static;
 
     /// Runs once after `Hello`, before the worker says `Ready`: open resources, spawn servers.
     fn started(&mut self, ctx: &mut WorkerContext<Self>) -> impl Future<Output = ()> {
@@ -126,7 +186,8 @@ pub trait WorkerActor: Sized + 'static {
 /// True when this process was started by a procactor master as a worker.
 ///
 /// This is the `cluster.isMaster` test: a program that is both master and worker branches on it
-/// at the top of `main`.
+/// at the top of `main`. A worker that runs a cluster of its own is a worker too, and so are
+/// that cluster's workers; [`role`] tells them apart.
 pub fn is_worker() -> bool {
     std::env::var_os(env::WORKER_ID).is_some()
 }

@@ -200,7 +200,7 @@ async fn requests_for_a_slow_on_request_handler_wait_in_a_bounded_queue_per_work
                 per_request: Duration::from_micros(200),
             });
         let cluster = ClusterSupervisor::builder::<Echo>(config)
-            .on_request::<String>(handler.recipient())
+            .on_request(handler.recipient())
             .start()
             .await
             .unwrap();

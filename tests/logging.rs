@@ -13,6 +13,7 @@ use common::cluster::within;
 use common::relay::{Relay, RelayMsg, RelayReply};
 use procactor::logger::{Kind, LogConfig, Record, Sink};
 use procactor::prelude::*;
+use procactor::DEFAULT_GROUP;
 use serde_json::Value;
 
 fn log_dir(test: &str) -> PathBuf {
@@ -475,6 +476,176 @@ async fn a_sink_stuck_for_2_s_delays_only_the_logs_not_other_workers_round_trips
             .filter(|line| serde_json::from_str::<Value>(line).unwrap()["worker"] == 0);
         assert_eq!(from_0.count(), 20_100);
         cluster.stop().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+/// What the master's `tracing` got of its records: the text a terminal shows (the `fmt`
+/// subscriber, no colours) and each event's fields, for every test of this binary (a global
+/// subscriber: records reach `tracing` from the logger's thread).
+struct Terminal {
+    text: std::sync::Mutex<Vec<u8>>,
+    events: std::sync::Mutex<Vec<std::collections::BTreeMap<String, String>>>,
+}
+
+impl Terminal {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
+    }
+
+    /// The fields (and `message`) of the first event whose message contains `needle`.
+    fn event(&self, needle: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .find(|e| e.get("message").is_some_and(|m| m.contains(needle)))
+            .cloned()
+    }
+}
+
+/// The `Terminal` of this test binary, installed as the global subscriber at the first call.
+fn terminal() -> &'static Terminal {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    struct Fields<'a>(&'a mut std::collections::BTreeMap<String, String>);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().into(), format!("{value:?}"));
+        }
+
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.insert(field.name().into(), value.into());
+        }
+    }
+
+    struct Capture(&'static Terminal);
+
+    impl<S: tracing::Subscriber> Layer<S> for Capture {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut fields = std::collections::BTreeMap::new();
+            event.record(&mut Fields(&mut fields));
+            self.0.events.lock().unwrap().push(fields);
+        }
+    }
+
+    struct Text(&'static Terminal);
+
+    impl std::io::Write for Text {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.text.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    static TERMINAL: std::sync::OnceLock<&'static Terminal> = std::sync::OnceLock::new();
+    TERMINAL.get_or_init(|| {
+        let terminal: &'static Terminal = Box::leak(Box::new(Terminal {
+            text: Default::default(),
+            events: Default::default(),
+        }));
+        let only_records = || {
+            tracing_subscriber::filter::Targets::new()
+                .with_target("procactor::log", tracing::Level::INFO)
+        };
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || Text(terminal))
+                    .with_filter(only_records()),
+            )
+            .with(Capture(terminal).with_filter(only_records()));
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        terminal
+    })
+}
+
+#[actix::test]
+async fn a_workers_lines_read_on_a_terminal_as_pm2_shows_them_with_the_record_as_fields() {
+    let terminal = terminal();
+    within(60, async {
+        let dir = log_dir("terminal");
+        let config = common::cluster::relay_config(1).log(LogConfig {
+            dir: Some(dir.clone()),
+            tracing: true,
+            ..LogConfig::default()
+        });
+        let cluster = ClusterSupervisor::start::<Relay>(config).await.unwrap();
+        let RelayReply::Pid(pid) = cmd(&cluster, 0, RelayMsg::Pid).await else {
+            panic!()
+        };
+        let tag = format!("story{}", std::process::id());
+        let said = format!("{tag} started");
+        let stderr = RelayMsg::Stderr(format!("{said}\n").into_bytes());
+        assert_eq!(cmd(&cluster, 0, stderr).await, RelayReply::Done);
+        let log_all = RelayMsg::LogAll {
+            tag: tag.clone(),
+            ips: 1,
+        };
+        assert_eq!(cmd(&cluster, 0, log_all).await, RelayReply::Done);
+        let error = format!("{tag} failed");
+        let seen = common::wait_until_async(Duration::from_secs(20), || {
+            terminal.event(&said).is_some() && terminal.event(&error).is_some()
+        })
+        .await;
+        assert!(seen, "not in tracing: {}", terminal.text());
+
+        // What a terminal shows: the process, then the line; no JSON.
+        let text = terminal.text();
+        let line = text.lines().find(|l| l.contains(&said)).unwrap();
+        let story = format!(" INFO procactor::log: [{DEFAULT_GROUP} 0 pid {pid}] {said} ");
+        assert!(line.contains(&story), "{line}");
+        assert!(!line.contains("{\""), "JSON on a terminal: {line}");
+        let request = text
+            .lines()
+            .find(|l| l.contains(&format!("/{tag}/0")))
+            .unwrap();
+        let story = format!("[{DEFAULT_GROUP} 0 pid {pid}] GET /{tag}/0 200 1.5 ms from 10.0.0.1");
+        assert!(request.contains(&story), "{request}");
+        let failure = text.lines().find(|l| l.contains(&error)).unwrap();
+        let story = format!("WARN procactor::log: [{DEFAULT_GROUP} 0 pid {pid}] error: {error}");
+        assert!(failure.contains(&story), "{failure}");
+
+        // What a structured subscriber gets: the record as fields with stable names.
+        let event = terminal.event(&said).unwrap();
+        for (name, value) in [
+            ("kind", "output"),
+            ("worker", "0"),
+            ("pid", &pid.to_string()),
+            ("generation", "1"),
+            ("group", DEFAULT_GROUP),
+            ("stream", "stderr"),
+        ] {
+            assert_eq!(
+                event.get(name).map(String::as_str),
+                Some(value),
+                "{event:?}"
+            );
+        }
+        let event = terminal.event(&format!("/{tag}/0")).unwrap();
+        let fields: Value = serde_json::from_str(&event["fields"]).unwrap();
+        assert_eq!(fields["path"], format!("/{tag}/0"), "{event:?}");
+        assert_eq!(fields["client"], "10.0.0.1");
+        assert_eq!(event["kind"], "ip");
+
+        // The files keep the JSON lines.
+        cluster.stop().await.unwrap();
+        let output = lines(&dir, "output.log");
+        assert!(
+            output.iter().any(|l| l["line"] == said.as_str()),
+            "{output:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;

@@ -213,7 +213,16 @@ async fn a_worker_may_ask_for_a_reload_only_where_the_config_allows_it() {
                 .unwrap();
             let before = pids(&cluster).await;
             let reply = cluster.worker(1).send(Call(EchoMsg::RequestReload)).await;
-            assert_eq!(reply.unwrap().unwrap(), EchoReply::Done);
+            if allowed {
+                assert_eq!(reply.unwrap().unwrap(), EchoReply::Done);
+            } else {
+                // Refused in so many words, not `Ok` with a warning in the master's log.
+                let reply = reply.unwrap().unwrap();
+                let EchoReply::Error(why) = &reply else {
+                    panic!("{reply:?}")
+                };
+                assert!(why.contains("reloads from workers are off"), "{why}");
+            }
             let asked = next_matching(&mut seen, Duration::from_secs(10), |e| {
                 e.kind == WorkerEventKind::ReloadRequested
             })

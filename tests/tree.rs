@@ -7,11 +7,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::cluster::{collector, next_matching, relay, relay_config, within};
+use common::cluster::{collector, echo_config, next_matching, relay, relay_config, within};
 use common::is_alive;
 use common::relay::{Relay, RelayMsg, RelayReply, CRASH_FROM_ENV, LEAVES_ENV};
+use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
 use procactor::prelude::*;
-use procactor::{ExitReason, WorkerState};
+use procactor::{ExitReason, Role, WorkerState};
 
 async fn leaves(cluster: &Cluster<Relay>) -> BTreeSet<u32> {
     match relay(cluster, 0, RelayMsg::LeafPids).await {
@@ -116,6 +117,72 @@ async fn a_middle_supervisor_that_gives_up_exits_abnormally_for_the_one_above() 
             .await
         );
         cluster.stop().await.unwrap();
+    })
+    .await;
+}
+
+/// Asks the echo worker `id` of `cluster`.
+async fn echo(cluster: &Cluster<Echo>, id: WorkerId, msg: EchoMsg) -> EchoReply {
+    cluster.worker(id).send(Call(msg)).await.unwrap().unwrap()
+}
+
+#[actix::test]
+async fn a_worker_that_runs_a_cluster_tells_its_own_role_from_its_workers() {
+    within(120, async {
+        assert_eq!(
+            procactor::role(),
+            Role::Master,
+            "the test process is the top"
+        );
+        let cluster = ClusterSupervisor::start::<Echo>(echo_config(1))
+            .await
+            .unwrap();
+        let middle = Role::Worker {
+            id: 0,
+            group: procactor::DEFAULT_GROUP.into(),
+            depth: 1,
+        };
+        assert_eq!(
+            echo(&cluster, 0, EchoMsg::Role).await,
+            EchoReply::Role(middle.clone())
+        );
+
+        assert_eq!(echo(&cluster, 0, EchoMsg::Nest(2)).await, EchoReply::Done);
+        let mut leaves = Vec::new();
+        for id in 0..2 {
+            let ask = |msg| EchoMsg::ToNested {
+                worker: id,
+                msg: Box::new(msg),
+            };
+            // The same program, one level down: a worker of the middle's own cluster.
+            let leaf = Role::Worker {
+                id,
+                group: procactor::DEFAULT_GROUP.into(),
+                depth: 2,
+            };
+            assert_eq!(
+                echo(&cluster, 0, ask(EchoMsg::Role)).await,
+                EchoReply::Role(leaf)
+            );
+            let EchoReply::Pid(pid) = echo(&cluster, 0, ask(EchoMsg::Pid)).await else {
+                panic!("no pid from leaf {id}")
+            };
+            leaves.push(pid);
+        }
+        // Running a cluster does not change the middle's own role.
+        assert_eq!(
+            echo(&cluster, 0, EchoMsg::Role).await,
+            EchoReply::Role(middle)
+        );
+
+        cluster.stop().await.unwrap();
+        assert!(
+            common::wait_until_async(Duration::from_secs(10), || leaves
+                .iter()
+                .all(|&p| !is_alive(p)))
+            .await,
+            "a leaf outlived the stop: {leaves:?}"
+        );
     })
     .await;
 }

@@ -39,7 +39,7 @@ pub(super) async fn command(msg: RelayMsg, peers: &Handle) -> RelayReply {
                 Err(e) => RelayReply::Failed(e),
             }
         }
-        RelayMsg::AskMaster(text) => match peers.ask_master::<String>(&text, TIMEOUT).await {
+        RelayMsg::AskMaster(text) => match peers.ask_master(&text, TIMEOUT).await {
             Ok(answer) => RelayReply::Text(answer),
             Err(e) => RelayReply::Failed(e),
         },

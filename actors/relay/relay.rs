@@ -45,6 +45,7 @@ impl WorkerActor for Relay {
     type Msg = RelayMsg;
     type Reply = RelayReply;
     type Event = String;
+    type MasterReply = String;
 
     async fn started(&mut self, ctx: &mut WorkerContext<Self>) {
         process::crash_if_asked(ctx.generation());

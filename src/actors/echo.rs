@@ -30,7 +30,8 @@ pub enum EchoMsg {
     Pid,
     /// Exits the process at once with this status.
     Exit(i32),
-    /// Asks the master for a rolling reload of the cluster, then answers `Done`.
+    /// Asks the master for a rolling reload of the cluster; answers `Done` when the master
+    /// accepted, [`EchoReply::Error`] when it refused.
     RequestReload,
     /// Asks worker `to` `Ping` this many times, one after another, and answers the time each
     /// round trip took ([`EchoReply::Nanos`]), or the first error as [`EchoReply::Error`].
@@ -39,6 +40,19 @@ pub enum EchoMsg {
         to: crate::WorkerId,
         /// How many round trips.
         count: u32,
+    },
+    /// Answers this process's [`Role`](crate::Role) ([`EchoReply::Role`]).
+    Role,
+    /// Starts a cluster of its own (a supervision tree) of this many echo workers, this same
+    /// program re-run, then answers `Done`; it stops them in `stopping`.
+    Nest(usize),
+    /// Asks worker `worker` of its own cluster ([`Nest`](EchoMsg::Nest)) `msg` and answers its
+    /// reply.
+    ToNested {
+        /// The worker of its own cluster.
+        worker: crate::WorkerId,
+        /// What to ask it.
+        msg: Box<EchoMsg>,
     },
 }
 
@@ -71,6 +85,8 @@ pub enum EchoReply {
     Pid(u32),
     /// To `PeerRoundTrips`: each round trip, in nanoseconds.
     Nanos(Vec<u64>),
+    /// To `Role`.
+    Role(crate::Role),
     /// A command failed.
     Error(String),
 }
@@ -82,6 +98,8 @@ pub struct Echo {
     bytes: u64,
     next_seq: Option<u64>,
     out_of_order: u64,
+    /// Its own cluster, once asked to start one ([`EchoMsg::Nest`]).
+    nested: Option<crate::Cluster<Echo>>,
 }
 
 impl Echo {
@@ -136,12 +154,13 @@ impl Echo {
                 }
                 EchoReply::Nanos(nanos)
             }
-            EchoMsg::RequestReload => {
-                if let Err(e) = ctx.request_reload() {
-                    eprintln!("echo: cannot request a reload: {e}");
-                }
-                EchoReply::Done
-            }
+            EchoMsg::RequestReload => match ctx.request_reload().await {
+                Ok(()) => EchoReply::Done,
+                Err(e) => EchoReply::Error(e.to_string()),
+            },
+            EchoMsg::Role => EchoReply::Role(crate::role()),
+            EchoMsg::Nest(n) => self.nest(n).await,
+            EchoMsg::ToNested { worker, msg } => self.to_nested(worker, *msg).await,
         }
     }
 
@@ -161,6 +180,44 @@ impl Echo {
         }
     }
 
+    /// Starts its own cluster of `n` workers of this program.
+    async fn nest(&mut self, n: usize) -> EchoReply {
+        if self.nested.is_some() {
+            return EchoReply::Error("it runs a cluster already".into());
+        }
+        let program = match std::env::current_exe() {
+            Ok(program) => program,
+            Err(e) => return EchoReply::Error(e.to_string()),
+        };
+        let config = crate::ClusterConfig::new()
+            .workers(n)
+            .exec(program)
+            .handle_signals(false);
+        match crate::ClusterSupervisor::start::<Echo>(config).await {
+            Ok(cluster) => {
+                self.nested = Some(cluster);
+                EchoReply::Done
+            }
+            Err(e) => EchoReply::Error(e.to_string()),
+        }
+    }
+
+    /// Asks worker `worker` of its own cluster.
+    async fn to_nested(&self, worker: crate::WorkerId, msg: EchoMsg) -> EchoReply {
+        let Some(cluster) = &self.nested else {
+            return EchoReply::Error("it runs no cluster of its own".into());
+        };
+        let addr = match cluster.try_worker(worker) {
+            Ok(addr) => addr,
+            Err(e) => return EchoReply::Error(e.to_string()),
+        };
+        match addr.send(crate::Call(msg)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => EchoReply::Error(e.to_string()),
+            Err(e) => EchoReply::Error(e.to_string()),
+        }
+    }
+
     fn seq(&mut self, n: u64) -> bool {
         let in_order = self.next_seq.is_none_or(|next| next == n);
         if !in_order {
@@ -175,6 +232,7 @@ impl WorkerActor for Echo {
     type Msg = EchoMsg;
     type Reply = EchoReply;
     type Event = String;
+    type MasterReply = String;
 
     async fn handle(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<Self>) -> EchoReply {
         self.answer(msg, ctx).await
@@ -186,5 +244,10 @@ impl WorkerActor for Echo {
 
     async fn stopping(&mut self, _ctx: &mut WorkerContext<Self>) {
         eprintln!("echo: stopping after {} one-way messages", self.tells);
+        if let Some(nested) = self.nested.take() {
+            if let Err(e) = nested.stop().await {
+                eprintln!("echo: its own cluster did not stop cleanly: {e}");
+            }
+        }
     }
 }

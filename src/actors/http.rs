@@ -150,6 +150,7 @@ impl WorkerActor for HttpWorker {
     type Msg = HttpMsg;
     type Reply = HttpReply;
     type Event = ();
+    type MasterReply = ();
 
     async fn started(&mut self, ctx: &mut WorkerContext<Self>) {
         let listener = match ctx.listener("http") {

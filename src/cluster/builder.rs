@@ -93,15 +93,16 @@ impl<A: WorkerActor> ClusterBuilder<A> {
 
     /// Answers the requests that workers send with
     /// [`WorkerHandle::ask_master`](crate::WorkerHandle::ask_master): each arrives as a
-    /// [`WorkerRequest`] carrying the worker's `Event` type, and the recipient's `R` goes back to
-    /// the worker. A request that does not decode as `A::Event` fails with
+    /// [`WorkerRequest`] carrying the worker's `Event`, and the recipient's answer, of the
+    /// worker's [`MasterReply`](WorkerActor::MasterReply) type, goes back to the worker. A
+    /// request that does not decode as `A::Event` fails with
     /// [`AskError::Failed`](crate::AskError::Failed) on the worker's side.
-    pub fn on_request<R>(&mut self, recipient: Recipient<WorkerRequest<A::Event, R>>) -> &mut Self
-    where
-        R: serde::Serialize + Send + 'static,
-    {
+    pub fn on_request(
+        &mut self,
+        recipient: Recipient<WorkerRequest<A::Event, A::MasterReply>>,
+    ) -> &mut Self {
         self.handlers()
-            .set_requests(request_handler::<A, R>(recipient));
+            .set_requests(request_handler::<A, A::MasterReply>(recipient));
         self
     }
 

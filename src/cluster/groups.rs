@@ -97,11 +97,12 @@ impl<A: WorkerActor> GroupHandlers<A> {
     }
 
     /// Answers the requests the group's workers send with `ask_master`.
-    pub fn on_request<R>(mut self, recipient: Recipient<WorkerRequest<A::Event, R>>) -> Self
-    where
-        R: serde::Serialize + Send + 'static,
-    {
-        self.set_requests(request_handler::<A, R>(recipient));
+    /// Its answer is the workers' [`MasterReply`](WorkerActor::MasterReply).
+    pub fn on_request(
+        mut self,
+        recipient: Recipient<WorkerRequest<A::Event, A::MasterReply>>,
+    ) -> Self {
+        self.set_requests(request_handler::<A, A::MasterReply>(recipient));
         self
     }
 
@@ -151,6 +152,7 @@ impl ClusterSupervisor {
     /// #     type Msg = ();
     /// #     type Reply = ();
     /// #     type Event = ();
+    /// #     type MasterReply = ();
     /// #     async fn handle(&mut self, _: (), _: &mut WorkerContext<Self>) {}
     /// # }
     /// # async fn f() -> Result<(), procactor::Error> {

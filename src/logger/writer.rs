@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::queue::{Gauge, Job};
-use super::record::{Kind, Record};
+use super::record::Record;
 use super::sink::{FileSink, RingSink, Sink};
 use crate::WorkerId;
 
@@ -212,7 +212,7 @@ impl Writer {
 
     fn write(&mut self, record: Record) {
         if self.tracing {
-            emit(&record);
+            super::emit::emit(&record);
         }
         if let Some(Err(e)) = self.files.as_mut().map(|files| files.write(&record)) {
             self.failure("files", &e);
@@ -300,29 +300,6 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
     }
 }
 
-/// A record as a `tracing` event of the master.
-fn emit(record: &Record) {
-    let wanted = match record.kind {
-        Kind::Error => tracing::enabled!(target: "procactor::log", tracing::Level::WARN),
-        _ => tracing::enabled!(target: "procactor::log", tracing::Level::INFO),
-    };
-    if !wanted {
-        return;
-    }
-    let mut line = Vec::new();
-    record.to_json_line(&mut line);
-    let line = String::from_utf8_lossy(&line);
-    let line = line.trim_end();
-    match record.kind {
-        Kind::Error => {
-            tracing::warn!(target: "procactor::log", worker = record.worker, pid = record.pid, "{line}")
-        }
-        _ => {
-            tracing::info!(target: "procactor::log", worker = record.worker, pid = record.pid, "{line}")
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -330,7 +307,7 @@ mod tests {
 
     use super::*;
     use crate::logger::queue::LogQueue;
-    use crate::logger::record::Source;
+    use crate::logger::record::{Kind, Source};
 
     fn record(n: usize) -> Record {
         let fields = serde_json::Map::from_iter([("n".to_owned(), n.into())]);

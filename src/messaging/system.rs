@@ -185,7 +185,10 @@ impl SystemLink {
                 let sent = self.reload.send(ReloadCluster { from });
                 Box::pin(async move { sent.await.map_err(gone)?.and_then(|()| encoded(&())) })
             }
-            SystemOp::Join(_) | SystemOp::Leave(_) | SystemOp::Cache(_) => {
+            SystemOp::Join(_)
+            | SystemOp::Leave(_)
+            | SystemOp::Cache(_)
+            | SystemOp::RequestReload => {
                 Box::pin(async { Err(AskError::Invalid("served by the worker's proxy".into())) })
             }
         }

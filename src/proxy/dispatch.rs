@@ -10,7 +10,7 @@ use super::actor::Worker;
 use super::generation::Admitted;
 use super::links::FromWorker;
 use crate::codec::{decode_envelope, decode_value};
-use crate::error::{CallError, ProtocolError};
+use crate::error::{AskError, CallError, ProtocolError};
 use crate::event::WorkerEventKind;
 use crate::logger::{Fields, Record};
 use crate::protocol::Envelope;
@@ -100,19 +100,31 @@ impl<A: WorkerActor> Worker<A> {
                 time_ns,
                 fields,
             } => self.log_record(generation, pid, kind, time_ns, fields),
-            Envelope::ReloadRequest => self.reload_requested(generation, pid),
+            // The one-way request of older workers: no one to answer.
+            Envelope::ReloadRequest => {
+                let _ = self.reload_requested(generation, pid);
+            }
             _ => {}
         }
     }
 
     /// The process asks for a rolling reload: passed on to the supervisor once per process
-    /// (a flood of requests is one request).
-    fn reload_requested(&mut self, generation: u64, pid: u32) {
-        let Some(p) = self.proc_mut(generation) else {
-            return;
-        };
-        if !std::mem::replace(&mut p.reload_asked, true) {
-            self.emit(generation, Some(pid), WorkerEventKind::ReloadRequested);
+    /// (a flood of requests is one request), which reloads where the config allows it; the
+    /// answer says whether it does.
+    pub(super) fn reload_requested(&mut self, generation: u64, pid: u32) -> Result<(), AskError> {
+        if let Some(p) = self.proc_mut(generation) {
+            if !std::mem::replace(&mut p.reload_asked, true) {
+                self.emit(generation, Some(pid), WorkerEventKind::ReloadRequested);
+            }
+        }
+        if self.spawn.config.worker_reload {
+            Ok(())
+        } else {
+            Err(AskError::NotPermitted(
+                "reloads from workers are off in this cluster's config \
+                 (ClusterConfig::worker_reload)"
+                    .into(),
+            ))
         }
     }
 

@@ -105,6 +105,10 @@ impl<A: WorkerActor> Worker<A> {
                     }
                 }
             }
+            SystemOp::RequestReload => {
+                let answer = self.reload_requested(generation, pid);
+                self.answer_worker(generation, id, answer.map(|()| Bytes::new()), ctx)
+            }
             op => {
                 let answer = self.links.system.serve(self.router.peer(pid), op);
                 self.answer_later(generation, id, answer, ctx);

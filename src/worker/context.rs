@@ -34,6 +34,7 @@ use crate::worker::WorkerActor;
 ///     type Msg = Msg;
 ///     type Reply = String;
 ///     type Event = String;
+///     type MasterReply = ();
 ///
 ///     async fn handle(&mut self, msg: Msg, ctx: &mut WorkerContext<Self>) -> String {
 ///         match msg {
@@ -206,14 +207,21 @@ impl<A: WorkerActor> WorkerContext<A> {
     }
 
     /// Asks the master for a rolling reload of the whole cluster (cluster-rolling-restart's
-    /// `/reload`), this worker included. The master honours it only when its config allows it
-    /// ([`ClusterConfig::worker_reload`](crate::ClusterConfig::worker_reload)); otherwise it
-    /// logs the request and does nothing. A request made during a reload queues one more.
+    /// `/reload`), this worker included, and returns once the master has answered: `Ok` when it
+    /// accepted (the reload starts, or queues behind the one running), an error when its config
+    /// does not allow reloads from workers
+    /// ([`ClusterConfig::worker_reload`](crate::ClusterConfig::worker_reload), off by default).
+    ///
+    /// It does not wait for the reload: this worker is replaced in it, after the handler that
+    /// asked has returned. A process's requests after its first are the same request; to await
+    /// the outcome, use [`WorkerHandle::reload_cluster`] from a task.
     ///
     /// # Errors
-    /// [`FrameError::Io`] when the channel to the master is closed.
-    pub fn request_reload(&mut self) -> Result<(), FrameError> {
-        self.outbox.push(&Envelope::ReloadRequest)
+    /// [`AskError::NotPermitted`](crate::AskError::NotPermitted) saying that reloads from
+    /// workers are off; [`AskError::Closed`](crate::AskError::Closed) when the master is gone;
+    /// [`AskError::Timeout`](crate::AskError::Timeout) after 10 s without an answer.
+    pub async fn request_reload(&self) -> Result<(), crate::error::AskError> {
+        self.peers.request_reload().await
     }
 
     /// Log records for the cluster's logger (`ip`, `history`, `error`); the sender is `Send`,
@@ -316,14 +324,6 @@ impl<A: WorkerActor> WorkerHandle<A> {
     /// As [`WorkerContext::send_master`].
     pub fn send_master(&self, event: &A::Event) -> Result<(), FrameError> {
         self.outbox.push_event(&mut Vec::new(), event)
-    }
-
-    /// As [`WorkerContext::request_reload`].
-    ///
-    /// # Errors
-    /// As [`WorkerContext::request_reload`].
-    pub fn request_reload(&self) -> Result<(), FrameError> {
-        self.outbox.push(&Envelope::ReloadRequest)
     }
 }
 

@@ -164,18 +164,40 @@ impl<A: WorkerActor> WorkerHandle<A> {
         decode(&bytes)
     }
 
-    /// Asks the master: the request is this worker type's `Event`, answered by the handler
-    /// registered with [`ClusterBuilder::on_request`](crate::ClusterBuilder::on_request) with
-    /// an `R`.
+    /// Asks the master and awaits its answer: the request is this worker type's `Event`, the
+    /// answer its [`MasterReply`](WorkerActor::MasterReply), given by the handler registered
+    /// with [`ClusterBuilder::on_request`](crate::ClusterBuilder::on_request) (or
+    /// [`GroupHandlers::on_request`](crate::GroupHandlers::on_request)), which the types make
+    /// answer with that type.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use procactor::prelude::*;
+    /// struct Counter;
+    ///
+    /// impl WorkerActor for Counter {
+    ///     type Msg = ();
+    ///     type Reply = ();
+    ///     type Event = String;
+    ///     type MasterReply = i64; // the master answers with a number
+    ///
+    ///     async fn handle(&mut self, _: (), ctx: &mut WorkerContext<Self>) {
+    ///         let timeout = Duration::from_secs(1);
+    ///         let n: i64 = ctx.peers().ask_master(&"hi".to_string(), timeout).await.unwrap();
+    ///         assert!(n >= 0);
+    ///     }
+    /// }
+    /// ```
     ///
     /// # Errors
-    /// [`AskError::NoHandler`] when the master registered none, [`AskError::BadReply`] when its
-    /// answer is not an `R`, [`AskError::Timeout`], [`AskError::Closed`].
-    pub async fn ask_master<R: DeserializeOwned>(
+    /// [`AskError::NoHandler`] when the master registered none, [`AskError::Failed`] when the
+    /// master's handler is gone, [`AskError::BadReply`] when the answer does not decode (a master
+    /// built from other types), [`AskError::Timeout`], [`AskError::Closed`].
+    pub async fn ask_master(
         &self,
         msg: &A::Event,
         timeout: Duration,
-    ) -> Result<R, AskError> {
+    ) -> Result<A::MasterReply, AskError> {
         let payload = encode(msg)?;
         let bytes = self
             .ask_with(timeout, |ask, push| {
@@ -299,6 +321,16 @@ impl<A: WorkerActor> WorkerHandle<A> {
     /// failed (the old process still serves).
     pub async fn restart_worker(&self, id: WorkerId, timeout: Duration) -> Result<(), AskError> {
         self.system(SystemOp::Restart(id as u64), timeout).await
+    }
+
+    /// As [`WorkerContext::request_reload`](crate::WorkerContext::request_reload): asks for a
+    /// rolling reload and returns once the master has accepted or refused it.
+    ///
+    /// # Errors
+    /// As [`WorkerContext::request_reload`](crate::WorkerContext::request_reload).
+    pub async fn request_reload(&self) -> Result<(), AskError> {
+        self.system(SystemOp::RequestReload, Duration::from_secs(10))
+            .await
     }
 
     /// Reloads the whole cluster (rolling) and awaits the outcome, where the cluster permits
