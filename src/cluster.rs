@@ -29,7 +29,9 @@ use crate::worker::WorkerActor;
 
 mod assembly;
 mod builder;
+mod control;
 mod groups;
+mod logs;
 mod topics;
 
 pub use builder::ClusterBuilder;

@@ -118,10 +118,12 @@ pub use error::{
 };
 pub use event::{WorkerEvent, WorkerEventKind, WorkerInfo};
 pub use listen::{activated_sockets, ListenAddr};
-pub use messaging::{ClusterInfo, ConfirmationRounds, Peer, Route, SystemOp, Via, WorkerStats};
+pub use messaging::{
+    ClusterInfo, ConfirmationRounds, Ending, Peer, Route, SystemOp, Target, Via, WorkerStats,
+};
 pub use proxy::{
     AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, Replaced, Stop, Tell,
-    TellAck, TellResponse, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
+    TellAck, TellResponse, Terminate, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
 };
 pub use state::{WorkerId, WorkerState};
 pub use supervisor::{ClusterSupervisor, ListWorkers, ReloadEvent, ReloadReport, StopAll};
@@ -162,7 +164,7 @@ pub struct ReadmeDoctests;
 ///
 /// use procactor::actors::http::HttpWorker;
 /// use procactor::cache::{CacheClient, CacheConfig, CacheError, CacheTransport};
-/// use procactor::logger::{Fields, FileSink, Kind, LogConfig, Record, RingSink, Sink};
+/// use procactor::logger::{Fields, FileSink, Kind, LogConfig, Record, RingSink, Sink, Source};
 /// use procactor::prelude::*;
 /// use procactor::*;
 ///
@@ -195,6 +197,9 @@ pub struct ReadmeDoctests;
 ///         let _ = (peers.cluster_info().await, peers.cluster_stats().await);
 ///         let _ = (peers.kill_worker(1).await, peers.restart_worker(1, t).await);
 ///         let _ = peers.reload_cluster(t).await;
+///         let _: Result<ExitReason, AskError> =
+///             peers.end_worker(Target::Pid(1), Ending::Graceful { status: 7 }, t).await;
+///         let _: Result<(), AskError> = peers.stop_cluster().await;
 ///         // `logs`, worker side
 ///         ctx.log().ip("10.0.0.1:5000", "GET", "/", 200, t);
 ///         ctx.log().history("event", Fields::new().with("k", "v"));
@@ -276,6 +281,14 @@ pub struct ReadmeDoctests;
 ///     let _ = (cluster.kill(0).await?, cluster.stop_worker(1).await?);
 ///     cluster.kill_all().await?;
 ///     let _: Addr<Worker<W>> = cluster.add_worker().await?;
+///     let _: Addr<Worker<W>> = cluster.add_worker_with_env([("K", "V")]).await?;
+///     let _: ExitReason = cluster.end_worker(Target::Id(0), Ending::Now).await?;
+///     let _: ExitReason = cluster.end_worker(Target::Pid(1), Ending::Graceful { status: 7 }).await?;
+///     let _: ExitReason = cluster.terminate(0).await?;
+///     cluster.log_ip("10.0.0.1", "GET", "/", 200, t);
+///     cluster.log_history("deployed", Fields::new().with("version", 7));
+///     cluster.log_error("disk full", vec![], None);
+///     cluster.log(Record::history(Source::master("workers"), "event", Fields::new()));
 ///     cluster.set_respawn(true).await?;
 ///     let _: Option<ListenAddr> = cluster.local_addr("http");
 ///     let _ = cache(&cluster.cache()).await;
@@ -291,6 +304,7 @@ pub struct ReadmeDoctests;
 ///     let _: WorkerInfo = w.send(GetInfo).await?;
 ///     let _ = w.send(Replace).await?;
 ///     let _: (ExitReason, ExitReason) = (w.send(Stop).await?, w.send(Kill).await?);
+///     let _: Option<ExitReason> = w.send(Terminate(7)).await?;
 ///     // `ClusterSupervisor::with_groups(config)`
 ///     let mut builder = ClusterSupervisor::with_groups(config);
 ///     let web: GroupKey<W> = builder.group::<W>(

@@ -122,6 +122,42 @@ pub enum SystemOp<'a> {
     /// Ask for a rolling reload of the cluster; the worker's proxy answers at once: accepted
     /// (the reload starts, or queues behind the one running) or refused by the config.
     RequestReload,
+    /// End a worker (clustr-node's `emitKill`), by id or pid; the master's pid stops the
+    /// cluster. Answered once the process has exited.
+    End {
+        /// Which worker.
+        target: Target,
+        /// How.
+        ending: Ending,
+    },
+    /// Stop the whole cluster gracefully; answered once the stop began.
+    StopCluster,
+}
+
+/// Which worker an operation is for: its cluster-wide id, or the pid of its running process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// The worker with this id.
+    Id(WorkerId),
+    /// The worker whose running process has this pid.
+    Pid(u32),
+}
+
+/// How a worker is ended ([`Cluster::end_worker`](crate::Cluster::end_worker),
+/// [`WorkerHandle::end_worker`](crate::WorkerHandle::end_worker)).
+///
+/// Either way it was asked for: it does not count toward the restart intensity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ending {
+    /// Gracefully: the worker handles what it was sent, runs its `stopping` hook and exits with
+    /// `status`; the restart policy then decides by that status (`transient` restarts it only
+    /// for a status other than 0). A plain program gets SIGTERM and exits with its own status.
+    Graceful {
+        /// The exit status.
+        status: i32,
+    },
+    /// At once: SIGKILL to its process group; restarted per the restart policy.
+    Now,
 }
 
 /// The cluster as seen from the master: groups, workers and their processes.

@@ -23,6 +23,7 @@
 //! master → worker   Notify { payload }                a change to subscribed cache keys
 //! worker → master   Log { kind, time_ns, fields }     a record for the cluster's logger
 //! master → worker   Credit { worker, count }          one-way sends to `worker` it took in
+//! master → worker   ShutdownWith { status }           `Shutdown`, then exit with `status`
 //! ```
 //!
 //! Wire types are flat (no recursion), so a hostile frame cannot nest deeply; byte fields borrow
@@ -192,11 +193,16 @@ pub enum Envelope<'a> {
         /// How many messages.
         count: u64,
     },
+    /// Master → worker: as `Shutdown`, then the worker exits with `status`.
+    ShutdownWith {
+        /// The exit status.
+        status: i32,
+    },
 }
 
 impl Envelope<'_> {
     /// The name of every variant, in declaration order; [`index`](Self::index) points into it.
-    pub const KINDS: [&'static str; 21] = [
+    pub const KINDS: [&'static str; 22] = [
         "Hello",
         "Ready",
         "Request",
@@ -218,6 +224,7 @@ impl Envelope<'_> {
         "Notify",
         "Log",
         "Credit",
+        "ShutdownWith",
     ];
 
     /// The variant's name, for log lines and errors.
@@ -244,6 +251,7 @@ impl Envelope<'_> {
             Envelope::Notify { .. } => "Notify",
             Envelope::Log { .. } => "Log",
             Envelope::Credit { .. } => "Credit",
+            Envelope::ShutdownWith { .. } => "ShutdownWith",
         }
     }
 
@@ -298,6 +306,7 @@ impl Envelope<'_> {
             Envelope::Notify { .. } => 18,
             Envelope::Log { .. } => 19,
             Envelope::Credit { .. } => 20,
+            Envelope::ShutdownWith { .. } => 21,
         }
     }
 }

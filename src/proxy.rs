@@ -69,6 +69,7 @@ pub(crate) use messages::Decided;
 pub(crate) use messages::GetStats;
 pub use messages::{
     AwaitReady, Call, CallResponse, GetInfo, Kill, Replace, Stop, Tell, TellAck, TellResponse,
+    Terminate,
 };
 pub(crate) use spec::SlotSpec;
 

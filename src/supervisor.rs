@@ -44,6 +44,7 @@ use crate::state::{WorkerId, WorkerState};
 use crate::worker::WorkerActor;
 
 mod control;
+mod end;
 mod policy;
 mod rolling;
 mod signals;
@@ -73,6 +74,8 @@ pub struct ClusterSupervisor {
     confirmations: Confirmations,
     /// Whether workers may kill and restart other workers.
     worker_control: bool,
+    /// The slot of each running process, by pid (from the slots' `Spawned` and exit events).
+    pids: std::collections::HashMap<u32, WorkerId>,
     cache: crate::cache::SharedCache,
     logger: Addr<crate::logger::Logger>,
 }
@@ -128,6 +131,9 @@ pub(crate) struct Slot {
     decided: Recipient<Decided>,
     replace: Recipient<Replace>,
     stats: Recipient<GetStats>,
+    terminate: Recipient<crate::proxy::Terminate>,
+    /// A graceful end with a status was asked for: its exit is not a crash.
+    terminating: bool,
 }
 
 impl Slot {
@@ -142,6 +148,8 @@ impl Slot {
             decided: addr.clone().recipient(),
             replace: addr.clone().recipient(),
             stats: addr.clone().recipient(),
+            terminate: addr.clone().recipient(),
+            terminating: false,
         }
     }
 }
@@ -229,6 +237,7 @@ impl ClusterSupervisor {
             routing,
             confirmations: Confirmations::default(),
             worker_control: config.worker_control,
+            pids: std::collections::HashMap::new(),
             cache,
             logger,
         }
@@ -259,10 +268,15 @@ impl ClusterSupervisor {
         }
         let kind = if exit.reason.is_permanent() {
             ExitKind::Permanent
-        } else if *exit.reason == ExitReason::Killed {
+        } else if *exit.reason == ExitReason::Killed
+            || std::mem::take(&mut self.slots[worker].terminating)
+        {
             // Only a kill on request ends a process with `Killed` (the proxy records the reason
-            // per process, so a kill that found no process marks nothing).
-            ExitKind::Requested
+            // per process, so a kill that found no process marks nothing); a graceful end asked
+            // for is marked on its slot until its exit comes.
+            ExitKind::Requested {
+                normal: exit.reason.is_normal(),
+            }
         } else if exit.reason.is_normal() {
             ExitKind::Normal
         } else {

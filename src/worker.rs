@@ -200,16 +200,24 @@ pub fn is_worker() -> bool {
 /// [`Error::NotAWorker`] when the process was not started by a master; [`Error::Protocol`] when
 /// the master's stream is corrupt; [`Error::Io`] when the channel cannot be set up.
 ///
+/// When the master ends the worker gracefully with an exit status other than 0
+/// ([`Ending::Graceful`](crate::Ending::Graceful)), the process exits with that status once
+/// `stopping` has run and everything written is flushed, without returning.
+///
 /// # Panics
 /// When called from inside a running tokio runtime (nested runtimes are not allowed).
 pub fn run_worker<A: WorkerActor>(actor: A) -> Result<(), Error> {
     let identity = identity::Identity::from_env()?;
     let listeners = crate::os::take_listen_fds();
     let (from_master, to_master) = crate::os::take_worker_channel()?;
-    actix_rt::System::new().block_on(runtime::run(
+    let status = actix_rt::System::new().block_on(runtime::run(
         actor,
         identity,
         listeners,
         (from_master, to_master),
-    ))
+    ))?;
+    if status != 0 {
+        std::process::exit(status);
+    }
+    Ok(())
 }

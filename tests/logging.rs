@@ -650,3 +650,54 @@ async fn a_workers_lines_read_on_a_terminal_as_pm2_shows_them_with_the_record_as
     })
     .await;
 }
+
+#[actix::test]
+async fn the_master_writes_ip_history_and_error_records_into_the_same_files() {
+    within(60, async {
+        let dir = log_dir("master-records");
+        let cluster = ClusterSupervisor::start::<Relay>(config(1, &dir))
+            .await
+            .unwrap();
+        cluster.log_ip(
+            "10.0.0.1",
+            "GET",
+            "/from-master",
+            204,
+            Duration::from_millis(3),
+        );
+        cluster.log_history(
+            "deployed",
+            procactor::logger::Fields::new().with("version", 7),
+        );
+        cluster.log_error(
+            "disk almost full",
+            vec!["quota".into()],
+            Some("master.rs:1"),
+        );
+        cluster.flush_logs().await.unwrap();
+        cluster.stop().await.unwrap();
+        let me = u64::from(std::process::id());
+        let ip = lines(&dir, "ip.log");
+        let ours: Vec<_> = ip.iter().filter(|r| r["path"] == "/from-master").collect();
+        assert_eq!(ours.len(), 1, "{ip:?}");
+        assert_eq!(ours[0]["pid"], me);
+        assert_eq!(ours[0]["worker"], Value::Null);
+        assert_eq!(ours[0]["status"], 204);
+        let history = lines(&dir, "history.log");
+        assert!(
+            history
+                .iter()
+                .any(|r| r["event"] == "deployed" && r["version"] == 7 && r["pid"] == me),
+            "{history:?}"
+        );
+        let errors = lines(&dir, "error.log");
+        assert!(
+            errors
+                .iter()
+                .any(|r| r["message"] == "disk almost full" && r["pid"] == me),
+            "{errors:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

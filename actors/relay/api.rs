@@ -100,6 +100,15 @@ pub(crate) enum RelayMsg {
     Kill(WorkerId),
     /// Command: replace worker `id`.
     Restart(WorkerId),
+    /// Command: end a worker (`WorkerHandle::end_worker`); answers `Done` or `Failed`.
+    End {
+        /// Which worker.
+        target: procactor::Target,
+        /// How.
+        ending: procactor::Ending,
+    },
+    /// Command: stop the whole cluster (`WorkerHandle::stop_cluster`).
+    StopCluster,
     /// Command: block this process's thread (no reading, no heartbeats) for this many ms.
     Block(u64),
     /// Command: exit the process at once with status 1.

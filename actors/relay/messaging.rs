@@ -65,6 +65,10 @@ pub(super) async fn command(msg: RelayMsg, peers: &Handle) -> RelayReply {
         },
         RelayMsg::Kill(id) => done(peers.kill_worker(id).await),
         RelayMsg::Restart(id) => done(peers.restart_worker(id, TIMEOUT).await),
+        RelayMsg::End { target, ending } => {
+            done(peers.end_worker(target, ending, TIMEOUT).await.map(drop))
+        }
+        RelayMsg::StopCluster => done(peers.stop_cluster().await),
         other => invalid(other),
     }
 }

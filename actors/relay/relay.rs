@@ -71,7 +71,9 @@ impl WorkerActor for Relay {
             | M::Info
             | M::Stats
             | M::Kill(_)
-            | M::Restart(_)) => messaging::command(msg, ctx.peers()).await,
+            | M::Restart(_)
+            | M::End { .. }
+            | M::StopCluster) => messaging::command(msg, ctx.peers()).await,
             msg @ (M::CacheIncrement { .. }
             | M::CacheSet { .. }
             | M::CacheBurst { .. }

@@ -75,6 +75,23 @@ pub(crate) struct ControlWorker {
     pub(crate) action: Action,
 }
 
+/// Ends a worker; answered with its exit reason once its process is reaped.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<crate::error::ExitReason, AskError>")]
+pub(crate) struct EndWorker {
+    /// Who asks: a worker may only where `worker_control` permits.
+    pub(crate) from: Peer,
+    pub(crate) target: crate::messaging::Target,
+    pub(crate) ending: crate::messaging::Ending,
+}
+
+/// Stops the cluster gracefully, if `from` may; answered once the stop began.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), AskError>")]
+pub(crate) struct StopCluster {
+    pub(crate) from: Peer,
+}
+
 /// A rolling reload of the cluster, if `from` may; answered when it ends.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), AskError>")]
@@ -91,6 +108,8 @@ pub(crate) struct SystemLink {
     stats: Recipient<GetClusterStats>,
     control: Recipient<ControlWorker>,
     reload: Recipient<ReloadCluster>,
+    end: Recipient<EndWorker>,
+    stop: Recipient<StopCluster>,
 }
 
 impl std::fmt::Debug for SystemLink {
@@ -108,6 +127,8 @@ pub(crate) trait SystemActor:
     + Handler<GetClusterStats>
     + Handler<ControlWorker>
     + Handler<ReloadCluster>
+    + Handler<EndWorker>
+    + Handler<StopCluster>
 {
 }
 
@@ -119,6 +140,8 @@ impl<S> SystemActor for S where
         + Handler<GetClusterStats>
         + Handler<ControlWorker>
         + Handler<ReloadCluster>
+        + Handler<EndWorker>
+        + Handler<StopCluster>
 {
 }
 
@@ -132,6 +155,8 @@ impl SystemLink {
             stats: actor.clone().recipient(),
             control: actor.clone().recipient(),
             reload: actor.clone().recipient(),
+            end: actor.clone().recipient(),
+            stop: actor.clone().recipient(),
         }
     }
 
@@ -179,6 +204,18 @@ impl SystemLink {
                     worker: worker as WorkerId,
                     action,
                 });
+                Box::pin(async move { sent.await.map_err(gone)?.and_then(|()| encoded(&())) })
+            }
+            SystemOp::End { target, ending } => {
+                let sent = self.end.send(EndWorker {
+                    from,
+                    target,
+                    ending,
+                });
+                Box::pin(async move { sent.await.map_err(gone)?.and_then(|r| encoded(&r)) })
+            }
+            SystemOp::StopCluster => {
+                let sent = self.stop.send(StopCluster { from });
                 Box::pin(async move { sent.await.map_err(gone)?.and_then(|()| encoded(&())) })
             }
             SystemOp::Reload => {

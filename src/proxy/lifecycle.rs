@@ -79,6 +79,16 @@ impl<A: WorkerActor> Worker<A> {
     /// Starts a graceful stop of process `generation`: `Shutdown` (SIGTERM for a plain
     /// program), then SIGKILL after the shutdown timeout.
     pub(crate) fn begin_stop(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        self.begin_stop_with(generation, 0, ctx);
+    }
+
+    /// As [`begin_stop`](Self::begin_stop); a worker then exits with `status`.
+    pub(crate) fn begin_stop_with(
+        &mut self,
+        generation: u64,
+        status: i32,
+        ctx: &mut Context<Self>,
+    ) {
         let span = self.span(generation);
         let _entered = span.as_ref().map(tracing::Span::enter);
         let id = self.id;
@@ -97,7 +107,11 @@ impl<A: WorkerActor> Worker<A> {
             p.terminate();
         } else {
             // Past the limit or not, Shutdown must go out: bypass the backpressure check.
-            if let Err(e) = p.stdin.push_control(&Envelope::Shutdown) {
+            let shutdown = match status {
+                0 => Envelope::Shutdown,
+                status => Envelope::ShutdownWith { status },
+            };
+            if let Err(e) = p.stdin.push_control(&shutdown) {
                 tracing::warn!(worker = id, error = %e, "cannot queue Shutdown; killing");
                 self.fault(generation, ExitReason::ShutdownTimeout, ctx);
                 return;
@@ -124,6 +138,19 @@ impl<A: WorkerActor> Worker<A> {
         } else {
             self.begin_stop(self.proc.generation, ctx);
         }
+    }
+
+    /// Ends the slot's serving process gracefully with exit status `status` (a replacement under
+    /// way is killed); `false` when no process runs.
+    pub(crate) fn terminate_slot(&mut self, status: i32, ctx: &mut Context<Self>) -> bool {
+        if let Some(generation) = self.handover.incoming() {
+            self.fault(generation, ExitReason::Killed, ctx);
+        }
+        if !self.proc.is_running() {
+            return false;
+        }
+        self.begin_stop_with(self.proc.generation, status, ctx);
+        true
     }
 
     /// Kills the slot's serving process (and a replacement under way).

@@ -81,6 +81,17 @@ impl Message for Stop {
     type Result = ExitReason;
 }
 
+/// Ends the worker gracefully with exit status `.0`: it handles what it was sent, runs its
+/// `stopping` hook and exits with that status (killed after the shutdown timeout). Unlike a
+/// [`Stop`] through the cluster, the slot is not stopped for good: the restart policy decides
+/// by the status. Resolves with the exit reason once reaped, or `None` when no process ran.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Terminate(pub i32);
+
+impl Message for Terminate {
+    type Result = Option<ExitReason>;
+}
+
 /// Kills the worker's process group with SIGKILL at once; resolves when it has been reaped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Kill;
@@ -213,6 +224,18 @@ impl<A: WorkerActor> Handler<Stop> for Worker<A> {
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) -> Self::Result {
         self.stop_slot(ctx);
         when_exited(self)
+    }
+}
+
+impl<A: WorkerActor> Handler<Terminate> for Worker<A> {
+    type Result = ResponseFuture<Option<ExitReason>>;
+
+    fn handle(&mut self, Terminate(status): Terminate, ctx: &mut Context<Self>) -> Self::Result {
+        if !self.terminate_slot(status, ctx) {
+            return Box::pin(async { None });
+        }
+        let exited = when_exited(self);
+        Box::pin(async move { Some(exited.await) })
     }
 }
 

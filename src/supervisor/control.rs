@@ -32,6 +32,15 @@ impl Handler<WorkerEvent> for ClusterSupervisor {
         for subscriber in &self.subscribers {
             subscriber.do_send(event.clone());
         }
+        match (&event.kind, pid) {
+            (WorkerEventKind::Spawned, Some(pid)) => {
+                self.pids.insert(pid, worker);
+            }
+            (WorkerEventKind::Exited { .. } | WorkerEventKind::Retired { .. }, Some(pid)) => {
+                self.pids.remove(&pid);
+            }
+            _ => {}
+        }
         if event.kind == WorkerEventKind::ReloadRequested {
             if self.reload.from_workers {
                 tracing::info!(worker, pid, "rolling reload requested by a worker");

@@ -19,9 +19,13 @@ pub(crate) enum ExitKind {
     Abnormal,
     /// A fault that a restart cannot mend.
     Permanent,
-    /// Ended because the operator or the program asked (a kill): restarted as an abnormal
-    /// exit would be, but not a crash, so neither counted toward the intensity nor backed off.
-    Requested,
+    /// Ended because the operator or the program asked (a kill, a graceful end with a status):
+    /// restarted as a normal or abnormal exit would be, but not a crash, so neither counted
+    /// toward the intensity nor backed off.
+    Requested {
+        /// It exited with status 0.
+        normal: bool,
+    },
 }
 
 /// What follows an exit.
@@ -78,13 +82,16 @@ impl PolicyState {
     ) -> Decision {
         let restart = match (kind, self.policy.restart) {
             (ExitKind::Permanent, _) => return Decision::Fail,
-            (_, RestartType::Temporary) | (ExitKind::Normal, RestartType::Transient) => false,
+            (_, RestartType::Temporary)
+            | (ExitKind::Normal | ExitKind::Requested { normal: true }, RestartType::Transient) => {
+                false
+            }
             _ => true,
         };
         if !restart {
             return Decision::Stay;
         }
-        let delay = if kind == ExitKind::Requested {
+        let delay = if matches!(kind, ExitKind::Requested { .. }) {
             // Asked for, not a crash: OTP's terminate_child/restart_child do not count either.
             Duration::ZERO
         } else {
@@ -375,7 +382,7 @@ mod tests {
         let mut state = intensity(1, ms(5000));
         for i in 0..100 {
             assert_eq!(
-                state.on_exit(0, ExitKind::Requested, ms(0), t0 + ms(i)),
+                state.on_exit(0, ExitKind::Requested { normal: false }, ms(0), t0 + ms(i)),
                 Decision::Restart {
                     slots: vec![0],
                     delay: Duration::ZERO
@@ -404,13 +411,13 @@ mod tests {
         let mut temporary =
             PolicyState::new(policy(RestartType::Temporary, Strategy::OneForOne), 1, 1);
         assert_eq!(
-            temporary.on_exit(0, ExitKind::Requested, ms(0), t0),
+            temporary.on_exit(0, ExitKind::Requested { normal: false }, ms(0), t0),
             Decision::Stay
         );
         let mut transient =
             PolicyState::new(policy(RestartType::Transient, Strategy::RestForOne), 3, 1);
         assert_eq!(
-            transient.on_exit(1, ExitKind::Requested, ms(0), t0),
+            transient.on_exit(1, ExitKind::Requested { normal: false }, ms(0), t0),
             Decision::Restart {
                 slots: vec![1, 2],
                 delay: Duration::ZERO

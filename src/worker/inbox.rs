@@ -34,14 +34,15 @@ pub(crate) enum Inbound {
         via: Via,
         payload: Bytes,
     },
-    Shutdown,
+    /// Stop gracefully, then exit with this status.
+    Shutdown(i32),
 }
 
 impl Inbound {
     fn len(&self) -> usize {
         match self {
             Inbound::Request { payload, .. } | Inbound::Tell { payload, .. } => payload.len(),
-            Inbound::Shutdown => 0,
+            Inbound::Shutdown(_) => 0,
         }
     }
 }
@@ -168,7 +169,8 @@ fn inbound(frame: &Bytes, outbox: &Uplink, asks: &Asks) -> Result<Option<Inbound
             asks.windows.credit(worker, count);
             return Ok(None);
         }
-        Envelope::Shutdown => Inbound::Shutdown,
+        Envelope::Shutdown => Inbound::Shutdown(0),
+        Envelope::ShutdownWith { status } => Inbound::Shutdown(status),
         Envelope::Ping { seq } => {
             // Answered here, not by the handler loop: a worker awaiting a long
             // handler is busy, not hung.

@@ -313,6 +313,36 @@ impl<A: WorkerActor> WorkerHandle<A> {
             .await
     }
 
+    /// Ends worker `target` (by id or pid; clustr-node's `emitKill(pid, exitCode)`), where the
+    /// cluster permits it ([`ClusterConfig::worker_control`](crate::ClusterConfig::worker_control)):
+    /// gracefully with an exit status (it runs its `stopping` hook; the restart policy decides
+    /// by the status) or at once. Resolves with how its process ended. The master's pid stops
+    /// the cluster, as [`stop_cluster`](Self::stop_cluster) does.
+    ///
+    /// # Errors
+    /// [`AskError::NotPermitted`], [`AskError::NoSuchWorker`], [`AskError::Invalid`] for a pid
+    /// that is no worker's, [`AskError::NotRunning`] when no process of it runs, and as
+    /// [`join`](Self::join).
+    pub async fn end_worker(
+        &self,
+        target: crate::Target,
+        ending: crate::Ending,
+        timeout: Duration,
+    ) -> Result<crate::ExitReason, AskError> {
+        self.system(SystemOp::End { target, ending }, timeout).await
+    }
+
+    /// Stops the whole cluster gracefully (this worker too), where the cluster permits it
+    /// ([`ClusterConfig::worker_control`](crate::ClusterConfig::worker_control)); resolves once
+    /// the stop has begun.
+    ///
+    /// # Errors
+    /// [`AskError::NotPermitted`], and as [`join`](Self::join).
+    pub async fn stop_cluster(&self) -> Result<(), AskError> {
+        self.system(SystemOp::StopCluster, Duration::from_secs(30))
+            .await
+    }
+
     /// Replaces worker `id` with a new process, gracefully and with no gap, where the cluster
     /// permits it ([`ClusterConfig::worker_control`](crate::ClusterConfig::worker_control)).
     ///

@@ -24,12 +24,14 @@ use crate::worker::log::{push_log, LogSender, Outgoing};
 use crate::worker::uplink::{write_loop, Uplink};
 use crate::worker::WorkerActor;
 
+/// Runs the worker; `Ok(status)`: the exit status the master asked for (0 for a plain stop or
+/// when the master is gone).
 pub(crate) async fn run<A: WorkerActor>(
     mut actor: A,
     identity: Identity,
     listeners: Vec<(String, OwnedFd)>,
     (from_master, to_master): (OwnedFd, OwnedFd),
-) -> Result<(), Error> {
+) -> Result<i32, Error> {
     let reader = pipe::Receiver::from_owned_fd(from_master)?;
     let writer = pipe::Sender::from_owned_fd(to_master)?;
     let outbox = Rc::new(Uplink::new(identity.max_frame_bytes));
@@ -68,42 +70,45 @@ pub(crate) async fn run<A: WorkerActor>(
     tokio::pin!(logs);
     let mut ctx = WorkerContext::<A>::new(Rc::clone(&outbox), asks, log, identity, listeners);
     let handled = serve(&mut actor, &mut ctx, &mut rx, &room, &outbox);
-    // `true`: a graceful stop; `false`: the master is gone (or its stream broke), exit now.
+    // `Some(status)`: a graceful stop; `None`: the master is gone (or its stream broke), exit now.
     let mut reader_result = None;
     let graceful = tokio::select! {
         biased;
         result = handled => result?,
         result = &mut reader => {
             reader_result = Some(result);
-            false
+            None
         }
-        () = &mut writer => false,
-        () = &mut logs => false,
+        () = &mut writer => None,
+        () = &mut logs => None,
     };
     if let Some(Err(e)) = reader_result {
         return Err(e.into());
     }
-    if graceful {
-        // Records still queued go too; then flush everything written so far and end.
-        drain_logs();
-        outbox.broken.set(true);
-        outbox.wake_writer.notify_one();
-        writer.await;
-    }
-    Ok(())
+    let Some(status) = graceful else {
+        return Ok(0);
+    };
+    // Records still queued go too; then flush everything written so far and end.
+    drain_logs();
+    outbox.broken.set(true);
+    outbox.wake_writer.notify_one();
+    writer.await;
+    Ok(status)
 }
 
 /// The handler loop: `started`, then every request and one-way message in order, then
-/// `stopping`. `Ok(true)` for a graceful stop, `Ok(false)` when the reader ended.
+/// `stopping`. `Ok(Some(status))` for a graceful stop (the status to exit with), `Ok(None)`
+/// when the reader ended.
 async fn serve<A: WorkerActor>(
     actor: &mut A,
     ctx: &mut WorkerContext<A>,
     rx: &mut mpsc::UnboundedReceiver<Inbound>,
     room: &InboxRoom,
     outbox: &Uplink,
-) -> Result<bool, Error> {
+) -> Result<Option<i32>, Error> {
     actor.started(ctx).await;
     outbox.push(&Envelope::Ready)?;
+    let mut status = 0;
     while !ctx.stop_requested() {
         let item = rx.recv().await;
         if let Some(item) = &item {
@@ -125,13 +130,16 @@ async fn serve<A: WorkerActor>(
                 }
                 Err(e) => tracing::warn!(?from, error = %e, "one-way message did not decode"),
             },
-            Some(Inbound::Shutdown) => break,
+            Some(Inbound::Shutdown(asked)) => {
+                status = asked;
+                break;
+            }
             // The reader ended: the master is gone or its stream is corrupt.
-            None => return Ok(false),
+            None => return Ok(None),
         }
     }
     actor.stopping(ctx).await;
-    Ok(true)
+    Ok(Some(status))
 }
 
 /// Records sent from other threads ([`LogSender`]), framed for the master as they come.
