@@ -14,7 +14,7 @@
 //! worker → master   Event { payload }                 one-way, to the master's handlers
 //! master → worker   Shutdown                          `stopping` hook, then exit 0
 //! master → worker   Ping { seq }                      … Pong { seq }, answered off the handler path
-//! worker → master   ReloadRequest                     asks for a rolling reload of the cluster
+//! worker → master   ReloadRequest                     asks for a reload (older workers; now `System { RequestReload }`)
 //! worker → master   Send { to, ack, payload }         one-way to the master, a worker, all, a group
 //! worker → master   Ask { id, to, payload }           … AskReply { id, payload } or AskFailed
 //! worker → master   System { id, op }                 groups, confirmations, info, controls

@@ -182,3 +182,45 @@ async fn stop_cluster_from_a_worker_is_refused_by_default_and_stops_it_where_per
     })
     .await;
 }
+
+#[actix::test]
+async fn a_kill_or_an_end_of_a_worker_waiting_out_its_backoff_answers_at_once() {
+    within(60, async {
+        let slow = procactor::RestartPolicy {
+            backoff: procactor::Backoff {
+                floor: Duration::from_secs(30),
+                jitter: 0.0,
+                ..procactor::Backoff::default()
+            },
+            ..procactor::RestartPolicy::default()
+        };
+        let (events, mut rx) = collector::<WorkerEvent>();
+        let cluster = ClusterSupervisor::builder::<Echo>(echo_config(1).restart(slow))
+            .subscribe(events)
+            .start()
+            .await
+            .unwrap();
+        // A crash (not asked for): the slot waits 30 s before its restart.
+        cluster.worker(0).do_send(Call(EchoMsg::Exit(3)));
+        next_matching(&mut rx, Duration::from_secs(10), |e| {
+            matches!(e.kind, WorkerEventKind::Restarting { .. })
+        })
+        .await
+        .expect("a backoff");
+        let killed = tokio::time::timeout(Duration::from_secs(5), cluster.kill(0))
+            .await
+            .expect("the kill answers at once")
+            .unwrap();
+        assert_eq!(killed, ExitReason::Exited(3), "the last process's exit");
+        let ended = cluster
+            .end_worker(Target::Id(0), Ending::Graceful { status: 1 })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(ended, procactor::Error::Ask(AskError::NotRunning(0))),
+            "{ended:?}"
+        );
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}

@@ -209,7 +209,11 @@ impl<A: WorkerActor> Handler<Tell<A>> for Worker<A> {
 }
 
 fn when_exited<A: WorkerActor>(act: &mut Worker<A>) -> ResponseFuture<ExitReason> {
-    if matches!(act.state(), WorkerState::Exited | WorkerState::Failed) {
+    // Waiting out a backoff, the slot has no process: its last one has exited already.
+    if matches!(
+        act.state(),
+        WorkerState::Exited | WorkerState::Failed | WorkerState::Backoff
+    ) {
         let reason = act.last_exit().cloned().unwrap_or(ExitReason::Killed);
         return Box::pin(async move { reason });
     }

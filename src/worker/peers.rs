@@ -237,17 +237,21 @@ impl<A: WorkerActor> WorkerHandle<A> {
         })
     }
 
-    /// Joins `group`; messages published to it after this resolves reach this worker. A
-    /// worker's memberships end with its process.
+    /// Joins topic `group`; messages published to it after this resolves reach this worker. A
+    /// worker's memberships end with its process. A worker is a member of its own supervision
+    /// group's topic from its start: joining that one does nothing (see [`ClusterInfo`'s
+    /// Groups](crate::ClusterInfo#groups)).
     ///
     /// # Errors
+    /// [`AskError::Invalid`] past 1024 topics or for a name over 1 KiB (README's Bounds),
     /// [`AskError::Timeout`] (10 s), [`AskError::Closed`].
     pub async fn join(&self, group: &str) -> Result<(), AskError> {
         self.system(SystemOp::Join(group), Duration::from_secs(10))
             .await
     }
 
-    /// Leaves `group`; nothing published to it after this resolves reaches this worker.
+    /// Leaves topic `group`; nothing published to it after this resolves reaches this worker.
+    /// Its own supervision group's topic cannot be left: leaving it does nothing.
     ///
     /// # Errors
     /// As [`join`](Self::join).
