@@ -118,8 +118,8 @@ pub use event::{WorkerEvent, WorkerEventKind, WorkerInfo};
 pub use listen::{activated_sockets, ListenAddr};
 pub use messaging::{ClusterInfo, Peer, Route, SystemOp, Via, WorkerStats};
 pub use proxy::{
-    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, Replaced, Stop, Tell,
-    TellAck, TellResponse, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
+    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, OldExit, Replace, Replaced, Stop,
+    Tell, TellAck, TellResponse, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
 };
 pub use state::{WorkerId, WorkerState};
 pub use supervisor::{ClusterSupervisor, ListWorkers, ReloadEvent, ReloadReport, StopAll};

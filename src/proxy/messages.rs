@@ -277,7 +277,8 @@ impl<A: WorkerActor> Handler<Decided> for Worker<A> {
 }
 
 /// Replaces the slot's process with a new one without a gap in service (one step of a rolling
-/// restart); resolves once the old process has finished and exited.
+/// restart); resolves at the hand-over, once the new process serves and the old one has been
+/// told to stop. [`Replaced::old_exited`] resolves once the old process has finished and exited.
 ///
 /// A new process of the program as it is on disk now is started beside the serving one. When it
 /// is ready, it takes the slot's messages and the old one is stopped gracefully (`Shutdown`, its
