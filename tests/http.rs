@@ -345,8 +345,8 @@ async fn a_replace_answers_at_the_hand_over_and_the_next_one_waits_for_the_old_p
     within(120, async {
         // An idle connection holds the old process in its grace.
         let grace = Duration::from_secs(2);
-        let config = http_config(1, Path::new(HTTP_BIN))
-            .env(DRAIN_GRACE_ENV, grace.as_millis().to_string());
+        let config =
+            http_config(1, Path::new(HTTP_BIN)).env(DRAIN_GRACE_ENV, grace.as_millis().to_string());
         let cluster = ClusterSupervisor::start::<HttpWorker>(config)
             .await
             .unwrap();
@@ -358,10 +358,19 @@ async fn a_replace_answers_at_the_hand_over_and_the_next_one_waits_for_the_old_p
         assert_eq!(one.old_pid, Some(first));
         assert_eq!(one.old_exit, OldExit::Draining);
         assert!(is_alive(first), "the old process drains after the answer");
+        // Another idle connection, on the new process, for what follows.
+        let second = one.new_pid.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut held = loop {
+            let mut conn = KeepAlive::connect(tcp_addr(&cluster)).unwrap();
+            if parse_pid(&conn.get("/").unwrap().body) == Some(second) {
+                break conn;
+            }
+            assert!(Instant::now() < deadline, "the new process never answered");
+        };
         // The next Replace begins once that process has exited.
         let two = worker.send(procactor::Replace).await.unwrap().unwrap();
         assert!(!is_alive(first), "the second Replace did not wait");
-        assert_eq!(two.old_pid, one.new_pid);
         let exit = one.old_exited().await;
         assert!(exit.is_normal(), "{exit}");
         let OldExit::Exited { drained_in, .. } = exit else {
@@ -370,8 +379,18 @@ async fn a_replace_answers_at_the_hand_over_and_the_next_one_waits_for_the_old_p
         // Nobody used the idle connection: it was closed at the end of the grace.
         assert!(drained_in >= grace, "drained in {drained_in:?}");
         assert!(idle.closed_by_server());
-        assert!(two.old_exited().await.is_normal());
+        // A stop of the slot waits for its old process still in its grace, too.
+        assert_eq!(two.old_pid, Some(second));
+        assert!(is_alive(second), "the second old process drains");
         cluster.stop().await.unwrap();
+        let alive = is_alive(second);
+        let exit = two.old_exited().await;
+        assert!(
+            !alive,
+            "the cluster stopped before a draining process: {exit:?}"
+        );
+        assert!(exit.is_normal(), "{exit:?}");
+        assert!(held.closed_by_server());
     })
     .await;
 }

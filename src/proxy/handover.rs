@@ -291,4 +291,16 @@ impl<R> Handover<R> {
     pub(super) fn take(&mut self) -> Self {
         std::mem::take(self)
     }
+
+    /// Takes out the `Replace` of a promoted replacement, leaving `Serving`; any other phase
+    /// (an old process draining, for one) stays as it is.
+    pub(super) fn take_promoted(&mut self) -> Option<ReplaceReply> {
+        match self.take() {
+            Handover::Promoted { reply } => Some(reply),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
 }

@@ -31,7 +31,7 @@ impl<A: WorkerActor> Worker<A> {
             for tx in self.ready_waiters.drain(..) {
                 let _ = tx.send(Ok(()));
             }
-            if let Handover::Promoted { mut reply } = self.handover.take() {
+            if let Some(mut reply) = self.handover.take_promoted() {
                 reply.new_pid = pid;
                 let old_exit = self.last_exit.clone().unwrap_or(ExitReason::Killed);
                 reply.resolve(self.id, generation, Ok(old_exit));
@@ -110,13 +110,24 @@ impl<A: WorkerActor> Worker<A> {
 
     /// The promoted replacement exited before it was ready: the `Replace` fails.
     pub(super) fn promoted_failed(&mut self, reason: ExitReason, last_stderr: Vec<String>) {
-        if let Handover::Promoted { reply } = self.handover.take() {
+        if let Some(reply) = self.handover.take_promoted() {
             let failed = ReplaceError::Failed {
                 worker: self.id,
                 reason,
                 last_stderr,
             };
             reply.resolve(self.id, self.proc.generation, Err(failed));
+        }
+    }
+
+    /// Resolves once the old process of a `Replace`, if one still drains, has exited: a stop of
+    /// the slot waits for it too.
+    pub(crate) fn old_drained(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let retiring = self.handover.retiring().map(|retire| retire.wait());
+        async move {
+            if let Some(retiring) = retiring {
+                retiring.await;
+            }
         }
     }
 
