@@ -184,7 +184,7 @@ impl Progress {
             ready_ms = replaced.ready_in.as_millis() as u64,
             done = self.report.replaced.len() + 1,
             of = self.of,
-            "worker replaced; the old process drains"
+            "worker replaced"
         );
         self.report.replaced.push(replaced.clone());
         self.tell(ReloadEvent::Replaced {
