@@ -4,12 +4,17 @@
 //! cargo run --release --example http_cluster -- --listen 127.0.0.1:8080 --workers 4
 //! curl http://127.0.0.1:8080/          # pid <n>: the worker that answered
 //! kill -HUP <master pid>               # rolling reload: every worker replaced, one at a time
+//!                                      # (more SIGHUPs during a reload: one more reload)
 //! kill -TERM <master pid>              # graceful stop (or Ctrl-C); exits 0
 //! ```
 //!
 //! The master binds the port once and hands it to every worker ([`HttpWorker`], this same
 //! executable re-run in worker role). It prints a line when a worker comes up or goes down and
-//! the progress of every reload. A deploy is: replace the binary, send SIGHUP.
+//! the progress of every reload, with how long each worker's replacement took. A deploy is:
+//! replace the binary, send SIGHUP. A replaced worker drains beside the next replacements (its
+//! idle keep-alive connections stay open for a grace, `PROCACTOR_HTTP_DRAIN_GRACE_MS`, and every
+//! response tells the client to reconnect): no request fails, even of a client that never
+//! resends one.
 
 use std::time::Duration;
 
@@ -50,10 +55,11 @@ impl Handler<ReloadEvent> for Printer {
         match e {
             ReloadEvent::Started { workers } => println!("reload  started: {workers} workers"),
             ReloadEvent::Replaced { replaced, done, of } => println!(
-                "reload  {done}/{of}: worker {} pid {} -> {}",
+                "reload  {done}/{of}: worker {} pid {} -> {} in {} ms",
                 replaced.worker,
                 replaced.old_pid.unwrap_or_default(),
-                replaced.new_pid.unwrap_or_default()
+                replaced.new_pid.unwrap_or_default(),
+                replaced.ready_in.as_millis()
             ),
             ReloadEvent::Done { replaced, elapsed } => {
                 println!("reload  done: {replaced} workers in {elapsed:?}")

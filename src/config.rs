@@ -20,6 +20,11 @@ pub use restart::{Backoff, Escalation, Intensity, RestartPolicy, RestartType, St
 /// The name of a cluster's only group when it was not given groups.
 pub const DEFAULT_GROUP: &str = "workers";
 
+/// The environment variable in which every process the master starts (a worker or a plain
+/// program) finds the cluster's shutdown timeout, in milliseconds: how long it has, once told to
+/// stop (`Shutdown`, or SIGTERM for a plain program), before the master kills it.
+pub(crate) const SHUTDOWN_TIMEOUT_ENV: &str = "PROCACTOR_SHUTDOWN_TIMEOUT_MS";
+
 /// How a cluster's workers are started and talked to.
 ///
 /// ```

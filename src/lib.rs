@@ -122,8 +122,8 @@ pub use messaging::{
     ClusterInfo, ConfirmationRounds, Ending, Peer, Route, SystemOp, Target, Via, WorkerStats,
 };
 pub use proxy::{
-    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, Replace, Replaced, Stop, Tell,
-    TellAck, TellResponse, Terminate, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
+    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, OldExit, Replace, Replaced, Stop,
+    Tell, TellAck, TellResponse, Terminate, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
 };
 pub use state::{WorkerId, WorkerState};
 pub use supervisor::{ClusterSupervisor, ListWorkers, ReloadEvent, ReloadReport, StopAll};

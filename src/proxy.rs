@@ -23,6 +23,7 @@
 //! new one is ready, the slot's messages go to it and the old one is stopped gracefully: it gets
 //! `Shutdown`, answers what it was sent before, runs its `stopping` hook (an HTTP worker stops
 //! accepting and finishes its requests there) and exits. Its replies still reach their callers.
+//! The [`Replace`] resolves at the hand-over; [`Replaced::old_exited`] once the old one is gone.
 //! A replacement that exits or is not ready within the ready timeout is killed, and the old
 //! process goes on serving as if nothing happened. The [`Addr`](actix::Addr) never changes.
 //!
@@ -62,7 +63,7 @@ mod spec;
 mod stdin;
 
 pub use actor::Worker;
-pub use handover::Replaced;
+pub use handover::{OldExit, Replaced};
 pub use links::{FromWorker, WorkerRequest};
 pub(crate) use links::{Handlers, Links, RequestHandler};
 pub(crate) use messages::Decided;

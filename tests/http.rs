@@ -1,5 +1,9 @@
 //! HTTP workers on the shared port under steady load: rolling reloads, rollback, scaling, a
 //! plain socket-activated program, and the `http_cluster` example driven by signals.
+//!
+//! The load client never resends a request (`common::http`): every request that got no
+//! complete response counts as failed, so these tests hold the drain to what a client that does
+//! not retry sees.
 
 mod common;
 
@@ -11,11 +15,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::within;
-use common::http::{get, parse_pid, Load, LoadOptions};
+use common::http::{get, parse_pid, KeepAlive, Load, LoadOptions};
 use common::{is_alive, wait_until, KillOnDrop};
-use procactor::actors::http::{HttpMsg, HttpReply, HttpWorker};
+use procactor::actors::http::{HttpMsg, HttpReply, HttpWorker, DRAIN_GRACE_ENV};
 use procactor::prelude::*;
-use procactor::{CallError, Error, ListenAddr, ReloadError, ReplaceError};
+use procactor::{CallError, Error, ListenAddr, OldExit, ReloadError, ReloadReport, ReplaceError};
 
 const HTTP_BIN: &str = env!("CARGO_BIN_EXE_procactor-http");
 
@@ -73,6 +77,33 @@ async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Every old process of `report` exited cleanly, and the drains overlapped the next slots'
+/// replacements: the reload took less than its replacements and drains one after another
+/// (each drain lasts at least the drain's shortest grace, 100 ms).
+fn drains_overlapped(report: &ReloadReport) {
+    let mut serial = Duration::ZERO;
+    for r in &report.replaced {
+        let OldExit::Exited { reason, drained_in } = &r.old_exit else {
+            panic!("worker {} still drains: {report:?}", r.worker);
+        };
+        assert!(reason.is_normal(), "worker {}: {reason}", r.worker);
+        println!(
+            "worker {}: replaced in {} ms, old drained in {} ms",
+            r.worker,
+            r.ready_in.as_millis(),
+            drained_in.as_millis()
+        );
+        serial += r.ready_in + *drained_in;
+    }
+    println!("reload: {} ms", report.elapsed.as_millis());
+    assert!(
+        report.elapsed < serial,
+        "the drains did not overlap: {} ms, one after another {} ms",
+        report.elapsed.as_millis(),
+        serial.as_millis()
+    );
+}
+
 /// A private copy of the HTTP worker binary, to be replaced as a deploy would.
 struct Deployed {
     dir: PathBuf,
@@ -128,6 +159,7 @@ async fn a_rolling_reload_of_4_workers_under_load_answers_every_request_from_new
         let mark = Instant::now();
         let new = pids(&cluster).await;
         assert_eq!(report.replaced.len(), 4);
+        drains_overlapped(&report);
         assert!(new.is_disjoint(&old), "old {old:?} new {new:?}");
         for pid in &new {
             assert!(
@@ -213,6 +245,9 @@ async fn scaling_down_and_up_under_load_fails_no_request() {
         let two = pids(&cluster).await;
         assert_eq!(two.len(), 2);
         assert!(two.is_subset(&four));
+        for pid in four.difference(&two) {
+            assert!(!is_alive(*pid), "stopped worker {pid} still runs");
+        }
         let mark = Instant::now();
         until(30, "the two remaining workers to answer", || {
             load.stats().pids_since(mark) == two
@@ -229,7 +264,133 @@ async fn scaling_down_and_up_under_load_fails_no_request() {
         .await;
         let stats = load.stop();
         assert_eq!(stats.failures, 0, "{}", stats.summary());
+        assert!(stats.pids.is_superset(&four), "{}", stats.summary());
         cluster.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[actix::test]
+async fn a_draining_worker_answers_a_request_on_an_idle_connection_and_tells_it_to_close() {
+    within(120, async {
+        let grace = Duration::from_secs(5);
+        let config =
+            http_config(1, Path::new(HTTP_BIN)).env(DRAIN_GRACE_ENV, grace.as_millis().to_string());
+        let cluster = ClusterSupervisor::start::<HttpWorker>(config)
+            .await
+            .unwrap();
+        let addr = tcp_addr(&cluster);
+        let mut idle = KeepAlive::connect(addr).unwrap();
+        let first = idle.get("/").unwrap();
+        assert!(!first.close, "{first:?}");
+        let old = parse_pid(&first.body).unwrap();
+
+        let client = async {
+            // Once a new connection reaches another process, the old one has handed over.
+            loop {
+                let answer = tokio::task::spawn_blocking(move || get(addr, "/"))
+                    .await
+                    .unwrap();
+                if let Ok((200, body)) = answer {
+                    if parse_pid(&body) != Some(old) {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // The connection idles, then asks again: answered by the old process until its
+            // drain began, then once more, with `Connection: close`, and closed after that.
+            tokio::task::spawn_blocking(move || {
+                let deadline = Instant::now() + grace;
+                let mut replies = Vec::new();
+                loop {
+                    std::thread::sleep(Duration::from_millis(200));
+                    let reply = idle.get("/").expect("a request on the idle connection");
+                    let close = reply.close;
+                    replies.push(reply);
+                    if close || Instant::now() > deadline {
+                        break;
+                    }
+                }
+                (replies, idle.closed_by_server())
+            })
+            .await
+            .unwrap()
+        };
+        let (report, (replies, closed)) = tokio::join!(cluster.reload(), client);
+        let report = report.unwrap();
+        for reply in &replies {
+            assert_eq!(reply.status, 200, "{replies:?}");
+            assert_eq!(parse_pid(&reply.body), Some(old), "{replies:?}");
+        }
+        assert!(
+            replies.last().unwrap().close,
+            "never told to close: {replies:?}"
+        );
+        assert!(closed, "the connection stayed open after Connection: close");
+        // The grace ended once no connection was open, long before its 5 s.
+        let OldExit::Exited { reason, drained_in } = &report.replaced[0].old_exit else {
+            panic!("{report:?}");
+        };
+        assert!(reason.is_normal(), "{reason}");
+        assert!(*drained_in < grace, "drained in {drained_in:?}");
+        assert!(!is_alive(old));
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[actix::test]
+async fn a_replace_answers_at_the_hand_over_and_the_next_one_waits_for_the_old_process() {
+    within(120, async {
+        // An idle connection holds the old process in its grace.
+        let grace = Duration::from_secs(2);
+        let config =
+            http_config(1, Path::new(HTTP_BIN)).env(DRAIN_GRACE_ENV, grace.as_millis().to_string());
+        let cluster = ClusterSupervisor::start::<HttpWorker>(config)
+            .await
+            .unwrap();
+        let mut idle = KeepAlive::connect(tcp_addr(&cluster)).unwrap();
+        let first = parse_pid(&idle.get("/").unwrap().body).unwrap();
+
+        let worker = cluster.worker(0);
+        let one = worker.send(procactor::Replace).await.unwrap().unwrap();
+        assert_eq!(one.old_pid, Some(first));
+        assert_eq!(one.old_exit, OldExit::Draining);
+        assert!(is_alive(first), "the old process drains after the answer");
+        // Another idle connection, on the new process, for what follows.
+        let second = one.new_pid.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut held = loop {
+            let mut conn = KeepAlive::connect(tcp_addr(&cluster)).unwrap();
+            if parse_pid(&conn.get("/").unwrap().body) == Some(second) {
+                break conn;
+            }
+            assert!(Instant::now() < deadline, "the new process never answered");
+        };
+        // The next Replace begins once that process has exited.
+        let two = worker.send(procactor::Replace).await.unwrap().unwrap();
+        assert!(!is_alive(first), "the second Replace did not wait");
+        let exit = one.old_exited().await;
+        assert!(exit.is_normal(), "{exit}");
+        let OldExit::Exited { drained_in, .. } = exit else {
+            unreachable!()
+        };
+        // Nobody used the idle connection: it was closed at the end of the grace.
+        assert!(drained_in >= grace, "drained in {drained_in:?}");
+        assert!(idle.closed_by_server());
+        // A stop of the slot waits for its old process still in its grace, too.
+        assert_eq!(two.old_pid, Some(second));
+        assert!(is_alive(second), "the second old process drains");
+        cluster.stop().await.unwrap();
+        let alive = is_alive(second);
+        let exit = two.old_exited().await;
+        assert!(
+            !alive,
+            "the cluster stopped before a draining process: {exit:?}"
+        );
+        assert!(exit.is_normal(), "{exit:?}");
+        assert!(held.closed_by_server());
     })
     .await;
 }
@@ -272,6 +433,48 @@ async fn a_plain_program_serves_on_the_socket_it_is_handed() {
     .await;
 }
 
+async fn plain_pids(cluster: &Cluster<HttpWorker>) -> BTreeSet<u32> {
+    let workers = cluster.workers().await.unwrap();
+    workers.iter().filter_map(|i| i.pid).collect()
+}
+
+#[actix::test]
+async fn a_plain_program_reloaded_under_load_fails_no_request() {
+    within(180, async {
+        let config = http_config(4, Path::new(HTTP_BIN)).plain(true);
+        let cluster = ClusterSupervisor::start::<HttpWorker>(config)
+            .await
+            .unwrap();
+        let addr = tcp_addr(&cluster);
+        let old = plain_pids(&cluster).await;
+        assert_eq!(old.len(), 4);
+        let load = steady_load(addr);
+        until(30, "every plain program to answer", || {
+            load.stats().pids.is_superset(&old)
+        })
+        .await;
+
+        // Each old program gets SIGTERM as soon as its replacement runs, and drains.
+        let report = cluster.reload().await.unwrap();
+        assert_eq!(report.replaced.len(), 4);
+        drains_overlapped(&report);
+        for pid in &old {
+            assert!(!is_alive(*pid), "old program {pid} still runs");
+        }
+        let new = plain_pids(&cluster).await;
+        assert!(new.is_disjoint(&old), "old {old:?} new {new:?}");
+        let mark = Instant::now();
+        until(30, "every new program to answer", || {
+            load.stats().pids_since(mark) == new
+        })
+        .await;
+        let stats = load.stop();
+        assert_eq!(stats.failures, 0, "{}", stats.summary());
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}
+
 /// `target/<profile>/examples/http_cluster`, built by `cargo test` beside the binaries.
 fn example_path() -> PathBuf {
     Path::new(HTTP_BIN)
@@ -281,52 +484,143 @@ fn example_path() -> PathBuf {
         .join("http_cluster")
 }
 
-#[test]
-fn the_http_cluster_example_reloads_on_sighup_and_stops_on_sigterm_with_status_0() {
-    let mut child = Command::new(example_path())
-        .args(["--listen", "127.0.0.1:0", "--workers", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the example is built by cargo test");
-    let _guard = KillOnDrop(child.id());
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
+/// The `http_cluster` example as a master of its own, driven by signals: its output lines,
+/// read by a thread.
+struct ExampleMaster {
+    child: std::process::Child,
+    _guard: KillOnDrop,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// `(worker, pid)` of every `up` line so far, in order.
+    ups: Vec<(usize, u32)>,
+}
+
+impl ExampleMaster {
+    fn start(workers: usize) -> Self {
+        let mut child = Command::new(example_path())
+            .args(["--listen", "127.0.0.1:0", "--workers", &workers.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the example is built by cargo test");
+        let guard = KillOnDrop(child.id());
+        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            _guard: guard,
+            lines,
+            ups: Vec::new(),
+        }
+    }
+
+    /// The next line within `timeout`, noting the `up` lines.
+    fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        if let Some(rest) = line.strip_prefix("up      worker ") {
+            // "up      worker 0 (pid 123), generation 1"
+            let worker = rest.split(' ').next().and_then(|w| w.parse().ok());
+            let pid = rest
+                .split("(pid ")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .and_then(|p| p.parse().ok());
+            if let (Some(worker), Some(pid)) = (worker, pid) {
+                self.ups.push((worker, pid));
             }
         }
-    });
-    let wait_line = |what: &str| -> String {
+        Some(line)
+    }
+
+    /// Reads lines until one contains `what` (60 s at most).
+    fn wait_line(&mut self, what: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no line with {what:?}: {e}"),
+            match self.next_line(left) {
+                Some(line) if line.contains(what) => return line,
+                Some(_) => {}
+                None => panic!("no line with {what:?}"),
             }
         }
-    };
-    let serving = wait_line("serving http://");
-    let addr: SocketAddr = serving
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{serving}"));
+    }
+
+    /// The address of the `serving http://…/` line.
+    fn serving(&mut self) -> SocketAddr {
+        let serving = self.wait_line("serving http://");
+        serving
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{serving}"))
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    /// The pid each worker runs now (its last `up` line), and every pid that came up before.
+    fn current_and_old(&self) -> (BTreeSet<u32>, BTreeSet<u32>) {
+        let mut last = std::collections::BTreeMap::new();
+        for (worker, pid) in &self.ups {
+            last.insert(*worker, *pid);
+        }
+        let current: BTreeSet<u32> = last.values().copied().collect();
+        let old = self
+            .ups
+            .iter()
+            .map(|(_, pid)| *pid)
+            .filter(|pid| !current.contains(pid))
+            .collect();
+        (current, old)
+    }
+
+    /// SIGTERM: it prints `stopped` and exits with status 0, and no worker outlives it.
+    fn stop(mut self, workers: &BTreeSet<u32>) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_line("stopped");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the example did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0));
+        for pid in workers {
+            assert!(
+                wait_until(Duration::from_secs(5), || !is_alive(*pid)),
+                "worker {pid} outlived the master"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_http_cluster_example_reloads_on_sighup_and_stops_on_sigterm_with_status_0() {
+    let mut master = ExampleMaster::start(2);
+    let addr = master.serving();
     let load = steady_load(addr);
     let before = load.stats().pids;
 
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    wait_line("reload  started: 2 workers");
-    wait_line("reload  1/2");
-    wait_line("reload  2/2");
-    wait_line("reload  done");
+    master.signal(nix::sys::signal::Signal::SIGHUP);
+    master.wait_line("reload  started: 2 workers");
+    master.wait_line("reload  1/2");
+    master.wait_line("reload  2/2");
+    master.wait_line("reload  done");
     let mark = Instant::now();
     assert!(wait_until(Duration::from_secs(30), || {
         let since = load.stats().pids_since(mark);
@@ -334,27 +628,62 @@ fn the_http_cluster_example_reloads_on_sighup_and_stops_on_sigterm_with_status_0
     }));
     let stats = load.stop();
     assert_eq!(stats.failures, 0, "{}", stats.summary());
+    master.stop(&stats.pids);
+}
 
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    wait_line("stopped");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the example did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
-    for pid in stats.pids {
-        assert!(
-            wait_until(Duration::from_secs(5), || !is_alive(pid)),
-            "worker {pid} outlived the master"
-        );
+#[test]
+fn a_storm_of_10_sighups_in_100_ms_gives_at_most_two_reloads_and_fails_no_request() {
+    let mut master = ExampleMaster::start(4);
+    let addr = master.serving();
+    let load = steady_load(addr);
+
+    // Ten SIGHUPs, 5 ms apart: the first starts a reload, the others share one queued behind it.
+    let storm = Instant::now();
+    for _ in 0..10 {
+        master.signal(nix::sys::signal::Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(5));
     }
+    println!("10 SIGHUPs sent in {} ms", storm.elapsed().as_millis());
+    // A queued reload starts in the same turn of the supervisor as the one before ends, so 3 s
+    // with no start after as many `done` as `started` lines means no reload follows.
+    let (mut started, mut done) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let quiet = if started > 0 && done == started {
+            Duration::from_secs(3)
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        let Some(line) = master.next_line(quiet) else {
+            assert!(started > 0 && done == started, "no reload ended in time");
+            break;
+        };
+        assert!(!line.contains("reload  failed"), "{line}");
+        if line.contains("reload  started") {
+            started += 1;
+        } else if line.contains("reload  done") {
+            println!("{line}");
+            done += 1;
+        }
+    }
+    println!("{started} reloads for 10 SIGHUPs");
+    assert!((1..=2).contains(&started), "{started} reloads");
+
+    // Every reload waited for its old processes: none is left once the last one is done.
+    let (current, old) = master.current_and_old();
+    assert_eq!(current.len(), 4, "{:?}", master.ups);
+    assert_eq!(old.len(), 4 * started, "{:?}", master.ups);
+    for pid in &old {
+        assert!(!is_alive(*pid), "old worker {pid} still runs");
+    }
+    let mark = Instant::now();
+    assert!(wait_until(Duration::from_secs(30), || load
+        .pids_since(mark)
+        == current));
+    let stats = load.stop();
+    assert_eq!(stats.failures, 0, "{}", stats.summary());
+    assert!(stats.pids.is_superset(&old), "{}", stats.summary());
+    master.stop(&current);
 }
 
 #[actix::test]

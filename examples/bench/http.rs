@@ -1,9 +1,11 @@
 //! HTTP figures: requests per second through 4 workers against 1 worker on the shared port, and
-//! a 4-worker rolling reload under load (its duration and failed requests) against the naive
-//! restart (every worker killed and restarted by the supervisor) under the same load.
+//! a 4-worker rolling reload under load (its duration, each worker's replacement and drain, and
+//! failed requests) against the naive restart (every worker killed and restarted by the
+//! supervisor) under the same load.
 //!
 //! The load comes from OS threads in this process with the tests' hand-written HTTP/1.1 client,
-//! so client and servers share the machine's cores.
+//! so client and servers share the machine's cores. The client never resends a request: every
+//! request that got no complete response counts as failed.
 
 #[path = "../../tests/common/http.rs"]
 mod client;
@@ -26,7 +28,10 @@ pub(crate) struct HttpFigures {
     pub(crate) req_per_s_1w: f64,
     pub(crate) reload_ms: f64,
     pub(crate) reload_failed_requests: u64,
-    pub(crate) reload_retried_idle_close: u64,
+    /// Per worker, from its `Replace` until its new process served (the mean).
+    pub(crate) reload_worker_ms: f64,
+    /// Per worker, from the hand-over until its old process exited (the longest).
+    pub(crate) reload_drain_ms_max: f64,
     pub(crate) kill_restart_ms: f64,
     pub(crate) kill_restart_failed_requests: u64,
 }
@@ -119,10 +124,21 @@ pub(crate) async fn measure(quick: bool) -> Result<HttpFigures, procactor::Error
     tokio::time::sleep(window / 4).await;
     let report = cluster.reload().await?;
     figures.reload_ms = report.elapsed.as_secs_f64() * 1e3;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let workers = report.replaced.len().max(1) as f64;
+    figures.reload_worker_ms =
+        report.replaced.iter().map(|r| ms(r.ready_in)).sum::<f64>() / workers;
+    figures.reload_drain_ms_max = report
+        .replaced
+        .iter()
+        .filter_map(|r| match &r.old_exit {
+            procactor::OldExit::Exited { drained_in, .. } => Some(ms(*drained_in)),
+            _ => None,
+        })
+        .fold(0.0, f64::max);
     tokio::time::sleep(window / 4).await;
     let stats = load.stop();
     figures.reload_failed_requests = stats.failures;
-    figures.reload_retried_idle_close = stats.retried_idle_close;
 
     // The naive restart under the same load: kill every worker, let the supervisor restart it.
     let load = Load::start(addr_of(&cluster), options);

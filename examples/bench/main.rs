@@ -195,7 +195,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     // Figures with a baseline of their own: (key, value, baseline key, baseline, ratio key).
-    let pairs: [(&str, f64, &str, f64, &str); 6] = [
+    let pairs: [(&str, f64, &str, f64, &str); 7] = [
         (
             "log_records_per_s",
             logs.records_per_s,
@@ -232,6 +232,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "reload_vs_kill_restart",
         ),
         (
+            "reload_worker_ms",
+            web.reload_worker_ms,
+            "reload_drain_ms_max",
+            web.reload_drain_ms_max,
+            "",
+        ),
+        (
             "reload_failed_requests",
             web.reload_failed_requests as f64,
             "kill_restart_failed_requests",
@@ -253,10 +260,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 fields.push(format!("\"{ratio_key}\":{:.3}", value / base));
             }
         }
-        fields.push(format!(
-            "\"reload_retried_idle_close\":{}",
-            web.reload_retried_idle_close
-        ));
         fields.push(format!("\"cache_ops_per_s\":{cache_rate:.3}"));
         match redis_rate {
             Some(redis) => {
@@ -293,10 +296,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (key, value, base_key, base, _) in pairs {
             println!("{key:<24} {value:>12.2}   {base_key:<30} {base:>12.2}");
         }
-        println!(
-            "{:<24} {:>12}   (keep-alive requests resent after the server closed an idle connection)",
-            "reload_retried_idle_close", web.reload_retried_idle_close
-        );
         match redis_rate {
             Some(redis) => println!(
                 "{:<24} {cache_rate:>12.2}   {:<30} {redis:>12.2}",

@@ -70,7 +70,8 @@ macro_rules! opaque_debug {
 }
 opaque_debug!(Call, Tell);
 
-/// Stops the worker gracefully and resolves with its exit reason once it has been reaped.
+/// Stops the worker gracefully and resolves with its exit reason once it has been reaped (and
+/// the old process of a [`Replace`] still draining, if any, has exited too).
 ///
 /// The worker gets `Shutdown`, handles what it was sent before it, runs its `stopping` hook and
 /// exits; it is killed with its process group if it has not exited within the shutdown timeout.
@@ -227,7 +228,13 @@ impl<A: WorkerActor> Handler<Stop> for Worker<A> {
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) -> Self::Result {
         self.stop_slot(ctx);
-        when_exited(self)
+        // An old process still draining from a `Replace` is waited for as well.
+        let (drained, exited) = (self.old_drained(), when_exited(self));
+        Box::pin(async move {
+            let reason = exited.await;
+            drained.await;
+            reason
+        })
     }
 }
 
@@ -304,7 +311,8 @@ impl<A: WorkerActor> Handler<Decided> for Worker<A> {
 }
 
 /// Replaces the slot's process with a new one without a gap in service (one step of a rolling
-/// restart); resolves once the old process has finished and exited.
+/// restart); resolves at the hand-over, once the new process serves and the old one has been
+/// told to stop. [`Replaced::old_exited`] resolves once the old process has finished and exited.
 ///
 /// A new process of the program as it is on disk now is started beside the serving one. When it
 /// is ready, it takes the slot's messages and the old one is stopped gracefully (`Shutdown`, its

@@ -1,5 +1,6 @@
 //! The proxy's side of a rolling hand-over ([`Replace`](crate::Replace)): start a replacement,
-//! hand the slot over once it is ready, resolve the `Replace` when the old process is gone.
+//! hand the slot over once it is ready and resolve the `Replace` then, tell the
+//! [`Replaced`](crate::Replaced) when the old process, stopped at the hand-over, has exited.
 
 use actix::dev::OneshotSender;
 use actix::prelude::*;
@@ -30,7 +31,7 @@ impl<A: WorkerActor> Worker<A> {
             for tx in self.ready_waiters.drain(..) {
                 let _ = tx.send(Ok(()));
             }
-            if let Handover::Promoted { mut reply } = self.handover.take() {
+            if let Some(mut reply) = self.handover.take_promoted() {
                 reply.new_pid = pid;
                 let old_exit = self.last_exit.clone().unwrap_or(ExitReason::Killed);
                 reply.resolve(self.id, generation, Ok(old_exit));
@@ -58,7 +59,10 @@ impl<A: WorkerActor> Worker<A> {
             let _ = tx.send(Ok(()));
         }
         if old.is_running() {
-            self.handover = Handover::Draining { old, reply };
+            // The answer goes out now, and is acted on once this turn of the proxy is over:
+            // by then the old process has been told to stop.
+            let retire = reply.hand_over(self.id, self.proc.generation);
+            self.handover = Handover::Draining { old, retire };
             self.begin_stop(old_generation, ctx);
         } else {
             // It exited while the replacement was starting (and was reported then).
@@ -80,9 +84,9 @@ impl<A: WorkerActor> Worker<A> {
                 };
                 reply.resolve(self.id, self.proc.generation, Err(failed));
             }
-            Handover::Draining { old, reply } if old.generation == generation => {
+            Handover::Draining { old, retire } if old.generation == generation => {
                 tracing::info!(worker = self.id, pid, generation, %reason, "replaced process exited");
-                reply.resolve(self.id, self.proc.generation, Ok(reason.clone()));
+                retire.exited(reason.clone());
             }
             other => self.handover = other,
         }
@@ -106,7 +110,7 @@ impl<A: WorkerActor> Worker<A> {
 
     /// The promoted replacement exited before it was ready: the `Replace` fails.
     pub(super) fn promoted_failed(&mut self, reason: ExitReason, last_stderr: Vec<String>) {
-        if let Handover::Promoted { reply } = self.handover.take() {
+        if let Some(reply) = self.handover.take_promoted() {
             let failed = ReplaceError::Failed {
                 worker: self.id,
                 reason,
@@ -116,12 +120,37 @@ impl<A: WorkerActor> Worker<A> {
         }
     }
 
-    /// Starts a replacement process for the slot; see [`Replace`](crate::Replace).
+    /// Resolves once the old process of a `Replace`, if one still drains, has exited: a stop of
+    /// the slot waits for it too.
+    pub(crate) fn old_drained(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let retiring = self.handover.retiring().map(|retire| retire.wait());
+        async move {
+            if let Some(retiring) = retiring {
+                retiring.await;
+            }
+        }
+    }
+
+    /// Starts a replacement process for the slot; see [`Replace`](crate::Replace). While the
+    /// old process of the last one still drains, it begins once that process has exited.
     pub(crate) fn begin_replace(
         &mut self,
         tx: OneshotSender<Result<Replaced, ReplaceError>>,
         ctx: &mut Context<Self>,
     ) {
+        if let Some(retire) = self.handover.retiring() {
+            tracing::info!(
+                worker = self.id,
+                "a replaced process still drains; the new Replace waits for its exit"
+            );
+            let drained = retire.wait();
+            ctx.spawn(
+                drained
+                    .into_actor(self)
+                    .map(move |(), act, ctx| act.begin_replace(tx, ctx)),
+            );
+            return;
+        }
         if self.handover.busy() {
             let _ = tx.send(Err(ReplaceError::Busy { worker: self.id }));
             return;

@@ -10,6 +10,7 @@ use super::actor::*;
 use super::generation::{Finished, Proc};
 use super::pipes::{self, ReadFrames};
 use super::DRAIN_AFTER_EXIT;
+use crate::config::SHUTDOWN_TIMEOUT_ENV;
 use crate::error::{ExitReason, SpawnError};
 use crate::event::WorkerEventKind;
 use crate::logger::Stream;
@@ -50,6 +51,8 @@ impl<A: WorkerActor> Worker<A> {
                 env.push((key.into(), value.into()));
             }
         }
+        let timeout_ms = config.shutdown_timeout.as_millis().to_string();
+        env.push((SHUTDOWN_TIMEOUT_ENV.into(), timeout_ms.into()));
         let listeners = self
             .spawn
             .listeners

@@ -1,17 +1,23 @@
 //! Rolling restarts: every worker replaced in turn, with no gap in service.
 //!
 //! For each serving slot in order, the slot's proxy starts a replacement beside the old process,
-//! waits until it is ready, hands the slot over to it and stops the old one gracefully
-//! ([`Replace`]). Only then does the next slot begin, after `reload_delay`. At every moment each
-//! slot has a ready process, so a reload of N workers never has fewer than N serving.
+//! waits until it is ready, hands the slot over to it and tells the old one to stop gracefully
+//! ([`Replace`]). The next slot begins then, after `reload_delay`, while the old process drains
+//! (an HTTP worker keeps its idle connections open for a grace period): the drains overlap, so
+//! a reload of N workers takes N start-ups and about one drain, not N drains. At every moment
+//! each slot has a ready process, so a reload of N workers never has fewer than N serving. The
+//! reload ends (its report, [`ReloadEvent::Done`]) once every old process has exited.
 //!
 //! The first replacement that fails (it crashes, or is not ready within the ready timeout) ends
 //! the reload: it is killed, its slot keeps its old process, the slots after it are not touched,
-//! and the error is reported. Slots replaced before it keep their new, ready process: every slot
-//! is served by exactly one whole process, old or new, never by none.
+//! and the error is reported once the old processes of the slots replaced before it have exited.
+//! Those slots keep their new, ready process: every slot is served by exactly one whole process,
+//! old or new, never by none.
 //!
-//! A reload asked for while one runs is queued: it starts when the running one ends, and every
-//! request made meanwhile shares it.
+//! Reloads are coalesced: a reload asked for while one runs is queued, and every request made
+//! meanwhile shares that one queued reload. It starts when the running one ends, so any number
+//! of requests during a reload (a burst of SIGHUPs) give at most one more reload, and it
+//! replaces the processes the running reload started, with the program as it is on disk then.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -36,16 +42,18 @@ pub enum ReloadEvent {
         /// The slots it will replace.
         workers: usize,
     },
-    /// One worker was replaced: `done` of `of`.
+    /// One worker was replaced: `done` of `of`. Its new process serves, and its old one
+    /// drains ([`OldExit::Draining`](crate::OldExit::Draining)); the reload's report says how
+    /// each old process ended.
     Replaced {
-        /// The replacement.
+        /// The replacement; [`Replaced::ready_in`] is how long this step took.
         replaced: Replaced,
         /// Workers replaced so far.
         done: usize,
         /// Workers this reload replaces.
         of: usize,
     },
-    /// Every worker was replaced.
+    /// Every worker was replaced and every old process has exited.
     Done {
         /// How many.
         replaced: usize,
@@ -62,12 +70,13 @@ pub enum ReloadEvent {
 /// What a finished reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
-    /// Every replacement, in slot order.
+    /// Every replacement, in slot order, with how long each took ([`Replaced::ready_in`]) and
+    /// how its old process ended ([`Replaced::old_exit`], with its drain time).
     pub replaced: Vec<Replaced>,
     /// Slots that had no serving process to replace (stopped, failed or restarting); those
     /// start the program as it is now when they start again.
     pub skipped: Vec<WorkerId>,
-    /// How long the reload took.
+    /// How long the reload took, until the last old process exited.
     pub elapsed: Duration,
 }
 
@@ -79,27 +88,16 @@ pub(super) async fn run(
     progress: Vec<Recipient<ReloadEvent>>,
 ) -> Result<ReloadReport, ReloadError> {
     let mut reload = Progress::start(slots.len(), progress);
-    for (step, (worker, replace)) in slots.into_iter().enumerate() {
-        if cancelled.get() {
-            return Err(reload.fail(None, &cancelled));
-        }
-        if step > 0 && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let result = replace
-            .send(Replace)
-            .await
-            .unwrap_or(Err(ReplaceError::Gone { worker }));
-        match result {
-            Ok(replaced) => reload.replaced(replaced),
-            Err(ReplaceError::NotServing { state, .. }) => {
-                tracing::info!(worker, ?state, "not serving; skipped by the reload");
-                reload.report.skipped.push(worker);
-            }
-            Err(source) => return Err(reload.fail(Some(source), &cancelled)),
-        }
+    let outcome = reload.replace_all(slots, delay, &cancelled).await;
+    if cancelled.get() {
+        // The cluster stops: it waits for every process itself.
+        return Err(reload.fail(None, &cancelled));
     }
-    Ok(reload.done())
+    reload.retired().await;
+    match outcome {
+        Ok(()) => Ok(reload.done()),
+        Err(source) => Err(reload.fail(Some(source), &cancelled)),
+    }
 }
 
 /// A reload under way: its report so far, and who hears of its progress.
@@ -127,6 +125,51 @@ impl Progress {
         progress
     }
 
+    /// Replaces the slots in turn, each once the one before serves; stops at the first failure
+    /// or when the cluster stops.
+    async fn replace_all(
+        &mut self,
+        slots: Vec<(WorkerId, Recipient<Replace>)>,
+        delay: Duration,
+        cancelled: &Cell<bool>,
+    ) -> Result<(), ReplaceError> {
+        for (step, (worker, replace)) in slots.into_iter().enumerate() {
+            if cancelled.get() {
+                return Ok(());
+            }
+            if step > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let result = replace
+                .send(Replace)
+                .await
+                .unwrap_or(Err(ReplaceError::Gone { worker }));
+            match result {
+                Ok(replaced) => self.replaced(replaced),
+                Err(ReplaceError::NotServing { state, .. }) => {
+                    tracing::info!(worker, ?state, "not serving; skipped by the reload");
+                    self.report.skipped.push(worker);
+                }
+                Err(source) => return Err(source),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the old process of every slot replaced so far has exited; the report says
+    /// how each ended.
+    async fn retired(&mut self) {
+        for replaced in &mut self.report.replaced {
+            replaced.old_exit = replaced.old_exited().await;
+            tracing::info!(
+                worker = replaced.worker,
+                old_pid = replaced.old_pid,
+                old_exit = %replaced.old_exit,
+                "replaced process gone"
+            );
+        }
+    }
+
     fn tell(&self, event: ReloadEvent) {
         for recipient in &self.recipients {
             recipient.do_send(event.clone());
@@ -138,6 +181,7 @@ impl Progress {
             worker = replaced.worker,
             old_pid = replaced.old_pid,
             new_pid = replaced.new_pid,
+            ready_ms = replaced.ready_in.as_millis() as u64,
             done = self.report.replaced.len() + 1,
             of = self.of,
             "worker replaced"
@@ -195,7 +239,11 @@ impl ClusterSupervisor {
             return;
         }
         if self.reload.running {
-            tracing::info!("a reload is running; the new request is queued behind it");
+            if self.reload.queued.is_some() {
+                tracing::info!("a reload is running and one is queued; the request joins it");
+            } else {
+                tracing::info!("a reload is running; a reload is queued behind it");
+            }
             self.reload
                 .queued
                 .get_or_insert_with(Vec::new)

@@ -122,7 +122,11 @@ impl Handler<ControlWorker> for ClusterSupervisor {
                 let done = slot.replace.send(Replace);
                 Box::pin(async move {
                     match done.await {
-                        Ok(Ok(_)) => Ok(()),
+                        // Answered once the old process is gone, not at the hand-over.
+                        Ok(Ok(replaced)) => {
+                            replaced.old_exited().await;
+                            Ok(())
+                        }
                         Ok(Err(e)) => Err(AskError::Failed(e.to_string())),
                         Err(e) => Err(AskError::Failed(e.to_string())),
                     }

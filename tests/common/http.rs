@@ -5,6 +5,11 @@
 //! connection closed before the response began, a response cut off midway), which an HTTP client
 //! library hides behind its own retries.
 //!
+//! It never resends a request, as many scripts and load balancers behave: every request that
+//! got no complete response is a failure, including one sent on a reused keep-alive connection
+//! that the server closed as the request crossed it. A keep-alive thread reconnects only after
+//! a response that said `Connection: close`, or after a failure.
+//!
 //! Scope: `GET` only; `Content-Length`, chunked and read-to-close bodies; no pipelining (one
 //! request in flight per connection). Every socket has 5 s read and write timeouts.
 //!
@@ -51,6 +56,54 @@ pub(crate) fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     }
 }
 
+/// A response as [`KeepAlive::get`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    /// The server said it closes the connection after this response.
+    pub(crate) close: bool,
+}
+
+/// One keep-alive connection, driven request by request (no resending).
+pub(crate) struct KeepAlive {
+    addr: SocketAddr,
+    conn: Conn,
+}
+
+impl KeepAlive {
+    /// Connects to `addr`.
+    pub(crate) fn connect(addr: SocketAddr) -> io::Result<KeepAlive> {
+        Ok(KeepAlive {
+            addr,
+            conn: Conn::connect(addr)?,
+        })
+    }
+
+    /// `GET path` on this connection (`Connection: keep-alive`).
+    ///
+    /// # Errors
+    /// As [`get`]: no response, a cut-off or malformed one.
+    pub(crate) fn get(&mut self, path: &str) -> io::Result<Reply> {
+        self.conn.send(self.addr, path, true)?;
+        match self.conn.read_response() {
+            Ok(res) => Ok(Reply {
+                status: res.status,
+                body: res.body,
+                close: res.close,
+            }),
+            Err(Cut::BeforeAnyByte(e)) => Err(e),
+            Err(Cut::Midway(why)) => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
+        }
+    }
+
+    /// Whether the server has closed the connection: end-of-file or a reset within
+    /// [`IO_TIMEOUT`], with no byte before it.
+    pub(crate) fn closed_by_server(&mut self) -> bool {
+        matches!(self.conn.more("next response"), Err(Cut::BeforeAnyByte(e)) if is_close(&e))
+    }
+}
+
 /// The pid in a body `pid <n>` (as `procactor-http` answers), if it is one.
 pub(crate) fn parse_pid(body: &str) -> Option<u32> {
     body.trim().strip_prefix("pid ")?.trim().parse().ok()
@@ -80,17 +133,23 @@ impl Default for LoadOptions {
 /// A snapshot of what a [`Load`] has seen.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LoadStats {
-    /// Responses with status 200, including those of retries.
+    /// Responses with status 200.
     pub(crate) ok: u64,
-    /// Requests that failed: connect errors, non-200 statuses, responses cut off midway, errors
-    /// on a new connection, failed retries, timeouts.
+    /// Requests that got no complete 200 response: connect errors, non-200 statuses, no
+    /// response at all (end-of-file or a reset, on a new or a reused connection), responses cut
+    /// off midway, timeouts. None is resent.
     pub(crate) failures: u64,
     /// The first [`MAX_FAILURE_SAMPLES`] failure descriptions.
     pub(crate) failure_samples: Vec<String>,
-    /// Requests on a reused keep-alive connection that met end-of-file or a reset before any
-    /// byte of their response (the server closed the idle connection; RFC 9112 §9.3.1), and were
-    /// sent again once on a new connection. The retry's outcome counts in `ok` or `failures`.
-    pub(crate) retried_idle_close: u64,
+    /// Of `failures`, the responses with a status other than 200, by status.
+    pub(crate) statuses: BTreeMap<u16, u64>,
+    /// Of `failures`, those on a reused keep-alive connection that met end-of-file or a reset
+    /// before any byte of their response (the server closed the idle connection as the request
+    /// crossed it; RFC 9112 §9.3.1). Counted apart to name the cause, not excused.
+    pub(crate) idle_close: u64,
+    /// Responses that carried `Connection: close` on a keep-alive connection (a draining
+    /// server telling the client to reconnect).
+    pub(crate) told_to_close: u64,
     /// Every pid that answered.
     pub(crate) pids: BTreeSet<u32>,
     /// Answers per pid.
@@ -115,8 +174,14 @@ impl LoadStats {
     /// One line for assertion messages, with the failure samples below it.
     pub(crate) fn summary(&self) -> String {
         let mut out = format!(
-            "ok {}, failures {}, retried after idle close {}, answers by pid {:?}",
-            self.ok, self.failures, self.retried_idle_close, self.answers
+            "ok {}, failures {} (statuses {:?}, on an idle connection closed {}), told to close \
+             {}, answers by pid {:?}",
+            self.ok,
+            self.failures,
+            self.statuses,
+            self.idle_close,
+            self.told_to_close,
+            self.answers
         );
         for sample in &self.failure_samples {
             out.push_str("\n  ");
@@ -176,8 +241,12 @@ impl Shared {
         std::thread::sleep(FAILURE_PAUSE);
     }
 
-    fn retried(&self) {
-        self.stats().retried_idle_close += 1;
+    fn idle_closed(&self) {
+        self.stats().idle_close += 1;
+    }
+
+    fn told_to_close(&self) {
+        self.stats().told_to_close += 1;
     }
 
     /// Records a response as ok or as a failure.
@@ -185,6 +254,7 @@ impl Shared {
         if res.status == 200 {
             self.ok(sent, &res.body);
         } else {
+            *self.stats().statuses.entry(res.status).or_default() += 1;
             self.fail(who, format!("status {}: {:?}", res.status, res.body));
         }
     }
@@ -256,7 +326,7 @@ fn spawn(name: String, body: impl FnOnce(&str) + Send + 'static) -> JoinHandle<(
 fn new_conn_loop(shared: &Shared, addr: SocketAddr, path: &str, who: &str) {
     while !shared.stopped() {
         let sent = Instant::now();
-        match exchange(None, addr, path, false) {
+        match exchange(addr, path, false) {
             Ok(res) => shared.response(who, sent, &res),
             Err(e) => shared.fail(who, format!("new connection: {e}")),
         }
@@ -287,53 +357,36 @@ fn keepalive_loop(shared: &Shared, addr: SocketAddr, path: &str, who: &str) {
             .send(addr, path, true)
             .map_err(Cut::BeforeAnyByte)
             .and_then(|()| current.read_response());
+        let which = if reused { "reused" } else { "new" };
+        // After a failure the connection is dropped: the next request goes on a new one.
         match outcome {
             Ok(res) => {
                 shared.response(who, sent, &res);
-                if !res.close {
+                if res.close {
+                    shared.told_to_close();
+                } else {
                     conn = Some(current);
                 }
             }
-            Err(Cut::BeforeAnyByte(e)) if reused && is_close(&e) => {
-                // The server closed the idle connection as this request crossed it: nothing of
-                // the request was processed; send it once more on a new connection.
-                shared.retried();
-                let sent = Instant::now();
-                match exchange(Some(&mut conn), addr, path, true) {
-                    Ok(res) => shared.response(who, sent, &res),
-                    Err(e2) => shared.fail(
-                        who,
-                        format!("retry after idle close ({e}, request {on_conn} on its connection) failed: {e2}"),
-                    ),
+            Err(Cut::BeforeAnyByte(e)) => {
+                if reused && is_close(&e) {
+                    shared.idle_closed();
                 }
-                on_conn = u64::from(conn.is_some());
+                shared.fail(
+                    who,
+                    format!("{which} connection, request {on_conn} on it: no response: {e}"),
+                );
             }
-            Err(Cut::BeforeAnyByte(e)) => shared.fail(
-                who,
-                format!(
-                    "{} connection, request {on_conn} on it: no response: {e}",
-                    if reused { "reused" } else { "new" }
-                ),
-            ),
             Err(Cut::Midway(why)) => shared.fail(
                 who,
-                format!(
-                    "{} connection, request {on_conn} on it: {why}",
-                    if reused { "reused" } else { "new" }
-                ),
+                format!("{which} connection, request {on_conn} on it: {why}"),
             ),
         }
     }
 }
 
-/// One request on a new connection. With `keep` (keep-alive), the connection is left in `keep`
-/// unless the server asked to close it.
-fn exchange(
-    keep: Option<&mut Option<Conn>>,
-    addr: SocketAddr,
-    path: &str,
-    keep_alive: bool,
-) -> Result<Response, String> {
+/// One request on a new connection.
+fn exchange(addr: SocketAddr, path: &str, keep_alive: bool) -> Result<Response, String> {
     let mut conn = Conn::connect(addr).map_err(|e| format!("connect: {e}"))?;
     conn.send(addr, path, keep_alive)
         .map_err(|e| format!("send: {e}"))?;
@@ -341,11 +394,6 @@ fn exchange(
         Cut::BeforeAnyByte(e) => format!("no response: {e}"),
         Cut::Midway(why) => why,
     })?;
-    if let Some(slot) = keep {
-        if !res.close {
-            *slot = Some(conn);
-        }
-    }
     Ok(res)
 }
 
