@@ -263,14 +263,18 @@ impl ClusterSupervisor {
         exit: Exit<'_>,
         ctx: &mut Context<Self>,
     ) {
+        // A graceful end asked for is marked on its slot until the slot's next exit, whatever
+        // comes of it.
+        let terminating = self
+            .slots
+            .get_mut(worker)
+            .is_some_and(|slot| std::mem::take(&mut slot.terminating));
         if !self.supervises(worker) {
             return;
         }
         let kind = if exit.reason.is_permanent() {
             ExitKind::Permanent
-        } else if *exit.reason == ExitReason::Killed
-            || std::mem::take(&mut self.slots[worker].terminating)
-        {
+        } else if *exit.reason == ExitReason::Killed || terminating {
             // Only a kill on request ends a process with `Killed` (the proxy records the reason
             // per process, so a kill that found no process marks nothing); a graceful end asked
             // for is marked on its slot until its exit comes.

@@ -62,6 +62,14 @@ async fn a_graceful_end_with_status_7_runs_stopping_and_the_policy_restarts_it()
             .await
             .unwrap_err();
         assert!(matches!(err, procactor::Error::NoSuchPid { .. }), "{err:?}");
+        let err = cluster
+            .end_worker(Target::Id(1), Ending::Graceful { status: 256 })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, procactor::Error::Ask(AskError::Invalid(_))),
+            "an exit status is 0..=255: {err:?}"
+        );
         cluster.stop().await.unwrap();
     })
     .await;
@@ -173,6 +181,18 @@ async fn stop_cluster_from_a_worker_is_refused_by_default_and_stops_it_where_per
             .iter()
             .filter_map(|w| w.pid)
             .collect();
+        // A worker ends itself from its handler: it hears at once, then ends with that status.
+        let me = cluster.workers().await.unwrap()[1].pid.unwrap();
+        let reply = relay(
+            &cluster,
+            1,
+            RelayMsg::End {
+                target: Target::Pid(me),
+                ending: Ending::Graceful { status: 4 },
+            },
+        )
+        .await;
+        assert_eq!(reply, RelayReply::Done);
         let reply = relay(&cluster, 0, RelayMsg::StopCluster).await;
         assert_eq!(reply, RelayReply::Done);
         cluster.wait().await.unwrap();
@@ -220,6 +240,31 @@ async fn a_kill_or_an_end_of_a_worker_waiting_out_its_backoff_answers_at_once() 
             matches!(ended, procactor::Error::Ask(AskError::NotRunning(0))),
             "{ended:?}"
         );
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[actix::test]
+async fn one_way_messages_to_a_worker_that_does_not_exist_give_their_window_back() {
+    within(60, async {
+        let cluster = ClusterSupervisor::start::<relay::Relay>(relay_config(1))
+            .await
+            .unwrap();
+        // 3 × 1000 to no one: a window of 1024 would close after the first 1024 for good.
+        for round in 0..3 {
+            let reply = relay(
+                &cluster,
+                0,
+                RelayMsg::TellMany {
+                    to: 99,
+                    prefix: "n".into(),
+                    count: 1000,
+                },
+            )
+            .await;
+            assert_eq!(reply, RelayReply::Done, "round {round}");
+        }
         cluster.stop().await.unwrap();
     })
     .await;

@@ -146,7 +146,11 @@ impl<A: WorkerActor> Worker<A> {
         if let Some(generation) = self.handover.incoming() {
             self.fault(generation, ExitReason::Killed, ctx);
         }
-        if !self.proc.is_running() {
+        if !matches!(
+            self.proc.state,
+            WorkerState::Starting | WorkerState::Online | WorkerState::Ready
+        ) {
+            // Not running, or stopping already (with the status it was given).
             return false;
         }
         self.begin_stop_with(self.proc.generation, status, ctx);

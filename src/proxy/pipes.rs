@@ -63,9 +63,6 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
         };
         let result = p.stdin.poll_flush(cx);
         p.release_held_tells();
-        if p.gate.paused() == Some(Pause::Outbox) && !p.stdin.is_full() {
-            p.gate.wake();
-        }
         let done = match result {
             Poll::Pending => Poll::Pending,
             Poll::Ready(result) => {
@@ -78,6 +75,9 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
                 Poll::Ready(())
             }
         };
+        if p.gate.paused() == Some(Pause::Outbox) && !p.stdin.is_full() {
+            p.gate.wake();
+        }
         // After a burst of one-way messages, one credit per sender.
         act.pay_credits(false);
         done

@@ -26,6 +26,11 @@ impl<A: WorkerActor> Worker<A> {
         payload: &[u8],
         ctx: &mut Context<Self>,
     ) {
+        // A one-way message to one worker is in its sender's window until credited.
+        let window = match to {
+            Route::Worker(worker) if ack.is_none() => Some(worker),
+            _ => None,
+        };
         let answer = match self.router.send(generation, pid, to, ack, payload) {
             Outcome::Routed => return,
             Outcome::Answer(answer) => answer,
@@ -39,7 +44,13 @@ impl<A: WorkerActor> Worker<A> {
         }
         match (ack, answer) {
             (Some(id), answer) => self.answer_worker(generation, id, answer, ctx),
-            (None, Err(e)) => tracing::warn!(worker = self.id, error = %e, "message not delivered"),
+            (None, Err(e)) => {
+                tracing::warn!(worker = self.id, error = %e, "message not delivered");
+                if let Some(worker) = window {
+                    // Never taken in (no such worker): its place in the window comes back.
+                    self.credit(pid, worker as WorkerId, 1, ctx);
+                }
+            }
             (None, Ok(_)) => {}
         }
     }

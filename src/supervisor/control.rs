@@ -33,7 +33,10 @@ impl Handler<WorkerEvent> for ClusterSupervisor {
             subscriber.do_send(event.clone());
         }
         match (&event.kind, pid) {
-            (WorkerEventKind::Spawned, Some(pid)) => {
+            // Only serving processes are found by pid: a replacement that is starting, or an
+            // old one draining, is not the slot's (ending it would end the serving one).
+            (WorkerEventKind::Ready, Some(pid)) => {
+                self.pids.retain(|_, w| *w != worker);
                 self.pids.insert(pid, worker);
             }
             (WorkerEventKind::Exited { .. } | WorkerEventKind::Retired { .. }, Some(pid)) => {

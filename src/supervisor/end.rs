@@ -62,17 +62,35 @@ impl Handler<EndWorker> for ClusterSupervisor {
             ctx.notify(StopAllNow);
             return Box::pin(async { Ok(ExitReason::Exited(0)) });
         }
+        if let Ending::Graceful { status } = ending {
+            if !(0..=255).contains(&status) {
+                let e = AskError::Invalid(format!("an exit status is 0 to 255, not {status}"));
+                return Box::pin(async move { Err(e) });
+            }
+        }
         let id = match self.slot_of(target) {
             Ok(id) => id,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
+        // A worker ending itself from its handler would wait for its own exit, which waits
+        // behind that handler: it hears at once, and the ending follows.
+        let itself = matches!(from, Peer::Worker { id: asker, .. } if asker == id);
         tracing::info!(worker = id, ?from, ?ending, "ending a worker on request");
         let gone = |e: MailboxError| AskError::Failed(format!("the worker's proxy is gone: {e}"));
         let slot = &mut self.slots[id];
         match ending {
+            Ending::Now if itself => {
+                slot.kill.do_send(Kill);
+                Box::pin(async { Ok(ExitReason::Killed) })
+            }
             Ending::Now => {
                 let kill = slot.kill.send(Kill);
                 Box::pin(async move { kill.await.map_err(gone) })
+            }
+            Ending::Graceful { status } if itself => {
+                slot.terminating = true;
+                slot.terminate.do_send(Terminate(status));
+                Box::pin(async move { Ok(ExitReason::Exited(status)) })
             }
             Ending::Graceful { status } => {
                 slot.terminating = true;
