@@ -47,8 +47,9 @@ pub struct Worker<A: WorkerActor> {
     pub(super) respawn: Option<SpawnHandle>,
     /// Environment of this slot's processes on top of its group's (`add_worker_with_env`).
     pub(super) env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
-    /// Credit owed for one-way messages taken in, by sending slot and process.
-    pub(super) owed: std::collections::BTreeMap<(WorkerId, u32), u64>,
+    /// Credit owed for one-way messages taken in, by the process of this slot that took them
+    /// in (its generation), the sending slot and the sending process.
+    pub(super) owed: std::collections::BTreeMap<(u64, WorkerId, u32), u64>,
     _actor: PhantomData<fn() -> A>,
 }
 

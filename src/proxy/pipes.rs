@@ -79,7 +79,7 @@ impl<A: WorkerActor> ActorFuture<Worker<A>> for Flush {
             p.gate.wake();
         }
         // After a burst of one-way messages, one credit per sender.
-        act.pay_credits(false);
+        act.pay_credits(self.generation, false);
         done
     }
 }

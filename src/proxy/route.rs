@@ -223,21 +223,33 @@ impl<A: WorkerActor> Worker<A> {
         }
     }
 
-    /// Pays the credit owed to the senders of one-way messages, once the outbox is under its
-    /// limit (or at once, with `now`: the messages are gone with their process).
-    pub(crate) fn pay_credits(&mut self, now: bool) {
-        if self.owed.is_empty() || (!now && self.proc.stdin.is_full()) {
+    /// Pays the credit owed for what process `generation` took in, once its outbox is under its
+    /// limit (or at once, with `now`: the messages are gone with the process).
+    pub(crate) fn pay_credits(&mut self, generation: u64, now: bool) {
+        let full = self.proc_mut(generation).is_some_and(|p| p.stdin.is_full());
+        if (full && !now) || !self.owed.keys().any(|(g, ..)| *g == generation) {
             return;
         }
-        let routing = self.links.routing.borrow();
-        for ((sender, pid), count) in std::mem::take(&mut self.owed) {
-            if let Some(slot) = routing.slots.get(sender) {
-                slot.do_send(Routed::Credit {
-                    pid,
-                    worker: self.id,
-                    count,
-                });
-            }
+        let paid: Vec<_> = self
+            .owed
+            .iter()
+            .filter(|((g, ..), _)| *g == generation)
+            .map(|(&(_, sender, pid), &count)| (sender, pid, count))
+            .collect();
+        self.owed.retain(|(g, ..), _| *g != generation);
+        for (sender, pid, count) in paid {
+            self.pay(sender, pid, count);
+        }
+    }
+
+    /// Credits process `pid` of slot `sender` with `count` messages.
+    fn pay(&self, sender: WorkerId, pid: u32, count: u64) {
+        if let Some(slot) = self.links.routing.borrow().slots.get(sender) {
+            slot.do_send(Routed::Credit {
+                pid,
+                worker: self.id,
+                count,
+            });
         }
     }
 
@@ -260,10 +272,11 @@ impl<A: WorkerActor> Worker<A> {
             } => Some((*id, *pid)),
             _ => None,
         };
-        if let Some(sender) = windowed {
-            *self.owed.entry(sender).or_default() += 1;
-        }
         if let Err(e) = self.accepting() {
+            if let Some((sender, pid)) = windowed {
+                // Not taken in: its place in the window comes back at once.
+                self.pay(sender, pid, 1);
+            }
             self.counters.errors += 1;
             match routed {
                 Routed::Tell { ack: Some(ack), .. } | Routed::Ask { reply: ack, .. } => {
@@ -274,8 +287,11 @@ impl<A: WorkerActor> Worker<A> {
                 }
                 Routed::Notify { .. } | Routed::Credit { .. } => {}
             }
-            self.pay_credits(true);
             return;
+        }
+        if let Some((sender, pid)) = windowed {
+            let taker = self.proc.generation;
+            *self.owed.entry((taker, sender, pid)).or_default() += 1;
         }
         let id = self.next_id;
         let Some((pushed, waiter, kind)) = self.push_routed(id, routed, windowed.is_some()) else {

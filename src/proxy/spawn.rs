@@ -247,7 +247,7 @@ impl<A: WorkerActor> Worker<A> {
             return;
         };
         // What it had taken in is gone with it: its senders may send again.
-        self.pay_credits(true);
+        self.pay_credits(generation, true);
         if let Some(pid) = finished.pid {
             // Its locks are released and its subscriptions end, however it ended.
             self.links
