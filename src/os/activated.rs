@@ -136,8 +136,8 @@ fn c_string(bytes: &[u8]) -> io::Result<CString> {
 }
 
 /// Writes `n` in decimal followed by a NUL at the start of `out` (at least 21 bytes), without
-/// allocating: it runs between fork and exec.
-fn write_decimal(out: &mut [u8], mut n: u64) {
+/// allocating (it runs between fork and exec, and in the keeper); returns the digits' count.
+pub(super) fn write_decimal(out: &mut [u8], mut n: u64) -> usize {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     loop {
@@ -151,6 +151,7 @@ fn write_decimal(out: &mut [u8], mut n: u64) {
     let len = digits.len() - start;
     out[..len].copy_from_slice(&digits[start..]);
     out[len] = 0;
+    len
 }
 
 #[cfg(test)]

@@ -213,25 +213,12 @@ fn parse_pid(name: &[u8]) -> Option<libc::pid_t> {
 
 /// Writes `/proc/<pid>/environ` and a NUL into `out`.
 fn environ_path(pid: libc::pid_t, out: &mut [u8; 32]) {
-    let mut at = 0;
-    let mut put = |bytes: &[u8]| {
-        out[at..at + bytes.len()].copy_from_slice(bytes);
-        at += bytes.len();
-    };
-    put(b"/proc/");
-    let mut digits = [0u8; 10];
-    let mut start = digits.len();
-    let mut n = pid.unsigned_abs();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    put(&digits[start..]);
-    put(b"/environ\0");
+    const PROC: &[u8] = b"/proc/";
+    const ENVIRON: &[u8] = b"/environ\0";
+    out[..PROC.len()].copy_from_slice(PROC);
+    let at = PROC.len()
+        + super::activated::write_decimal(&mut out[PROC.len()..], pid.unsigned_abs().into());
+    out[at..at + ENVIRON.len()].copy_from_slice(ENVIRON);
 }
 
 /// A sweep the sweeper thread is asked for.

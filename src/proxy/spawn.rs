@@ -7,7 +7,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use super::actor::*;
-use super::generation::{Finished, Proc};
+use super::generation::Finished;
 use super::pipes::{self, ReadFrames};
 use super::DRAIN_AFTER_EXIT;
 use crate::config::SHUTDOWN_TIMEOUT_ENV;
@@ -238,14 +238,14 @@ impl<A: WorkerActor> Worker<A> {
         let span = self.span(generation);
         let _entered = span.as_ref().map(tracing::Span::enter);
         let id = self.id;
-        let finishing = |p: &Proc<A::Reply>| p.exit.is_some() && p.state != WorkerState::Exited;
-        if !self.plain() && self.proc_mut(generation).is_some_and(|p| finishing(p)) {
-            // Its stdout is still held open (by a descendant): the channel is gone with it.
-            self.disconnected(generation);
-        }
         let Some(finished) = self.proc_mut(generation).and_then(|p| p.finish(id)) else {
             return;
         };
+        if !self.plain() {
+            // Once, before its exit (its stdout may still be held open by a descendant: the
+            // channel is gone with it all the same).
+            self.disconnected(generation);
+        }
         // What it had taken in is gone with it: its senders may send again.
         self.pay_credits(generation, true);
         if let Some(pid) = finished.pid {

@@ -59,7 +59,7 @@ impl Handler<EndWorker> for ClusterSupervisor {
         }
         if matches!(from, Peer::Worker { .. }) && target == Target::Pid(std::process::id()) {
             // A worker ending the master's pid stops the cluster, gracefully.
-            ctx.notify(StopAllNow);
+            ctx.notify(StopAll);
             return Box::pin(async { Ok(ExitReason::Exited(0)) });
         }
         if let Ending::Graceful { status } = ending {
@@ -130,23 +130,7 @@ impl Handler<StopCluster> for ClusterSupervisor {
     ) -> Self::Result {
         self.may_control(from, "stopping the cluster")?;
         tracing::info!(?from, "stopping the cluster on request");
-        ctx.notify(StopAllNow);
+        ctx.notify(StopAll);
         Ok(())
-    }
-}
-
-/// Starts a graceful stop of the whole cluster, as [`StopAll`] does, with nobody waiting.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct StopAllNow;
-
-impl Handler<StopAllNow> for ClusterSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, _: StopAllNow, ctx: &mut Context<Self>) {
-        let stop = ctx.address().send(StopAll);
-        ctx.spawn(fut::wrap_future(async move {
-            let _ = stop.await;
-        }));
     }
 }
