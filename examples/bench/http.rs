@@ -36,6 +36,21 @@ pub(crate) struct HttpFigures {
     pub(crate) kill_restart_failed_requests: u64,
 }
 
+impl HttpFigures {
+    /// Figures of a run that did not measure HTTP.
+    pub(crate) fn nan() -> Self {
+        Self {
+            req_per_s_4w: f64::NAN,
+            req_per_s_1w: f64::NAN,
+            reload_ms: f64::NAN,
+            reload_worker_ms: f64::NAN,
+            reload_drain_ms_max: f64::NAN,
+            kill_restart_ms: f64::NAN,
+            ..Self::default()
+        }
+    }
+}
+
 pub(crate) fn is_http_worker() -> bool {
     std::env::var_os(ROLE_ENV).is_some_and(|v| v == "http")
 }

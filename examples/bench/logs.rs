@@ -18,6 +18,18 @@ pub(crate) struct LogFigures {
     pub(crate) idle_master_rss_mb: f64,
 }
 
+impl LogFigures {
+    /// Figures of a run that did not measure the logs.
+    pub(crate) fn nan() -> Self {
+        Self {
+            records_per_s: f64::NAN,
+            direct_records_per_s: f64::NAN,
+            flood_master_rss_mb: f64::NAN,
+            idle_master_rss_mb: f64::NAN,
+        }
+    }
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("procactor-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

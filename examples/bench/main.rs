@@ -4,7 +4,11 @@
 //! cargo run --release --example bench              # a readable table
 //! cargo run --release --example bench -- --json    # one JSON object, last on stdout
 //! cargo run --release --example bench -- --quick   # smaller counts, for a smoke run
+//! cargo run --release --example bench -- --only tell,bulk   # some sections (for profiling)
 //! ```
+//!
+//! Sections for `--only`: `rtt`, `pipelined`, `tell`, `bulk`, `spawn`, `respawn`, `broadcast`,
+//! `peer`, `pinned`, `http`, `cache`, `logs`, `raw`; figures of the others read `NaN`.
 //!
 //! The baseline (`raw_*` keys) is two processes and two pipes with no framework: coalesced
 //! writes, blocking reads, the floor a framework can approach. Every `*_vs_raw` key is the
@@ -72,8 +76,8 @@ impl Sizes {
     }
 }
 
-/// procactor's figures, named as the baseline's.
-#[derive(Debug, Default)]
+/// procactor's figures, named as the baseline's (`NaN` for a section not measured).
+#[derive(Debug)]
 struct Figures {
     rtt_us_median: f64,
     rtt_us_p99: f64,
@@ -84,6 +88,16 @@ struct Figures {
     respawn_ms_median: f64,
     broadcast_4_per_s: f64,
     peer_rtt_us_median: f64,
+}
+
+/// The sections `--only` named, or `None` for all.
+static ONLY: std::sync::OnceLock<Option<Vec<String>>> = std::sync::OnceLock::new();
+
+/// Whether this run measures `section`.
+pub(crate) fn wants(section: &str) -> bool {
+    ONLY.get()
+        .and_then(Option::as_ref)
+        .is_none_or(|only| only.iter().any(|s| s == section))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -111,9 +125,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').map(str::to_owned).collect());
+    ONLY.set(only).expect("set once");
     let ours = actix::System::new().block_on(measure(sizes))?;
     // Pinned round trips: cross-core and same-core, procactor then raw.
-    let pinned = match pinned::two_cpus() {
+    let pinned = match pinned::two_cpus().filter(|_| wants("pinned")) {
         Some((a, b)) => {
             let base = ClusterConfig::new().log(bench_logs());
             let cross = actix::System::new().block_on(pinned::procactor_rtt(
@@ -134,21 +154,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
-    let web = actix::System::new().block_on(http::measure(quick))?;
+    let web = if wants("http") {
+        actix::System::new().block_on(http::measure(quick))?
+    } else {
+        http::HttpFigures::nan()
+    };
     let cache_ops = if quick { 20_000 } else { 200_000 };
-    let cache_rate = actix::System::new().block_on(cache::procactor_ops(cache_ops))?;
-    let redis_rate = cache::redis_ops(cache_ops)?;
-    let logs = logs::measure_in_child(quick)?;
-    let raw = raw::measure(&raw::RawParams {
-        round_trips: sizes.round_trips,
-        pipelined: sizes.pipelined,
-        in_flight: sizes.in_flight,
-        tells: sizes.tells,
-        bulk_messages: sizes.bulk_messages,
-        spawns: sizes.spawns,
-        broadcasts: sizes.broadcasts,
-        broadcast_window: BROADCAST_WINDOW,
-    })?;
+    let (cache_rate, redis_rate) = if wants("cache") {
+        (
+            actix::System::new().block_on(cache::procactor_ops(cache_ops))?,
+            cache::redis_ops(cache_ops)?,
+        )
+    } else {
+        (f64::NAN, Some(f64::NAN))
+    };
+    let logs = if wants("logs") {
+        logs::measure_in_child(quick)?
+    } else {
+        logs::LogFigures::nan()
+    };
+    let raw = if !wants("raw") {
+        raw::RawFigures::nan()
+    } else {
+        raw::measure(&raw::RawParams {
+            round_trips: sizes.round_trips,
+            pipelined: sizes.pipelined,
+            in_flight: sizes.in_flight,
+            tells: sizes.tells,
+            bulk_messages: sizes.bulk_messages,
+            spawns: sizes.spawns,
+            broadcasts: sizes.broadcasts,
+            broadcast_window: BROADCAST_WINDOW,
+        })?
+    };
 
     let (cross, raw_cross, same, raw_same) =
         pinned.unwrap_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN));
@@ -247,24 +285,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     if json {
+        // JSON has no NaN: a figure not measured is `null`.
+        let num = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.3}")
+            } else {
+                "null".to_owned()
+            }
+        };
         let mut fields = Vec::new();
         for (key, value, base, _) in rows {
-            fields.push(format!("\"{key}\":{value:.3}"));
-            fields.push(format!("\"raw_{key}\":{base:.3}"));
-            fields.push(format!("\"{key}_vs_raw\":{:.3}", value / base));
+            fields.push(format!("\"{key}\":{}", num(value)));
+            fields.push(format!("\"raw_{key}\":{}", num(base)));
+            fields.push(format!("\"{key}_vs_raw\":{}", num(value / base)));
         }
         for (key, value, base_key, base, ratio_key) in pairs {
-            fields.push(format!("\"{key}\":{value:.3}"));
-            fields.push(format!("\"{base_key}\":{base:.3}"));
+            fields.push(format!("\"{key}\":{}", num(value)));
+            fields.push(format!("\"{base_key}\":{}", num(base)));
             if !ratio_key.is_empty() {
-                fields.push(format!("\"{ratio_key}\":{:.3}", value / base));
+                fields.push(format!("\"{ratio_key}\":{}", num(value / base)));
             }
         }
-        fields.push(format!("\"cache_ops_per_s\":{cache_rate:.3}"));
+        fields.push(format!("\"cache_ops_per_s\":{}", num(cache_rate)));
         match redis_rate {
             Some(redis) => {
-                fields.push(format!("\"redis_cache_ops_per_s\":{redis:.3}"));
-                fields.push(format!("\"cache_vs_redis\":{:.3}", cache_rate / redis));
+                fields.push(format!("\"redis_cache_ops_per_s\":{}", num(redis)));
+                fields.push(format!("\"cache_vs_redis\":{}", num(cache_rate / redis)));
             }
             None => {
                 fields.push("\"redis_cache_ops_per_s\":null".into());
@@ -320,140 +366,162 @@ async fn measure(sizes: Sizes) -> Result<Figures, procactor::Error> {
         .max_outbox_bytes(256 * 1024 * 1024);
     let cluster = ClusterSupervisor::start::<Echo>(config.clone()).await?;
     let w = cluster.worker(0);
-    let mut figures = Figures::default();
+    let mut figures = Figures {
+        rtt_us_median: f64::NAN,
+        rtt_us_p99: f64::NAN,
+        pipelined_req_per_s: f64::NAN,
+        tell_per_s: f64::NAN,
+        bulk_64k_mb_per_s: f64::NAN,
+        spawn_ms_median: f64::NAN,
+        respawn_ms_median: f64::NAN,
+        broadcast_4_per_s: f64::NAN,
+        peer_rtt_us_median: f64::NAN,
+    };
 
-    // Round trips, one at a time.
-    for _ in 0..1_000 {
-        w.send(Call(EchoMsg::Ping)).await??;
-    }
-    let mut rtts = Vec::with_capacity(sizes.round_trips);
-    for _ in 0..sizes.round_trips {
-        let t = Instant::now();
-        w.send(Call(EchoMsg::Ping)).await??;
-        rtts.push(t.elapsed());
-    }
-    rtts.sort();
-    figures.rtt_us_median = micros(rtts[rtts.len() / 2]);
-    figures.rtt_us_p99 = micros(rtts[rtts.len() * 99 / 100]);
-
-    // Pipelined requests with a window of `in_flight`, every reply awaited.
-    let t = Instant::now();
-    tokio::task::unconstrained(async {
-        let mut window = FuturesUnordered::new();
-        let mut sent = 0;
-        let mut answered = 0;
-        while answered < sizes.pipelined {
-            while sent < sizes.pipelined && window.len() < sizes.in_flight {
-                window.push(w.send(Call(EchoMsg::Ping)));
-                sent += 1;
-            }
-            let reply = window.next().await.expect("window is not empty")??;
-            assert_eq!(reply, EchoReply::Pong);
-            answered += 1;
+    if wants("rtt") {
+        // Round trips, one at a time.
+        for _ in 0..1_000 {
+            w.send(Call(EchoMsg::Ping)).await??;
         }
-        Ok::<_, procactor::Error>(())
-    })
-    .await?;
-    figures.pipelined_req_per_s = sizes.pipelined as f64 / t.elapsed().as_secs_f64();
-
+        let mut rtts = Vec::with_capacity(sizes.round_trips);
+        for _ in 0..sizes.round_trips {
+            let t = Instant::now();
+            w.send(Call(EchoMsg::Ping)).await??;
+            rtts.push(t.elapsed());
+        }
+        rtts.sort();
+        figures.rtt_us_median = micros(rtts[rtts.len() / 2]);
+        figures.rtt_us_p99 = micros(rtts[rtts.len() * 99 / 100]);
+    }
+    if wants("pipelined") {
+        // Pipelined requests with a window of `in_flight`, every reply awaited.
+        let t = Instant::now();
+        tokio::task::unconstrained(async {
+            let mut window = FuturesUnordered::new();
+            let mut sent = 0;
+            let mut answered = 0;
+            while answered < sizes.pipelined {
+                while sent < sizes.pipelined && window.len() < sizes.in_flight {
+                    window.push(w.send(Call(EchoMsg::Ping)));
+                    sent += 1;
+                }
+                let reply = window.next().await.expect("window is not empty")??;
+                assert_eq!(reply, EchoReply::Pong);
+                answered += 1;
+            }
+            Ok::<_, procactor::Error>(())
+        })
+        .await?;
+        figures.pipelined_req_per_s = sizes.pipelined as f64 / t.elapsed().as_secs_f64();
+    }
     // One-way messages, counted by the worker.
-    figures.tell_per_s = tells(&w, sizes.tells, sizes.in_flight, || EchoMsg::Ping).await? / 1.0;
+    if wants("tell") {
+        figures.tell_per_s = tells(&w, sizes.tells, sizes.in_flight, || EchoMsg::Ping).await? / 1.0;
+    }
     // 64 KiB one-way payloads.
-    let payload = vec![0xa5u8; 64 * 1024];
-    let rate = tells(&w, sizes.bulk_messages, 64, || {
-        EchoMsg::Echo(payload.clone())
-    })
-    .await?;
-    figures.bulk_64k_mb_per_s = rate * (64.0 * 1024.0) / 1e6;
+    if wants("bulk") {
+        let payload = vec![0xa5u8; 64 * 1024];
+        let rate = tells(&w, sizes.bulk_messages, 64, || {
+            EchoMsg::Echo(payload.clone())
+        })
+        .await?;
+        figures.bulk_64k_mb_per_s = rate * (64.0 * 1024.0) / 1e6;
+    }
     cluster.stop().await?;
 
-    // Start → first reply, a fresh cluster each time.
-    let mut spawns = Vec::with_capacity(sizes.spawns);
-    for _ in 0..sizes.spawns {
-        let t = Instant::now();
-        let cluster = ClusterSupervisor::start::<Echo>(config.clone()).await?;
-        cluster.worker(0).send(Call(EchoMsg::Ping)).await??;
-        spawns.push(t.elapsed());
-        cluster.stop().await?;
-    }
-    spawns.sort();
-    figures.spawn_ms_median = spawns[spawns.len() / 2].as_secs_f64() * 1e3;
-
-    // SIGKILL of a worker until its replacement answers (no backoff for a first restart).
-    let broadcast_config = config.clone().workers(4);
-    let config = config.restart(RestartPolicy {
-        backoff: Backoff::none(),
-        intensity: Intensity {
-            max_restarts: u32::MAX,
-            period: Duration::from_secs(1),
-        },
-        ..RestartPolicy::default()
-    });
-    let cluster = ClusterSupervisor::start::<Echo>(config).await?;
-    let w = cluster.worker(0);
-    let mut respawns = Vec::with_capacity(sizes.spawns);
-    for _ in 0..sizes.spawns {
-        let pid = match w.send(Call(EchoMsg::Pid)).await?? {
-            EchoReply::Pid(pid) => pid,
-            other => unreachable!("{other:?}"),
-        };
-        let t = Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::SIGKILL,
-        )
-        .expect("kill the worker");
-        // Until the new process answers: calls fail fast while the slot is down, and wait in
-        // its outbox once the restart has begun.
-        loop {
-            match w.send(Call(EchoMsg::Pid)).await? {
-                Ok(EchoReply::Pid(new)) if new != pid => break,
-                _ => tokio::task::yield_now().await,
-            }
+    if wants("spawn") {
+        // Start → first reply, a fresh cluster each time.
+        let mut spawns = Vec::with_capacity(sizes.spawns);
+        for _ in 0..sizes.spawns {
+            let t = Instant::now();
+            let cluster = ClusterSupervisor::start::<Echo>(config.clone()).await?;
+            cluster.worker(0).send(Call(EchoMsg::Ping)).await??;
+            spawns.push(t.elapsed());
+            cluster.stop().await?;
         }
-        respawns.push(t.elapsed());
+        spawns.sort();
+        figures.spawn_ms_median = spawns[spawns.len() / 2].as_secs_f64() * 1e3;
     }
-    cluster.stop().await?;
-    respawns.sort();
-    figures.respawn_ms_median = respawns[respawns.len() / 2].as_secs_f64() * 1e3;
+    let broadcast_config = config.clone().workers(4);
+    if wants("respawn") {
+        // SIGKILL of a worker until its replacement answers (no backoff for a first restart).
+        let config = config.restart(RestartPolicy {
+            backoff: Backoff::none(),
+            intensity: Intensity {
+                max_restarts: u32::MAX,
+                period: Duration::from_secs(1),
+            },
+            ..RestartPolicy::default()
+        });
+        let cluster = ClusterSupervisor::start::<Echo>(config).await?;
+        let w = cluster.worker(0);
+        let mut respawns = Vec::with_capacity(sizes.spawns);
+        for _ in 0..sizes.spawns {
+            let pid = match w.send(Call(EchoMsg::Pid)).await?? {
+                EchoReply::Pid(pid) => pid,
+                other => unreachable!("{other:?}"),
+            };
+            let t = Instant::now();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::SIGKILL,
+            )
+            .expect("kill the worker");
+            // Until the new process answers: calls fail fast while the slot is down, and wait in
+            // its outbox once the restart has begun.
+            loop {
+                match w.send(Call(EchoMsg::Pid)).await? {
+                    Ok(EchoReply::Pid(new)) if new != pid => break,
+                    _ => tokio::task::yield_now().await,
+                }
+            }
+            respawns.push(t.elapsed());
+        }
+        cluster.stop().await?;
+        respawns.sort();
+        figures.respawn_ms_median = respawns[respawns.len() / 2].as_secs_f64() * 1e3;
+    }
 
     // Broadcast to 4 workers, `BROADCAST_WINDOW` in flight, each acknowledged by every worker.
     let cluster = ClusterSupervisor::start::<Echo>(broadcast_config).await?;
-    let t = Instant::now();
-    tokio::task::unconstrained(async {
-        let mut window = FuturesUnordered::new();
-        let (mut sent, mut done) = (0, 0);
-        while done < sizes.broadcasts {
-            while sent < sizes.broadcasts && window.len() < BROADCAST_WINDOW {
-                window.push(cluster.broadcast(&EchoMsg::Ping));
-                sent += 1;
+    if wants("broadcast") {
+        let t = Instant::now();
+        tokio::task::unconstrained(async {
+            let mut window = FuturesUnordered::new();
+            let (mut sent, mut done) = (0, 0);
+            while done < sizes.broadcasts {
+                while sent < sizes.broadcasts && window.len() < BROADCAST_WINDOW {
+                    window.push(cluster.broadcast(&EchoMsg::Ping));
+                    sent += 1;
+                }
+                let acked = window.next().await.expect("window is not empty")?;
+                assert_eq!(acked, 4, "every worker acknowledged");
+                done += 1;
             }
-            let acked = window.next().await.expect("window is not empty")?;
-            assert_eq!(acked, 4, "every worker acknowledged");
-            done += 1;
-        }
-        Ok::<_, procactor::Error>(())
-    })
-    .await?;
-    figures.broadcast_4_per_s = sizes.broadcasts as f64 / t.elapsed().as_secs_f64();
-
-    // Worker 0 asks worker 1, through the master, one request at a time.
-    let reply = cluster
-        .worker(0)
-        .send(Call(EchoMsg::PeerRoundTrips {
-            to: 1,
-            count: sizes.peer_round_trips,
-        }))
-        .await??;
-    let EchoReply::Nanos(mut nanos) = reply else {
-        return Err(procactor::Error::Ask(procactor::AskError::Failed(format!(
-            "{reply:?}"
-        ))));
-    };
-    // The first tenth warms up.
-    nanos.drain(..nanos.len() / 10);
-    nanos.sort_unstable();
-    figures.peer_rtt_us_median = nanos[nanos.len() / 2] as f64 / 1e3;
+            Ok::<_, procactor::Error>(())
+        })
+        .await?;
+        figures.broadcast_4_per_s = sizes.broadcasts as f64 / t.elapsed().as_secs_f64();
+    }
+    if wants("peer") {
+        // Worker 0 asks worker 1, through the master, one request at a time.
+        let reply = cluster
+            .worker(0)
+            .send(Call(EchoMsg::PeerRoundTrips {
+                to: 1,
+                count: sizes.peer_round_trips,
+            }))
+            .await??;
+        let EchoReply::Nanos(mut nanos) = reply else {
+            return Err(procactor::Error::Ask(procactor::AskError::Failed(format!(
+                "{reply:?}"
+            ))));
+        };
+        // The first tenth warms up.
+        nanos.drain(..nanos.len() / 10);
+        nanos.sort_unstable();
+        figures.peer_rtt_us_median = nanos[nanos.len() / 2] as f64 / 1e3;
+    }
     cluster.stop().await?;
     Ok(figures)
 }

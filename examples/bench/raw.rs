@@ -35,6 +35,22 @@ pub(crate) struct RawFigures {
     pub(crate) broadcast_4_per_s: f64,
 }
 
+impl RawFigures {
+    /// Figures of a run that did not measure the baseline.
+    pub(crate) fn nan() -> Self {
+        Self {
+            rtt_us_median: f64::NAN,
+            rtt_us_p99: f64::NAN,
+            pipelined_req_per_s: f64::NAN,
+            tell_per_s: f64::NAN,
+            bulk_64k_mb_per_s: f64::NAN,
+            spawn_ms_median: f64::NAN,
+            respawn_ms_median: f64::NAN,
+            broadcast_4_per_s: f64::NAN,
+        }
+    }
+}
+
 /// Sizes of each measurement.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RawParams {
