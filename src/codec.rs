@@ -52,6 +52,87 @@ pub fn encode_frame(
     Ok(())
 }
 
+/// Appends one frame holding `envelope` with `value`, postcard-encoded, as its payload: the
+/// value is encoded straight into `buf`, with no buffer between (a 64 KiB message is copied
+/// once, not twice).
+///
+/// `envelope` is given with an empty payload, and its payload must be its **last** field (true
+/// of `Request`, `Reply` and `Tell`): the empty payload's length (`0`) is replaced by the
+/// value's encoded length, measured first with `postcard::experimental::serialized_size`, and the value
+/// follows.
+///
+/// # Errors
+/// As [`encode_frame`]; the body's size is checked before anything is written, and `buf` is
+/// left as it was on any error.
+pub(crate) fn encode_frame_value<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    envelope: &Envelope<'_>,
+    value: &T,
+    max_frame_bytes: usize,
+) -> Result<(), FrameError> {
+    let size = postcard::experimental::serialized_size(value)
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    if size > max_frame_bytes {
+        return Err(FrameError::TooLarge {
+            len: size,
+            max: max_frame_bytes,
+        });
+    }
+    let start = buf.len();
+    buf.reserve(HEADER_LEN + 32 + size);
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    let written = encode_tail(buf, envelope, value, size);
+    if let Err(e) = written {
+        buf.truncate(start);
+        return Err(e);
+    }
+    let len = buf.len() - start - HEADER_LEN;
+    if len > max_frame_bytes {
+        buf.truncate(start);
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_bytes,
+        });
+    }
+    buf[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// `envelope` then `value` as its payload, at the end of `buf` (see [`encode_frame_value`]).
+fn encode_tail<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    envelope: &Envelope<'_>,
+    value: &T,
+    size: usize,
+) -> Result<(), FrameError> {
+    postcard::to_io(envelope, &mut *buf).map_err(|e| FrameError::Encode(e.to_string()))?;
+    // The empty payload's length, replaced by the value's.
+    if buf.pop() != Some(0) {
+        return Err(FrameError::Encode(format!(
+            "{} has no empty payload last",
+            envelope.kind()
+        )));
+    }
+    push_varint(buf, size);
+    let before = buf.len();
+    postcard::to_io(value, &mut *buf).map_err(|e| FrameError::Encode(e.to_string()))?;
+    if buf.len() - before != size {
+        return Err(FrameError::Encode(
+            "the value's encoding changed its length between two passes".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Appends `n` as postcard writes a length: LEB128, 7 bits a byte.
+fn push_varint(buf: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        buf.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    buf.push(n as u8);
+}
+
 /// Serialises a user value with postcard into `scratch` (cleared first).
 ///
 /// # Errors
@@ -172,6 +253,53 @@ mod tests {
         let mut v = Vec::new();
         encode_frame(&mut v, env, DEFAULT_MAX_FRAME_BYTES).unwrap();
         BytesMut::from(&v[..])
+    }
+
+    #[test]
+    fn a_value_encoded_into_the_frame_is_the_frame_of_its_encoding() {
+        for len in [0usize, 1, 126, 127, 128, 16_383, 16_384, 64 * 1024] {
+            let value: (u8, Vec<u8>) = (7, vec![0xa5; len]);
+            let mut scratch = Vec::new();
+            encode_value(&mut scratch, &value).unwrap();
+            for (empty, full) in [
+                (
+                    Envelope::Tell { payload: &[] },
+                    Envelope::Tell { payload: &scratch },
+                ),
+                (
+                    Envelope::Request {
+                        id: 300,
+                        payload: &[],
+                    },
+                    Envelope::Request {
+                        id: 300,
+                        payload: &scratch,
+                    },
+                ),
+                (
+                    Envelope::Reply {
+                        id: 1,
+                        payload: &[],
+                    },
+                    Envelope::Reply {
+                        id: 1,
+                        payload: &scratch,
+                    },
+                ),
+            ] {
+                let (mut direct, mut twice) = (vec![1, 2], vec![1, 2]);
+                encode_frame_value(&mut direct, &empty, &value, DEFAULT_MAX_FRAME_BYTES).unwrap();
+                encode_frame(&mut twice, &full, DEFAULT_MAX_FRAME_BYTES).unwrap();
+                assert_eq!(direct, twice, "{len} bytes in a {}", full.kind());
+            }
+        }
+        let mut buf = vec![9];
+        let too_big = vec![0u8; 2048];
+        let err = encode_frame_value(&mut buf, &Envelope::Tell { payload: &[] }, &too_big, 1024);
+        assert!(matches!(err, Err(FrameError::TooLarge { .. })), "{err:?}");
+        let err = encode_frame_value(&mut buf, &Envelope::Ping { seq: 5 }, &1u8, 1024);
+        assert!(matches!(err, Err(FrameError::Encode(_))), "{err:?}");
+        assert_eq!(buf, [9], "left as it was");
     }
 
     #[test]

@@ -40,7 +40,6 @@ pub struct Worker<A: WorkerActor> {
     /// Processes started after the first one by the restart policy.
     pub(super) respawns: u64,
     pub(super) next_id: u64,
-    pub(super) scratch: Vec<u8>,
     pub(super) ready_waiters: Vec<OneshotSender<Result<(), ExitReason>>>,
     pub(super) exit_waiters: Vec<OneshotSender<ExitReason>>,
     pub(super) last_exit: Option<ExitReason>,
@@ -105,7 +104,6 @@ impl<A: WorkerActor> Worker<A> {
             counters: Counters::default(),
             respawns: 0,
             next_id: 0,
-            scratch: Vec::new(),
             ready_waiters: Vec::new(),
             exit_waiters: Vec::new(),
             last_exit: None,

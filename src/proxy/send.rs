@@ -9,6 +9,12 @@ use crate::protocol::Envelope;
 use crate::state::WorkerState;
 use crate::worker::WorkerActor;
 
+/// The size of `msg` postcard-encoded, measured without encoding it.
+fn encoded_size<T: serde::Serialize>(msg: &T) -> Result<usize, CallError> {
+    postcard::experimental::serialized_size(msg)
+        .map_err(|e| CallError::Frame(crate::error::FrameError::Encode(e.to_string())))
+}
+
 impl<A: WorkerActor> Worker<A> {
     /// Makes sure a [`Flush`] runs while the outbox of process `generation` holds frames.
     pub(crate) fn kick_writer(&mut self, generation: u64, ctx: &mut Context<Self>) {
@@ -50,13 +56,10 @@ impl<A: WorkerActor> Worker<A> {
         ctx: &mut Context<Self>,
     ) -> Result<u64, CallError> {
         self.accepting()?;
-        crate::codec::encode_value(&mut self.scratch, msg).map_err(CallError::Frame)?;
+        let size = encoded_size(msg)?;
         let id = self.next_id;
-        let env = Envelope::Request {
-            id,
-            payload: &self.scratch,
-        };
-        self.proc.stdin.push(self.id, &env)?;
+        let env = Envelope::Request { id, payload: &[] };
+        self.proc.stdin.push_value(self.id, &env, msg, size)?;
         self.next_id += 1;
         self.counters.sent(REQUEST);
         self.counters.requests += 1;
@@ -71,11 +74,9 @@ impl<A: WorkerActor> Worker<A> {
         ctx: &mut Context<Self>,
     ) -> Result<bool, CallError> {
         self.accepting()?;
-        crate::codec::encode_value(&mut self.scratch, msg).map_err(CallError::Frame)?;
-        let env = Envelope::Tell {
-            payload: &self.scratch,
-        };
-        self.proc.stdin.push(self.id, &env)?;
+        let size = encoded_size(msg)?;
+        let env = Envelope::Tell { payload: &[] };
+        self.proc.stdin.push_value(self.id, &env, msg, size)?;
         self.counters.sent(TELL);
         self.kick_writer(self.proc.generation, ctx);
         Ok(self.proc.stdin.len() > self.proc.stdin.limit() / 16)

@@ -12,7 +12,7 @@ use std::task::{Context as TaskContext, Poll};
 use tokio::io::AsyncWrite;
 use tokio::net::unix::pipe;
 
-use crate::codec::encode_frame;
+use crate::codec::{encode_frame, encode_frame_value};
 use crate::error::CallError;
 use crate::protocol::Envelope;
 use crate::state::WorkerId;
@@ -113,10 +113,44 @@ impl StdinQueue {
         self.append(env)
     }
 
-    /// Encodes one frame at the end of the last chunk, or of a new one when it would not fit:
-    /// a chunk never grows by copying what it holds.
+    /// Queues one frame whose payload is `value`, encoded straight into the queue (see
+    /// [`encode_frame_value`]), refusing it when the outbox is over its limit.
+    pub(crate) fn push_value<T: serde::Serialize + ?Sized>(
+        &mut self,
+        worker: WorkerId,
+        empty: &Envelope<'_>,
+        value: &T,
+        size: usize,
+    ) -> Result<(), CallError> {
+        let queued = self.len();
+        if queued >= self.limit {
+            return Err(CallError::Backpressure {
+                worker,
+                queued,
+                limit: self.limit,
+            });
+        }
+        let max = self.max_frame_bytes;
+        self.append_with(size + 32, |chunk| {
+            encode_frame_value(chunk, empty, value, max)
+        })
+    }
+
+    /// Encodes one frame at the end of the last chunk.
     fn append(&mut self, env: &Envelope<'_>) -> Result<(), CallError> {
-        let need = env.size_hint() + crate::codec::HEADER_LEN;
+        let max = self.max_frame_bytes;
+        self.append_with(env.size_hint() + crate::codec::HEADER_LEN, |chunk| {
+            encode_frame(chunk, env, max)
+        })
+    }
+
+    /// Encodes one frame of about `need` bytes with `encode` at the end of the last chunk, or of
+    /// a new one when it would not fit: a chunk never grows by copying what it holds.
+    fn append_with(
+        &mut self,
+        need: usize,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), crate::error::FrameError>,
+    ) -> Result<(), CallError> {
         if self
             .chunks
             .back()
@@ -130,7 +164,7 @@ impl StdinQueue {
         }
         let chunk = self.chunks.back_mut().expect("pushed above");
         let before = chunk.len();
-        let encoded = encode_frame(chunk, env, self.max_frame_bytes).map_err(CallError::Frame);
+        let encoded = encode(chunk).map_err(CallError::Frame);
         self.len += chunk.len() - before;
         if chunk.is_empty() {
             let empty = self.chunks.pop_back().expect("looked at above");

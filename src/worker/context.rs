@@ -5,7 +5,6 @@ use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
-use crate::codec::encode_value;
 use crate::error::FrameError;
 use crate::messaging::{Peer, Via};
 use crate::protocol::Envelope;
@@ -248,13 +247,9 @@ impl<A: WorkerActor> WorkerContext<A> {
     }
 
     pub(crate) fn reply(&mut self, id: u64, reply: &A::Reply) {
-        let result = encode_value(&mut self.scratch, reply)
-            .and_then(|()| {
-                self.outbox.push(&Envelope::Reply {
-                    id,
-                    payload: &self.scratch,
-                })
-            })
+        let result = self
+            .outbox
+            .push_value(&Envelope::Reply { id, payload: &[] }, reply)
             .or_else(|e| match e {
                 FrameError::Io(_) => Err(e),
                 e => self.outbox.push(&Envelope::Failed {

@@ -1,14 +1,14 @@
-//! The worker's side of the channel down from the master: the reader decodes frames, answers
+//! The worker's side of the channel down from the master: the [`Reader`] decodes frames, answers
 //! pings and the master's answers to this worker's asks itself, and hands requests and one-way
-//! messages to the handler loop through a queue bounded in bytes.
+//! messages to the handler loop through the [`Inbox`], a queue bounded in bytes.
 
-use std::cell::Cell;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, Notify};
 
 use crate::codec::{decode_envelope, decode_value, FrameDecoder};
 use crate::error::{FrameError, ProtocolError};
@@ -47,72 +47,144 @@ impl Inbound {
     }
 }
 
-/// Bytes queued between the reader and the handler loop, and a wake-up for the reader.
+/// Requests and one-way messages read but not yet handled, in order, with their payload bytes.
+///
+/// Filled by the [`Reader`] and emptied by the handler loop, both polled by the run loop in the
+/// same pass: neither wakes the other (the run loop goes round again while
+/// [`moved`](Self::moved) changes).
 #[derive(Default)]
-pub(crate) struct InboxRoom {
-    queued: Cell<usize>,
-    freed: Notify,
+pub(crate) struct Inbox {
+    items: RefCell<VecDeque<Inbound>>,
+    bytes: Cell<usize>,
+    moved: Cell<u64>,
+    /// The reader has ended: once empty, there is nothing more.
+    closed: Cell<bool>,
 }
 
-impl InboxRoom {
-    pub(crate) fn taken(&self, item: &Inbound) {
-        self.queued.set(self.queued.get() - item.len());
-        if self.queued.get() <= INBOX_BYTES {
-            self.freed.notify_one();
-        }
+impl Inbox {
+    fn put(&self, item: Inbound) {
+        self.bytes.set(self.bytes.get() + item.len());
+        self.items.borrow_mut().push_back(item);
+        self.moved.set(self.moved.get() + 1);
     }
 
-    fn put(&self, item: &Inbound) {
-        self.queued.set(self.queued.get() + item.len());
+    /// The next item; `Ready(None)` once the reader has ended and all is taken. `Pending`
+    /// registers no waker: the run loop polls the handler loop again whenever an item arrives.
+    pub(crate) fn poll_take(&self) -> Poll<Option<Inbound>> {
+        let Some(item) = self.items.borrow_mut().pop_front() else {
+            return if self.closed.get() {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            };
+        };
+        self.bytes.set(self.bytes.get() - item.len());
+        self.moved.set(self.moved.get() + 1);
+        Poll::Ready(Some(item))
     }
 
-    /// Waits until the handler loop has caught up (the item just sent counts too, so a single
-    /// item larger than the limit cannot wedge the reader).
-    async fn room(&self) {
-        while self.queued.get() > INBOX_BYTES {
-            self.freed.notified().await;
-        }
+    /// The next item, or `None` once the reader has ended and all is taken.
+    pub(crate) async fn take(&self) -> Option<Inbound> {
+        std::future::poll_fn(|_| self.poll_take()).await
+    }
+
+    /// Items put or taken so far.
+    pub(crate) fn moved(&self) -> u64 {
+        self.moved.get()
+    }
+
+    /// Whether the reader should wait for the handler loop to catch up (the item just put
+    /// counts too, so a single item larger than the limit cannot wedge the reader).
+    fn full(&self) -> bool {
+        self.bytes.get() > INBOX_BYTES
     }
 }
 
-pub(crate) async fn read_loop(
-    mut pipe: pipe::Receiver,
+/// Reads frames from the master: answers pings, the master's answers to this worker's asks,
+/// credits and cache events at once, and puts requests and one-way messages in the [`Inbox`].
+pub(crate) struct Reader {
+    pipe: pipe::Receiver,
+    buf: BytesMut,
     decoder: FrameDecoder,
-    (tx, room): (mpsc::UnboundedSender<Inbound>, Rc<InboxRoom>),
-    outbox: Rc<Uplink>,
-    asks: Rc<Asks>,
-) -> Result<(), ProtocolError> {
-    let mut buf = BytesMut::with_capacity(256 * 1024);
-    let result = async {
+}
+
+/// Bytes one read asks for; the buffer is reused once the frames read into it are handled.
+const READ_BYTES: usize = 256 * 1024;
+
+impl Reader {
+    pub(crate) fn new(pipe: pipe::Receiver, decoder: FrameDecoder) -> Self {
+        Self {
+            pipe,
+            buf: BytesMut::with_capacity(READ_BYTES),
+            decoder,
+        }
+    }
+
+    /// Handles the frames read so far, then reads once more. `Pending` when the pipe is empty
+    /// (woken when it is not) or the inbox is full (the run loop polls again once the handler
+    /// loop takes from it); `Ready` when the stream ends or breaks.
+    ///
+    /// Returns (`Pending`) as soon as it has put items in the inbox, before reading again: the
+    /// run loop, which goes round while the inbox moves, lets the handler loop take them first,
+    /// so the buffer is handed back (and reused, with no allocation) before the next read.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        inbox: &Inbox,
+        outbox: &Uplink,
+        asks: &Asks,
+    ) -> Poll<Result<(), ProtocolError>> {
+        let result = self.poll_frames(cx, inbox, outbox, asks);
+        if result.is_ready() {
+            inbox.closed.set(true);
+            asks.close_all();
+        }
+        if let Poll::Ready(Err(e)) = &result {
+            tracing::error!(error = %e, "the master's stream is corrupt; exiting");
+            eprintln!("procactor worker: the master's stream is corrupt: {e}");
+        }
+        result
+    }
+
+    fn poll_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        inbox: &Inbox,
+        outbox: &Uplink,
+        asks: &Asks,
+    ) -> Poll<Result<(), ProtocolError>> {
         loop {
-            while let Some(frame) = decoder.decode(&mut buf)? {
+            if inbox.full() {
+                return Poll::Pending;
+            }
+            let before = inbox.moved();
+            while let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 let frame = frame.freeze();
-                let Some(inbound) = inbound(&frame, &outbox, &asks)? else {
-                    continue;
-                };
-                room.put(&inbound);
-                if tx.send(inbound).is_err() {
-                    return Ok(());
+                if let Some(item) = inbound(&frame, outbox, asks)? {
+                    inbox.put(item);
+                    if inbox.full() {
+                        break;
+                    }
                 }
-                room.room().await;
             }
-            if buf.capacity() - buf.len() < 64 * 1024 {
-                buf.reserve(256 * 1024);
+            if inbox.moved() != before {
+                // The handler loop takes these first; the run loop comes back for more.
+                return Poll::Pending;
             }
-            if pipe.read_buf(&mut buf).await.map_err(FrameError::from)? == 0 {
-                decoder.decode_eof(&buf)?;
-                return Ok(());
+            if self.buf.capacity() - self.buf.len() < 64 * 1024 {
+                self.buf.reserve(READ_BYTES);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.pipe), cx, &mut self.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    self.decoder.decode_eof(&self.buf)?;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(FrameError::from(e).into())),
             }
         }
     }
-    .await;
-    asks.close_all();
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "the master's stream is corrupt; exiting");
-        eprintln!("procactor worker: the master's stream is corrupt: {e}");
-    }
-    // End-of-file or a corrupt stream: either way the worker exits now.
-    result
 }
 
 /// What one frame from the master asks of this worker: an item for the handler loop, or

@@ -9,6 +9,9 @@ use std::cell::RefCell;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
+use std::future::Future;
+use std::task::{Context, Poll};
+
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
@@ -19,9 +22,9 @@ use crate::protocol::{Envelope, PROTOCOL_VERSION};
 use crate::worker::asks::Asks;
 use crate::worker::context::WorkerContext;
 use crate::worker::identity::{log_level, Identity};
-use crate::worker::inbox::{read_loop, Inbound, InboxRoom};
+use crate::worker::inbox::{Inbound, Inbox, Reader};
 use crate::worker::log::{push_log, LogSender, Outgoing};
-use crate::worker::uplink::{write_loop, Uplink};
+use crate::worker::uplink::{Uplink, Writer};
 use crate::worker::WorkerActor;
 
 /// Runs the worker; `Ok(status)`: the exit status the master asked for (0 for a plain stop or
@@ -40,22 +43,10 @@ pub(crate) async fn run<A: WorkerActor>(
         protocol_version: PROTOCOL_VERSION,
         pid: std::process::id(),
     })?;
-    // Reader, writer and handler loop are futures of this one task, not tasks of their own: a
-    // frame in, a reply out, with no scheduler hop between them.
-    // The pipe loops run outside tokio's cooperative budget, which would otherwise make them
-    // yield to the scheduler every 128 operations under load; they share this task's polls.
-    let writer = tokio::task::unconstrained(write_loop(Rc::clone(&outbox), writer));
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let room = Rc::new(InboxRoom::default());
+    let mut reader = Reader::new(reader, FrameDecoder::new(identity.max_frame_bytes));
+    let mut writer = Writer::new(writer);
+    let inbox = Rc::new(Inbox::default());
     let asks = Rc::new(Asks::default());
-    let reader = tokio::task::unconstrained(read_loop(
-        reader,
-        FrameDecoder::new(identity.max_frame_bytes),
-        (tx, Rc::clone(&room)),
-        Rc::clone(&outbox),
-        Rc::clone(&asks),
-    ));
-    tokio::pin!(writer, reader);
 
     let (log, log_rx) = LogSender::new();
     crate::worker::log::write_directly(Rc::clone(&outbox));
@@ -68,32 +59,82 @@ pub(crate) async fn run<A: WorkerActor>(
     };
     let logs = forward_logs(&log_rx, &outbox);
     tokio::pin!(logs);
-    let mut ctx = WorkerContext::<A>::new(Rc::clone(&outbox), asks, log, identity, listeners);
-    let handled = serve(&mut actor, &mut ctx, &mut rx, &room, &outbox);
+    let mut ctx = WorkerContext::<A>::new(
+        Rc::clone(&outbox),
+        Rc::clone(&asks),
+        log,
+        identity,
+        listeners,
+    );
+    let handled = serve(&mut actor, &mut ctx, &inbox, &outbox);
+    tokio::pin!(handled);
     // `Some(status)`: a graceful stop; `None`: the master is gone (or its stream broke), exit now.
     let mut reader_result = None;
-    let graceful = tokio::select! {
-        biased;
-        result = handled => result?,
-        result = &mut reader => {
+    let mut pass = |cx: &mut Context<'_>| {
+        let (moved, pushed) = (inbox.moved(), outbox.count());
+        if let Poll::Ready(result) = reader.poll(cx, &inbox, &outbox, &asks) {
             reader_result = Some(result);
-            None
+            return Pass::Done(Ok(None));
         }
-        () = &mut writer => None,
-        () = &mut logs => None,
+        if let Poll::Ready(result) = handled.as_mut().poll(cx) {
+            return Pass::Done(result);
+        }
+        if writer.poll(&outbox, cx).is_ready() || logs.as_mut().poll(cx).is_ready() {
+            return Pass::Done(Ok(None));
+        }
+        if inbox.moved() == moved && outbox.count() == pushed {
+            Pass::Wait
+        } else {
+            Pass::Again
+        }
     };
+    // Reader, handler loop and writer are polled in turn, in passes, until nothing moves: a
+    // request read is handled and its reply written in the same pass, and none of them wakes
+    // another (a wake-up of this task costs the runtime a trip to the I/O driver). The passes
+    // run outside tokio's cooperative budget, which would otherwise make the pipes yield every
+    // 128 operations under load; after `PASSES_PER_POLL` the loop yields to other tasks.
+    let graceful = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+        outbox.pass(Some(cx.waker()));
+        let mut result = Poll::Pending;
+        for round in 1..=PASSES_PER_POLL {
+            match pass(cx) {
+                Pass::Again if round == PASSES_PER_POLL => cx.waker().wake_by_ref(),
+                Pass::Again => {}
+                Pass::Wait => break,
+                Pass::Done(done) => {
+                    result = Poll::Ready(done);
+                    break;
+                }
+            }
+        }
+        outbox.pass(None);
+        result
+    }))
+    .await;
     if let Some(Err(e)) = reader_result {
         return Err(e.into());
     }
-    let Some(status) = graceful else {
+    let Some(status) = graceful? else {
         return Ok(0);
     };
     // Records still queued go too; then flush everything written so far and end.
     drain_logs();
     outbox.broken.set(true);
-    outbox.wake_writer.notify_one();
-    writer.await;
+    std::future::poll_fn(|cx| writer.poll(&outbox, cx)).await;
     Ok(status)
+}
+
+/// Passes of the run loop one poll of it makes at most before it lets other tasks run.
+const PASSES_PER_POLL: usize = 64;
+
+/// What one pass of the run loop came to.
+enum Pass {
+    /// Something moved: go round again.
+    Again,
+    /// Nothing moved: wait for a wake-up.
+    Wait,
+    /// The worker ends: `Some(status)` for a graceful stop, `None` to exit now.
+    Done(Result<Option<i32>, Error>),
 }
 
 /// The handler loop: `started`, then every request and one-way message in order, then
@@ -102,19 +143,14 @@ pub(crate) async fn run<A: WorkerActor>(
 async fn serve<A: WorkerActor>(
     actor: &mut A,
     ctx: &mut WorkerContext<A>,
-    rx: &mut mpsc::UnboundedReceiver<Inbound>,
-    room: &InboxRoom,
+    inbox: &Inbox,
     outbox: &Uplink,
 ) -> Result<Option<i32>, Error> {
     actor.started(ctx).await;
     outbox.push(&Envelope::Ready)?;
     let mut status = 0;
     while !ctx.stop_requested() {
-        let item = rx.recv().await;
-        if let Some(item) = &item {
-            room.taken(item);
-        }
-        match item {
+        match inbox.take().await {
             Some(Inbound::Request { id, from, payload }) => match decode_value(&payload) {
                 Ok(msg) => {
                     ctx.set_origin(from, Via::Direct);
