@@ -209,6 +209,31 @@ impl FrameDecoder {
         Ok(Some(buf.split_to(len)))
     }
 
+    /// The body length of the next frame when the whole frame is in `buf` (its body is then
+    /// `buf[HEADER_LEN..HEADER_LEN + len]`), for a reader that decodes in place; otherwise
+    /// reserves room for the rest of it (never more than the maximum) and returns `Ok(None)`.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] as soon as a header announces more than the maximum.
+    pub fn next_len(&self, buf: &mut BytesMut) -> Result<Option<usize>, FrameError> {
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len > self.max_frame_bytes {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
+        }
+        let total = HEADER_LEN + len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        Ok(Some(len))
+    }
+
     /// Checks what is left when the stream ends: anything but nothing is a truncated frame.
     ///
     /// # Errors

@@ -7,10 +7,11 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
+use serde::de::DeserializeOwned;
 use tokio::net::unix::pipe;
 
-use crate::codec::{decode_envelope, decode_value, FrameDecoder};
+use crate::codec::{decode_envelope, decode_value, FrameDecoder, HEADER_LEN};
 use crate::error::{FrameError, ProtocolError};
 use crate::messaging::{Peer, Via};
 use crate::protocol::Envelope;
@@ -22,29 +23,25 @@ use crate::worker::uplink::Uplink;
 /// reading while a handler is busy, so heartbeats are answered.
 const INBOX_BYTES: usize = 16 * 1024 * 1024;
 
-/// What the reader hands to the handler loop.
-pub(crate) enum Inbound {
+/// What the reader hands to the handler loop: requests and one-way messages decoded already.
+pub(crate) enum Inbound<M> {
     Request {
         id: u64,
         from: Peer,
-        payload: Bytes,
+        msg: M,
     },
     Tell {
         from: Peer,
         via: Via,
-        payload: Bytes,
+        msg: M,
+    },
+    /// A request whose payload did not decode: answered `Failed`, in its turn.
+    Undecodable {
+        id: u64,
+        error: String,
     },
     /// Stop gracefully, then exit with this status.
     Shutdown(i32),
-}
-
-impl Inbound {
-    fn len(&self) -> usize {
-        match self {
-            Inbound::Request { payload, .. } | Inbound::Tell { payload, .. } => payload.len(),
-            Inbound::Shutdown(_) => 0,
-        }
-    }
 }
 
 /// Requests and one-way messages read but not yet handled, in order, with their payload bytes.
@@ -52,39 +49,50 @@ impl Inbound {
 /// Filled by the [`Reader`] and emptied by the handler loop, both polled by the run loop in the
 /// same pass: neither wakes the other (the run loop goes round again while
 /// [`moved`](Self::moved) changes).
-#[derive(Default)]
-pub(crate) struct Inbox {
-    items: RefCell<VecDeque<Inbound>>,
+pub(crate) struct Inbox<M> {
+    /// Each item with the bytes its payload took on the wire.
+    items: RefCell<VecDeque<(usize, Inbound<M>)>>,
     bytes: Cell<usize>,
     moved: Cell<u64>,
     /// The reader has ended: once empty, there is nothing more.
     closed: Cell<bool>,
 }
 
-impl Inbox {
-    fn put(&self, item: Inbound) {
-        self.bytes.set(self.bytes.get() + item.len());
-        self.items.borrow_mut().push_back(item);
+impl<M> Default for Inbox<M> {
+    fn default() -> Self {
+        Self {
+            items: RefCell::new(VecDeque::new()),
+            bytes: Cell::new(0),
+            moved: Cell::new(0),
+            closed: Cell::new(false),
+        }
+    }
+}
+
+impl<M> Inbox<M> {
+    fn put(&self, len: usize, item: Inbound<M>) {
+        self.bytes.set(self.bytes.get() + len);
+        self.items.borrow_mut().push_back((len, item));
         self.moved.set(self.moved.get() + 1);
     }
 
     /// The next item; `Ready(None)` once the reader has ended and all is taken. `Pending`
     /// registers no waker: the run loop polls the handler loop again whenever an item arrives.
-    pub(crate) fn poll_take(&self) -> Poll<Option<Inbound>> {
-        let Some(item) = self.items.borrow_mut().pop_front() else {
+    pub(crate) fn poll_take(&self) -> Poll<Option<Inbound<M>>> {
+        let Some((len, item)) = self.items.borrow_mut().pop_front() else {
             return if self.closed.get() {
                 Poll::Ready(None)
             } else {
                 Poll::Pending
             };
         };
-        self.bytes.set(self.bytes.get() - item.len());
+        self.bytes.set(self.bytes.get() - len);
         self.moved.set(self.moved.get() + 1);
         Poll::Ready(Some(item))
     }
 
     /// The next item, or `None` once the reader has ended and all is taken.
-    pub(crate) async fn take(&self) -> Option<Inbound> {
+    pub(crate) async fn take(&self) -> Option<Inbound<M>> {
         std::future::poll_fn(|_| self.poll_take()).await
     }
 
@@ -127,10 +135,10 @@ impl Reader {
     /// Returns (`Pending`) as soon as it has put items in the inbox, before reading again: the
     /// run loop, which goes round while the inbox moves, lets the handler loop take them first,
     /// so the buffer is handed back (and reused, with no allocation) before the next read.
-    pub(crate) fn poll(
+    pub(crate) fn poll<M: DeserializeOwned>(
         &mut self,
         cx: &mut Context<'_>,
-        inbox: &Inbox,
+        inbox: &Inbox<M>,
         outbox: &Uplink,
         asks: &Asks,
     ) -> Poll<Result<(), ProtocolError>> {
@@ -146,10 +154,10 @@ impl Reader {
         result
     }
 
-    fn poll_frames(
+    fn poll_frames<M: DeserializeOwned>(
         &mut self,
         cx: &mut Context<'_>,
-        inbox: &Inbox,
+        inbox: &Inbox<M>,
         outbox: &Uplink,
         asks: &Asks,
     ) -> Poll<Result<(), ProtocolError>> {
@@ -158,13 +166,22 @@ impl Reader {
                 return Poll::Pending;
             }
             let before = inbox.moved();
-            while let Some(frame) = self.decoder.decode(&mut self.buf)? {
-                let frame = frame.freeze();
-                if let Some(item) = inbound(&frame, outbox, asks)? {
-                    inbox.put(item);
-                    if inbox.full() {
-                        break;
+            while let Some(len) = self.decoder.next_len(&mut self.buf)? {
+                let body = &self.buf[HEADER_LEN..HEADER_LEN + len];
+                match inbound(body, outbox, asks)? {
+                    Taken::Item(bytes, item) => inbox.put(bytes, item),
+                    Taken::Done => {}
+                    Taken::AskReply(id, range) => {
+                        // The payload is handed over as it is, without a copy.
+                        self.buf.advance(HEADER_LEN);
+                        let frame = self.buf.split_to(len).freeze();
+                        asks.answer(id, Ok(frame.slice(range)));
+                        continue;
                     }
+                }
+                self.buf.advance(HEADER_LEN + len);
+                if inbox.full() {
+                    break;
                 }
             }
             if inbox.moved() != before {
@@ -187,25 +204,27 @@ impl Reader {
     }
 }
 
-/// What one frame from the master asks of this worker: an item for the handler loop, or
+/// What became of one frame from the master.
+enum Taken<M> {
+    /// A request or one-way message for the handler loop, with its payload's size.
+    Item(usize, Inbound<M>),
+    /// The answer to an ask: its payload's place in the frame body.
+    AskReply(u64, std::ops::Range<usize>),
+    /// Dealt with here (a ping, a credit, a cache event, a request that did not decode).
+    Done,
+}
+
+/// What one frame body from the master asks of this worker: an item for the handler loop, or
 /// nothing more (a ping, an answer to one of its asks, a cache event: dealt with here).
-fn inbound(frame: &Bytes, outbox: &Uplink, asks: &Asks) -> Result<Option<Inbound>, ProtocolError> {
-    let inbound = match decode_envelope(frame)? {
-        Envelope::Request { id, payload } => Inbound::Request {
-            id,
-            from: Peer::Master,
-            payload: frame.slice_ref(payload),
-        },
-        Envelope::Tell { payload } => Inbound::Tell {
-            from: Peer::Master,
-            via: Via::Direct,
-            payload: frame.slice_ref(payload),
-        },
-        Envelope::PeerRequest { id, from, payload } => Inbound::Request {
-            id,
-            from,
-            payload: frame.slice_ref(payload),
-        },
+fn inbound<M: DeserializeOwned>(
+    body: &[u8],
+    outbox: &Uplink,
+    asks: &Asks,
+) -> Result<Taken<M>, ProtocolError> {
+    let (id, from, via, payload) = match decode_envelope(body)? {
+        Envelope::Request { id, payload } => (Some(id), Peer::Master, Via::Direct, payload),
+        Envelope::Tell { payload } => (None, Peer::Master, Via::Direct, payload),
+        Envelope::PeerRequest { id, from, payload } => (Some(id), from, Via::Direct, payload),
         Envelope::Deliver {
             from,
             via,
@@ -216,38 +235,34 @@ fn inbound(frame: &Bytes, outbox: &Uplink, asks: &Asks) -> Result<Option<Inbound
                 // Received: that is what the sender waits to hear.
                 let _ = outbox.push(&Envelope::Reply { id, payload: &[] });
             }
-            Inbound::Tell {
-                from,
-                via,
-                payload: frame.slice_ref(payload),
-            }
+            (None, from, via, payload)
         }
         Envelope::AskReply { id, payload } => {
-            asks.answer(id, Ok(frame.slice_ref(payload)));
-            return Ok(None);
+            let start = payload.as_ptr() as usize - body.as_ptr() as usize;
+            return Ok(Taken::AskReply(id, start..start + payload.len()));
         }
         Envelope::AskFailed { id, error } => {
             asks.answer(id, Err(error));
-            return Ok(None);
+            return Ok(Taken::Done);
         }
         Envelope::Notify { payload } => {
             match decode_value(payload) {
                 Ok(event) => asks.notify(event),
                 Err(e) => tracing::warn!(error = %e, "cache event did not decode"),
             }
-            return Ok(None);
+            return Ok(Taken::Done);
         }
         Envelope::Credit { worker, count } => {
             asks.windows.credit(worker, count);
-            return Ok(None);
+            return Ok(Taken::Done);
         }
-        Envelope::Shutdown => Inbound::Shutdown(0),
-        Envelope::ShutdownWith { status } => Inbound::Shutdown(status),
+        Envelope::Shutdown => return Ok(Taken::Item(0, Inbound::Shutdown(0))),
+        Envelope::ShutdownWith { status } => return Ok(Taken::Item(0, Inbound::Shutdown(status))),
         Envelope::Ping { seq } => {
             // Answered here, not by the handler loop: a worker awaiting a long
             // handler is busy, not hung.
             let _ = outbox.push(&Envelope::Pong { seq });
-            return Ok(None);
+            return Ok(Taken::Done);
         }
         other => {
             return Err(ProtocolError::unexpected(
@@ -256,5 +271,21 @@ fn inbound(frame: &Bytes, outbox: &Uplink, asks: &Asks) -> Result<Option<Inbound
             ))
         }
     };
-    Ok(Some(inbound))
+    // The message is decoded here, from the read buffer, so nothing of the frame is kept.
+    let len = payload.len();
+    Ok(match (decode_value::<M>(payload), id) {
+        (Ok(msg), Some(id)) => Taken::Item(len, Inbound::Request { id, from, msg }),
+        (Ok(msg), None) => Taken::Item(len, Inbound::Tell { from, via, msg }),
+        (Err(e), Some(id)) => Taken::Item(
+            len,
+            Inbound::Undecodable {
+                id,
+                error: format!("request did not decode: {e}"),
+            },
+        ),
+        (Err(e), None) => {
+            tracing::warn!(?from, error = %e, "one-way message did not decode");
+            Taken::Done
+        }
+    })
 }

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
-use crate::codec::{decode_value, FrameDecoder};
+use crate::codec::FrameDecoder;
 use crate::error::Error;
 use crate::messaging::Via;
 use crate::protocol::{Envelope, PROTOCOL_VERSION};
@@ -45,7 +45,7 @@ pub(crate) async fn run<A: WorkerActor>(
     })?;
     let mut reader = Reader::new(reader, FrameDecoder::new(identity.max_frame_bytes));
     let mut writer = Writer::new(writer);
-    let inbox = Rc::new(Inbox::default());
+    let inbox = Rc::new(Inbox::<A::Msg>::default());
     let asks = Rc::new(Asks::default());
 
     let (log, log_rx) = LogSender::new();
@@ -143,7 +143,7 @@ enum Pass {
 async fn serve<A: WorkerActor>(
     actor: &mut A,
     ctx: &mut WorkerContext<A>,
-    inbox: &Inbox,
+    inbox: &Inbox<A::Msg>,
     outbox: &Uplink,
 ) -> Result<Option<i32>, Error> {
     actor.started(ctx).await;
@@ -151,21 +151,16 @@ async fn serve<A: WorkerActor>(
     let mut status = 0;
     while !ctx.stop_requested() {
         match inbox.take().await {
-            Some(Inbound::Request { id, from, payload }) => match decode_value(&payload) {
-                Ok(msg) => {
-                    ctx.set_origin(from, Via::Direct);
-                    let reply = actor.handle(msg, ctx).await;
-                    ctx.reply(id, &reply);
-                }
-                Err(e) => ctx.fail(id, &format!("request did not decode: {e}")),
-            },
-            Some(Inbound::Tell { from, via, payload }) => match decode_value(&payload) {
-                Ok(msg) => {
-                    ctx.set_origin(from, via);
-                    actor.tell(msg, ctx).await;
-                }
-                Err(e) => tracing::warn!(?from, error = %e, "one-way message did not decode"),
-            },
+            Some(Inbound::Request { id, from, msg }) => {
+                ctx.set_origin(from, Via::Direct);
+                let reply = actor.handle(msg, ctx).await;
+                ctx.reply(id, &reply);
+            }
+            Some(Inbound::Tell { from, via, msg }) => {
+                ctx.set_origin(from, via);
+                actor.tell(msg, ctx).await;
+            }
+            Some(Inbound::Undecodable { id, error }) => ctx.fail(id, &error),
             Some(Inbound::Shutdown(asked)) => {
                 status = asked;
                 break;
