@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Sections for `--only`: `rtt`, `pipelined`, `tell`, `bulk`, `spawn`, `respawn`, `broadcast`,
-//! `peer`, `pinned`, `http`, `cache`, `logs`, `raw`; figures of the others read `NaN`.
+//! `peer`, `pinned`, `http`, `cache`, `logs`, `scale`, `raw`; figures of the others read `NaN`
+//! (`null` in `--json`).
 //!
 //! The baseline (`raw_*` keys) is two processes and two pipes with no framework: coalesced
 //! writes, blocking reads, the floor a framework can approach. Every `*_vs_raw` key is the
@@ -24,6 +25,7 @@ mod raw;
 /// The relay worker of `procactor-relay` (a test fixture), for the cache and log figures.
 #[path = "../../actors/relay/relay.rs"]
 mod relay;
+mod scale;
 
 use std::time::{Duration, Instant};
 
@@ -116,6 +118,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if logs::is_child() {
         return logs::child_main();
     }
+    if scale::is_child() {
+        return scale::child_main();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     let sizes = if args.iter().any(|a| a == "--quick") {
@@ -172,6 +177,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         logs::measure_in_child(quick)?
     } else {
         logs::LogFigures::nan()
+    };
+    let scaled = if wants("scale") {
+        scale::measure_in_child(quick)?
+    } else {
+        scale::ScaleFigures::nan()
     };
     let raw = if !wants("raw") {
         raw::RawFigures::nan()
@@ -233,7 +243,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     // Figures with a baseline of their own: (key, value, baseline key, baseline, ratio key).
-    let pairs: [(&str, f64, &str, f64, &str); 7] = [
+    let pairs: [(&str, f64, &str, f64, &str); 9] = [
         (
             "log_records_per_s",
             logs.records_per_s,
@@ -277,6 +287,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "",
         ),
         (
+            "rtt_us_median_256_workers",
+            scaled.rtt_us_median_256_workers,
+            "rtt_us_median_1_worker",
+            scaled.rtt_us_median_1_worker,
+            "rtt_256_vs_1_worker",
+        ),
+        (
+            "start_256_workers_ms",
+            scaled.start_256_workers_ms,
+            "master_rss_mb_per_100_workers",
+            scaled.master_rss_mb_per_100_workers,
+            "",
+        ),
+        (
             "reload_failed_requests",
             web.reload_failed_requests as f64,
             "kill_restart_failed_requests",
@@ -306,6 +330,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 fields.push(format!("\"{ratio_key}\":{}", num(value / base)));
             }
         }
+        fields.push(format!(
+            "\"idle_master_cpu_pct_256_workers\":{}",
+            num(scaled.idle_master_cpu_pct_256_workers)
+        ));
         fields.push(format!("\"cache_ops_per_s\":{}", num(cache_rate)));
         match redis_rate {
             Some(redis) => {
@@ -342,6 +370,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (key, value, base_key, base, _) in pairs {
             println!("{key:<24} {value:>12.2}   {base_key:<30} {base:>12.2}");
         }
+        println!(
+            "{:<24} {:>12.2}",
+            "idle_master_cpu_pct_256_workers", scaled.idle_master_cpu_pct_256_workers
+        );
         match redis_rate {
             Some(redis) => println!(
                 "{:<24} {cache_rate:>12.2}   {:<30} {redis:>12.2}",
