@@ -60,7 +60,7 @@ pub(crate) fn is_child() -> bool {
 /// The child: measures and prints the four figures on one line.
 pub(crate) fn child_main() -> Result<(), Box<dyn std::error::Error>> {
     let per_worker = std::env::var(CHILD_ENV)?.parse()?;
-    let f = actix::System::new().block_on(measure(per_worker))?;
+    let f = crate::run_in_system(measure(per_worker))?;
     println!(
         "{} {} {} {}",
         f.records_per_s, f.direct_records_per_s, f.flood_master_rss_mb, f.idle_master_rss_mb

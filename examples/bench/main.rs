@@ -136,23 +136,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|i| args.get(i + 1))
         .map(|list| list.split(',').map(str::to_owned).collect());
     ONLY.set(only).expect("set once");
-    let ours = actix::System::new().block_on(measure(sizes))?;
+    let ours = crate::run_in_system(measure(sizes))?;
     // Pinned round trips: cross-core and same-core, procactor then raw.
     let pinned = match pinned::two_cpus().filter(|_| wants("pinned")) {
         Some((a, b)) => {
             let base = ClusterConfig::new().log(bench_logs());
-            let cross = actix::System::new().block_on(pinned::procactor_rtt(
-                base.clone(),
-                a,
-                b,
-                sizes.round_trips,
-            ))?;
-            let same = actix::System::new().block_on(pinned::procactor_rtt(
-                base,
-                a,
-                a,
-                sizes.round_trips,
-            ))?;
+            let cross =
+                crate::run_in_system(pinned::procactor_rtt(base.clone(), a, b, sizes.round_trips))?;
+            let same = crate::run_in_system(pinned::procactor_rtt(base, a, a, sizes.round_trips))?;
             let raw_cross = raw::pinned_rtt(a, b, sizes.round_trips)?;
             let raw_same = raw::pinned_rtt(a, a, sizes.round_trips)?;
             Some((cross, raw_cross, same, raw_same))
@@ -160,14 +151,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let web = if wants("http") {
-        actix::System::new().block_on(http::measure(quick))?
+        crate::run_in_system(http::measure(quick))?
     } else {
         http::HttpFigures::nan()
     };
     let cache_ops = if quick { 20_000 } else { 200_000 };
     let (cache_rate, redis_rate) = if wants("cache") {
         (
-            actix::System::new().block_on(cache::procactor_ops(cache_ops))?,
+            crate::run_in_system(cache::procactor_ops(cache_ops))?,
             cache::redis_ops(cache_ops)?,
         )
     } else {
@@ -597,6 +588,22 @@ async fn stats(w: &Addr<Worker<Echo>>) -> Result<u64, procactor::Error> {
         EchoReply::Stats { tells, .. } => Ok(tells),
         other => unreachable!("{other:?}"),
     }
+}
+
+/// Runs `f` to its end as a task of a new actix system, as the code of an actor or a handler
+/// runs, not as the system's own `block_on` future: since tokio 1.52.4, each wake-up of the
+/// `block_on` future costs a poll of the I/O driver (one more `epoll_wait` per reply), which a
+/// task of the system does not pay.
+pub(crate) fn run_in_system<F>(f: F) -> F::Output
+where
+    F: std::future::Future + 'static,
+    F::Output: 'static,
+{
+    actix::System::new().block_on(async move {
+        actix::spawn(f)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    })
 }
 
 /// The bench's clusters log to a directory of their own under the temp dir, with `tracing`

@@ -45,7 +45,7 @@ pub(crate) fn is_child() -> bool {
 /// The child: measures and prints the figures on one line.
 pub(crate) fn child_main() -> Result<(), Box<dyn std::error::Error>> {
     let quick = std::env::var(CHILD_ENV)? == "quick";
-    let f = actix::System::new().block_on(measure(quick))?;
+    let f = crate::run_in_system(measure(quick))?;
     println!(
         "{} {} {} {} {}",
         f.master_rss_mb_per_100_workers,

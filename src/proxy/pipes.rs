@@ -12,13 +12,13 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use actix::ActorFuture;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
 use super::actor::Worker;
 use super::gate::Pause;
-use crate::codec::FrameDecoder;
+use crate::codec::{FrameDecoder, HEADER_LEN};
 use crate::logger::{LogLink, Record, Source, Stream};
 use crate::worker::WorkerActor;
 
@@ -181,13 +181,16 @@ impl ReadFrames {
             return Some(Step::Wait);
         }
         p.gate.resumed();
-        match self.decoder.decode(&mut self.buf) {
-            Ok(Some(frame)) => {
-                if let Err(e) = act.on_frame(generation, &frame, ctx) {
+        match self.decoder.next_len(&mut self.buf) {
+            Ok(Some(len)) => {
+                // Decoded in place: the frame is borrowed from the read buffer, then skipped.
+                let body = &self.buf[HEADER_LEN..HEADER_LEN + len];
+                if let Err(e) = act.on_frame(generation, body, ctx) {
                     act.fault(generation, e.into(), ctx);
                     act.stdout_closed(generation);
                     return Some(Step::Done);
                 }
+                self.buf.advance(HEADER_LEN + len);
                 Some(Step::More)
             }
             Ok(None) => None,
