@@ -225,7 +225,7 @@ pub struct Record {
 }
 
 /// The keys every JSON line starts with; a field with one of these names is renamed.
-const TOP_LEVEL: [&str; 6] = ["time", "kind", "worker", "pid", "generation", "group"];
+pub(super) const TOP_LEVEL: [&str; 6] = ["time", "kind", "worker", "pid", "generation", "group"];
 
 impl Record {
     /// A record of `kind` from `source` with `fields`, stamped with the current time.
@@ -421,7 +421,7 @@ impl Serialize for JsonLine<'_> {
 ///
 /// Hand-written (a civil-from-days conversion) so the logger needs no date crate; times
 /// before 1970 work too, rounded down to the millisecond.
-struct Rfc3339(SystemTime);
+pub(super) struct Rfc3339(pub(super) SystemTime);
 
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
