@@ -35,6 +35,9 @@ fn here() -> Source {
     }
 }
 
+/// The most a worker keeps allocated for serialising records' fields between records.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
 /// Records that may wait for the runtime's thread.
 pub(crate) const QUEUE: usize = 16 * 1024;
 
@@ -116,6 +119,9 @@ impl LogSender {
                 fields.clear();
                 (write.take().expect("written once"))(&mut fields);
                 push_fields(outbox, kind, time_ns, as_text(&fields));
+                if fields.capacity() > SCRATCH_KEPT {
+                    *fields = Vec::new();
+                }
                 Ok::<_, std::cell::BorrowMutError>(())
             });
         });
