@@ -10,14 +10,16 @@
 //! that stalls, a rotation, a sink that calls out to the network must delay logs, never the
 //! frames and heartbeats of other workers. Hence two sides:
 //!
-//! - **On the arbiter**, records are only queued: a proxy turns a worker's frame or output
-//!   line into a record and hands it to the queue (`logger/queue.rs`: bounded in bytes, and
+//! - **On the arbiter**, records are only queued: a proxy turns a worker's output line into a
+//!   record, or copies the record a worker sent as it came (its fields still JSON text:
+//!   `logger/raw.rs`), and hands it to the queue (`logger/queue.rs`: bounded in bytes, and
 //!   what happens when it is full). The [`Logger`] actor answers `flush_logs`, the close at
 //!   stop, and `recent_logs`. A cluster nested in a worker also forwards each record to the
 //!   master above here (`logger/upward.rs`): an in-memory append on that thread, never
 //!   dropped, as before.
 //! - **On the writer thread** (`procactor-log`, `logger/writer.rs`), records are formatted
-//!   and written, one at a time: the master's `tracing` re-emission, the files and their
+//!   and written, one at a time (a worker's record is parsed there only if a sink needs it
+//!   parsed; the files get its line written around its text): the master's `tracing` re-emission, the files and their
 //!   rotation, every extra sink, then the in-memory ring, which the writer also answers
 //!   `recent_logs` from, in queue order. A record leaves the queue's byte
 //!   count only once written, so a slow sink fills the queue, and a full queue pauses the
@@ -44,8 +46,10 @@
 //!   written when the process exits is lost.
 
 mod actor;
+mod canonical;
 mod emit;
 mod queue;
+mod raw;
 pub mod record;
 pub mod sink;
 pub(crate) mod upward;

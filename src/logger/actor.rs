@@ -40,6 +40,12 @@ impl LogLink {
         self.queue.push(record, size);
     }
 
+    /// Queues a record a worker sent on purpose, its fields the JSON text of its frame (see
+    /// `logger/raw.rs`); never dropped, as [`send_always`](Self::send_always).
+    pub(crate) fn send_fields(&self, source: Source, kind: Kind, time_ns: u64, fields: &str) {
+        self.queue.push_fields(source, kind, time_ns, fields);
+    }
+
     /// Reports what `dropped` counted, once there is room again.
     pub(crate) fn report_dropped(&self, source: &Source, dropped: &Cell<u64>) {
         if dropped.get() > 0 && self.queue.roomy() {

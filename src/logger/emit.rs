@@ -19,13 +19,17 @@ use super::record::{Kind, Record};
 /// The `tracing` target of re-emitted records.
 const TARGET: &str = "procactor::log";
 
-/// The record as a `tracing` event of the master, when a subscriber wants it.
-pub(super) fn emit(record: &Record) {
-    let wanted = match record.kind {
+/// Whether a subscriber wants records of `kind` (see [`emit`]).
+pub(super) fn wanted(kind: Kind) -> bool {
+    match kind {
         Kind::Error => tracing::enabled!(target: TARGET, tracing::Level::WARN),
         _ => tracing::enabled!(target: TARGET, tracing::Level::INFO),
-    };
-    if !wanted {
+    }
+}
+
+/// The record as a `tracing` event of the master, when a subscriber wants it.
+pub(super) fn emit(record: &Record) {
+    if !wanted(record.kind) {
         return;
     }
     // An output line's fields are in the message but for its stream; other kinds' fields are

@@ -6,6 +6,13 @@
 //! when it enters and uncounted only after the writer has written it, so a slow disk or sink
 //! shows up here as a full queue — backpressure — rather than as memory.
 //!
+//! Records workers send on purpose ([`push_fields`](LogQueue::push_fields)) are counted as they
+//! enter too, but wait on the arbiter until the end of the event loop's turn (or until there
+//! are [`HAND_OVER`] of them) and cross to the writer together: one send and at most one
+//! wake-up of the writer thread per batch instead of per record, which at a few hundred
+//! thousand records a second were a good part of their cost. Anything else queued hands them
+//! over first, so the writer sees everything in the order it was queued.
+//!
 //! What a full queue means is the callers' policy ([`LogLink`](super::LogLink)): captured
 //! output is dropped and counted; records sent on purpose are always queued, and the proxy of
 //! a worker that has records in the full queue stops reading that worker
@@ -16,26 +23,38 @@
 //! # Limits
 //! - The bound is soft for records that are never dropped: a proxy checks it between reads,
 //!   so the queue may overshoot by what one read brought in (a pipe-full per worker).
-//! - The count uses [`Record::approx_size`], not the allocator's figure.
+//! - The count uses [`Record::approx_size`] (a worker's record: its struct and its fields'
+//!   text), not the allocator's figure.
+//! - Workers' records are handed over by a task spawned on the arbiter, so
+//!   [`push_fields`](LogQueue::push_fields) needs one (actix's) to run in.
 //! - A record queued after the writer has closed is dropped (and uncounted).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{SendError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Waker;
 
 use tokio::sync::oneshot;
 
-use super::record::{Kind, Record};
+use super::raw::RawRecord;
+use super::record::{Kind, Record, Source};
 use crate::WorkerId;
+
+/// Workers' records waiting on the arbiter that are handed to the writer at once rather than
+/// at the end of the event loop's turn.
+const HAND_OVER: usize = 512;
 
 /// What the writer thread is asked to do, in queue order.
 #[derive(Debug)]
 pub(crate) enum Job {
     /// Write a record to every sink; its counted size goes with it.
     Record(Record, usize),
+    /// Write workers' records, in order, to every sink; each counted at its
+    /// [`approx_size`](RawRecord::approx_size).
+    Batch(Vec<RawRecord>),
     /// Flush every sink, then answer.
     Flush(oneshot::Sender<()>),
     /// Answer the last `n` records of `kind` (of one worker, or of all) from the ring.
@@ -148,6 +167,13 @@ pub(crate) struct LogQueue {
     /// Bytes of each worker's records queued so far, a running total: less the writer's
     /// total, what the worker has in the queue now. Only the arbiter adds, without a lock.
     pushed: RefCell<HashMap<WorkerId, u64>>,
+    /// Workers' records queued (and counted) on the arbiter, not yet handed to the writer:
+    /// they go together, one send and at most one wake-up of the writer for many records.
+    pending: RefCell<Vec<RawRecord>>,
+    /// A hand-over of `pending` is spawned on the arbiter (it runs after the current task).
+    handing_over: Cell<bool>,
+    /// The group of the last worker record, shared by the records that follow of the same.
+    group: RefCell<Option<Arc<str>>>,
 }
 
 impl LogQueue {
@@ -159,6 +185,9 @@ impl LogQueue {
             jobs,
             upward,
             pushed: RefCell::default(),
+            pending: RefCell::default(),
+            handing_over: Cell::new(false),
+            group: RefCell::default(),
         }
     }
 
@@ -228,6 +257,7 @@ impl LogQueue {
 
     /// Queues a record of `size` bytes whatever the count.
     pub(crate) fn push(&self, record: Record, size: usize) {
+        self.hand_over();
         if self.upward {
             super::upward::forward(&record);
         }
@@ -241,9 +271,90 @@ impl LogQueue {
         }
     }
 
+    /// Queues a worker's record whatever the count, its `fields` the JSON text it sent: copied
+    /// as it is, parsed only if need be on the writer thread (see `logger/raw.rs`). It waits
+    /// on the arbiter with the records that follow it until the end of the event loop's
+    /// turn, then goes to the writer with them.
+    ///
+    /// # Panics
+    /// Outside an actix (tokio `LocalSet`) context, where the hand-over cannot be spawned.
+    pub(crate) fn push_fields(
+        self: &Rc<Self>,
+        source: Source,
+        kind: Kind,
+        time_ns: u64,
+        fields: &str,
+    ) {
+        let raw = RawRecord {
+            kind,
+            time_ns,
+            worker: source.worker,
+            pid: source.pid,
+            generation: source.generation,
+            group: self.shared_group(source.group),
+            fields: fields.into(),
+        };
+        if self.upward {
+            super::upward::forward(&raw.to_record());
+        }
+        let size = raw.approx_size();
+        self.gauge.add(size);
+        if let Some(worker) = raw.worker {
+            *self.pushed.borrow_mut().entry(worker).or_default() += size as u64;
+        }
+        let waiting = {
+            let mut pending = self.pending.borrow_mut();
+            pending.push(raw);
+            pending.len()
+        };
+        if waiting >= HAND_OVER {
+            self.hand_over();
+        } else if !self.handing_over.replace(true) {
+            let queue = Rc::clone(self);
+            actix::spawn(async move {
+                queue.handing_over.set(false);
+                queue.hand_over();
+            });
+        }
+    }
+
+    /// `group` as an `Arc` shared with the previous record's when it is the same.
+    fn shared_group(&self, group: String) -> Arc<str> {
+        let mut last = self.group.borrow_mut();
+        match &*last {
+            Some(shared) if **shared == *group => Arc::clone(shared),
+            _ => Arc::clone(last.insert(group.into())),
+        }
+    }
+
+    /// Sends the workers' records waiting on the arbiter to the writer; whatever else is
+    /// queued does this first, so the writer sees everything in the order it was queued.
+    fn hand_over(&self) {
+        let batch = {
+            let mut pending = self.pending.borrow_mut();
+            if pending.is_empty() {
+                return;
+            }
+            let capacity = pending.len();
+            std::mem::replace(&mut *pending, Vec::with_capacity(capacity))
+        };
+        if let Err(SendError(Job::Batch(batch))) = self.jobs.send(Job::Batch(batch)) {
+            // The writer has closed: nothing will count them out.
+            let mut pushed = self.pushed.borrow_mut();
+            for raw in batch {
+                let size = raw.approx_size();
+                self.gauge.release(size);
+                if let Some(total) = raw.worker.and_then(|worker| pushed.get_mut(&worker)) {
+                    *total -= size as u64;
+                }
+            }
+        }
+    }
+
     /// Asks the writer to flush everything queued so far; the receiver resolves once it has
     /// (or at once, with an error, when the writer is gone).
     pub(crate) fn flush(&self) -> oneshot::Receiver<()> {
+        self.hand_over();
         let (done, flushed) = oneshot::channel();
         let _ = self.jobs.send(Job::Flush(done));
         flushed
@@ -258,6 +369,7 @@ impl LogQueue {
         n: usize,
         worker: Option<WorkerId>,
     ) -> oneshot::Receiver<Vec<Record>> {
+        self.hand_over();
         let (answer, recent) = oneshot::channel();
         let _ = self.jobs.send(Job::Recent {
             kind,
@@ -271,6 +383,7 @@ impl LogQueue {
     /// Asks the writer to write everything queued so far, flush, close its sinks and end; the
     /// receiver resolves once the thread has let go of every sink.
     pub(crate) fn close(&self) -> oneshot::Receiver<()> {
+        self.hand_over();
         let (done, closed) = oneshot::channel();
         let _ = self.jobs.send(Job::Close(done));
         closed
@@ -384,6 +497,61 @@ mod tests {
         gauge.close();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(!queue.full() && !queue.full_for(1));
+    }
+
+    fn source(worker: WorkerId) -> Source {
+        Source {
+            worker: Some(worker),
+            ..Source::master("g")
+        }
+    }
+
+    /// What the writer would take from `rx` now: `r` for a record, `b<n>` for a batch of n.
+    fn jobs(rx: &Receiver<Job>) -> Vec<String> {
+        rx.try_iter()
+            .map(|job| match job {
+                Job::Record(..) => "r".to_owned(),
+                Job::Batch(batch) => format!("b{}", batch.len()),
+                _ => "other".to_owned(),
+            })
+            .collect()
+    }
+
+    #[actix::test]
+    async fn workers_records_cross_together_at_the_end_of_the_turn_in_queue_order() {
+        let (queue, gauge, rx) = queue(1 << 20);
+        let queue = Rc::new(queue);
+        for n in 0..3 {
+            queue.push_fields(source(1), Kind::Ip, n, r#"{"n":1}"#);
+        }
+        assert!(jobs(&rx).is_empty(), "they wait for the end of the turn");
+        assert!(gauge.queued() > 0, "but count at once");
+        assert!(queue.pushed.borrow()[&1] > 0);
+        // Anything else queued hands them over first.
+        queue.push(record(), 10);
+        queue.push_fields(source(2), Kind::Ip, 3, "{}");
+        assert_eq!(jobs(&rx), ["b3", "r"]);
+        tokio::task::yield_now().await;
+        assert_eq!(jobs(&rx), ["b1"]);
+        // A full batch goes at once.
+        for n in 0..HAND_OVER as u64 + 1 {
+            queue.push_fields(source(1), Kind::Ip, n, "{}");
+        }
+        assert_eq!(jobs(&rx), [format!("b{HAND_OVER}")]);
+        drop(queue.flush());
+        assert_eq!(jobs(&rx), ["b1", "other"]);
+    }
+
+    #[actix::test]
+    async fn workers_records_for_a_closed_writer_are_not_counted() {
+        let (queue, gauge, rx) = queue(10);
+        drop(rx);
+        let queue = Rc::new(queue);
+        queue.push_fields(source(1), Kind::Ip, 0, r#"{"a":"b"}"#);
+        assert!(queue.full_for(1), "counted until handed over");
+        tokio::task::yield_now().await;
+        assert_eq!(gauge.queued(), 0);
+        assert!(!queue.full_for(1));
     }
 
     #[test]

@@ -225,7 +225,7 @@ pub struct Record {
 }
 
 /// The keys every JSON line starts with; a field with one of these names is renamed.
-const TOP_LEVEL: [&str; 6] = ["time", "kind", "worker", "pid", "generation", "group"];
+pub(super) const TOP_LEVEL: [&str; 6] = ["time", "kind", "worker", "pid", "generation", "group"];
 
 impl Record {
     /// A record of `kind` from `source` with `fields`, stamped with the current time.
@@ -363,6 +363,30 @@ impl Record {
     }
 }
 
+/// The fields of [`Record::ip`] as JSON, written straight into `out`: the object the record's
+/// map serialises to, keys in the same order, without building the map (how a worker sends
+/// its `ip` records).
+pub(crate) fn write_ip_fields(
+    out: &mut Vec<u8>,
+    client: &str,
+    method: &str,
+    path: &str,
+    status: u16,
+    duration: Duration,
+) {
+    let mut serializer = serde_json::Serializer::new(out);
+    let written = (|| {
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("client", client)?;
+        map.serialize_entry("duration_ms", &duration_ms(duration))?;
+        map.serialize_entry("method", method)?;
+        map.serialize_entry("path", path)?;
+        map.serialize_entry("status", &status)?;
+        map.end()
+    })();
+    written.expect("strings and numbers serialize into a Vec");
+}
+
 /// A duration in milliseconds, to the microsecond (`1.5` for 1500 µs).
 fn duration_ms(duration: Duration) -> Value {
     (duration.as_micros() as f64 / 1000.0).into()
@@ -421,7 +445,7 @@ impl Serialize for JsonLine<'_> {
 ///
 /// Hand-written (a civil-from-days conversion) so the logger needs no date crate; times
 /// before 1970 work too, rounded down to the millisecond.
-struct Rfc3339(SystemTime);
+pub(super) struct Rfc3339(pub(super) SystemTime);
 
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -561,6 +585,37 @@ mod tests {
         assert_eq!(object["path"], json!("/x?y=1"));
         assert_eq!(object["status"], json!(503));
         assert_eq!(object["duration_ms"], json!(1234.567));
+    }
+
+    #[test]
+    fn ip_fields_written_directly_are_those_of_the_record() {
+        let cases = [
+            ("10.0.0.1", "GET", "/bench", 200, Duration::from_micros(100)),
+            (
+                "[::1]:80",
+                "POST",
+                "/x?y=\"1\"\n",
+                503,
+                Duration::from_micros(1_234_567),
+            ),
+            ("", "", "été 🦀 \u{1b}", 0, Duration::ZERO),
+            (
+                "c",
+                "CALL",
+                "label",
+                u16::MAX,
+                Duration::from_secs(u64::MAX),
+            ),
+        ];
+        for (client, method, path, status, duration) in cases {
+            let record = Record::ip(worker(0), client, method, path, status, duration);
+            let mut direct = Vec::new();
+            write_ip_fields(&mut direct, client, method, path, status, duration);
+            assert_eq!(
+                String::from_utf8(direct).unwrap(),
+                Value::Object(record.fields.0).to_string()
+            );
+        }
     }
 
     #[test]

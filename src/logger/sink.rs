@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::raw::{Clock, RawRecord};
 use super::record::{Kind, Record};
 
 /// A destination for log records; the logger's writer thread writes every record to each of
@@ -136,6 +137,8 @@ pub struct FileSink {
     files: [Option<LogFile>; Kind::ALL.len()],
     /// The line being written, kept to reuse its allocation.
     line: Vec<u8>,
+    /// The time of worker records' lines, formatted once a second.
+    clock: Clock,
 }
 
 impl FileSink {
@@ -158,12 +161,24 @@ impl FileSink {
             keep: config.keep,
             files,
             line: Vec::new(),
+            clock: Clock::default(),
         })
     }
 
     /// The directory the files are in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// As [`Sink::write`] for a worker's record as it arrived: the same line, written around
+    /// the fields' text when it can be (see `logger/raw.rs`).
+    pub(crate) fn write_raw(&mut self, record: &RawRecord) -> io::Result<()> {
+        let Some(file) = &mut self.files[record.kind as usize] else {
+            return Ok(());
+        };
+        self.line.clear();
+        record.write_json_line(&mut self.line, &mut self.clock);
+        file.write_line(&self.line, self.max_bytes, self.keep)
     }
 }
 
@@ -286,7 +301,30 @@ fn rename_if_exists(from: &Path, to: &Path) -> io::Result<()> {
 pub struct RingSink {
     capacity: usize,
     /// One ring per kind, indexed by `Kind as usize`, oldest first.
-    rings: [VecDeque<Record>; Kind::ALL.len()],
+    rings: [VecDeque<Entry>; Kind::ALL.len()],
+}
+
+/// A record in the ring: a worker's stays as it arrived until a query asks for it.
+#[derive(Debug, Clone)]
+enum Entry {
+    Record(Record),
+    Raw(RawRecord),
+}
+
+impl Entry {
+    fn worker(&self) -> Option<usize> {
+        match self {
+            Entry::Record(record) => record.worker,
+            Entry::Raw(raw) => raw.worker,
+        }
+    }
+
+    fn to_record(&self) -> Record {
+        match self {
+            Entry::Record(record) => record.clone(),
+            Entry::Raw(raw) => raw.to_record(),
+        }
+    }
 }
 
 impl RingSink {
@@ -305,14 +343,23 @@ impl RingSink {
 
     /// Adds a record, forgetting the oldest of its kind if the ring is full.
     pub fn push(&mut self, record: Record) {
+        self.add(record.kind, Entry::Record(record));
+    }
+
+    /// Adds a worker's record as it arrived; it is parsed only if a query returns it.
+    pub(crate) fn push_raw(&mut self, record: RawRecord) {
+        self.add(record.kind, Entry::Raw(record));
+    }
+
+    fn add(&mut self, kind: Kind, entry: Entry) {
         if self.capacity == 0 {
             return;
         }
-        let ring = &mut self.rings[record.kind as usize];
+        let ring = &mut self.rings[kind as usize];
         if ring.len() == self.capacity {
             ring.pop_front();
         }
-        ring.push_back(record);
+        ring.push_back(entry);
     }
 
     /// Up to the last `n` records of `kind`, newest last: from worker `worker`, or from every
@@ -323,9 +370,9 @@ impl RingSink {
         let mut recent: Vec<Record> = self.rings[kind as usize]
             .iter()
             .rev()
-            .filter(|record| worker.is_none_or(|id| record.worker == Some(id)))
+            .filter(|entry| worker.is_none_or(|id| entry.worker() == Some(id)))
             .take(n)
-            .cloned()
+            .map(Entry::to_record)
             .collect();
         recent.reverse();
         recent

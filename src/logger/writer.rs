@@ -4,7 +4,10 @@
 //! It takes [`Job`]s from the [queue](super::queue) in order and, for each record: emits it
 //! as a `tracing` event of the master (when asked), writes it to the files, hands it to each
 //! extra [`Sink`], keeps it in the in-memory ring (which [`Job::Recent`] queries), and only
-//! then counts it out of the queue. Buffered file writes reach the OS at least once a second
+//! then counts it out of the queue. A worker's record comes as it arrived, its fields still
+//! JSON text ([`Job::Batch`], `logger/raw.rs`): it is parsed into a [`Record`] only for the
+//! sinks that take one (extra sinks, `tracing`), else its line is written around the text and
+//! it is kept so in the ring. Buffered file writes reach the OS at least once a second
 //! while records arrive, on [`Job::Flush`] and on [`Job::Close`], which also drops every sink
 //! (closing the files) before it answers.
 //!
@@ -29,6 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::queue::{Gauge, Job};
+use super::raw::RawRecord;
 use super::record::Record;
 use super::sink::{FileSink, RingSink, Sink};
 use crate::WorkerId;
@@ -122,8 +126,10 @@ impl Writer {
         // as its answer is dropped. Proxies waiting for room are let go.
         gauge.close();
         for job in jobs.try_iter() {
-            if let Job::Record(_, size) = job {
-                gauge.release(size);
+            match job {
+                Job::Record(_, size) => gauge.release(size),
+                Job::Batch(batch) => gauge.release(batch.iter().map(RawRecord::approx_size).sum()),
+                _ => {}
             }
         }
         drop(jobs);
@@ -176,6 +182,18 @@ impl Writer {
                     self.write(record);
                     written += size;
                 }
+                Job::Batch(batch) => {
+                    // Counted as that many jobs.
+                    done += batch.len().saturating_sub(1);
+                    for raw in batch {
+                        let size = raw.approx_size();
+                        if let Some(worker) = raw.worker {
+                            *self.tally.entry(worker).or_default() += size as u64;
+                        }
+                        self.write_raw(raw);
+                        written += size;
+                    }
+                }
                 Job::Flush(answer) => {
                     self.flush();
                     self.count_out(std::mem::take(&mut written));
@@ -222,6 +240,20 @@ impl Writer {
         }
         self.dirty = true;
         self.ring.push(record);
+    }
+
+    /// A worker's record as it arrived: parsed into a [`Record`] for the sinks that take one,
+    /// else written around its fields' text and kept so in the ring.
+    fn write_raw(&mut self, raw: RawRecord) {
+        if !self.extra.is_empty() || (self.tracing && super::emit::wanted(raw.kind)) {
+            self.write(raw.to_record());
+            return;
+        }
+        if let Some(Err(e)) = self.files.as_mut().map(|files| files.write_raw(&raw)) {
+            self.failure("files", &e);
+        }
+        self.dirty = true;
+        self.ring.push_raw(raw);
     }
 
     fn flush(&mut self) {

@@ -2,8 +2,6 @@
 //! machine admit it ([`Proc::admit`](super::generation::Proc::admit)), then act on it by family
 //! — lifecycle, answers to requests, or what the worker sends to others and to the master.
 
-use std::time::Duration;
-
 use actix::prelude::*;
 
 use super::actor::Worker;
@@ -12,7 +10,6 @@ use super::links::FromWorker;
 use crate::codec::{decode_envelope, decode_value};
 use crate::error::{AskError, CallError, ProtocolError};
 use crate::event::WorkerEventKind;
-use crate::logger::{Fields, Record};
 use crate::protocol::Envelope;
 use crate::worker::WorkerActor;
 
@@ -137,18 +134,8 @@ impl<A: WorkerActor> Worker<A> {
         time_ns: u64,
         fields: &str,
     ) {
-        let fields = match serde_json::from_str(fields) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => {
-                let mut map = serde_json::Map::new();
-                map.insert("raw".into(), fields.into());
-                map
-            }
-        };
-        let time = std::time::UNIX_EPOCH + Duration::from_nanos(time_ns);
         let source = self.source(generation, pid);
-        let record = Record::new(source, kind, Fields(fields)).at(time);
-        self.links.log.send_always(record);
+        self.links.log.send_fields(source, kind, time_ns, fields);
     }
 
     /// A one-way message to the master's handlers. Each handler's copy counts against the

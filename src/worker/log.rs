@@ -3,7 +3,10 @@
 //!
 //! Both may be used from any thread of the worker (an HTTP server's threads included): records
 //! go through a bounded channel to the runtime's thread, which writes them to the master. When
-//! the channel is full (the master is not keeping up), records are dropped and counted.
+//! the channel is full (the master is not keeping up), records are dropped and counted. On the
+//! runtime's thread itself a record is framed at once, its fields serialised into a reused
+//! buffer (an `ip` record's without building their map): the master copies that JSON text into
+//! its files as it is (see `logger/raw.rs`), so it is what the master writes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -16,6 +19,7 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
+use crate::logger::record::write_ip_fields;
 use crate::logger::{Fields, Kind, Record, Source};
 use crate::protocol::Envelope;
 use crate::worker::uplink::Uplink;
@@ -23,8 +27,16 @@ use crate::worker::uplink::Uplink;
 /// The fields are built by the same [`Record`] constructors as the master's; who sent them is
 /// stamped by the master, so the source here is a placeholder.
 fn here() -> Source {
-    Source::master(String::new())
+    Source {
+        worker: None,
+        pid: 0,
+        generation: 0,
+        group: String::new(),
+    }
 }
+
+/// The most a worker keeps allocated for serialising records' fields between records.
+const SCRATCH_KEPT: usize = 64 * 1024;
 
 /// Records that may wait for the runtime's thread.
 pub(crate) const QUEUE: usize = 16 * 1024;
@@ -53,6 +65,9 @@ thread_local! {
     /// logs in a loop never fills the cross-thread queue.
     static DIRECT: std::cell::RefCell<Option<std::rc::Rc<Uplink>>> =
         const { std::cell::RefCell::new(None) };
+    /// The fields of the record being sent from the runtime's thread, kept to reuse its
+    /// allocation.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Makes this thread (the runtime's) write records directly to `outbox`.
@@ -80,23 +95,43 @@ impl LogSender {
 
     /// A record of `kind` with these fields.
     pub fn record(&self, kind: Kind, fields: Fields) {
+        self.send(kind, |out| {
+            serde_json::to_writer(out, &fields.0).expect("a JSON map serializes into a Vec");
+        });
+    }
+
+    /// Sends a record of `kind` whose fields `write` appends as a JSON object. On the
+    /// runtime's thread it is framed at once from a reused buffer; from any other thread it
+    /// crosses the channel.
+    fn send(&self, kind: Kind, write: impl FnOnce(&mut Vec<u8>)) {
         let time_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        let mut write = Some(write);
+        DIRECT.with(|direct| {
+            let direct = direct.borrow();
+            let Some(outbox) = direct.as_ref() else {
+                return;
+            };
+            // Busy only if framing a record logged another (a `tracing` event on the way).
+            let _ = SCRATCH.with(|scratch| {
+                let mut fields = scratch.try_borrow_mut()?;
+                fields.clear();
+                (write.take().expect("written once"))(&mut fields);
+                push_fields(outbox, kind, time_ns, as_text(&fields));
+                if fields.capacity() > SCRATCH_KEPT {
+                    *fields = Vec::new();
+                }
+                Ok::<_, std::cell::BorrowMutError>(())
+            });
+        });
+        let Some(write) = write else { return };
+        let mut fields = Vec::new();
+        write(&mut fields);
         let outgoing = Outgoing {
             kind,
             time_ns,
-            fields: Value::Object(fields.0).to_string(),
-        };
-        let outgoing = match DIRECT.with(|d| match d.borrow().as_ref() {
-            Some(outbox) => {
-                push_log(outbox, &outgoing);
-                None
-            }
-            None => Some(outgoing),
-        }) {
-            Some(outgoing) => outgoing,
-            None => return,
+            fields: String::from_utf8(fields).expect("serde_json writes UTF-8"),
         };
         if self.tx.try_send(outgoing).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -105,8 +140,10 @@ impl LogSender {
 
     /// An `ip` record: a request served (`method` and `path`, or a label and an operation).
     pub fn ip(&self, client: &str, method: &str, path: &str, status: u16, duration: Duration) {
-        let record = Record::ip(here(), client, method, path, status, duration);
-        self.record(Kind::Ip, record.fields);
+        // The fields `Record::ip` would hold, written without building them.
+        self.send(Kind::Ip, |out| {
+            write_ip_fields(out, client, method, path, status, duration);
+        });
     }
 
     /// A `history` record: an event with structured fields.
@@ -218,9 +255,18 @@ pub(crate) fn install(level: &str) {
 
 /// Frames one record for the master.
 pub(crate) fn push_log(outbox: &Uplink, record: &Outgoing) {
+    push_fields(outbox, record.kind, record.time_ns, &record.fields);
+}
+
+fn push_fields(outbox: &Uplink, kind: Kind, time_ns: u64, fields: &str) {
     let _ = outbox.push(&Envelope::Log {
-        kind: record.kind,
-        time_ns: record.time_ns,
-        fields: &record.fields,
+        kind,
+        time_ns,
+        fields,
     });
+}
+
+/// JSON written by `serde_json`, as the text it is.
+fn as_text(json: &[u8]) -> &str {
+    std::str::from_utf8(json).expect("serde_json writes UTF-8")
 }
