@@ -20,7 +20,7 @@ use crate::error::{CallError, ConfigError, Error, ReloadError};
 use crate::event::WorkerInfo;
 use crate::listen::ListenAddr;
 use crate::messaging::system::{AwaitConfirmations, GetClusterInfo, GetClusterStats};
-use crate::messaging::table::{ReplyTo, Routed};
+use crate::messaging::table::{Routed, Tally};
 use crate::messaging::{ClusterInfo, Peer, Via, WorkerStats};
 use crate::proxy::{AwaitReady, Links, SlotSpec, Worker};
 use crate::state::WorkerId;
@@ -372,8 +372,17 @@ impl<A: WorkerActor> Cluster<A> {
     /// # Errors
     /// [`Error::Call`] when the message cannot be encoded.
     pub async fn broadcast(&self, msg: &A::Msg) -> Result<usize, Error> {
-        let targets = self.addrs().into_iter().map(|w| w.recipient()).collect();
-        self.deliver_to(targets, Via::Broadcast, msg).await
+        let done = {
+            let workers = self.workers.borrow();
+            let Some(mut delivery) = Delivery::new(workers.len(), Via::Broadcast, msg)? else {
+                return Ok(0);
+            };
+            for w in workers.iter() {
+                w.do_send(delivery.next());
+            }
+            delivery.done
+        };
+        Ok(done.await.unwrap_or(0))
     }
 
     /// Sends `msg` to every member of `group`, as [`broadcast`](Self::broadcast) does to all;
@@ -382,7 +391,7 @@ impl<A: WorkerActor> Cluster<A> {
     /// # Errors
     /// As [`broadcast`](Self::broadcast).
     pub async fn publish(&self, group: &str, msg: &A::Msg) -> Result<usize, Error> {
-        let targets = {
+        let targets: Vec<Recipient<Routed>> = {
             let routing = self.links.routing.borrow();
             routing
                 .members(group)
@@ -390,39 +399,14 @@ impl<A: WorkerActor> Cluster<A> {
                 .filter_map(|w| routing.slots.get(w).cloned())
                 .collect()
         };
-        self.deliver_to(targets, Via::Group(group.to_owned()), msg)
-            .await
-    }
-
-    async fn deliver_to(
-        &self,
-        targets: Vec<Recipient<Routed>>,
-        via: Via,
-        msg: &A::Msg,
-    ) -> Result<usize, Error> {
-        let mut payload = Vec::new();
-        crate::codec::encode_value(&mut payload, msg).map_err(CallError::Frame)?;
-        let payload = bytes::Bytes::from(payload);
-        let acks: Vec<_> = targets
-            .into_iter()
-            .map(|target| {
-                let (tx, rx) = oneshot::channel();
-                target.do_send(Routed::Tell {
-                    from: Peer::Master,
-                    via: via.clone(),
-                    payload: payload.clone(),
-                    ack: Some(ReplyTo::Local(tx)),
-                });
-                rx
-            })
-            .collect();
-        let mut received = 0;
-        for ack in acks {
-            if let Ok(Ok(_)) = ack.await {
-                received += 1;
-            }
+        let Some(mut delivery) = Delivery::new(targets.len(), Via::Group(group.to_owned()), msg)?
+        else {
+            return Ok(0);
+        };
+        for target in &targets {
+            target.do_send(delivery.next());
         }
-        Ok(received)
+        Ok(delivery.done.await.unwrap_or(0))
     }
 
     /// The cluster's shared cache (see [`crate::cache`]), as workers see it.
@@ -533,6 +517,43 @@ impl<A: WorkerActor> Cluster<A> {
         match rx.await {
             Ok(Ok(())) | Err(_) => Ok(()),
             Ok(Err((worker, reason))) => Err(Error::GaveUp { worker, reason }),
+        }
+    }
+}
+
+/// One message on its way to many workers, each acknowledging it into one [`Tally`].
+struct Delivery {
+    payload: bytes::Bytes,
+    via: Via,
+    tally: std::sync::Arc<Tally>,
+    /// How many received it, once all have answered.
+    done: oneshot::Receiver<usize>,
+}
+
+impl Delivery {
+    /// `msg` encoded once for `n` receivers; `None` when there are none.
+    fn new<M: serde::Serialize>(n: usize, via: Via, msg: &M) -> Result<Option<Self>, Error> {
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut payload = Vec::new();
+        crate::codec::encode_value(&mut payload, msg).map_err(CallError::Frame)?;
+        let (tally, done) = Tally::new(n);
+        Ok(Some(Self {
+            payload: payload.into(),
+            via,
+            tally,
+            done,
+        }))
+    }
+
+    /// The message for the next receiver.
+    fn next(&mut self) -> Routed {
+        Routed::Tell {
+            from: Peer::Master,
+            via: self.via.clone(),
+            payload: self.payload.clone(),
+            ack: Some(Tally::ticket(&self.tally)),
         }
     }
 }

@@ -9,6 +9,8 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -198,6 +200,8 @@ pub(crate) enum ReplyTo {
     Proxy(ProxyReply),
     /// To a caller in the master.
     Local(oneshot::Sender<Result<Bytes, AskError>>),
+    /// One of the acknowledgements a delivery to many waits for, counted.
+    Tally(Ticket),
 }
 
 impl ReplyTo {
@@ -216,7 +220,61 @@ impl ReplyTo {
             ReplyTo::Local(tx) => {
                 let _ = tx.send(result);
             }
+            ReplyTo::Tally(mut ticket) => ticket.count(result.is_ok()),
         }
+    }
+}
+
+/// The acknowledgements of one delivery to many (a broadcast, a publish), counted in one place:
+/// the last to come in (or to be dropped unanswered) tells the caller how many workers received
+/// it. One allocation for the whole delivery, instead of a channel per receiver.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    left: AtomicUsize,
+    received: AtomicUsize,
+    done: Mutex<Option<oneshot::Sender<usize>>>,
+}
+
+impl Tally {
+    /// A tally of `n` acknowledgements, and where their count arrives (`n` must be above 0).
+    pub(crate) fn new(n: usize) -> (Arc<Self>, oneshot::Receiver<usize>) {
+        let (tx, rx) = oneshot::channel();
+        let tally = Tally {
+            left: AtomicUsize::new(n),
+            received: AtomicUsize::new(0),
+            done: Mutex::new(Some(tx)),
+        };
+        (Arc::new(tally), rx)
+    }
+
+    /// One acknowledgement's place in `tally`.
+    pub(crate) fn ticket(tally: &Arc<Self>) -> ReplyTo {
+        ReplyTo::Tally(Ticket(Some(Arc::clone(tally))))
+    }
+}
+
+/// One acknowledgement of a [`Tally`]; dropped unanswered, it counts as not received.
+#[derive(Debug)]
+pub(crate) struct Ticket(Option<Arc<Tally>>);
+
+impl Ticket {
+    fn count(&mut self, received: bool) {
+        let Some(tally) = self.0.take() else { return };
+        if received {
+            tally.received.fetch_add(1, Ordering::Relaxed);
+        }
+        if tally.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let done = tally.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(done) = done {
+                let _ = done.send(tally.received.load(Ordering::Acquire));
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.count(false);
     }
 }
 
@@ -297,6 +355,21 @@ pub(crate) fn encoded<T: serde::Serialize>(value: &T) -> Result<Bytes, AskError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tally_answers_once_the_last_ticket_is_in_or_dropped() {
+        let (tally, mut done) = Tally::new(3);
+        let (a, b, c) = (
+            Tally::ticket(&tally),
+            Tally::ticket(&tally),
+            Tally::ticket(&tally),
+        );
+        a.answer(Ok(Bytes::new()));
+        b.answer(Err(AskError::Closed));
+        assert!(done.try_recv().is_err(), "one is still out");
+        drop(c);
+        assert_eq!(done.try_recv().unwrap(), 1, "one of three received it");
+    }
 
     #[test]
     fn a_worker_joins_at_most_its_share_of_groups_with_names_of_bounded_length() {
