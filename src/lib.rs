@@ -123,7 +123,7 @@ pub use messaging::{
 };
 pub use proxy::{
     AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, OldExit, Replace, Replaced, Stop,
-    Tell, TellAck, TellResponse, Terminate, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
+    Tell, TellAck, TellBatch, TellResponse, Terminate, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
 };
 pub use state::{WorkerId, WorkerState};
 pub use supervisor::{ClusterSupervisor, ListWorkers, ReloadEvent, ReloadReport, StopAll};
@@ -299,6 +299,7 @@ pub struct ReadmeDoctests;
 ///     // `Worker<A>` messages
 ///     let _: Result<String, CallError> = w.send(Call(msg.clone())).await?;
 ///     let _: Result<(), CallError> = w.send(Tell(msg.clone())).await?;
+///     let _: Result<(), CallError> = w.send(TellBatch(vec![msg.clone()])).await?;
 ///     let _: Result<(), CallError> = w.send(TellAck(msg)).await?;
 ///     let _: Result<(), ExitReason> = w.send(AwaitReady).await?;
 ///     let _: WorkerInfo = w.send(GetInfo).await?;

@@ -69,8 +69,8 @@ pub(crate) use links::{Handlers, Links, RequestHandler};
 pub(crate) use messages::Decided;
 pub(crate) use messages::GetStats;
 pub use messages::{
-    AwaitReady, Call, CallResponse, GetInfo, Kill, Replace, Stop, Tell, TellAck, TellResponse,
-    Terminate,
+    AwaitReady, Call, CallResponse, GetInfo, Kill, Replace, Stop, Tell, TellAck, TellBatch,
+    TellResponse, Terminate,
 };
 pub(crate) use spec::SlotSpec;
 

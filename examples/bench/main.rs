@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
 use procactor::prelude::*;
-use procactor::{Backoff, Intensity, RestartPolicy};
+use procactor::{Backoff, Intensity, RestartPolicy, TellBatch};
 
 /// Sizes of one run.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +85,7 @@ struct Figures {
     rtt_us_p99: f64,
     pipelined_req_per_s: f64,
     tell_per_s: f64,
+    tell_batch_per_s: f64,
     bulk_64k_mb_per_s: f64,
     spawn_ms_median: f64,
     respawn_ms_median: f64,
@@ -234,7 +235,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     // Figures with a baseline of their own: (key, value, baseline key, baseline, ratio key).
-    let pairs: [(&str, f64, &str, f64, &str); 9] = [
+    let pairs: [(&str, f64, &str, f64, &str); 10] = [
+        (
+            "tell_batch_per_s",
+            ours.tell_batch_per_s,
+            "raw_tell_per_s",
+            raw.tell_per_s,
+            "tell_batch_vs_raw",
+        ),
         (
             "log_records_per_s",
             logs.records_per_s,
@@ -394,6 +402,7 @@ async fn measure(sizes: Sizes) -> Result<Figures, procactor::Error> {
         rtt_us_p99: f64::NAN,
         pipelined_req_per_s: f64::NAN,
         tell_per_s: f64::NAN,
+        tell_batch_per_s: f64::NAN,
         bulk_64k_mb_per_s: f64::NAN,
         spawn_ms_median: f64::NAN,
         respawn_ms_median: f64::NAN,
@@ -440,6 +449,8 @@ async fn measure(sizes: Sizes) -> Result<Figures, procactor::Error> {
     // One-way messages, counted by the worker.
     if wants("tell") {
         figures.tell_per_s = tells(&w, sizes.tells, sizes.in_flight, || EchoMsg::Ping).await? / 1.0;
+        // The same messages in batches of 64 (`TellBatch`), as many in flight.
+        figures.tell_batch_per_s = tell_batches(&w, sizes.tells, sizes.in_flight / 64).await?;
     }
     // 64 KiB one-way payloads.
     if wants("bulk") {
@@ -566,6 +577,43 @@ async fn tells(
                 sends.next().await.expect("not empty")??;
             }
             sends.push(w.send(Tell(msg())));
+        }
+        while let Some(sent) = sends.next().await {
+            sent??;
+        }
+        Ok::<_, procactor::Error>(())
+    })
+    .await?;
+    let after = stats(w).await?;
+    let elapsed = t.elapsed();
+    assert_eq!(
+        after - before,
+        count as u64,
+        "the worker received every message"
+    );
+    Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+/// Sends `count` one-way messages in batches of 64 with `window` batches in flight, then asks
+/// the worker how many it received; returns messages per second.
+async fn tell_batches(
+    w: &Addr<Worker<Echo>>,
+    count: usize,
+    window: usize,
+) -> Result<f64, procactor::Error> {
+    const BATCH: usize = 64;
+    let before = stats(w).await?;
+    let t = Instant::now();
+    tokio::task::unconstrained(async {
+        let mut sends = FuturesUnordered::new();
+        let mut sent = 0;
+        while sent < count {
+            if sends.len() >= window {
+                sends.next().await.expect("not empty")??;
+            }
+            let n = BATCH.min(count - sent);
+            sends.push(w.send(TellBatch(vec![EchoMsg::Ping; n])));
+            sent += n;
         }
         while let Some(sent) = sends.next().await {
             sent??;

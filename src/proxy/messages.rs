@@ -59,6 +59,30 @@ impl<A: WorkerActor> Message for Tell<A> {
     type Result = Result<(), CallError>;
 }
 
+/// One-way messages to a worker of type `A`, queued together, in order: one actix message for
+/// the lot, so a stream of small messages costs about what encoding them costs (a `Tell` each
+/// costs a mailbox trip and a response channel).
+///
+/// All or none: refused whole with [`CallError::Backpressure`] when the outbox holds
+/// `max_outbox_bytes` already (a batch may take it past its limit by its own size, as one large
+/// message may), or with [`CallError::Frame`] when one of them cannot be encoded within
+/// `max_frame_bytes`. Paced as [`Tell`] is.
+///
+/// ```no_run
+/// # use procactor::prelude::*;
+/// # use procactor::TellBatch;
+/// # use procactor::actors::echo::{Echo, EchoMsg};
+/// # async fn f(w: Addr<Worker<Echo>>) -> Result<(), Box<dyn std::error::Error>> {
+/// let batch: Vec<EchoMsg> = (0..64).map(EchoMsg::Seq).collect();
+/// w.send(TellBatch(batch)).await??;
+/// # Ok(()) }
+/// ```
+pub struct TellBatch<A: WorkerActor>(pub Vec<A::Msg>);
+
+impl<A: WorkerActor> Message for TellBatch<A> {
+    type Result = Result<(), CallError>;
+}
+
 macro_rules! opaque_debug {
     ($($ty:ident),*) => {$(
         impl<A: WorkerActor> fmt::Debug for $ty<A> {
@@ -68,7 +92,7 @@ macro_rules! opaque_debug {
         }
     )*};
 }
-opaque_debug!(Call, Tell);
+opaque_debug!(Call, Tell, TellBatch);
 
 /// Stops the worker gracefully and resolves with its exit reason once it has been reaped (and
 /// the old process of a [`Replace`] still draining, if any, has exited too).
@@ -181,12 +205,9 @@ impl fmt::Debug for TellResponse {
     }
 }
 
-impl<A: WorkerActor> MessageResponse<Worker<A>, Tell<A>> for TellResponse {
-    fn handle(
-        self,
-        _ctx: &mut Context<Worker<A>>,
-        tx: Option<OneshotSender<Result<(), CallError>>>,
-    ) {
+impl TellResponse {
+    /// Answers now, or parks `tx` until the outbox drains.
+    fn respond(self, tx: Option<OneshotSender<Result<(), CallError>>>) {
         let Some(tx) = tx else { return };
         match self.0 {
             TellInner::Now(result) => {
@@ -197,11 +218,40 @@ impl<A: WorkerActor> MessageResponse<Worker<A>, Tell<A>> for TellResponse {
     }
 }
 
+impl<A: WorkerActor> MessageResponse<Worker<A>, Tell<A>> for TellResponse {
+    fn handle(self, _: &mut Context<Worker<A>>, tx: Option<OneshotSender<Result<(), CallError>>>) {
+        self.respond(tx);
+    }
+}
+
+impl<A: WorkerActor> MessageResponse<Worker<A>, TellBatch<A>> for TellResponse {
+    fn handle(self, _: &mut Context<Worker<A>>, tx: Option<OneshotSender<Result<(), CallError>>>) {
+        self.respond(tx);
+    }
+}
+
 impl<A: WorkerActor> Handler<Tell<A>> for Worker<A> {
     type Result = TellResponse;
 
     fn handle(&mut self, Tell(msg): Tell<A>, ctx: &mut Context<Self>) -> TellResponse {
-        match self.send_tell(&msg, ctx) {
+        let queued = self.send_tell(&msg, ctx);
+        self.tell_response(queued)
+    }
+}
+
+impl<A: WorkerActor> Handler<TellBatch<A>> for Worker<A> {
+    type Result = TellResponse;
+
+    fn handle(&mut self, TellBatch(msgs): TellBatch<A>, ctx: &mut Context<Self>) -> TellResponse {
+        let queued = self.send_tells(&msgs, ctx);
+        self.tell_response(queued)
+    }
+}
+
+impl<A: WorkerActor> Worker<A> {
+    /// The answer to one-way messages queued (`Ok(true)`: once the outbox drains) or refused.
+    fn tell_response(&self, queued: Result<bool, CallError>) -> TellResponse {
+        match queued {
             Ok(true) => TellResponse(TellInner::Held(self.held().clone())),
             Ok(false) => TellResponse(TellInner::Now(Ok(()))),
             Err(e) => TellResponse(TellInner::Now(Err(e))),

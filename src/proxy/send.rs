@@ -81,4 +81,34 @@ impl<A: WorkerActor> Worker<A> {
         self.kick_writer(self.proc.generation, ctx);
         Ok(self.proc.stdin.len() > self.proc.stdin.limit() / 16)
     }
+
+    /// Queues one-way messages, all or none; `Ok(true)` when the sender should wait for the
+    /// outbox to drain.
+    pub(crate) fn send_tells(
+        &mut self,
+        msgs: &[A::Msg],
+        ctx: &mut Context<Self>,
+    ) -> Result<bool, CallError> {
+        self.accepting()?;
+        let sizes = msgs
+            .iter()
+            .map(encoded_size)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Each must fit in a frame (with room for its envelope) before any is queued.
+        let max = self.proc.stdin.max_frame_bytes().saturating_sub(16);
+        if let Some(&len) = sizes.iter().find(|&&len| len > max) {
+            return Err(CallError::Frame(crate::error::FrameError::TooLarge {
+                len,
+                max,
+            }));
+        }
+        self.proc.stdin.check_room(self.id)?;
+        let env = Envelope::Tell { payload: &[] };
+        for (msg, size) in msgs.iter().zip(sizes) {
+            self.proc.stdin.push_value_past_limit(&env, msg, size)?;
+            self.counters.sent(TELL);
+        }
+        self.kick_writer(self.proc.generation, ctx);
+        Ok(self.proc.stdin.len() > self.proc.stdin.limit() / 16)
+    }
 }

@@ -97,14 +97,7 @@ impl StdinQueue {
 
     /// Queues one frame, refusing it when the outbox is over its limit.
     pub(crate) fn push(&mut self, worker: WorkerId, env: &Envelope<'_>) -> Result<(), CallError> {
-        let queued = self.len();
-        if queued >= self.limit {
-            return Err(CallError::Backpressure {
-                worker,
-                queued,
-                limit: self.limit,
-            });
-        }
+        self.check_room(worker)?;
         self.append(env)
     }
 
@@ -122,6 +115,12 @@ impl StdinQueue {
         value: &T,
         size: usize,
     ) -> Result<(), CallError> {
+        self.check_room(worker)?;
+        self.push_value_past_limit(empty, value, size)
+    }
+
+    /// [`CallError::Backpressure`] when the outbox holds its limit or more.
+    pub(crate) fn check_room(&self, worker: WorkerId) -> Result<(), CallError> {
         let queued = self.len();
         if queued >= self.limit {
             return Err(CallError::Backpressure {
@@ -130,10 +129,26 @@ impl StdinQueue {
                 limit: self.limit,
             });
         }
+        Ok(())
+    }
+
+    /// As [`push_value`](Self::push_value), whatever the outbox holds: for the rest of a batch
+    /// admitted whole.
+    pub(crate) fn push_value_past_limit<T: serde::Serialize + ?Sized>(
+        &mut self,
+        empty: &Envelope<'_>,
+        value: &T,
+        size: usize,
+    ) -> Result<(), CallError> {
         let max = self.max_frame_bytes;
         self.append_with(size + 32, |chunk| {
             encode_frame_value(chunk, empty, value, max)
         })
+    }
+
+    /// The largest frame body the worker takes.
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
     }
 
     /// Encodes one frame at the end of the last chunk.
