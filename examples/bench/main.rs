@@ -7,6 +7,9 @@
 //! cargo run --release --example bench -- --only tell,bulk   # some sections (for profiling)
 //! ```
 //!
+//! `actix_local_req_per_s` is the ceiling of any proxy on actix: the same pipelined loop against
+//! an actor in this process that answers at once.
+//!
 //! Sections for `--only`: `rtt`, `pipelined`, `tell`, `bulk`, `spawn`, `respawn`, `broadcast`,
 //! `peer`, `pinned`, `http`, `cache`, `logs`, `scale`, `raw`; figures of the others read `NaN`
 //! (`null` in `--json`).
@@ -19,6 +22,7 @@
 
 mod cache;
 mod http;
+mod local;
 mod logs;
 mod pinned;
 mod raw;
@@ -170,6 +174,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         logs::LogFigures::nan()
     };
+    let local_calls = if wants("pipelined") {
+        run_in_system(local::calls_per_s(sizes.pipelined, sizes.in_flight))
+    } else {
+        f64::NAN
+    };
     let scaled = if wants("scale") {
         scale::measure_in_child(quick)?
     } else {
@@ -235,7 +244,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     // Figures with a baseline of their own: (key, value, baseline key, baseline, ratio key).
-    let pairs: [(&str, f64, &str, f64, &str); 10] = [
+    let pairs: [(&str, f64, &str, f64, &str); 11] = [
+        (
+            "pipelined_req_per_s",
+            ours.pipelined_req_per_s,
+            "actix_local_req_per_s",
+            local_calls,
+            "pipelined_vs_actix_local",
+        ),
         (
             "tell_batch_per_s",
             ours.tell_batch_per_s,
