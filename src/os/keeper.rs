@@ -119,7 +119,7 @@ impl Prepared {
             let mut matchers = [Matcher::new(Needle::Prefix(self.prefix))];
             // SAFETY: getpid cannot fail.
             let me = unsafe { libc::getpid() };
-            sweep::sweep(&mut matchers, me);
+            sweep::sweep(&mut matchers[..], me);
         }
         // SAFETY: _exit ends the keeper.
         unsafe { libc::_exit(0) }

@@ -21,7 +21,7 @@
 
 use std::sync::{mpsc, OnceLock};
 
-use super::tree::{Matcher, Needle, Token};
+use super::tree::{self, Matcher, Token};
 
 /// How long the rounds of one sweep may go on.
 const BUDGET_NANOS: i64 = 1_000_000_000;
@@ -31,7 +31,7 @@ const PAUSE_NANOS: i64 = 2_000_000;
 /// Sweeps until a round finds no process carrying any of `matchers`' needles, or the budget is
 /// spent; `skip` is never killed (the caller's own pid). Returns the last round's count (0: none
 /// left). Async-signal-safe.
-pub(super) fn sweep(matchers: &mut [Matcher<'_>], skip: libc::pid_t) -> usize {
+pub(super) fn sweep<C: Carriers + ?Sized>(matchers: &mut C, skip: libc::pid_t) -> usize {
     let start = monotonic_nanos();
     loop {
         let found = round(matchers, skip);
@@ -44,7 +44,7 @@ pub(super) fn sweep(matchers: &mut [Matcher<'_>], skip: libc::pid_t) -> usize {
 
 /// One scan of `/proc`: kills every process (but `skip`) that carries a needle; returns how many
 /// did. Async-signal-safe.
-pub(super) fn round(matchers: &mut [Matcher<'_>], skip: libc::pid_t) -> usize {
+pub(super) fn round<C: Carriers + ?Sized>(matchers: &mut C, skip: libc::pid_t) -> usize {
     // SAFETY: a NUL-terminated path; the descriptor is closed below.
     let dir = unsafe {
         libc::open(
@@ -79,7 +79,7 @@ pub(super) fn round(matchers: &mut [Matcher<'_>], skip: libc::pid_t) -> usize {
 }
 
 /// Whether process `pid`'s environment carries one of the needles. Async-signal-safe.
-fn carries(pid: libc::pid_t, matchers: &mut [Matcher<'_>]) -> bool {
+fn carries<C: Carriers + ?Sized>(pid: libc::pid_t, matchers: &mut C) -> bool {
     let mut path = [0u8; 32];
     environ_path(pid, &mut path);
     // SAFETY: `path` is NUL-terminated; the descriptor is closed below.
@@ -88,7 +88,7 @@ fn carries(pid: libc::pid_t, matchers: &mut [Matcher<'_>]) -> bool {
         // Gone, or not ours to read.
         return false;
     }
-    matchers.iter_mut().for_each(Matcher::reset);
+    matchers.reset();
     let mut buf = [0u8; 4096];
     let mut found = false;
     loop {
@@ -97,17 +97,13 @@ fn carries(pid: libc::pid_t, matchers: &mut [Matcher<'_>]) -> bool {
         if n <= 0 {
             break;
         }
-        let piece = &buf[..n as usize];
-        if matchers
-            .iter_mut()
-            .fold(false, |any, m| m.feed(piece) | any)
-        {
+        if matchers.feed(&buf[..n as usize]) {
             found = true;
             break;
         }
     }
     if !found {
-        found = matchers.iter_mut().fold(false, |any, m| m.finish() | any);
+        found = matchers.finish();
     }
     // SAFETY: `fd` was opened above and is closed once.
     unsafe { libc::close(fd) };
@@ -117,7 +113,7 @@ fn carries(pid: libc::pid_t, matchers: &mut [Matcher<'_>]) -> bool {
 /// Opens `pid` as a pidfd, checks that the process it names still carries a needle (the pid may
 /// have been recycled since it was read), and sends it `SIGKILL` through the pidfd. Returns
 /// whether it carried one. Async-signal-safe.
-fn kill_if_carries(pid: libc::pid_t, matchers: &mut [Matcher<'_>]) -> bool {
+fn kill_if_carries<C: Carriers + ?Sized>(pid: libc::pid_t, matchers: &mut C) -> bool {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
     if pidfd < 0 {
@@ -140,6 +136,63 @@ fn kill_if_carries(pid: libc::pid_t, matchers: &mut [Matcher<'_>]) -> bool {
     // SAFETY: `pidfd` was opened above and is closed once.
     unsafe { libc::close(pidfd) };
     carries
+}
+
+/// What a sweep looks for in each process's environment, fed in pieces.
+pub(super) trait Carriers {
+    /// A new environment block begins.
+    fn reset(&mut self);
+    /// The next piece of it; whether it carries what is looked for already.
+    fn feed(&mut self, piece: &[u8]) -> bool;
+    /// The block ended; whether it carries what is looked for.
+    fn finish(&mut self) -> bool;
+}
+
+/// Any of these needles (the keeper's: allocation-free, async-signal-safe).
+impl Carriers for [Matcher<'_>] {
+    fn reset(&mut self) {
+        self.iter_mut().for_each(Matcher::reset);
+    }
+
+    fn feed(&mut self, piece: &[u8]) -> bool {
+        self.iter_mut().fold(false, |any, m| m.feed(piece) | any)
+    }
+
+    fn finish(&mut self) -> bool {
+        self.iter_mut().fold(false, |any, m| m.finish() | any)
+    }
+}
+
+/// Any of a set of tokens (the sweeper thread's, which may allocate): the block is kept whole
+/// and its list looked up in the set once, so a batch of many exits (a cluster of 256 stopping)
+/// costs one pass over each process's environment, not one per token.
+struct TokenSet {
+    tokens: std::collections::HashSet<Vec<u8>>,
+    block: Vec<u8>,
+}
+
+impl TokenSet {
+    fn new<'a>(tokens: impl IntoIterator<Item = &'a Token>) -> Self {
+        Self {
+            tokens: tokens.into_iter().map(|t| t.as_bytes().to_vec()).collect(),
+            block: Vec::with_capacity(8 * 1024),
+        }
+    }
+}
+
+impl Carriers for TokenSet {
+    fn reset(&mut self) {
+        self.block.clear();
+    }
+
+    fn feed(&mut self, piece: &[u8]) -> bool {
+        self.block.extend_from_slice(piece);
+        false
+    }
+
+    fn finish(&mut self) -> bool {
+        tree::elements(&self.block).any(|token| self.tokens.contains(token))
+    }
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds. Async-signal-safe.
@@ -266,11 +319,8 @@ fn run(jobs: &mpsc::Receiver<Job>) {
     let me = std::process::id() as libc::pid_t;
     while let Ok(first) = jobs.recv() {
         let batch: Vec<Job> = std::iter::once(first).chain(jobs.try_iter()).collect();
-        let mut matchers: Vec<Matcher<'_>> = batch
-            .iter()
-            .map(|job| Matcher::new(Needle::Token(job.token.as_bytes())))
-            .collect();
-        let left = sweep(&mut matchers, me);
+        let mut set = TokenSet::new(batch.iter().map(|job| &job.token));
+        let left = sweep(&mut set, me);
         if left > 0 {
             tracing::warn!(left, "processes of exited workers outlived the sweep");
         }
@@ -287,7 +337,7 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use super::super::tree::{master_prefix, VAR};
+    use super::super::tree::{master_prefix, Needle, VAR};
     use super::*;
 
     #[test]
@@ -368,9 +418,9 @@ mod tests {
             sleeper(&format!("1.2/3/0/1;{token_text}")),
         ];
         let mut others = [sleeper(&other_text), sleeper(&format!("{token_text}0"))];
-        let mut matchers = [Matcher::new(Needle::Token(token.as_bytes()))];
+        let mut set = TokenSet::new([&token]);
         let me = std::process::id() as libc::pid_t;
-        assert_eq!(sweep(&mut matchers, me), 0, "none left");
+        assert_eq!(sweep(&mut set, me), 0, "none left");
         for child in &mut carriers {
             assert!(
                 exited(child, Duration::from_secs(10)),
@@ -395,7 +445,7 @@ mod tests {
         assert_ne!(prefix, master_prefix());
         let mut stranger = sleeper(&format!("{prefix}1/0/1"));
         let mut matchers = [Matcher::new(Needle::Prefix(prefix.as_bytes()))];
-        assert_eq!(round(&mut matchers, 0), 1);
+        assert_eq!(round(&mut matchers[..], 0), 1);
         assert!(exited(&mut stranger, Duration::from_secs(10)));
         for child in &mut children {
             assert!(
@@ -409,11 +459,12 @@ mod tests {
 
     #[test]
     fn a_round_with_nothing_to_find_is_quick() {
-        let token = Token::new(0, 0);
-        let mut matchers = [Matcher::new(Needle::Token(token.as_bytes()))];
+        let tokens: Vec<Token> = (0..256).map(|worker| Token::new(worker, 0)).collect();
+        // A batch of 256 exits (a cluster of 256 stopping) looked for in one round.
+        let mut set = TokenSet::new(tokens.iter());
         let started = Instant::now();
         for _ in 0..10 {
-            assert_eq!(round(&mut matchers, 0), 0);
+            assert_eq!(round(&mut set, 0), 0);
         }
         let each = started.elapsed() / 10;
         // A few milliseconds for a few hundred processes; generous for shared cores.

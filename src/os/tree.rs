@@ -77,7 +77,8 @@ pub(super) fn master_prefix() -> &'static str {
 /// What a [`Matcher`] looks for in the `;`-separated list.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Needle<'a> {
-    /// An element equal to this token.
+    /// An element equal to this token (the sweeper thread looks tokens up in a set instead).
+    #[cfg_attr(not(test), allow(dead_code))]
     Token(&'a [u8]),
     /// An element that starts with this (a master's `<nonce>/`).
     Prefix(&'a [u8]),
@@ -201,6 +202,16 @@ impl<'a> Matcher<'a> {
             (At::Element(_) | At::OtherElement, _) => At::OtherElement,
         };
     }
+}
+
+/// The elements of the token list in `block` (a whole environment block): none when it has no
+/// `PROCACTOR_TREE` entry.
+pub(super) fn elements(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let list = block
+        .split(|&b| b == 0)
+        .find_map(|entry| entry.strip_prefix(KEY))
+        .unwrap_or(&[]);
+    list.split(|&b| b == b';').filter(|token| !token.is_empty())
 }
 
 /// Whether `block` (a whole environment block) carries `needle`.
