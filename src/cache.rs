@@ -65,6 +65,7 @@ use crate::messaging::table::{ReplyTo, SharedRouting};
 use crate::messaging::Peer;
 
 mod actor;
+mod batch;
 mod client;
 mod config;
 mod core;
@@ -79,6 +80,7 @@ pub(crate) use self::core::Served;
 pub(crate) use locks::encode_answer;
 pub(crate) use locks::LockRequest;
 
+pub use batch::{BatchAnswers, CacheBatch, Pending};
 pub use client::{CacheClient, CacheTransport, LockGuard, MasterCache, Replica, Subscription};
 pub use config::CacheConfig;
 pub use memory::MemoryStore;

@@ -133,6 +133,11 @@ impl<T: CacheTransport> CacheClient<T> {
         self.transport.call(op).await
     }
 
+    /// How it reaches the cache.
+    pub(crate) fn transport(&self) -> &T {
+        &self.transport
+    }
+
     /// The value of `key` in `collection`, decoded as a `V`.
     ///
     /// # Errors
