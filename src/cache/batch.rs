@@ -11,7 +11,6 @@
 //! after another, and as many postcard `Result<Answer, CacheError>`s (both in `ops.rs`). The
 //! encoding is private to this crate; a batch is built only by [`CacheBatch`].
 
-use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -39,13 +38,27 @@ pub struct CacheBatch<T> {
     scratch: Vec<u8>,
 }
 
-/// The answer to one operation of a [`CacheBatch`], typed, to read with [`BatchAnswers::take`].
+/// The answer to one operation of a [`CacheBatch`] (or a [`NearBatch`](crate::cache::NearBatch)),
+/// typed, to read with [`BatchAnswers::take`].
 #[must_use = "an answer is read with BatchAnswers::take"]
 pub struct Pending<V> {
     batch: u64,
     index: usize,
     read: fn(&[u8], Slot) -> Result<V, CacheError>,
-    _value: PhantomData<fn() -> V>,
+    /// Answered already, without the master (a near-cache's hit).
+    ready: Option<Result<V, CacheError>>,
+}
+
+impl<V> Pending<V> {
+    /// An answer known without asking the master.
+    pub(super) fn ready(answer: Result<V, CacheError>) -> Self {
+        Self {
+            batch: 0,
+            index: usize::MAX,
+            read: |_, slot| Err(unexpected(slot)),
+            ready: Some(answer),
+        }
+    }
 }
 
 impl<V> std::fmt::Debug for Pending<V> {
@@ -53,6 +66,7 @@ impl<V> std::fmt::Debug for Pending<V> {
         f.debug_struct("Pending")
             .field("batch", &self.batch)
             .field("index", &self.index)
+            .field("ready", &self.ready.is_some())
             .finish()
     }
 }
@@ -65,14 +79,30 @@ pub struct BatchAnswers {
     slots: Vec<Result<Slot, CacheError>>,
 }
 
+/// The answer to a near-cache's tracked get.
+#[derive(Debug)]
+pub(super) struct Tracked<'a> {
+    /// The value.
+    pub(super) value: Option<&'a [u8]>,
+    /// The time it had left.
+    pub(super) ttl: Option<Duration>,
+    /// The invalidations sent to the near-cache before it.
+    pub(super) position: u64,
+}
+
 /// An answer, its value as a range of the answers' bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Slot {
+pub(super) enum Slot {
     Done,
     Value(Option<Range<usize>>),
     Bool(bool),
     Ttl(Option<Option<Duration>>),
     Int(i64),
+    Tracked {
+        value: Option<Range<usize>>,
+        ttl: Option<Duration>,
+        position: Option<u64>,
+    },
 }
 
 impl<T: CacheTransport> CacheClient<T> {
@@ -126,7 +156,7 @@ impl<T: CacheTransport> CacheBatch<T> {
         self.count == 0
     }
 
-    fn push<V>(
+    pub(super) fn push<V>(
         &mut self,
         op: BatchOp<'_>,
         read: fn(&[u8], Slot) -> Result<V, CacheError>,
@@ -138,7 +168,7 @@ impl<T: CacheTransport> CacheBatch<T> {
             batch: self.id,
             index: self.count - 1,
             read,
-            _value: PhantomData,
+            ready: None,
         }
     }
 
@@ -295,6 +325,15 @@ fn read_slots(bytes: &[u8], count: usize) -> Result<Vec<Result<Slot, CacheError>
             Answer::Bool(b) => Slot::Bool(b),
             Answer::Ttl(t) => Slot::Ttl(t),
             Answer::Int(n) => Slot::Int(n),
+            Answer::Tracked {
+                value,
+                ttl,
+                position,
+            } => Slot::Tracked {
+                value: value.map(range),
+                ttl,
+                position,
+            },
         }));
         rest = tail;
     }
@@ -314,6 +353,9 @@ impl BatchAnswers {
     /// The operation's own ([`CacheError::TooLarge`], [`CacheError::NotAnInteger`], ...);
     /// [`CacheError::Codec`] when a value is not a `V`, or `pending` is of another batch.
     pub fn take<V>(&self, pending: Pending<V>) -> Result<V, CacheError> {
+        if let Some(answer) = pending.ready {
+            return answer;
+        }
         let slot = (pending.batch == self.batch)
             .then(|| self.slots.get(pending.index))
             .flatten()
@@ -341,20 +383,45 @@ impl BatchAnswers {
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
+
+    /// The answer to the operation at `index` if it is a tracked get's, for a near-cache.
+    pub(super) fn tracked(&self, index: usize) -> Option<Tracked<'_>> {
+        match self.slots.get(index)? {
+            Ok(Slot::Tracked {
+                value,
+                ttl,
+                position: Some(position),
+            }) => Some(Tracked {
+                value: value.clone().map(|r| &self.bytes[r]),
+                ttl: *ttl,
+                position: *position,
+            }),
+            _ => None,
+        }
+    }
 }
 
 fn unexpected(slot: Slot) -> CacheError {
     CacheError::Codec(format!("unexpected answer {slot:?}"))
 }
 
-fn read_value<V: DeserializeOwned>(bytes: &[u8], slot: Slot) -> Result<Option<V>, CacheError> {
+pub(super) fn read_value<V: DeserializeOwned>(
+    bytes: &[u8],
+    slot: Slot,
+) -> Result<Option<V>, CacheError> {
     match slot {
-        Slot::Value(Some(range)) => crate::codec::decode_value(&bytes[range])
-            .map(Some)
-            .map_err(|e| CacheError::Codec(e.to_string())),
-        Slot::Value(None) => Ok(None),
+        Slot::Value(Some(range))
+        | Slot::Tracked {
+            value: Some(range), ..
+        } => decode(&bytes[range]).map(Some),
+        Slot::Value(None) | Slot::Tracked { value: None, .. } => Ok(None),
         other => Err(unexpected(other)),
     }
+}
+
+/// A value as it is stored, decoded as a `V`.
+pub(super) fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, CacheError> {
+    crate::codec::decode_value(bytes).map_err(|e| CacheError::Codec(e.to_string()))
 }
 
 fn read_done(_: &[u8], slot: Slot) -> Result<(), CacheError> {
@@ -387,61 +454,10 @@ fn read_int(_: &[u8], slot: Slot) -> Result<i64, CacheError> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-    use std::rc::Rc;
-    use std::time::Instant;
-
     use super::*;
-    use crate::cache::client::Subscription;
     use crate::cache::config::CacheConfig;
-    use crate::cache::core::{CacheCore, Served};
+    use crate::cache::direct::{block_on, client};
     use crate::cache::store::Limits;
-    use crate::messaging::Peer;
-
-    /// A transport that serves on a core of its own, as a worker's proxy does.
-    #[derive(Debug, Clone)]
-    struct Direct {
-        core: Rc<RefCell<CacheCore>>,
-        calls: Rc<RefCell<usize>>,
-    }
-
-    const WORKER: Peer = Peer::Worker { id: 0, pid: 4242 };
-
-    impl CacheTransport for Direct {
-        async fn call(&self, op: CacheOp) -> Result<CacheAnswer, CacheError> {
-            *self.calls.borrow_mut() += 1;
-            match self.core.borrow_mut().serve(WORKER, op, Instant::now()) {
-                Served::Answer(answer) => answer,
-                Served::NeedsReply(_) => unreachable!("no locks here"),
-            }
-        }
-
-        async fn subscribe(&self, _: &str, _: &str) -> Result<Subscription<Self>, CacheError> {
-            unreachable!("no subscriptions here")
-        }
-
-        fn send_and_forget(&self, _: CacheOp) {}
-    }
-
-    fn client(config: &CacheConfig) -> (CacheClient<Direct>, Direct) {
-        let core = CacheCore::new(
-            Box::new(config.memory_store()),
-            config,
-            Default::default(),
-        );
-        let direct = Direct {
-            core: Rc::new(RefCell::new(core)),
-            calls: Default::default(),
-        };
-        (CacheClient::new(direct.clone()), direct)
-    }
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a runtime")
-            .block_on(f)
-    }
 
     #[test]
     fn a_batch_answers_each_operation_as_it_would_alone_in_one_call() {
@@ -486,7 +502,11 @@ mod tests {
             // Alone, the same store answers the same.
             assert_eq!(cache.get::<i64>("c", "n").await.unwrap(), Some(7));
         });
-        assert_eq!(*direct.calls.borrow(), 2, "one call for the batch, one for the get");
+        assert_eq!(
+            *direct.calls.borrow(),
+            2,
+            "one call for the batch, one for the get"
+        );
     }
 
     #[test]
@@ -512,9 +532,15 @@ mod tests {
             let answers = batch.run().await.unwrap();
             assert!(matches!(answers.check(), Err(CacheError::TooLarge(_))));
             answers.take(first).unwrap();
-            assert!(matches!(answers.take(too_large), Err(CacheError::TooLarge(_))));
+            assert!(matches!(
+                answers.take(too_large),
+                Err(CacheError::TooLarge(_))
+            ));
             let not_int = answers.take(not_int);
-            assert!(matches!(not_int, Err(CacheError::NotAnInteger(_))), "{not_int:?}");
+            assert!(
+                matches!(not_int, Err(CacheError::NotAnInteger(_))),
+                "{not_int:?}"
+            );
             assert!(matches!(answers.take(as_number), Err(CacheError::Codec(_))));
             answers.take(last).unwrap();
             assert_eq!(cache.get::<u8>("small", "c").await.unwrap(), Some(3));

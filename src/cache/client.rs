@@ -475,6 +475,20 @@ impl<T: CacheTransport> Subscription<T> {
     pub fn try_recv(&mut self) -> Option<CacheEvent> {
         self.events.try_recv().ok()
     }
+
+    /// Its id, as the cache knows it.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next change if one has arrived; `Err` once the cache is gone.
+    pub(crate) fn next_event(&mut self) -> Result<Option<CacheEvent>, ()> {
+        match self.events.try_recv() {
+            Ok(event) => Ok(Some(event)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
+        }
+    }
 }
 
 impl<T: CacheTransport> Drop for Subscription<T> {

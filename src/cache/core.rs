@@ -38,6 +38,11 @@ enum KvAnswer {
     Bool(bool),
     Ttl(Option<Option<Duration>>),
     Int(i64),
+    Tracked {
+        value: Option<Bytes>,
+        ttl: Option<Duration>,
+        position: Option<u64>,
+    },
 }
 
 impl KvAnswer {
@@ -49,6 +54,15 @@ impl KvAnswer {
             KvAnswer::Bool(b) => ops::Answer::Bool(*b),
             KvAnswer::Ttl(t) => ops::Answer::Ttl(*t),
             KvAnswer::Int(n) => ops::Answer::Int(*n),
+            KvAnswer::Tracked {
+                value,
+                ttl,
+                position,
+            } => ops::Answer::Tracked {
+                value: value.as_deref(),
+                ttl: *ttl,
+                position: *position,
+            },
         }
     }
 }
@@ -61,6 +75,10 @@ impl From<KvAnswer> for CacheAnswer {
             KvAnswer::Bool(b) => CacheAnswer::Bool(b),
             KvAnswer::Ttl(t) => CacheAnswer::Ttl(t),
             KvAnswer::Int(n) => CacheAnswer::Int(n),
+            // Only in a batch; alone, it is a get.
+            KvAnswer::Tracked { value, .. } => {
+                CacheAnswer::Value(value.map(|v| ByteBuf::from(v.to_vec())))
+            }
         }
     }
 }
@@ -109,7 +127,7 @@ impl CacheCore {
     /// Serves `op` now, or hands back a lock request that needs somewhere to send its answer.
     pub(crate) fn serve(&mut self, from: Peer, op: CacheOp, now: Instant) -> Served {
         if let Some(kv) = op.key_value() {
-            return Served::Answer(self.apply(kv, now).map(CacheAnswer::from));
+            return Served::Answer(self.apply(from, kv, now).map(CacheAnswer::from));
         }
         Served::Answer(match op {
             CacheOp::Set {
@@ -161,7 +179,16 @@ impl CacheCore {
                 self.locks.unlock(&name, token, from, now)
             }
             CacheOp::Stats => Ok(CacheAnswer::Stats(self.stats())),
-            CacheOp::Batch(ops) => self.batch(&ops, now),
+            CacheOp::Batch(ops) => self.batch(from, &ops, now),
+            CacheOp::Track {
+                subscription,
+                max_keys,
+            } => match self.subs.track(subscription, from, max_keys as usize) {
+                Some(seen) => Ok(CacheAnswer::Int(seen as i64)),
+                None => Err(CacheError::Unreachable(format!(
+                    "no subscription {subscription} to track keys with"
+                ))),
+            },
             // Served by `apply` above.
             CacheOp::Get { .. }
             | CacheOp::Delete { .. }
@@ -262,19 +289,36 @@ impl CacheCore {
 
     /// Serves the operations of a batch in order, one after another, and writes their answers
     /// one after another; a batch that does not decode is served not at all.
-    fn batch(&mut self, ops: &[u8], now: Instant) -> Answer {
+    fn batch(&mut self, from: Peer, ops: &[u8], now: Instant) -> Answer {
         let ops = ops::decode_ops(ops)?;
         let mut out = Vec::with_capacity(4 * ops.len());
         for op in ops {
-            let answer = self.apply(op, now);
+            let answer = self.apply(from, op, now);
             ops::encode_answer(&mut out, &answer.as_ref().map(KvAnswer::wire));
         }
         Ok(CacheAnswer::Batch(out))
     }
 
     /// Serves one key-value operation, alone or in a batch.
-    fn apply(&mut self, op: BatchOp<'_>, now: Instant) -> Result<KvAnswer, CacheError> {
+    fn apply(&mut self, from: Peer, op: BatchOp<'_>, now: Instant) -> Result<KvAnswer, CacheError> {
         Ok(match op {
+            BatchOp::TrackedGet {
+                subscription,
+                collection,
+                key,
+            } => {
+                let value = self.store.get(collection, key, now);
+                let ttl = match value {
+                    Some(_) => self.store.ttl(collection, key, now).flatten(),
+                    None => None,
+                };
+                let position = self.subs.track_key(subscription, from, collection, key);
+                KvAnswer::Tracked {
+                    value,
+                    ttl,
+                    position,
+                }
+            }
             BatchOp::Get { collection, key } => {
                 KvAnswer::Value(self.store.get(collection, key, now))
             }

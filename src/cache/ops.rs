@@ -131,6 +131,18 @@ pub enum CacheOp {
     /// built by [`CacheBatch`](crate::cache::CacheBatch), whose encoding (private to this
     /// crate) the bytes are.
     Batch(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Makes the caller's subscription `subscription` a near-cache's
+    /// ([`CacheClient::near_cache`](crate::cache::CacheClient::near_cache)): from now on it
+    /// hears only of the keys of its collection the near-cache has fetched (at most `max_keys`
+    /// of them), each once, at the first change after the fetch, and its events are never
+    /// dropped. Answered with `Int`: the number of events sent to it so far.
+    Track {
+        /// The subscription.
+        subscription: u64,
+        /// Most keys tracked at once; beyond them, the one fetched longest ago is dropped and
+        /// reported as `Evicted`.
+        max_keys: u32,
+    },
 }
 
 impl CacheOp {
@@ -224,6 +236,9 @@ pub enum CacheError {
 pub struct CacheEvent {
     /// The subscription it is for.
     pub subscription: u64,
+    /// Its number among the events sent to its subscription, from 1: a gap means some were
+    /// dropped (for a worker whose outbox was full; see the README's Bounds).
+    pub seq: u64,
     /// The collection.
     pub collection: String,
     /// The key.
@@ -330,6 +345,12 @@ pub(crate) enum BatchOp<'a> {
         new: Option<&'a [u8]>,
         ttl: Option<Duration>,
     },
+    /// A `Get` by a near-cache, which then tracks the key through its `subscription`.
+    TrackedGet {
+        subscription: u64,
+        collection: &'a str,
+        key: &'a str,
+    },
 }
 
 /// The answer to one operation of a batch as it travels, borrowing its value.
@@ -340,6 +361,14 @@ pub(crate) enum Answer<'a> {
     Bool(bool),
     Ttl(Option<Option<Duration>>),
     Int(i64),
+    /// To `TrackedGet`: the value, the time it has left, and the number of events sent to the
+    /// subscription so far (`None`: the key is not tracked, the subscription is gone).
+    Tracked {
+        #[serde(borrow, with = "serde_bytes")]
+        value: Option<&'a [u8]>,
+        ttl: Option<Duration>,
+        position: Option<u64>,
+    },
 }
 
 /// The operations of the bytes of a [`CacheOp::Batch`], all of them or none.
