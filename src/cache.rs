@@ -66,7 +66,8 @@
 //!   itself (once unreachable, every read goes to the master and fails).
 //!
 //! Limits: at most [`NearLimits::max_entries`] entries (and
-//! [`NearLimits::MAX_TRACKED_KEYS`]) and [`NearLimits::max_bytes`] of keys and values; to make
+//! [`NearLimits::MAX_TRACKED_KEYS`]) and [`NearLimits::max_bytes`] of keys and values, and 16
+//! near-caches per process at once (then [`CacheError::Limit`]); to make
 //! room, a clock picks an entry not read lately (about the least recently used). The master
 //! tracks as many keys for it, the ones fetched most recently (a key it stops tracking is
 //! invalidated). Reads answered by a near-cache are not counted in the master's hits and misses

@@ -183,12 +183,10 @@ impl CacheCore {
             CacheOp::Track {
                 subscription,
                 max_keys,
-            } => match self.subs.track(subscription, from, max_keys as usize) {
-                Some(seen) => Ok(CacheAnswer::Int(seen as i64)),
-                None => Err(CacheError::Unreachable(format!(
-                    "no subscription {subscription} to track keys with"
-                ))),
-            },
+            } => self
+                .subs
+                .track(subscription, from, max_keys as usize)
+                .map(|seen| CacheAnswer::Int(seen as i64)),
             // Served by `apply` above.
             CacheOp::Get { .. }
             | CacheOp::Delete { .. }

@@ -165,6 +165,7 @@ impl<T: CacheTransport> CacheClient<T> {
     /// ```
     ///
     /// # Errors
+    /// [`CacheError::Limit`] when this process keeps 16 near-caches already;
     /// [`CacheError::Unreachable`].
     pub async fn near_cache(
         &self,

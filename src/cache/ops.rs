@@ -229,6 +229,9 @@ pub enum CacheError {
     /// The store failed for a reason of its own (a backend's lost connection, say).
     #[error("store: {0}")]
     Storage(String),
+    /// A bound of the cache was reached: a process's near-caches, say.
+    #[error("limit: {0}")]
+    Limit(String),
 }
 
 /// A change to a key, delivered to subscribers in the order the changes happened.

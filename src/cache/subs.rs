@@ -17,12 +17,16 @@ use std::collections::{BTreeMap, HashMap};
 
 use tokio::sync::mpsc;
 
-use crate::cache::ops::{CacheEvent, Change};
+use crate::cache::ops::{CacheError, CacheEvent, Change};
 use crate::messaging::table::{Routed, SharedRouting};
 use crate::messaging::Peer;
 
 /// Most keys one near-cache's subscription tracks, whatever it asks for.
 pub(crate) const MAX_TRACKED_KEYS: usize = 1 << 16;
+
+/// Most near-caches one process keeps at once: with [`MAX_TRACKED_KEYS`], what the master
+/// tracks for a process is bounded.
+pub(crate) const MAX_NEAR_CACHES: usize = 16;
 
 #[derive(Debug)]
 enum Owner {
@@ -189,13 +193,30 @@ impl Subscribers {
     }
 
     /// Makes `who`'s subscription `id` a near-cache's, tracking at most `max_keys` keys (and
-    /// [`MAX_TRACKED_KEYS`]); the number of events sent to it so far, or `None` if there is no
-    /// such subscription.
-    pub(crate) fn track(&mut self, id: u64, who: Peer, max_keys: usize) -> Option<u64> {
-        let sub = self.find(id, who)?;
+    /// [`MAX_TRACKED_KEYS`]); the number of events sent to it so far.
+    ///
+    /// # Errors
+    /// [`CacheError::Unreachable`] when there is no such subscription, [`CacheError::Limit`]
+    /// when `who` keeps [`MAX_NEAR_CACHES`] near-caches already.
+    pub(crate) fn track(&mut self, id: u64, who: Peer, max_keys: usize) -> Result<u64, CacheError> {
+        let near_caches = self
+            .subs
+            .iter()
+            .filter(|s| s.tracking.is_some() && s.belongs_to(who) && s.id != id)
+            .count();
+        if near_caches >= MAX_NEAR_CACHES {
+            return Err(CacheError::Limit(format!(
+                "a process keeps at most {MAX_NEAR_CACHES} near-caches at once"
+            )));
+        }
+        let Some(sub) = self.find(id, who) else {
+            return Err(CacheError::Unreachable(format!(
+                "no subscription {id} to track keys with"
+            )));
+        };
         let max = max_keys.clamp(1, MAX_TRACKED_KEYS);
         sub.tracking.get_or_insert_with(Tracking::default).max = max;
-        Some(sub.seq)
+        Ok(sub.seq)
     }
 
     /// `who`'s near-cache subscription `id` fetched `key` of `collection`: it tracks it now.
@@ -271,6 +292,27 @@ mod tests {
     }
 
     #[test]
+    fn a_process_keeps_a_bounded_number_of_near_caches() {
+        let mut subs = Subscribers::new(Default::default());
+        let worker = |pid| Peer::Worker { id: 0, pid };
+        for id in 0..=MAX_NEAR_CACHES as u64 {
+            subs.add_worker((0, 1), id, "c".into(), "".into());
+        }
+        subs.add_worker((0, 2), 99, "c".into(), "".into());
+        for id in 0..MAX_NEAR_CACHES as u64 {
+            assert_eq!(subs.track(id, worker(1), 8), Ok(0));
+        }
+        // Again for one it keeps: no new one.
+        assert_eq!(subs.track(0, worker(1), 8), Ok(0));
+        let over = subs.track(MAX_NEAR_CACHES as u64, worker(1), 8);
+        assert!(matches!(over, Err(CacheError::Limit(_))), "{over:?}");
+        // Another process has its own.
+        assert_eq!(subs.track(99, worker(2), 8), Ok(0));
+        subs.remove(0, worker(1));
+        assert_eq!(subs.track(MAX_NEAR_CACHES as u64, worker(1), 8), Ok(0));
+    }
+
+    #[test]
     fn events_are_numbered_per_subscription() {
         let mut subs = Subscribers::new(Default::default());
         let mut all = master_sub(&mut subs, 1);
@@ -291,8 +333,9 @@ mod tests {
         let mut subs = Subscribers::new(Default::default());
         let mut near = master_sub(&mut subs, 7);
         subs.notify("c", "x", || Change::Deleted);
-        assert_eq!(subs.track(7, Peer::Master, 2), Some(1));
-        assert_eq!(subs.track(8, Peer::Master, 2), None, "no such subscription");
+        assert_eq!(subs.track(7, Peer::Master, 2), Ok(1));
+        let none = subs.track(8, Peer::Master, 2);
+        assert!(matches!(none, Err(CacheError::Unreachable(_))), "{none:?}");
         assert_eq!(subs.track_key(7, Peer::Master, "other", "a"), None);
         assert_eq!(subs.track_key(7, Peer::Master, "c", "a"), Some(1));
         // Not fetched: not heard of.
@@ -315,7 +358,7 @@ mod tests {
                 (4, "b".into(), Change::Deleted),
             ]
         );
-        assert_eq!(subs.track(7, Peer::Master, usize::MAX), Some(4));
+        assert_eq!(subs.track(7, Peer::Master, usize::MAX), Ok(4));
         let max = subs.subs[0].tracking.as_ref().map(|t| t.max);
         assert_eq!(max, Some(MAX_TRACKED_KEYS));
     }
