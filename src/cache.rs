@@ -43,6 +43,8 @@
 //! - **Its own writes at once.** Once a [`set`](NearCache::set) or [`delete`](NearCache::delete)
 //!   made through the near-cache has been answered, every later read sees it or a later change;
 //!   in one [`NearBatch`], a read added after a write of its key goes to the master with it.
+//!   A write the process makes with a plain [`CacheClient`] call is not one of these: it is
+//!   seen once its invalidation has been taken in, as a change learned of otherwise (below).
 //! - **Writes that happened before it through the cluster.** The master sends the invalidation
 //!   of a change as it applies it, before it answers the writer, ahead of anything sent to the
 //!   reader's process after it. So when a process has written and then sent the reader's
