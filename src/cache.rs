@@ -15,6 +15,10 @@
 //! - [`CacheClient::subscribe`] delivers the sets, deletes, expiries and evictions of a
 //!   collection's keys (by prefix) in the order they happened; a [`Replica`] keeps a local copy
 //!   in sync with them.
+//! - [`CacheClient::batch`] sends many key-value operations in one message each way, served
+//!   back to back in the order added (a Redis pipeline, at a fraction of the cost per
+//!   operation); [`CacheClient::near_cache`] keeps a process's own bounded copy of what it
+//!   reads of a collection, coherent by invalidations (see [Near-caches](#near-caches)).
 //! - [`CacheClient::lock`] takes an exclusive lock across all processes, first come first
 //!   served, with a lease; it is released when its guard is dropped, when the lease runs out, or
 //!   when the holder's process ends, however it ends.
@@ -28,6 +32,52 @@
 //! The cache lives in the master: it survives every worker crash, and an operation is applied
 //! whole or not at all.
 //!
+//! # Near-caches
+//! A [`NearCache`] answers a read of a key it holds in the reading process, with no round
+//! trip; it fetches (and keeps) what it does not hold, and writes through to the master. The
+//! master tracks the keys each near-cache has fetched and sends it one invalidation at the first
+//! change to each (Redis's client-side caching, tracking mode). What a reader may observe,
+//! through one near-cache:
+//! - **Never a value the key did not have.** A read answered by the near-cache returns what the
+//!   master held for the key at some earlier moment.
+//! - **Its own writes at once.** Once a [`set`](NearCache::set) or [`delete`](NearCache::delete)
+//!   made through the near-cache has been answered, every later read sees it or a later change;
+//!   in one [`NearBatch`], a read added after a write of its key goes to the master with it.
+//!   A write the process makes with a plain [`CacheClient`] call is not one of these: it is
+//!   seen once its invalidation has been taken in, as a change learned of otherwise (below).
+//! - **Writes that happened before it through the cluster.** The master sends the invalidation
+//!   of a change as it applies it, before it answers the writer, ahead of anything sent to the
+//!   reader's process after it. So when a process has written and then sent the reader's
+//!   process a message (a tell, an ask, a publish, a request of the master's own code), every
+//!   read made after that message has been taken in sees the write or a later change.
+//! - **In order, never back.** Reads see the changes in the order the master made them: a read
+//!   never returns a value older than one an earlier read (of any key) implied, and successive
+//!   reads of a key never go back to an older value. While invalidations the near-cache has
+//!   heard of (from a fetch's answer) are still on their way, it answers nothing itself.
+//! - **Not at once for a change learned of otherwise.** A change learned of outside the cluster
+//!   (a file, a socket, the clock) may not be seen yet: until its invalidation is taken in
+//!   (microseconds on an idle machine; longer while the process is busy), a read may return the
+//!   value before it. A near-cache is sequentially consistent, not linearizable; a plain
+//!   [`CacheClient::get`] is the master's own answer, linearizable, and may be newer than what
+//!   the near-cache answers next.
+//! - **Never past a time to live.** The near-cache's deadline for a value is at or before the
+//!   master's.
+//! - **No invalidation is lost.** They are queued for the reader's process even past its
+//!   outbox's limit (what a near-cache may have in flight is bounded by the keys it tracks). If
+//!   some ever came out of order, or the cache became unreachable, the near-cache empties
+//!   itself (once unreachable, every read goes to the master and fails).
+//!
+//! Limits: at most [`NearLimits::max_entries`] entries (and
+//! [`NearLimits::MAX_TRACKED_KEYS`]) and [`NearLimits::max_bytes`] of keys and values, and 16
+//! near-caches per process at once (then [`CacheError::Limit`]); to make
+//! room, a clock picks an entry not read lately (about the least recently used). The master
+//! tracks as many keys for it, the ones fetched most recently (a key it stops tracking is
+//! invalidated). Reads answered by a near-cache are not counted in the master's hits and misses
+//! and do not refresh the key's recency there: a key read only from near-caches may be evicted
+//! from a bounded collection (which invalidates it; the next read fetches it again). Only reads
+//! are answered locally: locks, counters, scans and subscriptions are the [`CacheClient`]'s. A
+//! near-cache covers one collection and is used from the thread that made it.
+//!
 //! # One owner
 //! The store, the subscriptions, the locks and the schedule of their deadlines belong to one
 //! `CacheCore`, and nothing else holds any of them. The cluster's shared context owns the core
@@ -35,7 +85,9 @@
 //! it on the master's one thread. A worker's operation is served by its proxy the moment its
 //! frame arrives, with no message to an actor and back. That is why the core is not an actor's
 //! private state: with two mailbox hops per operation the bench's `cache_vs_redis` was 0.44×,
-//! served inline it is 0.6–0.8× (`cargo run --release --example bench -- --json`).
+//! served inline it is 0.6–0.8× (`cargo run --release --example bench -- --json`), and with
+//! batches (one frame each way for 64 operations) and near-caches in the workers it is
+//! well above 1.5×.
 //!
 //! The core has no clock and no timers: every operation takes `now`, and the core names its
 //! next deadline (the first expiry, lease or wait). The cache's actor owns nothing (it holds the
@@ -65,11 +117,15 @@ use crate::messaging::table::{ReplyTo, SharedRouting};
 use crate::messaging::Peer;
 
 mod actor;
+mod batch;
 mod client;
 mod config;
 mod core;
+#[cfg(test)]
+mod direct;
 mod locks;
 mod memory;
+mod near;
 pub(crate) mod ops;
 mod snapshot;
 mod store;
@@ -79,9 +135,11 @@ pub(crate) use self::core::Served;
 pub(crate) use locks::encode_answer;
 pub(crate) use locks::LockRequest;
 
+pub use batch::{BatchAnswers, CacheBatch, Pending};
 pub use client::{CacheClient, CacheTransport, LockGuard, MasterCache, Replica, Subscription};
 pub use config::CacheConfig;
 pub use memory::MemoryStore;
+pub use near::{NearBatch, NearCache, NearLimits, NearStats};
 pub use ops::{CacheAnswer, CacheError, CacheEvent, CacheOp, CacheStats, Change};
 pub use store::{
     CollectionStats, Limits, RemoveReason, Removed, SnapshotEntry, Store, StoreError, StoreStats,

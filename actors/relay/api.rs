@@ -216,8 +216,9 @@ pub(crate) enum RelayMsg {
     Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Writes a line to stderr, then aborts the process at once.
     StderrThenAbort(String),
-    /// Cache: `count` operations (3 gets to 1 set, on 1 000 keys), `window` in flight at
-    /// once; answers operations per second (`Int`).
+    /// Cache: `count` operations (3 gets to 1 set, on 1 000 keys), at most `window` of them
+    /// in flight at once (sent to the master, in batches); with `near`, through a near-cache,
+    /// which answers the reads it holds at once; answers operations per second (`Int`).
     CacheBench {
         /// The collection.
         collection: String,
@@ -225,6 +226,52 @@ pub(crate) enum RelayMsg {
         count: u64,
         /// How many in flight.
         window: usize,
+        /// Through a near-cache.
+        near: bool,
+    },
+    /// Cache: opens a near-cache of `collection` of at most `max_entries` entries, kept for
+    /// the `Near*` commands.
+    NearOpen {
+        /// The collection.
+        collection: String,
+        /// Its bound.
+        max_entries: usize,
+    },
+    /// Cache: reads `key` (a number) through the near-cache; answers `NearRead`.
+    NearGet(String),
+    /// Cache: sets `key` to `value` through the near-cache, for `ttl_ms` if given.
+    NearSet {
+        /// The key.
+        key: String,
+        /// The value.
+        value: u64,
+        /// Its time to live.
+        ttl_ms: Option<u64>,
+    },
+    /// Cache: the near-cache's figures; answers `NearStats`.
+    NearStats,
+    /// Cache: sets `key` of `collection` to `from`, `from + 1`, ... (`count` values), and
+    /// after each write is answered tells worker `to` a [`NearCheck`](RelayMsg::NearCheck) of
+    /// that value.
+    SetThenTell {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+        /// The first value.
+        from: u64,
+        /// How many writes.
+        count: u64,
+        /// Who checks them.
+        to: WorkerId,
+    },
+    /// From a peer: reads `key` through the near-cache and records a note: `ok <value>
+    /// local|fetched` when it is at least `at_least`, else `stale <value> < <at_least>`.
+    NearCheck {
+        /// The key.
+        key: String,
+        /// What it must be at least.
+        at_least: u64,
     },
     /// Encodes, but never decodes: what [`AskGarbage`](RelayMsg::AskGarbage) sends.
     Undecodable(Undecodable),
@@ -284,6 +331,15 @@ pub(crate) enum RelayReply {
     Events(Vec<(String, String)>),
     /// To `CacheReplicaState`.
     Entries(BTreeMap<String, u64>),
+    /// To `NearGet`: the value, and whether the near-cache answered it (not the master).
+    NearRead {
+        /// The value.
+        value: Option<u64>,
+        /// Answered by the near-cache.
+        local: bool,
+    },
+    /// To `NearStats`: hits, misses, entries, invalidations, resets.
+    NearStats([u64; 5]),
 }
 
 /// A message part that encodes as nothing and never decodes, so that a [`RelayMsg`] holding it

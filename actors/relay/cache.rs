@@ -1,11 +1,10 @@
 //! The relay's cache commands: counters, bursts of writes, locks, subscriptions, a replica and
 //! a throughput run, through this worker's cache client.
 
-use std::future::Future;
-use std::task::Poll;
+use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use procactor::cache::{CacheClient, CacheError, Change};
+use procactor::cache::{CacheClient, CacheError, Change, NearLimits};
 
 use super::{invalid, Handle, Relay, RelayMsg, RelayReply, TIMEOUT};
 
@@ -68,14 +67,90 @@ impl Relay {
                     .map(|r| r.current().clone())
                     .unwrap_or_default(),
             )),
+            msg @ (RelayMsg::NearOpen { .. }
+            | RelayMsg::NearGet(_)
+            | RelayMsg::NearSet { .. }
+            | RelayMsg::NearStats
+            | RelayMsg::NearCheck { .. }) => self.near(msg, &cache).await,
+            RelayMsg::SetThenTell {
+                collection,
+                key,
+                from,
+                count,
+                to,
+            } => set_then_tell(&cache, peers, &collection, &key, from..from + count, to).await,
             RelayMsg::CacheBench {
                 collection,
                 count,
                 window,
+                near: false,
             } => bench(&cache, &collection, count, window).await,
+            RelayMsg::CacheBench {
+                collection,
+                count,
+                window,
+                near: true,
+            } => near_bench(&cache, &collection, count, window).await,
             other => Ok(invalid(other)),
         };
         result.unwrap_or_else(cache_err)
+    }
+
+    /// The near-cache commands.
+    async fn near(&mut self, msg: RelayMsg, cache: &Cache) -> Result<RelayReply, CacheError> {
+        if let RelayMsg::NearOpen {
+            collection,
+            max_entries,
+        } = msg
+        {
+            let limits = NearLimits {
+                max_entries,
+                ..NearLimits::default()
+            };
+            self.near = Some(cache.near_cache(&collection, limits).await?);
+            return Ok(RelayReply::Done);
+        }
+        let Some(near) = self.near.as_ref() else {
+            return Err(CacheError::Unreachable("no near-cache opened".into()));
+        };
+        match msg {
+            RelayMsg::NearGet(key) => {
+                let hits = near.stats().hits;
+                let value = near.get::<u64>(&key).await?;
+                let local = near.stats().hits > hits;
+                Ok(RelayReply::NearRead { value, local })
+            }
+            RelayMsg::NearSet { key, value, ttl_ms } => {
+                let ttl = ttl_ms.map(Duration::from_millis);
+                near.set(&key, &value, ttl).await.map(|()| RelayReply::Done)
+            }
+            RelayMsg::NearStats => {
+                let s = near.stats();
+                let figures = [
+                    s.hits,
+                    s.misses,
+                    s.entries as u64,
+                    s.invalidations,
+                    s.resets,
+                ];
+                Ok(RelayReply::NearStats(figures))
+            }
+            RelayMsg::NearCheck { key, at_least } => {
+                let hits = near.stats().hits;
+                let value = near.get::<u64>(&key).await?.unwrap_or(0);
+                let how = if near.stats().hits > hits {
+                    "local"
+                } else {
+                    "fetched"
+                };
+                Ok(RelayReply::Text(if value >= at_least {
+                    format!("ok {value} {how}")
+                } else {
+                    format!("stale {value} < {at_least} {how}")
+                }))
+            }
+            other => Ok(invalid(other)),
+        }
     }
 
     /// The events received on the subscription so far, as (key, change) texts.
@@ -162,8 +237,32 @@ async fn lock_wait(cache: &Cache, lock: &str, wait_ms: u64) -> Result<RelayReply
     Ok(RelayReply::Int(waited))
 }
 
-/// `count` operations (3 gets to 1 set, on 1 000 keys), `window` of them in flight at once,
-/// polled together by this one task; answers operations per second.
+/// Sets `key` to each of `values` in turn and, once each write is answered, tells worker `to`
+/// to check that its near-cache sees it.
+async fn set_then_tell(
+    cache: &Cache,
+    peers: &Handle,
+    collection: &str,
+    key: &str,
+    values: std::ops::Range<u64>,
+    to: procactor::WorkerId,
+) -> Result<RelayReply, CacheError> {
+    for value in values {
+        cache.set(collection, key, &value, None).await?;
+        let check = RelayMsg::NearCheck {
+            key: key.to_owned(),
+            at_least: value,
+        };
+        if let Err(e) = peers.tell_worker(to, &check) {
+            return Ok(RelayReply::Failed(e));
+        }
+    }
+    Ok(RelayReply::Done)
+}
+
+/// `count` operations (3 gets to 1 set, on 1 000 keys), `window` of them in flight at once
+/// as one batch (as a Redis client pipelines them), every answer read; answers operations per
+/// second.
 async fn bench(
     cache: &Cache,
     collection: &str,
@@ -171,51 +270,66 @@ async fn bench(
     window: usize,
 ) -> Result<RelayReply, CacheError> {
     let t = Instant::now();
-    let op = |n: u64| {
-        let cache = cache.clone();
-        let collection = collection.to_owned();
-        Box::pin(async move {
-            let key = format!("k{}", n % 1000);
-            if n % 4 == 0 {
-                cache.set(&collection, &key, &n, None).await
-            } else {
-                cache.get::<u64>(&collection, &key).await.map(drop)
-            }
-        })
-    };
+    let mut key = String::new();
+    let (mut gets, mut sets) = (Vec::with_capacity(window), Vec::with_capacity(window));
     let mut next = 0u64;
-    let mut in_flight = Vec::with_capacity(window);
-    let mut failure = None;
-    std::future::poll_fn(|cx| {
-        while next < count && in_flight.len() < window {
-            in_flight.push(op(next));
-            next += 1;
-        }
-        let mut i = 0;
-        while i < in_flight.len() {
-            match in_flight[i].as_mut().poll(cx) {
-                Poll::Ready(result) => {
-                    if let Err(e) = result {
-                        failure.get_or_insert(e);
-                    }
-                    drop(in_flight.swap_remove(i));
-                    if next < count {
-                        in_flight.push(op(next));
-                        next += 1;
-                    }
-                }
-                Poll::Pending => i += 1,
+    while next < count {
+        let mut batch = cache.batch();
+        let end = count.min(next + window as u64);
+        for n in next..end {
+            key.clear();
+            let _ = write!(key, "k{}", n % 1000);
+            if n % 4 == 0 {
+                sets.push(batch.set(collection, &key, &n, None)?);
+            } else {
+                gets.push(batch.get::<u64>(collection, &key));
             }
         }
-        if in_flight.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        next = end;
+        let answers = batch.run().await?;
+        for set in sets.drain(..) {
+            answers.take(set)?;
         }
-    })
-    .await;
-    if let Some(e) = failure {
-        return Err(e);
+        for get in gets.drain(..) {
+            answers.take(get)?;
+        }
+    }
+    let rate = count as f64 / t.elapsed().as_secs_f64();
+    Ok(RelayReply::Int(rate as i64))
+}
+
+/// As [`bench()`], through a near-cache: a read it holds is answered at once, and only what it
+/// cannot answer is in flight, `window` operations to a batch.
+async fn near_bench(
+    cache: &Cache,
+    collection: &str,
+    count: u64,
+    window: usize,
+) -> Result<RelayReply, CacheError> {
+    let t = Instant::now();
+    let near = cache.near_cache(collection, NearLimits::default()).await?;
+    let mut key = String::new();
+    let (mut gets, mut sets) = (Vec::new(), Vec::new());
+    let mut n = 0u64;
+    while n < count {
+        let mut batch = near.batch();
+        while n < count && batch.len() < window {
+            key.clear();
+            let _ = write!(key, "k{}", n % 1000);
+            if n % 4 == 0 {
+                sets.push(batch.set(&key, &n, None)?);
+            } else {
+                gets.push(batch.get::<u64>(&key));
+            }
+            n += 1;
+        }
+        let answers = batch.run().await?;
+        for set in sets.drain(..) {
+            answers.take(set)?;
+        }
+        for get in gets.drain(..) {
+            answers.take(get)?;
+        }
     }
     let rate = count as f64 / t.elapsed().as_secs_f64();
     Ok(RelayReply::Int(rate as i64))

@@ -20,7 +20,7 @@ mod process;
 use std::rc::Rc;
 use std::time::Duration;
 
-use procactor::cache::{LockGuard, Replica, Subscription};
+use procactor::cache::{LockGuard, NearCache, Replica, Subscription};
 use procactor::logger::Fields;
 use procactor::{AskError, Cluster, WorkerActor, WorkerContext, WorkerHandle};
 
@@ -38,6 +38,7 @@ pub(crate) struct Relay {
     locks: Vec<LockGuard<Handle>>,
     subscription: Option<Subscription<Handle>>,
     replica: Option<Replica<Handle, u64>>,
+    near: Option<NearCache<Handle>>,
     leaves: Option<Rc<Cluster<Relay>>>,
 }
 
@@ -84,7 +85,23 @@ impl WorkerActor for Relay {
             | M::CacheEvents
             | M::CacheReplica(_)
             | M::CacheReplicaState
-            | M::CacheBench { .. }) => self.cache(msg, ctx.peers()).await,
+            | M::CacheBench { .. }
+            | M::NearOpen { .. }
+            | M::NearGet(_)
+            | M::NearSet { .. }
+            | M::NearStats
+            | M::SetThenTell { .. }) => self.cache(msg, ctx.peers()).await,
+            msg @ M::NearCheck { .. } => {
+                let reply = self.cache(msg, ctx.peers()).await;
+                if let RelayReply::Text(text) = &reply {
+                    self.received.push(Received {
+                        from: ctx.sender(),
+                        via: ctx.via().clone(),
+                        text: text.clone(),
+                    });
+                }
+                reply
+            }
             msg @ (M::Note(_) | M::Echo(_) | M::Log | M::Clear) => self.inbox(msg, ctx),
             msg @ (M::LogAll { .. } | M::LogMany(_)) => log(msg, ctx),
             msg => self.process(msg, ctx).await,

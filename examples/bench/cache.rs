@@ -1,6 +1,11 @@
 //! Cache figures: a get/set mix (3 gets to 1 set over 1 000 keys) from 2 worker processes,
 //! pipelined, against the same workload from 2 client threads on a `redis-server` on 127.0.0.1,
 //! started by the bench when one is installed.
+//!
+//! Each worker reads through a near-cache (`CacheClient::near_cache`): a read of a key it holds
+//! is answered in the worker, and what it cannot answer (the sets, the first read of each key)
+//! goes to the master in batches of 64, 64 operations in flight; each redis client pipelines
+//! its commands 64 to a batch. Every answer is read, on both sides.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -35,6 +40,7 @@ pub(crate) async fn procactor_ops(count: u64) -> Result<f64, procactor::Error> {
             collection: "bench".into(),
             count,
             window: WINDOW,
+            near: true,
         }))
     };
     // Warm up, then measure both at once.

@@ -133,6 +133,11 @@ impl<T: CacheTransport> CacheClient<T> {
         self.transport.call(op).await
     }
 
+    /// How it reaches the cache.
+    pub(crate) fn transport(&self) -> &T {
+        &self.transport
+    }
+
     /// The value of `key` in `collection`, decoded as a `V`.
     ///
     /// # Errors
@@ -469,6 +474,20 @@ impl<T: CacheTransport> Subscription<T> {
     /// The next change if one has arrived.
     pub fn try_recv(&mut self) -> Option<CacheEvent> {
         self.events.try_recv().ok()
+    }
+
+    /// Its id, as the cache knows it.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next change if one has arrived; `Err` once the cache is gone.
+    pub(crate) fn next_event(&mut self) -> Result<Option<CacheEvent>, ()> {
+        match self.events.try_recv() {
+            Ok(event) => Ok(Some(event)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
+        }
     }
 }
 

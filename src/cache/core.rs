@@ -9,7 +9,9 @@ use tokio::sync::mpsc;
 
 use crate::cache::config::CacheConfig;
 use crate::cache::locks::{LockRequest, LockTable, Reply};
-use crate::cache::ops::{CacheAnswer, CacheError, CacheEvent, CacheOp, CacheStats, Change};
+use crate::cache::ops::{
+    self, BatchOp, CacheAnswer, CacheError, CacheEvent, CacheOp, CacheStats, Change,
+};
 use crate::cache::snapshot;
 use crate::cache::store::{RemoveReason, Removed, SnapshotEntry, Store};
 use crate::cache::subs::Subscribers;
@@ -27,6 +29,59 @@ pub(crate) enum Served {
 }
 
 type Answer = Result<CacheAnswer, CacheError>;
+
+/// The answer to a key-value operation, its value shared with the store.
+#[derive(Debug)]
+enum KvAnswer {
+    Done,
+    Value(Option<Bytes>),
+    Bool(bool),
+    Ttl(Option<Option<Duration>>),
+    Int(i64),
+    Tracked {
+        value: Option<Bytes>,
+        ttl: Option<Duration>,
+        position: Option<u64>,
+    },
+}
+
+impl KvAnswer {
+    /// As it travels in a batch, borrowing its value.
+    fn wire(&self) -> ops::Answer<'_> {
+        match self {
+            KvAnswer::Done => ops::Answer::Done,
+            KvAnswer::Value(v) => ops::Answer::Value(v.as_deref()),
+            KvAnswer::Bool(b) => ops::Answer::Bool(*b),
+            KvAnswer::Ttl(t) => ops::Answer::Ttl(*t),
+            KvAnswer::Int(n) => ops::Answer::Int(*n),
+            KvAnswer::Tracked {
+                value,
+                ttl,
+                position,
+            } => ops::Answer::Tracked {
+                value: value.as_deref(),
+                ttl: *ttl,
+                position: *position,
+            },
+        }
+    }
+}
+
+impl From<KvAnswer> for CacheAnswer {
+    fn from(answer: KvAnswer) -> Self {
+        match answer {
+            KvAnswer::Done => CacheAnswer::Done,
+            KvAnswer::Value(v) => CacheAnswer::Value(v.map(|v| ByteBuf::from(v.to_vec()))),
+            KvAnswer::Bool(b) => CacheAnswer::Bool(b),
+            KvAnswer::Ttl(t) => CacheAnswer::Ttl(t),
+            KvAnswer::Int(n) => CacheAnswer::Int(n),
+            // Only in a batch; alone, it is a get.
+            KvAnswer::Tracked { value, .. } => {
+                CacheAnswer::Value(value.map(|v| ByteBuf::from(v.to_vec())))
+            }
+        }
+    }
+}
 
 /// The store, the subscriptions, the locks and the schedule of their deadlines; see the
 /// [module docs](crate::cache).
@@ -71,46 +126,30 @@ impl CacheCore {
 
     /// Serves `op` now, or hands back a lock request that needs somewhere to send its answer.
     pub(crate) fn serve(&mut self, from: Peer, op: CacheOp, now: Instant) -> Served {
+        if let Some(kv) = op.key_value() {
+            return Served::Answer(self.apply(from, kv, now).map(CacheAnswer::from));
+        }
         Served::Answer(match op {
-            CacheOp::Get { collection, key } => Ok(CacheAnswer::Value(
-                self.store
-                    .get(&collection, &key, now)
-                    .map(|v| ByteBuf::from(v.to_vec())),
-            )),
             CacheOp::Set {
                 collection,
                 key,
                 value,
                 ttl,
-            } => self.set(&collection, &key, value, ttl, now),
-            CacheOp::Delete { collection, key } => Ok(self.delete(&collection, &key, now)),
-            CacheOp::Exists { collection, key } => {
-                Ok(CacheAnswer::Bool(self.store.exists(&collection, &key, now)))
-            }
-            CacheOp::Expire {
-                collection,
-                key,
-                ttl,
-            } => {
-                self.deadline_moved |= ttl.is_some();
-                let done = self.store.expire(&collection, &key, ttl, now);
-                Ok(CacheAnswer::Bool(done))
-            }
-            CacheOp::Ttl { collection, key } => {
-                Ok(CacheAnswer::Ttl(self.store.ttl(&collection, &key, now)))
-            }
-            CacheOp::Increment {
-                collection,
-                key,
-                by,
-            } => self.increment(&collection, &key, by, now),
+            } => self
+                .set(&collection, &key, Bytes::from(value), ttl, now)
+                .map(|()| CacheAnswer::Done),
             CacheOp::CompareAndSet {
                 collection,
                 key,
                 expected,
                 new,
                 ttl,
-            } => self.compare_and_set(&collection, &key, expected, new, ttl, now),
+            } => {
+                let new = new.map(|v| Bytes::from(v.into_vec()));
+                let expected = expected.as_deref().map(|v| &v[..]);
+                self.compare_and_set(&collection, &key, expected, new, ttl, now)
+                    .map(CacheAnswer::Bool)
+            }
             CacheOp::Keys { collection, prefix } => Ok(CacheAnswer::Keys(self.store.keys(
                 &collection,
                 &prefix,
@@ -127,9 +166,8 @@ impl CacheCore {
                 Ok(CacheAnswer::Done)
             }
             CacheOp::Lock { name, lease, wait } => {
-                let who = from;
                 let request = LockRequest {
-                    who,
+                    who: from,
                     name,
                     lease,
                     wait,
@@ -141,6 +179,21 @@ impl CacheCore {
                 self.locks.unlock(&name, token, from, now)
             }
             CacheOp::Stats => Ok(CacheAnswer::Stats(self.stats())),
+            CacheOp::Batch(ops) => self.batch(from, &ops, now),
+            CacheOp::Track {
+                subscription,
+                max_keys,
+            } => self
+                .subs
+                .track(subscription, from, max_keys as usize)
+                .map(|seen| CacheAnswer::Int(seen as i64)),
+            // Served by `apply` above.
+            CacheOp::Get { .. }
+            | CacheOp::Delete { .. }
+            | CacheOp::Exists { .. }
+            | CacheOp::Expire { .. }
+            | CacheOp::Ttl { .. }
+            | CacheOp::Increment { .. } => unreachable!("a key-value operation"),
         })
     }
 
@@ -232,32 +285,114 @@ impl CacheCore {
         }
     }
 
+    /// Serves the operations of a batch in order, one after another, and writes their answers
+    /// one after another; a batch that does not decode is served not at all.
+    fn batch(&mut self, from: Peer, ops: &[u8], now: Instant) -> Answer {
+        let ops = ops::decode_ops(ops)?;
+        let mut out = Vec::with_capacity(4 * ops.len());
+        for op in ops {
+            let answer = self.apply(from, op, now);
+            ops::encode_answer(&mut out, &answer.as_ref().map(KvAnswer::wire));
+        }
+        Ok(CacheAnswer::Batch(out))
+    }
+
+    /// Serves one key-value operation, alone or in a batch.
+    fn apply(&mut self, from: Peer, op: BatchOp<'_>, now: Instant) -> Result<KvAnswer, CacheError> {
+        Ok(match op {
+            BatchOp::TrackedGet {
+                subscription,
+                collection,
+                key,
+            } => {
+                let value = self.store.get(collection, key, now);
+                let ttl = match value {
+                    Some(_) => self.store.ttl(collection, key, now).flatten(),
+                    None => None,
+                };
+                let position = self.subs.track_key(subscription, from, collection, key);
+                KvAnswer::Tracked {
+                    value,
+                    ttl,
+                    position,
+                }
+            }
+            BatchOp::Get { collection, key } => {
+                KvAnswer::Value(self.store.get(collection, key, now))
+            }
+            BatchOp::Set {
+                collection,
+                key,
+                value,
+                ttl,
+            } => {
+                self.set(collection, key, Bytes::copy_from_slice(value), ttl, now)?;
+                KvAnswer::Done
+            }
+            BatchOp::Delete { collection, key } => {
+                KvAnswer::Bool(self.delete(collection, key, now))
+            }
+            BatchOp::Exists { collection, key } => {
+                KvAnswer::Bool(self.store.exists(collection, key, now))
+            }
+            BatchOp::Expire {
+                collection,
+                key,
+                ttl,
+            } => {
+                self.deadline_moved |= ttl.is_some();
+                KvAnswer::Bool(self.store.expire(collection, key, ttl, now))
+            }
+            BatchOp::Ttl { collection, key } => KvAnswer::Ttl(self.store.ttl(collection, key, now)),
+            BatchOp::Increment {
+                collection,
+                key,
+                by,
+            } => KvAnswer::Int(self.increment(collection, key, by, now)?),
+            BatchOp::CompareAndSet {
+                collection,
+                key,
+                expected,
+                new,
+                ttl,
+            } => {
+                let new = new.map(Bytes::copy_from_slice);
+                KvAnswer::Bool(self.compare_and_set(collection, key, expected, new, ttl, now)?)
+            }
+        })
+    }
+
     fn set(
         &mut self,
         collection: &str,
         key: &str,
-        value: Vec<u8>,
+        value: Bytes,
         ttl: Option<Duration>,
         now: Instant,
-    ) -> Answer {
-        let value = Bytes::from(value);
+    ) -> Result<(), CacheError> {
         let evicted = self.store.set(collection, key, value.clone(), ttl, now)?;
         self.removed(evicted);
         self.subs
             .notify(collection, key, || Change::Set(value.to_vec().into()));
         self.deadline_moved |= ttl.is_some();
-        Ok(CacheAnswer::Done)
+        Ok(())
     }
 
-    fn delete(&mut self, collection: &str, key: &str, now: Instant) -> CacheAnswer {
+    fn delete(&mut self, collection: &str, key: &str, now: Instant) -> bool {
         let deleted = self.store.delete(collection, key, now);
         if deleted {
             self.subs.notify(collection, key, || Change::Deleted);
         }
-        CacheAnswer::Bool(deleted)
+        deleted
     }
 
-    fn increment(&mut self, collection: &str, key: &str, by: i64, now: Instant) -> Answer {
+    fn increment(
+        &mut self,
+        collection: &str,
+        key: &str,
+        by: i64,
+        now: Instant,
+    ) -> Result<i64, CacheError> {
         let (n, evicted) = self.store.increment(collection, key, by, None, now)?;
         self.removed(evicted);
         self.subs.notify(collection, key, || {
@@ -266,30 +401,23 @@ impl CacheCore {
             let _ = crate::codec::encode_value(&mut value, &n);
             Change::Set(value.into())
         });
-        Ok(CacheAnswer::Int(n))
+        Ok(n)
     }
 
     fn compare_and_set(
         &mut self,
         collection: &str,
         key: &str,
-        expected: Option<ByteBuf>,
-        new: Option<ByteBuf>,
+        expected: Option<&[u8]>,
+        new_value: Option<Bytes>,
         ttl: Option<Duration>,
         now: Instant,
-    ) -> Answer {
-        let new_value = new.map(|v| Bytes::from(v.into_vec()));
-        let expected_bytes = expected.as_deref().map(|v| &v[..]);
-        let (done, evicted) = self.store.compare_and_set(
-            collection,
-            key,
-            expected_bytes,
-            new_value.clone(),
-            ttl,
-            now,
-        )?;
+    ) -> Result<bool, CacheError> {
+        let (done, evicted) =
+            self.store
+                .compare_and_set(collection, key, expected, new_value.clone(), ttl, now)?;
         if !done {
-            return Ok(CacheAnswer::Bool(false));
+            return Ok(false);
         }
         self.removed(evicted);
         match new_value {
@@ -301,7 +429,7 @@ impl CacheCore {
             None => {}
         }
         self.deadline_moved |= ttl.is_some();
-        Ok(CacheAnswer::Bool(true))
+        Ok(true)
     }
 
     fn entries(&mut self, collection: &str, prefix: &str, now: Instant) -> CacheAnswer {

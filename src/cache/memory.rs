@@ -108,6 +108,10 @@ impl MemoryStore {
         let col = collection_mut(&mut self.collections, self.default_limits, collection);
         let size = key.len() + value.len();
         col.check(size)?;
+        let value = match col.replace(key, value, deadline, &mut self.expiry, now) {
+            Ok(()) => return Ok(Vec::new()),
+            Err(value) => value,
+        };
         let mut removed = Vec::new();
         let key = match col.remove(key, &mut self.expiry) {
             Some((key, old)) => {
@@ -408,6 +412,37 @@ impl Collection {
             expires,
         };
         self.entries.insert(key, entry);
+    }
+
+    /// Overwrites the live entry at `key` where it is, when that needs no eviction: what
+    /// removing it and inserting the new one would do, with one lookup. Hands `value` back
+    /// otherwise.
+    fn replace(
+        &mut self,
+        key: &str,
+        value: Bytes,
+        deadline: Option<Instant>,
+        expiry: &mut ExpiryIndex,
+        now: Instant,
+    ) -> Result<(), Bytes> {
+        let Some(entry) = self.entries.get_mut(key).filter(|e| e.is_live(now)) else {
+            return Err(value);
+        };
+        let bytes = self.bytes - entry.value.len() + value.len();
+        if self.limits.max_bytes.is_some_and(|max| bytes > max) {
+            return Err(value);
+        }
+        self.bytes = bytes;
+        self.tick += 1;
+        let shared = self.lru.remove(&entry.tick).expect(LRU_HOLDS_EVERY_ENTRY);
+        if let Some(slot) = entry.expires.take() {
+            expiry.slots.remove(&slot);
+        }
+        entry.expires = deadline.map(|at| expiry.insert(at, &self.name, &shared));
+        self.lru.insert(self.tick, shared);
+        entry.tick = self.tick;
+        entry.value = value;
+        Ok(())
     }
 
     /// Removes `key` from all three maps, live or not.
@@ -762,6 +797,27 @@ mod tests {
         assert_eq!(evicted, [removed("a", RemoveReason::Evicted)]);
         assert_eq!(s.keys("c", "", clock.at(4)), ["c", "d", "e"]);
         assert_eq!(stats(&s, "c").evictions, 2);
+        s.assert_consistent();
+    }
+
+    #[test]
+    fn an_overwrite_makes_the_key_the_most_recent_and_one_that_grows_makes_room() {
+        // Each entry: a 1-byte key and a 2-byte value.
+        let (clock, mut s) = (Clock::new(), limited(Some(3), Some(10)));
+        for k in ["a", "b", "c"] {
+            s.set("c", k, b("vv"), None, clock.at(0)).unwrap();
+        }
+        // In place: a becomes the most recent, with a TTL now.
+        assert_eq!(s.set("c", "a", b("ww"), secs(9), clock.at(1)), Ok(vec![]));
+        assert_eq!(s.next_expiry(), Some(clock.at(10)));
+        s.assert_consistent();
+        let evicted = s.set("c", "d", b("vv"), None, clock.at(2)).unwrap();
+        assert_eq!(evicted, [removed("b", RemoveReason::Evicted)]);
+        // Growing c past the byte bound: the least recently used others make room.
+        let evicted = s.set("c", "c", b("vvvvv"), None, clock.at(3)).unwrap();
+        assert_eq!(evicted, [removed("a", RemoveReason::Evicted)]);
+        assert_eq!(s.keys("c", "", clock.at(3)), ["c", "d"]);
+        assert_eq!((stats(&s, "c").bytes, s.next_expiry()), (9, None));
         s.assert_consistent();
     }
 

@@ -127,6 +127,55 @@ pub enum CacheOp {
     },
     /// The store's figures.
     Stats,
+    /// Key-value operations served together, in order, answered with [`CacheAnswer::Batch`];
+    /// built by [`CacheBatch`](crate::cache::CacheBatch), whose encoding (private to this
+    /// crate) the bytes are.
+    Batch(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Makes the caller's subscription `subscription` a near-cache's
+    /// ([`CacheClient::near_cache`](crate::cache::CacheClient::near_cache)): from now on it
+    /// hears only of the keys of its collection the near-cache has fetched (at most `max_keys`
+    /// of them), each once, at the first change after the fetch, and its events are never
+    /// dropped. Answered with `Int`: the number of events sent to it so far.
+    Track {
+        /// The subscription.
+        subscription: u64,
+        /// Most keys tracked at once; beyond them, the one fetched longest ago is dropped and
+        /// reported as `Evicted`.
+        max_keys: u32,
+    },
+}
+
+impl CacheOp {
+    /// The operation as a batch carries it, borrowed, if it is a key-value one served the same
+    /// alone or in a batch. `Set` and `CompareAndSet` are not: alone, their values move into
+    /// the store uncopied.
+    pub(crate) fn key_value(&self) -> Option<BatchOp<'_>> {
+        Some(match self {
+            CacheOp::Get { collection, key } => BatchOp::Get { collection, key },
+            CacheOp::Delete { collection, key } => BatchOp::Delete { collection, key },
+            CacheOp::Exists { collection, key } => BatchOp::Exists { collection, key },
+            CacheOp::Expire {
+                collection,
+                key,
+                ttl,
+            } => BatchOp::Expire {
+                collection,
+                key,
+                ttl: *ttl,
+            },
+            CacheOp::Ttl { collection, key } => BatchOp::Ttl { collection, key },
+            CacheOp::Increment {
+                collection,
+                key,
+                by,
+            } => BatchOp::Increment {
+                collection,
+                key,
+                by: *by,
+            },
+            _ => return None,
+        })
+    }
 }
 
 /// The answer to a [`CacheOp`].
@@ -150,6 +199,9 @@ pub enum CacheAnswer {
     Locked(u64),
     /// To `Stats`.
     Stats(CacheStats),
+    /// To `Batch`: the answers, one per operation, read by
+    /// [`BatchAnswers`](crate::cache::BatchAnswers).
+    Batch(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// Why a cache operation failed.
@@ -177,6 +229,9 @@ pub enum CacheError {
     /// The store failed for a reason of its own (a backend's lost connection, say).
     #[error("store: {0}")]
     Storage(String),
+    /// A bound of the cache was reached: a process's near-caches, say.
+    #[error("limit: {0}")]
+    Limit(String),
 }
 
 /// A change to a key, delivered to subscribers in the order the changes happened.
@@ -184,6 +239,9 @@ pub enum CacheError {
 pub struct CacheEvent {
     /// The subscription it is for.
     pub subscription: u64,
+    /// Its number among the events sent to its subscription, from 1: a gap means some were
+    /// dropped (for a worker whose outbox was full; see the README's Bounds).
+    pub seq: u64,
     /// The collection.
     pub collection: String,
     /// The key.
@@ -243,4 +301,96 @@ pub struct CollectionStats {
     pub evictions: u64,
     /// Expired entries removed.
     pub expiries: u64,
+}
+
+/// One operation of a batch as it travels, borrowing its strings and bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum BatchOp<'a> {
+    Get {
+        collection: &'a str,
+        key: &'a str,
+    },
+    Set {
+        collection: &'a str,
+        key: &'a str,
+        #[serde(with = "serde_bytes")]
+        value: &'a [u8],
+        ttl: Option<Duration>,
+    },
+    Delete {
+        collection: &'a str,
+        key: &'a str,
+    },
+    Exists {
+        collection: &'a str,
+        key: &'a str,
+    },
+    Expire {
+        collection: &'a str,
+        key: &'a str,
+        ttl: Option<Duration>,
+    },
+    Ttl {
+        collection: &'a str,
+        key: &'a str,
+    },
+    Increment {
+        collection: &'a str,
+        key: &'a str,
+        by: i64,
+    },
+    CompareAndSet {
+        collection: &'a str,
+        key: &'a str,
+        #[serde(borrow, with = "serde_bytes")]
+        expected: Option<&'a [u8]>,
+        #[serde(borrow, with = "serde_bytes")]
+        new: Option<&'a [u8]>,
+        ttl: Option<Duration>,
+    },
+    /// A `Get` by a near-cache, which then tracks the key through its `subscription`.
+    TrackedGet {
+        subscription: u64,
+        collection: &'a str,
+        key: &'a str,
+    },
+}
+
+/// The answer to one operation of a batch as it travels, borrowing its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Answer<'a> {
+    Done,
+    Value(#[serde(borrow, with = "serde_bytes")] Option<&'a [u8]>),
+    Bool(bool),
+    Ttl(Option<Option<Duration>>),
+    Int(i64),
+    /// To `TrackedGet`: the value, the time it has left, and the number of events sent to the
+    /// subscription so far (`None`: the key is not tracked, the subscription is gone).
+    Tracked {
+        #[serde(borrow, with = "serde_bytes")]
+        value: Option<&'a [u8]>,
+        ttl: Option<Duration>,
+        position: Option<u64>,
+    },
+}
+
+/// The operations of the bytes of a [`CacheOp::Batch`], all of them or none.
+///
+/// # Errors
+/// [`CacheError::Codec`] when the bytes are not a batch.
+pub(crate) fn decode_ops(mut bytes: &[u8]) -> Result<Vec<BatchOp<'_>>, CacheError> {
+    let mut ops = Vec::with_capacity(bytes.len() / 16);
+    while !bytes.is_empty() {
+        let (op, rest) = postcard::take_from_bytes(bytes)
+            .map_err(|e| CacheError::Codec(format!("batch operation {}: {e}", ops.len())))?;
+        ops.push(op);
+        bytes = rest;
+    }
+    Ok(ops)
+}
+
+/// Appends the answer to one operation of a batch to `out`.
+pub(crate) fn encode_answer(out: &mut Vec<u8>, answer: &Result<Answer<'_>, &CacheError>) {
+    // Into a `Vec`, these types always encode.
+    let _ = postcard::to_io(answer, out);
 }

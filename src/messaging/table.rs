@@ -325,8 +325,14 @@ pub(crate) enum Routed {
         payload: Bytes,
         reply: ReplyTo,
     },
-    /// A change to cache keys the worker's process `pid` subscribed to.
-    Notify { pid: u32, payload: Bytes },
+    /// A change to cache keys the worker's process `pid` subscribed to; `must_arrive` for a
+    /// near-cache's, queued even past the outbox's limit (their number is bounded by the keys
+    /// it tracks).
+    Notify {
+        pid: u32,
+        payload: Bytes,
+        must_arrive: bool,
+    },
     /// Worker `worker` took in `count` more one-way messages from the worker's process `pid`
     /// (see [`Envelope::Credit`](crate::protocol::Envelope::Credit)).
     Credit {

@@ -190,12 +190,18 @@ impl<A: WorkerActor> Worker<A> {
     }
 
     /// A cache change for the subscriptions of process `pid`, if it still serves the slot.
-    fn notify(&mut self, pid: u32, payload: &[u8], ctx: &mut Context<Self>) {
+    fn notify(&mut self, pid: u32, payload: &[u8], must_arrive: bool, ctx: &mut Context<Self>) {
         let generation = self.proc.generation;
         if self.proc.pid() != Some(pid) || !self.proc.is_running() {
             return;
         }
-        match self.proc.stdin.push(self.id, &Envelope::Notify { payload }) {
+        let event = Envelope::Notify { payload };
+        let pushed = if must_arrive {
+            self.proc.stdin.push_control(&event)
+        } else {
+            self.proc.stdin.push(self.id, &event)
+        };
+        match pushed {
             Ok(()) => {
                 self.counters.sent(NOTIFY);
                 self.kick_writer(generation, ctx);
@@ -256,7 +262,11 @@ impl<A: WorkerActor> Worker<A> {
     /// A message for this worker from another process.
     fn deliver(&mut self, routed: Routed, ctx: &mut Context<Self>) {
         let routed = match routed {
-            Routed::Notify { pid, payload } => return self.notify(pid, &payload, ctx),
+            Routed::Notify {
+                pid,
+                payload,
+                must_arrive,
+            } => return self.notify(pid, &payload, must_arrive, ctx),
             Routed::Credit { pid, worker, count } => return self.credit(pid, worker, count, ctx),
             other => other,
         };
