@@ -70,7 +70,7 @@ pub(crate) async fn run<A: WorkerActor>(
     tokio::pin!(handled);
     // `Some(status)`: a graceful stop; `None`: the master is gone (or its stream broke), exit now.
     let mut reader_result = None;
-    let mut pass = |cx: &mut Context<'_>| {
+    let pass = |cx: &mut Context<'_>| {
         let (moved, pushed) = (inbox.moved(), outbox.count());
         if let Poll::Ready(result) = reader.poll(cx, &inbox, &outbox, &asks) {
             reader_result = Some(result);
@@ -88,12 +88,31 @@ pub(crate) async fn run<A: WorkerActor>(
             Pass::Again
         }
     };
-    // Reader, handler loop and writer are polled in turn, in passes, until nothing moves: a
-    // request read is handled and its reply written in the same pass, and none of them wakes
-    // another (a wake-up of this task costs the runtime a trip to the I/O driver). The passes
-    // run outside tokio's cooperative budget, which would otherwise make the pipes yield every
-    // 128 operations under load; after `PASSES_PER_POLL` the loop yields to other tasks.
-    let graceful = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+    let graceful = in_passes(&outbox, pass).await;
+    if let Some(Err(e)) = reader_result {
+        return Err(e.into());
+    }
+    let Some(status) = graceful? else {
+        return Ok(0);
+    };
+    // Records still queued go too; then flush everything written so far and end.
+    drain_logs();
+    outbox.broken.set(true);
+    std::future::poll_fn(|cx| writer.poll(&outbox, cx)).await;
+    Ok(status)
+}
+
+/// Runs `pass` until it is done: reader, handler loop and writer are polled in turn, in passes,
+/// until nothing moves. A request read is handled and its reply written in the same pass, and
+/// none of them wakes another (a wake-up of this task costs the runtime a trip to the I/O
+/// driver). The passes run outside tokio's cooperative budget, which would otherwise make the
+/// pipes yield every 128 operations under load; after [`PASSES_PER_POLL`] the loop yields to
+/// other tasks.
+async fn in_passes(
+    outbox: &Uplink,
+    mut pass: impl FnMut(&mut Context<'_>) -> Pass,
+) -> Result<Option<i32>, Error> {
+    tokio::task::unconstrained(std::future::poll_fn(|cx| {
         outbox.pass(Some(cx.waker()));
         let mut result = Poll::Pending;
         for round in 1..=PASSES_PER_POLL {
@@ -110,18 +129,7 @@ pub(crate) async fn run<A: WorkerActor>(
         outbox.pass(None);
         result
     }))
-    .await;
-    if let Some(Err(e)) = reader_result {
-        return Err(e.into());
-    }
-    let Some(status) = graceful? else {
-        return Ok(0);
-    };
-    // Records still queued go too; then flush everything written so far and end.
-    drain_logs();
-    outbox.broken.set(true);
-    std::future::poll_fn(|cx| writer.poll(&outbox, cx)).await;
-    Ok(status)
+    .await
 }
 
 /// Passes of the run loop one poll of it makes at most before it lets other tasks run.
