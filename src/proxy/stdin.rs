@@ -44,6 +44,10 @@ pub(crate) struct StdinQueue {
 
 /// The size a chunk of the queue is started with; a larger frame gets a chunk of its own size.
 pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes one `writev(2)` takes at most. The kernel holds the pipe's lock while it copies a
+/// write in, and the worker's reads wait for it (spinning): in pieces this size the worker
+/// copies one piece out while the next goes in (64 KiB messages: 1.3–1.5 → 2.1–2.3 GB/s).
+const BYTES_PER_WRITE: usize = 64 * 1024;
 /// Chunks one `writev(2)` takes.
 const CHUNKS_PER_WRITE: usize = 64;
 /// Written chunks kept for reuse: a steady stream allocates nothing.
@@ -202,11 +206,16 @@ impl StdinQueue {
                 return Poll::Ready(Ok(()));
             };
             let mut slices = [IoSlice::new(&[]); CHUNKS_PER_WRITE];
-            let mut count = 0;
+            let (mut count, mut bytes) = (0, 0);
             for (i, chunk) in self.chunks.iter().take(CHUNKS_PER_WRITE).enumerate() {
                 let from = if i == 0 { self.written } else { 0 };
-                slices[i] = IoSlice::new(&chunk[from..]);
+                let to = chunk.len().min(from + (BYTES_PER_WRITE - bytes));
+                slices[i] = IoSlice::new(&chunk[from..to]);
                 count += 1;
+                bytes += to - from;
+                if bytes == BYTES_PER_WRITE {
+                    break;
+                }
             }
             match Pin::new(stdin).poll_write_vectored(cx, &slices[..count]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),

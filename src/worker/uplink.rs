@@ -121,6 +121,10 @@ impl Uplink {
     }
 }
 
+/// Bytes one `write(2)` takes at most: the kernel holds the pipe's lock while it copies a write
+/// in, and the master's reads wait for it; in pieces, one is read out while the next goes in.
+const BYTES_PER_WRITE: usize = 64 * 1024;
+
 /// Writes what is pushed to the [`Uplink`], many frames per `write(2)`.
 #[derive(Debug)]
 pub(crate) struct Writer {
@@ -159,7 +163,8 @@ impl Writer {
                     };
                 }
             }
-            match Pin::new(&mut self.pipe).poll_write(cx, &self.spare[self.written..]) {
+            let end = self.spare.len().min(self.written + BYTES_PER_WRITE);
+            match Pin::new(&mut self.pipe).poll_write(cx, &self.spare[self.written..end]) {
                 Poll::Ready(Ok(n)) if n > 0 => self.written += n,
                 Poll::Ready(_) => {
                     // The master is gone.
