@@ -190,21 +190,9 @@ impl FrameDecoder {
     /// # Errors
     /// [`FrameError::TooLarge`] as soon as a header announces more than the maximum.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
-        if buf.len() < HEADER_LEN {
+        let Some(len) = self.next_len(buf)? else {
             return Ok(None);
-        }
-        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len > self.max_frame_bytes {
-            return Err(FrameError::TooLarge {
-                len,
-                max: self.max_frame_bytes,
-            });
-        }
-        let total = HEADER_LEN + len;
-        if buf.len() < total {
-            buf.reserve(total - buf.len());
-            return Ok(None);
-        }
+        };
         buf.advance(HEADER_LEN);
         Ok(Some(buf.split_to(len)))
     }
