@@ -282,8 +282,10 @@ impl<T: CacheTransport> CacheBatch<T> {
     ///
     /// # Errors
     /// [`CacheError::Unreachable`] when the batch could not be sent or answered (it may have
-    /// been served, or not), [`CacheError::Codec`] for an answer that does not read. The
-    /// errors of single operations are their answers'.
+    /// been served, or not), [`CacheError::Codec`] for an answer that does not read,
+    /// [`CacheError::Limit`] for a batch of more than 65 536 operations (none served). The
+    /// errors of single operations are their answers' — among them `Limit` for the operations
+    /// after the batch's answers passed 8 MiB, which the master does not serve.
     pub async fn run(self) -> Result<BatchAnswers, CacheError> {
         let (batch, count) = (self.id, self.count);
         if count == 0 {
@@ -575,5 +577,35 @@ mod tests {
         let answer = block_on(direct.call(CacheOp::Batch(bytes)));
         assert!(matches!(answer, Err(CacheError::Codec(_))), "{answer:?}");
         assert!(!block_on(cache.exists("c", "a")).unwrap());
+    }
+
+    #[test]
+    fn a_batch_builds_no_more_than_its_bound_of_answers_nor_holds_more_operations() {
+        let (cache, direct) = client(&CacheConfig::default());
+        block_on(async {
+            // 1 MiB a value: the answers pass 8 MiB after 8 of 20 gets.
+            cache
+                .set("c", "big", &vec![1u8; 1 << 20], None)
+                .await
+                .unwrap();
+            let mut batch = cache.batch();
+            let gets: Vec<_> = (0..20).map(|_| batch.get::<Vec<u8>>("c", "big")).collect();
+            let answers = batch.run().await.unwrap();
+            let served = gets
+                .into_iter()
+                .map(|get| answers.take(get))
+                .take_while(Result::is_ok)
+                .count();
+            assert!((8..20).contains(&served), "{served} served");
+            assert!(matches!(answers.check(), Err(CacheError::Limit(_))));
+        });
+        // One operation past the bound: refused whole.
+        let mut batch = cache.batch();
+        for _ in 0..=crate::cache::ops::MAX_BATCH_OPS {
+            let _ = batch.exists("c", "k");
+        }
+        let bytes = std::mem::take(&mut batch.ops);
+        let answer = block_on(direct.call(CacheOp::Batch(bytes)));
+        assert!(matches!(answer, Err(CacheError::Limit(_))), "{answer:?}");
     }
 }

@@ -45,6 +45,10 @@ enum KvAnswer {
     },
 }
 
+/// Bytes of answers one batch builds at most before the rest of it is refused (`Limit`); under
+/// the default frame size, so a batch's answer still fits in a frame.
+pub(crate) const MAX_BATCH_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
 impl KvAnswer {
     /// As it travels in a batch, borrowing its value.
     fn wire(&self) -> ops::Answer<'_> {
@@ -287,11 +291,21 @@ impl CacheCore {
 
     /// Serves the operations of a batch in order, one after another, and writes their answers
     /// one after another; a batch that does not decode is served not at all.
+    ///
+    /// Bounded: at most [`ops::MAX_BATCH_OPS`] operations, and once the answers reach
+    /// [`MAX_BATCH_ANSWER_BYTES`] the rest are answered `Limit` without being served (a batch of
+    /// many `get`s of a large value cannot make the master build more than a frame's worth).
     fn batch(&mut self, from: Peer, ops: &[u8], now: Instant) -> Answer {
         let ops = ops::decode_ops(ops)?;
         let mut out = Vec::with_capacity(4 * ops.len());
         for op in ops {
-            let answer = self.apply(from, op, now);
+            let answer = if out.len() < MAX_BATCH_ANSWER_BYTES {
+                self.apply(from, op, now)
+            } else {
+                Err(CacheError::Limit(format!(
+                    "the batch's answers passed {MAX_BATCH_ANSWER_BYTES} bytes: not served"
+                )))
+            };
             ops::encode_answer(&mut out, &answer.as_ref().map(KvAnswer::wire));
         }
         Ok(CacheAnswer::Batch(out))

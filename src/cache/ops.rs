@@ -379,8 +379,13 @@ pub(crate) enum Answer<'a> {
 /// # Errors
 /// [`CacheError::Codec`] when the bytes are not a batch.
 pub(crate) fn decode_ops(mut bytes: &[u8]) -> Result<Vec<BatchOp<'_>>, CacheError> {
-    let mut ops = Vec::with_capacity(bytes.len() / 16);
+    let mut ops = Vec::with_capacity((bytes.len() / 16).min(MAX_BATCH_OPS));
     while !bytes.is_empty() {
+        if ops.len() == MAX_BATCH_OPS {
+            return Err(CacheError::Limit(format!(
+                "a batch holds at most {MAX_BATCH_OPS} operations"
+            )));
+        }
         let (op, rest) = postcard::take_from_bytes(bytes)
             .map_err(|e| CacheError::Codec(format!("batch operation {}: {e}", ops.len())))?;
         ops.push(op);
@@ -388,6 +393,9 @@ pub(crate) fn decode_ops(mut bytes: &[u8]) -> Result<Vec<BatchOp<'_>>, CacheErro
     }
     Ok(ops)
 }
+
+/// Operations one batch may hold.
+pub(crate) const MAX_BATCH_OPS: usize = 65_536;
 
 /// Appends the answer to one operation of a batch to `out`.
 pub(crate) fn encode_answer(out: &mut Vec<u8>, answer: &Result<Answer<'_>, &CacheError>) {

@@ -104,8 +104,15 @@ impl<A: WorkerActor> Worker<A> {
         }
         self.proc.stdin.check_room(self.id)?;
         let env = Envelope::Tell { payload: &[] };
-        for (msg, size) in msgs.iter().zip(sizes) {
-            self.proc.stdin.push_value_past_limit(&env, msg, size)?;
+        let mark = self.proc.stdin.mark();
+        for (msg, size) in msgs.iter().zip(&sizes) {
+            if let Err(e) = self.proc.stdin.push_value_past_limit(&env, msg, *size) {
+                // All or none, even for a value whose encoding changed between two passes.
+                self.proc.stdin.truncate(mark);
+                return Err(e);
+            }
+        }
+        for _ in msgs {
             self.counters.sent(TELL);
         }
         self.kick_writer(self.proc.generation, ctx);

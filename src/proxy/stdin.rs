@@ -145,9 +145,32 @@ impl StdinQueue {
         size: usize,
     ) -> Result<(), CallError> {
         let max = self.max_frame_bytes;
-        self.append_with(size + 32, |chunk| {
+        // What `encode_frame_value` reserves: a chunk of this much room never reallocates.
+        self.append_with(crate::codec::HEADER_LEN + 32 + size, |chunk| {
             encode_frame_value(chunk, empty, value, max)
         })
+    }
+
+    /// Where the queue ends now, for [`truncate`](Self::truncate).
+    pub(crate) fn mark(&self) -> (usize, usize, usize) {
+        (
+            self.chunks.len(),
+            self.chunks.back().map_or(0, Vec::len),
+            self.len,
+        )
+    }
+
+    /// Drops what was queued after `mark` (nothing of it was written: writes happen between
+    /// handlers, not during one).
+    pub(crate) fn truncate(&mut self, (chunks, last, len): (usize, usize, usize)) {
+        while self.chunks.len() > chunks {
+            let chunk = self.chunks.pop_back().expect("more than `chunks`");
+            self.recycle(chunk);
+        }
+        if let Some(back) = self.chunks.back_mut() {
+            back.truncate(last);
+        }
+        self.len = len;
     }
 
     /// The largest frame body the worker takes.
@@ -255,6 +278,26 @@ mod tests {
 
     use super::*;
     use crate::codec::{decode_envelope, FrameDecoder};
+
+    #[test]
+    fn a_truncated_queue_is_what_it_was_at_the_mark() {
+        let mut queue = StdinQueue::new(1024 * 1024, 64 * 1024 * 1024);
+        for seq in 0..100u64 {
+            queue.push_control(&Envelope::Ping { seq }).unwrap();
+        }
+        let before: Vec<Vec<u8>> = queue.chunks.iter().cloned().collect();
+        let mark = queue.mark();
+        let big = vec![5u8; 200 * 1024];
+        for _ in 0..4 {
+            queue
+                .push_value_past_limit(&Envelope::Tell { payload: &[] }, &big, big.len() + 3)
+                .unwrap();
+        }
+        assert!(queue.chunks.len() > before.len(), "new chunks were started");
+        queue.truncate(mark);
+        assert_eq!(queue.len(), mark.2);
+        assert_eq!(queue.chunks.iter().cloned().collect::<Vec<_>>(), before);
+    }
 
     #[tokio::test]
     async fn frames_across_many_chunks_arrive_whole_and_in_order() {

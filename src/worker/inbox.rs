@@ -71,6 +71,9 @@ impl<M> Default for Inbox<M> {
 
 impl<M> Inbox<M> {
     fn put(&self, len: usize, item: Inbound<M>) {
+        // Charged for its frame and its place in the queue as well as its payload: a message
+        // of no bytes on the wire still takes room.
+        let len = HEADER_LEN + len + std::mem::size_of::<(usize, Inbound<M>)>();
         self.bytes.set(self.bytes.get() + len);
         self.items.borrow_mut().push_back((len, item));
         self.moved.set(self.moved.get() + 1);
@@ -94,6 +97,20 @@ impl<M> Inbox<M> {
     /// The next item, or `None` once the reader has ended and all is taken.
     pub(crate) async fn take(&self) -> Option<Inbound<M>> {
         std::future::poll_fn(|_| self.poll_take()).await
+    }
+
+    /// Lets go of a burst's queue once it is handled: called when the worker goes idle (doing
+    /// it each time the queue empties under load cost a third of the one-way rate).
+    pub(crate) fn trim(&self) {
+        let mut items = self.items.borrow_mut();
+        if items.is_empty() && items.capacity() > 4096 {
+            items.shrink_to(1024);
+        }
+    }
+
+    /// Counts as movement without an item: the run loop goes round again.
+    fn stir(&self) {
+        self.moved.set(self.moved.get() + 1);
     }
 
     /// Items put or taken so far.
@@ -161,6 +178,7 @@ impl Reader {
         outbox: &Uplink,
         asks: &Asks,
     ) -> Poll<Result<(), ProtocolError>> {
+        let mut read = false;
         loop {
             if inbox.full() {
                 return Poll::Pending;
@@ -188,6 +206,12 @@ impl Reader {
                 // The handler loop takes these first; the run loop comes back for more.
                 return Poll::Pending;
             }
+            if read {
+                // A read that gave the handler loop nothing (pings, credits, answers): the
+                // others go first too (pongs to write), then the run loop comes back for more.
+                inbox.stir();
+                return Poll::Pending;
+            }
             if self.buf.capacity() - self.buf.len() < 64 * 1024 {
                 self.buf.reserve(READ_BYTES);
             }
@@ -197,7 +221,7 @@ impl Reader {
                     self.decoder.decode_eof(&self.buf)?;
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => read = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(FrameError::from(e).into())),
             }
         }

@@ -72,17 +72,19 @@ pub(crate) async fn run<A: WorkerActor>(
     let mut reader_result = None;
     let pass = |cx: &mut Context<'_>| {
         let (moved, pushed) = (inbox.moved(), outbox.count());
-        if let Poll::Ready(result) = reader.poll(cx, &inbox, &outbox, &asks) {
+        if let Poll::Ready(result) = unbudgeted(cx, |cx| reader.poll(cx, &inbox, &outbox, &asks)) {
             reader_result = Some(result);
             return Pass::Done(Ok(None));
         }
         if let Poll::Ready(result) = handled.as_mut().poll(cx) {
             return Pass::Done(result);
         }
-        if writer.poll(&outbox, cx).is_ready() || logs.as_mut().poll(cx).is_ready() {
+        let wrote = unbudgeted(cx, |cx| writer.poll(&outbox, cx));
+        if wrote.is_ready() || unbudgeted(cx, |cx| logs.as_mut().poll(cx)).is_ready() {
             return Pass::Done(Ok(None));
         }
         if inbox.moved() == moved && outbox.count() == pushed {
+            inbox.trim();
             Pass::Wait
         } else {
             Pass::Again
@@ -105,14 +107,14 @@ pub(crate) async fn run<A: WorkerActor>(
 /// Runs `pass` until it is done: reader, handler loop and writer are polled in turn, in passes,
 /// until nothing moves. A request read is handled and its reply written in the same pass, and
 /// none of them wakes another (a wake-up of this task costs the runtime a trip to the I/O
-/// driver). The passes run outside tokio's cooperative budget, which would otherwise make the
-/// pipes yield every 128 operations under load; after [`PASSES_PER_POLL`] the loop yields to
-/// other tasks.
+/// driver). The handlers run within tokio's cooperative budget, as they would anywhere; the
+/// reader, the writer and the log forwarder outside it (see [`unbudgeted`]). After
+/// [`PASSES_PER_POLL`] the loop yields to other tasks.
 async fn in_passes(
     outbox: &Uplink,
     mut pass: impl FnMut(&mut Context<'_>) -> Pass,
 ) -> Result<Option<i32>, Error> {
-    tokio::task::unconstrained(std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         outbox.pass(Some(cx.waker()));
         let mut result = Poll::Pending;
         for round in 1..=PASSES_PER_POLL {
@@ -128,8 +130,17 @@ async fn in_passes(
         }
         outbox.pass(None);
         result
-    }))
+    })
     .await
+}
+
+/// Polls `poll` outside tokio's cooperative budget: the pipes and the log channel would
+/// otherwise spend it (a unit per read, write or record) and make the loop yield to the runtime
+/// every 128 of them under load (a third of `tell_batch_per_s` when they did).
+fn unbudgeted<T>(cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+    let mut poll = Some(poll);
+    let once = std::future::poll_fn(move |cx| (poll.take().expect("polled once"))(cx));
+    std::pin::pin!(tokio::task::unconstrained(once)).poll(cx)
 }
 
 /// Passes of the run loop one poll of it makes at most before it lets other tasks run.

@@ -64,12 +64,17 @@ impl Uplink {
         value: &T,
     ) -> Result<(), FrameError> {
         self.open()?;
-        encode_frame_value(
-            &mut self.buf.borrow_mut(),
-            envelope,
-            value,
-            self.max_frame_bytes,
-        )?;
+        // The buffer is taken out while the value encodes: its `Serialize` is the user's code,
+        // which may log, and a log record is pushed here too.
+        let mut buf = std::mem::take(&mut *self.buf.borrow_mut());
+        let encoded = encode_frame_value(&mut buf, envelope, value, self.max_frame_bytes);
+        {
+            let mut cell = self.buf.borrow_mut();
+            // What was pushed meanwhile follows this frame.
+            buf.extend_from_slice(&cell);
+            *cell = buf;
+        }
+        encoded?;
         self.pushed();
         Ok(())
     }
