@@ -34,22 +34,24 @@ pub fn encode_frame(
     envelope: &Envelope<'_>,
     max_frame_bytes: usize,
 ) -> Result<(), FrameError> {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; HEADER_LEN]);
-    if let Err(e) = postcard::to_io(envelope, &mut *buf) {
-        buf.truncate(start);
-        return Err(FrameError::Encode(e.to_string()));
-    }
-    let len = buf.len() - start - HEADER_LEN;
-    if len > max_frame_bytes {
-        buf.truncate(start);
-        return Err(FrameError::TooLarge {
-            len,
-            max: max_frame_bytes,
-        });
-    }
-    buf[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
-    Ok(())
+    framed(buf, max_frame_bytes, |buf| {
+        postcard::to_io(envelope, buf)
+            .map(drop)
+            .map_err(|e| FrameError::Encode(e.to_string()))
+    })
+}
+
+/// Bytes a frame of [`encode_frame_value`] takes beyond its value's encoded size, at most: the
+/// length prefix and the envelope's other fields. A buffer with this much room over the value's
+/// size takes the frame without growing.
+pub(crate) const VALUE_FRAME_OVERHEAD: usize = HEADER_LEN + 32;
+
+/// The size of `value` postcard-encoded, measured without encoding it.
+///
+/// # Errors
+/// [`FrameError::Encode`] when the value cannot be serialised by postcard.
+pub(crate) fn value_size<T: Serialize + ?Sized>(value: &T) -> Result<usize, FrameError> {
+    postcard::experimental::serialized_size(value).map_err(|e| FrameError::Encode(e.to_string()))
 }
 
 /// Appends one frame holding `envelope` with `value`, postcard-encoded, as its payload: the
@@ -57,9 +59,8 @@ pub fn encode_frame(
 /// once, not twice).
 ///
 /// `envelope` is given with an empty payload, and its payload must be its **last** field (true
-/// of `Request`, `Reply` and `Tell`): the empty payload's length (`0`) is replaced by the
-/// value's encoded length, measured first with `postcard::experimental::serialized_size`, and the value
-/// follows.
+/// of `Request`, `Reply` and `Tell`): the empty payload's length (`0`) is replaced by `size`,
+/// the value's encoded length measured by [`value_size`], and the value follows.
 ///
 /// # Errors
 /// As [`encode_frame`]; the body's size is checked before anything is written, and `buf` is
@@ -68,21 +69,31 @@ pub(crate) fn encode_frame_value<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     envelope: &Envelope<'_>,
     value: &T,
+    size: usize,
     max_frame_bytes: usize,
 ) -> Result<(), FrameError> {
-    let size = postcard::experimental::serialized_size(value)
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
     if size > max_frame_bytes {
         return Err(FrameError::TooLarge {
             len: size,
             max: max_frame_bytes,
         });
     }
+    buf.reserve(VALUE_FRAME_OVERHEAD + size);
+    framed(buf, max_frame_bytes, |buf| {
+        encode_tail(buf, envelope, value, size)
+    })
+}
+
+/// Appends a length prefix and the body `body` writes, then the prefix's value; on any error, or
+/// a body over `max_frame_bytes`, `buf` is left as it was.
+fn framed(
+    buf: &mut Vec<u8>,
+    max_frame_bytes: usize,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), FrameError>,
+) -> Result<(), FrameError> {
     let start = buf.len();
-    buf.reserve(HEADER_LEN + 32 + size);
     buf.extend_from_slice(&[0; HEADER_LEN]);
-    let written = encode_tail(buf, envelope, value, size);
-    if let Err(e) = written {
+    if let Err(e) = body(&mut *buf) {
         buf.truncate(start);
         return Err(e);
     }
@@ -301,16 +312,25 @@ mod tests {
                 ),
             ] {
                 let (mut direct, mut twice) = (vec![1, 2], vec![1, 2]);
-                encode_frame_value(&mut direct, &empty, &value, DEFAULT_MAX_FRAME_BYTES).unwrap();
+                let size = value_size(&value).unwrap();
+                encode_frame_value(&mut direct, &empty, &value, size, DEFAULT_MAX_FRAME_BYTES)
+                    .unwrap();
                 encode_frame(&mut twice, &full, DEFAULT_MAX_FRAME_BYTES).unwrap();
                 assert_eq!(direct, twice, "{len} bytes in a {}", full.kind());
             }
         }
         let mut buf = vec![9];
         let too_big = vec![0u8; 2048];
-        let err = encode_frame_value(&mut buf, &Envelope::Tell { payload: &[] }, &too_big, 1024);
+        let size = value_size(&too_big).unwrap();
+        let err = encode_frame_value(
+            &mut buf,
+            &Envelope::Tell { payload: &[] },
+            &too_big,
+            size,
+            1024,
+        );
         assert!(matches!(err, Err(FrameError::TooLarge { .. })), "{err:?}");
-        let err = encode_frame_value(&mut buf, &Envelope::Ping { seq: 5 }, &1u8, 1024);
+        let err = encode_frame_value(&mut buf, &Envelope::Ping { seq: 5 }, &1u8, 1, 1024);
         assert!(matches!(err, Err(FrameError::Encode(_))), "{err:?}");
         assert_eq!(buf, [9], "left as it was");
     }

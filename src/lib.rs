@@ -226,6 +226,15 @@ pub struct ReadmeDoctests;
 ///     let _guard = cache.lock("name", Duration::from_secs(30), Duration::from_secs(5)).await?;
 ///     let _ = cache.subscribe("c", "prefix").await?;
 ///     let _ = cache.replica::<String>("c", "prefix").await?;
+///     let mut batch = cache.batch();
+///     let got = batch.get::<String>("c", "k");
+///     let answers: procactor::cache::BatchAnswers = batch.run().await?;
+///     let _: Option<String> = answers.take(got)?;
+///     let near = cache.near_cache("c", procactor::cache::NearLimits::default()).await?;
+///     let _: Option<String> = near.get::<String>("k").await?;
+///     near.set("k", &"v", None).await?;
+///     let _: bool = near.delete("k").await?;
+///     let _ = (near.batch(), near.stats());
 ///     Ok(())
 /// }
 ///

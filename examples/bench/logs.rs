@@ -40,15 +40,6 @@ fn lines(path: &std::path::Path) -> usize {
     std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
 }
 
-fn rss_mb(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// Set in the environment of the bench's own child that measures the logs, so that the
 /// master's memory is that of a fresh process.
 const CHILD_ENV: &str = "PROCACTOR_BENCH_LOGS";
@@ -71,21 +62,8 @@ pub(crate) fn child_main() -> Result<(), Box<dyn std::error::Error>> {
 /// Runs [`measure`] in a fresh process of this bench and reads its figures.
 pub(crate) fn measure_in_child(quick: bool) -> Result<LogFigures, Box<dyn std::error::Error>> {
     let per_worker: u64 = if quick { 10_000 } else { 100_000 };
-    let out = std::process::Command::new(std::env::current_exe()?)
-        .env(CHILD_ENV, per_worker.to_string())
-        .stderr(std::process::Stdio::inherit())
-        .output()?;
-    let text = String::from_utf8(out.stdout)?;
-    let numbers: Vec<f64> = text
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("log bench child printed {text:?}: {e}"))?;
     let [records_per_s, direct_records_per_s, flood_master_rss_mb, idle_master_rss_mb] =
-        numbers[..]
-    else {
-        return Err(format!("log bench child printed {text:?}").into());
-    };
+        crate::child_figures(CHILD_ENV, &per_worker.to_string())?;
     Ok(LogFigures {
         records_per_s,
         direct_records_per_s,
@@ -129,14 +107,14 @@ pub(crate) async fn measure(per_worker: u64) -> Result<LogFigures, procactor::Er
     figures.records_per_s = total as f64 / elapsed.as_secs_f64();
 
     // The master at rest, then while worker 0 floods stderr.
-    figures.idle_master_rss_mb = rss_mb("VmRSS:");
+    figures.idle_master_rss_mb = crate::rss_mb("VmRSS:");
     let sampling = std::rc::Rc::new(std::cell::Cell::new(true));
     let peak = std::rc::Rc::new(std::cell::Cell::new(0.0f64));
     let sampler = {
         let (sampling, peak) = (sampling.clone(), peak.clone());
         actix::spawn(async move {
             while sampling.get() {
-                peak.set(peak.get().max(rss_mb("VmRSS:")));
+                peak.set(peak.get().max(crate::rss_mb("VmRSS:")));
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })

@@ -576,23 +576,54 @@ async fn measure(sizes: Sizes) -> Result<Figures, procactor::Error> {
     Ok(figures)
 }
 
-/// Sends `count` one-way messages with `window` sends in flight, then asks the worker how many
-/// it received; returns messages per second.
+/// Sends `count` one-way messages, one `Tell` each, with `window` sends in flight; returns
+/// messages per second.
 async fn tells(
     w: &Addr<Worker<Echo>>,
     count: usize,
     window: usize,
     mut msg: impl FnMut() -> EchoMsg,
 ) -> Result<f64, procactor::Error> {
+    one_way(w, count, window, 1, |_| w.send(Tell(msg()))).await
+}
+
+/// Sends `count` one-way messages in batches of 64 (`TellBatch`) with `window` batches in
+/// flight; returns messages per second.
+async fn tell_batches(
+    w: &Addr<Worker<Echo>>,
+    count: usize,
+    window: usize,
+) -> Result<f64, procactor::Error> {
+    one_way(w, count, window, 64, |n| {
+        w.send(TellBatch(vec![EchoMsg::Ping; n]))
+    })
+    .await
+}
+
+/// Sends `count` one-way messages, `per_send` at a time through `send(n)`, with `window` sends
+/// in flight, then asks the worker how many it received; returns messages per second.
+async fn one_way<F>(
+    w: &Addr<Worker<Echo>>,
+    count: usize,
+    window: usize,
+    per_send: usize,
+    mut send: impl FnMut(usize) -> F,
+) -> Result<f64, procactor::Error>
+where
+    F: std::future::Future<Output = Result<Result<(), CallError>, actix::MailboxError>>,
+{
     let before = stats(w).await?;
     let t = Instant::now();
     tokio::task::unconstrained(async {
         let mut sends = FuturesUnordered::new();
-        for _ in 0..count {
+        let mut sent = 0;
+        while sent < count {
             if sends.len() >= window {
                 sends.next().await.expect("not empty")??;
             }
-            sends.push(w.send(Tell(msg())));
+            let n = per_send.min(count - sent);
+            sends.push(send(n));
+            sent += n;
         }
         while let Some(sent) = sends.next().await {
             sent??;
@@ -610,41 +641,35 @@ async fn tells(
     Ok(count as f64 / elapsed.as_secs_f64())
 }
 
-/// Sends `count` one-way messages in batches of 64 with `window` batches in flight, then asks
-/// the worker how many it received; returns messages per second.
-async fn tell_batches(
-    w: &Addr<Worker<Echo>>,
-    count: usize,
-    window: usize,
-) -> Result<f64, procactor::Error> {
-    const BATCH: usize = 64;
-    let before = stats(w).await?;
-    let t = Instant::now();
-    tokio::task::unconstrained(async {
-        let mut sends = FuturesUnordered::new();
-        let mut sent = 0;
-        while sent < count {
-            if sends.len() >= window {
-                sends.next().await.expect("not empty")??;
-            }
-            let n = BATCH.min(count - sent);
-            sends.push(w.send(TellBatch(vec![EchoMsg::Ping; n])));
-            sent += n;
-        }
-        while let Some(sent) = sends.next().await {
-            sent??;
-        }
-        Ok::<_, procactor::Error>(())
-    })
-    .await?;
-    let after = stats(w).await?;
-    let elapsed = t.elapsed();
-    assert_eq!(
-        after - before,
-        count as u64,
-        "the worker received every message"
-    );
-    Ok(count as f64 / elapsed.as_secs_f64())
+/// Runs this bench again in a fresh process with `var=value` in its environment (the child
+/// measures one section and prints its figures on one line), and reads the figures.
+pub(crate) fn child_figures<const N: usize>(
+    var: &str,
+    value: &str,
+) -> Result<[f64; N], Box<dyn std::error::Error>> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .env(var, value)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    let numbers: Vec<f64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bench child ({var}) printed {text:?}: {e}"))?;
+    numbers
+        .try_into()
+        .map_err(|_| format!("bench child ({var}) printed {text:?}").into())
+}
+
+/// This process's resident memory (`VmRSS`), or another `/proc/self/status` field, in MB.
+pub(crate) fn rss_mb(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 async fn stats(w: &Addr<Worker<Echo>>) -> Result<u64, procactor::Error> {

@@ -61,19 +61,8 @@ pub(crate) fn child_main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Runs [`measure`] in a fresh process of this bench and reads its figures.
 pub(crate) fn measure_in_child(quick: bool) -> Result<ScaleFigures, Box<dyn std::error::Error>> {
-    let out = std::process::Command::new(std::env::current_exe()?)
-        .env(CHILD_ENV, if quick { "quick" } else { "full" })
-        .stderr(std::process::Stdio::inherit())
-        .output()?;
-    let text = String::from_utf8(out.stdout)?;
-    let numbers: Vec<f64> = text
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("scale bench child printed {text:?}: {e}"))?;
-    let [rss, start, cpu, rtt, rtt_1] = numbers[..] else {
-        return Err(format!("scale bench child printed {text:?}").into());
-    };
+    let [rss, start, cpu, rtt, rtt_1] =
+        crate::child_figures(CHILD_ENV, if quick { "quick" } else { "full" })?;
     Ok(ScaleFigures {
         master_rss_mb_per_100_workers: rss,
         start_256_workers_ms: start,
@@ -93,7 +82,7 @@ async fn measure(quick: bool) -> Result<ScaleFigures, procactor::Error> {
     let rtt_us_median_1_worker = median_rtt(&cluster.worker(0), round_trips).await?;
     cluster.stop().await?;
 
-    let rss_before = rss_mb();
+    let rss_before = crate::rss_mb("VmRSS:");
     let t = Instant::now();
     let cluster = ClusterSupervisor::start::<Echo>(config.workers(WORKERS)).await?;
     let start_256_workers_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -101,7 +90,8 @@ async fn measure(quick: bool) -> Result<ScaleFigures, procactor::Error> {
     for id in 0..WORKERS {
         cluster.worker(id).send(Call(EchoMsg::Ping)).await??;
     }
-    let master_rss_mb_per_100_workers = (rss_mb() - rss_before) * 100.0 / WORKERS as f64;
+    let master_rss_mb_per_100_workers =
+        (crate::rss_mb("VmRSS:") - rss_before) * 100.0 / WORKERS as f64;
 
     // The master's CPU (every thread of it) while the workers idle, heartbeats going.
     let (cpu_before, wall) = (cpu_seconds(), Instant::now());
@@ -151,16 +141,6 @@ async fn median_rtt(w: &Addr<Worker<Echo>>, count: usize) -> Result<f64, procact
         crate::pinned::restore(before).map_err(procactor::Error::Io)?;
     }
     result
-}
-
-/// This process's resident memory, in MB.
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// CPU time (user + system) this process has used, every thread, in seconds.

@@ -9,10 +9,9 @@ use crate::protocol::Envelope;
 use crate::state::WorkerState;
 use crate::worker::WorkerActor;
 
-/// The size of `msg` postcard-encoded, measured without encoding it.
+/// The size of `msg` postcard-encoded, measured once and handed to the encoder.
 fn encoded_size<T: serde::Serialize>(msg: &T) -> Result<usize, CallError> {
-    postcard::experimental::serialized_size(msg)
-        .map_err(|e| CallError::Frame(crate::error::FrameError::Encode(e.to_string())))
+    crate::codec::value_size(msg).map_err(CallError::Frame)
 }
 
 impl<A: WorkerActor> Worker<A> {

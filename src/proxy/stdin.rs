@@ -12,7 +12,7 @@ use std::task::{Context as TaskContext, Poll};
 use tokio::io::AsyncWrite;
 use tokio::net::unix::pipe;
 
-use crate::codec::{encode_frame, encode_frame_value};
+use crate::codec::{encode_frame, encode_frame_value, VALUE_FRAME_OVERHEAD};
 use crate::error::CallError;
 use crate::protocol::Envelope;
 use crate::state::WorkerId;
@@ -145,9 +145,9 @@ impl StdinQueue {
         size: usize,
     ) -> Result<(), CallError> {
         let max = self.max_frame_bytes;
-        // What `encode_frame_value` reserves: a chunk of this much room never reallocates.
-        self.append_with(crate::codec::HEADER_LEN + 32 + size, |chunk| {
-            encode_frame_value(chunk, empty, value, max)
+        // A chunk with this much room takes the frame without growing.
+        self.append_with(VALUE_FRAME_OVERHEAD + size, |chunk| {
+            encode_frame_value(chunk, empty, value, size, max)
         })
     }
 
@@ -288,9 +288,10 @@ mod tests {
         let before: Vec<Vec<u8>> = queue.chunks.iter().cloned().collect();
         let mark = queue.mark();
         let big = vec![5u8; 200 * 1024];
+        let size = crate::codec::value_size(&big).unwrap();
         for _ in 0..4 {
             queue
-                .push_value_past_limit(&Envelope::Tell { payload: &[] }, &big, big.len() + 3)
+                .push_value_past_limit(&Envelope::Tell { payload: &[] }, &big, size)
                 .unwrap();
         }
         assert!(queue.chunks.len() > before.len(), "new chunks were started");

@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::AsyncWrite;
 use tokio::net::unix::pipe;
 
-use crate::codec::{encode_frame, encode_frame_value, encode_value};
+use crate::codec::{encode_frame, encode_frame_value, encode_value, value_size};
 use crate::error::FrameError;
 use crate::protocol::Envelope;
 
@@ -66,8 +66,9 @@ impl Uplink {
         self.open()?;
         // The buffer is taken out while the value encodes: its `Serialize` is the user's code,
         // which may log, and a log record is pushed here too.
+        let size = value_size(value)?;
         let mut buf = std::mem::take(&mut *self.buf.borrow_mut());
-        let encoded = encode_frame_value(&mut buf, envelope, value, self.max_frame_bytes);
+        let encoded = encode_frame_value(&mut buf, envelope, value, size, self.max_frame_bytes);
         {
             let mut cell = self.buf.borrow_mut();
             // What was pushed meanwhile follows this frame.
