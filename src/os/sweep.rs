@@ -387,13 +387,27 @@ mod tests {
     }
 
     /// A `sleep 1000` carrying `tree` as its `PROCACTOR_TREE`, and the std handle to it.
+    /// A `sleep` carrying `tree`, returned once its environment can be read: `spawn` returns
+    /// while the kernel may still be setting up the new image, when `/proc/PID/environ` reads
+    /// empty (a round then would not see it; CI once caught that window).
     fn sleeper(tree: &str) -> std::process::Child {
-        Command::new("/bin/sleep")
+        let child = Command::new("/bin/sleep")
             .arg("1000")
             .env(VAR, tree)
             .stdin(Stdio::null())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let path = format!("/proc/{}/environ", child.id());
+        let needle = format!("{VAR}={tree}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let environ = std::fs::read(&path).unwrap_or_default();
+            if environ.split(|&b| b == 0).any(|var| var == needle.as_bytes()) {
+                return child;
+            }
+            assert!(Instant::now() < deadline, "{path} never showed {needle}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     fn exited(child: &mut std::process::Child, within: Duration) -> bool {
