@@ -35,6 +35,13 @@
 //! the arbiter neither keeps nor frees records; and because a query that travels the queue
 //! sees every record queued before it, as when the ring was the actor's.
 //!
+//! # Figures
+//! What was written, by kind, what was dropped, by why and kind (a full queue, a closed
+//! writer, a sink's error or panic), the files' bytes, rotations and errors, and the queue's
+//! fill: [`LogStats`], read on the master's thread in a few atomic loads
+//! (`logger/stats.rs`). They are counted where each thing happens — output dropped on the
+//! arbiter, records written on the writer thread — in relaxed atomics both share.
+//!
 //! # Limits
 //! - `recent_logs` waits for the writer to reach it: a stuck sink delays the answer too.
 //! - Records reach `tracing` from the writer thread: a subscriber set for the master's thread
@@ -52,6 +59,7 @@ mod queue;
 mod raw;
 pub mod record;
 pub mod sink;
+mod stats;
 pub(crate) mod upward;
 mod writer;
 
@@ -63,6 +71,7 @@ pub use actor::Logger;
 pub(crate) use actor::{CloseLogs, FlushLogs, LogLink, Recent};
 pub use record::{Fields, Kind, Record, Source, Stream};
 pub use sink::{FileConfig, FileSink, RingSink, Sink};
+pub use stats::{DropCounts, KindCounts, LogStats};
 
 /// How the cluster's logs are kept. The defaults work with no configuration: JSON-lines files
 /// per kind in `./logs`, rotated at 10 MiB with 5 kept, the last 1 000 records of each kind in

@@ -12,6 +12,7 @@ use actix::prelude::*;
 use super::queue::LogQueue;
 use super::record::{Kind, Record, Source};
 use super::sink::{FileConfig, FileSink, RingSink, Sink};
+use super::stats::LogStats;
 use super::writer::Writer;
 use super::LogConfig;
 
@@ -23,8 +24,8 @@ pub(crate) struct LogLink {
 }
 
 impl LogLink {
-    /// Queues captured output, or counts it in `dropped` when the queue is full: output is
-    /// what floods.
+    /// Queues captured output, or counts it in `dropped` when the queue is full (and in the
+    /// figures, [`stats`](Self::stats), which keep the total): output is what floods.
     pub(crate) fn send(&self, record: Record, dropped: &Cell<u64>) {
         let size = record.approx_size();
         if !self.queue.admit(record, size) {
@@ -44,6 +45,16 @@ impl LogLink {
     /// `logger/raw.rs`); never dropped, as [`send_always`](Self::send_always).
     pub(crate) fn send_fields(&self, source: Source, kind: Kind, time_ns: u64, fields: &str) {
         self.queue.push_fields(source, kind, time_ns, fields);
+    }
+
+    /// The pipeline's figures now (records written and dropped since start, the files', the
+    /// queue's fill): a few atomic loads, nothing waited for.
+    #[allow(
+        dead_code,
+        reason = "read by the master's metrics endpoint (issue 17), wired outside the logger"
+    )]
+    pub(crate) fn stats(&self) -> LogStats {
+        self.queue.stats()
     }
 
     /// Reports what `dropped` counted, once there is room again.

@@ -27,7 +27,8 @@
 //!   text), not the allocator's figure.
 //! - Workers' records are handed over by a task spawned on the arbiter, so
 //!   [`push_fields`](LogQueue::push_fields) needs one (actix's) to run in.
-//! - A record queued after the writer has closed is dropped (and uncounted).
+//! - A record queued after the writer has closed is dropped (uncounted from the queue's
+//!   bytes, counted in [`LogStats`](super::LogStats) as `writer_closed`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ use tokio::sync::oneshot;
 
 use super::raw::RawRecord;
 use super::record::{Kind, Record, Source};
+use super::stats::{DropReason, LogCounters, LogStats};
 use crate::WorkerId;
 
 /// Workers' records waiting on the arbiter that are handed to the writer at once rather than
@@ -81,6 +83,8 @@ pub(crate) struct Gauge {
     written: Mutex<HashMap<WorkerId, u64>>,
     /// The writer has ended: nothing will be counted out any more, so nothing waits for it.
     closed: AtomicBool,
+    /// Records written and dropped, and the files' figures, since start.
+    pub(crate) counters: LogCounters,
 }
 
 impl Gauge {
@@ -92,6 +96,7 @@ impl Gauge {
             waiting: Mutex::new(Vec::new()),
             written: Mutex::default(),
             closed: AtomicBool::new(false),
+            counters: LogCounters::default(),
         }
     }
 
@@ -244,11 +249,14 @@ impl LogQueue {
         }
     }
 
-    /// Queues a record of `size` bytes if it fits under the limit; `false` (nothing queued)
-    /// if it does not.
+    /// Queues a record of `size` bytes if it fits under the limit; `false` (nothing queued,
+    /// the record counted as dropped) if it does not.
     pub(crate) fn admit(&self, record: Record, size: usize) -> bool {
         // Only the arbiter adds, so the count cannot grow between the look and the add.
         if self.gauge.queued().saturating_add(size) > self.gauge.limit {
+            self.gauge
+                .counters
+                .dropped(DropReason::QueueFull, record.kind, 1);
             return false;
         }
         self.push(record, size);
@@ -261,11 +269,14 @@ impl LogQueue {
         if self.upward {
             super::upward::forward(&record);
         }
-        let worker = record.worker;
+        let (worker, kind) = (record.worker, record.kind);
         self.gauge.add(size);
         if self.jobs.send(Job::Record(record, size)).is_err() {
             // The writer has closed: nothing will count it out.
             self.gauge.release(size);
+            self.gauge
+                .counters
+                .dropped(DropReason::WriterClosed, kind, 1);
         } else if let Some(worker) = worker {
             *self.pushed.borrow_mut().entry(worker).or_default() += size as u64;
         }
@@ -344,11 +355,22 @@ impl LogQueue {
             for raw in batch {
                 let size = raw.approx_size();
                 self.gauge.release(size);
+                self.gauge
+                    .counters
+                    .dropped(DropReason::WriterClosed, raw.kind, 1);
                 if let Some(total) = raw.worker.and_then(|worker| pushed.get_mut(&worker)) {
                     *total -= size as u64;
                 }
             }
         }
+    }
+
+    /// The pipeline's figures now: records written and dropped so far, the files', and the
+    /// queue's fill. A few atomic loads; nothing is handed over or waited for.
+    pub(crate) fn stats(&self) -> LogStats {
+        self.gauge
+            .counters
+            .snapshot(self.gauge.queued(), self.gauge.limit)
     }
 
     /// Asks the writer to flush everything queued so far; the receiver resolves once it has

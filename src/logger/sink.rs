@@ -139,6 +139,18 @@ pub struct FileSink {
     line: Vec<u8>,
     /// The time of worker records' lines, formatted once a second.
     clock: Clock,
+    /// What the files have taken since the sink was opened.
+    tally: FileTally,
+}
+
+/// What a [`FileSink`] has done since it was opened: running totals, for the logger's
+/// [`LogStats`](super::LogStats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct FileTally {
+    /// Bytes of lines written (to the buffer, then the file).
+    pub(crate) bytes: u64,
+    /// Files rotated.
+    pub(crate) rotations: u64,
 }
 
 impl FileSink {
@@ -162,12 +174,18 @@ impl FileSink {
             files,
             line: Vec::new(),
             clock: Clock::default(),
+            tally: FileTally::default(),
         })
     }
 
     /// The directory the files are in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Bytes written and files rotated since the sink was opened.
+    pub(crate) fn tally(&self) -> FileTally {
+        self.tally
     }
 
     /// As [`Sink::write`] for a worker's record as it arrived: the same line, written around
@@ -178,7 +196,7 @@ impl FileSink {
         };
         self.line.clear();
         record.write_json_line(&mut self.line, &mut self.clock);
-        file.write_line(&self.line, self.max_bytes, self.keep)
+        file.write_line(&self.line, self.max_bytes, self.keep, &mut self.tally)
     }
 }
 
@@ -191,7 +209,7 @@ impl Sink for FileSink {
         };
         self.line.clear();
         record.to_json_line(&mut self.line);
-        file.write_line(&self.line, self.max_bytes, self.keep)
+        file.write_line(&self.line, self.max_bytes, self.keep, &mut self.tally)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -239,13 +257,23 @@ impl LogFile {
         })
     }
 
-    fn write_line(&mut self, line: &[u8], max_bytes: u64, keep: usize) -> io::Result<()> {
+    /// Appends `line`, rotating first if it would take the file past `max_bytes`; what was
+    /// done is added to `tally`.
+    fn write_line(
+        &mut self,
+        line: &[u8],
+        max_bytes: u64,
+        keep: usize,
+        tally: &mut FileTally,
+    ) -> io::Result<()> {
         let len = line.len() as u64;
         if self.size > 0 && self.size.saturating_add(len) > max_bytes {
             self.rotate(keep)?;
+            tally.rotations += 1;
         }
         self.writer.write_all(line)?;
         self.size += len;
+        tally.bytes += len;
         Ok(())
     }
 

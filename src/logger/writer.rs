@@ -9,17 +9,20 @@
 //! sinks that take one (extra sinks, `tracing`), else its line is written around the text and
 //! it is kept so in the ring. Buffered file writes reach the OS at least once a second
 //! while records arrive, on [`Job::Flush`] and on [`Job::Close`], which also drops every sink
-//! (closing the files) before it answers.
+//! (closing the files) before it answers. What it writes and what is lost on the way is
+//! counted in the gauge's [`LogCounters`] (`logger/stats.rs`).
 //!
 //! # Failures
 //! - A sink's write error is reported as before: the files' once per distinct error
 //!   (`tracing` error), an extra sink's for every record (`tracing` warning); the record is
-//!   lost for that sink only.
+//!   lost for that sink only (counted as `sink_error`; the files' errors also as
+//!   `file_errors`).
 //! - An extra sink that panics is reported (`tracing` error with the panic message) and gets
-//!   no more records; the thread and the other sinks go on.
+//!   no more records (counted as `sink_panicked`); the thread and the other sinks go on.
 //! - Should the thread itself panic (a bug here, or a `tracing` subscriber that panics), that
-//!   is reported too; from then on records are dropped as they are queued, and flushes and
-//!   the close answer at once, so the master never waits for a dead thread.
+//!   is reported too; from then on records are dropped as they are queued (counted as
+//!   `writer_closed`), and flushes and the close answer at once, so the master never waits
+//!   for a dead thread.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -33,8 +36,9 @@ use tokio::sync::oneshot;
 
 use super::queue::{Gauge, Job};
 use super::raw::RawRecord;
-use super::record::Record;
+use super::record::{Kind, Record};
 use super::sink::{FileSink, RingSink, Sink};
+use super::stats::{DropReason, LogCounters};
 use crate::WorkerId;
 
 /// The writer thread's name, as `ps -L` and panic messages show it.
@@ -122,13 +126,20 @@ impl Writer {
                 "a log sink panicked on close"
             );
         }
-        // Whatever is still queued will not be written: count it out; a waiting flush resolves
-        // as its answer is dropped. Proxies waiting for room are let go.
+        // Whatever is still queued will not be written: count it out (and as dropped); a
+        // waiting flush resolves as its answer is dropped. Proxies waiting for room are let go.
         gauge.close();
+        let lost = |kind| gauge.counters.dropped(DropReason::WriterClosed, kind, 1);
         for job in jobs.try_iter() {
             match job {
-                Job::Record(_, size) => gauge.release(size),
-                Job::Batch(batch) => gauge.release(batch.iter().map(RawRecord::approx_size).sum()),
+                Job::Record(record, size) => {
+                    lost(record.kind);
+                    gauge.release(size);
+                }
+                Job::Batch(batch) => {
+                    batch.iter().for_each(|raw| lost(raw.kind));
+                    gauge.release(batch.iter().map(RawRecord::approx_size).sum());
+                }
                 _ => {}
             }
         }
@@ -232,13 +243,15 @@ impl Writer {
         if self.tracing {
             super::emit::emit(&record);
         }
-        if let Some(Err(e)) = self.files.as_mut().map(|files| files.write(&record)) {
-            self.failure("files", &e);
+        if let Some(files) = &mut self.files {
+            let result = files.write(&record);
+            self.files_wrote(record.kind, result);
         }
         for extra in &mut self.extra {
-            extra.write(&record);
+            extra.write(&record, &self.gauge.counters);
         }
         self.dirty = true;
+        self.gauge.counters.written(record.kind);
         self.ring.push(record);
     }
 
@@ -249,11 +262,25 @@ impl Writer {
             self.write(raw.to_record());
             return;
         }
-        if let Some(Err(e)) = self.files.as_mut().map(|files| files.write_raw(&raw)) {
-            self.failure("files", &e);
+        if let Some(files) = &mut self.files {
+            let result = files.write_raw(&raw);
+            self.files_wrote(raw.kind, result);
         }
         self.dirty = true;
+        self.gauge.counters.written(raw.kind);
         self.ring.push_raw(raw);
+    }
+
+    /// Counts what the files did with a record of `kind`: its line's bytes and a rotation,
+    /// or the error that lost it.
+    fn files_wrote(&mut self, kind: Kind, result: io::Result<()>) {
+        if let Some(tally) = self.files.as_ref().map(FileSink::tally) {
+            self.gauge.counters.files(tally.bytes, tally.rotations);
+        }
+        if let Err(e) = result {
+            self.gauge.counters.dropped(DropReason::SinkError, kind, 1);
+            self.failure("files", &e);
+        }
     }
 
     fn flush(&mut self) {
@@ -267,8 +294,10 @@ impl Writer {
         self.flushed_at = Instant::now();
     }
 
-    /// A failing sink is reported once per distinct error, not once per record.
+    /// A failing sink is reported once per distinct error, not once per record; every failure
+    /// is counted (as `file_errors`: the files are the only sink of the writer's own that fails).
     fn failure(&mut self, sink: &'static str, e: &io::Error) {
+        self.gauge.counters.file_error();
         let text = e.to_string();
         if self.failed.get(sink) != Some(&text) {
             tracing::error!(sink, error = %text, "cannot write logs");
@@ -287,9 +316,15 @@ struct Extra {
 }
 
 impl Extra {
-    fn write(&mut self, record: &Record) {
-        if let Some(Err(e)) = self.guarded(|sink| sink.write(record)) {
-            tracing::warn!(sink = self.index, error = %e, "log sink failed");
+    /// Hands `record` to the sink; one it does not take is counted in `counters`.
+    fn write(&mut self, record: &Record, counters: &LogCounters) {
+        match self.guarded(|sink| sink.write(record)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                counters.dropped(DropReason::SinkError, record.kind, 1);
+                tracing::warn!(sink = self.index, error = %e, "log sink failed");
+            }
+            None => counters.dropped(DropReason::SinkPanicked, record.kind, 1),
         }
     }
 
