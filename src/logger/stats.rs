@@ -205,3 +205,424 @@ impl LogCounters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::io;
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::Duration;
+
+    use actix::Actor;
+
+    use super::*;
+    use crate::logger::queue::LogQueue;
+    use crate::logger::writer::Writer;
+    use crate::logger::{
+        CloseLogs, Fields, FileConfig, FileSink, LogConfig, LogLink, Logger, Record, RingSink,
+        Sink, Source, Stream,
+    };
+
+    /// Generous: two shared cores.
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// An `ip` record's fields as a worker sends them (canonical: written around the text).
+    const IP_FIELDS: &str =
+        r#"{"client":"10.0.0.1","duration_ms":0.1,"method":"GET","path":"/","status":200}"#;
+
+    /// A fresh directory under the system's temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            static COUNT: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNT.fetch_add(1, Relaxed);
+            let pid = std::process::id();
+            let dir = std::env::temp_dir().join(format!("procactor-logstats-{pid}-{n}-{test}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        /// The bytes of every file in it (a symbolic link's target's).
+        fn bytes(&self) -> u64 {
+            std::fs::read_dir(&self.0)
+                .unwrap()
+                .map(|entry| std::fs::metadata(entry.unwrap().path()).unwrap().len())
+                .sum()
+        }
+
+        fn files(&self) -> usize {
+            std::fs::read_dir(&self.0).unwrap().count()
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn worker(id: usize) -> Source {
+        Source {
+            worker: Some(id),
+            pid: 4242,
+            generation: 1,
+            group: "g".to_owned(),
+        }
+    }
+
+    fn history(n: usize) -> Record {
+        Record::history(worker(1), "tick", Fields::new().with("n", n))
+    }
+
+    fn error(message: &str) -> Record {
+        Record::error(worker(1), message, Vec::new(), None)
+    }
+
+    fn output(stream: Stream, n: usize) -> Record {
+        Record::output(worker(1), stream, &format!("line {n}"), false)
+    }
+
+    /// The cluster's logger for `config` with `extra` sinks, and the link proxies use.
+    fn logger(config: &LogConfig, extra: Vec<Box<dyn Sink>>) -> LogLink {
+        let logger = Logger::new(config, extra).unwrap();
+        let queue = logger.queue();
+        LogLink {
+            logger: logger.start(),
+            queue,
+        }
+    }
+
+    /// A writer thread over `files` and `extra` (a ring of 10), and its queue of `limit` bytes.
+    fn writer(files: Option<FileSink>, extra: Vec<Box<dyn Sink>>, limit: usize) -> LogQueue {
+        let gauge = LogQueue::gauge(limit);
+        let (jobs, queued) = mpsc::channel();
+        let writer = Writer::new(files, extra, RingSink::new(10), false, Arc::clone(&gauge));
+        writer.spawn(queued).unwrap();
+        LogQueue::new(gauge, jobs, false)
+    }
+
+    /// Holds the writer in its first write until released; lets every later one through.
+    struct Hold {
+        entered: mpsc::Sender<()>,
+        release: Option<mpsc::Receiver<()>>,
+    }
+
+    impl Hold {
+        /// The sink, a receiver told when the writer is held, and the sender that releases it.
+        fn new() -> (Self, mpsc::Receiver<()>, mpsc::Sender<()>) {
+            let (entered, held) = mpsc::channel();
+            let (release, released) = mpsc::channel();
+            let hold = Hold {
+                entered,
+                release: Some(released),
+            };
+            (hold, held, release)
+        }
+    }
+
+    impl Sink for Hold {
+        fn write(&mut self, _: &Record) -> io::Result<()> {
+            if let Some(release) = self.release.take() {
+                let _ = self.entered.send(());
+                let _ = release.recv_timeout(DEADLINE);
+            }
+            Ok(())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Refuses `error` records; panics on record `panic_at` (0-based) if set.
+    #[derive(Default)]
+    struct Picky {
+        seen: usize,
+        panic_at: Option<usize>,
+        refuse_errors: bool,
+        taken: Arc<Mutex<Vec<Kind>>>,
+    }
+
+    impl Sink for Picky {
+        fn write(&mut self, record: &Record) -> io::Result<()> {
+            self.seen += 1;
+            if self.panic_at == Some(self.seen - 1) {
+                panic!("picky sink told to panic");
+            }
+            if self.refuse_errors && record.kind == Kind::Error {
+                return Err(io::Error::other("no errors here"));
+            }
+            self.taken.lock().unwrap().push(record.kind);
+            Ok(())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Writes records of every kind the ways a cluster does — captured output, the master's
+    /// records, workers' records as they sent them (canonical or not) — through the logger to
+    /// `dir`, flushes, and returns the figures.
+    async fn write_every_kind(dir: &TempDir, extra: Vec<Box<dyn Sink>>) -> LogStats {
+        let config = LogConfig {
+            dir: Some(dir.0.clone()),
+            tracing: false,
+            ..LogConfig::default()
+        };
+        let link = logger(&config, extra);
+        let dropped = Cell::new(0);
+        for n in 0..3 {
+            link.send(output(Stream::Stdout, n), &dropped);
+        }
+        for n in 0..2 {
+            link.send(output(Stream::Stderr, n), &dropped);
+        }
+        link.send_always(history(0));
+        link.send_always(history(1));
+        link.send_always(error("boom"));
+        link.send_always(Record::ip(
+            Source::master("g"),
+            "c",
+            "GET",
+            "/",
+            200,
+            Duration::ZERO,
+        ));
+        for n in 0..4 {
+            link.send_fields(worker(2), Kind::Ip, n, IP_FIELDS);
+        }
+        // Not canonical (keys out of order): parsed on the writer thread.
+        link.send_fields(worker(2), Kind::History, 9, r#"{"b":1,"a":2}"#);
+        let stats = link.stats();
+        assert_eq!(stats.max_queue_bytes, config.max_queue_bytes as u64);
+        link.logger.send(crate::logger::FlushLogs).await.unwrap();
+        let stats = link.stats();
+        assert_eq!(dropped.get(), 0);
+        link.logger.send(CloseLogs).await.unwrap();
+        stats
+    }
+
+    #[actix::test]
+    async fn every_record_written_is_counted_by_kind_with_the_files_bytes() {
+        let expected = KindCounts {
+            ip: 5,
+            history: 3,
+            error: 1,
+            output: 5,
+        };
+        // Without an extra sink workers' records are written around their text; with one,
+        // parsed first: both are counted alike.
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let probe = Picky {
+            taken: Arc::clone(&taken),
+            ..Picky::default()
+        };
+        for extra in [vec![], vec![Box::new(probe) as Box<dyn Sink>]] {
+            let dir = TempDir::new("every_kind");
+            let stats = write_every_kind(&dir, extra).await;
+            assert_eq!(stats.written, expected);
+            assert_eq!(stats.written.total(), 14);
+            assert_eq!(stats.dropped, DropCounts::default());
+            assert_eq!(stats.file_bytes, dir.bytes(), "the lines on disk");
+            assert!(stats.file_bytes > 0);
+            assert_eq!((stats.file_rotations, stats.file_errors), (0, 0));
+            assert_eq!(stats.queued_bytes, 0, "everything written is counted out");
+        }
+        assert_eq!(
+            taken.lock().unwrap().len(),
+            14,
+            "the extra sink took them all"
+        );
+    }
+
+    #[actix::test]
+    async fn every_output_line_refused_by_a_full_queue_is_counted_reported_or_not() {
+        let (hold, held, release) = Hold::new();
+        let config = LogConfig {
+            dir: None,
+            tracing: false,
+            max_queue_bytes: 4096,
+            ..LogConfig::default()
+        };
+        let link = logger(&config, vec![Box::new(hold)]);
+        link.send_always(history(0));
+        held.recv_timeout(DEADLINE)
+            .expect("the writer takes the first record");
+        let dropped = Cell::new(0);
+        let (mut admitted, mut refused) = (0, 0);
+        for round in 0..2 {
+            for n in 0..100 {
+                let before = dropped.get();
+                link.send(output(Stream::Stderr, n), &dropped);
+                if dropped.get() > before {
+                    refused += 1;
+                } else {
+                    admitted += 1;
+                }
+            }
+            if round == 0 {
+                // What is reported leaves the proxy's count, not the figures.
+                link.flush_dropped(&worker(1), &dropped);
+                assert_eq!(dropped.get(), 0);
+            }
+        }
+        assert!(
+            admitted > 0 && refused > 100,
+            "{admitted} in, {refused} out"
+        );
+        let stats = link.stats();
+        assert_eq!(stats.dropped.queue_full.output, refused);
+        assert_eq!(stats.dropped.total(), refused, "nothing else dropped");
+        assert!(stats.queued_bytes > 0);
+        assert_eq!(stats.written, KindCounts::default(), "the writer is held");
+        release.send(()).unwrap();
+        link.logger.send(crate::logger::FlushLogs).await.unwrap();
+        let stats = link.stats();
+        assert_eq!(stats.dropped.queue_full.output, refused);
+        let written = KindCounts {
+            history: 1,
+            output: admitted + 1, // and the record saying how many were dropped
+            ..KindCounts::default()
+        };
+        assert_eq!(stats.written, written);
+        assert_eq!(stats.queued_bytes, 0);
+        link.logger.send(CloseLogs).await.unwrap();
+    }
+
+    #[test]
+    fn records_a_sink_refuses_or_misses_after_panicking_are_counted() {
+        let refusing = Picky {
+            refuse_errors: true,
+            ..Picky::default()
+        };
+        let panicking = Picky {
+            panic_at: Some(1),
+            ..Picky::default()
+        };
+        let queue = writer(None, vec![Box::new(refusing), Box::new(panicking)], 1 << 20);
+        for record in [history(0), history(1), history(2), error("a"), error("b")] {
+            let size = record.approx_size();
+            queue.push(record, size);
+        }
+        queue.flush().blocking_recv().unwrap();
+        let stats = queue.stats();
+        let kinds = |history, error| KindCounts {
+            history,
+            error,
+            ..KindCounts::default()
+        };
+        assert_eq!(stats.written, kinds(3, 2), "the other sinks had them all");
+        assert_eq!(stats.dropped.sink_error, kinds(0, 2));
+        assert_eq!(stats.dropped.sink_panicked, kinds(2, 2), "from record 1 on");
+        assert_eq!(stats.dropped.total(), 6);
+        assert_eq!(stats.file_errors, 0, "not the files'");
+        queue.close().blocking_recv().unwrap();
+    }
+
+    #[test]
+    fn the_files_count_their_bytes_rotations_and_errors() {
+        let dir = TempDir::new("files");
+        // `error.log` is a disk that is always full.
+        std::os::unix::fs::symlink("/dev/full", dir.0.join("error.log")).unwrap();
+        // Every line but a file's first rotates it.
+        let files = FileSink::open(FileConfig::new(&dir.0).max_bytes(1).keep(10)).unwrap();
+        let queue = writer(Some(files), vec![], 1 << 20);
+        for n in 0..4 {
+            let record = history(n);
+            let size = record.approx_size();
+            queue.push(record, size);
+        }
+        let ip = Record::ip(worker(1), "c", "GET", "/", 200, Duration::ZERO);
+        queue.push(ip.clone(), ip.approx_size());
+        queue.push(ip.clone(), ip.approx_size());
+        // Longer than the file's buffer: written at once, and refused.
+        let big = error(&"x".repeat(64 * 1024));
+        let size = big.approx_size();
+        queue.push(big, size);
+        queue.flush().blocking_recv().unwrap();
+        let stats = queue.stats();
+        assert_eq!(stats.written.total(), 7);
+        assert_eq!(stats.file_rotations, 3 + 1);
+        assert_eq!(stats.file_bytes, dir.bytes(), "/dev/full is empty");
+        assert_eq!(
+            dir.files(),
+            4 + 2 + 1 + 1,
+            "history and ip, rotated; error; output"
+        );
+        assert_eq!(stats.file_errors, 1);
+        let refused = KindCounts {
+            error: 1,
+            ..KindCounts::default()
+        };
+        assert_eq!(stats.dropped.sink_error, refused);
+        assert_eq!(stats.dropped.total(), 1);
+        queue.close().blocking_recv().unwrap();
+    }
+
+    #[actix::test]
+    async fn records_queued_for_a_writer_that_has_ended_are_counted_as_dropped() {
+        let (hold, held, release) = Hold::new();
+        let queue = std::rc::Rc::new(writer(None, vec![Box::new(hold)], 1 << 20));
+        queue.push(history(0), 10);
+        held.recv_timeout(DEADLINE).unwrap();
+        // Queued behind the close: never written.
+        let closed = queue.close();
+        for message in ["a", "b", "c"] {
+            queue.push(error(message), 10);
+        }
+        release.send(()).unwrap();
+        closed.await.unwrap();
+        // Queued once the thread has gone, the master's and the workers'.
+        queue.push(history(1), 10);
+        for n in 0..2 {
+            queue.push_fields(worker(3), Kind::Ip, n, IP_FIELDS);
+        }
+        tokio::task::yield_now().await;
+        let stats = queue.stats();
+        assert_eq!(
+            stats.written,
+            KindCounts {
+                history: 1,
+                ..KindCounts::default()
+            }
+        );
+        let lost = KindCounts {
+            ip: 2,
+            history: 1,
+            error: 3,
+            output: 0,
+        };
+        assert_eq!(stats.dropped.writer_closed, lost);
+        assert_eq!(stats.dropped.total(), 6);
+        assert_eq!(stats.queued_bytes, 0);
+    }
+
+    #[test]
+    fn the_figures_read_back_through_serde_and_list_every_reason_and_kind() {
+        let counters = LogCounters::default();
+        counters.written(Kind::Ip);
+        counters.dropped(DropReason::SinkPanicked, Kind::Output, 3);
+        counters.files(120, 2);
+        counters.file_error();
+        let stats = counters.snapshot(5, 10);
+        let json = serde_json::to_value(stats).unwrap();
+        assert_eq!(json["written"]["ip"], 1);
+        assert_eq!(json["dropped"]["sink_panicked"]["output"], 3);
+        assert_eq!(json["file_bytes"], 120);
+        assert_eq!(serde_json::from_value::<LogStats>(json).unwrap(), stats);
+        let reasons: Vec<_> = stats.dropped.by_reason().map(|(reason, _)| reason).into();
+        assert_eq!(reasons, DropCounts::REASONS);
+        assert_eq!(stats.dropped.by_reason()[3].1.output, 3);
+        let kinds: Vec<_> = stats.written.iter().map(|(kind, _)| kind).collect();
+        assert_eq!(kinds, Kind::ALL);
+        assert_eq!(stats.written.get(Kind::Ip), 1);
+        assert_eq!((stats.queued_bytes, stats.max_queue_bytes), (5, 10));
+        assert_eq!(stats.file_rotations, 2);
+        assert_eq!(stats.file_errors, 1);
+    }
+}
