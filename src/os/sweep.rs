@@ -402,10 +402,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let environ = std::fs::read(&path).unwrap_or_default();
-            if environ
-                .split(|&b| b == 0)
-                .any(|var| var == needle.as_bytes())
-            {
+            if environ.split(|&b| b == 0).any(|var| var == needle.as_bytes()) {
                 return child;
             }
             assert!(Instant::now() < deadline, "{path} never showed {needle}");
