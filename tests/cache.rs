@@ -270,7 +270,16 @@ async fn a_lock_excludes_every_other_process_under_contention() {
             cluster.cache().get::<u64>("c", "n").await.unwrap(),
             Some(800)
         );
-        assert_eq!(cluster.cache().stats().await.unwrap().locks_held, 0);
+        let stats = cluster.cache().stats().await.unwrap();
+        assert_eq!(stats.locks_held, 0);
+        // Every operation counted once, as served: 200 rounds of lock, get, set, unlock each.
+        let counted = |kind: &str| (stats.operations[kind].ok, stats.operations[kind].error);
+        for kind in ["lock", "set", "unlock"] {
+            assert_eq!(counted(kind), (800, 0), "{kind}");
+        }
+        assert_eq!(counted("get"), (801, 0), "and the master's");
+        assert_eq!(stats.locks.grants, 800);
+        assert_eq!(stats.locks.wait_histogram.count, 800);
         cluster.stop().await.unwrap();
     })
     .await;
@@ -325,6 +334,15 @@ async fn a_lock_is_released_when_its_holder_is_killed_and_waits_time_out() {
             "waited {waited_ms} ms; the lease was 60 s"
         );
         assert!(!is_alive(holder));
+        let stats = cluster.cache().stats().await.unwrap();
+        let locks = &stats.locks;
+        assert_eq!((locks.grants, locks.waits, locks.timeouts), (2, 1, 1));
+        assert_eq!((locks.freed_by_exit, locks.lease_expiries), (1, 0));
+        // In line in the master: within the time the waiter saw pass (whole milliseconds).
+        let seen = Duration::from_millis(waited_ms as u64 + 1);
+        assert!(locks.wait_time > Duration::ZERO && locks.wait_time <= seen);
+        let lock = stats.operations["lock"];
+        assert_eq!((lock.ok, lock.error), (2, 1), "granted twice, one timeout");
         cluster.stop().await.unwrap();
     })
     .await;

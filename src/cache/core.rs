@@ -8,6 +8,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
 
 use crate::cache::config::CacheConfig;
+use crate::cache::counters::{OpCounters, OpKind};
 use crate::cache::locks::{LockRequest, LockTable, Reply};
 use crate::cache::ops::{
     self, BatchOp, CacheAnswer, CacheError, CacheEvent, CacheOp, CacheStats, Change,
@@ -98,6 +99,8 @@ pub(crate) struct CacheCore {
     snapshot_error: Option<String>,
     snapshots_written: u64,
     snapshots_skipped: u64,
+    /// Operations served, by kind and outcome (locks: in `locks`).
+    ops: OpCounters,
     /// The deadline the actor's timer is set for.
     armed: Option<Instant>,
     /// An operation may have brought the next deadline forward since the last look.
@@ -123,13 +126,24 @@ impl CacheCore {
             snapshot_error,
             snapshots_written: 0,
             snapshots_skipped: 0,
+            ops: OpCounters::default(),
             armed: None,
             deadline_moved: false,
         }
     }
 
-    /// Serves `op` now, or hands back a lock request that needs somewhere to send its answer.
+    /// Serves `op` now, or hands back a lock request that needs somewhere to send its answer;
+    /// counts it by kind and outcome (a lock: once [`LockTable`] answers it).
     pub(crate) fn serve(&mut self, from: Peer, op: CacheOp, now: Instant) -> Served {
+        let kind = OpKind::of(&op);
+        let served = self.serve_op(from, op, now);
+        if let Served::Answer(answer) = &served {
+            self.ops.count(kind, answer.is_ok());
+        }
+        served
+    }
+
+    fn serve_op(&mut self, from: Peer, op: CacheOp, now: Instant) -> Served {
         if let Some(kv) = op.key_value() {
             return Served::Answer(self.apply(from, kv, now).map(CacheAnswer::from));
         }
@@ -223,6 +237,7 @@ impl CacheCore {
         tx: mpsc::UnboundedSender<CacheEvent>,
     ) {
         self.subs.add_master(id, collection, prefix, tx);
+        self.ops.count(OpKind::Subscribe, true);
     }
 
     /// Does what is due by `now` (expiries, leases, waits) and returns the next deadline, which
@@ -277,9 +292,14 @@ impl CacheCore {
         self.snapshots_skipped += 1;
     }
 
+    /// Every figure of the cache: the store's, the counts since start, what is held now.
     pub(crate) fn stats(&self) -> CacheStats {
+        let store = self.store.stats();
         CacheStats {
-            collections: self.store.stats().collections,
+            collections: store.collections,
+            unknown_misses: store.unknown_misses,
+            operations: self.ops.report(self.locks.counters()),
+            locks: self.locks.stats(),
             locks_held: self.locks.held(),
             lock_waiters: self.locks.waiting(),
             subscriptions: self.subs.len(),
@@ -299,6 +319,7 @@ impl CacheCore {
         let ops = ops::decode_ops(ops)?;
         let mut out = Vec::with_capacity(4 * ops.len());
         for op in ops {
+            let kind = OpKind::of_batch(&op);
             let answer = if out.len() < MAX_BATCH_ANSWER_BYTES {
                 self.apply(from, op, now)
             } else {
@@ -306,6 +327,7 @@ impl CacheCore {
                     "the batch's answers passed {MAX_BATCH_ANSWER_BYTES} bytes: not served"
                 )))
             };
+            self.ops.count(kind, answer.is_ok());
             ops::encode_answer(&mut out, &answer.as_ref().map(KvAnswer::wire));
         }
         Ok(CacheAnswer::Batch(out))

@@ -17,7 +17,8 @@ use tokio::sync::oneshot;
 
 use bytes::Bytes;
 
-use crate::cache::ops::{CacheAnswer, CacheError};
+use crate::cache::counters::LockCounters;
+use crate::cache::ops::{CacheAnswer, CacheError, LockStats};
 use crate::error::AskError;
 use crate::messaging::table::ReplyTo;
 use crate::messaging::Peer;
@@ -60,6 +61,8 @@ struct Waiter {
     reply: Reply,
     /// Its slot in [`LockTable::deadlines`]; `None`: waits for good.
     gives_up: Option<Instant>,
+    /// When it asked.
+    asked: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +87,7 @@ pub(crate) struct LockTable {
     /// a waiter's, then (as the token) its holder's, so it has one deadline at a time.
     deadlines: BTreeMap<(Instant, u64), String>,
     next_ticket: u64,
+    counters: LockCounters,
 }
 
 impl Default for LockTable {
@@ -98,6 +102,7 @@ impl Default for LockTable {
             locks: HashMap::new(),
             deadlines: BTreeMap::new(),
             next_ticket: u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX / 2),
+            counters: LockCounters::default(),
         }
     }
 }
@@ -125,9 +130,11 @@ impl LockTable {
             lease,
             reply,
             gives_up,
+            asked: now,
         });
         if lock.holder.is_none() {
-            self.grant(&name, now);
+            // Free, so nobody else is in line: granted at once.
+            self.grant(&name, now, false);
         }
     }
 
@@ -162,6 +169,7 @@ impl LockTable {
                 if let Some(at) = w.gives_up {
                     self.deadlines.remove(&(at, w.ticket));
                 }
+                self.counters.waiter_gone();
                 false
             });
             if lock.holder.is_some_and(|h| h.who == who) {
@@ -170,6 +178,7 @@ impl LockTable {
         }
         for name in held {
             tracing::info!(lock = %name, peer = ?who, "holder's process ended; lock released");
+            self.counters.freed_by_exit();
             self.release(&name, now);
         }
         self.locks
@@ -189,9 +198,11 @@ impl LockTable {
             if lock.holder.is_some_and(|h| h.token == ticket) {
                 tracing::warn!(lock = %name, "lock lease ran out; released");
                 lock.holder = None;
-                self.grant(&name, now);
+                self.counters.lease_expired();
+                self.grant(&name, now, true);
             } else if let Some(pos) = lock.queue.iter().position(|w| w.ticket == ticket) {
                 let waiter = lock.queue.remove(pos).expect("position is in range");
+                self.counters.timed_out();
                 waiter.reply.answer(Err(CacheError::LockTimeout(name)));
             }
         }
@@ -212,6 +223,16 @@ impl LockTable {
         self.locks.values().map(|l| l.queue.len()).sum()
     }
 
+    /// What the table has counted since it was made.
+    pub(crate) fn counters(&self) -> &LockCounters {
+        &self.counters
+    }
+
+    /// Its figures since it was made.
+    pub(crate) fn stats(&self) -> LockStats {
+        self.counters.report()
+    }
+
     fn holder(&self, name: &str) -> Option<Holder> {
         self.locks.get(name).and_then(|l| l.holder)
     }
@@ -227,11 +248,12 @@ impl LockTable {
                 self.deadlines.remove(&(at, token));
             }
         }
-        self.grant(name, now);
+        self.grant(name, now, true);
     }
 
-    /// Gives a free lock to the first in line, or forgets it when nobody waits.
-    fn grant(&mut self, name: &str, now: Instant) {
+    /// Gives a free lock to the first in line, or forgets it when nobody waits; `queued`: the
+    /// first in line asked while it was held.
+    fn grant(&mut self, name: &str, now: Instant, queued: bool) {
         let Some(lock) = self.locks.get_mut(name) else {
             return;
         };
@@ -252,6 +274,8 @@ impl LockTable {
             token: waiter.ticket,
             lease_ends,
         });
+        let waited = now.saturating_duration_since(waiter.asked);
+        self.counters.granted(waited, queued);
         waiter.reply.answer(Ok(CacheAnswer::Locked(waiter.ticket)));
     }
 }

@@ -1,5 +1,6 @@
 //! The cache's operations, answers and events, as they travel between processes.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -263,11 +264,29 @@ pub enum Change {
     Evicted,
 }
 
-/// The cache's figures, per collection.
+/// The cache's figures: per collection, per kind of operation, of its locks, of its snapshots.
+///
+/// The counts are cumulative since the cache started (the cluster's start; they are not kept
+/// in a snapshot); the figures said to be "now" are what is there at the moment they are
+/// taken.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CacheStats {
     /// Per collection: entries, bytes, hits, misses, evictions, expiries.
     pub collections: Vec<CollectionStats>,
+    /// `get`s of collections never written, which keep no figures of their own: misses that
+    /// are in no collection's `misses`.
+    pub unknown_misses: u64,
+    /// Operations served, by kind: every kind is here, zeros included, named as its
+    /// [`CacheOp`] variant in snake case (`get`, `set`, `delete`, `exists`, `expire`, `ttl`,
+    /// `increment`, `compare_and_set`, `keys`, `entries`, `subscribe`, `unsubscribe`, `lock`,
+    /// `unlock`, `stats`, `batch`, `track`). Whoever sent them: workers, the master,
+    /// near-caches. A batch counts once as `batch` (an `error` when it did not decode) and each
+    /// of its operations as its own kind; a near-cache's fetch counts as a `get`, and the reads
+    /// it answers itself not at all. A `lock` counts when it is answered: `ok` when granted,
+    /// `error` when its wait ran out or its process ended in line.
+    pub operations: BTreeMap<String, OpCounts>,
+    /// Locks granted, waited for, timed out, lost by lease or by the holder's exit.
+    pub locks: LockStats,
     /// Locks held now.
     pub locks_held: usize,
     /// Processes waiting in line for a lock now.
@@ -282,6 +301,75 @@ pub struct CacheStats {
     /// written.
     pub snapshots_skipped: u64,
 }
+
+/// How many operations of one kind the cache served, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpCounts {
+    /// Served without an error (a `get` that found nothing is one; misses are counted per
+    /// collection).
+    pub ok: u64,
+    /// Refused or failed: too large, a limit, not an integer, a lock not held or not acquired
+    /// within its wait, a batch that did not decode.
+    pub error: u64,
+}
+
+/// The cache's lock figures since it started; see [`CacheStats::locks`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockStats {
+    /// Locks granted, at once or after waiting in line.
+    pub grants: u64,
+    /// Grants that had to wait in line first (the lock was held when asked for).
+    pub waits: u64,
+    /// Time spent in line by the callers granted a lock, summed.
+    pub wait_time: Duration,
+    /// Time spent in line by each grant (0 for one granted at once).
+    pub wait_histogram: WaitHistogram,
+    /// Waits that ran out before the lock was free (answered
+    /// [`CacheError::LockTimeout`](crate::cache::CacheError::LockTimeout)).
+    pub timeouts: u64,
+    /// Leases that ran out while held: the holder lost the lock by time, without releasing it.
+    pub lease_expiries: u64,
+    /// Locks released because their holder's process ended.
+    pub freed_by_exit: u64,
+}
+
+/// A histogram of lock waits with fixed bounds, in Prometheus's shape: cumulative buckets, a
+/// count and a sum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitHistogram {
+    /// `(upper bound, waits at or below it)`, bounds ascending (1 ms, 5 ms, 10 ms, 50 ms,
+    /// 100 ms, 500 ms, 1 s, 5 s, 10 s); the counts are cumulative. The `+Inf` bucket is
+    /// [`count`](Self::count).
+    pub buckets: Vec<(Duration, u64)>,
+    /// Waits observed: one per grant.
+    pub count: u64,
+    /// Their sum.
+    pub sum: Duration,
+}
+
+impl Default for WaitHistogram {
+    /// Every bucket, empty.
+    fn default() -> Self {
+        Self {
+            buckets: WAIT_BOUNDS.iter().map(|&le| (le, 0)).collect(),
+            count: 0,
+            sum: Duration::ZERO,
+        }
+    }
+}
+
+/// The upper bounds of [`WaitHistogram::buckets`].
+pub(crate) const WAIT_BOUNDS: [Duration; 9] = [
+    Duration::from_millis(1),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
 
 /// Counters and sizes of one collection, as the store keeps them and as
 /// [`CacheStats`] reports them.
