@@ -1,8 +1,10 @@
 //! An HTTP cluster: N workers serving one port, reloaded with no dropped request.
 //!
 //! ```text
-//! cargo run --release --example http_cluster -- --listen 127.0.0.1:8080 --workers 4
+//! cargo run --release --example http_cluster -- --listen 127.0.0.1:8080 --workers 4 \
+//!     --metrics 127.0.0.1:9464
 //! curl http://127.0.0.1:8080/          # pid <n>: the worker that answered
+//! curl http://127.0.0.1:9464/metrics   # Prometheus metrics (with --metrics)
 //! kill -HUP <master pid>               # rolling reload: every worker replaced, one at a time
 //!                                      # (more SIGHUPs during a reload: one more reload)
 //! kill -TERM <master pid>              # graceful stop (or Ctrl-C); exits 0
@@ -70,46 +72,35 @@ impl Handler<ReloadEvent> for Printer {
     }
 }
 
+/// An HTTP cluster: N workers serving one port, reloaded with no dropped request.
+#[derive(clap::Parser, Debug)]
+#[command(name = "http_cluster")]
 struct Args {
+    /// The address the workers serve (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
     listen: String,
-    workers: usize,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        listen: "127.0.0.1:8080".into(),
-        workers: 4,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "--listen" => args.listen = value("--listen")?,
-            "--workers" => {
-                args.workers = value("--workers")?
-                    .parse()
-                    .map_err(|e| format!("--workers: {e}"))?
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(args)
+    /// How many workers.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    workers: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
 }
 
 fn main() -> Result<(), procactor::Error> {
     if procactor::is_worker() {
         return procactor::run_worker(HttpWorker::default());
     }
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("http_cluster: {e}\nusage: http_cluster [--listen HOST:PORT] [--workers N]");
-        std::process::exit(2);
-    });
-    let config = ClusterConfig::new()
-        .workers(args.workers)
+    let args = <Args as clap::Parser>::parse();
+    let mut config = ClusterConfig::new()
+        .workers(args.workers as usize)
         .listen("http", args.listen)
         // Workers re-run this executable without the master's arguments.
         .args(Vec::<String>::new())
         .shutdown_timeout(Duration::from_secs(35));
+    if let Some(addr) = args.metrics {
+        config = config.metrics(addr);
+    }
     actix::System::new().block_on(async move {
         let printer = Printer.start();
         let cluster = ClusterSupervisor::builder::<HttpWorker>(config)
@@ -123,6 +114,9 @@ fn main() -> Result<(), procactor::Error> {
                 cluster.len(),
                 std::process::id()
             );
+        }
+        if let Some(addr) = cluster.metrics_addr() {
+            println!("metrics at http://{addr}/metrics");
         }
         let result = cluster.wait().await;
         println!("stopped");

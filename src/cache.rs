@@ -236,8 +236,6 @@ impl SharedCache {
     /// Every figure of the cache, as [`CacheClient::stats`] gives them, taken now on the
     /// master's thread (no message to the cache's actor). Costs a copy of the per-collection
     /// figures and a few small allocations; not for a hot path.
-    // Read by the master's metrics collector (issue 17), written alongside this.
-    #[allow(dead_code)]
     pub(crate) fn stats(&self) -> CacheStats {
         self.core.borrow().stats()
     }

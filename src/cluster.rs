@@ -68,6 +68,7 @@ pub struct Cluster<A: WorkerActor> {
     next_id: Rc<Cell<usize>>,
     spec: Rc<SlotSpec>,
     links: Links<A>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl<A: WorkerActor> Clone for Cluster<A> {
@@ -80,6 +81,7 @@ impl<A: WorkerActor> Clone for Cluster<A> {
             next_id: Rc::clone(&self.next_id),
             spec: Rc::clone(&self.spec),
             links: self.links.clone(),
+            metrics_addr: self.metrics_addr,
         }
     }
 }
@@ -490,6 +492,12 @@ impl<A: WorkerActor> Cluster<A> {
     pub fn local_addr(&self, name: &str) -> Option<ListenAddr> {
         let bound = self.spec.listeners.iter().find(|b| b.name == name)?;
         Some(bound.addr.clone())
+    }
+
+    /// Where the metrics endpoint listens (see [`ClusterConfig::metrics`](crate::ClusterConfig::metrics); for port 0, the port
+    /// it got); `None` when the cluster serves no metrics.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops every worker gracefully and returns once all have been reaped.

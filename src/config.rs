@@ -102,6 +102,10 @@ pub struct ClusterConfig {
     /// messages, is ready once it runs, has its stdout logged like its stderr, and is stopped
     /// with SIGTERM.
     pub plain: bool,
+    /// Where the master serves `GET /metrics` for Prometheus (`host:port`; port 0 picks a free
+    /// one, see [`Cluster::metrics_addr`](crate::Cluster::metrics_addr)); `None` (the default)
+    /// serves nothing and times no request.
+    pub metrics: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -131,6 +135,7 @@ impl Default for ClusterConfig {
             log: crate::logger::LogConfig::default(),
             plain: false,
             affinity: Affinity::Inherit,
+            metrics: None,
         }
     }
 }
@@ -295,6 +300,15 @@ impl ClusterConfig {
         self
     }
 
+    /// Serves the cluster's metrics at `http://ADDR/metrics` in the Prometheus text format, or
+    /// OpenMetrics when the scraper asks for it (`addr` is `host:port`; port 0 picks a free
+    /// one). The endpoint runs on the master and reads its state at each scrape; see
+    /// [`metrics`](crate::metrics) for the names. Off by default.
+    pub fn metrics(mut self, addr: impl Into<String>) -> Self {
+        self.metrics = Some(addr.into());
+        self
+    }
+
     /// Adds a listening socket, bound once by the master when the cluster starts and handed to
     /// every worker, which gets it with [`WorkerContext::listener`](crate::WorkerContext::listener)
     /// (`name`). `addr` is `host:port` (port 0 picks a free one; see
@@ -353,6 +367,12 @@ impl ClusterConfig {
         }
         if self.max_worker_pending == 0 {
             return bad("max_worker_pending", "must be at least 1".into());
+        }
+        if let Some(addr) = &self.metrics {
+            let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                return bad("metrics", format!("{addr:?} is not host:port"));
+            }
         }
         if let Some(program) = &self.exec {
             if resolve_program(program).is_none() {

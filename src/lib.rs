@@ -56,7 +56,8 @@
 //!             master side                                   worker side (the child)
 //!  7 handles  cluster: Cluster<A>, ClusterBuilder/GroupsBuilder, Groups, start-up assembly
 //!  6 cluster  supervisor: slots and groups, restart policy, rolling reload, scale, signals,
-//!             system operations
+//!             system operations; metrics: the /metrics endpoint, which reads the supervisor,
+//!             the proxies, the cache and the logger at each scrape
 //!  5 proxy    proxy: one slot — its processes' state machine (generation), the hand-over,
 //!             the in-flight table, the stdin queue, the pipe futures    │ worker: WorkerActor,
 //!                                                                      │ runtime, uplink, inbox,
@@ -97,6 +98,7 @@ mod event;
 mod listen;
 pub mod logger;
 mod messaging;
+pub mod metrics;
 mod millis;
 mod os;
 mod protocol;

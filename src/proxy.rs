@@ -54,6 +54,7 @@ mod inflight;
 mod lifecycle;
 mod links;
 mod messages;
+mod metered;
 mod pipes;
 mod replace;
 mod route;
@@ -67,11 +68,12 @@ pub use handover::{OldExit, Replaced};
 pub use links::{FromWorker, WorkerRequest};
 pub(crate) use links::{Handlers, Links, RequestHandler};
 pub(crate) use messages::Decided;
-pub(crate) use messages::GetStats;
 pub use messages::{
     AwaitReady, Call, CallResponse, GetInfo, Kill, Replace, Stop, Tell, TellAck, TellBatch,
     TellResponse, Terminate,
 };
+pub(crate) use messages::{GetFigures, GetStats};
+pub(crate) use metered::{SlotFigures, Tally, LATENCY_BOUNDS, RESTART_REASONS};
 pub(crate) use spec::SlotSpec;
 
 use std::time::Duration;

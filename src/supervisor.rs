@@ -45,12 +45,14 @@ use crate::worker::WorkerActor;
 
 mod control;
 mod end;
+mod figures;
 mod policy;
 mod rolling;
 mod signals;
 mod system;
 
 pub(crate) use control::{Control, Scale};
+pub(crate) use figures::{ClusterFigures, GetClusterFigures};
 
 pub(crate) use crate::config::{Escalation, RestartPolicy};
 pub use control::{ListWorkers, StopAll};
@@ -78,6 +80,8 @@ pub struct ClusterSupervisor {
     pids: std::collections::HashMap<u32, WorkerId>,
     cache: crate::cache::SharedCache,
     logger: Addr<crate::logger::Logger>,
+    /// What lives while the cluster runs (the metrics endpoint): let go when it finishes.
+    companions: Vec<Box<dyn std::any::Any>>,
 }
 
 /// One group of slots: its restart policy and which slots are its, in order.
@@ -103,6 +107,8 @@ struct ReloadState {
     from_workers: bool,
     /// Reloads started so far, to tell them apart in traces.
     count: u64,
+    /// What the metrics endpoint reports of reloads.
+    figures: Rc<rolling::ReloadFigures>,
 }
 
 /// How a slot is to be treated when its process exits.
@@ -131,6 +137,7 @@ pub(crate) struct Slot {
     decided: Recipient<Decided>,
     replace: Recipient<Replace>,
     stats: Recipient<GetStats>,
+    figures: Recipient<crate::proxy::GetFigures>,
     terminate: Recipient<crate::proxy::Terminate>,
     /// A graceful end with a status was asked for: its exit is not a crash.
     terminating: bool,
@@ -148,6 +155,7 @@ impl Slot {
             decided: addr.clone().recipient(),
             replace: addr.clone().recipient(),
             stats: addr.clone().recipient(),
+            figures: addr.clone().recipient(),
             terminate: addr.clone().recipient(),
             terminating: false,
         }
@@ -240,7 +248,14 @@ impl ClusterSupervisor {
             pids: std::collections::HashMap::new(),
             cache,
             logger,
+            companions: Vec::new(),
         }
+    }
+
+    /// Keeps `companion` until the cluster finishes, then drops it.
+    pub(crate) fn with_companion(mut self, companion: Box<dyn std::any::Any>) -> Self {
+        self.companions.push(companion);
+        self
     }
 
     fn publish(&self, worker: WorkerId, kind: WorkerEventKind, generation: u64) {
@@ -447,6 +462,7 @@ impl ClusterSupervisor {
 
     fn finish(&mut self) {
         self.finished = true;
+        self.companions.clear();
         self.confirmations.close();
         let outcome = self.outcome.clone().unwrap_or(Ok(()));
         self.outcome = Some(outcome.clone());

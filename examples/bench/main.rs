@@ -11,7 +11,7 @@
 //! an actor in this process that answers at once.
 //!
 //! Sections for `--only`: `rtt`, `pipelined`, `tell`, `bulk`, `spawn`, `respawn`, `broadcast`,
-//! `peer`, `pinned`, `http`, `cache`, `logs`, `scale`, `raw`; figures of the others read `NaN`
+//! `peer`, `pinned`, `http`, `cache`, `logs`, `scale`, `metrics`, `raw`; figures of the others read `NaN`
 //! (`null` in `--json`).
 //!
 //! The baseline (`raw_*` keys) is two processes and two pipes with no framework: coalesced
@@ -24,6 +24,7 @@ mod cache;
 mod http;
 mod local;
 mod logs;
+mod metrics;
 mod pinned;
 mod raw;
 /// The relay worker of `procactor-relay` (a test fixture), for the cache and log figures.
@@ -179,6 +180,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         f64::NAN
     };
+    let metered = if wants("metrics") {
+        crate::run_in_system(metrics::measure(quick))?
+    } else {
+        metrics::MetricsFigures::nan()
+    };
     let scaled = if wants("scale") {
         scale::measure_in_child(quick)?
     } else {
@@ -244,7 +250,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     // Figures with a baseline of their own: (key, value, baseline key, baseline, ratio key).
-    let pairs: [(&str, f64, &str, f64, &str); 11] = [
+    let pairs: [(&str, f64, &str, f64, &str); 13] = [
+        (
+            "rtt_us_median_metrics_on",
+            metered.rtt_us_median_on,
+            "rtt_us_median_metrics_off",
+            metered.rtt_us_median_off,
+            "metrics_on_vs_off",
+        ),
+        (
+            "metrics_scrape_ms",
+            metered.scrape_ms_median,
+            "metrics_scrape_kb",
+            metered.scrape_kb,
+            "",
+        ),
         (
             "pipelined_req_per_s",
             ours.pipelined_req_per_s,

@@ -112,7 +112,10 @@ async fn measure(quick: bool) -> Result<ScaleFigures, procactor::Error> {
 
 /// The median of `count` round trips to `w`, one at a time, after a warm-up; with this thread
 /// and the worker pinned to two CPUs when there are two.
-async fn median_rtt(w: &Addr<Worker<Echo>>, count: usize) -> Result<f64, procactor::Error> {
+pub(crate) async fn median_rtt(
+    w: &Addr<Worker<Echo>>,
+    count: usize,
+) -> Result<f64, procactor::Error> {
     let pinned = match crate::pinned::two_cpus() {
         Some((master, worker)) => {
             let EchoReply::Pid(pid) = w.send(Call(EchoMsg::Pid)).await?? else {

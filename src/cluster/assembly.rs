@@ -28,6 +28,8 @@ pub(crate) struct Core {
     /// The next slot id, across groups.
     next_id: Rc<Cell<usize>>,
     groups: Rc<Cell<usize>>,
+    /// Where the metrics endpoint listens, when the cluster serves one.
+    pub(super) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Core {
@@ -57,15 +59,32 @@ impl Core {
             logger: logger.clone(),
             queue: log_queue,
         };
-        let supervisor = ClusterSupervisor::new(
+        // The supervisor's address comes first: the metrics endpoint asks it at each scrape.
+        let context = Context::new();
+        let supervisor = context.address();
+        let metrics = match &config.metrics {
+            Some(addr) => Some(
+                crate::metrics::serve(addr, supervisor.downgrade(), cache.clone(), log.clone())
+                    .map_err(|e| ConfigError {
+                        field: "metrics",
+                        reason: format!("cannot serve metrics at {addr}: {e}"),
+                    })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(crate::metrics::Endpoint::local_addr);
+        let mut actor = ClusterSupervisor::new(
             config,
             subscribers,
             reload_subscribers,
             Rc::clone(&routing),
             cache.clone(),
             logger,
-        )
-        .start();
+        );
+        if let Some(endpoint) = metrics {
+            actor = actor.with_companion(Box::new(endpoint));
+        }
+        context.run(actor);
         Ok(Self {
             supervisor,
             routing,
@@ -73,6 +92,7 @@ impl Core {
             log,
             next_id: Rc::default(),
             groups: Rc::default(),
+            metrics_addr,
         })
     }
 
@@ -108,6 +128,7 @@ impl Core {
             next_id: Rc::clone(&self.next_id),
             spec,
             links,
+            metrics_addr: self.metrics_addr,
         };
         for _ in 0..config.worker_count() {
             cluster.add_slot(Vec::new());

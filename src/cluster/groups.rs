@@ -330,6 +330,7 @@ impl GroupsBuilder {
         Ok(Groups {
             id: self.id,
             supervisor: core.supervisor.clone(),
+            metrics_addr: core.metrics_addr,
             names,
             views,
             ids,
@@ -341,6 +342,7 @@ impl GroupsBuilder {
 pub struct Groups {
     id: u64,
     supervisor: Addr<ClusterSupervisor>,
+    metrics_addr: Option<std::net::SocketAddr>,
     names: Vec<String>,
     views: Vec<Box<dyn Any>>,
     /// Each group's ids, in start order.
@@ -410,6 +412,13 @@ impl Groups {
     pub async fn stop(&self) -> Result<(), Error> {
         self.supervisor.send(StopAll).await?;
         Ok(())
+    }
+
+    /// Where the metrics endpoint listens (see
+    /// [`ClusterConfig::metrics`](crate::ClusterConfig::metrics)); `None` when the cluster
+    /// serves no metrics.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// The supervisor actor.

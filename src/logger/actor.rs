@@ -49,10 +49,6 @@ impl LogLink {
 
     /// The pipeline's figures now (records written and dropped since start, the files', the
     /// queue's fill): a few atomic loads, nothing waited for.
-    #[allow(
-        dead_code,
-        reason = "read by the master's metrics endpoint (issue 17), wired outside the logger"
-    )]
     pub(crate) fn stats(&self) -> LogStats {
         self.queue.stats()
     }

@@ -390,8 +390,12 @@ mod tests {
     /// A `sleep` carrying `tree`, returned once its environment can be read: `spawn` returns
     /// while the kernel may still be setting up the new image, when `/proc/PID/environ` reads
     /// empty (a round then would not see it; CI once caught that window).
+    #[allow(
+        clippy::zombie_processes,
+        reason = "the child is handed to the test, which kills and waits for it"
+    )]
     fn sleeper(tree: &str) -> std::process::Child {
-        let child = Command::new("/bin/sleep")
+        let mut child = Command::new("/bin/sleep")
             .arg("1000")
             .env(VAR, tree)
             .stdin(Stdio::null())
@@ -402,10 +406,17 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let environ = std::fs::read(&path).unwrap_or_default();
-            if environ.split(|&b| b == 0).any(|var| var == needle.as_bytes()) {
+            if environ
+                .split(|&b| b == 0)
+                .any(|var| var == needle.as_bytes())
+            {
                 return child;
             }
-            assert!(Instant::now() < deadline, "{path} never showed {needle}");
+            if Instant::now() >= deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("{path} never showed {needle}");
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
     }

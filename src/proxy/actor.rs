@@ -52,31 +52,9 @@ pub struct Worker<A: WorkerActor> {
     _actor: PhantomData<fn() -> A>,
 }
 
-/// Frames to and from a slot's processes, by kind, and failures.
-#[derive(Debug, Default)]
-pub(super) struct Counters {
-    pub(super) sent: [u64; Envelope::KINDS.len()],
-    pub(super) received: [u64; Envelope::KINDS.len()],
-    pub(super) requests: u64,
-    pub(super) errors: u64,
-}
-
-impl Counters {
-    pub(super) fn sent(&mut self, kind: usize) {
-        self.sent[kind] += 1;
-    }
-}
-
-/// Positions in [`Envelope::KINDS`] of the frames the proxy counts as it sends them.
-pub(super) const REQUEST: usize = 2;
-pub(super) const TELL: usize = 5;
-pub(super) const PING: usize = 8;
-pub(super) const ASK_REPLY: usize = 14;
-pub(super) const ASK_FAILED: usize = 15;
-pub(super) const DELIVER: usize = 16;
-pub(super) const PEER_REQUEST: usize = 17;
-pub(super) const NOTIFY: usize = 18;
-pub(super) const CREDIT: usize = 20;
+pub(super) use super::metered::{
+    Counters, ASK_FAILED, ASK_REPLY, CREDIT, DELIVER, NOTIFY, PEER_REQUEST, PING, REQUEST, TELL,
+};
 
 impl<A: WorkerActor> fmt::Debug for Worker<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -186,8 +164,8 @@ impl<A: WorkerActor> Worker<A> {
         WorkerStats {
             id: self.id,
             pid,
-            sent: by_kind(&self.counters.sent),
-            received: by_kind(&self.counters.received),
+            sent: by_kind(&self.counters.sent.map(|t| t.frames)),
+            received: by_kind(&self.counters.received.map(|t| t.frames)),
             requests: self.counters.requests,
             errors: self.counters.errors,
             restarts: self.respawns,

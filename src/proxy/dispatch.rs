@@ -22,7 +22,7 @@ impl<A: WorkerActor> Worker<A> {
         ctx: &mut Context<Self>,
     ) -> Result<(), ProtocolError> {
         let envelope = decode_envelope(frame)?;
-        self.counters.received[envelope.index()] += 1;
+        self.counters.received(envelope.index(), frame.len());
         let Some(p) = self.proc_mut(generation) else {
             return Ok(());
         };
@@ -46,19 +46,21 @@ impl<A: WorkerActor> Worker<A> {
         };
         match envelope {
             Envelope::Reply { id, payload } => {
-                let waiter = p
+                let (waiter, since) = p
                     .in_flight
                     .take(id)
                     .ok_or(ProtocolError::UnknownReply { id })?;
+                self.counters.answered(since);
                 waiter.reply(payload, |bytes| {
                     decode_value(bytes).map_err(|e| CallError::BadReply(e.to_string()))
                 });
             }
             Envelope::Failed { id, error } => {
-                let waiter = p
+                let (waiter, since) = p
                     .in_flight
                     .take(id)
                     .ok_or(ProtocolError::UnknownReply { id })?;
+                self.counters.answered(since);
                 self.counters.errors += 1;
                 waiter.failed(error);
             }

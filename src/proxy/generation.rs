@@ -111,7 +111,7 @@ impl<R, C: Child> Proc<R, C> {
             gate: Rc::new(Gate::new(config.max_worker_pending)),
             reload_asked: false,
             disconnected: false,
-            in_flight: InFlight::default(),
+            in_flight: InFlight::new(config.metrics.is_some()),
             held: Rc::default(),
             fault: None,
             exit: None,

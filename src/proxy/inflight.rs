@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::time::Instant;
 
 use actix::dev::OneshotSender;
 use bytes::Bytes;
@@ -99,6 +100,10 @@ impl<V> Table<V> {
         }
     }
 
+    fn len(&self) -> usize {
+        self.ring.iter().filter(|slot| slot.is_some()).count() + self.overflow.len()
+    }
+
     fn drain(&mut self) -> Vec<V> {
         let mut all: Vec<V> = self.ring.drain(..).flatten().collect();
         all.extend(self.overflow.drain().map(|(_, v)| v));
@@ -118,17 +123,24 @@ pub(crate) enum Waiter<R> {
     Peer(ReplyTo),
 }
 
+/// A waiter, and when its request was queued when requests are timed.
+#[derive(Debug)]
+struct Entry<R> {
+    waiter: Waiter<R>,
+    since: Option<Instant>,
+}
+
 /// What waits for answers from one process; see the module docs.
 #[derive(Debug)]
 pub(crate) struct InFlight<R> {
-    entries: Rc<RefCell<Table<Waiter<R>>>>,
+    entries: Rc<RefCell<Table<Entry<R>>>>,
+    /// Whether each entry notes when it was made (for the latency histogram).
+    timed: bool,
 }
 
 impl<R> Default for InFlight<R> {
     fn default() -> Self {
-        Self {
-            entries: Rc::new(RefCell::new(Table::default())),
-        }
+        Self::new(false)
     }
 }
 
@@ -136,31 +148,55 @@ impl<R> Clone for InFlight<R> {
     fn clone(&self) -> Self {
         Self {
             entries: Rc::clone(&self.entries),
+            timed: self.timed,
         }
     }
 }
 
 impl<R> InFlight<R> {
+    /// An empty table; `timed`: each entry notes when it was made.
+    pub(crate) fn new(timed: bool) -> Self {
+        Self {
+            entries: Rc::new(RefCell::new(Table::default())),
+            timed,
+        }
+    }
+
+    fn entry(&self, waiter: Waiter<R>) -> Entry<R> {
+        Entry {
+            waiter,
+            since: self.timed.then(Instant::now),
+        }
+    }
+
     /// Parks the reply sender of call `id` (from `MessageResponse::handle`).
     pub(crate) fn park_caller(&self, id: u64, tx: Option<CallerTx<R>>) {
-        self.entries.borrow_mut().insert(id, Waiter::Caller(tx));
+        let entry = self.entry(Waiter::Caller(tx));
+        self.entries.borrow_mut().insert(id, entry);
     }
 
     /// Holds where the answer to routed message `id` goes.
     pub(crate) fn insert_peer(&self, id: u64, reply: ReplyTo) {
-        self.entries.borrow_mut().insert(id, Waiter::Peer(reply));
+        let entry = self.entry(Waiter::Peer(reply));
+        self.entries.borrow_mut().insert(id, entry);
     }
 
-    /// Takes the waiter of `id`, if there is one.
-    pub(crate) fn take(&self, id: u64) -> Option<Waiter<R>> {
-        self.entries.borrow_mut().take(id)
+    /// Takes the waiter of `id`, if there is one, with when it was made (if timed).
+    pub(crate) fn take(&self, id: u64) -> Option<(Waiter<R>, Option<Instant>)> {
+        let entry = self.entries.borrow_mut().take(id)?;
+        Some((entry.waiter, entry.since))
+    }
+
+    /// How many wait.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.borrow().len()
     }
 
     /// Fails every waiter: callers with `error`, peers with its [`AskError`] form.
     pub(crate) fn fail_all(&self, error: &CallError) {
         let drained = self.entries.borrow_mut().drain();
         let peer_error = AskError::from_call(error);
-        for waiter in drained {
+        for Entry { waiter, .. } in drained {
             match waiter {
                 Waiter::Caller(Some(tx)) => {
                     let _ = tx.send(Err(error.clone()));

@@ -44,8 +44,8 @@ impl<A: WorkerActor> Worker<A> {
                 Beat::Paused => {}
                 Beat::Ping(seq) => {
                     // A full queue is a missed heartbeat too; the worker is not reading.
-                    if p.stdin.push(id, &Envelope::Ping { seq }).is_ok() {
-                        act.counters.sent(PING);
+                    if let Ok(bytes) = p.stdin.push(id, &Envelope::Ping { seq }) {
+                        act.counters.sent(PING, bytes);
                         act.kick_writer(generation, ctx);
                     }
                 }

@@ -5,7 +5,7 @@
 //! arrives. No future or task is created per request.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
@@ -14,6 +14,7 @@ use super::actor::Worker;
 use super::generation::Held;
 use super::handover::Replaced;
 use super::inflight::InFlight;
+use super::metered::SlotFigures;
 use crate::error::ExitReason;
 use crate::error::{CallError, ReplaceError};
 use crate::event::WorkerInfo;
@@ -442,5 +443,41 @@ impl<A: WorkerActor> Handler<GetStats> for Worker<A> {
 
     fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.stats())
+    }
+}
+
+/// Asks a proxy for its [`SlotFigures`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct GetFigures;
+
+impl Message for GetFigures {
+    type Result = SlotFigures;
+}
+
+impl<A: WorkerActor> Handler<GetFigures> for Worker<A> {
+    type Result = MessageResult<GetFigures>;
+
+    fn handle(&mut self, _: GetFigures, _ctx: &mut Context<Self>) -> Self::Result {
+        let running = self.proc.is_running();
+        let pid = self.proc.pid().filter(|_| running);
+        let (cpu, rss_bytes) = pid.map(crate::messaging::proc_usage).unwrap_or_default();
+        let started = self
+            .proc
+            .started_at
+            .filter(|_| running)
+            .and_then(|at| SystemTime::now().checked_sub(at.elapsed()));
+        MessageResult(SlotFigures {
+            id: self.id,
+            group: self.spawn.group.clone(),
+            state: self.proc.state,
+            pid,
+            generation: self.proc.generation,
+            started,
+            cpu,
+            rss_bytes,
+            outbox_bytes: self.proc.stdin.len(),
+            in_flight: self.proc.in_flight.len(),
+            counters: self.counters.clone(),
+        })
     }
 }

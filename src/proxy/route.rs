@@ -181,8 +181,8 @@ impl<A: WorkerActor> Worker<A> {
             ),
         };
         match pushed {
-            Ok(()) => {
-                self.counters.sent(kind);
+            Ok(bytes) => {
+                self.counters.sent(kind, bytes);
                 self.kick_writer(generation, ctx);
             }
             Err(e) => tracing::warn!(worker, id, error = %e, "answer not sent"),
@@ -201,9 +201,9 @@ impl<A: WorkerActor> Worker<A> {
         } else {
             self.proc.stdin.push(self.id, &event)
         };
-        match pushed {
-            Ok(()) => {
-                self.counters.sent(NOTIFY);
+        match self.counters.refusal(pushed) {
+            Ok(bytes) => {
+                self.counters.sent(NOTIFY, bytes);
                 self.kick_writer(generation, ctx);
             }
             Err(e) => {
@@ -223,8 +223,8 @@ impl<A: WorkerActor> Worker<A> {
             worker: worker as u64,
             count,
         };
-        if self.proc.stdin.push_control(&credit).is_ok() {
-            self.counters.sent(CREDIT);
+        if let Ok(bytes) = self.proc.stdin.push_control(&credit) {
+            self.counters.sent(CREDIT, bytes);
             self.kick_writer(generation, ctx);
         }
     }
@@ -307,9 +307,9 @@ impl<A: WorkerActor> Worker<A> {
         let Some((pushed, waiter, kind)) = self.push_routed(id, routed, windowed.is_some()) else {
             return;
         };
-        match pushed {
-            Ok(()) => {
-                self.counters.sent(kind);
+        match self.counters.refusal(pushed) {
+            Ok(bytes) => {
+                self.counters.sent(kind, bytes);
                 if let Some(waiter) = waiter {
                     self.next_id += 1;
                     self.proc.in_flight.insert_peer(id, waiter);
@@ -334,7 +334,7 @@ impl<A: WorkerActor> Worker<A> {
         id: u64,
         routed: Routed,
         windowed: bool,
-    ) -> Option<(Result<(), CallError>, Option<ReplyTo>, usize)> {
+    ) -> Option<(Result<usize, CallError>, Option<ReplyTo>, usize)> {
         Some(match routed {
             Routed::Tell {
                 from,

@@ -58,9 +58,10 @@ impl<A: WorkerActor> Worker<A> {
         let size = encoded_size(msg)?;
         let id = self.next_id;
         let env = Envelope::Request { id, payload: &[] };
-        self.proc.stdin.push_value(self.id, &env, msg, size)?;
+        let pushed = self.proc.stdin.push_value(self.id, &env, msg, size);
+        let bytes = self.counters.refusal(pushed)?;
         self.next_id += 1;
-        self.counters.sent(REQUEST);
+        self.counters.sent(REQUEST, bytes);
         self.counters.requests += 1;
         self.kick_writer(self.proc.generation, ctx);
         Ok(id)
@@ -75,8 +76,9 @@ impl<A: WorkerActor> Worker<A> {
         self.accepting()?;
         let size = encoded_size(msg)?;
         let env = Envelope::Tell { payload: &[] };
-        self.proc.stdin.push_value(self.id, &env, msg, size)?;
-        self.counters.sent(TELL);
+        let pushed = self.proc.stdin.push_value(self.id, &env, msg, size);
+        let bytes = self.counters.refusal(pushed)?;
+        self.counters.sent(TELL, bytes);
         self.kick_writer(self.proc.generation, ctx);
         Ok(self.proc.stdin.len() > self.proc.stdin.limit() / 16)
     }
@@ -101,19 +103,22 @@ impl<A: WorkerActor> Worker<A> {
                 max,
             }));
         }
-        self.proc.stdin.check_room(self.id)?;
+        let room = self.proc.stdin.check_room(self.id);
+        self.counters.refusal(room)?;
         let env = Envelope::Tell { payload: &[] };
         let mark = self.proc.stdin.mark();
+        let mut bytes = 0;
         for (msg, size) in msgs.iter().zip(&sizes) {
-            if let Err(e) = self.proc.stdin.push_value_past_limit(&env, msg, *size) {
-                // All or none, even for a value whose encoding changed between two passes.
-                self.proc.stdin.truncate(mark);
-                return Err(e);
+            match self.proc.stdin.push_value_past_limit(&env, msg, *size) {
+                Ok(frame) => bytes += frame,
+                Err(e) => {
+                    // All or none, even for a value whose encoding changed between two passes.
+                    self.proc.stdin.truncate(mark);
+                    return Err(e);
+                }
             }
         }
-        for _ in msgs {
-            self.counters.sent(TELL);
-        }
+        self.counters.sent_many(TELL, msgs.len(), bytes);
         self.kick_writer(self.proc.generation, ctx);
         Ok(self.proc.stdin.len() > self.proc.stdin.limit() / 16)
     }

@@ -25,6 +25,11 @@ impl<A: WorkerActor> Worker<A> {
     pub(super) fn spawn_process(&mut self, ctx: &mut Context<Self>) {
         if self.generations > 0 {
             self.respawns += 1;
+            let reason = self
+                .last_exit
+                .as_ref()
+                .map_or(0, super::metered::reason_index);
+            self.counters.restarts[reason] += 1;
         }
         self.generations += 1;
         let new = self.new_proc(self.generations);

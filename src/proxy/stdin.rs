@@ -100,13 +100,17 @@ impl StdinQueue {
     }
 
     /// Queues one frame, refusing it when the outbox is over its limit.
-    pub(crate) fn push(&mut self, worker: WorkerId, env: &Envelope<'_>) -> Result<(), CallError> {
+    pub(crate) fn push(
+        &mut self,
+        worker: WorkerId,
+        env: &Envelope<'_>,
+    ) -> Result<usize, CallError> {
         self.check_room(worker)?;
         self.append(env)
     }
 
     /// Queues a control frame (`Shutdown`) even past the limit: it must reach the worker.
-    pub(crate) fn push_control(&mut self, env: &Envelope<'_>) -> Result<(), CallError> {
+    pub(crate) fn push_control(&mut self, env: &Envelope<'_>) -> Result<usize, CallError> {
         self.append(env)
     }
 
@@ -118,7 +122,7 @@ impl StdinQueue {
         empty: &Envelope<'_>,
         value: &T,
         size: usize,
-    ) -> Result<(), CallError> {
+    ) -> Result<usize, CallError> {
         self.check_room(worker)?;
         self.push_value_past_limit(empty, value, size)
     }
@@ -143,7 +147,7 @@ impl StdinQueue {
         empty: &Envelope<'_>,
         value: &T,
         size: usize,
-    ) -> Result<(), CallError> {
+    ) -> Result<usize, CallError> {
         let max = self.max_frame_bytes;
         // A chunk with this much room takes the frame without growing.
         self.append_with(VALUE_FRAME_OVERHEAD + size, |chunk| {
@@ -179,7 +183,7 @@ impl StdinQueue {
     }
 
     /// Encodes one frame at the end of the last chunk.
-    fn append(&mut self, env: &Envelope<'_>) -> Result<(), CallError> {
+    fn append(&mut self, env: &Envelope<'_>) -> Result<usize, CallError> {
         let max = self.max_frame_bytes;
         self.append_with(env.size_hint() + crate::codec::HEADER_LEN, |chunk| {
             encode_frame(chunk, env, max)
@@ -192,7 +196,7 @@ impl StdinQueue {
         &mut self,
         need: usize,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), crate::error::FrameError>,
-    ) -> Result<(), CallError> {
+    ) -> Result<usize, CallError> {
         if self
             .chunks
             .back()
@@ -207,12 +211,13 @@ impl StdinQueue {
         let chunk = self.chunks.back_mut().expect("pushed above");
         let before = chunk.len();
         let encoded = encode(chunk).map_err(CallError::Frame);
-        self.len += chunk.len() - before;
+        let appended = chunk.len() - before;
+        self.len += appended;
         if chunk.is_empty() {
             let empty = self.chunks.pop_back().expect("looked at above");
             self.recycle(empty);
         }
-        encoded
+        encoded.map(|()| appended)
     }
 
     /// Keeps a written chunk for reuse, if it is of the usual size and there is room.

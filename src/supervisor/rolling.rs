@@ -86,8 +86,9 @@ pub(super) async fn run(
     delay: Duration,
     cancelled: Rc<Cell<bool>>,
     progress: Vec<Recipient<ReloadEvent>>,
+    figures: Rc<ReloadFigures>,
 ) -> Result<ReloadReport, ReloadError> {
-    let mut reload = Progress::start(slots.len(), progress);
+    let mut reload = Progress::start(slots.len(), progress, figures);
     let outcome = reload.replace_all(slots, delay, &cancelled).await;
     if cancelled.get() {
         // The cluster stops: it waits for every process itself.
@@ -100,16 +101,38 @@ pub(super) async fn run(
     }
 }
 
+/// Reloads since the cluster started, and the one under way: the metrics endpoint's figures.
+#[derive(Debug, Default)]
+pub(crate) struct ReloadFigures {
+    pub(crate) started: Cell<u64>,
+    pub(crate) succeeded: Cell<u64>,
+    /// Stopped at a replacement that failed (the rest kept their old processes).
+    pub(crate) rolled_back: Cell<u64>,
+    /// Cut short because the cluster stopped.
+    pub(crate) stopped: Cell<u64>,
+    /// The running reload's workers replaced so far, and how many it replaces.
+    pub(crate) current: Cell<Option<(usize, usize)>>,
+    /// How long the last finished reload took.
+    pub(crate) last_duration: Cell<Option<Duration>>,
+}
+
 /// A reload under way: its report so far, and who hears of its progress.
 struct Progress {
     started: Instant,
     of: usize,
     report: ReloadReport,
     recipients: Vec<Recipient<ReloadEvent>>,
+    figures: Rc<ReloadFigures>,
 }
 
 impl Progress {
-    fn start(of: usize, recipients: Vec<Recipient<ReloadEvent>>) -> Self {
+    fn start(
+        of: usize,
+        recipients: Vec<Recipient<ReloadEvent>>,
+        figures: Rc<ReloadFigures>,
+    ) -> Self {
+        figures.started.set(figures.started.get() + 1);
+        figures.current.set(Some((0, of)));
         let progress = Self {
             started: Instant::now(),
             of,
@@ -119,6 +142,7 @@ impl Progress {
                 elapsed: Duration::ZERO,
             },
             recipients,
+            figures,
         };
         tracing::info!(workers = of, "rolling reload started");
         progress.tell(ReloadEvent::Started { workers: of });
@@ -187,6 +211,9 @@ impl Progress {
             "worker replaced"
         );
         self.report.replaced.push(replaced.clone());
+        self.figures
+            .current
+            .set(Some((self.report.replaced.len(), self.of)));
         self.tell(ReloadEvent::Replaced {
             replaced,
             done: self.report.replaced.len(),
@@ -205,9 +232,16 @@ impl Progress {
             },
             _ => ReloadError::Stopping { replaced },
         };
-        if !matches!(error, ReloadError::Stopping { .. }) {
-            tracing::error!(%error, "rolling reload failed");
-        }
+        let ended = match error {
+            ReloadError::Stopping { .. } => &self.figures.stopped,
+            _ => {
+                tracing::error!(%error, "rolling reload failed");
+                &self.figures.rolled_back
+            }
+        };
+        ended.set(ended.get() + 1);
+        self.figures.current.set(None);
+        self.figures.last_duration.set(Some(self.started.elapsed()));
         self.tell(ReloadEvent::Failed {
             error: error.clone(),
         });
@@ -216,6 +250,10 @@ impl Progress {
 
     fn done(mut self) -> ReloadReport {
         self.report.elapsed = self.started.elapsed();
+        let figures = &self.figures;
+        figures.succeeded.set(figures.succeeded.get() + 1);
+        figures.current.set(None);
+        figures.last_duration.set(Some(self.report.elapsed));
         tracing::info!(
             replaced = self.report.replaced.len(),
             elapsed_ms = self.report.elapsed.as_millis() as u64,
@@ -271,6 +309,7 @@ impl ClusterSupervisor {
             self.reload.delay,
             Rc::clone(&self.reload.cancelled),
             self.reload.subscribers.clone(),
+            Rc::clone(&self.reload.figures),
         )
         .instrument(span);
         ctx.spawn(run.into_actor(self).map(move |result, act, ctx| {

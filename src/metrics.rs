@@ -1,0 +1,117 @@
+//! Metrics for Prometheus: the master serves `GET /metrics` when
+//! [`ClusterConfig::metrics`](crate::ClusterConfig::metrics) gives it an address.
+//!
+//! ```no_run
+//! # use procactor::prelude::*;
+//! # use procactor::actors::echo::Echo;
+//! # async fn f() -> Result<(), procactor::Error> {
+//! let cluster = ClusterSupervisor::start::<Echo>(
+//!     ClusterConfig::default().workers(4).metrics("127.0.0.1:9464"),
+//! )
+//! .await?;
+//! let at = cluster.metrics_addr().expect("metrics are on");
+//! // curl http://127.0.0.1:9464/metrics
+//! # let _ = at;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How
+//! Each scrape reads the master's state as it is then: one message to every slot's proxy, the
+//! cache's and the logger's counters, `/proc` for each worker's CPU and memory. Nothing polls
+//! the workers between scrapes, and counting costs the proxies an integer add per frame. With
+//! metrics on, each request is also timed (two clock reads) for the latency histogram.
+//!
+//! The body is the Prometheus text format (0.0.4), or OpenMetrics 1.0 when the scraper's
+//! `Accept` prefers it (Prometheus does), encoded by the Prometheus organisation's
+//! `prometheus-client`. The endpoint answers `GET /metrics` (and a short page at `/`); any other
+//! path is a 404, any other method a 405, a malformed or oversized request head a 400 or 431, a
+//! head slower than 10 s a 408, and past 64 connections a 503 — it runs on the master's thread
+//! as tasks that only wait on their own socket, so a slow or silent client holds nothing but
+//! its connection. It has no authentication: bind it to loopback or a private interface.
+//!
+//! # Names
+//! Base units, `_total` for counters, labels with bounded values: `group` (the supervision
+//! group), `worker` (the worker's id, stable across restarts), `reason`, `kind`, `direction`,
+//! `state`, `result`, `collection`. The pid is a label of `procactor_worker_info` only (it
+//! changes on every restart).
+//!
+//! | metric | type | labels | what |
+//! |---|---|---|---|
+//! | `procactor_worker_up` | gauge | group, worker | 1 when ready |
+//! | `procactor_worker_state` | gauge | group, worker, state | 1 for the state it is in (spawning, starting, online, ready, stopping, exited, backoff, failed) |
+//! | `procactor_worker_info` | gauge (info) | group, worker, pid, generation | 1 per running process |
+//! | `procactor_worker_restarts_total` | counter | group, worker, reason | processes started after the first, by how the last ended (exited, signaled, protocol, shutdown_timeout, ready_timeout, heartbeat_timeout, killed, spawn_failed) |
+//! | `procactor_worker_start_time_seconds` | gauge | group, worker | the running process's start, since the epoch |
+//! | `procactor_worker_cpu_seconds_total` | counter | group, worker | CPU time of the running process (from `/proc`; restarts at 0 with a new process) |
+//! | `procactor_worker_resident_memory_bytes` | gauge | group, worker | resident memory of the running process |
+//! | `procactor_worker_frames_total` | counter | group, worker, direction, kind | frames to (`sent`) and from (`received`) the worker by protocol kind (kinds never seen are left out) |
+//! | `procactor_worker_frame_bytes_total` | counter | group, worker, direction, kind | their bytes, length prefixes included |
+//! | `procactor_worker_requests_total` | counter | group, worker | requests made to the worker, by the master or other workers |
+//! | `procactor_worker_replies_total` | counter | group, worker | replies it sent |
+//! | `procactor_worker_errors_total` | counter | group, worker | requests answered with a failure, messages not delivered |
+//! | `procactor_worker_request_duration_seconds` | histogram | group, worker | queuing a request to its answer (50 µs … 10 s buckets) |
+//! | `procactor_worker_outbox_bytes` | gauge | group, worker | bytes waiting to be written to it |
+//! | `procactor_worker_backpressure_refusals_total` | counter | group, worker | messages refused because its outbox was full |
+//! | `procactor_worker_in_flight_requests` | gauge | group, worker | requests it has not answered yet |
+//! | `procactor_reloads_started_total` | counter | | rolling reloads started |
+//! | `procactor_reloads_total` | counter | result | reloads ended: succeeded, rolled_back, stopped |
+//! | `procactor_reload_in_progress` | gauge | | 1 while one runs |
+//! | `procactor_reload_workers_replaced`, `procactor_reload_workers` | gauge | | the running reload's progress: replaced so far, of how many |
+//! | `procactor_reload_last_duration_seconds` | gauge | | how long the last finished reload took |
+//! | `procactor_cache_*` | | collection, op, result | per collection: entries, bytes, hits, misses, evictions, expiries; operations by kind and result; locks held, waiters, waits and wait time, lease expiries |
+//! | `procactor_log_*` | | kind, reason | records and bytes written, records dropped |
+//! | `procactor_build_info` | gauge (info) | version | |
+//! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_start_time_seconds`, `process_open_fds`, `process_max_fds` | | | the master process, under the standard names |
+
+mod collect;
+mod families;
+pub(crate) mod http;
+mod services;
+
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use actix::WeakAddr;
+
+pub(crate) use http::Endpoint;
+
+use crate::cache::SharedCache;
+use crate::logger::LogLink;
+use crate::supervisor::{ClusterSupervisor, GetClusterFigures};
+use collect::{Exposition, Master};
+use http::{Format, Limits, Scrape};
+
+/// Binds `addr` and serves the cluster's metrics there, on the current thread, until the
+/// returned endpoint is dropped or stopped.
+///
+/// # Errors
+/// When `addr` cannot be bound (in use, not an address of this host).
+pub(crate) fn serve(
+    addr: &str,
+    supervisor: WeakAddr<ClusterSupervisor>,
+    cache: SharedCache,
+    log: LogLink,
+) -> std::io::Result<Endpoint> {
+    let started = SystemTime::now();
+    let listener = Endpoint::bind(addr)?;
+    let scrape: Scrape = Rc::new(move |format: Format| {
+        let supervisor = supervisor.upgrade();
+        let cache = cache.stats();
+        let logs = log.stats();
+        Box::pin(async move {
+            let cluster = match supervisor {
+                Some(supervisor) => supervisor.send(GetClusterFigures).await.ok(),
+                None => None,
+            };
+            Exposition {
+                cluster: cluster.unwrap_or_default(),
+                cache,
+                logs,
+                master: Master::read(started),
+            }
+            .encode(format)
+        })
+    });
+    Endpoint::serve(listener, scrape, Limits::default())
+}

@@ -1,0 +1,223 @@
+//! The cache's and the logger's figures, as metric families.
+
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+
+use super::families::{counter, family, gauge};
+use crate::cache::{CacheStats, LockStats};
+use crate::logger::LogStats;
+
+/// Per collection: entries, bytes, hits, misses, evictions, expiries; then operations and locks.
+pub(super) fn encode_cache(
+    cache: &CacheStats,
+    e: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    encode_collections(&cache.collections, e)?;
+    let help = "Cache operations served, by kind and result (error: refused or failed).";
+    let mut m = family(
+        e,
+        "procactor_cache_operations",
+        help,
+        None,
+        MetricType::Counter,
+    )?;
+    for (op, counts) in &cache.operations {
+        counter(&mut m, &[("op", op.as_str()), ("result", "ok")], counts.ok)?;
+        counter(
+            &mut m,
+            &[("op", op.as_str()), ("result", "error")],
+            counts.error,
+        )?;
+    }
+    let none: [(&str, &str); 0] = [];
+    let help = "Reads of collections never written (they keep no figures of their own).";
+    let name = "procactor_cache_unknown_collection_misses";
+    let mut m = family(e, name, help, None, MetricType::Counter)?;
+    counter(&mut m, &none, cache.unknown_misses)?;
+    encode_locks(&cache.locks, e)?;
+    for (name, help, value) in [
+        (
+            "procactor_cache_locks_held",
+            "Locks held now.",
+            cache.locks_held,
+        ),
+        (
+            "procactor_cache_lock_waiters",
+            "Processes waiting in line for a lock now.",
+            cache.lock_waiters,
+        ),
+        (
+            "procactor_cache_subscriptions",
+            "Subscriptions to change notifications now.",
+            cache.subscriptions,
+        ),
+    ] {
+        let mut m = family(e, name, help, None, MetricType::Gauge)?;
+        gauge(&mut m, &none, value as f64)?;
+    }
+    Ok(())
+}
+
+/// Per collection: entries and bytes held, hits, misses, evictions, expiries.
+fn encode_collections(
+    collections: &[crate::cache::CollectionStats],
+    e: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    for (name, help, unit, value) in [
+        (
+            "procactor_cache_entries",
+            "Entries the collection holds, expired ones not yet purged included.",
+            None,
+            (|c: &crate::cache::CollectionStats| c.entries) as fn(&_) -> usize,
+        ),
+        (
+            "procactor_cache",
+            "Bytes the collection holds (keys and values).",
+            Some(&Unit::Bytes),
+            |c| c.bytes,
+        ),
+    ] {
+        let mut m = family(e, name, help, unit, MetricType::Gauge)?;
+        for c in collections {
+            gauge(&mut m, &[("collection", c.name.as_str())], value(c) as f64)?;
+        }
+    }
+    for (name, help, value) in [
+        (
+            "procactor_cache_hits",
+            "Reads that found a live entry.",
+            (|c: &crate::cache::CollectionStats| c.hits) as fn(&_) -> u64,
+        ),
+        ("procactor_cache_misses", "Reads that found none.", |c| {
+            c.misses
+        }),
+        (
+            "procactor_cache_evictions",
+            "Entries evicted to make room (least recently used).",
+            |c| c.evictions,
+        ),
+        (
+            "procactor_cache_expiries",
+            "Entries removed because their time to live ran out.",
+            |c| c.expiries,
+        ),
+    ] {
+        let mut m = family(e, name, help, None, MetricType::Counter)?;
+        for c in collections {
+            counter(&mut m, &[("collection", c.name.as_str())], value(c))?;
+        }
+    }
+    Ok(())
+}
+
+/// Grants, waits and their time, timeouts, lease expiries, locks freed by an exit.
+fn encode_locks(locks: &LockStats, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    let none: [(&str, &str); 0] = [];
+    for (name, help, value) in [
+        (
+            "procactor_cache_lock_grants",
+            "Locks granted, at once or after a wait.",
+            locks.grants,
+        ),
+        (
+            "procactor_cache_lock_waits",
+            "Grants that had to wait in line first.",
+            locks.waits,
+        ),
+        (
+            "procactor_cache_lock_timeouts",
+            "Waits for a lock that ran out before it was free.",
+            locks.timeouts,
+        ),
+        (
+            "procactor_cache_lock_lease_expiries",
+            "Leases that ran out while held (the holder lost the lock by time).",
+            locks.lease_expiries,
+        ),
+        (
+            "procactor_cache_locks_freed_by_exit",
+            "Locks released because their holder's process ended.",
+            locks.freed_by_exit,
+        ),
+    ] {
+        let mut m = family(e, name, help, None, MetricType::Counter)?;
+        counter(&mut m, &none, value)?;
+    }
+    let help = "Time each granted lock waited in line (0 when granted at once).";
+    let name = "procactor_cache_lock_wait";
+    let mut m = family(e, name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    let histogram = &locks.wait_histogram;
+    // Per-bucket counts from the cumulative ones, then +Inf.
+    let mut below = 0;
+    let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(histogram.buckets.len() + 1);
+    for (bound, cumulative) in &histogram.buckets {
+        buckets.push((bound.as_secs_f64(), cumulative.saturating_sub(below)));
+        below = *cumulative;
+    }
+    buckets.push((f64::INFINITY, histogram.count.saturating_sub(below)));
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        histogram.sum.as_secs_f64(),
+        histogram.count,
+        &buckets,
+        None,
+    )
+}
+
+/// Records written by kind, dropped by reason and kind, file bytes, rotations and errors, and
+/// the queue's fill.
+pub(super) fn encode_logs(
+    logs: &LogStats,
+    e: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    let help = "Log records the writer handed to the files and sinks, by kind.";
+    let mut m = family(e, "procactor_log_records", help, None, MetricType::Counter)?;
+    for (kind, count) in logs.written.iter() {
+        counter(&mut m, &[("kind", kind.as_str())], count)?;
+    }
+    let help = "Log records lost, by reason (queue_full: output lines refused while the writer was behind; writer_closed; sink_error; sink_panicked) and kind.";
+    let name = "procactor_log_records_dropped";
+    let mut m = family(e, name, help, None, MetricType::Counter)?;
+    for (reason, counts) in logs.dropped.by_reason() {
+        for (kind, count) in counts.iter() {
+            counter(
+                &mut m,
+                &[("reason", reason), ("kind", kind.as_str())],
+                count,
+            )?;
+        }
+    }
+    let none: [(&str, &str); 0] = [];
+    let help = "Bytes written to the log files.";
+    let unit = Some(&Unit::Bytes);
+    let mut m = family(e, "procactor_log_file", help, unit, MetricType::Counter)?;
+    counter(&mut m, &none, logs.file_bytes)?;
+    for (name, help, value) in [
+        (
+            "procactor_log_file_rotations",
+            "Log file rotations.",
+            logs.file_rotations,
+        ),
+        (
+            "procactor_log_file_errors",
+            "Failed writes to the log files.",
+            logs.file_errors,
+        ),
+    ] {
+        let mut m = family(e, name, help, None, MetricType::Counter)?;
+        counter(&mut m, &none, value)?;
+    }
+    let help = "Bytes of log records waiting for the writer.";
+    let mut m = family(e, "procactor_log_queue", help, unit, MetricType::Gauge)?;
+    gauge(&mut m, &none, logs.queued_bytes as f64)?;
+    let help = "The log queue's limit.";
+    let mut m = family(
+        e,
+        "procactor_log_queue_limit",
+        help,
+        unit,
+        MetricType::Gauge,
+    )?;
+    gauge(&mut m, &none, logs.max_queue_bytes as f64)?;
+    Ok(())
+}

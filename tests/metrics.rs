@@ -1,0 +1,457 @@
+//! The master's `/metrics` endpoint with real workers: the counters equal the traffic sent,
+//! `promtool check metrics` passes on a scrape, a real Prometheus server scraping the cluster
+//! sees a SIGKILLed worker's restart through `increase(...)`, and bad scrape input gets a clear
+//! HTTP error without holding the master.
+//!
+//! promtool and prometheus come from the Debian package `prometheus` (`.ci/run` installs it);
+//! outside CI a test skips, saying so, when they are missing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{echo_config, within};
+use common::KillOnDrop;
+use procactor::actors::echo::{Echo, EchoMsg};
+use procactor::prelude::*;
+
+/// One HTTP exchange on a fresh connection: `head` is the request line and headers (without
+/// the blank line); returns the status, the headers (lower-case names) and the body.
+fn exchange(addr: SocketAddr, head: &str) -> (u16, BTreeMap<String, String>, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(stream, "{head}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read the response");
+    let text = String::from_utf8(raw).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// The same, off the master's thread (which serves the endpoint).
+async fn fetch(addr: SocketAddr, head: &str) -> (u16, BTreeMap<String, String>, String) {
+    let head = head.to_owned();
+    tokio::task::spawn_blocking(move || exchange(addr, &head))
+        .await
+        .unwrap()
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let (status, headers, body) = fetch(addr, "GET /metrics HTTP/1.1\r\nHost: test").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["content-type"].starts_with("text/plain; version=0.0.4"),
+        "{headers:?}"
+    );
+    body
+}
+
+/// The value of the sample `name` whose labels include every one of `labels`.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let wanted = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (metric == name && wanted).then(|| value.parse().ok())?
+        })
+}
+
+fn value(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(body, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{body}"))
+}
+
+/// Whether `program` runs here; outside CI a missing one skips the test (printed), in CI it
+/// fails it.
+fn have(program: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is missing (Debian package prometheus); CI must install it"
+        );
+        eprintln!("skipped: {program} is not installed (Debian package prometheus)");
+    }
+    found
+}
+
+#[actix::test]
+async fn the_counters_equal_the_traffic_and_promtool_passes() {
+    within(120, async {
+        let config = echo_config(2).metrics("127.0.0.1:0");
+        let cluster = ClusterSupervisor::start::<Echo>(config).await.unwrap();
+        let addr = cluster.metrics_addr().expect("metrics on");
+        for _ in 0..500 {
+            cluster
+                .worker(0)
+                .send(Call(EchoMsg::Ping))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        for _ in 0..200 {
+            cluster
+                .worker(1)
+                .send(Tell(EchoMsg::Ping))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let cache = cluster.cache();
+        for i in 0..30u32 {
+            cache
+                .set("sessions", &format!("k{i}"), &i, None)
+                .await
+                .unwrap();
+        }
+        for i in 0..40u32 {
+            let _: Option<u32> = cache.get("sessions", &format!("k{i}")).await.unwrap();
+        }
+        let lease = Duration::from_secs(5);
+        for _ in 0..3 {
+            let guard = cache.lock("deploy", lease, lease).await.unwrap();
+            guard.release().await.unwrap();
+        }
+        cluster.reload().await.unwrap();
+        cluster.flush_logs().await.unwrap();
+        let body = scrape(addr).await;
+        let w0 = [("group", "workers"), ("worker", "0")];
+        let w1 = [("group", "workers"), ("worker", "1")];
+        // Counters of the slot: they carry over the reload's replacement.
+        assert_eq!(value(&body, "procactor_worker_requests_total", &w0), 500.0);
+        assert_eq!(value(&body, "procactor_worker_replies_total", &w0), 500.0);
+        let latency = "procactor_worker_request_duration_seconds_count";
+        assert_eq!(value(&body, latency, &w0), 500.0);
+        let sent = [("worker", "0"), ("direction", "sent"), ("kind", "Request")];
+        assert_eq!(value(&body, "procactor_worker_frames_total", &sent), 500.0);
+        let tells = [("worker", "1"), ("direction", "sent"), ("kind", "Tell")];
+        assert_eq!(value(&body, "procactor_worker_frames_total", &tells), 200.0);
+        assert!(value(&body, "procactor_worker_frame_bytes_total", &tells) >= 200.0 * 5.0);
+        assert_eq!(value(&body, "procactor_worker_requests_total", &w1), 0.0);
+        for w in [w0, w1] {
+            assert_eq!(value(&body, "procactor_worker_up", &w), 1.0);
+            let ready = [w[0], w[1], ("state", "ready")];
+            assert_eq!(value(&body, "procactor_worker_state", &ready), 1.0);
+            assert!(value(&body, "procactor_worker_resident_memory_bytes", &w) > 0.0);
+            let restarts = [w[0], w[1], ("reason", "signaled")];
+            assert_eq!(
+                value(&body, "procactor_worker_restarts_total", &restarts),
+                0.0
+            );
+        }
+        let pid = pid_of(&cluster, 0).await;
+        let info = [
+            ("worker", "0"),
+            ("pid", &pid.to_string()),
+            ("generation", "2"),
+        ];
+        assert_eq!(value(&body, "procactor_worker_info", &info), 1.0);
+        assert_eq!(value(&body, "procactor_reloads_started_total", &[]), 1.0);
+        let ok = [("result", "succeeded")];
+        assert_eq!(value(&body, "procactor_reloads_total", &ok), 1.0);
+        assert_eq!(value(&body, "procactor_reload_in_progress", &[]), 0.0);
+        assert!(value(&body, "process_resident_memory_bytes", &[]) > 0.0);
+        // The cache: operations by kind and result, hits and misses, locks.
+        let set = [("op", "set"), ("result", "ok")];
+        assert_eq!(value(&body, "procactor_cache_operations_total", &set), 30.0);
+        let get = [("op", "get"), ("result", "ok")];
+        assert_eq!(value(&body, "procactor_cache_operations_total", &get), 40.0);
+        let sessions = [("collection", "sessions")];
+        assert_eq!(value(&body, "procactor_cache_hits_total", &sessions), 30.0);
+        assert_eq!(
+            value(&body, "procactor_cache_misses_total", &sessions),
+            10.0
+        );
+        assert_eq!(value(&body, "procactor_cache_entries", &sessions), 30.0);
+        assert_eq!(value(&body, "procactor_cache_lock_grants_total", &[]), 3.0);
+        assert_eq!(
+            value(&body, "procactor_cache_lock_wait_seconds_count", &[]),
+            3.0
+        );
+        // The logs: each line a worker prints is one output record written.
+        let output = [("kind", "output")];
+        let before = value(&body, "procactor_log_records_total", &output);
+        for i in 0..7 {
+            let line = EchoMsg::Print(format!("line {i}"));
+            cluster.worker(1).send(Call(line)).await.unwrap().unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            cluster.flush_logs().await.unwrap();
+            let now = value(&scrape(addr).await, "procactor_log_records_total", &output);
+            if now == before + 7.0 {
+                break;
+            }
+            assert!(
+                now < before + 7.0,
+                "{now} output records, {before} + 7 expected"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{now} output records, {before} + 7 expected"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let dropped = [("reason", "queue_full"), ("kind", "output")];
+        assert_eq!(
+            value(&body, "procactor_log_records_dropped_total", &dropped),
+            0.0
+        );
+
+        if have("promtool") {
+            let mut check = Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            check
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            let out = check.wait_with_output().unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "promtool check metrics: {said}");
+            assert!(said.trim().is_empty(), "promtool found problems: {said}");
+        }
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[actix::test]
+async fn openmetrics_when_asked_and_clear_errors_for_bad_requests() {
+    within(120, async {
+        let config = echo_config(1).metrics("127.0.0.1:0");
+        let cluster = ClusterSupervisor::start::<Echo>(config).await.unwrap();
+        let addr = cluster.metrics_addr().unwrap();
+        let accept = "Accept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.2";
+        let (status, headers, body) =
+            fetch(addr, &format!("GET /metrics HTTP/1.1\r\nHost: t\r\n{accept}")).await;
+        assert_eq!(status, 200);
+        assert!(
+            headers["content-type"].starts_with("application/openmetrics-text"),
+            "{headers:?}"
+        );
+        assert!(body.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+        assert!(body.contains("procactor_worker_restarts_total{"), "{body}");
+
+        let (status, headers, _) = fetch(addr, "POST /metrics HTTP/1.1\r\nHost: t").await;
+        assert_eq!(status, 405);
+        assert_eq!(headers["allow"], "GET");
+        let (status, _, body) = fetch(addr, "GET /nothing HTTP/1.1\r\nHost: t").await;
+        assert_eq!(status, 404);
+        assert!(body.contains("/metrics"), "the error names the path: {body}");
+
+        // A client that connects and sends nothing holds only its own connection: a scrape
+        // and a request to a worker both go through meanwhile.
+        let silent = TcpStream::connect(addr).unwrap();
+        let started = Instant::now();
+        scrape(addr).await;
+        cluster.worker(0).send(Call(EchoMsg::Ping)).await.unwrap().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a silent client held the master for {:?}",
+            started.elapsed()
+        );
+        drop(silent);
+        cluster.stop().await.unwrap();
+
+        // A bad address is a config error naming the setting; so is one already in use.
+        let bad = ClusterSupervisor::start::<Echo>(echo_config(1).metrics("nowhere")).await;
+        assert!(matches!(bad, Err(procactor::Error::Config(ref e)) if e.field == "metrics"), "{bad:?}");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let used = taken.local_addr().unwrap().to_string();
+        let bad = ClusterSupervisor::start::<Echo>(echo_config(1).metrics(used)).await;
+        assert!(matches!(bad, Err(procactor::Error::Config(ref e)) if e.field == "metrics"), "{bad:?}");
+    })
+    .await;
+}
+
+/// A free loopback port (bound, then let go for the server to take).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// `s` percent-encoded for a query string.
+fn encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A PromQL instant query through Prometheus's HTTP API: each result's labels and value.
+async fn query(
+    prometheus: SocketAddr,
+    promql: &str,
+    at: Option<f64>,
+) -> Vec<(serde_json::Value, f64)> {
+    let time = at.map(|t| format!("&time={t:.3}")).unwrap_or_default();
+    let head = format!(
+        "GET /api/v1/query?query={}{time} HTTP/1.1\r\nHost: t",
+        encoded(promql)
+    );
+    let (status, _, body) = fetch(prometheus, &head).await;
+    assert_eq!(status, 200, "{promql}: {body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    json["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let value = r["value"][1].as_str().unwrap().parse().unwrap();
+            (r["metric"].clone(), value)
+        })
+        .collect()
+}
+
+#[actix::test]
+async fn prometheus_sees_a_killed_workers_restart() {
+    if !have("prometheus") {
+        return;
+    }
+    within(180, async {
+        let config = echo_config(2).metrics("127.0.0.1:0");
+        let cluster = ClusterSupervisor::start::<Echo>(config).await.unwrap();
+        let target = cluster.metrics_addr().unwrap();
+        let dir = tempfile_dir();
+        let port = free_port();
+        let prometheus: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: procactor\n    scrape_interval: 1s\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let mut server = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prometheus}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap();
+        // Ended by its pid, also when an assertion fails.
+        let _server = KillOnDrop(server.id());
+        let restarts = "procactor_worker_restarts_total{worker=\"1\",reason=\"signaled\"}";
+        // Prometheus is up and has scraped the counter at 0 (a few times).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = TcpStream::connect(prometheus).is_ok()
+                && query(
+                    prometheus,
+                    &format!("count_over_time({restarts}[1m])"),
+                    None,
+                )
+                .await
+                .first()
+                .is_some_and(|(_, n)| *n >= 2.0);
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus never scraped the cluster: {}",
+                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let pid = pid_of(&cluster, 1).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // Prometheus has the counter at 1 once it scraped after the restart.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while query(prometheus, restarts, None)
+            .await
+            .first()
+            .map(|(_, v)| *v)
+            != Some(1.0)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus never saw the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // At the last sample's time, the increase over a minute is exactly that one restart
+        // (no extrapolation past the samples).
+        let last = query(prometheus, &format!("timestamp({restarts})"), None).await[0].1;
+        let promql = "sum by (worker) (increase(procactor_worker_restarts_total[1m]))";
+        let increases: BTreeMap<String, f64> = query(prometheus, promql, Some(last))
+            .await
+            .into_iter()
+            .map(|(labels, v)| (labels["worker"].as_str().unwrap().to_owned(), v))
+            .collect();
+        assert_eq!(increases.get("1"), Some(&1.0), "{increases:?}");
+        assert_eq!(increases.get("0"), Some(&0.0), "{increases:?}");
+        cluster.stop().await.unwrap();
+        server.kill().unwrap();
+        server.wait().unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+    })
+    .await;
+}
+
+/// A fresh temporary directory of this test process.
+fn tempfile_dir() -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir =
+        std::env::temp_dir().join(format!("procactor-metrics-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The pid of worker `id`'s process.
+async fn pid_of(cluster: &Cluster<Echo>, id: usize) -> u32 {
+    let workers = cluster.workers().await.unwrap();
+    let info = workers.iter().find(|w| w.id == id).expect("the worker");
+    info.pid.expect("a running process")
+}
