@@ -22,6 +22,11 @@
 //! the workers between scrapes, and counting costs the proxies an integer add per frame. With
 //! metrics on, each request is also timed (two clock reads) for the latency histogram.
 //!
+//! Scrapes are coalesced: while one runs, requests for the same format wait for its answer, so
+//! any number of scrapers costs the master one scrape at a time. A scrape the cluster does not
+//! answer within 10 s, or one after the cluster stopped, is answered 503 with the reason — a
+//! failed scrape, not a body with the workers' series missing.
+//!
 //! The body is the Prometheus text format (0.0.4), or OpenMetrics 1.0 when the scraper's
 //! `Accept` prefers it (Prometheus does), encoded by the Prometheus organisation's
 //! `prometheus-client`. The endpoint answers `GET /metrics` (and a short page at `/`); any other
@@ -41,15 +46,15 @@
 //! | `procactor_worker_up` | gauge | group, worker | 1 when ready |
 //! | `procactor_worker_state` | gauge | group, worker, state | 1 for the state it is in (spawning, starting, online, ready, stopping, exited, backoff, failed) |
 //! | `procactor_worker_info` | gauge (info) | group, worker, pid, generation | 1 per running process |
-//! | `procactor_worker_restarts_total` | counter | group, worker, reason | processes started after the first, by how the last ended (exited, signaled, protocol, shutdown_timeout, ready_timeout, heartbeat_timeout, killed, spawn_failed) |
+//! | `procactor_worker_restarts_total` | counter | group, worker, reason | processes the slot started again after one ended, by how it ended (exited, signaled, protocol, shutdown_timeout, ready_timeout, heartbeat_timeout, killed, spawn_failed); a reload's replacements are not restarts |
 //! | `procactor_worker_start_time_seconds` | gauge | group, worker | the running process's start, since the epoch |
 //! | `procactor_worker_cpu_seconds_total` | counter | group, worker | CPU time of the running process (from `/proc`; restarts at 0 with a new process) |
 //! | `procactor_worker_resident_memory_bytes` | gauge | group, worker | resident memory of the running process |
 //! | `procactor_worker_frames_total` | counter | group, worker, direction, kind | frames to (`sent`) and from (`received`) the worker by protocol kind (kinds never seen are left out) |
 //! | `procactor_worker_frame_bytes_total` | counter | group, worker, direction, kind | their bytes, length prefixes included |
-//! | `procactor_worker_requests_total` | counter | group, worker | requests made to the worker, by the master or other workers |
-//! | `procactor_worker_replies_total` | counter | group, worker | replies it sent |
-//! | `procactor_worker_errors_total` | counter | group, worker | requests answered with a failure, messages not delivered |
+//! | `procactor_worker_requests_total` | counter | group, worker | requests queued for the worker, by the master or other workers (acknowledged one-way messages are not requests) |
+//! | `procactor_worker_replies_total` | counter | group, worker | requests it answered, with a reply or a failure |
+//! | `procactor_worker_errors_total` | counter | group, worker | requests answered with a failure or lost when its process ended, and messages that could not be sent or delivered to it (a full outbox, not running) |
 //! | `procactor_worker_request_duration_seconds` | histogram | group, worker | queuing a request to its answer (50 µs … 10 s buckets) |
 //! | `procactor_worker_outbox_bytes` | gauge | group, worker | bytes waiting to be written to it |
 //! | `procactor_worker_backpressure_refusals_total` | counter | group, worker | messages refused because its outbox was full |
@@ -59,7 +64,7 @@
 //! | `procactor_reload_in_progress` | gauge | | 1 while one runs |
 //! | `procactor_reload_workers_replaced`, `procactor_reload_workers` | gauge | | the running reload's progress: replaced so far, of how many |
 //! | `procactor_reload_last_duration_seconds` | gauge | | how long the last finished reload took |
-//! | `procactor_cache_*` | | collection, op, result | per collection: entries, bytes, hits, misses, evictions, expiries; operations by kind and result; locks held, waiters, waits and wait time, lease expiries |
+//! | `procactor_cache_*` | | collection (the first 100 by name; the rest added up as `_other`), op, result | per collection: entries, bytes, hits, misses, evictions, expiries; operations by kind and result; locks held, waiters, waits and wait time, lease expiries |
 //! | `procactor_log_*` | | kind, reason | records and bytes written, records dropped |
 //! | `procactor_build_info` | gauge (info) | version | |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_start_time_seconds`, `process_open_fds`, `process_max_fds` | | | the master process, under the standard names |
@@ -69,8 +74,11 @@ mod families;
 pub(crate) mod http;
 mod services;
 
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::oneshot;
 
 use actix::WeakAddr;
 
@@ -81,6 +89,9 @@ use crate::logger::LogLink;
 use crate::supervisor::{ClusterSupervisor, GetClusterFigures};
 use collect::{Exposition, Master};
 use http::{Format, Limits, Scrape};
+
+/// How long a scrape waits for the supervisor and the proxies before it is answered 503.
+const SCRAPE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Binds `addr` and serves the cluster's metrics there, on the current thread, until the
 /// returned endpoint is dropped or stopped.
@@ -95,23 +106,104 @@ pub(crate) fn serve(
 ) -> std::io::Result<Endpoint> {
     let started = SystemTime::now();
     let listener = Endpoint::bind(addr)?;
+    let flights: Rc<Flights> = Rc::default();
     let scrape: Scrape = Rc::new(move |format: Format| {
-        let supervisor = supervisor.upgrade();
-        let cache = cache.stats();
-        let logs = log.stats();
+        let (supervisor, cache, log) = (supervisor.clone(), cache.clone(), log.clone());
+        let flights = Rc::clone(&flights);
         Box::pin(async move {
-            let cluster = match supervisor {
-                Some(supervisor) => supervisor.send(GetClusterFigures).await.ok(),
-                None => None,
+            let leader = match Flights::join(&flights, format) {
+                Joined::Follower(answer) => {
+                    let cut = || "the scrape this request joined was cut short".to_owned();
+                    return answer.await.unwrap_or_else(|_| Err(cut()));
+                }
+                Joined::Leader(leader) => leader,
             };
-            Exposition {
-                cluster: cluster.unwrap_or_default(),
-                cache,
-                logs,
+            let Some(supervisor) = supervisor.upgrade() else {
+                return leader.done(Err(GONE.to_owned()));
+            };
+            let figures = tokio::time::timeout(SCRAPE_DEADLINE, supervisor.send(GetClusterFigures));
+            let cluster = match figures.await {
+                Ok(Ok(cluster)) => cluster,
+                Ok(Err(_)) => return leader.done(Err(GONE.to_owned())),
+                Err(_) => {
+                    let late = format!("the cluster did not answer within {SCRAPE_DEADLINE:?}");
+                    return leader.done(Err(late));
+                }
+            };
+            let body = Exposition {
+                cluster,
+                cache: cache.stats(),
+                logs: log.stats(),
                 master: Master::read(started),
             }
-            .encode(format)
+            .encode(format);
+            leader.done(Ok(body))
         })
     });
     Endpoint::serve(listener, scrape, Limits::default())
+}
+
+/// The answer to a scrape when the cluster has stopped.
+const GONE: &str = "the cluster is not running";
+
+type Answer = Result<String, String>;
+
+/// Scrapes coalesced per format: while one runs, requests for the same format wait for its
+/// answer instead of starting another, so any number of scrapers costs the master one scrape
+/// at a time.
+#[derive(Default)]
+struct Flights {
+    /// Per format: `Some` while a scrape runs, with who waits for it.
+    waiting: RefCell<[Option<Vec<oneshot::Sender<Answer>>>; 2]>,
+}
+
+enum Joined {
+    Leader(Leader),
+    Follower(oneshot::Receiver<Answer>),
+}
+
+impl Flights {
+    fn join(flights: &Rc<Flights>, format: Format) -> Joined {
+        let slot = format as usize;
+        let mut waiting = flights.waiting.borrow_mut();
+        match &mut waiting[slot] {
+            Some(followers) => {
+                let (tx, rx) = oneshot::channel();
+                followers.push(tx);
+                Joined::Follower(rx)
+            }
+            none => {
+                *none = Some(Vec::new());
+                Joined::Leader(Leader {
+                    flights: Rc::clone(flights),
+                    slot,
+                })
+            }
+        }
+    }
+}
+
+/// The scrape that runs for its format; its answer goes to every request that joined it. If it
+/// is dropped unfinished (its connection ended), the next request starts a new one.
+struct Leader {
+    flights: Rc<Flights>,
+    slot: usize,
+}
+
+impl Leader {
+    fn done(self, answer: Answer) -> Answer {
+        let followers = self.flights.waiting.borrow_mut()[self.slot].take();
+        for follower in followers.into_iter().flatten() {
+            let _ = follower.send(answer.clone());
+        }
+        answer
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        // After `done` the slot is empty already; otherwise the followers' senders drop and
+        // they answer 503.
+        self.flights.waiting.borrow_mut()[self.slot].take();
+    }
 }

@@ -244,7 +244,14 @@ async fn scaling_down_and_up_under_load_fails_no_request() {
             .unwrap();
         let addr = tcp_addr(&cluster);
         let four = pids(&cluster).await;
+        let start = Instant::now();
         let load = steady_load(addr);
+        // The load reaches every worker before two of them go (the last assertion wants
+        // answers from all four).
+        until(30, "the load to reach all four workers", || {
+            load.stats().pids_since(start) == four
+        })
+        .await;
 
         cluster.scale(2).await.unwrap();
         let two = pids(&cluster).await;

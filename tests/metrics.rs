@@ -15,7 +15,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{echo_config, within};
-use common::KillOnDrop;
 use procactor::actors::echo::{Echo, EchoMsg};
 use procactor::prelude::*;
 
@@ -117,6 +116,11 @@ async fn the_counters_equal_the_traffic_and_promtool_passes() {
                 .unwrap()
                 .unwrap();
         }
+        // Acknowledged messages are not requests: their receipts are not replies.
+        for _ in 0..5 {
+            let acked = TellAck(EchoMsg::Ping);
+            cluster.worker(1).send(acked).await.unwrap().unwrap();
+        }
         let cache = cluster.cache();
         for i in 0..30u32 {
             cache
@@ -148,6 +152,11 @@ async fn the_counters_equal_the_traffic_and_promtool_passes() {
         assert_eq!(value(&body, "procactor_worker_frames_total", &tells), 200.0);
         assert!(value(&body, "procactor_worker_frame_bytes_total", &tells) >= 200.0 * 5.0);
         assert_eq!(value(&body, "procactor_worker_requests_total", &w1), 0.0);
+        assert_eq!(value(&body, "procactor_worker_replies_total", &w1), 0.0);
+        assert_eq!(value(&body, latency, &w1), 0.0);
+        let acked = [("worker", "1"), ("direction", "sent"), ("kind", "Deliver")];
+        assert_eq!(value(&body, "procactor_worker_frames_total", &acked), 5.0);
+        assert_eq!(value(&body, "procactor_worker_errors_total", &w0), 0.0);
         for w in [w0, w1] {
             assert_eq!(value(&body, "procactor_worker_up", &w), 1.0);
             let ready = [w[0], w[1], ("state", "ready")];
@@ -218,6 +227,32 @@ async fn the_counters_equal_the_traffic_and_promtool_passes() {
             0.0
         );
 
+        // A request in flight when its worker is killed fails, and counts as an error; the
+        // restart counts as killed.
+        let w = cluster.worker(0);
+        let pending = actix::spawn(async move { w.send(Call(EchoMsg::Sleep(60_000))).await });
+        let in_flight = "procactor_worker_in_flight_requests";
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while value(&scrape(addr).await, in_flight, &w0) != 1.0 {
+            assert!(Instant::now() < deadline, "the request never went out");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cluster.kill(0).await.unwrap();
+        let failed = pending.await.unwrap().unwrap();
+        assert!(
+            matches!(failed, Err(CallError::WorkerExited { .. })),
+            "{failed:?}"
+        );
+        let after = scrape(addr).await;
+        assert_eq!(value(&after, "procactor_worker_errors_total", &w0), 1.0);
+        assert_eq!(value(&after, "procactor_worker_requests_total", &w0), 501.0);
+        assert_eq!(value(&after, "procactor_worker_replies_total", &w0), 500.0);
+        let killed = [w0[0], w0[1], ("reason", "killed")];
+        assert_eq!(
+            value(&after, "procactor_worker_restarts_total", &killed),
+            1.0
+        );
+
         if have("promtool") {
             let mut check = Command::new("promtool")
                 .args(["check", "metrics"])
@@ -286,13 +321,36 @@ async fn openmetrics_when_asked_and_clear_errors_for_bad_requests() {
 
         // A bad address is a config error naming the setting; so is one already in use.
         let bad = ClusterSupervisor::start::<Echo>(echo_config(1).metrics("nowhere")).await;
-        assert!(matches!(bad, Err(procactor::Error::Config(ref e)) if e.field == "metrics"), "{bad:?}");
+        assert!(
+            matches!(bad, Err(procactor::Error::Config(ref e)) if e.field == "metrics"),
+            "{bad:?}"
+        );
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let used = taken.local_addr().unwrap().to_string();
-        let bad = ClusterSupervisor::start::<Echo>(echo_config(1).metrics(used)).await;
-        assert!(matches!(bad, Err(procactor::Error::Config(ref e)) if e.field == "metrics"), "{bad:?}");
+        let bad = ClusterSupervisor::start::<Echo>(echo_config(1).metrics(used.clone())).await;
+        assert!(
+            matches!(bad, Err(procactor::Error::Config(ref e)) if e.field == "metrics"),
+            "{bad:?}"
+        );
+
+        // A cluster that fails to start after its endpoint was bound lets the address go.
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let config = echo_config(1).listen("http", used).metrics(metrics.clone());
+        let bad = ClusterSupervisor::start::<Echo>(config).await;
+        assert!(bad.is_err(), "the listening address is taken");
+        std::net::TcpListener::bind(&metrics).expect("the metrics address is free again");
     })
     .await;
+}
+
+/// A child process killed and reaped through its handle when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A free loopback port (bound, then let go for the server to take).
@@ -359,7 +417,7 @@ async fn prometheus_sees_a_killed_workers_restart() {
             ),
         )
         .unwrap();
-        let mut server = Command::new("prometheus")
+        let server = Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
@@ -373,13 +431,17 @@ async fn prometheus_sees_a_killed_workers_restart() {
             .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
             .spawn()
             .unwrap();
-        // Ended by its pid, also when an assertion fails.
-        let _server = KillOnDrop(server.id());
+        // Killed and reaped by its handle when the test ends, also when an assertion fails.
+        let _server = Reaped(server);
         let restarts = "procactor_worker_restarts_total{worker=\"1\",reason=\"signaled\"}";
         // Prometheus is up and has scraped the counter at 0 (a few times).
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ready = TcpStream::connect(prometheus).is_ok()
+                && fetch(prometheus, "GET /-/ready HTTP/1.1\r\nHost: t")
+                    .await
+                    .0
+                    == 200
                 && query(
                     prometheus,
                     &format!("count_over_time({restarts}[1m])"),
@@ -430,8 +492,6 @@ async fn prometheus_sees_a_killed_workers_restart() {
         assert_eq!(increases.get("1"), Some(&1.0), "{increases:?}");
         assert_eq!(increases.get("0"), Some(&0.0), "{increases:?}");
         cluster.stop().await.unwrap();
-        server.kill().unwrap();
-        server.wait().unwrap();
         std::fs::remove_dir_all(&dir).ok();
     })
     .await;

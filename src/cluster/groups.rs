@@ -319,7 +319,15 @@ impl GroupsBuilder {
                     }
                 }
             }
-            let started = starter(&core, &config)?;
+            let started = match starter(&core, &config) {
+                Ok(started) => started,
+                Err(error) => {
+                    // What started so far stops, and the supervisor lets go of what it keeps
+                    // (the metrics endpoint's socket).
+                    let _ = core.supervisor.send(StopAll).await;
+                    return Err(error);
+                }
+            };
             names.push(group.name);
             readiness.push(started.readiness);
             views.push(started.view);

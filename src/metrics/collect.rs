@@ -337,13 +337,13 @@ impl Exposition {
             ),
             (
                 "procactor_worker_replies",
-                "Replies the worker sent to requests.",
-                |s| s.counters.received[REPLY].frames,
+                "Requests the worker answered (a reply or a failure).",
+                |s| s.counters.replies,
             ),
             (
                 "procactor_worker_errors",
-                "Requests the worker answered with a failure, and messages that could not be delivered to it.",
-                |s| s.counters.errors,
+                "Requests that failed (answered with a failure, or lost when the worker's process ended) and messages that could not be sent or delivered to the worker.",
+                |s| s.counters.errors + s.abandoned,
             ),
             (
                 "procactor_worker_backpressure_refusals",
@@ -453,9 +453,6 @@ impl Exposition {
         Ok(())
     }
 }
-
-/// The position of `Reply` in [`Envelope::KINDS`].
-const REPLY: usize = 3;
 
 /// One slot's per-kind figure (`of` a tally: frames or bytes), sent and received, leaving out
 /// the kinds never seen.

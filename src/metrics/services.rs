@@ -5,7 +5,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 use super::families::{counter, family, gauge};
-use crate::cache::{CacheStats, LockStats};
+use crate::cache::{CacheStats, CollectionStats, LockStats};
 use crate::logger::LogStats;
 
 /// Per collection: entries, bytes, hits, misses, evictions, expiries; then operations and locks.
@@ -13,7 +13,7 @@ pub(super) fn encode_cache(
     cache: &CacheStats,
     e: &mut DescriptorEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
-    encode_collections(&cache.collections, e)?;
+    encode_collections(&bounded(&cache.collections), e)?;
     let help = "Cache operations served, by kind and result (error: refused or failed).";
     let mut m = family(
         e,
@@ -59,9 +59,39 @@ pub(super) fn encode_cache(
     Ok(())
 }
 
+/// Collections with a series of their own; the rest are added up under [`OTHER`]. Workers name
+/// collections, so their number is theirs to choose: a label must stay bounded.
+pub(crate) const MAX_COLLECTIONS: usize = 100;
+
+/// The `collection` label of the collections past [`MAX_COLLECTIONS`].
+pub(crate) const OTHER: &str = "_other";
+
+/// The first [`MAX_COLLECTIONS`] collections (by name), then one that adds up the rest.
+fn bounded(collections: &[CollectionStats]) -> Vec<CollectionStats> {
+    let mut kept: Vec<CollectionStats> =
+        collections.iter().take(MAX_COLLECTIONS).cloned().collect();
+    let rest = &collections[kept.len()..];
+    if !rest.is_empty() {
+        let mut other = CollectionStats {
+            name: OTHER.to_owned(),
+            ..CollectionStats::default()
+        };
+        for c in rest {
+            other.entries += c.entries;
+            other.bytes += c.bytes;
+            other.hits += c.hits;
+            other.misses += c.misses;
+            other.evictions += c.evictions;
+            other.expiries += c.expiries;
+        }
+        kept.push(other);
+    }
+    kept
+}
+
 /// Per collection: entries and bytes held, hits, misses, evictions, expiries.
 fn encode_collections(
-    collections: &[crate::cache::CollectionStats],
+    collections: &[CollectionStats],
     e: &mut DescriptorEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
     for (name, help, unit, value) in [
@@ -69,7 +99,7 @@ fn encode_collections(
             "procactor_cache_entries",
             "Entries the collection holds, expired ones not yet purged included.",
             None,
-            (|c: &crate::cache::CollectionStats| c.entries) as fn(&_) -> usize,
+            (|c: &CollectionStats| c.entries) as fn(&_) -> usize,
         ),
         (
             "procactor_cache",
@@ -87,7 +117,7 @@ fn encode_collections(
         (
             "procactor_cache_hits",
             "Reads that found a live entry.",
-            (|c: &crate::cache::CollectionStats| c.hits) as fn(&_) -> u64,
+            (|c: &CollectionStats| c.hits) as fn(&_) -> u64,
         ),
         ("procactor_cache_misses", "Reads that found none.", |c| {
             c.misses
@@ -220,4 +250,31 @@ pub(super) fn encode_logs(
     )?;
     gauge(&mut m, &none, logs.max_queue_bytes as f64)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collections_past_the_limit_are_added_up_under_one_label() {
+        let collections: Vec<CollectionStats> = (0..MAX_COLLECTIONS + 5)
+            .map(|i| CollectionStats {
+                name: format!("c{i:04}"),
+                entries: 1,
+                hits: 2,
+                ..CollectionStats::default()
+            })
+            .collect();
+        let kept = bounded(&collections);
+        assert_eq!(kept.len(), MAX_COLLECTIONS + 1);
+        let other = kept.last().unwrap();
+        assert_eq!(other.name, OTHER);
+        assert_eq!((other.entries, other.hits), (5, 10));
+        assert_eq!(
+            bounded(&collections[..3]).len(),
+            3,
+            "under the limit, as they are"
+        );
+    }
 }

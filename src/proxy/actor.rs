@@ -48,6 +48,9 @@ pub struct Worker<A: WorkerActor> {
     pub(super) env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     /// Credit owed for one-way messages taken in, by the process of this slot that took them
     /// in (its generation), the sending slot and the sending process.
+    /// Requests failed because the process they were sent to ended (shared with the
+    /// processes' in-flight tables).
+    pub(super) abandoned: Rc<std::cell::Cell<u64>>,
     pub(super) owed: std::collections::BTreeMap<(u64, WorkerId, u32), u64>,
     _actor: PhantomData<fn() -> A>,
 }
@@ -71,10 +74,11 @@ impl<A: WorkerActor> fmt::Debug for Worker<A> {
 impl<A: WorkerActor> Worker<A> {
     pub(crate) fn new(id: WorkerId, spawn: Rc<SlotSpec>, links: Links<A>) -> Self {
         let router = Router::new(id, Rc::clone(&links.routing));
+        let abandoned = Rc::default();
         Self {
             id,
             generations: 0,
-            proc: Proc::new(0, &spawn.config),
+            proc: Proc::new(0, &spawn.config).counting(Rc::clone(&abandoned)),
             handover: Handover::Serving,
             spawn,
             links,
@@ -88,6 +92,7 @@ impl<A: WorkerActor> Worker<A> {
             respawn: None,
             env: Vec::new(),
             owed: std::collections::BTreeMap::new(),
+            abandoned,
             _actor: PhantomData,
         }
     }
@@ -107,7 +112,9 @@ impl<A: WorkerActor> Worker<A> {
             generation,
             pid = tracing::field::Empty,
         );
-        Proc::new(generation, &self.spawn.config).in_span(span)
+        Proc::new(generation, &self.spawn.config)
+            .counting(Rc::clone(&self.abandoned))
+            .in_span(span)
     }
 
     /// The span of process `generation`, to enter; `None` once the slot let the process go,
@@ -167,7 +174,7 @@ impl<A: WorkerActor> Worker<A> {
             sent: by_kind(&self.counters.sent.map(|t| t.frames)),
             received: by_kind(&self.counters.received.map(|t| t.frames)),
             requests: self.counters.requests,
-            errors: self.counters.errors,
+            errors: self.counters.errors + self.abandoned.get(),
             restarts: self.respawns,
             cpu,
             rss_bytes,

@@ -46,23 +46,27 @@ impl<A: WorkerActor> Worker<A> {
         };
         match envelope {
             Envelope::Reply { id, payload } => {
-                let (waiter, since) = p
+                let taken = p
                     .in_flight
                     .take(id)
                     .ok_or(ProtocolError::UnknownReply { id })?;
-                self.counters.answered(since);
-                waiter.reply(payload, |bytes| {
+                if taken.request {
+                    self.counters.replied(taken.since);
+                }
+                taken.waiter.reply(payload, |bytes| {
                     decode_value(bytes).map_err(|e| CallError::BadReply(e.to_string()))
                 });
             }
             Envelope::Failed { id, error } => {
-                let (waiter, since) = p
+                let taken = p
                     .in_flight
                     .take(id)
                     .ok_or(ProtocolError::UnknownReply { id })?;
-                self.counters.answered(since);
+                if taken.request {
+                    self.counters.replied(taken.since);
+                }
                 self.counters.errors += 1;
-                waiter.failed(error);
+                taken.waiter.failed(error);
             }
             _ => {}
         }

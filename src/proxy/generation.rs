@@ -57,6 +57,8 @@ pub(crate) struct Proc<R, C: Child = OsChild> {
     pub(super) stderr_open: bool,
     pub(super) stderr_tail: Rc<RefCell<VecDeque<String>>>,
     pub(super) started_at: Option<Instant>,
+    /// The same moment on the wall clock, read once (for the start time a scrape reports).
+    pub(super) started_wall: Option<std::time::SystemTime>,
     pub(super) pings_sent: u64,
     pub(super) pongs_seen: u64,
     /// The span every event of this process is inside (worker, group, generation, pid).
@@ -111,7 +113,7 @@ impl<R, C: Child> Proc<R, C> {
             gate: Rc::new(Gate::new(config.max_worker_pending)),
             reload_asked: false,
             disconnected: false,
-            in_flight: InFlight::new(config.metrics.is_some()),
+            in_flight: InFlight::new(config.metrics.is_some(), Rc::default()),
             held: Rc::default(),
             fault: None,
             exit: None,
@@ -119,6 +121,7 @@ impl<R, C: Child> Proc<R, C> {
             stderr_open: false,
             stderr_tail: Rc::default(),
             started_at: None,
+            started_wall: None,
             pings_sent: 0,
             pongs_seen: 0,
             span: tracing::Span::none(),
@@ -141,6 +144,7 @@ impl<R, C: Child> Proc<R, C> {
         self.pid = Some(pid);
         self.span.record("pid", pid);
         self.started_at = Some(now);
+        self.started_wall = Some(std::time::SystemTime::now());
         self.state = WorkerState::Starting;
         self.stdout_open = true;
         self.stderr_open = true;
@@ -325,6 +329,12 @@ impl<R, C: Child> Proc<R, C> {
         }
     }
 
+    /// The same process, the requests its table fails counted in `abandoned` (the slot's).
+    pub(super) fn counting(mut self, abandoned: Rc<std::cell::Cell<u64>>) -> Self {
+        self.in_flight = self.in_flight.counting(abandoned);
+        self
+    }
+
     /// Takes over what waited for `old` (its queue, its callers), as a respawn does.
     pub(super) fn inherit(&mut self, old: Proc<R, C>) {
         self.stdin = old.stdin;
@@ -459,7 +469,7 @@ mod tests {
         let (tx, mut caller) = tokio::sync::oneshot::channel();
         p.in_flight.park_caller(1, Some(tx));
         let (tx, mut peer) = tokio::sync::oneshot::channel();
-        p.in_flight.insert_peer(2, ReplyTo::Local(tx));
+        p.in_flight.insert_peer(2, ReplyTo::Local(tx), true);
         assert!(p.fault(7, ExitReason::HeartbeatTimeout));
         assert!(!p.fault(7, ExitReason::Killed), "one fault per process");
         assert!(matches!(

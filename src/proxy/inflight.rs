@@ -10,7 +10,7 @@
 //! handler returned, through [`MessageResponse`](actix::dev::MessageResponse), which has no
 //! access to the actor. Everything runs on the master's one thread.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
@@ -123,24 +123,38 @@ pub(crate) enum Waiter<R> {
     Peer(ReplyTo),
 }
 
-/// A waiter, and when its request was queued when requests are timed.
+/// A waiter; whether it waits for the answer to a request (not for the receipt of an
+/// acknowledged message); when the request was queued, when requests are timed.
 #[derive(Debug)]
 struct Entry<R> {
     waiter: Waiter<R>,
+    request: bool,
     since: Option<Instant>,
+}
+
+/// What [`InFlight::take`] hands back: the waiter, and for a request, when it was queued
+/// (if timed).
+#[derive(Debug)]
+pub(crate) struct Taken<R> {
+    pub(crate) waiter: Waiter<R>,
+    pub(crate) request: bool,
+    pub(crate) since: Option<Instant>,
 }
 
 /// What waits for answers from one process; see the module docs.
 #[derive(Debug)]
 pub(crate) struct InFlight<R> {
     entries: Rc<RefCell<Table<Entry<R>>>>,
-    /// Whether each entry notes when it was made (for the latency histogram).
+    /// Whether each request notes when it was made (for the latency histogram).
     timed: bool,
+    /// Requests failed because the process ended, counted for the slot (shared by its
+    /// processes' tables).
+    abandoned: Rc<Cell<u64>>,
 }
 
 impl<R> Default for InFlight<R> {
     fn default() -> Self {
-        Self::new(false)
+        Self::new(false, Rc::default())
     }
 }
 
@@ -149,42 +163,55 @@ impl<R> Clone for InFlight<R> {
         Self {
             entries: Rc::clone(&self.entries),
             timed: self.timed,
+            abandoned: Rc::clone(&self.abandoned),
         }
     }
 }
 
 impl<R> InFlight<R> {
-    /// An empty table; `timed`: each entry notes when it was made.
-    pub(crate) fn new(timed: bool) -> Self {
+    /// An empty table; `timed`: each request notes when it was made; `abandoned` counts the
+    /// requests [`fail_all`](Self::fail_all) fails.
+    pub(crate) fn new(timed: bool, abandoned: Rc<Cell<u64>>) -> Self {
         Self {
             entries: Rc::new(RefCell::new(Table::default())),
             timed,
+            abandoned,
         }
     }
 
-    fn entry(&self, waiter: Waiter<R>) -> Entry<R> {
-        Entry {
+    /// The same table, its failed requests counted in `abandoned`.
+    pub(crate) fn counting(self, abandoned: Rc<Cell<u64>>) -> Self {
+        Self { abandoned, ..self }
+    }
+
+    fn insert(&self, id: u64, waiter: Waiter<R>, request: bool) {
+        let entry = Entry {
             waiter,
-            since: self.timed.then(Instant::now),
-        }
+            request,
+            since: (request && self.timed).then(Instant::now),
+        };
+        self.entries.borrow_mut().insert(id, entry);
     }
 
     /// Parks the reply sender of call `id` (from `MessageResponse::handle`).
     pub(crate) fn park_caller(&self, id: u64, tx: Option<CallerTx<R>>) {
-        let entry = self.entry(Waiter::Caller(tx));
-        self.entries.borrow_mut().insert(id, entry);
+        self.insert(id, Waiter::Caller(tx), true);
     }
 
-    /// Holds where the answer to routed message `id` goes.
-    pub(crate) fn insert_peer(&self, id: u64, reply: ReplyTo) {
-        let entry = self.entry(Waiter::Peer(reply));
-        self.entries.borrow_mut().insert(id, entry);
+    /// Holds where the answer to routed message `id` goes: a peer's request (`request`), or
+    /// the receipt of an acknowledged message.
+    pub(crate) fn insert_peer(&self, id: u64, reply: ReplyTo, request: bool) {
+        self.insert(id, Waiter::Peer(reply), request);
     }
 
-    /// Takes the waiter of `id`, if there is one, with when it was made (if timed).
-    pub(crate) fn take(&self, id: u64) -> Option<(Waiter<R>, Option<Instant>)> {
+    /// Takes the waiter of `id`, if there is one.
+    pub(crate) fn take(&self, id: u64) -> Option<Taken<R>> {
         let entry = self.entries.borrow_mut().take(id)?;
-        Some((entry.waiter, entry.since))
+        Some(Taken {
+            waiter: entry.waiter,
+            request: entry.request,
+            since: entry.since,
+        })
     }
 
     /// How many wait.
@@ -195,6 +222,8 @@ impl<R> InFlight<R> {
     /// Fails every waiter: callers with `error`, peers with its [`AskError`] form.
     pub(crate) fn fail_all(&self, error: &CallError) {
         let drained = self.entries.borrow_mut().drain();
+        let requests = drained.iter().filter(|entry| entry.request).count();
+        self.abandoned.set(self.abandoned.get() + requests as u64);
         let peer_error = AskError::from_call(error);
         for Entry { waiter, .. } in drained {
             match waiter {

@@ -111,10 +111,13 @@ impl<A: WorkerActor> Worker<A> {
                 0 => Envelope::Shutdown,
                 status => Envelope::ShutdownWith { status },
             };
-            if let Err(e) = p.stdin.push_control(&shutdown) {
-                tracing::warn!(worker = id, error = %e, "cannot queue Shutdown; killing");
-                self.fault(generation, ExitReason::ShutdownTimeout, ctx);
-                return;
+            match p.stdin.push_control(&shutdown) {
+                Ok(bytes) => self.counters.sent(shutdown.index(), bytes),
+                Err(e) => {
+                    tracing::warn!(worker = id, error = %e, "cannot queue Shutdown; killing");
+                    self.fault(generation, ExitReason::ShutdownTimeout, ctx);
+                    return;
+                }
             }
             self.kick_writer(generation, ctx);
         }

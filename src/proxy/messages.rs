@@ -5,7 +5,7 @@
 //! arrives. No future or task is created per request.
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
@@ -461,11 +461,7 @@ impl<A: WorkerActor> Handler<GetFigures> for Worker<A> {
         let running = self.proc.is_running();
         let pid = self.proc.pid().filter(|_| running);
         let (cpu, rss_bytes) = pid.map(crate::messaging::proc_usage).unwrap_or_default();
-        let started = self
-            .proc
-            .started_at
-            .filter(|_| running)
-            .and_then(|at| SystemTime::now().checked_sub(at.elapsed()));
+        let started = self.proc.started_wall.filter(|_| running);
         MessageResult(SlotFigures {
             id: self.id,
             group: self.spawn.group.clone(),
@@ -478,6 +474,7 @@ impl<A: WorkerActor> Handler<GetFigures> for Worker<A> {
             outbox_bytes: self.proc.stdin.len(),
             in_flight: self.proc.in_flight.len(),
             counters: self.counters.clone(),
+            abandoned: self.abandoned.get(),
         })
     }
 }

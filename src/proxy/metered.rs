@@ -94,7 +94,11 @@ pub(crate) struct Tally {
 pub(crate) struct Counters {
     pub(crate) sent: [Tally; Envelope::KINDS.len()],
     pub(crate) received: [Tally; Envelope::KINDS.len()],
+    /// Requests queued for the worker, by the master or by peers.
     pub(crate) requests: u64,
+    /// Requests the worker answered (a reply or a failure).
+    pub(crate) replies: u64,
+    /// Requests answered with a failure, messages refused or undelivered.
     pub(crate) errors: u64,
     /// Messages refused because the outbox was full ([`CallError::Backpressure`](crate::CallError)).
     pub(crate) refused: u64,
@@ -122,6 +126,19 @@ impl Counters {
         tally.bytes += (crate::codec::HEADER_LEN + body) as u64;
     }
 
+    /// Counts a failure to send (and a refusal, when the outbox was full) when `result` is
+    /// one; hands `result` on.
+    #[inline]
+    pub(crate) fn failure<T>(
+        &mut self,
+        result: Result<T, crate::error::CallError>,
+    ) -> Result<T, crate::error::CallError> {
+        if result.is_err() {
+            self.errors += 1;
+        }
+        self.refusal(result)
+    }
+
     /// Counts a refusal when `result` is one for a full outbox; hands `result` on.
     #[inline]
     pub(crate) fn refusal<T>(
@@ -134,8 +151,10 @@ impl Counters {
         result
     }
 
-    /// The latency of a request answered now, sent at `since` (when it was timed).
-    pub(crate) fn answered(&mut self, since: Option<Instant>) {
+    /// A request was answered now (a reply or a failure); it was queued at `since` (when
+    /// requests are timed).
+    pub(crate) fn replied(&mut self, since: Option<Instant>) {
+        self.replies += 1;
         if let Some(since) = since {
             self.latency.observe(since.elapsed());
         }
@@ -172,6 +191,8 @@ pub(crate) struct SlotFigures {
     /// Answers the serving process owes (requests, asks).
     pub(crate) in_flight: usize,
     pub(crate) counters: Counters,
+    /// Requests failed because the process they were sent to ended.
+    pub(crate) abandoned: u64,
 }
 
 #[cfg(test)]

@@ -312,7 +312,11 @@ impl<A: WorkerActor> Worker<A> {
                 self.counters.sent(kind, bytes);
                 if let Some(waiter) = waiter {
                     self.next_id += 1;
-                    self.proc.in_flight.insert_peer(id, waiter);
+                    let request = kind == PEER_REQUEST;
+                    if request {
+                        self.counters.requests += 1;
+                    }
+                    self.proc.in_flight.insert_peer(id, waiter, request);
                 }
                 self.kick_writer(self.proc.generation, ctx);
             }
@@ -365,7 +369,6 @@ impl<A: WorkerActor> Worker<A> {
                     from,
                     payload: &payload,
                 };
-                self.counters.requests += 1;
                 (
                     self.proc.stdin.push(self.id, &env),
                     Some(reply),

@@ -48,18 +48,23 @@ impl<A: WorkerActor> Worker<A> {
         }
     }
 
-    /// Queues a request to the serving process and returns its correlation id.
+    /// Queues a request to the serving process and returns its correlation id; a failure is
+    /// counted.
     pub(crate) fn send_request(
         &mut self,
         msg: &A::Msg,
         ctx: &mut Context<Self>,
     ) -> Result<u64, CallError> {
+        let sent = self.queue_request(msg, ctx);
+        self.counters.failure(sent)
+    }
+
+    fn queue_request(&mut self, msg: &A::Msg, ctx: &mut Context<Self>) -> Result<u64, CallError> {
         self.accepting()?;
         let size = encoded_size(msg)?;
         let id = self.next_id;
         let env = Envelope::Request { id, payload: &[] };
-        let pushed = self.proc.stdin.push_value(self.id, &env, msg, size);
-        let bytes = self.counters.refusal(pushed)?;
+        let bytes = self.proc.stdin.push_value(self.id, &env, msg, size)?;
         self.next_id += 1;
         self.counters.sent(REQUEST, bytes);
         self.counters.requests += 1;
@@ -68,28 +73,38 @@ impl<A: WorkerActor> Worker<A> {
     }
 
     /// Queues a one-way message; `Ok(true)` when the sender should wait for the outbox to drain.
+    /// A failure is counted.
     pub(crate) fn send_tell(
         &mut self,
         msg: &A::Msg,
         ctx: &mut Context<Self>,
     ) -> Result<bool, CallError> {
+        let sent = self.queue_tell(msg, ctx);
+        self.counters.failure(sent)
+    }
+
+    fn queue_tell(&mut self, msg: &A::Msg, ctx: &mut Context<Self>) -> Result<bool, CallError> {
         self.accepting()?;
         let size = encoded_size(msg)?;
         let env = Envelope::Tell { payload: &[] };
-        let pushed = self.proc.stdin.push_value(self.id, &env, msg, size);
-        let bytes = self.counters.refusal(pushed)?;
+        let bytes = self.proc.stdin.push_value(self.id, &env, msg, size)?;
         self.counters.sent(TELL, bytes);
         self.kick_writer(self.proc.generation, ctx);
         Ok(self.proc.stdin.len() > self.proc.stdin.limit() / 16)
     }
 
     /// Queues one-way messages, all or none; `Ok(true)` when the sender should wait for the
-    /// outbox to drain.
+    /// outbox to drain. A failure is counted (once for the batch).
     pub(crate) fn send_tells(
         &mut self,
         msgs: &[A::Msg],
         ctx: &mut Context<Self>,
     ) -> Result<bool, CallError> {
+        let sent = self.queue_tells(msgs, ctx);
+        self.counters.failure(sent)
+    }
+
+    fn queue_tells(&mut self, msgs: &[A::Msg], ctx: &mut Context<Self>) -> Result<bool, CallError> {
         self.accepting()?;
         let sizes = msgs
             .iter()
@@ -103,8 +118,7 @@ impl<A: WorkerActor> Worker<A> {
                 max,
             }));
         }
-        let room = self.proc.stdin.check_room(self.id);
-        self.counters.refusal(room)?;
+        self.proc.stdin.check_room(self.id)?;
         let env = Envelope::Tell { payload: &[] };
         let mark = self.proc.stdin.mark();
         let mut bytes = 0;
