@@ -59,7 +59,13 @@ impl Beater {
     ) -> Self {
         let outage = claim.unreachable.clone();
         let next_beat = Instant::now() + claim.settings.heartbeat;
-        shared.borrow_mut().stats.bad_entries += claim.bad;
+        if claim.bad > 0 {
+            tracing::warn!(
+                replaced = claim.bad,
+                "a value of another type was under this node's key or the epoch counter; replaced"
+            );
+            shared.borrow_mut().stats.bad_entries += claim.bad;
+        }
         let me = Self {
             claim,
             supervisor,
@@ -178,10 +184,6 @@ impl Beater {
                 Ok(())
             }
             Own::Gone | Own::WrongType | Own::Taken => {
-                if own == Own::WrongType {
-                    let name = self.claim.settings.name.clone();
-                    self.bad_entry(&name, "a value of another type under this node's own key");
-                }
                 tracing::warn!(node = %self.id(epoch), ?own, "this node's key was lost; joining again");
                 self.claim.epoch = None;
                 self.shared.borrow_mut().me = None;
@@ -213,6 +215,10 @@ impl Beater {
                     first
                 };
                 self.outage = None;
+                if bad > 0 {
+                    // Counted above: the join replaced them.
+                    tracing::warn!(%node, replaced = bad, "a value of another type was under this node's key or the epoch counter; replaced");
+                }
                 tracing::info!(%node, first, "joined the cluster with a new epoch");
                 self.send(NodeEvent::Rejoined { node });
                 Ok(())
@@ -247,19 +253,26 @@ impl Beater {
 
     /// Takes in what a beat read: the view, the figures, the events, the next early read.
     fn absorb(&mut self, beat: Beat) {
-        let applied = {
+        {
             let mut shared = self.shared.borrow_mut();
             shared.stats.beats += 1;
             shared.stats.connected = true;
             shared.stats.bad_entries += beat.bad;
-            shared.view.apply(beat.members, self.continuous)
-        };
+        }
         if beat.bad > 0 {
+            // The index was just made anew: it lists only the nodes that beat since. The view
+            // waits for the next read rather than see the others vanish.
             tracing::warn!(
                 replaced = beat.bad,
                 "a value of another type was under the cluster's index; replaced"
             );
+            return;
         }
+        let applied = self
+            .shared
+            .borrow_mut()
+            .view
+            .apply(beat.members, self.continuous);
         self.continuous = true;
         for (name, why) in &applied.bad {
             self.bad_entry(name, why);
