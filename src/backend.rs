@@ -57,8 +57,8 @@
 //! - **Unreachable at start**: the cluster starts locally, subscribers get `Disconnected`, and the
 //!   node joins (`Rejoined`, its first epoch) when Redis answers; until then
 //!   [`Cluster::node`](crate::Cluster::node) is `None`. A Redis that answers with an error
-//!   (authentication, ACL, scripts refused) fails the start with
-//!   [`Error::Config`](crate::Error::Config), as does a URL that does not parse.
+//!   (authentication, ACL, scripts refused) or whose TLS certificate is not trusted fails the
+//!   start with [`Error::Config`](crate::Error::Config), as does a URL that does not parse.
 //! - **Bad input**: a value of another type under a member's key, a hash that does not decode
 //!   (a field missing, not a number, the groups not JSON, another layout version, over 4 MiB) is
 //!   skipped with a `tracing` warning and counted in [`NodeStats::bad_entries`], once per

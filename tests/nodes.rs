@@ -1,8 +1,8 @@
 //! Several hosts, one cluster, joined through a real `redis-server`: three masters as separate
 //! processes (`procactor-node`) stand for three hosts. Membership, detection of a SIGKILLed
 //! master, a clean stop, Redis stopped, hung and restarted, a duplicate node name, garbage under
-//! the cluster's keys, an ACL user limited to the cluster's keys, and a Redis unreachable at
-//! start. Every process is ended by its pid.
+//! the cluster's keys, an ACL user limited to the cluster's keys, TLS (`rediss://`), and a
+//! Redis unreachable at start. Every process is ended by its pid.
 
 mod common;
 
@@ -28,9 +28,21 @@ struct Node {
 
 impl Node {
     fn start(redis: &str, cluster: &str, name: &str, extra: &[&str]) -> Self {
+        Self::start_env(redis, cluster, name, extra, &[])
+    }
+
+    /// As [`start`](Self::start), with variables added to its environment.
+    fn start_env(
+        redis: &str,
+        cluster: &str,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_procactor-node"))
             .args(["--redis", redis, "--cluster", cluster, "--node", name])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -662,4 +674,31 @@ fn a_node_started_while_redis_is_down_runs_locally_and_joins_when_it_is_up() {
     let mut b = Node::joined(&redis.url(), "late", "b", &["--workers", "1"]);
     b.nodes_until(secs(10), "both", |l| l.len() == 2);
     a.call();
+}
+
+#[test]
+fn nodes_join_over_tls() {
+    let Some(redis) = RedisServer::start_tls() else {
+        return;
+    };
+    // The node trusts the test's CA (rustls-native-certs reads SSL_CERT_FILE).
+    let ca = [("SSL_CERT_FILE", redis.tls_ca().unwrap())];
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"));
+    let start = |name: &str| {
+        let mut node = Node::start_env(&url, "tls", name, &["--workers", "1"], &ca);
+        let joined = format!("joined tls as {name}");
+        node.find(0, secs(30), &joined, |l| l == joined);
+        node
+    };
+    let mut a = start("a");
+    let mut b = start("b");
+    for node in [&mut a, &mut b] {
+        node.nodes_until(secs(10), "both", |l| l.len() == 2);
+    }
+    // Without the CA, the server's certificate is refused: the start fails, saying so.
+    let mut c = Node::start(&url, "tls", "c", &["--workers", "1"]);
+    let (_, error) = c.find(0, secs(20), "a refusal", |l| l.starts_with("error"));
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert_eq!(c.wait_exit(secs(20)).code(), Some(2));
 }

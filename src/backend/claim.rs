@@ -7,7 +7,8 @@
 //! up to that key's time to live: if it expires, the name was a dead master's (one restarted
 //! quickly under the same name) and is taken; if it beats meanwhile, a live master holds it
 //! and the start fails. An unreachable Redis does not stop the start: the cluster runs locally
-//! and the node joins when Redis answers.
+//! and the node joins when Redis answers. A Redis that answers with an error, or whose TLS
+//! certificate is not trusted, fails the start: another try would not change it.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -72,7 +73,8 @@ pub(crate) struct Claim {
 ///
 /// # Errors
 /// [`Error::Config`] (`backend`) when the URL does not parse, when Redis answers with an error
-/// (authentication, ACL, scripts refused), or when a live master holds the node's name.
+/// (authentication, ACL, scripts refused), when its TLS certificate is refused, or when a live
+/// master holds the node's name.
 pub(crate) async fn claim(backend: &Backend) -> Result<Claim, Error> {
     let config = backend.redis_config();
     let client = redis::Client::open(config.url.as_str())
@@ -114,9 +116,29 @@ pub(crate) fn connect(
     ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
-/// Whether `error` means Redis could not be reached (rather than that it refused).
+/// Whether `error` means Redis could not be reached (rather than that it refused, or that its
+/// TLS certificate was refused, which another try will not change).
 pub(crate) fn is_unreachable(error: &redis::RedisError) -> bool {
-    error.is_io_error() || error.is_timeout() || error.is_connection_dropped()
+    let io = error.is_io_error() || error.is_timeout() || error.is_connection_dropped();
+    io && !is_tls_refusal(error)
+}
+
+/// A TLS error (an untrusted certificate, a protocol mismatch) as `error`'s cause: redis-rs
+/// keeps the `io::Error` that tokio-rustls made of it behind an `Arc`.
+fn is_tls_refusal(error: &redis::RedisError) -> bool {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let Some(cause) = std::error::Error::source(error) else {
+        return false;
+    };
+    let cause: &(dyn std::error::Error + 'static) = match cause.downcast_ref::<Shared>() {
+        Some(shared) => &**shared,
+        None => cause,
+    };
+    let io = cause.downcast_ref::<std::io::Error>();
+    cause.is::<rustls::Error>()
+        || io
+            .and_then(std::io::Error::get_ref)
+            .is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 impl Claim {

@@ -1,8 +1,9 @@
 //! A real `redis-server` for a test: started on a free loopback port with a temporary
 //! directory and no persistence, stopped (and restarted on the same port) by its pid.
 //!
-//! `redis-server` comes from the Debian package `redis-server` (`.ci/run` installs it). Outside
-//! CI a test without it skips, saying so; with `CI` set, a missing server fails the test.
+//! `redis-server` comes from the Debian package `redis-server`, `openssl` (for a TLS server's
+//! certificates) from `openssl`; `.ci/run` installs both. Outside CI a test without them skips,
+//! saying so; with `CI` set, a missing one fails the test.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -17,24 +18,51 @@ pub(crate) struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Serving TLS only, with a certificate for `127.0.0.1` signed by the CA in this file.
+    tls_ca: Option<PathBuf>,
 }
 
 impl RedisServer {
     /// Starts a server and waits until it answers `PING`; `None` (with the reason printed)
     /// only when `redis-server` is not installed and `CI` is not set.
     pub(crate) fn start() -> Option<Self> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is required in CI (Debian package redis-server)"
-            );
-            eprintln!("skipped: redis-server is not installed (Debian package redis-server)");
-            return None;
+        Self::start_with(false)
+    }
+
+    /// A server that speaks TLS only, with a certificate for `127.0.0.1` and `localhost` signed
+    /// by a CA of its own ([`tls_ca`](Self::tls_ca)), made with `openssl`.
+    pub(crate) fn start_tls() -> Option<Self> {
+        Self::start_with(true)
+    }
+
+    /// The CA file that signed a TLS server's certificate.
+    pub(crate) fn tls_ca(&self) -> Option<&std::path::Path> {
+        self.tls_ca.as_deref()
+    }
+
+    fn start_with(tls: bool) -> Option<Self> {
+        let mut needed = vec!["redis-server"];
+        if tls {
+            needed.push("openssl");
+        }
+        for program in needed {
+            let found = Command::new(program)
+                .arg(if program == "openssl" {
+                    "version"
+                } else {
+                    "--version"
+                })
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !found {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "{program} is required in CI (Debian package {program})"
+                );
+                eprintln!("skipped: {program} is not installed (Debian package {program})");
+                return None;
+            }
         }
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -43,18 +71,25 @@ impl RedisServer {
         let dir =
             std::env::temp_dir().join(format!("procactor-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temporary directory");
+        let tls_ca = tls.then(|| make_certificates(&dir));
         let mut server = Self {
             port,
             dir,
             child: None,
+            tls_ca,
         };
         server.launch();
         Some(server)
     }
 
-    /// `redis://127.0.0.1:<port>/0`.
+    /// `redis://127.0.0.1:<port>/0` (`rediss://` for a TLS server).
     pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     pub(crate) fn port(&self) -> u16 {
@@ -68,8 +103,28 @@ impl RedisServer {
 
     fn launch(&mut self) {
         let log = std::fs::File::create(self.dir.join("redis.log")).expect("log file");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        match &self.tls_ca {
+            None => command.args(["--port", &port]),
+            Some(ca) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("server.key")),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(&self.dir)
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -81,7 +136,12 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.command(&["PING"]).is_ok() {
+            // A TLS server is ready once it listens (this client does not trust its CA).
+            let ready = match self.tls_ca {
+                None => self.command(&["PING"]).is_ok(),
+                Some(_) => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            };
+            if ready {
                 return;
             }
             assert!(
@@ -151,4 +211,77 @@ impl Drop for RedisServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A CA and a server certificate for `127.0.0.1`/`localhost` in `dir` (`ca.crt`, `server.crt`,
+/// `server.key`), made with the `openssl` command; returns the CA's path.
+fn make_certificates(dir: &std::path::Path) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl (Debian package openssl)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=procactor test CA",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+    ca.extend([
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=keyCertSign",
+    ]);
+    openssl(&ca);
+    let mut csr = vec![
+        "req",
+        "-new",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+    ];
+    csr.extend(ec);
+    csr.extend(["-out", "server.csr"]);
+    openssl(&csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "server.crt",
+        "-extfile",
+        "server.ext",
+    ]);
+    dir.join("ca.crt")
 }
