@@ -100,6 +100,12 @@ pub use node::{LeaveReason, NodeEvent, NodeId, NodeInfo, NodeStats, NodeWorker};
 
 pub(crate) use claim::{claim, Claim};
 
+// Seams for the steps to come (messaging, cache and locks, the cluster-wide reload): the
+// `Claim` carries the cluster's `redis::Client` and connection and its `Keys` (one prefix, one
+// hash tag), the heartbeat task is where a node would subscribe to its inbox and resubscribe
+// after a rejoin, and `NodeView` is where a handle learns the live nodes and their epochs to
+// address a worker as (node, worker id, generation) and to refuse an old epoch.
+
 use crate::messaging::system::GetClusterInfo;
 
 /// What the heartbeat task and the cluster's handles share (one thread: the master's loop).
