@@ -32,6 +32,7 @@ mod builder;
 mod control;
 mod groups;
 mod logs;
+mod nodes;
 mod topics;
 
 pub use builder::ClusterBuilder;
@@ -69,6 +70,7 @@ pub struct Cluster<A: WorkerActor> {
     spec: Rc<SlotSpec>,
     links: Links<A>,
     metrics_addr: Option<std::net::SocketAddr>,
+    node: Option<crate::backend::NodeView>,
 }
 
 impl<A: WorkerActor> Clone for Cluster<A> {
@@ -82,6 +84,7 @@ impl<A: WorkerActor> Clone for Cluster<A> {
             spec: Rc::clone(&self.spec),
             links: self.links.clone(),
             metrics_addr: self.metrics_addr,
+            node: self.node.clone(),
         }
     }
 }

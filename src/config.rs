@@ -106,6 +106,9 @@ pub struct ClusterConfig {
     /// one, see [`Cluster::metrics_addr`](crate::Cluster::metrics_addr)); `None` (the default)
     /// serves nothing and times no request.
     pub metrics: Option<String>,
+    /// Where a cluster that spans hosts meets (see [`backend`](crate::backend)); `None` (the
+    /// default) keeps the cluster on this host, with nothing of the backend running.
+    pub backend: Option<crate::backend::Backend>,
 }
 
 impl Default for ClusterConfig {
@@ -136,6 +139,7 @@ impl Default for ClusterConfig {
             plain: false,
             affinity: Affinity::Inherit,
             metrics: None,
+            backend: None,
         }
     }
 }
@@ -309,6 +313,13 @@ impl ClusterConfig {
         self
     }
 
+    /// Joins the cluster that `backend` names, with every master configured alike, on this
+    /// host or others (see [`backend`](crate::backend)). Off by default.
+    pub fn backend(mut self, backend: impl Into<crate::backend::Backend>) -> Self {
+        self.backend = Some(backend.into());
+        self
+    }
+
     /// Adds a listening socket, bound once by the master when the cluster starts and handed to
     /// every worker, which gets it with [`WorkerContext::listener`](crate::WorkerContext::listener)
     /// (`name`). `addr` is `host:port` (port 0 picks a free one; see
@@ -398,6 +409,9 @@ impl ClusterConfig {
             }
         }
         self.validate_snapshot()?;
+        if let Some(backend) = &self.backend {
+            backend.validate()?;
+        }
         Ok(())
     }
 

@@ -64,7 +64,8 @@
 //!                                                                      │ context, peers, log
 //!  4 config   config: ClusterConfig, GroupConfig, RestartPolicy, Affinity
 //!  3 services messaging (routing table, routers, typed system operations, confirmations), cache (one
-//!             store, locks, snapshots), logger (queue, writer thread, sinks)
+//!             store, locks, snapshots), logger (queue, writer thread, sinks), backend (several
+//!             hosts on Redis: this node's heartbeat and the membership, a task on the loop)
 //!  2 os       os: spawn, child, reap (the only `unsafe`), fds; listen: shared sockets
 //!  1 wire     protocol, codec; what frames carry: messaging types, cache ops, log records
 //!  0 words    state (WorkerId, WorkerState), error (every error, ExitReason), event
@@ -72,7 +73,8 @@
 //!
 //! The master runs everything of layers 3–7 on one actix arbiter: a round trip costs no lock
 //! and no task. Nothing slow runs there — log files and sinks are written by the logger's
-//! thread, snapshots off the loop, exited children reaped by a reaper thread.
+//! thread, snapshots off the loop, exited children reaped by a reaper thread, and the backend
+//! (only when one is configured) talks to Redis with async calls only.
 //!
 //! ## What holds
 //! - A stray `println!` in worker code goes to stderr, never into the channel.
@@ -89,6 +91,7 @@
 //!   receiver): past them the master stops reading that worker, or refuses with a typed error.
 //!   A proxy yields the event loop after 1024 frames, 1 MiB or 1 ms of one worker's input.
 
+pub mod backend;
 pub mod cache;
 mod cluster;
 mod codec;
@@ -109,6 +112,7 @@ mod worker;
 
 pub mod actors;
 
+pub use backend::{Backend, NodeEvent, NodeId, NodeInfo};
 pub use cluster::{Cluster, ClusterBuilder, GroupHandlers, GroupKey, Groups, GroupsBuilder};
 pub use config::{
     Affinity, Backoff, ClusterConfig, Escalation, GroupConfig, Intensity, RestartPolicy,

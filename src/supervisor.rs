@@ -82,6 +82,8 @@ pub struct ClusterSupervisor {
     logger: Addr<crate::logger::Logger>,
     /// What lives while the cluster runs (the metrics endpoint): let go when it finishes.
     companions: Vec<Box<dyn std::any::Any>>,
+    /// The heartbeat of a cluster that spans hosts: leaves first when the cluster stops.
+    node: Option<crate::backend::Node>,
 }
 
 /// One group of slots: its restart policy and which slots are its, in order.
@@ -249,12 +251,19 @@ impl ClusterSupervisor {
             cache,
             logger,
             companions: Vec::new(),
+            node: None,
         }
     }
 
     /// Keeps `companion` until the cluster finishes, then drops it.
     pub(crate) fn with_companion(mut self, companion: Box<dyn std::any::Any>) -> Self {
         self.companions.push(companion);
+        self
+    }
+
+    /// Keeps the node's heartbeat until the cluster finishes; it leaves when the cluster stops.
+    pub(crate) fn with_node(mut self, node: crate::backend::Node) -> Self {
+        self.node = Some(node);
         self
     }
 
@@ -463,6 +472,7 @@ impl ClusterSupervisor {
     fn finish(&mut self) {
         self.finished = true;
         self.companions.clear();
+        self.node = None;
         self.confirmations.close();
         let outcome = self.outcome.clone().unwrap_or(Ok(()));
         self.outcome = Some(outcome.clone());

@@ -30,15 +30,24 @@ pub(crate) struct Core {
     groups: Rc<Cell<usize>>,
     /// Where the metrics endpoint listens, when the cluster serves one.
     pub(super) metrics_addr: Option<std::net::SocketAddr>,
+    /// The node's view, when the cluster spans hosts.
+    pub(super) node: Option<crate::backend::NodeView>,
 }
 
+/// A node's name taken at start, and who hears of its membership events.
+pub(super) type NodeStart = (
+    crate::backend::Claim,
+    Vec<Recipient<crate::backend::NodeEvent>>,
+);
+
 impl Core {
-    /// Starts the supervisor, the cache and the logger; no worker yet.
+    /// Starts the supervisor, the cache, the logger and the node's heartbeat; no worker yet.
     pub(super) fn start(
         config: &ClusterConfig,
         subscribers: Vec<Recipient<WorkerEvent>>,
         reload_subscribers: Vec<Recipient<ReloadEvent>>,
         log_sinks: Vec<Box<dyn crate::logger::Sink>>,
+        node: Option<NodeStart>,
     ) -> Result<Self, Error> {
         let routing: SharedRouting = Rc::default();
         // First what another cluster may hold (the snapshot's lock): a refusal starts nothing.
@@ -84,6 +93,13 @@ impl Core {
         if let Some(endpoint) = metrics {
             actor = actor.with_companion(Box::new(endpoint));
         }
+        // The heartbeat too asks the supervisor (for the local groups) before the actor runs.
+        let mut view = None;
+        if let Some((claim, subscribers)) = node {
+            let (node, node_view) = claim.run(supervisor.downgrade().recipient(), subscribers);
+            actor = actor.with_node(node);
+            view = Some(node_view);
+        }
         context.run(actor);
         Ok(Self {
             supervisor,
@@ -93,6 +109,7 @@ impl Core {
             next_id: Rc::default(),
             groups: Rc::default(),
             metrics_addr,
+            node: view,
         })
     }
 
@@ -129,6 +146,7 @@ impl Core {
             spec,
             links,
             metrics_addr: self.metrics_addr,
+            node: self.node.clone(),
         };
         for _ in 0..config.worker_count() {
             cluster.add_slot(Vec::new());

@@ -119,13 +119,25 @@ impl<A: WorkerActor> ClusterBuilder<A> {
         self
     }
 
+    /// Receives the cluster's membership events when it spans hosts (see
+    /// [`ClusterConfig::backend`](crate::ClusterConfig::backend)): other nodes joined and left,
+    /// this node's link to Redis lost and back.
+    pub fn on_node(&mut self, recipient: Recipient<crate::backend::NodeEvent>) -> &mut Self {
+        self.groups.on_node(recipient);
+        self
+    }
+
     /// Validates the configuration, starts every worker and waits until all are ready.
     ///
     /// Must be called from within an actix system; the actors run on the current arbiter.
     /// The builder is spent: a second call starts a cluster with no handlers.
     ///
+    /// With a [`backend`](crate::ClusterConfig::backend), this node's name is taken in Redis
+    /// before any worker starts, and the other nodes see it once every worker is ready.
+    ///
     /// # Errors
-    /// [`Error::Config`] for a bad configuration (nothing was started); [`Error::StartFailed`]
+    /// [`Error::Config`] for a bad configuration, a Redis that refuses this node, or a node
+    /// name a live master holds (nothing was started); [`Error::StartFailed`]
     /// when a worker could not be spawned or did not become ready (the others are stopped first).
     pub async fn start(&mut self) -> Result<Cluster<A>, Error> {
         let handlers = self.handlers.take().unwrap_or_default();

@@ -123,6 +123,7 @@ pub struct GroupsBuilder {
     groups: Vec<(GroupConfig, Starter)>,
     subscribers: Vec<Recipient<WorkerEvent>>,
     reload_subscribers: Vec<Recipient<ReloadEvent>>,
+    node_subscribers: Vec<Recipient<crate::backend::NodeEvent>>,
     log_sinks: Vec<Box<dyn crate::logger::Sink>>,
 }
 
@@ -175,6 +176,7 @@ impl ClusterSupervisor {
             groups: Vec::new(),
             subscribers: Vec::new(),
             reload_subscribers: Vec::new(),
+            node_subscribers: Vec::new(),
             log_sinks: Vec::new(),
         }
     }
@@ -225,6 +227,14 @@ impl GroupsBuilder {
     /// Receives the progress of rolling reloads.
     pub fn on_reload(&mut self, recipient: Recipient<ReloadEvent>) -> &mut Self {
         self.reload_subscribers.push(recipient);
+        self
+    }
+
+    /// Receives the cluster's membership events when it spans hosts (see
+    /// [`ClusterConfig::backend`](crate::ClusterConfig::backend)): nodes joined and left, this
+    /// node's link to Redis lost and back.
+    pub fn on_node(&mut self, recipient: Recipient<crate::backend::NodeEvent>) -> &mut Self {
+        self.node_subscribers.push(recipient);
         self
     }
 
@@ -292,11 +302,17 @@ impl GroupsBuilder {
 
     pub(super) async fn launch(self) -> Result<Groups, Error> {
         let configs = self.validate()?;
+        // The node's name is taken before anything starts: a refusal starts nothing.
+        let node = match &self.config.backend {
+            Some(backend) => Some((crate::backend::claim(backend).await?, self.node_subscribers)),
+            None => None,
+        };
         let core = Core::start(
             &self.config,
             self.subscribers,
             self.reload_subscribers,
             self.log_sinks,
+            node,
         )?;
         let mut names = Vec::new();
         let mut views = Vec::new();
@@ -335,10 +351,15 @@ impl GroupsBuilder {
         }
         core.finish_start(readiness.into_iter().flatten().collect())
             .await?;
+        if let Some(node) = &core.node {
+            // Listed for the other nodes now that the workers are ready.
+            node.announce().await;
+        }
         Ok(Groups {
             id: self.id,
             supervisor: core.supervisor.clone(),
             metrics_addr: core.metrics_addr,
+            node: core.node.clone(),
             names,
             views,
             ids,
@@ -351,6 +372,7 @@ pub struct Groups {
     id: u64,
     supervisor: Addr<ClusterSupervisor>,
     metrics_addr: Option<std::net::SocketAddr>,
+    node: Option<crate::backend::NodeView>,
     names: Vec<String>,
     views: Vec<Box<dyn Any>>,
     /// Each group's ids, in start order.
@@ -432,6 +454,21 @@ impl Groups {
     /// The supervisor actor.
     pub fn supervisor(&self) -> &Addr<ClusterSupervisor> {
         &self.supervisor
+    }
+
+    /// This node; see [`Cluster::node`].
+    pub fn node(&self) -> Option<crate::backend::NodeId> {
+        self.node.as_ref()?.id()
+    }
+
+    /// Every live node, this one first; see [`Cluster::nodes`].
+    pub fn nodes(&self) -> Vec<crate::backend::NodeInfo> {
+        self.node.as_ref().map(|n| n.nodes()).unwrap_or_default()
+    }
+
+    /// The heartbeat's figures; see [`Cluster::node_stats`].
+    pub fn node_stats(&self) -> Option<crate::backend::NodeStats> {
+        Some(self.node.as_ref()?.stats())
     }
 }
 

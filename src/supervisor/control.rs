@@ -106,6 +106,9 @@ impl Handler<StopAll> for ClusterSupervisor {
             .collect();
         let close_cache = self.cache.close();
         let logger = self.logger.clone();
+        // The node leaves the cluster first (asked now, done while the workers drain): the
+        // others stop counting on it.
+        let leave = self.node.as_ref().map(crate::backend::Node::leave);
         Box::pin(
             async move {
                 let mut reasons = Vec::with_capacity(stops.len());
@@ -113,6 +116,9 @@ impl Handler<StopAll> for ClusterSupervisor {
                     reasons.push(stop.send(Stop).await.unwrap_or(ExitReason::Killed));
                 }
                 reasons.reverse();
+                if let Some(leave) = leave {
+                    leave.await;
+                }
                 // Then the cache: its snapshot, if it keeps one, is written last.
                 close_cache.await;
                 // And the logger: every record queued so far is written and flushed.

@@ -1,0 +1,209 @@
+//! `procactor-node`: a test fixture standing for one host of a cluster joined through Redis.
+//!
+//! ```text
+//! procactor-node --redis URL --cluster NAME [--node NAME] [--workers N]
+//!                [--heartbeat-ms MS] [--node-timeout-ms MS]
+//! ```
+//!
+//! A master with N echo workers (this program re-run) and the Redis backend. On stdout, one
+//! line each: `joined <cluster> as <node>` once joined (`started <cluster> unjoined` when Redis
+//! could not be reached), a JSON object per [`NodeEvent`] (`{"event":"left","node":…}`), and
+//! the answers to the commands read from stdin, one per line:
+//! - `call`: a local `Call(EchoMsg::Pid)` to worker 0 → `{"call":"ok","pid":…}` or
+//!   `{"call":"error","error":…}`;
+//! - `nodes`: `{"nodes":[{"node":…,"epoch":…,"host":…,"pid":…,"groups":{group:[pids]}}]}`;
+//! - `stats`: `{"stats":{"beats":…,"beat_failures":…,"bad_entries":…,"rejoins":…,"connected":…}}`.
+//!
+//! A failed start prints `error <message>` and exits 2. SIGTERM stops the cluster cleanly
+//! (the node leaves) and exits 0.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use actix::prelude::*;
+use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
+use procactor::backend::{Backend, NodeEvent, NodeInfo, NodeStats};
+use procactor::logger::LogConfig;
+use procactor::{Call, Cluster, ClusterConfig, ClusterSupervisor};
+use serde_json::json;
+
+/// The command line.
+struct Args {
+    redis: String,
+    cluster: String,
+    node: Option<String>,
+    workers: usize,
+    heartbeat: Option<Duration>,
+    node_timeout: Option<Duration>,
+}
+
+fn args() -> Result<Args, String> {
+    let mut args = Args {
+        redis: String::new(),
+        cluster: String::new(),
+        node: None,
+        workers: 2,
+        heartbeat: None,
+        node_timeout: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let ms = || {
+            value
+                .parse()
+                .map(Duration::from_millis)
+                .map_err(|e| format!("{flag}: {e}"))
+        };
+        match flag.as_str() {
+            "--redis" => args.redis = value.clone(),
+            "--cluster" => args.cluster = value.clone(),
+            "--node" => args.node = Some(value.clone()),
+            "--workers" => args.workers = value.parse().map_err(|e| format!("{flag}: {e}"))?,
+            "--heartbeat-ms" => args.heartbeat = Some(ms()?),
+            "--node-timeout-ms" => args.node_timeout = Some(ms()?),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(args)
+}
+
+/// Prints each membership event as one JSON line.
+struct Printer;
+
+impl Actor for Printer {
+    type Context = Context<Self>;
+}
+
+impl Handler<NodeEvent> for Printer {
+    type Result = ();
+
+    fn handle(&mut self, event: NodeEvent, _: &mut Context<Self>) {
+        let line = match event {
+            NodeEvent::Joined(node) => json!({"event": "joined", "info": info(&node)}),
+            NodeEvent::Left { node, reason } => json!({
+                "event": "left",
+                "node": node.id.name,
+                "epoch": node.id.epoch,
+                "reason": format!("{reason:?}"),
+            }),
+            NodeEvent::Disconnected { error } => json!({"event": "disconnected", "error": error}),
+            NodeEvent::Reconnected { node } => {
+                json!({"event": "reconnected", "node": node.name, "epoch": node.epoch})
+            }
+            NodeEvent::Rejoined { node } => {
+                json!({"event": "rejoined", "node": node.name, "epoch": node.epoch})
+            }
+            other => json!({"event": format!("{other:?}")}),
+        };
+        println!("{line}");
+    }
+}
+
+fn info(node: &NodeInfo) -> serde_json::Value {
+    json!({
+        "node": node.id.name,
+        "epoch": node.id.epoch,
+        "host": node.host,
+        "pid": node.master_pid,
+        "groups": node.pids_by_group(),
+    })
+}
+
+fn stats(stats: NodeStats) -> serde_json::Value {
+    json!({"stats": {
+        "beats": stats.beats,
+        "beat_failures": stats.beat_failures,
+        "bad_entries": stats.bad_entries,
+        "rejoins": stats.rejoins,
+        "connected": stats.connected,
+    }})
+}
+
+/// Answers one command line.
+async fn command(cluster: &Cluster<Echo>, line: &str) -> serde_json::Value {
+    match line.trim() {
+        "call" => match cluster.worker(0).send(Call(EchoMsg::Pid)).await {
+            Ok(Ok(EchoReply::Pid(pid))) => json!({"call": "ok", "pid": pid}),
+            Ok(Ok(other)) => json!({"call": "error", "error": format!("{other:?}")}),
+            Ok(Err(e)) => json!({"call": "error", "error": e.to_string()}),
+            Err(e) => json!({"call": "error", "error": e.to_string()}),
+        },
+        "nodes" => json!({"nodes": cluster.nodes().iter().map(info).collect::<Vec<_>>()}),
+        "stats" => stats(cluster.node_stats().unwrap_or_default()),
+        other => json!({"error": format!("unknown command {other:?}")}),
+    }
+}
+
+async fn master(args: Args) -> i32 {
+    let mut backend = Backend::redis(&args.redis).cluster(&args.cluster);
+    if let Some(node) = &args.node {
+        backend = backend.node(node);
+    }
+    if let Some(every) = args.heartbeat {
+        backend = backend.heartbeat(every);
+    }
+    if let Some(timeout) = args.node_timeout {
+        backend = backend.node_timeout(timeout);
+    }
+    let config = ClusterConfig::new()
+        .workers(args.workers)
+        .ready_timeout(Duration::from_secs(20))
+        .log(LogConfig {
+            dir: None,
+            ..LogConfig::default()
+        })
+        .backend(backend);
+    let started = ClusterSupervisor::builder::<Echo>(config)
+        .on_node(Printer.start().recipient())
+        .start()
+        .await;
+    let cluster = match started {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            println!("error {e}");
+            return 2;
+        }
+    };
+    match cluster.node() {
+        Some(node) => println!("joined {} as {}", args.cluster, node.name),
+        None => println!("started {} unjoined", args.cluster),
+    }
+    // Commands come from a thread (stdin blocks), one line at a time.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let commands = cluster.clone();
+    actix::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            println!("{}", command(&commands, &line).await);
+        }
+    });
+    match cluster.wait().await {
+        Ok(()) => 0,
+        Err(e) => {
+            println!("error {e}");
+            1
+        }
+    }
+}
+
+fn main() -> Result<(), procactor::Error> {
+    if procactor::is_worker() {
+        return procactor::run_worker(Echo::default());
+    }
+    let args = match args() {
+        Ok(args) => args,
+        Err(e) => {
+            println!("error {e}");
+            std::process::exit(2);
+        }
+    };
+    let status = actix::System::new().block_on(master(args));
+    std::process::exit(status);
+}

@@ -1,0 +1,230 @@
+//! Several hosts, one cluster: masters on many machines joined through Redis.
+//!
+//! A cluster stops at its host's edge unless its config names a [`Backend`]:
+//! `ClusterConfig::backend(Backend::redis("redis://host:port/db").cluster("shop"))`. Every
+//! master started with the same cluster name then joins one cluster. Without a backend (the
+//! default) nothing of this module runs: no connection, no task, no cost.
+//!
+//! This first step is **membership**: who is in the cluster, with which groups and workers, and
+//! events when that changes. Messaging across hosts, the cache and locks on Redis, and the
+//! cluster-wide reload come next, on top of it.
+//!
+//! # Nodes
+//! A *node* is one boot of a master: a name ([`RedisBackend::node`], by default
+//! `<hostname>-<master pid>`) and an *epoch*, a number from the cluster's counter in Redis at
+//! every join. A node that loses its place (its key expired while it could not reach Redis)
+//! joins again with a new epoch, so anything addressed to its old epoch can be told apart.
+//! Two live masters cannot hold one name: each boot writes a random 128-bit boot id into its
+//! node's key, and a master that finds another boot's live key under its name fails to start
+//! with [`Error::Config`](crate::Error::Config) (field `backend`). A key left by a master that
+//! died is waited out (at most its time to live), so a master restarted at once under the
+//! same name starts.
+//!
+//! # Keys (all under the hash tag `{<cluster>}`, so one Redis Cluster slot)
+//! | key | type | what |
+//! |---|---|---|
+//! | `procactor:{<cluster>}:epoch` | string | the epoch counter: `INCR` at every join; starts at the server's clock in ms, so that a Redis that lost its data never hands an epoch out twice |
+//! | `procactor:{<cluster>}:node:<name>` | hash, `PEXPIRE node_timeout` | `v` (layout version), `boot`, `epoch`, `beat` (server ms), `pid`, `host`, `started` (ms since 1970), `groups` (JSON: group → `[{id, generation, pid}]`) |
+//! | `procactor:{<cluster>}:nodes` | sorted set | node names, scored by their last beat (server ms) |
+//!
+//! Every `heartbeat` (1 s), each node, in one Lua script (one atomic step, one round trip):
+//! rewrites its hash and its time to live and its index entry — only while the hash still
+//! holds its boot id — and reads every member's hash. A member whose key is gone is reported
+//! [`Left`](NodeEvent::Left) ([`Expired`](LeaveReason::Expired)) and pruned from the index
+//! once it has been gone long enough for every node to have seen it gone (4 × `node_timeout`,
+//! at least 10 s). When another node's key would expire before the next beat, a read is made
+//! just after that moment: a master killed with SIGKILL is seen gone about `node_timeout` after
+//! its last beat (3 s, plus a round trip). A clean stop ([`Cluster::stop`](crate::Cluster::stop),
+//! SIGTERM) deletes the node's key and index entry first, and the others see
+//! [`Left`](NodeEvent::Left) ([`Stopped`](LeaveReason::Stopped)) at their next beat. A node is
+//! listed only once its workers are ready, so its [`Joined`](NodeEvent::Joined) carries them.
+//!
+//! # Where it runs
+//! One task on the master's event loop, with redis-rs's async, reconnecting connection:
+//! nothing blocks the loop. At each beat it asks the supervisor for the local groups (one
+//! message, as [`Cluster::info`](crate::Cluster::info) does). The supervisor keeps it while the
+//! cluster runs and has it leave when the cluster stops.
+//!
+//! # Failure semantics
+//! - **Redis unreachable** (down, too slow: a beat has twice the heartbeat to finish): the node
+//!   keeps supervising and serving; nothing local waits on Redis. Subscribers get
+//!   [`Disconnected`](NodeEvent::Disconnected) once; a beat is tried at every heartbeat, one at
+//!   a time (failed beats are not queued). When Redis answers again: if the node's key is still
+//!   there, [`Reconnected`](NodeEvent::Reconnected); if it expired meanwhile (or Redis restarted
+//!   without its data), the node joins again with a new epoch:
+//!   [`Rejoined`](NodeEvent::Rejoined). While Redis is unreachable [`Cluster::nodes`](crate::Cluster::nodes)
+//!   is the last view read.
+//! - **Unreachable at start**: the cluster starts locally, subscribers get `Disconnected`, and the
+//!   node joins (`Rejoined`, its first epoch) when Redis answers; until then
+//!   [`Cluster::node`](crate::Cluster::node) is `None`. A Redis that answers with an error
+//!   (authentication, ACL, scripts refused) or whose TLS certificate is not trusted fails the
+//!   start with [`Error::Config`](crate::Error::Config), as does a URL that does not parse.
+//! - **Bad input**: a value of another type under a member's key, a hash that does not decode
+//!   (a field missing, not a number, the groups not JSON, another layout version, over 4 MiB) is
+//!   skipped with a `tracing` warning and counted in [`NodeStats::bad_entries`], once per
+//!   entry until it changes; a wrong value under the cluster's own index or counter, or this
+//!   node's own key, is replaced (and counted). Nothing panics.
+//! - **Name taken later**: if this node's key expired and another master took its name, this node
+//!   reports `Disconnected` and tries to take it back at every beat.
+//!
+//! # Limits
+//! - Every node reads every member at every beat: meant for tens of nodes, not thousands.
+//! - All nodes of a cluster should use the same timings: pruning assumes no node beats less
+//!   often than every 4 × `node_timeout` (10 s at least).
+//! - A node that could not read Redis for a while cannot tell how a member that vanished
+//!   meanwhile went: [`LeaveReason::Unknown`].
+//! - Membership is as strong as the Redis it runs on: a failover to a replica may lose the
+//!   last beats (async replication); the epoch counter stays increasing only if Redis keeps its
+//!   data or its clock does not go back.
+//! - **Security**: anyone who can write the cluster's keys can forge membership. Give each
+//!   cluster a Redis ACL user restricted to `procactor:{<cluster>}:*` (and the commands used:
+//!   `EVALSHA`, `EVAL`, `SCRIPT`), and use `rediss://` (TLS) with a password across hosts.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use actix::{Recipient, WeakRecipient};
+use tokio::sync::{mpsc, oneshot};
+
+mod beat;
+mod claim;
+mod config;
+mod node;
+mod script;
+mod view;
+
+pub use config::{Backend, RedisBackend};
+pub use node::{LeaveReason, NodeEvent, NodeId, NodeInfo, NodeStats, NodeWorker};
+
+pub(crate) use claim::{claim, Claim};
+
+// Seams for the steps to come (messaging, cache and locks, the cluster-wide reload): the
+// `Claim` carries the cluster's `redis::Client` and connection and its `Keys` (one prefix, one
+// hash tag), the heartbeat task is where a node would subscribe to its inbox and resubscribe
+// after a rejoin, and `NodeView` is where a handle learns the live nodes and their epochs to
+// address a worker as (node, worker id, generation) and to refuse an old epoch.
+
+use crate::messaging::system::GetClusterInfo;
+
+/// What the heartbeat task and the cluster's handles share (one thread: the master's loop).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// This node, once joined.
+    me: Option<NodeId>,
+    host: String,
+    started: SystemTime,
+    /// This node's groups, as last asked of the supervisor.
+    own_groups: BTreeMap<String, Vec<NodeWorker>>,
+    view: view::View,
+    stats: NodeStats,
+    /// Joins so far (the first one included).
+    joins: u64,
+}
+
+/// The cluster's handles' view of the node: who it is, who else is there, the figures.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeView {
+    shared: Rc<RefCell<Shared>>,
+    commands: mpsc::UnboundedSender<beat::Command>,
+}
+
+impl NodeView {
+    /// This node, once it has joined.
+    pub(crate) fn id(&self) -> Option<NodeId> {
+        self.shared.borrow().me.clone()
+    }
+
+    /// Every live node as last read, this one first (once joined).
+    pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
+        let shared = self.shared.borrow();
+        let own = shared.me.clone().map(|id| NodeInfo {
+            id,
+            host: shared.host.clone(),
+            master_pid: std::process::id(),
+            started: shared.started,
+            groups: shared.own_groups.clone(),
+        });
+        own.into_iter()
+            .chain(shared.view.others().cloned())
+            .collect()
+    }
+
+    /// The heartbeat's figures.
+    pub(crate) fn stats(&self) -> NodeStats {
+        self.shared.borrow().stats
+    }
+
+    /// Lists this node for the others (its workers are ready) and waits for that beat.
+    pub(crate) async fn announce(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(beat::Command::Announce(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// The heartbeat task, kept by the supervisor while the cluster runs: dropping it stops the
+/// task (a clean stop calls [`leave`](Self::leave) first).
+#[derive(Debug)]
+pub(crate) struct Node {
+    commands: mpsc::UnboundedSender<beat::Command>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Has the node delete its key and index entry, then stop beating; the returned future
+    /// resolves when that is done (or could not be: bounded by the heartbeat). Asked now, not
+    /// when awaited.
+    pub(crate) fn leave(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.commands.send(beat::Command::Leave(tx)).is_ok();
+        async move {
+            if sent {
+                let _ = rx.await;
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Claim {
+    /// Starts beating on the current thread's `LocalSet` (the master's arbiter), asking
+    /// `supervisor` for the local groups; `subscribers` get the [`NodeEvent`]s.
+    pub(crate) fn run(
+        self,
+        supervisor: WeakRecipient<GetClusterInfo>,
+        subscribers: Vec<Recipient<NodeEvent>>,
+    ) -> (Node, NodeView) {
+        let me = self.epoch.map(|epoch| NodeId {
+            name: self.settings.name.clone(),
+            epoch,
+        });
+        let shared = Rc::new(RefCell::new(Shared {
+            stats: NodeStats {
+                connected: me.is_some(),
+                ..NodeStats::default()
+            },
+            joins: u64::from(me.is_some()),
+            me,
+            host: self.settings.host.clone(),
+            started: self.settings.started,
+            own_groups: BTreeMap::new(),
+            view: view::View::new(&self.settings.name),
+        }));
+        let (commands, rx) = mpsc::unbounded_channel();
+        let beater = beat::Beater::new(self, supervisor, subscribers, Rc::clone(&shared));
+        let task = tokio::task::spawn_local(beater.run(rx));
+        let view = NodeView {
+            shared,
+            commands: commands.clone(),
+        };
+        (Node { commands, task }, view)
+    }
+}

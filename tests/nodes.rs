@@ -1,0 +1,704 @@
+//! Several hosts, one cluster, joined through a real `redis-server`: three masters as separate
+//! processes (`procactor-node`) stand for three hosts. Membership, detection of a SIGKILLed
+//! master, a clean stop, Redis stopped, hung and restarted, a duplicate node name, garbage under
+//! the cluster's keys, an ACL user limited to the cluster's keys, TLS (`rediss://`), and a
+//! Redis unreachable at start. Every process is ended by its pid.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// One `procactor-node` master, its stdout read line by line (each line timed on arrival).
+struct Node {
+    name: String,
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<(Instant, String)>,
+    seen: Vec<(Instant, String)>,
+}
+
+impl Node {
+    fn start(redis: &str, cluster: &str, name: &str, extra: &[&str]) -> Self {
+        Self::start_env(redis, cluster, name, extra, &[])
+    }
+
+    /// As [`start`](Self::start), with variables added to its environment.
+    fn start_env(
+        redis: &str,
+        cluster: &str,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_procactor-node"))
+            .args(["--redis", redis, "--cluster", cluster, "--node", name])
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn procactor-node");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take().expect("stdin");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send((Instant::now(), line)).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            name: name.to_owned(),
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Started and joined: its `joined <cluster> as <name>` line.
+    fn joined(redis: &str, cluster: &str, name: &str, extra: &[&str]) -> Self {
+        let mut node = Self::start(redis, cluster, name, extra);
+        let expected = format!("joined {cluster} as {name}");
+        node.find(0, Duration::from_secs(30), &expected, |l| l == expected);
+        node
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How many lines have arrived so far: a mark to look for later lines from.
+    fn mark(&mut self) -> usize {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.len()
+    }
+
+    /// The first line from `from` on that `pred` accepts, waiting up to `timeout`; panics,
+    /// naming `what` and showing the node's output, if none comes.
+    fn find(
+        &mut self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> (Instant, String) {
+        let deadline = Instant::now() + timeout;
+        let mut checked = from;
+        loop {
+            self.mark();
+            if let Some(hit) = self.seen[checked.min(self.seen.len())..]
+                .iter()
+                .find(|(_, l)| pred(l))
+            {
+                return hit.clone();
+            }
+            checked = self.seen.len().max(from);
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "node {}: no {what} within {timeout:?}; its output:\n{}",
+                self.name,
+                self.output()
+            );
+            if let Ok(line) = self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                self.seen.push(line);
+            }
+        }
+    }
+
+    fn output(&self) -> String {
+        let lines: Vec<&str> = self.seen.iter().map(|(_, l)| l.as_str()).collect();
+        lines.join("\n")
+    }
+
+    /// The JSON event lines from `from` on with `"event": kind`.
+    fn events(&mut self, from: usize, kind: &str) -> Vec<Value> {
+        self.mark();
+        self.seen[from..]
+            .iter()
+            .filter_map(|(_, l)| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["event"] == kind)
+            .collect()
+    }
+
+    /// Waits for an event of `kind` from `from` on that `pred` accepts.
+    fn event(
+        &mut self,
+        from: usize,
+        timeout: Duration,
+        kind: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> (Instant, Value) {
+        let (at, line) = self.find(from, timeout, kind, |l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| v["event"] == kind && pred(&v))
+        });
+        (at, serde_json::from_str(&line).unwrap())
+    }
+
+    /// Sends a command and returns its JSON answer.
+    fn ask(&mut self, command: &str) -> Value {
+        let from = self.mark();
+        writeln!(self.stdin, "{command}").expect("write a command");
+        let (_, line) = self.find(from, Duration::from_secs(20), command, |l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| v.get(command).is_some())
+        });
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// A local `Call` to worker 0 answered: its pid.
+    fn call(&mut self) -> u64 {
+        let answer = self.ask("call");
+        assert_eq!(answer["call"], "ok", "node {}: {answer}", self.name);
+        answer["pid"].as_u64().unwrap()
+    }
+
+    /// The live nodes this node lists: name → (epoch, host, master pid, groups).
+    fn nodes(&mut self) -> BTreeMap<String, Value> {
+        let answer = self.ask("nodes");
+        answer["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["node"].as_str().unwrap().to_owned(), n.clone()))
+            .collect()
+    }
+
+    fn stats(&mut self) -> Value {
+        self.ask("stats")["stats"].clone()
+    }
+
+    /// Polls [`nodes`](Self::nodes) until `cond` holds; panics after `timeout`.
+    fn nodes_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&BTreeMap<String, Value>) -> bool,
+    ) -> BTreeMap<String, Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let nodes = self.nodes();
+            if cond(&nodes) {
+                return nodes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: {what} not reached within {timeout:?}; it lists {nodes:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls [`stats`](Self::stats) until `cond` holds; panics after `timeout`.
+    fn stats_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.stats();
+            if cond(&stats) {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: {what} not reached within {timeout:?}; stats {stats}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal the master");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn epoch(entry: &Value) -> u64 {
+    entry["epoch"].as_u64().unwrap()
+}
+
+/// `names` joined, each with `workers` echo workers, and each listing all of them.
+fn cluster_of(redis: &RedisServer, cluster: &str, names: &[&str], extra: &[&str]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|name| Node::joined(&redis.url(), cluster, name, extra))
+        .collect();
+    for node in &mut nodes {
+        node.nodes_until(secs(10), "every node listed", |listed| {
+            names.iter().all(|n| listed.contains_key(*n)) && listed.len() == names.len()
+        });
+    }
+    nodes
+}
+
+#[test]
+fn three_nodes_see_each_other_with_their_groups_and_pids() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let names = ["a", "b", "c"];
+    let mut nodes = cluster_of(&redis, "three", &names, &["--workers", "2"]);
+    // What each node says of itself.
+    let own: BTreeMap<String, Value> = nodes
+        .iter_mut()
+        .map(|node| {
+            let name = node.name.clone();
+            let me = node.nodes()[&name].clone();
+            (name, me)
+        })
+        .collect();
+    for node in &mut nodes {
+        assert_eq!(
+            node.nodes(),
+            own,
+            "node {} lists the others as they are",
+            node.name
+        );
+        // Each printed the other two as joined, with their workers.
+        let joined: BTreeMap<String, Value> = node
+            .events(0, "joined")
+            .into_iter()
+            .map(|e| {
+                (
+                    e["info"]["node"].as_str().unwrap().to_owned(),
+                    e["info"].clone(),
+                )
+            })
+            .collect();
+        let others: Vec<&str> = names.iter().copied().filter(|n| *n != node.name).collect();
+        assert_eq!(
+            joined.keys().map(String::as_str).collect::<Vec<_>>(),
+            others
+        );
+        for (name, info) in &joined {
+            assert_eq!(info, &own[name], "joined carries the node's workers");
+        }
+    }
+    for (name, me) in &own {
+        let pids = me["groups"]["workers"].as_array().unwrap();
+        assert_eq!(pids.len(), 2, "node {name}: {me}");
+        for pid in pids {
+            assert!(
+                common::is_alive(pid.as_u64().unwrap() as u32),
+                "{name}: {pid}"
+            );
+        }
+        assert_eq!(me["host"], own["a"]["host"]);
+    }
+    let master_pids: Vec<u64> = own.values().map(|me| me["pid"].as_u64().unwrap()).collect();
+    assert_eq!(
+        master_pids,
+        nodes.iter().map(|n| u64::from(n.pid())).collect::<Vec<_>>()
+    );
+    let epochs: Vec<u64> = own.values().map(epoch).collect();
+    assert!(
+        epochs.windows(2).all(|w| w[0] < w[1]),
+        "epochs grow by join: {epochs:?}"
+    );
+}
+
+#[test]
+fn a_sigkilled_master_is_left_within_3_5_s() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut nodes = cluster_of(&redis, "kill", &["a", "b", "c"], &["--workers", "1"]);
+    let marks: Vec<usize> = nodes.iter_mut().map(Node::mark).collect();
+    let mut c = nodes.pop().unwrap();
+    let c_epoch = epoch(&c.nodes()["c"]);
+    let killed = Instant::now();
+    c.signal(Signal::SIGKILL);
+    c.wait_exit(secs(5));
+    for (node, mark) in nodes.iter_mut().zip(marks) {
+        let (at, left) = node.event(mark, secs(10), "left", |e| e["node"] == "c");
+        let took = at - killed;
+        eprintln!("node {} saw c gone {took:?} after its SIGKILL", node.name);
+        assert_eq!(left["reason"], "Expired", "{left}");
+        assert_eq!(left["epoch"], c_epoch);
+        // Its key lives node_timeout (3 s) after its last beat, at most a heartbeat (1 s) before
+        // the kill.
+        assert!(
+            took >= Duration::from_millis(1900) && took <= Duration::from_millis(3500),
+            "node {} saw c gone {took:?} after the SIGKILL",
+            node.name
+        );
+        let listed = node.nodes();
+        assert_eq!(listed.keys().collect::<Vec<_>>(), ["a", "b"]);
+    }
+}
+
+#[test]
+fn a_clean_stop_is_left_stopped_at_the_next_beat() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut nodes = cluster_of(&redis, "stop", &["a", "b"], &["--workers", "1"]);
+    let mut b = nodes.pop().unwrap();
+    let a = &mut nodes[0];
+    let mark = a.mark();
+    let stopped = Instant::now();
+    b.signal(Signal::SIGTERM);
+    let (at, left) = a.event(mark, secs(10), "left", |e| e["node"] == "b");
+    assert_eq!(left["reason"], "Stopped", "{left}");
+    assert!(
+        at - stopped < Duration::from_millis(2500),
+        "seen {:?} after SIGTERM: sooner than its key could expire",
+        at - stopped
+    );
+    assert!(b.wait_exit(secs(20)).success());
+    assert_eq!(
+        redis.run(&["EXISTS", "procactor:{stop}:node:b"]),
+        redis::Value::Int(0)
+    );
+    assert_eq!(
+        redis.run(&["ZSCORE", "procactor:{stop}:nodes", "b"]),
+        redis::Value::Nil
+    );
+    assert_eq!(a.nodes().keys().collect::<Vec<_>>(), ["a"]);
+}
+
+#[test]
+fn redis_restarted_nodes_serve_locally_meanwhile_and_rejoin_with_new_epochs() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let names = ["a", "b", "c"];
+    let mut nodes = cluster_of(&redis, "restart", &names, &["--workers", "1"]);
+    let before: BTreeMap<String, u64> = nodes[0]
+        .nodes()
+        .iter()
+        .map(|(n, e)| (n.clone(), epoch(e)))
+        .collect();
+    let marks: Vec<usize> = nodes.iter_mut().map(Node::mark).collect();
+    redis.stop();
+    for (node, &mark) in nodes.iter_mut().zip(&marks) {
+        node.event(mark, secs(10), "disconnected", |_| true);
+        // Local calls never fail, however long Redis is away.
+        for _ in 0..3 {
+            node.call();
+        }
+        node.stats_until(secs(10), "two failed beats", |s| {
+            s["beat_failures"].as_u64().unwrap() >= 2 && s["connected"] == false
+        });
+        assert_eq!(
+            node.events(mark, "left").len(),
+            0,
+            "a node does not drop others while it cannot read"
+        );
+    }
+    redis.restart();
+    // Within 5 s of Redis's return, every node lists the three again, with new epochs.
+    let deadline = Instant::now() + secs(5);
+    for (node, &mark) in nodes.iter_mut().zip(&marks) {
+        let name = node.name.clone();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, rejoined) = node.event(mark, left, "rejoined", |_| true);
+        assert!(epoch(&rejoined) > before[&name], "{rejoined}");
+        let left = deadline.saturating_duration_since(Instant::now());
+        let listed = node.nodes_until(left, "the three with new epochs", |listed| {
+            listed.len() == 3 && listed.iter().all(|(n, e)| epoch(e) > before[n])
+        });
+        assert_eq!(listed.keys().map(String::as_str).collect::<Vec<_>>(), names);
+        node.call();
+        let stats = node.stats();
+        assert_eq!(
+            (stats["rejoins"].as_u64(), &stats["connected"]),
+            (Some(1), &Value::Bool(true))
+        );
+    }
+}
+
+#[test]
+fn redis_hung_briefly_nodes_reconnect_with_the_same_epochs() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let timing = [
+        "--workers",
+        "1",
+        "--heartbeat-ms",
+        "500",
+        "--node-timeout-ms",
+        "5000",
+    ];
+    let mut nodes = cluster_of(&redis, "hang", &["a", "b"], &timing);
+    let before: BTreeMap<String, u64> = nodes[0]
+        .nodes()
+        .iter()
+        .map(|(n, e)| (n.clone(), epoch(e)))
+        .collect();
+    let marks: Vec<usize> = nodes.iter_mut().map(Node::mark).collect();
+    redis.pause(true);
+    for (node, &mark) in nodes.iter_mut().zip(&marks) {
+        node.event(mark, secs(5), "disconnected", |_| true);
+        node.call();
+    }
+    redis.pause(false);
+    for (node, &mark) in nodes.iter_mut().zip(&marks) {
+        let name = node.name.clone();
+        let (_, back) = node.event(mark, secs(5), "reconnected", |_| true);
+        assert_eq!(epoch(&back), before[&name], "the same node: {back}");
+        assert!(node.events(mark, "rejoined").is_empty());
+        assert!(node.events(mark, "left").is_empty());
+        let listed = node.nodes();
+        let epochs: BTreeMap<String, u64> =
+            listed.iter().map(|(n, e)| (n.clone(), epoch(e))).collect();
+        assert_eq!(epochs, before);
+        assert_eq!(node.stats()["rejoins"], 0);
+    }
+}
+
+#[test]
+fn a_duplicate_node_name_is_refused_and_a_dead_masters_name_is_taken_back() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut a = Node::joined(&redis.url(), "dup", "a", &["--workers", "1"]);
+    let first = epoch(&a.nodes()["a"]);
+    let mark = a.mark();
+    let mut twin = Node::start(&redis.url(), "dup", "a", &["--workers", "1"]);
+    let (_, error) = twin.find(0, secs(20), "a refusal", |l| l.starts_with("error"));
+    assert!(
+        error.contains("held") && error.contains(&a.pid().to_string()),
+        "{error}"
+    );
+    assert_eq!(twin.wait_exit(secs(20)).code(), Some(2));
+    // The live one is untouched.
+    assert_eq!(epoch(&a.nodes()["a"]), first);
+    assert_eq!(a.stats()["rejoins"], 0);
+    assert!(a.events(mark, "rejoined").is_empty());
+    // Killed, and started again at once under the same name: its key is waited out.
+    a.signal(Signal::SIGKILL);
+    a.wait_exit(secs(5));
+    let restarted = Instant::now();
+    let mut again = Node::joined(&redis.url(), "dup", "a", &["--workers", "1"]);
+    assert!(
+        restarted.elapsed() < secs(3) + secs(10),
+        "{:?}",
+        restarted.elapsed()
+    );
+    assert!(epoch(&again.nodes()["a"]) > first);
+}
+
+#[test]
+fn garbage_under_the_clusters_keys_is_skipped_and_counted() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut nodes = cluster_of(&redis, "junk", &["a", "b"], &["--workers", "1"]);
+    let now = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    redis.run(&["SET", "procactor:{junk}:node:x", "1"]);
+    redis.run(&["ZADD", "procactor:{junk}:nodes", &now, "x"]);
+    redis.run(&[
+        "HSET",
+        "procactor:{junk}:node:y",
+        "v",
+        "1",
+        "epoch",
+        "nope",
+        "groups",
+        "{",
+    ]);
+    redis.run(&["ZADD", "procactor:{junk}:nodes", &now, "y"]);
+    redis.run(&["ZADD", "procactor:{junk}:nodes", "0", "z"]);
+    for node in &mut nodes {
+        node.stats_until(secs(10), "x and y counted", |s| {
+            s["bad_entries"].as_u64() >= Some(2)
+        });
+        assert_eq!(node.nodes().keys().collect::<Vec<_>>(), ["a", "b"]);
+        node.call();
+    }
+    // A member long gone with no key is pruned; the bad ones are left as they are.
+    common::wait_until(secs(10), || {
+        redis.run(&["ZSCORE", "procactor:{junk}:nodes", "z"]) == redis::Value::Nil
+    });
+    let counted = |nodes: &mut Vec<Node>| -> u64 {
+        nodes
+            .iter_mut()
+            .map(|n| n.stats()["bad_entries"].as_u64().unwrap())
+            .sum()
+    };
+    // Counted once each, not at every beat.
+    let before = counted(&mut nodes);
+    for node in &mut nodes {
+        let beats = node.stats()["beats"].as_u64().unwrap();
+        node.stats_until(secs(10), "two more beats", |s| {
+            s["beats"].as_u64() >= Some(beats + 2)
+        });
+    }
+    assert_eq!(counted(&mut nodes), before);
+    // The index itself replaced by a string: made anew, and the nodes list each other again.
+    redis.run(&["DEL", "procactor:{junk}:nodes"]);
+    redis.run(&["SET", "procactor:{junk}:nodes", "garbage"]);
+    assert!(common::wait_until(secs(10), || counted(&mut nodes) > before));
+    for node in &mut nodes {
+        node.nodes_until(secs(10), "both listed again", |l| l.len() == 2);
+    }
+    assert_eq!(
+        redis.run(&["TYPE", "procactor:{junk}:nodes"]),
+        redis::Value::SimpleString("zset".into())
+    );
+    // This node's own key overwritten: it joins again with a new epoch.
+    let a = &mut nodes[0];
+    let old = epoch(&a.nodes()["a"]);
+    let mark = a.mark();
+    redis.run(&["SET", "procactor:{junk}:node:a", "junk"]);
+    let (_, rejoined) = a.event(mark, secs(10), "rejoined", |_| true);
+    assert!(epoch(&rejoined) > old);
+    assert_eq!(a.stats()["rejoins"], 1);
+    let new = epoch(&rejoined);
+    nodes[1].nodes_until(secs(10), "a with its new epoch", |l| {
+        l.get("a").is_some_and(|e| epoch(e) == new)
+    });
+    for node in &mut nodes {
+        node.call();
+    }
+}
+
+#[test]
+fn an_acl_user_limited_to_the_clusters_keys_is_enough() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let commands = "+evalsha +eval +script|load +ping +time +type +hget +hmget +hset +hgetall \
+                    +pexpire +pttl +del +exists +set +incr +zadd +zrange +zrem";
+    let mut acl = vec![
+        "ACL",
+        "SETUSER",
+        "shop",
+        "on",
+        ">s3cret",
+        "~procactor:{shop}:*",
+        "-@all",
+    ];
+    acl.extend(commands.split_whitespace());
+    redis.run(&acl);
+    let mut other = vec![
+        "ACL",
+        "SETUSER",
+        "other",
+        "on",
+        ">pw",
+        "~procactor:{other}:*",
+        "-@all",
+    ];
+    other.extend(commands.split_whitespace());
+    redis.run(&other);
+    let port = redis.port();
+    let shop = format!("redis://shop:s3cret@127.0.0.1:{port}/0");
+    let mut a = Node::joined(&shop, "shop", "a", &["--workers", "1"]);
+    let mut b = Node::joined(&redis.url(), "shop", "b", &["--workers", "1"]);
+    a.nodes_until(secs(10), "both", |l| l.len() == 2);
+    b.nodes_until(secs(10), "both", |l| l.len() == 2);
+    // A user of another cluster is refused by Redis: the start fails, saying why.
+    let wrong = format!("redis://other:pw@127.0.0.1:{port}/0");
+    let mut c = Node::start(&wrong, "shop", "c", &["--workers", "1"]);
+    let (_, error) = c.find(0, secs(20), "a refusal", |l| l.starts_with("error"));
+    assert!(error.to_lowercase().contains("perm"), "{error}");
+    assert_eq!(c.wait_exit(secs(20)).code(), Some(2));
+    let wrong_password = format!("redis://shop:nope@127.0.0.1:{port}/0");
+    let mut d = Node::start(&wrong_password, "shop", "d", &["--workers", "1"]);
+    d.find(0, secs(20), "a refusal", |l| l.starts_with("error"));
+    assert_eq!(d.wait_exit(secs(20)).code(), Some(2));
+}
+
+#[test]
+fn a_node_started_while_redis_is_down_runs_locally_and_joins_when_it_is_up() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    redis.stop();
+    let mut a = Node::start(&redis.url(), "late", "a", &["--workers", "1"]);
+    a.find(0, secs(30), "a local start", |l| {
+        l == "started late unjoined"
+    });
+    a.event(0, secs(5), "disconnected", |_| true);
+    a.call();
+    assert!(a.nodes().is_empty());
+    assert_eq!(a.stats()["connected"], false);
+    redis.restart();
+    let (_, joined) = a.event(0, secs(10), "rejoined", |_| true);
+    assert_eq!(joined["node"], "a");
+    let listed = a.nodes_until(secs(5), "itself", |l| l.len() == 1);
+    assert_eq!(epoch(&listed["a"]), epoch(&joined));
+    let mut b = Node::joined(&redis.url(), "late", "b", &["--workers", "1"]);
+    b.nodes_until(secs(10), "both", |l| l.len() == 2);
+    a.call();
+}
+
+#[test]
+fn nodes_join_over_tls() {
+    let Some(redis) = RedisServer::start_tls() else {
+        return;
+    };
+    // The node trusts the test's CA (rustls-native-certs reads SSL_CERT_FILE).
+    let ca = [("SSL_CERT_FILE", redis.tls_ca().unwrap())];
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"));
+    let start = |name: &str| {
+        let mut node = Node::start_env(&url, "tls", name, &["--workers", "1"], &ca);
+        let joined = format!("joined tls as {name}");
+        node.find(0, secs(30), &joined, |l| l == joined);
+        node
+    };
+    let mut a = start("a");
+    let mut b = start("b");
+    for node in [&mut a, &mut b] {
+        node.nodes_until(secs(10), "both", |l| l.len() == 2);
+    }
+    // Without the CA, the server's certificate is refused: the start fails, saying so.
+    let mut c = Node::start(&url, "tls", "c", &["--workers", "1"]);
+    let (_, error) = c.find(0, secs(20), "a refusal", |l| l.starts_with("error"));
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert_eq!(c.wait_exit(secs(20)).code(), Some(2));
+}
