@@ -20,11 +20,11 @@
 //! died is waited out (at most its time to live), so a master restarted at once under the
 //! same name starts.
 //!
-//! # Keys (all under the hash tag `{<cluster>}`, so one Redis Cluster slot)
+//! # Keys (all under the hash tag `{<cluster>}`)
 //! | key | type | what |
 //! |---|---|---|
 //! | `procactor:{<cluster>}:epoch` | string | the epoch counter: `INCR` at every join; starts at the server's clock in ms, so that a Redis that lost its data never hands an epoch out twice |
-//! | `procactor:{<cluster>}:node:<name>` | hash, `PEXPIRE node_timeout` | `v` (layout version), `boot`, `epoch`, `beat` (server ms), `pid`, `host`, `started` (ms since 1970), `groups` (JSON: group → `[{id, generation, pid}]`) |
+//! | `procactor:{<cluster>}:node:<name>` | hash, `PEXPIRE node_timeout` | `v` (layout version), `boot`, `epoch`, `beat` (server ms), `listed` (`1` once its workers are ready: a boot not listed yet — one that took a dead node's name — is read as not there), `pid`, `host`, `started` (ms since 1970), `groups` (JSON: group → `[{id, generation, pid}]`) |
 //! | `procactor:{<cluster>}:nodes` | sorted set | node names, scored by their last beat (server ms) |
 //!
 //! Every `heartbeat` (1 s), each node, in one Lua script (one atomic step, one round trip):
@@ -46,7 +46,8 @@
 //! cluster runs and has it leave when the cluster stops.
 //!
 //! # Failure semantics
-//! - **Redis unreachable** (down, too slow: a beat has twice the heartbeat to finish): the node
+//! - **Redis unreachable** (down, too slow — each answer within a heartbeat, a whole beat within
+//!   two —, or busy: loading its data, a failover under way, read-only after one): the node
 //!   keeps supervising and serving; nothing local waits on Redis. Subscribers get
 //!   [`Disconnected`](NodeEvent::Disconnected) once; a beat is tried at every heartbeat, one at
 //!   a time (failed beats are not queued). When Redis answers again: if the node's key is still
@@ -76,14 +77,21 @@
 //! - Membership is as strong as the Redis it runs on: a failover to a replica may lose the
 //!   last beats (async replication); the epoch counter stays increasing only if Redis keeps its
 //!   data or its clock does not go back.
+//! - One Redis server (or a primary behind a stable address). The keys share one hash tag, so a
+//!   Redis Cluster would hold them in one slot, but the connection does not follow `MOVED`:
+//!   Redis Cluster is not supported yet.
 //! - **Security**: anyone who can write the cluster's keys can forge membership. Give each
-//!   cluster a Redis ACL user restricted to `procactor:{<cluster>}:*` (and the commands used:
-//!   `EVALSHA`, `EVAL`, `SCRIPT`), and use `rediss://` (TLS) with a password across hosts.
+//!   cluster a Redis ACL user restricted to `procactor:{<cluster>}:*` and to the commands the
+//!   scripts run — Redis checks each `redis.call` of a script against the user's ACL:
+//!   `ACL SETUSER <user> on ><password> ~procactor:{<cluster>}:* -@all +evalsha +eval
+//!   +script|load +ping +time +type +hget +hmget +hset +hgetall +pexpire +pttl +del +exists
+//!   +set +incr +zadd +zrange +zrem` (the list `tests/nodes.rs` checks) — and use `rediss://`
+//!   (TLS) with a password across hosts.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::{Recipient, WeakRecipient};
 use tokio::sync::{mpsc, oneshot};
@@ -121,6 +129,21 @@ pub(crate) struct Shared {
     stats: NodeStats,
     /// Joins so far (the first one included).
     joins: u64,
+    /// When the last beat that Redis answered was sent (or the join), and how long a key
+    /// lives: past that, the others have dropped this node, whatever it last knew.
+    acked: Option<Instant>,
+    node_timeout: Duration,
+}
+
+impl Shared {
+    /// This node as the others know it: `None` when not joined, or when its last answered
+    /// beat is older than its key's time to live (its epoch is over for the others).
+    fn current(&self) -> Option<&NodeId> {
+        let fresh = self
+            .acked
+            .is_some_and(|at| at.elapsed() < self.node_timeout);
+        self.me.as_ref().filter(|_| fresh)
+    }
 }
 
 /// The cluster's handles' view of the node: who it is, who else is there, the figures.
@@ -133,13 +156,13 @@ pub(crate) struct NodeView {
 impl NodeView {
     /// This node, once it has joined.
     pub(crate) fn id(&self) -> Option<NodeId> {
-        self.shared.borrow().me.clone()
+        self.shared.borrow().current().cloned()
     }
 
     /// Every live node as last read, this one first (once joined).
     pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
         let shared = self.shared.borrow();
-        let own = shared.me.clone().map(|id| NodeInfo {
+        let own = shared.current().cloned().map(|id| NodeInfo {
             id,
             host: shared.host.clone(),
             master_pid: std::process::id(),
@@ -212,6 +235,8 @@ impl Claim {
                 ..NodeStats::default()
             },
             joins: u64::from(me.is_some()),
+            acked: me.as_ref().map(|_| self.joined_at),
+            node_timeout: self.settings.node_timeout,
             me,
             host: self.settings.host.clone(),
             started: self.settings.started,

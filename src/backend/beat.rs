@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use actix::{Recipient, WeakRecipient};
 use tokio::sync::{mpsc, oneshot};
 
-use super::claim::{connect, is_unreachable, Claim};
+use super::claim::{connect, is_unreachable, wants_new_connection, Claim};
 use super::node::{fields, NodeEvent, NodeId};
 use super::script::{Beat, Fields, Joined, Own};
 use super::Shared;
@@ -135,9 +135,10 @@ impl Beater {
         let (fields, groups) = fields(self.info.as_ref(), &settings.host, settings.started);
         self.shared.borrow_mut().own_groups = groups;
         let deadline = settings.heartbeat * 2;
+        let sent = Instant::now();
         match tokio::time::timeout(deadline, self.beat_once(&fields)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.failed(e.to_string(), e.is_timeout()),
+            Ok(Ok(())) => self.shared.borrow_mut().acked = Some(sent),
+            Ok(Err(e)) => self.failed(e.to_string(), wants_new_connection(&e)),
             Err(_) => self.failed("Redis did not answer in time".into(), true),
         }
         true
@@ -246,7 +247,7 @@ impl Beater {
         let read = scripts.beat(conn, me, None, settings.prune_after_ms());
         match tokio::time::timeout(settings.heartbeat, read).await {
             Ok(Ok(beat)) => self.absorb(beat),
-            Ok(Err(e)) => self.failed(e.to_string(), e.is_timeout()),
+            Ok(Err(e)) => self.failed(e.to_string(), wants_new_connection(&e)),
             Err(_) => self.failed("Redis did not answer in time".into(), true),
         }
     }
@@ -307,15 +308,16 @@ impl Beater {
         self.shared.borrow_mut().stats.bad_entries += 1;
     }
 
-    fn failed(&mut self, error: String, timed_out: bool) {
+    fn failed(&mut self, error: String, reconnect: bool) {
         self.continuous = false;
         {
             let mut shared = self.shared.borrow_mut();
             shared.stats.beat_failures += 1;
             shared.stats.connected = false;
         }
-        if timed_out {
-            // A connection that stopped answering is not always seen as dropped: start over.
+        if reconnect {
+            // A connection that stopped answering is not always seen as dropped, and one to a
+            // replica promoted away is read-only: start over.
             if let Ok(conn) = connect(&self.claim.client, &self.claim.settings) {
                 self.claim.conn = conn;
             }
@@ -329,9 +331,8 @@ impl Beater {
 
     /// Deletes this node's key and index entry, if Redis answers in time.
     async fn leave(&mut self) {
-        if self.claim.epoch.is_none() {
-            return;
-        }
+        // Even without an epoch (a join whose answer was lost): the script deletes the key
+        // only if it holds this boot.
         let Claim {
             settings,
             conn,

@@ -67,6 +67,8 @@ pub(crate) struct Claim {
     pub(crate) unreachable: Option<String>,
     /// Values of the wrong type the join replaced.
     pub(crate) bad: u64,
+    /// When the join was sent.
+    pub(crate) joined_at: Instant,
 }
 
 /// Takes this node's name in `backend`'s cluster.
@@ -98,6 +100,7 @@ pub(crate) async fn claim(backend: &Backend) -> Result<Claim, Error> {
         epoch: None,
         unreachable: None,
         bad: 0,
+        joined_at: Instant::now(),
     };
     claim.take_name().await?;
     Ok(claim)
@@ -109,6 +112,10 @@ pub(crate) fn connect(
     client: &redis::Client,
     settings: &Settings,
 ) -> redis::RedisResult<ConnectionManager> {
+    // rustls needs one crypto provider for the process; with both of its own (ring, and
+    // aws-lc-rs from another crate's defaults) and none chosen it panics on `rediss://`.
+    // Installing ring when none is chosen yet is a no-op otherwise.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(settings.heartbeat))
         .set_response_timeout(Some(settings.heartbeat))
@@ -116,11 +123,39 @@ pub(crate) fn connect(
     ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
-/// Whether `error` means Redis could not be reached (rather than that it refused, or that its
-/// TLS certificate was refused, which another try will not change).
+/// Whether `error` means Redis could not serve now (not reached, or busy: loading its data,
+/// a failover under way, read-only after one) rather than that it refused (a password, an ACL,
+/// a TLS certificate), which another try will not change.
 pub(crate) fn is_unreachable(error: &redis::RedisError) -> bool {
     let io = error.is_io_error() || error.is_timeout() || error.is_connection_dropped();
-    io && !is_tls_refusal(error)
+    (io || is_busy(error)) && !is_tls_refusal(error)
+}
+
+/// A server that answers but cannot serve now: loading its data, a failover under way, a
+/// replica (read-only) where the primary was.
+fn is_busy(error: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind as Server;
+    matches!(
+        error.kind(),
+        redis::ErrorKind::Server(
+            Server::BusyLoading
+                | Server::TryAgain
+                | Server::ClusterDown
+                | Server::MasterDown
+                | Server::ReadOnly
+        )
+    )
+}
+
+/// Whether a connection that gave `error` should be dropped for a new one (one that stopped
+/// answering, or one to a server that became a read-only replica in a failover).
+pub(crate) fn wants_new_connection(error: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind as Server;
+    error.is_timeout()
+        || matches!(
+            error.kind(),
+            redis::ErrorKind::Server(Server::ReadOnly | Server::MasterDown)
+        )
 }
 
 /// A TLS error (an untrusted certificate, a protocol mismatch) as `error`'s cause: redis-rs

@@ -29,7 +29,8 @@ use crate::error::ConfigError;
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Backend {
-    /// One Redis server (or a Redis Cluster's slot: every key of a cluster shares one hash tag).
+    /// One Redis server, or a primary behind a stable address (Redis Cluster is not supported:
+    /// the connection does not follow `MOVED`).
     Redis(RedisBackend),
 }
 
@@ -222,6 +223,26 @@ fn check_name(name: &str, max: usize) -> Result<(), String> {
 
 /// The URL with its password, if any, replaced by `***`.
 pub(crate) fn redacted(url: &str) -> String {
+    // A password may also come as a query parameter (`redis+unix:///s?user=u&pass=p`).
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
+    };
+    let query = query.map_or(String::new(), |query| {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key == "pass" || key == "password" => format!("{key}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        format!("?{}", params.join("&"))
+    });
+    redacted_authority(url) + &query
+}
+
+/// `url` (without its query) with the password of its user info hidden.
+fn redacted_authority(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -331,6 +352,14 @@ mod tests {
         assert_eq!(redacted("redis://:pw@h:1"), "redis://:***@h:1");
         assert_eq!(redacted("redis://h:1/0"), "redis://h:1/0");
         assert_eq!(redacted("redis://user@h"), "redis://user@h");
+        assert_eq!(
+            redacted("redis+unix:///run/r.sock?db=1&user=u&pass=secret"),
+            "redis+unix:///run/r.sock?db=1&user=u&pass=***"
+        );
+        assert_eq!(
+            redacted("redis://h/0?password=s"),
+            "redis://h/0?password=***"
+        );
     }
 
     #[test]

@@ -59,9 +59,9 @@ local function index(key, score, member)
   if kind ~= 'zset' and kind ~= 'none' then redis.call('DEL', key); bad = bad + 1 end
   if member then redis.call('ZADD', key, score, member) end
 end
-local function write(key, boot, epoch, ttl, fields)
+local function write(key, boot, epoch, ttl, listed, fields)
   redis.call('HSET', key, 'boot', boot, 'epoch', epoch, 'beat', string.format('%.0f', now),
-    unpack(fields))
+    'listed', listed, unpack(fields))
   redis.call('PEXPIRE', key, ttl)
 end
 ";
@@ -94,7 +94,7 @@ if type(epoch) ~= 'number' then
 end
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-write(KEYS[1], ARGV[1], string.format('%.0f', epoch), ARGV[2], fields)
+write(KEYS[1], ARGV[1], string.format('%.0f', epoch), ARGV[2], ARGV[4], fields)
 if ARGV[4] == '1' then index(KEYS[2], now, ARGV[3]) end
 return {'ok', epoch, bad}
 ";
@@ -113,10 +113,11 @@ if ARGV[1] == 'beat' then
   if kind == 'none' then status = 'gone'
   elseif kind ~= 'hash' then status = 'wrongtype'
   elseif redis.call('HGET', KEYS[1], 'boot') ~= ARGV[2] then status = 'taken'
+  elseif redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[3] then status = 'gone'
   else
     local fields = {}
     for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
-    write(KEYS[1], ARGV[2], ARGV[3], ARGV[4], fields)
+    write(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6], fields)
     if ARGV[6] == '1' then index(KEYS[2], now, ARGV[5]) end
   end
 end
@@ -127,10 +128,16 @@ for i = 1, #members, 2 do
   local name = members[i]
   local key = ARGV[7] .. name
   local kind = redis.call('TYPE', key).ok
-  if kind == 'hash' then
+  local score = tonumber(members[i + 1])
+  if kind == 'hash' and redis.call('HGET', key, 'listed') == '0' then
+    -- A boot that took a dead node's name and is not listed yet: not a member yet.
+    out[#out + 1] = {name, 'gone'}
+  elseif kind == 'hash' then
     out[#out + 1] = {name, 'hash', redis.call('PTTL', key), redis.call('HGETALL', key)}
   elseif kind == 'none' then
-    if now - tonumber(members[i + 1]) > tonumber(ARGV[8]) then
+    -- Gone long enough for every reader to have seen it gone (or scored in the future, which
+    -- no beat of ours writes).
+    if now - score > tonumber(ARGV[8]) or score > now + tonumber(ARGV[8]) then
       redis.call('ZREM', KEYS[2], name)
     else
       out[#out + 1] = {name, 'gone'}
@@ -365,15 +372,26 @@ fn parse_beat(reply: Vec<Value>) -> Option<Beat> {
         // Lua's empty table comes back as an empty array; anything else is not ours.
         return None;
     };
-    let members = items.iter().map(parse_member).collect::<Option<_>>()?;
-    Some(Beat { own, bad, members })
+    // A member that does not parse (nothing of ours writes one) is skipped and counted, not
+    // taken for a failed beat: one bad entry must not blind every node.
+    let members: Vec<Member> = items.iter().filter_map(parse_member).collect();
+    let skipped = (items.len() - members.len()) as u64;
+    Some(Beat {
+        own,
+        bad: bad + skipped,
+        members,
+    })
 }
 
 fn parse_member(item: &Value) -> Option<Member> {
     let Value::Array(parts) = item else {
         return None;
     };
-    let name = text(parts.first()?)?;
+    let name = match parts.first()? {
+        // Names are ours, but the index may hold anything: not UTF-8 is shown lossily.
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        other => text(other)?,
+    };
     match text(parts.get(1)?)?.as_str() {
         "hash" => {
             let pttl = int(parts.get(2)?)?;
