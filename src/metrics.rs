@@ -38,8 +38,10 @@
 //! # Names
 //! Base units, `_total` for counters, labels with bounded values: `group` (the supervision
 //! group), `worker` (the worker's id, stable across restarts), `reason`, `kind`, `direction`,
-//! `state`, `result`, `collection`. The pid is a label of `procactor_worker_info` only (it
-//! changes on every restart).
+//! `state`, `result`, `collection`; with several hosts
+//! ([`ClusterConfig::backend`](crate::ClusterConfig::backend)) every series also carries `node`,
+//! the node's configured name. The pid is a label of `procactor_worker_info` only (it changes
+//! on every restart).
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
@@ -66,6 +68,9 @@
 //! | `procactor_reload_last_duration_seconds` | gauge | | how long the last finished reload took |
 //! | `procactor_cache_*` | | collection (the first 100 by name; the rest added up as `_other`), op, result | per collection: entries, bytes, hits, misses, evictions, expiries; operations by kind and result; locks held, waiters, waits and wait time, lease expiries |
 //! | `procactor_log_*` | | kind, reason | records and bytes written, records dropped |
+//! | `procactor_cluster_nodes`, `procactor_cluster_node_info` | gauge, info | member, epoch, host | with several hosts: the live nodes this node sees |
+//! | `procactor_node_member`, `procactor_node_connected` | gauge | | with several hosts: this node is a member; its last beat reached Redis |
+//! | `procactor_node_{beats,beat_failures,bad_entries,rejoins}_total` | counter | | with several hosts: its heartbeat's figures |
 //! | `procactor_build_info` | gauge (info) | version | |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_start_time_seconds`, `process_open_fds`, `process_max_fds` | | | the master process, under the standard names |
 
@@ -84,11 +89,22 @@ use actix::WeakAddr;
 
 pub(crate) use http::Endpoint;
 
+use crate::backend::NodeView;
 use crate::cache::SharedCache;
 use crate::logger::LogLink;
 use crate::supervisor::{ClusterSupervisor, GetClusterFigures};
-use collect::{Exposition, Master};
+use collect::{Exposition, Master, Membership};
 use http::{Format, Limits, Scrape};
+
+/// What a scrape reads: the supervisor (and through it every proxy), the cache, the logger, and
+/// the node's membership when the cluster spans hosts (its configured name and its view).
+#[derive(Clone)]
+pub(crate) struct Sources {
+    pub(crate) supervisor: WeakAddr<ClusterSupervisor>,
+    pub(crate) cache: SharedCache,
+    pub(crate) log: LogLink,
+    pub(crate) node: Option<(String, NodeView)>,
+}
 
 /// How long a scrape waits for the supervisor and the proxies before it is answered 503.
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(10);
@@ -98,17 +114,17 @@ const SCRAPE_DEADLINE: Duration = Duration::from_secs(10);
 ///
 /// # Errors
 /// When `addr` cannot be bound (in use, not an address of this host).
-pub(crate) fn serve(
-    addr: &str,
-    supervisor: WeakAddr<ClusterSupervisor>,
-    cache: SharedCache,
-    log: LogLink,
-) -> std::io::Result<Endpoint> {
+pub(crate) fn serve(addr: &str, sources: Sources) -> std::io::Result<Endpoint> {
     let started = SystemTime::now();
     let listener = Endpoint::bind(addr)?;
     let flights: Rc<Flights> = Rc::default();
     let scrape: Scrape = Rc::new(move |format: Format| {
-        let (supervisor, cache, log) = (supervisor.clone(), cache.clone(), log.clone());
+        let Sources {
+            supervisor,
+            cache,
+            log,
+            node,
+        } = sources.clone();
         let flights = Rc::clone(&flights);
         Box::pin(async move {
             let leader = match Flights::join(&flights, format) {
@@ -135,6 +151,12 @@ pub(crate) fn serve(
                 cache: cache.stats(),
                 logs: log.stats(),
                 master: Master::read(started),
+                node: node.map(|(name, view)| Membership {
+                    name,
+                    me: view.id(),
+                    nodes: view.nodes(),
+                    stats: view.stats(),
+                }),
             }
             .encode(format);
             leader.done(Ok(body))

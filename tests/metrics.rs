@@ -515,3 +515,35 @@ async fn pid_of(cluster: &Cluster<Echo>, id: usize) -> u32 {
     let info = workers.iter().find(|w| w.id == id).expect("the worker");
     info.pid.expect("a running process")
 }
+
+#[actix::test]
+async fn a_node_of_a_cluster_across_hosts_labels_its_series_and_reports_membership() {
+    // RedisServer::start skips (printing why) only when redis-server is absent outside CI.
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    within(120, async {
+        let backend = procactor::Backend::redis(redis.url())
+            .cluster("scraped")
+            .node("m1");
+        let config = echo_config(1).metrics("127.0.0.1:0").backend(backend);
+        let cluster = ClusterSupervisor::start::<Echo>(config).await.unwrap();
+        let addr = cluster.metrics_addr().unwrap();
+        let body = scrape(addr).await;
+        let me = [("node", "m1")];
+        assert_eq!(value(&body, "procactor_cluster_nodes", &me), 1.0);
+        assert_eq!(value(&body, "procactor_node_member", &me), 1.0);
+        assert_eq!(value(&body, "procactor_node_connected", &me), 1.0);
+        let info = [("node", "m1"), ("member", "m1")];
+        assert_eq!(value(&body, "procactor_cluster_node_info", &info), 1.0);
+        // Every series of the scrape carries the node.
+        let w0 = [("node", "m1"), ("group", "workers"), ("worker", "0")];
+        assert_eq!(value(&body, "procactor_worker_up", &w0), 1.0);
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains("node=\"m1\""), "{line}");
+        }
+        cluster.stop().await.unwrap();
+    })
+    .await;
+    drop(redis);
+}

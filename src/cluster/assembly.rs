@@ -68,20 +68,10 @@ impl Core {
             logger: logger.clone(),
             queue: log_queue,
         };
-        // The supervisor's address comes first: the metrics endpoint asks it at each scrape.
+        // The supervisor's address comes first: the heartbeat (for the local groups) and the
+        // metrics endpoint (at each scrape) ask it before the actor runs.
         let context = Context::new();
         let supervisor = context.address();
-        let metrics = match &config.metrics {
-            Some(addr) => Some(
-                crate::metrics::serve(addr, supervisor.downgrade(), cache.clone(), log.clone())
-                    .map_err(|e| ConfigError {
-                        field: "metrics",
-                        reason: format!("cannot serve metrics at {addr}: {e}"),
-                    })?,
-            ),
-            None => None,
-        };
-        let metrics_addr = metrics.as_ref().map(crate::metrics::Endpoint::local_addr);
         let mut actor = ClusterSupervisor::new(
             config,
             subscribers,
@@ -90,15 +80,33 @@ impl Core {
             cache.clone(),
             logger,
         );
-        if let Some(endpoint) = metrics {
-            actor = actor.with_companion(Box::new(endpoint));
-        }
-        // The heartbeat too asks the supervisor (for the local groups) before the actor runs.
         let mut view = None;
         if let Some((claim, subscribers)) = node {
+            let name = claim.settings.name.clone();
             let (node, node_view) = claim.run(supervisor.downgrade().recipient(), subscribers);
             actor = actor.with_node(node);
-            view = Some(node_view);
+            view = Some((name, node_view));
+        }
+        let metrics = match &config.metrics {
+            Some(addr) => {
+                let sources = crate::metrics::Sources {
+                    supervisor: supervisor.downgrade(),
+                    cache: cache.clone(),
+                    log: log.clone(),
+                    node: view.clone(),
+                };
+                Some(
+                    crate::metrics::serve(addr, sources).map_err(|e| ConfigError {
+                        field: "metrics",
+                        reason: format!("cannot serve metrics at {addr}: {e}"),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(crate::metrics::Endpoint::local_addr);
+        if let Some(endpoint) = metrics {
+            actor = actor.with_companion(Box::new(endpoint));
         }
         context.run(actor);
         Ok(Self {
@@ -109,7 +117,7 @@ impl Core {
             next_id: Rc::default(),
             groups: Rc::default(),
             metrics_addr,
-            node: view,
+            node: view.map(|(_, view)| view),
         })
     }
 

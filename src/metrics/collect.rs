@@ -5,6 +5,7 @@
 //! logger's counters, `/proc/self`), then encoded by a custom collector: no registry lives
 //! between scrapes, and nothing is counted twice.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
@@ -14,6 +15,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::families::{counter, counter_f64, family, gauge};
 use super::http::Format;
+pub(crate) use super::services::Membership;
 use crate::cache::CacheStats;
 use crate::logger::LogStats;
 use crate::protocol::Envelope;
@@ -28,6 +30,8 @@ pub(crate) struct Exposition {
     pub(crate) cache: CacheStats,
     pub(crate) logs: LogStats,
     pub(crate) master: Master,
+    /// The node's membership, when the cluster spans hosts.
+    pub(crate) node: Option<Membership>,
 }
 
 /// The master process's own figures, under the standard `process_*` names.
@@ -93,7 +97,13 @@ fn seconds_since_epoch(at: SystemTime) -> f64 {
 impl Exposition {
     /// The exposition's text in `format`.
     pub(crate) fn encode(self, format: Format) -> String {
-        let mut registry = Registry::default();
+        let mut registry = match &self.node {
+            Some(node) => Registry::with_labels(std::iter::once((
+                Cow::Borrowed("node"),
+                Cow::Owned(node.name.clone()),
+            ))),
+            None => Registry::default(),
+        };
         registry.register_collector(Box::new(self));
         let mut text = String::new();
         let encoded = match format {
@@ -167,7 +177,11 @@ impl Collector for Exposition {
         self.encode_traffic(&mut encoder)?;
         self.encode_reloads(&mut encoder)?;
         super::services::encode_cache(&self.cache, &mut encoder)?;
-        super::services::encode_logs(&self.logs, &mut encoder)
+        super::services::encode_logs(&self.logs, &mut encoder)?;
+        match &self.node {
+            Some(node) => super::services::encode_membership(node, &mut encoder),
+            None => Ok(()),
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 use super::families::{counter, family, gauge};
+use crate::backend::{NodeId, NodeInfo, NodeStats};
 use crate::cache::{CacheStats, CollectionStats, LockStats};
 use crate::logger::LogStats;
 
@@ -249,6 +250,70 @@ pub(super) fn encode_logs(
         MetricType::Gauge,
     )?;
     gauge(&mut m, &none, logs.max_queue_bytes as f64)?;
+    Ok(())
+}
+
+/// This node's membership: its configured name (every series of the scrape gets it as the
+/// `node` label), who it is now, the live nodes it sees, its heartbeat's figures.
+#[derive(Debug, Clone)]
+pub(crate) struct Membership {
+    pub(crate) name: String,
+    pub(crate) me: Option<NodeId>,
+    pub(crate) nodes: Vec<NodeInfo>,
+    pub(crate) stats: NodeStats,
+}
+
+/// The node's membership: live nodes, this node's place and its heartbeat's figures.
+pub(super) fn encode_membership(
+    node: &Membership,
+    e: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    let none: [(&str, &str); 0] = [];
+    let help = "Live nodes of the cluster as this node last read them, itself included.";
+    let mut m = family(e, "procactor_cluster_nodes", help, None, MetricType::Gauge)?;
+    gauge(&mut m, &none, node.nodes.len() as f64)?;
+    let help = "Each live node (member) and its epoch, as this node last read them.";
+    let mut m = family(e, "procactor_cluster_node", help, None, MetricType::Info)?;
+    for info in &node.nodes {
+        let epoch = info.id.epoch.to_string();
+        m.encode_info(&[
+            ("member", info.id.name.as_str()),
+            ("epoch", epoch.as_str()),
+            ("host", info.host.as_str()),
+        ])?;
+    }
+    let help = "1 while this node is a member (joined, its last beat answered in time), else 0.";
+    let mut m = family(e, "procactor_node_member", help, None, MetricType::Gauge)?;
+    gauge(&mut m, &none, f64::from(u8::from(node.me.is_some())))?;
+    let help = "1 while this node's last beat reached Redis, else 0.";
+    let mut m = family(e, "procactor_node_connected", help, None, MetricType::Gauge)?;
+    gauge(&mut m, &none, f64::from(u8::from(node.stats.connected)))?;
+    let stats = &node.stats;
+    for (name, help, value) in [
+        (
+            "procactor_node_beats",
+            "Heartbeats Redis answered.",
+            stats.beats,
+        ),
+        (
+            "procactor_node_beat_failures",
+            "Heartbeats that failed (Redis unreachable, too slow or refusing).",
+            stats.beat_failures,
+        ),
+        (
+            "procactor_node_bad_entries",
+            "Values under the cluster's keys that procactor did not write (skipped or replaced).",
+            stats.bad_entries,
+        ),
+        (
+            "procactor_node_rejoins",
+            "Joins with a new epoch after the first.",
+            stats.rejoins,
+        ),
+    ] {
+        let mut m = family(e, name, help, None, MetricType::Counter)?;
+        counter(&mut m, &none, value)?;
+    }
     Ok(())
 }
 
