@@ -6,7 +6,8 @@
 //! ```
 //!
 //! A master with N echo workers (this program re-run) and the Redis backend. On stdout, one
-//! line each: `joined <cluster> as <node>` once joined (`started <cluster> unjoined` when Redis
+//! line each: `{"start_ms":…}` (how long the cluster's start took, whether it failed or not),
+//! `joined <cluster> as <node>` once joined (`started <cluster> unjoined` when Redis
 //! could not be reached), a JSON object per [`NodeEvent`] (`{"event":"left","node":…}`), and
 //! the answers to the commands read from stdin, one per line:
 //! - `call`: a local `Call(EchoMsg::Pid)` to worker 0 → `{"call":"ok","pid":…}` or
@@ -154,10 +155,12 @@ async fn master(args: Args) -> i32 {
             ..LogConfig::default()
         })
         .backend(backend);
+    let begun = std::time::Instant::now();
     let started = ClusterSupervisor::builder::<Echo>(config)
         .on_node(Printer.start().recipient())
         .start()
         .await;
+    println!("{}", json!({"start_ms": begun.elapsed().as_millis()}));
     let cluster = match started {
         Ok(cluster) => cluster,
         Err(e) => {

@@ -40,8 +40,9 @@
 //! listed only once its workers are ready, so its [`Joined`](NodeEvent::Joined) carries them.
 //!
 //! # Where it runs
-//! One task on the master's event loop, with redis-rs's async, reconnecting connection:
-//! nothing blocks the loop. At each beat it asks the supervisor for the local groups (one
+//! One task on the master's event loop; the connection (redis-rs's async, reconnecting one)
+//! and every call on it run on a thread of their own, `procactor-redis`: connecting over TLS
+//! reads the system's root certificates (files), and nothing of that blocks the loop. At each beat it asks the supervisor for the local groups (one
 //! message, as [`Cluster::info`](crate::Cluster::info) does). The supervisor keeps it while the
 //! cluster runs and has it leave when the cluster stops.
 //!
@@ -55,7 +56,10 @@
 //!   without its data), the node joins again with a new epoch:
 //!   [`Rejoined`](NodeEvent::Rejoined). While Redis is unreachable [`Cluster::nodes`](crate::Cluster::nodes)
 //!   is the last view read.
-//! - **Unreachable at start**: the cluster starts locally, subscribers get `Disconnected`, and the
+//! - **Unreachable at start**: the start waits for Redis one heartbeat at most (the join's
+//!   wait; the first beat, which lists the node once its workers are ready, is then not waited
+//!   for; a Redis that stops answering between the join and that beat holds the start at most
+//!   one heartbeat more). The cluster starts locally, subscribers get `Disconnected`, and the
 //!   node joins (`Rejoined`, its first epoch) when Redis answers; until then
 //!   [`Cluster::node`](crate::Cluster::node) is `None`. A Redis that answers with an error
 //!   (authentication, ACL, scripts refused) or whose TLS certificate is not trusted fails the
@@ -99,6 +103,7 @@ use tokio::sync::{mpsc, oneshot};
 mod beat;
 mod claim;
 mod config;
+mod conn;
 mod node;
 mod script;
 mod view;
@@ -133,6 +138,7 @@ pub(crate) struct Shared {
     /// lives: past that, the others have dropped this node, whatever it last knew.
     acked: Option<Instant>,
     node_timeout: Duration,
+    heartbeat: Duration,
 }
 
 impl Shared {
@@ -179,11 +185,14 @@ impl NodeView {
         self.shared.borrow().stats
     }
 
-    /// Lists this node for the others (its workers are ready) and waits for that beat.
+    /// Lists this node for the others (its workers are ready) and waits for that beat: at
+    /// most one heartbeat, and not at all when Redis is already unreachable (the beat goes on
+    /// meanwhile, and lists the node once Redis answers).
     pub(crate) async fn announce(&self) {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(beat::Command::Announce(tx)).is_ok() {
-            let _ = rx.await;
+            let heartbeat = self.shared.borrow().heartbeat;
+            let _ = tokio::time::timeout(heartbeat, rx).await;
         }
     }
 }
@@ -237,6 +246,7 @@ impl Claim {
             joins: u64::from(me.is_some()),
             acked: me.as_ref().map(|_| self.joined_at),
             node_timeout: self.settings.node_timeout,
+            heartbeat: self.settings.heartbeat,
             me,
             host: self.settings.host.clone(),
             started: self.settings.started,

@@ -1,8 +1,8 @@
 //! Several hosts, one cluster, joined through a real `redis-server`: three masters as separate
 //! processes (`procactor-node`) stand for three hosts. Membership, detection of a SIGKILLed
 //! master, a clean stop, Redis stopped, hung and restarted, a duplicate node name, garbage under
-//! the cluster's keys, an ACL user limited to the cluster's keys, TLS (`rediss://`), and a
-//! Redis unreachable at start. Every process is ended by its pid.
+//! the cluster's keys, an ACL user limited to the cluster's keys, TLS (`rediss://`), a
+//! Redis unreachable at start, and one that accepts connections and never answers. Every process is ended by its pid.
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
+use common::redis::{Blackhole, RedisServer};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -732,4 +732,37 @@ fn nodes_join_over_tls() {
     let (_, error) = c.find(0, secs(20), "a refusal", |l| l.starts_with("error"));
     assert!(error.to_lowercase().contains("certificate"), "{error}");
     assert_eq!(c.wait_exit(secs(20)).code(), Some(2));
+}
+
+/// A Redis that accepts connections and never answers (blackholed) holds the start at most
+/// about one heartbeat: the join waits that long, and the announce beat is not waited for.
+/// With a 3 s heartbeat the start takes under 5 s (the heartbeat, plus 2 s for one worker to
+/// start on a loaded machine; it took two heartbeats and more, over 6 s, when the announce
+/// beat was waited for as well), and a local call is then answered within 2 s.
+#[test]
+fn a_blackholed_redis_delays_the_start_by_one_heartbeat_at_most() {
+    let hole = Blackhole::start();
+    let timings = ["--heartbeat-ms", "3000", "--node-timeout-ms", "9000"];
+    let extra = [&["--workers", "1"][..], &timings].concat();
+    let mut a = Node::start(&hole.url(), "hole", "a", &extra);
+    let (_, line) = a.find(0, secs(30), "the start's duration", |l| {
+        l.contains("start_ms")
+    });
+    let start_ms = serde_json::from_str::<Value>(&line).unwrap()["start_ms"]
+        .as_u64()
+        .unwrap();
+    a.find(0, secs(5), "a local start", |l| {
+        l == "started hole unjoined"
+    });
+    assert!(start_ms < 5_000, "the start took {start_ms} ms");
+    assert!(hole.accepted() >= 1, "the node never connected");
+    a.event(0, secs(5), "disconnected", |_| true);
+    let asked = Instant::now();
+    a.call();
+    assert!(
+        asked.elapsed() < secs(2),
+        "a local call took {:?}",
+        asked.elapsed()
+    );
+    assert!(a.nodes().is_empty());
 }

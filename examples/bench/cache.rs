@@ -58,13 +58,14 @@ pub(crate) async fn procactor_ops(count: u64) -> Result<f64, procactor::Error> {
 }
 
 /// A `redis-server` of our own on a free port, killed (by pid) when dropped.
-struct Redis {
+pub(crate) struct Redis {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Redis {
-    fn start() -> io::Result<Option<Self>> {
+    /// Starts one and waits until it listens; `None` when `redis-server` is not installed.
+    pub(crate) fn start() -> io::Result<Option<Self>> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

@@ -11,7 +11,7 @@
 //! an actor in this process that answers at once.
 //!
 //! Sections for `--only`: `rtt`, `pipelined`, `tell`, `bulk`, `spawn`, `respawn`, `broadcast`,
-//! `peer`, `pinned`, `http`, `cache`, `logs`, `scale`, `metrics`, `raw`; figures of the others read `NaN`
+//! `peer`, `pinned`, `http`, `cache`, `logs`, `scale`, `metrics`, `nodes`, `raw`; figures of the others read `NaN`
 //! (`null` in `--json`).
 //!
 //! The baseline (`raw_*` keys) is two processes and two pipes with no framework: coalesced
@@ -25,6 +25,7 @@ mod http;
 mod local;
 mod logs;
 mod metrics;
+mod nodes;
 mod pinned;
 mod raw;
 /// The relay worker of `procactor-relay` (a test fixture), for the cache and log figures.
@@ -127,6 +128,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if scale::is_child() {
         return scale::child_main();
     }
+    if nodes::is_child() {
+        return nodes::child_main();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     let sizes = if args.iter().any(|a| a == "--quick") {
@@ -190,6 +194,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         scale::ScaleFigures::nan()
     };
+    let noded = if wants("nodes") {
+        nodes::measure(quick)?
+    } else {
+        nodes::NodeFigures::nan()
+    };
     let raw = if !wants("raw") {
         raw::RawFigures::nan()
     } else {
@@ -250,7 +259,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     // Figures with a baseline of their own: (key, value, baseline key, baseline, ratio key).
-    let pairs: [(&str, f64, &str, f64, &str); 13] = [
+    let pairs: [(&str, f64, &str, f64, &str); 14] = [
         (
             "rtt_us_median_metrics_on",
             metered.rtt_us_median_on,
@@ -342,6 +351,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             web.kill_restart_failed_requests as f64,
             "",
         ),
+        (
+            "node_loss_detect_ms",
+            noded.loss_detect_ms,
+            "node_timeout_ms",
+            noded.node_timeout_ms,
+            "node_loss_vs_timeout",
+        ),
     ];
     if json {
         // JSON has no NaN: a figure not measured is `null`.
@@ -369,6 +385,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "\"idle_master_cpu_pct_256_workers\":{}",
             num(scaled.idle_master_cpu_pct_256_workers)
         ));
+        fields.push(format!(
+            "\"redis_ping_rtt_us_median\":{}",
+            num(noded.ping_rtt_us_median)
+        ));
+        if !noded.redis {
+            fields.push("\"nodes\":\"redis-server is not installed\"".into());
+        }
         fields.push(format!("\"cache_ops_per_s\":{}", num(cache_rate)));
         match redis_rate {
             Some(redis) => {
@@ -409,6 +432,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{:<24} {:>12.2}",
             "idle_master_cpu_pct_256_workers", scaled.idle_master_cpu_pct_256_workers
         );
+        println!(
+            "{:<24} {:>12.2}",
+            "redis_ping_rtt_us_median", noded.ping_rtt_us_median
+        );
+        if !noded.redis {
+            println!("nodes: redis-server is not installed: no figures");
+        }
         match redis_rate {
             Some(redis) => println!(
                 "{:<24} {cache_rate:>12.2}   {:<30} {redis:>12.2}",

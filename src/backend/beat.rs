@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use actix::{Recipient, WeakRecipient};
 use tokio::sync::{mpsc, oneshot};
 
-use super::claim::{connect, is_unreachable, wants_new_connection, Claim};
+use super::claim::{is_unreachable, wants_new_connection, Claim};
 use super::node::{fields, NodeEvent, NodeId};
 use super::script::{Beat, Fields, Joined, Own};
 use super::Shared;
@@ -24,7 +24,8 @@ use crate::messaging::ClusterInfo;
 /// Asked of the task by the cluster.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// List this node in the index (its workers are ready); answered after that beat.
+    /// List this node in the index (its workers are ready); answered after that beat, or at
+    /// once when Redis is already unreachable.
     Announce(oneshot::Sender<()>),
     /// Delete this node's key and index entry and stop; answered when done (or failed).
     Leave(oneshot::Sender<()>),
@@ -110,10 +111,15 @@ impl Beater {
                 command = commands.recv() => match command {
                     Some(Command::Announce(done)) => {
                         self.visible = true;
+                        // Redis already did not answer: the start does not wait for it again.
+                        let mut done = Some(done);
+                        if self.outage.is_some() {
+                            let _ = done.take().map(|done| done.send(()));
+                        }
                         if !self.beat().await {
                             return;
                         }
-                        let _ = done.send(());
+                        let _ = done.map(|done| done.send(()));
                     }
                     Some(Command::Leave(done)) => {
                         self.leave().await;
@@ -165,13 +171,15 @@ impl Beater {
         };
         let Claim {
             settings,
-            conn,
+            redis,
             scripts,
             ..
         } = &mut self.claim;
         let me = settings.me(self.visible);
         let prune = settings.prune_after_ms();
-        let beat = scripts.beat(conn, me, Some((epoch, fields)), prune).await?;
+        let beat = scripts
+            .beat(redis, me, Some((epoch, fields)), prune)
+            .await?;
         let own = beat.own;
         self.absorb(beat);
         match own {
@@ -197,12 +205,12 @@ impl Beater {
     async fn rejoin(&mut self, fields: &Fields) -> redis::RedisResult<()> {
         let Claim {
             settings,
-            conn,
+            redis,
             scripts,
             ..
         } = &mut self.claim;
         let me = settings.me(self.visible);
-        match scripts.join(conn, me, fields).await? {
+        match scripts.join(redis, me, fields).await? {
             Joined::Ok { epoch, bad } => {
                 let node = self.id(epoch);
                 self.claim.epoch = Some(epoch);
@@ -239,12 +247,12 @@ impl Beater {
     async fn check(&mut self) {
         let Claim {
             settings,
-            conn,
+            redis,
             scripts,
             ..
         } = &mut self.claim;
         let me = settings.me(self.visible);
-        let read = scripts.beat(conn, me, None, settings.prune_after_ms());
+        let read = scripts.beat(redis, me, None, settings.prune_after_ms());
         match tokio::time::timeout(settings.heartbeat, read).await {
             Ok(Ok(beat)) => self.absorb(beat),
             Ok(Err(e)) => self.failed(e.to_string(), wants_new_connection(&e)),
@@ -318,9 +326,7 @@ impl Beater {
         if reconnect {
             // A connection that stopped answering is not always seen as dropped, and one to a
             // replica promoted away is read-only: start over.
-            if let Ok(conn) = connect(&self.claim.client, &self.claim.settings) {
-                self.claim.conn = conn;
-            }
+            let _ = self.claim.redis.reconnect();
         }
         if self.outage.is_none() {
             tracing::warn!(node = self.claim.settings.name, %error, "cannot beat; running locally and retrying at every beat");
@@ -335,11 +341,11 @@ impl Beater {
         // only if it holds this boot.
         let Claim {
             settings,
-            conn,
+            redis,
             scripts,
             ..
         } = &mut self.claim;
-        let leave = scripts.leave(conn, settings.me(self.visible));
+        let leave = scripts.leave(redis, settings.me(self.visible));
         match tokio::time::timeout(settings.heartbeat, leave).await {
             Ok(Ok(())) => tracing::info!(node = settings.name, "left the cluster"),
             Ok(Err(e)) if is_unreachable(&e) || e.is_timeout() => {

@@ -6,15 +6,17 @@
 //! [`NodeView::announce`](super::NodeView)). A name held by another boot's hash is watched for
 //! up to that key's time to live: if it expires, the name was a dead master's (one restarted
 //! quickly under the same name) and is taken; if it beats meanwhile, a live master holds it
-//! and the start fails. An unreachable Redis does not stop the start: the cluster runs locally
-//! and the node joins when Redis answers. A Redis that answers with an error, or whose TLS
+//! and the start fails. An unreachable Redis does not stop the start: the join waits for it one
+//! heartbeat at most (the connection's and the answer's timeouts), then the cluster runs
+//! locally and the node joins when Redis answers. A Redis that answers with an error, or whose TLS
 //! certificate is not trusted, fails the start: another try would not change it.
 
 use std::time::{Duration, Instant, SystemTime};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 
 use super::config::{hostname, redacted, Backend};
+use super::conn::Redis;
 use super::node::{boot_id, fields};
 use super::script::{Holder, Joined, Keys, Me, Scripts};
 use crate::error::{ConfigError, Error};
@@ -58,8 +60,8 @@ impl Settings {
 #[derive(Debug)]
 pub(crate) struct Claim {
     pub(crate) settings: Settings,
-    pub(crate) client: redis::Client,
-    pub(crate) conn: ConnectionManager,
+    /// The connection, on its own thread.
+    pub(crate) redis: Redis,
     pub(crate) scripts: Scripts,
     /// The epoch of the join; `None` when Redis could not be reached.
     pub(crate) epoch: Option<u64>,
@@ -91,11 +93,10 @@ pub(crate) async fn claim(backend: &Backend) -> Result<Claim, Error> {
         heartbeat: config.heartbeat,
         node_timeout: config.node_timeout,
     };
-    let conn = connect(&client, &settings).map_err(|e| refused(e.to_string()))?;
+    let redis = connect(client, &settings).map_err(|e| refused(e.to_string()))?;
     let mut claim = Claim {
         settings,
-        client,
-        conn,
+        redis,
         scripts: Scripts::new(),
         epoch: None,
         unreachable: None,
@@ -107,11 +108,9 @@ pub(crate) async fn claim(backend: &Backend) -> Result<Claim, Error> {
 }
 
 /// A connection that (re)connects when asked, each attempt and each answer bounded by the
-/// heartbeat, with no retry of its own: the next beat is the retry.
-pub(crate) fn connect(
-    client: &redis::Client,
-    settings: &Settings,
-) -> redis::RedisResult<ConnectionManager> {
+/// heartbeat, with no retry of its own: the next beat is the retry. It runs on a thread of its
+/// own ([`Redis`]): connecting over TLS reads files.
+fn connect(client: redis::Client, settings: &Settings) -> redis::RedisResult<Redis> {
     // rustls needs one crypto provider for the process; with both of its own (ring, and
     // aws-lc-rs from another crate's defaults) and none chosen it panics on `rediss://`.
     // Installing ring when none is chosen yet is a no-op otherwise.
@@ -120,7 +119,7 @@ pub(crate) fn connect(
         .set_connection_timeout(Some(settings.heartbeat))
         .set_response_timeout(Some(settings.heartbeat))
         .set_number_of_retries(0);
-    ConnectionManager::new_lazy_with_config(client.clone(), config)
+    Redis::start(client, config)
 }
 
 /// Whether `error` means Redis could not serve now (not reached, or busy: loading its data,
@@ -182,8 +181,9 @@ impl Claim {
         let mut first: Option<(Holder, Instant)> = None;
         loop {
             let me = self.settings.me(false);
-            let join = self.scripts.join(&mut self.conn, me, &fields);
-            let answer = match tokio::time::timeout(self.settings.heartbeat * 2, join).await {
+            let join = self.scripts.join(&self.redis, me, &fields);
+            // One heartbeat: the start waits no longer on a Redis that does not answer.
+            let answer = match tokio::time::timeout(self.settings.heartbeat, join).await {
                 Ok(answer) => answer,
                 Err(_) => {
                     self.unreachable = Some("Redis did not answer in time".into());

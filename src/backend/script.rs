@@ -12,8 +12,11 @@
 //! The scripts read member keys they were not given as `KEYS`: every key of a cluster shares
 //! the hash tag `{<cluster>}`, so on a Redis Cluster they all live in one slot.
 
-use redis::aio::ConnectionManager;
-use redis::{RedisResult, Script, Value};
+use std::sync::Arc;
+
+use redis::{FromRedisValue, RedisResult, Script, Value};
+
+use super::conn::Redis;
 
 /// The keys of one cluster: `procactor:{<cluster>}:…`.
 #[derive(Debug, Clone)]
@@ -162,9 +165,9 @@ return 0
 
 /// The compiled scripts (their SHA1s are computed once).
 pub(crate) struct Scripts {
-    join: Script,
-    beat: Script,
-    leave: Script,
+    join: Arc<Script>,
+    beat: Arc<Script>,
+    leave: Arc<Script>,
 }
 
 impl std::fmt::Debug for Scripts {
@@ -248,66 +251,90 @@ pub(crate) struct Beat {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
-            join: Script::new(&format!("{PRELUDE}{JOIN}")),
-            beat: Script::new(&format!("{PRELUDE}{BEAT}")),
-            leave: Script::new(LEAVE),
+            join: Arc::new(Script::new(&format!("{PRELUDE}{JOIN}"))),
+            beat: Arc::new(Script::new(&format!("{PRELUDE}{BEAT}"))),
+            leave: Arc::new(Script::new(LEAVE)),
         }
     }
 
     /// Takes the name for a new epoch.
     pub(crate) async fn join(
         &self,
-        conn: &mut ConnectionManager,
+        redis: &Redis,
         me: Me<'_>,
         fields: &Fields,
     ) -> RedisResult<Joined> {
-        let mut call = self.join.key(me.keys.node(me.name));
-        call.key(me.keys.nodes()).key(me.keys.epoch());
-        call.arg(me.boot)
-            .arg(me.ttl_ms)
-            .arg(me.name)
-            .arg(flag(me.visible));
+        let keys = vec![me.keys.node(me.name), me.keys.nodes(), me.keys.epoch()];
+        let mut args = vec![
+            me.boot.to_owned(),
+            me.ttl_ms.to_string(),
+            me.name.to_owned(),
+            flag(me.visible).to_owned(),
+        ];
         for (field, value) in fields {
-            call.arg(*field).arg(value);
+            args.extend([(*field).to_owned(), value.clone()]);
         }
-        let reply: Vec<Value> = call.invoke_async(conn).await?;
+        let reply: Vec<Value> = invoke(redis, &self.join, keys, args).await?;
         parse_join(reply).ok_or_else(|| unexpected("join"))
     }
 
     /// A beat (`write`: refresh this node's key first) and a read of every member.
     pub(crate) async fn beat(
         &self,
-        conn: &mut ConnectionManager,
+        redis: &Redis,
         me: Me<'_>,
         beat: Option<(u64, &Fields)>,
         prune_after_ms: u64,
     ) -> RedisResult<Beat> {
-        let mut call = self.beat.key(me.keys.node(me.name));
-        call.key(me.keys.nodes());
+        let keys = vec![me.keys.node(me.name), me.keys.nodes()];
         let mode = if beat.is_some() { "beat" } else { "read" };
         let epoch = beat.map_or(0, |(epoch, _)| epoch);
-        call.arg(mode)
-            .arg(me.boot)
-            .arg(epoch)
-            .arg(me.ttl_ms)
-            .arg(me.name);
-        call.arg(flag(me.visible))
-            .arg(me.keys.node_prefix())
-            .arg(prune_after_ms);
+        let mut args = vec![
+            mode.to_owned(),
+            me.boot.to_owned(),
+            epoch.to_string(),
+            me.ttl_ms.to_string(),
+            me.name.to_owned(),
+            flag(me.visible).to_owned(),
+            me.keys.node_prefix(),
+            prune_after_ms.to_string(),
+        ];
         for (field, value) in beat.map_or(&[][..], |(_, fields)| &fields[..]) {
-            call.arg(*field).arg(value);
+            args.extend([(*field).to_owned(), value.clone()]);
         }
-        let reply: Vec<Value> = call.invoke_async(conn).await?;
+        let reply: Vec<Value> = invoke(redis, &self.beat, keys, args).await?;
         parse_beat(reply).ok_or_else(|| unexpected("beat"))
     }
 
     /// Deletes this node's key and index entry if they are still this boot's.
-    pub(crate) async fn leave(&self, conn: &mut ConnectionManager, me: Me<'_>) -> RedisResult<()> {
-        let mut call = self.leave.key(me.keys.node(me.name));
-        call.key(me.keys.nodes()).arg(me.boot).arg(me.name);
-        let _: i64 = call.invoke_async(conn).await?;
+    pub(crate) async fn leave(&self, redis: &Redis, me: Me<'_>) -> RedisResult<()> {
+        let keys = vec![me.keys.node(me.name), me.keys.nodes()];
+        let args = vec![me.boot.to_owned(), me.name.to_owned()];
+        let _: i64 = invoke(redis, &self.leave, keys, args).await?;
         Ok(())
     }
+}
+
+/// Runs `script` on the Redis thread (loading it on `NOSCRIPT`).
+async fn invoke<T: FromRedisValue + Send + 'static>(
+    redis: &Redis,
+    script: &Arc<Script>,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> RedisResult<T> {
+    let script = Arc::clone(script);
+    redis
+        .run(move |mut conn| async move {
+            let mut call = script.prepare_invoke();
+            for key in keys {
+                call.key(key);
+            }
+            for arg in args {
+                call.arg(arg);
+            }
+            call.invoke_async(&mut conn).await
+        })
+        .await
 }
 
 fn flag(on: bool) -> &'static str {

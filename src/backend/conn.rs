@@ -1,0 +1,152 @@
+//! The connection to Redis, driven on a thread of its own so that nothing slow runs on the
+//! master's event loop.
+//!
+//! redis-rs does blocking work when it connects: with `rediss://` it reads the system's root
+//! certificates (`rustls-native-certs`: files, `SSL_CERT_FILE` among them) for every new TLS
+//! connection, and it cannot be handed a root store that spares it the read (it loads the
+//! native roots even when given one). The backend reconnects after every beat that timed out,
+//! so on the master's loop that read would repeat at every heartbeat while Redis hangs. Here
+//! every connection attempt, TLS handshake and command runs on one thread, `procactor-redis`,
+//! a current-thread tokio runtime; the master's loop only sends the call there and awaits its
+//! answer. A call whose answer is no longer awaited (its time ran out) is cancelled on that
+//! thread.
+//!
+//! Limits: one more thread per master with a backend (none without), idle between beats. It
+//! ends when the last [`Redis`] handle is dropped; an answer that was under way is lost.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisResult;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// One Redis server, reached from the `procactor-redis` thread. Clones share the thread and
+/// the connection.
+#[derive(Clone)]
+pub(crate) struct Redis {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    conn: ConnectionManager,
+    thread: Handle,
+    /// Dropped with the last handle: the thread then ends.
+    _stop: Arc<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Starts the thread and a connection made when first used (nothing is connected to
+    /// here), with `config`'s timeouts and retries.
+    pub(crate) fn start(
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    ) -> RedisResult<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("procactor-redis".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        let conn = Self::lazy(&thread, &client, &config)?;
+        Ok(Self {
+            client,
+            config,
+            conn,
+            thread,
+            _stop: Arc::new(stop),
+        })
+    }
+
+    /// Drops the connection for a new one, made when next used (a connection that stopped
+    /// answering is not always seen as dropped).
+    pub(crate) fn reconnect(&mut self) -> RedisResult<()> {
+        self.conn = Self::lazy(&self.thread, &self.client, &self.config)?;
+        Ok(())
+    }
+
+    fn lazy(
+        thread: &Handle,
+        client: &redis::Client,
+        config: &ConnectionManagerConfig,
+    ) -> RedisResult<ConnectionManager> {
+        // Whatever the manager spawns goes to the thread's runtime.
+        let _on_thread = thread.enter();
+        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+    }
+
+    /// Runs `call` on the thread with the connection and returns its answer; dropping the
+    /// returned future cancels the call there.
+    pub(crate) async fn run<T, F, Fut>(&self, call: F) -> RedisResult<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = Cancel(self.thread.spawn(call(self.conn.clone())));
+        match task.wait().await {
+            Ok(answer) => answer,
+            Err(e) => Err(std::io::Error::other(format!("the Redis thread: {e}")).into()),
+        }
+    }
+}
+
+/// A task on the Redis thread, cancelled when no longer awaited.
+struct Cancel<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Cancel<T> {
+    async fn wait(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for Cancel<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis() -> Redis {
+        let client = redis::Client::open("redis://127.0.0.1:1/0").unwrap();
+        Redis::start(client, ConnectionManagerConfig::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn calls_run_on_the_redis_thread() {
+        let redis = redis();
+        let name = redis
+            .run(|_| async { Ok(std::thread::current().name().map(str::to_owned)) })
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("procactor-redis"));
+    }
+
+    #[tokio::test]
+    async fn a_call_no_longer_awaited_is_cancelled() {
+        let redis = redis();
+        let (tx, rx) = oneshot::channel::<()>();
+        let call = redis.run(move |_| async move {
+            let _held = tx;
+            std::future::pending::<RedisResult<()>>().await
+        });
+        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(10), call).await;
+        assert!(timed_out.is_err());
+        // The task was aborted on the thread: what it held is dropped.
+        assert!(rx.await.is_err());
+    }
+}
