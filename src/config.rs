@@ -52,10 +52,10 @@ pub struct ClusterConfig {
     /// Environment added for every worker, on top of the master's.
     pub env: Vec<(String, String)>,
     /// How long a worker has to exit after `Shutdown` before it is killed.
-    #[serde(rename = "shutdown_timeout_ms", with = "millis")]
+    #[serde(rename = "shutdown_timeout_ms", with = "crate::millis::duration")]
     pub shutdown_timeout: Duration,
     /// How long a worker has to become ready when the cluster starts.
-    #[serde(rename = "ready_timeout_ms", with = "millis")]
+    #[serde(rename = "ready_timeout_ms", with = "crate::millis::duration")]
     pub ready_timeout: Duration,
     /// Largest frame body accepted from or sent to a worker.
     pub max_frame_bytes: usize,
@@ -71,7 +71,7 @@ pub struct ClusterConfig {
     /// Capacity of each worker proxy's actix mailbox.
     pub mailbox_capacity: usize,
     /// How often a ready worker is pinged; zero turns heartbeats off.
-    #[serde(rename = "heartbeat_interval_ms", with = "millis")]
+    #[serde(rename = "heartbeat_interval_ms", with = "crate::millis::duration")]
     pub heartbeat_interval: Duration,
     /// Pings in a row a worker may leave unanswered before it is killed as hung.
     pub heartbeat_misses: u32,
@@ -86,7 +86,7 @@ pub struct ClusterConfig {
     /// master's user only), set before the path appears, whatever the umask.
     pub unix_socket_mode: u32,
     /// The pause between two workers of a rolling reload.
-    #[serde(rename = "reload_delay_ms", with = "millis")]
+    #[serde(rename = "reload_delay_ms", with = "crate::millis::duration")]
     pub reload_delay: Duration,
     /// Whether workers may ask for a rolling reload of the cluster (off by default).
     pub worker_reload: bool,
@@ -541,20 +541,6 @@ fn allowed_cpus() -> Vec<usize> {
     (0..nix::sched::CpuSet::count())
         .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
         .collect()
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
-    }
 }
 
 #[cfg(test)]

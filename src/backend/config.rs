@@ -100,7 +100,7 @@ pub struct RedisBackend {
     /// How often this node writes its heartbeat and reads the others' (default 1 s).
     #[serde(
         rename = "heartbeat_ms",
-        with = "millis",
+        with = "crate::millis::duration",
         default = "RedisBackend::default_heartbeat"
     )]
     pub heartbeat: Duration,
@@ -108,7 +108,7 @@ pub struct RedisBackend {
     /// long after its last beat (default 3 s; more than twice the heartbeat).
     #[serde(
         rename = "node_timeout_ms",
-        with = "millis",
+        with = "crate::millis::duration",
         default = "RedisBackend::default_node_timeout"
     )]
     pub node_timeout: Duration,
@@ -267,20 +267,6 @@ pub(crate) fn hostname() -> String {
         .and_then(|name| name.into_string().ok())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".into())
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
-    }
 }
 
 #[cfg(test)]
