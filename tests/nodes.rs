@@ -191,19 +191,7 @@ impl Node {
         what: &str,
         cond: impl Fn(&BTreeMap<String, Value>) -> bool,
     ) -> BTreeMap<String, Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let nodes = self.nodes();
-            if cond(&nodes) {
-                return nodes;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {}: {what} not reached within {timeout:?}; it lists {nodes:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.poll(timeout, what, Self::nodes, cond)
     }
 
     /// Polls [`stats`](Self::stats) until `cond` holds; panics after `timeout`.
@@ -213,15 +201,27 @@ impl Node {
         what: &str,
         cond: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.poll(timeout, what, Self::stats, cond)
+    }
+
+    /// Reads with `read` every 50 ms until `cond` holds of what it read; panics, naming `what`
+    /// and the last reading, after `timeout`.
+    fn poll<T: std::fmt::Debug>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        read: impl Fn(&mut Self) -> T,
+        cond: impl Fn(&T) -> bool,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
-            let stats = self.stats();
-            if cond(&stats) {
-                return stats;
+            let reading = read(self);
+            if cond(&reading) {
+                return reading;
             }
             assert!(
                 Instant::now() < deadline,
-                "node {}: {what} not reached within {timeout:?}; stats {stats}",
+                "node {}: {what} not reached within {timeout:?}; last read {reading:?}",
                 self.name
             );
             std::thread::sleep(Duration::from_millis(50));

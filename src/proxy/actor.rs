@@ -56,7 +56,8 @@ pub struct Worker<A: WorkerActor> {
 }
 
 pub(super) use super::metered::{
-    Counters, ASK_FAILED, ASK_REPLY, CREDIT, DELIVER, NOTIFY, PEER_REQUEST, PING, REQUEST, TELL,
+    Counters, SlotFigures, Tally, ASK_FAILED, ASK_REPLY, CREDIT, DELIVER, NOTIFY, PEER_REQUEST,
+    PING, REQUEST, TELL,
 };
 
 impl<A: WorkerActor> fmt::Debug for Worker<A> {
@@ -157,27 +158,49 @@ impl<A: WorkerActor> Worker<A> {
         }
     }
 
-    pub(crate) fn stats(&self) -> WorkerStats {
-        let by_kind = |counts: &[u64]| {
-            counts
-                .iter()
-                .zip(Envelope::KINDS)
-                .filter(|(n, _)| **n > 0)
-                .map(|(n, k)| (k.to_owned(), *n))
-                .collect()
-        };
-        let pid = self.proc.pid().filter(|_| self.proc.is_running());
+    /// The slot's figures now: its counters, and its running process's CPU and memory (read
+    /// from `/proc`).
+    pub(crate) fn figures(&self) -> SlotFigures {
+        let running = self.proc.is_running();
+        let pid = self.proc.pid().filter(|_| running);
         let (cpu, rss_bytes) = pid.map(crate::messaging::proc_usage).unwrap_or_default();
-        WorkerStats {
+        SlotFigures {
             id: self.id,
+            group: self.spawn.group.clone(),
+            state: self.proc.state,
             pid,
-            sent: by_kind(&self.counters.sent.map(|t| t.frames)),
-            received: by_kind(&self.counters.received.map(|t| t.frames)),
-            requests: self.counters.requests,
-            errors: self.counters.errors + self.abandoned.get(),
-            restarts: self.respawns,
+            generation: self.proc.generation,
+            started: self.proc.started_wall.filter(|_| running),
             cpu,
             rss_bytes,
+            outbox_bytes: self.proc.stdin.len(),
+            in_flight: self.proc.in_flight.len(),
+            counters: self.counters.clone(),
+            abandoned: self.abandoned.get(),
+        }
+    }
+
+    /// The slot's [`WorkerStats`]: its [`figures`](Self::figures) as the public type says them.
+    pub(crate) fn stats(&self) -> WorkerStats {
+        let figures = self.figures();
+        let by_kind = |tallies: &[Tally]| {
+            tallies
+                .iter()
+                .zip(Envelope::KINDS)
+                .filter(|(t, _)| t.frames > 0)
+                .map(|(t, k)| (k.to_owned(), t.frames))
+                .collect()
+        };
+        WorkerStats {
+            id: figures.id,
+            pid: figures.pid,
+            sent: by_kind(&figures.counters.sent),
+            received: by_kind(&figures.counters.received),
+            requests: figures.counters.requests,
+            errors: figures.counters.errors + figures.abandoned,
+            restarts: self.respawns,
+            cpu: figures.cpu,
+            rss_bytes: figures.rss_bytes,
         }
     }
 

@@ -458,23 +458,6 @@ impl<A: WorkerActor> Handler<GetFigures> for Worker<A> {
     type Result = MessageResult<GetFigures>;
 
     fn handle(&mut self, _: GetFigures, _ctx: &mut Context<Self>) -> Self::Result {
-        let running = self.proc.is_running();
-        let pid = self.proc.pid().filter(|_| running);
-        let (cpu, rss_bytes) = pid.map(crate::messaging::proc_usage).unwrap_or_default();
-        let started = self.proc.started_wall.filter(|_| running);
-        MessageResult(SlotFigures {
-            id: self.id,
-            group: self.spawn.group.clone(),
-            state: self.proc.state,
-            pid,
-            generation: self.proc.generation,
-            started,
-            cpu,
-            rss_bytes,
-            outbox_bytes: self.proc.stdin.len(),
-            in_flight: self.proc.in_flight.len(),
-            counters: self.counters.clone(),
-            abandoned: self.abandoned.get(),
-        })
+        MessageResult(self.figures())
     }
 }
