@@ -353,6 +353,18 @@ pub enum AskError {
     /// The channel to the master is closed.
     #[error("the channel to the master is closed")]
     Closed,
+    /// No live node of the cluster has this name (or the cluster spans no hosts: no
+    /// [`backend`](crate::ClusterConfig::backend)).
+    #[error("no node {0:?} in the cluster")]
+    NoSuchNode(String),
+    /// The node left (or restarted with a new epoch) before it answered, or nothing listens
+    /// on its inbox any more.
+    #[error("node {0} is gone")]
+    NodeGone(String),
+    /// The cluster's backend (Redis) cannot be reached now, or this node has not joined: a
+    /// message to another node cannot be sent. Local messaging goes on.
+    #[error("the cluster's backend is unavailable: {0}")]
+    BackendUnavailable(String),
 }
 
 /// Why a [`Replace`](crate::Replace) did not happen.

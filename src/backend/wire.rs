@@ -1,0 +1,197 @@
+//! What travels between nodes on their inbox channels: one postcard-encoded [`Frame`] per
+//! Redis pub/sub message, with its size bounded and its addressing checked on arrival.
+//!
+//! A frame names its sender by (node name, epoch, worker id, pid) and its target by (epoch,
+//! worker id): the receiving node refuses a frame for another epoch than its own (it was sent
+//! to an earlier boot of this name, or to a later one this boot is not), answering a request
+//! with [`AskError::NodeGone`] rather than dropping it. Epochs come from one counter for the
+//! whole cluster, so an epoch alone tells node boots apart.
+//!
+//! Limits: a frame is at most [`MAX_FRAME_BYTES`] (the payload plus some hundred bytes); a
+//! larger message is refused at the sender with [`AskError::Invalid`], and a larger frame read
+//! from the channel is counted as bad and dropped. A frame that does not decode (another
+//! version, garbage published on our channel) is counted and dropped: nothing panics.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AskError;
+use crate::state::WorkerId;
+
+/// The layout version of a frame; a frame of another version is dropped as bad.
+pub(crate) const VERSION: u8 = 1;
+/// The largest frame sent or read: 1 MiB (Redis's pub/sub output buffers are the limit that
+/// matters: a slow subscriber is disconnected past them).
+pub(crate) const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// Who sent a frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct From {
+    /// The sender's node name (where a reply goes).
+    pub(crate) node: String,
+    /// The sender's node epoch: a reply for another epoch of that name is refused.
+    pub(crate) epoch: u64,
+    /// The sending worker, and its process (a pid on the sender's host).
+    pub(crate) worker: WorkerId,
+    pub(crate) pid: u32,
+}
+
+/// What a frame is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Kind {
+    /// A request under the sender's correlation id `id`; the receiver drops it unanswered
+    /// once `deadline_ms` (from when it was sent, as the sender's clock measured it, so only
+    /// durations cross hosts) has passed since it arrived — the sender has given up by then.
+    Ask { id: u64, deadline_ms: u64 },
+    /// A one-way message.
+    Tell,
+    /// The answer to request `id`.
+    Reply {
+        id: u64,
+        result: Result<Vec<u8>, AskError>,
+    },
+}
+
+/// One message between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Frame {
+    pub(crate) version: u8,
+    pub(crate) from: From,
+    /// The target node's epoch.
+    pub(crate) to_epoch: u64,
+    /// The target worker (unused in a `Reply`, which goes to the node's pending table).
+    pub(crate) to_worker: WorkerId,
+    pub(crate) kind: Kind,
+    /// The message (empty in a `Reply`, whose result carries it).
+    #[serde(with = "serde_bytes")]
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Why a frame read from the channel was dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Bad {
+    TooLarge(usize),
+    Undecodable(String),
+    Version(u8),
+}
+
+impl std::fmt::Display for Bad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bad::TooLarge(n) => write!(f, "{n} bytes, more than {MAX_FRAME_BYTES}"),
+            Bad::Undecodable(e) => write!(f, "does not decode: {e}"),
+            Bad::Version(v) => write!(f, "layout version {v}, this node reads {VERSION}"),
+        }
+    }
+}
+
+impl Frame {
+    /// The frame's bytes, or [`AskError::Invalid`] when it is too large.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, AskError> {
+        let bytes = postcard::to_stdvec(self).map_err(|e| AskError::Invalid(e.to_string()))?;
+        if bytes.len() > MAX_FRAME_BYTES {
+            return Err(AskError::Invalid(format!(
+                "a message to another node is at most {MAX_FRAME_BYTES} bytes (this one: {})",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// A frame read from the channel.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Bad> {
+        if bytes.len() > MAX_FRAME_BYTES {
+            return Err(Bad::TooLarge(bytes.len()));
+        }
+        // The version is the first byte (a `u8` is one byte in postcard): checked first, so
+        // that a later layout is told apart from garbage.
+        match bytes.first() {
+            Some(&VERSION) => {}
+            Some(&other) => return Err(Bad::Version(other)),
+            None => return Err(Bad::Undecodable("empty".into())),
+        }
+        postcard::from_bytes(bytes).map_err(|e| Bad::Undecodable(e.to_string()))
+    }
+}
+
+/// What a node does with a frame for it, by the epoch it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Addressed {
+    /// For this boot.
+    Mine,
+    /// For another epoch of this name: refused.
+    Stale,
+}
+
+/// Checks a frame's target epoch against this node's (`None`: not joined, nothing is ours).
+pub(crate) fn addressed(frame: &Frame, mine: Option<u64>) -> Addressed {
+    match mine {
+        Some(epoch) if epoch == frame.to_epoch => Addressed::Mine,
+        _ => Addressed::Stale,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: Kind) -> Frame {
+        Frame {
+            version: VERSION,
+            from: From {
+                node: "a".into(),
+                epoch: 7,
+                worker: 1,
+                pid: 42,
+            },
+            to_epoch: 9,
+            to_worker: 0,
+            kind,
+            payload: b"hi".to_vec(),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        for kind in [
+            Kind::Ask {
+                id: 3,
+                deadline_ms: 1000,
+            },
+            Kind::Tell,
+            Kind::Reply {
+                id: 3,
+                result: Err(AskError::NoSuchWorker(5)),
+            },
+            Kind::Reply {
+                id: 4,
+                result: Ok(vec![1, 2]),
+            },
+        ] {
+            let f = frame(kind);
+            assert_eq!(Frame::decode(&f.encode().unwrap()).unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn bad_frames_say_why_and_large_ones_are_refused() {
+        assert!(matches!(Frame::decode(b""), Err(Bad::Undecodable(_))));
+        assert!(matches!(Frame::decode(&[9, 1, 2]), Err(Bad::Version(9))));
+        assert!(matches!(
+            Frame::decode(&[VERSION, 0xff]),
+            Err(Bad::Undecodable(_))
+        ));
+        let huge = vec![0; MAX_FRAME_BYTES + 1];
+        assert!(matches!(Frame::decode(&huge), Err(Bad::TooLarge(_))));
+        let mut f = frame(Kind::Tell);
+        f.payload = huge;
+        assert!(matches!(f.encode(), Err(AskError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_frame_for_another_epoch_is_stale() {
+        let f = frame(Kind::Tell);
+        assert_eq!(addressed(&f, Some(9)), Addressed::Mine);
+        assert_eq!(addressed(&f, Some(8)), Addressed::Stale);
+        assert_eq!(addressed(&f, None), Addressed::Stale);
+    }
+}
