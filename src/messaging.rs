@@ -42,6 +42,7 @@ use crate::event::WorkerInfo;
 use crate::state::WorkerId;
 
 pub(crate) mod confirm;
+pub(crate) mod remote;
 pub(crate) mod router;
 pub(crate) mod system;
 pub(crate) mod table;
@@ -87,6 +88,17 @@ pub enum Route<'a> {
     /// The members of a group (the sender excluded; see [`ClusterInfo`'s
     /// Groups](ClusterInfo#groups)).
     Group(&'a str),
+    /// One worker on a node of a cluster that spans hosts (see [`backend`](crate::backend)),
+    /// by the node's name and the worker's id there.
+    Node {
+        /// The node's name.
+        node: &'a str,
+        /// The worker's id on that node.
+        worker: u64,
+        /// For a request: how long its asker waits, in ms (the receiving node drops it once
+        /// that has passed); 0 for a one-way message.
+        timeout_ms: u64,
+    },
 }
 
 /// A system operation a worker asks of the master.

@@ -9,7 +9,10 @@
 use actix::prelude::*;
 use bytes::Bytes;
 
+use std::time::Duration;
+
 use crate::error::AskError;
+use crate::messaging::remote::{Outbound, RemoteLink};
 use crate::messaging::table::{AskDone, ReplyTo, Routed, SharedRouting};
 use crate::messaging::{Peer, Route, Via};
 use crate::state::WorkerId;
@@ -80,6 +83,7 @@ impl Router {
                 .filter(|(w, _)| *w != self.id)
                 .map(|(_, t)| (t.clone(), Via::Broadcast))
                 .collect(),
+            Route::Node { worker, .. } => vec![(self.target(*worker)?, Via::Direct)],
             Route::Group(group) => routing
                 .members(group)
                 .into_iter()
@@ -103,11 +107,30 @@ impl Router {
         if to == Route::Master {
             return Outcome::Master;
         }
+        if let Route::Node { node, worker, .. } = to {
+            match self.elsewhere(node) {
+                Ok(None) => {}
+                Ok(Some(link)) => {
+                    link.send(Outbound::Tell {
+                        node: node.to_owned(),
+                        worker: worker as WorkerId,
+                        from: Some((self.id, pid)),
+                        payload: Bytes::copy_from_slice(payload),
+                    });
+                    // Handed to the backend: an acknowledgement means no more than that.
+                    return match ack {
+                        Some(_) => Outcome::Answer(Ok(Bytes::new())),
+                        None => Outcome::Routed,
+                    };
+                }
+                Err(e) => return Outcome::Answer(Err(e)),
+            }
+        }
         let receivers = match self.receivers(&to) {
             Ok(receivers) => receivers,
             Err(e) => return Outcome::Answer(Err(e)),
         };
-        let direct = matches!(to, Route::Worker(_));
+        let direct = matches!(to, Route::Worker(_) | Route::Node { .. });
         let (from, payload) = (self.peer(pid), Bytes::copy_from_slice(payload));
         for (target, via) in receivers {
             let ack = ack
@@ -149,10 +172,41 @@ impl Router {
                 }
                 Err(e) => Outcome::Answer(Err(e)),
             },
+            Route::Node {
+                node,
+                worker,
+                timeout_ms,
+            } => match self.elsewhere(node) {
+                Ok(None) => self.ask(generation, pid, id, Route::Worker(worker), payload),
+                Ok(Some(link)) => {
+                    if let Some(reply) = self.reply_to(generation, id) {
+                        link.send(Outbound::Ask {
+                            node: node.to_owned(),
+                            worker: worker as WorkerId,
+                            from: Some((self.id, pid)),
+                            payload: Bytes::copy_from_slice(payload),
+                            timeout: Duration::from_millis(timeout_ms),
+                            reply,
+                        });
+                    }
+                    Outcome::Routed
+                }
+                Err(e) => Outcome::Answer(Err(e)),
+            },
             Route::Master => Outcome::Master,
             Route::All | Route::Group(_) => Outcome::Answer(Err(AskError::Invalid(
                 "a request goes to the master or to one worker".into(),
             ))),
+        }
+    }
+
+    /// Where a message for node `node` goes: `None` when it is this node (the local path),
+    /// the backend's link otherwise; [`AskError::NoSuchNode`] without a backend.
+    fn elsewhere(&self, node: &str) -> Result<Option<RemoteLink>, AskError> {
+        match &self.routing.borrow().remote {
+            Some(link) if link.node == node => Ok(None),
+            Some(link) => Ok(Some(link.clone())),
+            None => Err(AskError::NoSuchNode(node.to_owned())),
         }
     }
 

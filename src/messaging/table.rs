@@ -40,6 +40,8 @@ pub(crate) struct Routing {
     topics: BTreeMap<String, BTreeSet<WorkerId>>,
     /// How many topics each worker has joined.
     joined: HashMap<WorkerId, usize>,
+    /// Where messages for workers on other nodes go, when the cluster spans hosts.
+    pub(crate) remote: Option<crate::messaging::remote::RemoteLink>,
 }
 
 /// One slot's supervision group.
