@@ -164,6 +164,65 @@ impl<A: WorkerActor> WorkerHandle<A> {
         decode(&bytes)
     }
 
+    /// Asks worker `id` of node `node` (a cluster that spans hosts, see
+    /// [`backend`](crate::backend)) and awaits its typed reply. A worker of this node (`node`
+    /// is this node's name) is asked on the local path, as [`ask_worker`](Self::ask_worker)
+    /// does; another node's through Redis, at most once: the request is never handled twice,
+    /// and an answer lost on the way ends as [`AskError::Timeout`].
+    ///
+    /// # Errors
+    /// Those of [`ask_worker`](Self::ask_worker), and [`AskError::NoSuchNode`] (no live node of
+    /// that name, or no backend), [`AskError::NodeGone`] (it left, or restarted with a new
+    /// epoch, before it answered), [`AskError::BackendUnavailable`] (Redis cannot be reached
+    /// now): each as soon as it is known, not at the timeout.
+    pub async fn ask_worker_on(
+        &self,
+        node: &str,
+        id: WorkerId,
+        msg: &A::Msg,
+        timeout: Duration,
+    ) -> Result<A::Reply, AskError> {
+        let payload = encode(msg)?;
+        let timeout_ms = timeout.as_millis().try_into().unwrap_or(u64::MAX);
+        let bytes = self
+            .ask_with(timeout, |ask, push| {
+                push(&Envelope::Ask {
+                    id: ask,
+                    to: Route::Node {
+                        node,
+                        worker: id as u64,
+                        timeout_ms,
+                    },
+                    payload: &payload,
+                })
+            })
+            .await?;
+        decode(&bytes)
+    }
+
+    /// Sends a one-way message to worker `id` of node `node`, which handles it with its `tell`
+    /// hook. To this node's own workers it goes the local path; to another node's through
+    /// Redis, **at most once**: a node that is down or cut off from Redis when it is published
+    /// never gets it, and nothing tells the sender (use
+    /// [`ask_worker_on`](Self::ask_worker_on) when it must be known).
+    ///
+    /// # Errors
+    /// [`AskError::Invalid`] (cannot be encoded, too large), [`AskError::Closed`]. A node that
+    /// is unknown or unreachable is not reported here: the message is dropped (and logged by
+    /// the master).
+    pub fn tell_worker_on(&self, node: &str, id: WorkerId, msg: &A::Msg) -> Result<(), AskError> {
+        let payload = encode(msg)?;
+        self.push(&Envelope::Send {
+            to: Route::Node {
+                node,
+                worker: id as u64,
+                timeout_ms: 0,
+            },
+            ack: None,
+            payload: &payload,
+        })
+    }
+
     /// Asks the master and awaits its answer: the request is this worker type's `Event`, the
     /// answer its [`MasterReply`](WorkerActor::MasterReply), given by the handler registered
     /// with [`ClusterBuilder::on_request`](crate::ClusterBuilder::on_request) (or
