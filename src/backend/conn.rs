@@ -102,6 +102,87 @@ impl Redis {
     }
 }
 
+/// What the subscription to a node's inbox reports to the master's loop.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// (Re)subscribed: frames published from now on arrive.
+    Subscribed,
+    /// The subscription is lost (frames published meanwhile are lost); retried every `retry`.
+    Lost(String),
+    /// A message published on the channel.
+    Frame(Vec<u8>),
+}
+
+impl Redis {
+    /// Subscribes to `channel` on a pub/sub connection of its own, on the Redis thread, and
+    /// keeps subscribed: after an error or a closed connection it tries again every `retry`
+    /// (each attempt bounded by `retry`). Ends when the returned handle is dropped.
+    pub(crate) fn subscribe(
+        &self,
+        channel: String,
+        retry: std::time::Duration,
+        tx: tokio::sync::mpsc::UnboundedSender<Inbound>,
+    ) -> Subscription {
+        use actix::prelude::Stream;
+        let client = self.client.clone();
+        let task = self.thread.spawn(async move {
+            loop {
+                let connect = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                };
+                let lost = match tokio::time::timeout(retry, connect).await {
+                    Ok(Ok(mut pubsub)) => {
+                        if tx.send(Inbound::Subscribed).is_err() {
+                            return;
+                        }
+                        let mut messages = std::pin::pin!(pubsub.on_message());
+                        while let Some(msg) =
+                            std::future::poll_fn(|cx| messages.as_mut().poll_next(cx)).await
+                        {
+                            let frame = Inbound::Frame(msg.get_payload_bytes().to_vec());
+                            if tx.send(frame).is_err() {
+                                return;
+                            }
+                        }
+                        "the subscription's connection closed".to_owned()
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "Redis did not answer the subscription in time".to_owned(),
+                };
+                if tx.send(Inbound::Lost(lost)).is_err() {
+                    return;
+                }
+                tokio::time::sleep(retry).await;
+            }
+        });
+        Subscription(task)
+    }
+
+    /// Publishes `bytes` on `channel`: how many subscribers received it.
+    pub(crate) async fn publish(&self, channel: String, bytes: Vec<u8>) -> RedisResult<i64> {
+        self.run(move |mut conn| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(bytes)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+    }
+}
+
+/// A subscription kept on the Redis thread; dropped, it ends.
+#[derive(Debug)]
+pub(crate) struct Subscription(tokio::task::JoinHandle<()>);
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A task on the Redis thread, cancelled when no longer awaited.
 struct Cancel<T>(tokio::task::JoinHandle<T>);
 

@@ -46,6 +46,11 @@ impl Keys {
         format!("{}{}", self.node_prefix(), name)
     }
 
+    /// A node's inbox: the pub/sub channel its frames are published on.
+    pub(crate) fn inbox(&self, name: &str) -> String {
+        format!("{}in:{}", self.prefix, name)
+    }
+
     fn node_prefix(&self) -> String {
         format!("{}node:", self.prefix)
     }
