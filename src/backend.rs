@@ -108,6 +108,7 @@ mod node;
 // The cross-node transport's parts, wired in by the next step (see BRANCH_STATUS.md).
 #[allow(dead_code)]
 mod pending;
+mod remote;
 mod script;
 mod view;
 #[allow(dead_code)]

@@ -1,0 +1,420 @@
+//! Messages between workers on different nodes: the task on the master's loop that sends what
+//! the routing hands over ([`Outbound`]) to other nodes' inboxes, and hands what arrives in
+//! this node's inbox to the local proxies.
+//!
+//! Transport: Redis pub/sub, one channel per node (`procactor:{<cluster>}:in:<name>`), frames
+//! as in `wire.rs`. Delivery is **at most once**, for requests and one-way messages alike: a
+//! node that is not subscribed when a frame is published (down, cut off from Redis,
+//! resubscribing) never sees it, and Redis keeps nothing. A request always ends for its
+//! asker: with its answer, or a typed error as soon as it is known — `NoSuchNode` (no live
+//! node of that name in the view), `BackendUnavailable` (Redis unreachable, this node not
+//! joined, or the publish failed), `NodeGone` (`PUBLISH` reached no subscriber, the node left
+//! while it was pending, or the frame named an old epoch) —, else `Timeout` at its deadline.
+//!
+//! Nothing here waits on Redis on the master's loop: each publish runs on the Redis thread and
+//! reports back over a channel.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::conn::{Inbound, Redis, Subscription};
+use super::node::NodeEvent;
+use super::pending::Pending;
+use super::script::Keys;
+use super::wire::{addressed, Addressed, Frame, Kind, VERSION};
+use super::Shared;
+use crate::error::AskError;
+use crate::messaging::remote::Outbound;
+use crate::messaging::table::{ReplyTo, Routed, SharedRouting};
+use crate::messaging::{Peer, Via};
+use crate::state::WorkerId;
+
+/// The longest a request from the master (no timeout of its own) waits for another node.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a publish reports back.
+#[derive(Debug)]
+struct Published {
+    /// The pending request it carried, if any.
+    ask: Option<u64>,
+    node: String,
+    result: redis::RedisResult<i64>,
+}
+
+/// The task's state; see the module docs.
+pub(crate) struct Remote {
+    redis: Redis,
+    keys: Keys,
+    shared: Rc<RefCell<Shared>>,
+    routing: SharedRouting,
+    pending: Pending<ReplyTo>,
+    published: (
+        mpsc::UnboundedSender<Published>,
+        mpsc::UnboundedReceiver<Published>,
+    ),
+    /// Whether this node's inbox is subscribed now.
+    subscribed: bool,
+    _subscription: Subscription,
+    inbound: mpsc::UnboundedReceiver<Inbound>,
+}
+
+impl Remote {
+    /// Subscribes to this node's inbox (`name`) and is ready to run.
+    pub(crate) fn new(
+        redis: Redis,
+        keys: Keys,
+        name: &str,
+        retry: Duration,
+        shared: Rc<RefCell<Shared>>,
+        routing: SharedRouting,
+    ) -> Self {
+        let (tx, inbound) = mpsc::unbounded_channel();
+        let subscription = redis.subscribe(keys.inbox(name), retry, tx);
+        Self {
+            redis,
+            keys,
+            shared,
+            routing,
+            pending: Pending::default(),
+            published: mpsc::unbounded_channel(),
+            subscribed: false,
+            _subscription: subscription,
+            inbound,
+        }
+    }
+
+    /// Runs until the routing's link and the membership's events are gone.
+    pub(crate) async fn run(
+        mut self,
+        mut outbound: mpsc::UnboundedReceiver<Outbound>,
+        mut events: mpsc::UnboundedReceiver<NodeEvent>,
+    ) {
+        loop {
+            let deadline = self.pending.next_deadline();
+            let wake = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                out = outbound.recv() => match out {
+                    Some(out) => self.send(out),
+                    None => return,
+                },
+                Some(inbound) = self.inbound.recv() => self.arrived(inbound),
+                Some(done) = self.published.1.recv() => self.published(done),
+                event = events.recv() => match event {
+                    Some(event) => self.membership(&event),
+                    None => return,
+                },
+                () = tokio::time::sleep_until(wake.into()) => {
+                    for (reply, error) in self.pending.expired(Instant::now()) {
+                        reply.answer(Err(error));
+                    }
+                }
+            }
+        }
+    }
+
+    /// This node, if it has joined and Redis answers: (name, epoch).
+    fn me(&self) -> Result<(String, u64), AskError> {
+        let shared = self.shared.borrow();
+        if !shared.stats.connected {
+            return Err(AskError::BackendUnavailable(
+                "Redis cannot be reached".into(),
+            ));
+        }
+        let me = shared.current().ok_or_else(|| {
+            AskError::BackendUnavailable("this node has not joined the cluster".into())
+        })?;
+        Ok((me.name.clone(), me.epoch))
+    }
+
+    /// The epoch of live node `node`, as last read.
+    fn epoch_of(&self, node: &str) -> Result<u64, AskError> {
+        let shared = self.shared.borrow();
+        let found = shared.view.others().find(|n| n.id.name == node);
+        found
+            .map(|n| n.id.epoch)
+            .ok_or_else(|| AskError::NoSuchNode(node.to_owned()))
+    }
+
+    /// Sends what the routing handed over.
+    fn send(&mut self, out: Outbound) {
+        match out {
+            Outbound::Ask {
+                node,
+                worker,
+                from,
+                payload,
+                timeout,
+                reply,
+            } => {
+                let timeout = if timeout.is_zero() {
+                    DEFAULT_TIMEOUT
+                } else {
+                    timeout
+                };
+                let target = self.me().and_then(|me| Ok((me, self.epoch_of(&node)?)));
+                let (me, epoch) = match target {
+                    Ok(target) => target,
+                    Err(e) => return reply.answer(Err(e)),
+                };
+                let id = match self.pending.open(reply, &node, Instant::now(), timeout) {
+                    Ok(id) => id,
+                    Err((reply, e)) => return reply.answer(Err(e)),
+                };
+                let deadline_ms = timeout.as_millis().try_into().unwrap_or(u64::MAX);
+                let kind = Kind::Ask { id, deadline_ms };
+                let frame = frame(me, from, epoch, worker, kind, payload.to_vec());
+                self.publish(&node, &frame, Some(id));
+            }
+            Outbound::Tell {
+                node,
+                worker,
+                from,
+                payload,
+            } => {
+                let target = self.me().and_then(|me| Ok((me, self.epoch_of(&node)?)));
+                match target {
+                    Ok((me, epoch)) => {
+                        let frame = frame(me, from, epoch, worker, Kind::Tell, payload.to_vec());
+                        self.publish(&node, &frame, None);
+                    }
+                    Err(e) => {
+                        tracing::warn!(node, worker, error = %e, "message to another node dropped")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes `frame` on `node`'s inbox, on the Redis thread; the outcome comes back as
+    /// [`Published`].
+    fn publish(&mut self, node: &str, frame: &Frame, ask: Option<u64>) {
+        let bytes = match frame.encode() {
+            Ok(bytes) => bytes,
+            Err(e) => return self.end(ask, Err(e)),
+        };
+        let (redis, channel, done) = (
+            self.redis.clone(),
+            self.keys.inbox(node),
+            self.published.0.clone(),
+        );
+        let node = node.to_owned();
+        tokio::task::spawn_local(async move {
+            let result = redis.publish(channel, bytes).await;
+            let _ = done.send(Published { ask, node, result });
+        });
+    }
+
+    fn published(&mut self, done: Published) {
+        let error = match done.result {
+            Ok(0) => AskError::NodeGone(done.node.clone()),
+            Ok(_) => return,
+            Err(e) => AskError::BackendUnavailable(e.to_string()),
+        };
+        match done.ask {
+            Some(_) => self.end(done.ask, Err(error)),
+            None => {
+                tracing::warn!(node = done.node, %error, "message to another node not delivered")
+            }
+        }
+    }
+
+    /// Ends pending request `ask` (if still pending) with `result`.
+    fn end(&mut self, ask: Option<u64>, result: Result<Bytes, AskError>) {
+        if let Some(reply) = ask.and_then(|id| self.pending.take(id)) {
+            reply.answer(result);
+        }
+    }
+
+    /// A node left, or Redis was lost: their requests end now.
+    fn membership(&mut self, event: &NodeEvent) {
+        let ended = match event {
+            NodeEvent::Left { node, .. } => {
+                let gone = AskError::NodeGone(node.id.to_string());
+                self.pending.to_node(&node.id.name, &gone)
+            }
+            NodeEvent::Disconnected { error } => self
+                .pending
+                .all(&AskError::BackendUnavailable(error.clone())),
+            _ => Vec::new(),
+        };
+        for (reply, error) in ended {
+            reply.answer(Err(error));
+        }
+    }
+
+    fn arrived(&mut self, inbound: Inbound) {
+        let bytes = match inbound {
+            Inbound::Subscribed => {
+                self.subscribed = true;
+                return tracing::debug!("subscribed to this node's inbox");
+            }
+            Inbound::Lost(error) => {
+                if std::mem::replace(&mut self.subscribed, false) {
+                    tracing::warn!(%error, "this node's inbox subscription is lost; resubscribing");
+                }
+                return;
+            }
+            Inbound::Frame(bytes) => bytes,
+        };
+        let frame = match Frame::decode(&bytes) {
+            Ok(frame) => frame,
+            Err(why) => {
+                tracing::warn!(%why, "dropped a bad frame from this node's inbox");
+                self.shared.borrow_mut().stats.bad_entries += 1;
+                return;
+            }
+        };
+        let mine = self.shared.borrow().current().map(|me| me.epoch);
+        if addressed(&frame, mine) == Addressed::Stale {
+            return self.stale(frame);
+        }
+        let from = Peer::Worker {
+            id: frame.from.worker,
+            pid: frame.from.pid,
+        };
+        match frame.kind {
+            Kind::Reply { id, result } => self.end(Some(id), result.map(Bytes::from)),
+            Kind::Tell => match self.target(frame.to_worker) {
+                Ok(target) => target.do_send(Routed::Tell {
+                    from,
+                    via: Via::Direct,
+                    payload: frame.payload.into(),
+                    ack: None,
+                }),
+                Err(e) => tracing::debug!(error = %e, "message from another node dropped"),
+            },
+            Kind::Ask { id, deadline_ms } => {
+                let deadline = Duration::from_millis(deadline_ms);
+                let to = (frame.from.node.clone(), frame.from.epoch);
+                let target = match self.target(frame.to_worker) {
+                    Ok(target) => target,
+                    Err(e) => return self.reply(to, id, Err(e)),
+                };
+                let (tx, rx) = oneshot::channel();
+                target.do_send(Routed::Ask {
+                    from,
+                    payload: frame.payload.into(),
+                    reply: ReplyTo::Local(tx),
+                });
+                self.reply_later(to, id, deadline, rx);
+            }
+        }
+    }
+
+    /// A frame for another epoch of this node: a request is refused, the rest dropped.
+    fn stale(&mut self, frame: Frame) {
+        tracing::debug!(
+            from = frame.from.node,
+            epoch = frame.to_epoch,
+            "frame for another epoch of this node refused"
+        );
+        if let Kind::Ask { id, .. } = frame.kind {
+            let name = self.shared.borrow().me.as_ref().map(|m| m.name.clone());
+            let gone = format!("{}#{}", name.unwrap_or_default(), frame.to_epoch);
+            self.reply(
+                (frame.from.node, frame.from.epoch),
+                id,
+                Err(AskError::NodeGone(gone)),
+            );
+        }
+    }
+
+    fn target(&self, worker: WorkerId) -> Result<actix::Recipient<Routed>, AskError> {
+        let routing = self.routing.borrow();
+        routing
+            .slots
+            .get(worker)
+            .cloned()
+            .ok_or(AskError::NoSuchWorker(worker))
+    }
+
+    /// Publishes the answer to request `id` of node `to` once the local worker gives it
+    /// (dropped past the asker's deadline: it has given up).
+    fn reply_later(
+        &self,
+        to: (String, u64),
+        id: u64,
+        deadline: Duration,
+        rx: oneshot::Receiver<Result<Bytes, AskError>>,
+    ) {
+        let sender = self.sender();
+        tokio::task::spawn_local(async move {
+            let Ok(answer) = tokio::time::timeout(deadline, rx).await else {
+                return;
+            };
+            let result = answer.unwrap_or_else(|_| Err(AskError::Failed("no answer".into())));
+            sender.reply(to, id, result).await;
+        });
+    }
+
+    fn reply(&self, to: (String, u64), id: u64, result: Result<Bytes, AskError>) {
+        let sender = self.sender();
+        tokio::task::spawn_local(async move { sender.reply(to, id, result).await });
+    }
+
+    fn sender(&self) -> Replier {
+        Replier {
+            redis: self.redis.clone(),
+            keys: self.keys.clone(),
+            shared: Rc::clone(&self.shared),
+        }
+    }
+}
+
+/// What answering another node needs, off the task.
+struct Replier {
+    redis: Redis,
+    keys: Keys,
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl Replier {
+    async fn reply(self, (node, epoch): (String, u64), id: u64, result: Result<Bytes, AskError>) {
+        let me = self.shared.borrow().me.clone();
+        let Some(me) = me else { return };
+        let result = result.map(|b| b.to_vec());
+        let kind = Kind::Reply { id, result };
+        let frame = frame((me.name, me.epoch), None, epoch, 0, kind, Vec::new());
+        let bytes = match frame.encode() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // The answer is too large: the asker hears why instead.
+                let kind = Kind::Reply { id, result: Err(e) };
+                let me = (frame.from.node.clone(), frame.from.epoch);
+                let small = self::frame(me, None, epoch, 0, kind, Vec::new());
+                small.encode().unwrap_or_default()
+            }
+        };
+        if let Err(e) = self.redis.publish(self.keys.inbox(&node), bytes).await {
+            tracing::warn!(node, error = %e, "answer to another node not sent");
+        }
+    }
+}
+
+fn frame(
+    (node, epoch): (String, u64),
+    from: Option<(WorkerId, u32)>,
+    to_epoch: u64,
+    to_worker: WorkerId,
+    kind: Kind,
+    payload: Vec<u8>,
+) -> Frame {
+    let (worker, pid) = from.unwrap_or((usize::MAX, std::process::id()));
+    Frame {
+        version: VERSION,
+        from: super::wire::From {
+            node,
+            epoch,
+            worker,
+            pid,
+        },
+        to_epoch,
+        to_worker,
+        kind,
+        payload,
+    }
+}
