@@ -125,7 +125,9 @@ pub(crate) use claim::{claim, Claim};
 // after a rejoin, and `NodeView` is where a handle learns the live nodes and their epochs to
 // address a worker as (node, worker id, generation) and to refuse an old epoch.
 
+use crate::messaging::remote::RemoteLink;
 use crate::messaging::system::GetClusterInfo;
+use crate::messaging::table::SharedRouting;
 
 /// What the heartbeat task and the cluster's handles share (one thread: the master's loop).
 #[derive(Debug)]
@@ -209,6 +211,8 @@ impl NodeView {
 pub(crate) struct Node {
     commands: mpsc::UnboundedSender<beat::Command>,
     task: tokio::task::JoinHandle<()>,
+    /// The task that sends and receives messages between nodes.
+    remote: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -229,16 +233,20 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.task.abort();
+        self.remote.abort();
     }
 }
 
 impl Claim {
     /// Starts beating on the current thread's `LocalSet` (the master's arbiter), asking
-    /// `supervisor` for the local groups; `subscribers` get the [`NodeEvent`]s.
+    /// `supervisor` for the local groups; `subscribers` get the [`NodeEvent`]s. Messages for
+    /// workers on other nodes leave `routing` for this node's cross-node task, which delivers
+    /// what arrives for this node's workers through it.
     pub(crate) fn run(
         self,
         supervisor: WeakRecipient<GetClusterInfo>,
         subscribers: Vec<Recipient<NodeEvent>>,
+        routing: SharedRouting,
     ) -> (Node, NodeView) {
         let me = self.epoch.map(|epoch| NodeId {
             name: self.settings.name.clone(),
@@ -259,13 +267,35 @@ impl Claim {
             own_groups: BTreeMap::new(),
             view: view::View::new(&self.settings.name),
         }));
+        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let cross = remote::Remote::new(
+            self.redis.clone(),
+            self.settings.keys.clone(),
+            &self.settings.name,
+            self.settings.heartbeat,
+            Rc::clone(&shared),
+            Rc::clone(&routing),
+        );
+        routing.borrow_mut().remote = Some(RemoteLink {
+            node: self.settings.name.clone(),
+            tx: outbound,
+        });
+        let remote = tokio::task::spawn_local(cross.run(outbound_rx, events_rx));
         let (commands, rx) = mpsc::unbounded_channel();
-        let beater = beat::Beater::new(self, supervisor, subscribers, Rc::clone(&shared));
+        let beater = beat::Beater::new(self, supervisor, subscribers, Rc::clone(&shared), events);
         let task = tokio::task::spawn_local(beater.run(rx));
         let view = NodeView {
             shared,
             commands: commands.clone(),
         };
-        (Node { commands, task }, view)
+        (
+            Node {
+                commands,
+                task,
+                remote,
+            },
+            view,
+        )
     }
 }

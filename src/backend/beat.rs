@@ -39,6 +39,9 @@ pub(crate) struct Beater {
     claim: Claim,
     supervisor: WeakRecipient<GetClusterInfo>,
     subscribers: Vec<Recipient<NodeEvent>>,
+    /// The cross-node task, which ends the requests to a node that left (or all of them when
+    /// Redis is lost).
+    internal: mpsc::UnboundedSender<NodeEvent>,
     shared: Rc<RefCell<Shared>>,
     visible: bool,
     /// The error reported with `Disconnected`, while the outage lasts.
@@ -57,6 +60,7 @@ impl Beater {
         supervisor: WeakRecipient<GetClusterInfo>,
         subscribers: Vec<Recipient<NodeEvent>>,
         shared: Rc<RefCell<Shared>>,
+        internal: mpsc::UnboundedSender<NodeEvent>,
     ) -> Self {
         let outage = claim.unreachable.clone();
         let next_beat = Instant::now() + claim.settings.heartbeat;
@@ -71,6 +75,7 @@ impl Beater {
             claim,
             supervisor,
             subscribers,
+            internal,
             shared,
             visible: false,
             outage,
@@ -372,6 +377,12 @@ impl Beater {
     }
 
     fn send(&self, event: NodeEvent) {
+        if matches!(
+            event,
+            NodeEvent::Left { .. } | NodeEvent::Disconnected { .. }
+        ) {
+            let _ = self.internal.send(event.clone());
+        }
         for subscriber in &self.subscribers {
             subscriber.do_send(event.clone());
         }
