@@ -13,6 +13,9 @@
 //! - `call`: a local `Call(EchoMsg::Pid)` to worker 0 → `{"call":"ok","pid":…}` or
 //!   `{"call":"error","error":…}`;
 //! - `nodes`: `{"nodes":[{"node":…,"epoch":…,"host":…,"pid":…,"groups":{group:[pids]}}]}`;
+//! - `ask <node> <worker> [timeout_ms]`: worker 0 asks that worker of that node its pid
+//!   (`ask_worker_on`) → `{"ask":"ok","pid":…,"ms":…}` or `{"ask":"error","error":…,"ms":…}`;
+//!   `tell <node> <worker>`: worker 0 sends it a one-way `Ping` → `{"tell":"ok",…}`;
 //! - `stats`: `{"stats":{"beats":…,"beat_failures":…,"bad_entries":…,"rejoins":…,"connected":…}}`.
 //!
 //! A failed start prints `error <message>` and exits 2. SIGTERM stops the cluster cleanly
@@ -130,9 +133,46 @@ async fn command(cluster: &Cluster<Echo>, line: &str) -> serde_json::Value {
             Ok(Err(e)) => json!({"call": "error", "error": e.to_string()}),
             Err(e) => json!({"call": "error", "error": e.to_string()}),
         },
+        line if line.starts_with("ask ") || line.starts_with("tell ") => {
+            on_node(cluster, line).await
+        }
         "nodes" => json!({"nodes": cluster.nodes().iter().map(info).collect::<Vec<_>>()}),
         "stats" => stats(cluster.node_stats().unwrap_or_default()),
         other => json!({"error": format!("unknown command {other:?}")}),
+    }
+}
+
+/// `ask <node> <worker> [timeout_ms]`: this node's worker 0 asks worker `<worker>` of node
+/// `<node>` for its pid → `{"ask":"ok","pid":…,"ms":…}` or `{"ask":"error","error":…,"ms":…}`;
+/// `tell <node> <worker>`: worker 0 sends it a one-way `Ping` → `{"tell":"ok"}` or the error.
+async fn on_node(cluster: &Cluster<Echo>, line: &str) -> serde_json::Value {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (Some(&verb), Some(&node), Some(worker)) = (
+        words.first(),
+        words.get(1),
+        words.get(2).and_then(|w| w.parse().ok()),
+    ) else {
+        return json!({"error": format!("bad command {line:?}")});
+    };
+    let timeout_ms = words.get(3).and_then(|t| t.parse().ok()).unwrap_or(5_000);
+    let tell = verb == "tell";
+    let msg = EchoMsg::OnNode {
+        node: node.to_owned(),
+        worker,
+        msg: Box::new(if tell { EchoMsg::Ping } else { EchoMsg::Pid }),
+        tell,
+        timeout_ms,
+    };
+    let begun = std::time::Instant::now();
+    let reply = cluster.worker(0).send(Call(msg)).await;
+    let ms = begun.elapsed().as_millis();
+    match reply {
+        Ok(Ok(EchoReply::Pid(pid))) => json!({verb: "ok", "pid": pid, "ms": ms}),
+        Ok(Ok(EchoReply::Done)) => json!({verb: "ok", "ms": ms}),
+        Ok(Ok(EchoReply::Error(e))) => json!({verb: "error", "error": e, "ms": ms}),
+        Ok(Ok(other)) => json!({verb: "error", "error": format!("{other:?}"), "ms": ms}),
+        Ok(Err(e)) => json!({verb: "error", "error": e.to_string(), "ms": ms}),
+        Err(e) => json!({verb: "error", "error": e.to_string(), "ms": ms}),
     }
 }
 

@@ -54,6 +54,22 @@ pub enum EchoMsg {
         /// What to ask it.
         msg: Box<EchoMsg>,
     },
+    /// Asks worker `worker` of node `node` (a cluster that spans hosts) `msg` with
+    /// [`ask_worker_on`](crate::WorkerHandle::ask_worker_on) (`timeout_ms`) and answers its
+    /// reply, or the error as [`EchoReply::Error`]; with `tell`, sends it one-way
+    /// ([`tell_worker_on`](crate::WorkerHandle::tell_worker_on)) and answers `Done`.
+    OnNode {
+        /// The node's name.
+        node: String,
+        /// The worker on it.
+        worker: crate::WorkerId,
+        /// What to send.
+        msg: Box<EchoMsg>,
+        /// Send one-way instead of asking.
+        tell: bool,
+        /// The request's timeout.
+        timeout_ms: u64,
+    },
 }
 
 /// What [`Echo`] answers.
@@ -108,7 +124,7 @@ impl Echo {
     /// is that worker's context.
     pub async fn answer<A>(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<A>) -> EchoReply
     where
-        A: WorkerActor<Msg = EchoMsg, Event = String>,
+        A: WorkerActor<Msg = EchoMsg, Reply = EchoReply, Event = String>,
     {
         match msg {
             EchoMsg::Ping => EchoReply::Pong,
@@ -161,6 +177,24 @@ impl Echo {
             EchoMsg::Role => EchoReply::Role(crate::role()),
             EchoMsg::Nest(n) => self.nest(n).await,
             EchoMsg::ToNested { worker, msg } => self.to_nested(worker, *msg).await,
+            EchoMsg::OnNode {
+                node,
+                worker,
+                msg,
+                tell,
+                timeout_ms,
+            } => {
+                let peers = ctx.peers();
+                let sent = if tell {
+                    peers
+                        .tell_worker_on(&node, worker, &msg)
+                        .map(|()| EchoReply::Done)
+                } else {
+                    let timeout = Duration::from_millis(timeout_ms);
+                    peers.ask_worker_on(&node, worker, &msg, timeout).await
+                };
+                sent.unwrap_or_else(|e| EchoReply::Error(e.to_string()))
+            }
         }
     }
 
@@ -169,7 +203,7 @@ impl Echo {
     /// type that keeps an `Echo` inside; see [`Echo::answer`].
     pub async fn take<A>(&mut self, msg: EchoMsg, ctx: &mut WorkerContext<A>)
     where
-        A: WorkerActor<Msg = EchoMsg, Event = String>,
+        A: WorkerActor<Msg = EchoMsg, Reply = EchoReply, Event = String>,
     {
         self.tells += 1;
         match msg {
