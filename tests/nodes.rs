@@ -162,6 +162,16 @@ impl Node {
         serde_json::from_str(&line).unwrap()
     }
 
+    /// Sends a command whose answer is keyed `key` and returns that answer.
+    fn reply(&mut self, command: &str, key: &str) -> Value {
+        let from = self.mark();
+        writeln!(self.stdin, "{command}").expect("write a command");
+        let (_, line) = self.find(from, Duration::from_secs(30), command, |l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| v.get(key).is_some())
+        });
+        serde_json::from_str(&line).unwrap()
+    }
+
     /// A local `Call` to worker 0 answered: its pid.
     fn call(&mut self) -> u64 {
         let answer = self.ask("call");
@@ -765,4 +775,84 @@ fn a_blackholed_redis_delays_the_start_by_one_heartbeat_at_most() {
         asked.elapsed()
     );
     assert!(a.nodes().is_empty());
+}
+
+#[test]
+fn workers_ask_and_tell_workers_on_other_nodes_and_fail_fast_with_typed_errors() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let mut nodes = cluster_of(&redis, "cross", &["a", "b"], &["--workers", "2"]);
+    let pids = |node: &mut Node, name: &str| -> Vec<u64> {
+        let listed = node.nodes();
+        let groups = listed[name]["groups"].as_object().unwrap().clone();
+        groups
+            .values()
+            .flat_map(|g| g.as_array().unwrap().clone())
+            .map(|p| p.as_u64().unwrap())
+            .collect()
+    };
+    let (a_pids, b_pids) = (pids(&mut nodes[0], "a"), pids(&mut nodes[0], "b"));
+    // Both ways, typed: the pid is one of the other node's workers.
+    let answer = nodes[0].reply("ask b 1", "ask");
+    assert_eq!(answer["ask"], "ok", "{answer}");
+    assert!(
+        b_pids.contains(&answer["pid"].as_u64().unwrap()),
+        "{answer}"
+    );
+    let answer = nodes[1].reply("ask a 0", "ask");
+    assert_eq!(answer["ask"], "ok", "{answer}");
+    assert!(
+        a_pids.contains(&answer["pid"].as_u64().unwrap()),
+        "{answer}"
+    );
+    // This node's own worker by its node's name: the local path.
+    let answer = nodes[0].reply("ask a 1", "ask");
+    assert!(
+        a_pids.contains(&answer["pid"].as_u64().unwrap()),
+        "{answer}"
+    );
+    // A one-way message.
+    let answer = nodes[0].reply("tell b 0", "tell");
+    assert_eq!(answer["tell"], "ok", "{answer}");
+    // Typed failures, at once rather than at the timeout (10 s).
+    let fast = |answer: &Value, what: &str| {
+        assert_eq!(answer["ask"], "error", "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains(what), "{answer}");
+        assert!(answer["ms"].as_u64().unwrap() < 2_000, "{answer}");
+    };
+    fast(&nodes[0].reply("ask nowhere 0 10000", "ask"), "no node");
+    fast(&nodes[0].reply("ask b 9 10000", "ask"), "no worker 9");
+    // Redis stopped: cross-node calls fail fast, local calls go on.
+    let mark = nodes[0].mark();
+    redis.stop();
+    nodes[0].event(mark, secs(10), "disconnected", |_| true);
+    fast(&nodes[0].reply("ask b 1 10000", "ask"), "unavailable");
+    nodes[0].call();
+    redis.restart();
+    // Back within a few seconds (both nodes rejoin, with new epochs).
+    let deadline = Instant::now() + secs(10);
+    loop {
+        let answer = nodes[0].reply("ask b 1 2000", "ask");
+        if answer["ask"] == "ok" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still failing: {answer}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A node that stopped: refused fast once it is gone.
+    nodes[1].signal(Signal::SIGTERM);
+    nodes[1].wait_exit(secs(20));
+    let deadline = Instant::now() + secs(10);
+    loop {
+        let answer = nodes[0].reply("ask b 1 10000", "ask");
+        assert_eq!(answer["ask"], "error", "{answer}");
+        let error = answer["error"].as_str().unwrap();
+        if error.contains("no node") {
+            break;
+        }
+        assert!(error.contains("gone"), "{answer}");
+        assert!(answer["ms"].as_u64().unwrap() < 2_000, "{answer}");
+        assert!(Instant::now() < deadline, "{answer}");
+    }
 }
