@@ -105,13 +105,10 @@ mod claim;
 mod config;
 mod conn;
 mod node;
-// The cross-node transport's parts, wired in by the next step (see BRANCH_STATUS.md).
-#[allow(dead_code)]
 mod pending;
 mod remote;
 mod script;
 mod view;
-#[allow(dead_code)]
 mod wire;
 
 pub use config::{Backend, RedisBackend};

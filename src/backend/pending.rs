@@ -102,7 +102,7 @@ impl<T> Pending<T> {
     }
 
     /// Every request to `node` (which left), each with `error`.
-    pub(crate) fn to_node(&mut self, node: &str, error: &AskError) -> Vec<(T, AskError)> {
+    pub(crate) fn end_node(&mut self, node: &str, error: &AskError) -> Vec<(T, AskError)> {
         let ids: Vec<u64> = self
             .by_id
             .iter()
@@ -124,6 +124,7 @@ impl<T> Pending<T> {
     }
 
     /// Requests in flight.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.by_id.len()
     }
@@ -161,7 +162,11 @@ mod tests {
         p.open(2, "n2", t0, s).unwrap();
         p.open(3, "n1", t0, s).unwrap();
         let gone = AskError::NodeGone("n1".into());
-        let mut ended: Vec<_> = p.to_node("n1", &gone).into_iter().map(|(w, _)| w).collect();
+        let mut ended: Vec<_> = p
+            .end_node("n1", &gone)
+            .into_iter()
+            .map(|(w, _)| w)
+            .collect();
         ended.sort();
         assert_eq!(ended, [1, 3]);
         let lost = AskError::BackendUnavailable("down".into());

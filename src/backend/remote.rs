@@ -234,7 +234,7 @@ impl Remote {
         let ended = match event {
             NodeEvent::Left { node, .. } => {
                 let gone = AskError::NodeGone(node.id.to_string());
-                self.pending.to_node(&node.id.name, &gone)
+                self.pending.end_node(&node.id.name, &gone)
             }
             NodeEvent::Disconnected { error } => self
                 .pending

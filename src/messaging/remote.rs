@@ -15,8 +15,6 @@ use crate::state::WorkerId;
 
 /// A message for worker `worker` of node `node`, from this node's worker `from` (its id and
 /// pid) or from the master (`None`).
-// Read by the backend's task (the next step; see BRANCH_STATUS.md).
-#[allow(dead_code)]
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// A request; `reply` hears the answer, or a typed error by `timeout` at the latest.
@@ -48,12 +46,10 @@ pub(crate) struct RemoteLink {
 impl RemoteLink {
     /// Hands `out` to the backend; a request whose task is gone is answered here.
     pub(crate) fn send(&self, out: Outbound) {
-        if let Err(mpsc::error::SendError(out)) = self.tx.send(out) {
-            if let Outbound::Ask { reply, .. } = out {
-                reply.answer(Err(AskError::BackendUnavailable(
-                    "the cluster's backend has stopped".into(),
-                )));
-            }
+        if let Err(mpsc::error::SendError(Outbound::Ask { reply, .. })) = self.tx.send(out) {
+            reply.answer(Err(AskError::BackendUnavailable(
+                "the cluster's backend has stopped".into(),
+            )));
         }
     }
 }
