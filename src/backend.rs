@@ -122,8 +122,8 @@ pub(crate) use claim::{claim, Claim};
 // after a rejoin, and `NodeView` is where a handle learns the live nodes and their epochs to
 // address a worker as (node, worker id, generation) and to refuse an old epoch.
 
-use crate::messaging::remote::RemoteLink;
 use crate::messaging::system::GetClusterInfo;
+use crate::messaging::table::RemoteLink;
 use crate::messaging::table::SharedRouting;
 
 /// What the heartbeat task and the cluster's handles share (one thread: the master's loop).

@@ -42,7 +42,6 @@ use crate::event::WorkerInfo;
 use crate::state::WorkerId;
 
 pub(crate) mod confirm;
-pub(crate) mod remote;
 pub(crate) mod router;
 pub(crate) mod system;
 pub(crate) mod table;

@@ -28,7 +28,7 @@ use super::script::Keys;
 use super::wire::{addressed, Addressed, Frame, Kind, VERSION};
 use super::Shared;
 use crate::error::AskError;
-use crate::messaging::remote::Outbound;
+use crate::messaging::table::Outbound;
 use crate::messaging::table::{ReplyTo, Routed, SharedRouting};
 use crate::messaging::{Peer, Via};
 use crate::state::WorkerId;

@@ -83,11 +83,8 @@ impl Core {
         let mut view = None;
         if let Some((claim, subscribers)) = node {
             let name = claim.settings.name.clone();
-            let (node, node_view) = claim.run(
-                supervisor.downgrade().recipient(),
-                subscribers,
-                Rc::clone(&routing),
-            );
+            let asks = supervisor.downgrade().recipient();
+            let (node, node_view) = claim.run(asks, subscribers, Rc::clone(&routing));
             actor = actor.with_node(node);
             view = Some((name, node_view));
         }

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use std::time::Duration;
 
 use crate::error::AskError;
-use crate::messaging::remote::{Outbound, RemoteLink};
 use crate::messaging::table::{AskDone, ReplyTo, Routed, SharedRouting};
+use crate::messaging::table::{Outbound, RemoteLink};
 use crate::messaging::{Peer, Route, Via};
 use crate::state::WorkerId;
 

@@ -5,16 +5,23 @@
 //! no supervisor in between) → B's pipe. B's answer retraces it: B's proxy holds the request
 //! under a correlation id of its own, with where to send the answer ([`ReplyTo`]). The sender
 //! is stamped by A's proxy from the pipe the frame came on.
+//!
+//! A message for a worker on another node (a cluster that spans hosts) leaves the routing as an
+//! [`Outbound`] through the table's [`RemoteLink`], for the backend's task to send (see
+//! `backend/remote.rs`). Without a backend there is no link, and such a message fails at once
+//! with [`AskError::NoSuchNode`]. A target on this node never goes there: the router keeps it
+//! on the local path (no Redis hop).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::messaging::{AskError, Peer, Via};
 use crate::state::WorkerId;
@@ -41,7 +48,7 @@ pub(crate) struct Routing {
     /// How many topics each worker has joined.
     joined: HashMap<WorkerId, usize>,
     /// Where messages for workers on other nodes go, when the cluster spans hosts.
-    pub(crate) remote: Option<crate::messaging::remote::RemoteLink>,
+    pub(crate) remote: Option<RemoteLink>,
 }
 
 /// One slot's supervision group.
@@ -342,6 +349,47 @@ pub(crate) enum Routed {
         worker: WorkerId,
         count: u64,
     },
+}
+
+/// A message for worker `worker` of node `node`, from this node's worker `from` (its id and
+/// pid) or from the master (`None`).
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A request; `reply` hears the answer, or a typed error by `timeout` at the latest.
+    Ask {
+        node: String,
+        worker: WorkerId,
+        from: Option<(WorkerId, u32)>,
+        payload: Bytes,
+        timeout: Duration,
+        reply: ReplyTo,
+    },
+    /// A one-way message (at most once).
+    Tell {
+        node: String,
+        worker: WorkerId,
+        from: Option<(WorkerId, u32)>,
+        payload: Bytes,
+    },
+}
+
+/// Where the routing hands messages for other nodes: the backend's task.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteLink {
+    /// This node's name: a message for it stays local.
+    pub(crate) node: String,
+    pub(crate) tx: mpsc::UnboundedSender<Outbound>,
+}
+
+impl RemoteLink {
+    /// Hands `out` to the backend; a request whose task is gone is answered here.
+    pub(crate) fn send(&self, out: Outbound) {
+        if let Err(mpsc::error::SendError(Outbound::Ask { reply, .. })) = self.tx.send(out) {
+            reply.answer(Err(AskError::BackendUnavailable(
+                "the cluster's backend has stopped".into(),
+            )));
+        }
+    }
 }
 
 /// The answer to a worker's `Ask`, `System` or acknowledged `Send`, for its proxy to pass on.
