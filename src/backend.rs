@@ -5,9 +5,12 @@
 //! master started with the same cluster name then joins one cluster. Without a backend (the
 //! default) nothing of this module runs: no connection, no task, no cost.
 //!
-//! This first step is **membership**: who is in the cluster, with which groups and workers, and
-//! events when that changes. Messaging across hosts, the cache and locks on Redis, and the
-//! cluster-wide reload come next, on top of it.
+//! Two parts so far: **membership** — who is in the cluster, with which groups and workers, and
+//! events when that changes — and **requests and one-way messages between workers on
+//! different nodes** ([`WorkerHandle::ask_worker_on`](crate::WorkerHandle::ask_worker_on),
+//! [`tell_worker_on`](crate::WorkerHandle::tell_worker_on)) over Redis pub/sub, at most once,
+//! with deadlines and typed failures (`backend/remote.rs` says which and when). Broadcast and
+//! publish across nodes, the cache and locks on Redis, and the cluster-wide reload come next.
 //!
 //! # Nodes
 //! A *node* is one boot of a master: a name ([`RedisBackend::node`], by default
@@ -26,6 +29,7 @@
 //! | `procactor:{<cluster>}:epoch` | string | the epoch counter: `INCR` at every join; starts at the server's clock in ms, so that a Redis that lost its data never hands an epoch out twice |
 //! | `procactor:{<cluster>}:node:<name>` | hash, `PEXPIRE node_timeout` | `v` (layout version), `boot`, `epoch`, `beat` (server ms), `listed` (`1` once its workers are ready: a boot not listed yet — one that took a dead node's name — is read as not there), `pid`, `host`, `started` (ms since 1970), `groups` (JSON: group → `[{id, generation, pid}]`) |
 //! | `procactor:{<cluster>}:nodes` | sorted set | node names, scored by their last beat (server ms) |
+//! | `procactor:{<cluster>}:in:<name>` | pub/sub channel | the node's inbox: frames for its workers and answers to its requests (`backend/wire.rs`) |
 //!
 //! Every `heartbeat` (1 s), each node, in one Lua script (one atomic step, one round trip):
 //! rewrites its hash and its time to live and its index entry — only while the hash still
