@@ -115,8 +115,9 @@ mod script;
 mod view;
 mod wire;
 
+pub use crate::messaging::{NodeId, NodeInfo, NodeWorker};
 pub use config::{Backend, RedisBackend};
-pub use node::{LeaveReason, NodeEvent, NodeId, NodeInfo, NodeStats, NodeWorker};
+pub use node::{LeaveReason, NodeEvent, NodeStats};
 
 pub(crate) use claim::{claim, Claim};
 
@@ -166,6 +167,12 @@ impl Shared {
 pub(crate) struct NodeView {
     shared: Rc<RefCell<Shared>>,
     commands: mpsc::UnboundedSender<beat::Command>,
+}
+
+impl crate::messaging::nodes::Directory for NodeView {
+    fn nodes(&self) -> Vec<NodeInfo> {
+        NodeView::nodes(self)
+    }
 }
 
 impl NodeView {
@@ -278,18 +285,19 @@ impl Claim {
             Rc::clone(&shared),
             Rc::clone(&routing),
         );
+        let (commands, rx) = mpsc::unbounded_channel();
+        let view = NodeView {
+            shared: Rc::clone(&shared),
+            commands: commands.clone(),
+        };
         routing.borrow_mut().remote = Some(RemoteLink {
             node: self.settings.name.clone(),
             tx: outbound,
+            directory: Rc::new(view.clone()),
         });
         let remote = tokio::task::spawn_local(cross.run(outbound_rx, events_rx));
-        let (commands, rx) = mpsc::unbounded_channel();
-        let beater = beat::Beater::new(self, supervisor, subscribers, Rc::clone(&shared), events);
+        let beater = beat::Beater::new(self, supervisor, subscribers, shared, events);
         let task = tokio::task::spawn_local(beater.run(rx));
-        let view = NodeView {
-            shared,
-            commands: commands.clone(),
-        };
         (
             Node {
                 commands,

@@ -42,14 +42,17 @@ use crate::event::WorkerInfo;
 use crate::state::WorkerId;
 
 pub(crate) mod confirm;
+pub(crate) mod nodes;
 pub(crate) mod router;
 pub(crate) mod system;
 pub(crate) mod table;
 
 pub use confirm::ConfirmationRounds;
+pub use nodes::{NodeId, NodeInfo, NodeWorker};
 
 /// Who sent a message, as stamped by the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Peer {
     /// The master process.
     Master,
@@ -58,6 +61,19 @@ pub enum Peer {
         /// Its slot.
         id: WorkerId,
         /// Its process id.
+        pid: u32,
+    },
+    /// A worker (or the master) of another node of the cluster (one that spans hosts through
+    /// a [`backend`](crate::backend)). Its `id` is a slot on *that* node: answer it with
+    /// [`WorkerHandle::tell_worker_on`](crate::WorkerHandle::tell_worker_on) and the node's
+    /// name ([`ClusterInfo::node_name`] of `epoch`), never with `tell_worker(id)`, which would
+    /// reach a worker of this node.
+    Remote {
+        /// Which boot of which node: epochs are unique in a cluster.
+        epoch: u64,
+        /// Its slot on its node; `None` when the sender is that node's master.
+        id: Option<WorkerId>,
+        /// Its process id, on its node's host.
         pid: u32,
     },
 }
@@ -199,6 +215,12 @@ pub struct ClusterInfo {
     /// Each group's members, by id: every supervision group (its live workers) and every
     /// topic a worker has joined (see [Groups](Self#groups)).
     pub groups: BTreeMap<String, Vec<WorkerId>>,
+    /// The cluster's nodes, when it spans hosts (a [`backend`](crate::backend)): this node
+    /// first (its groups as of this answer), then every other live node as this node's last
+    /// heartbeat read it (at most a heartbeat old). Empty without a backend, and holds only
+    /// the others while this node has not joined.
+    #[serde(default)]
+    pub nodes: Vec<NodeInfo>,
 }
 
 impl ClusterInfo {
@@ -228,6 +250,33 @@ impl ClusterInfo {
             .keys()
             .map(|group| (group.clone(), self.group_pids(group)))
             .collect()
+    }
+
+    /// Every node's groups with their running members' pids, by node name: the whole
+    /// cluster's `pids_by_group` when it spans hosts (a pid is a process of its node's host).
+    /// Empty without a backend.
+    ///
+    /// ```
+    /// # fn f(info: procactor::ClusterInfo) {
+    /// for (node, groups) in info.pids_by_node() {
+    ///     println!("{node}: {groups:?}");
+    /// }
+    /// # }
+    /// ```
+    pub fn pids_by_node(&self) -> BTreeMap<String, BTreeMap<String, Vec<u32>>> {
+        self.nodes
+            .iter()
+            .map(|node| (node.id.name.clone(), node.pids_by_group()))
+            .collect()
+    }
+
+    /// The name of the node of `epoch` (see [`Peer::Remote`]), if it is in
+    /// [`nodes`](Self::nodes).
+    pub fn node_name(&self, epoch: u64) -> Option<&str> {
+        self.nodes
+            .iter()
+            .find(|node| node.id.epoch == epoch)
+            .map(|node| node.id.name.as_str())
     }
 }
 

@@ -387,6 +387,6 @@ async fn the_master_confirms_as_one_process_and_one_process_counts_once_a_round(
 fn id_of(peer: Peer) -> WorkerId {
     match peer {
         Peer::Worker { id, .. } => id,
-        Peer::Master => panic!("a worker"),
+        other => panic!("a worker of this node, not {other:?}"),
     }
 }

@@ -15,11 +15,12 @@ use actix::{Recipient, WeakRecipient};
 use tokio::sync::{mpsc, oneshot};
 
 use super::claim::{is_unreachable, wants_new_connection, Claim};
-use super::node::{fields, NodeEvent, NodeId};
+use super::node::{fields, NodeEvent};
 use super::script::{Beat, Fields, Joined, Own};
 use super::Shared;
 use crate::messaging::system::GetClusterInfo;
 use crate::messaging::ClusterInfo;
+use crate::messaging::NodeId;
 
 /// Asked of the task by the cluster.
 #[derive(Debug)]

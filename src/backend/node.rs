@@ -2,74 +2,12 @@
 //! hash in Redis is written and read back.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::script::Fields;
-use crate::messaging::ClusterInfo;
-use crate::state::WorkerId;
-
-/// A node: one boot of a master in a cluster that spans hosts. `epoch` comes from the
-/// cluster's counter in Redis at each join, so a master that joins again (after its key
-/// expired) is a new node with the same name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NodeId {
-    /// The node's name ([`RedisBackend::node`](crate::backend::RedisBackend::node)).
-    pub name: String,
-    /// Which join of that name (grows with every join in the cluster).
-    pub epoch: u64,
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", self.name, self.epoch)
-    }
-}
-
-/// One worker of a node, as the node last published it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeWorker {
-    /// The worker's id on its node.
-    pub id: WorkerId,
-    /// Which process of the worker (see [`WorkerInfo::generation`](crate::WorkerInfo)).
-    pub generation: u64,
-    /// Its process, while one runs (a pid only means something on the node's host).
-    pub pid: Option<u32>,
-}
-
-/// What a node publishes at each beat: who it is, where it runs, and its groups.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct NodeInfo {
-    /// The node.
-    pub id: NodeId,
-    /// The host it runs on (its `gethostname`).
-    pub host: String,
-    /// Its master's pid (on that host).
-    pub master_pid: u32,
-    /// When its master started (the master's clock).
-    pub started: SystemTime,
-    /// Each group's members: every supervision group and every topic a worker joined, as
-    /// [`ClusterInfo::groups`](crate::ClusterInfo::groups) lists them on that node.
-    pub groups: BTreeMap<String, Vec<NodeWorker>>,
-}
-
-impl NodeInfo {
-    /// Each group with the pids of its running members (pids of the node's host).
-    pub fn pids_by_group(&self) -> BTreeMap<String, Vec<u32>> {
-        self.groups
-            .iter()
-            .map(|(group, workers)| {
-                (
-                    group.clone(),
-                    workers.iter().filter_map(|w| w.pid).collect(),
-                )
-            })
-            .collect()
-    }
-}
+use crate::messaging::{ClusterInfo, NodeId, NodeInfo, NodeWorker};
 
 /// Why a node left the cluster, as another node saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +88,7 @@ pub(crate) fn fields(
     host: &str,
     started: SystemTime,
 ) -> (Fields, BTreeMap<String, Vec<NodeWorker>>) {
-    let groups = info.map(groups_of).unwrap_or_default();
+    let groups = info.map(ClusterInfo::node_groups).unwrap_or_default();
     let started_ms = started
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -165,24 +103,6 @@ pub(crate) fn fields(
         ("groups", json),
     ];
     (fields, groups)
-}
-
-fn groups_of(info: &ClusterInfo) -> BTreeMap<String, Vec<NodeWorker>> {
-    let by_id: BTreeMap<WorkerId, _> = info.workers.iter().map(|w| (w.id, w)).collect();
-    info.groups
-        .iter()
-        .map(|(group, ids)| {
-            let workers = ids
-                .iter()
-                .map(|id| NodeWorker {
-                    id: *id,
-                    generation: by_id.get(id).map_or(0, |w| w.generation),
-                    pid: by_id.get(id).and_then(|w| w.pid),
-                })
-                .collect();
-            (group.clone(), workers)
-        })
-        .collect()
 }
 
 /// A member's hash read back as a [`NodeInfo`], or why it cannot be.
@@ -270,6 +190,7 @@ mod tests {
             master_pid: 77,
             workers: vec![worker(0, Some(100)), worker(1, None)],
             groups: BTreeMap::from([("web".to_owned(), vec![0, 1])]),
+            nodes: Vec::new(),
         }
     }
 

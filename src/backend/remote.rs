@@ -272,7 +272,8 @@ impl Remote {
         if addressed(&frame, mine) == Addressed::Stale {
             return self.stale(frame);
         }
-        let from = Peer::Worker {
+        let from = Peer::Remote {
+            epoch: frame.from.epoch,
             id: frame.from.worker,
             pid: frame.from.pid,
         };
@@ -403,7 +404,10 @@ fn frame(
     kind: Kind,
     payload: Vec<u8>,
 ) -> Frame {
-    let (worker, pid) = from.unwrap_or((usize::MAX, std::process::id()));
+    let (worker, pid) = match from {
+        Some((worker, pid)) => (Some(worker), pid),
+        None => (None, std::process::id()),
+    };
     Frame {
         version: VERSION,
         from: super::wire::From {

@@ -15,8 +15,9 @@
 
 use std::collections::BTreeMap;
 
-use super::node::{decode, LeaveReason, NodeEvent, NodeInfo};
+use super::node::{decode, LeaveReason, NodeEvent};
 use super::script::Member;
+use crate::messaging::NodeInfo;
 
 /// The other nodes, as last read.
 #[derive(Debug)]

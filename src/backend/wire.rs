@@ -30,8 +30,9 @@ pub(crate) struct From {
     pub(crate) node: String,
     /// The sender's node epoch: a reply for another epoch of that name is refused.
     pub(crate) epoch: u64,
-    /// The sending worker, and its process (a pid on the sender's host).
-    pub(crate) worker: WorkerId,
+    /// The sending worker (`None`: the node's master), and its process (a pid on the
+    /// sender's host).
+    pub(crate) worker: Option<WorkerId>,
     pub(crate) pid: u32,
 }
 
@@ -140,7 +141,7 @@ mod tests {
             from: From {
                 node: "a".into(),
                 epoch: 7,
-                worker: 1,
+                worker: Some(1),
                 pid: 42,
             },
             to_epoch: 9,

@@ -489,6 +489,9 @@ impl CacheCore {
             Peer::Master => Err(CacheError::Unreachable(
                 "the master subscribes through CacheClient::subscribe".into(),
             )),
+            Peer::Remote { .. } => Err(CacheError::Unreachable(
+                "a worker of another node subscribes through its own node".into(),
+            )),
         }
     }
 

@@ -53,8 +53,8 @@ pub(crate) type Waiter = oneshot::Sender<Result<Vec<Peer>, AskError>>;
 #[derive(Debug, Default)]
 pub(crate) struct Confirmations {
     keys: HashMap<String, Key>,
-    /// How many keys each worker has confirmations on record for.
-    by_worker: HashMap<WorkerId, usize>,
+    /// How many keys each worker (of this node or another) has confirmations on record for.
+    by_worker: HashMap<Who, usize>,
     /// Pending waits, in the order they were made.
     waiting: BTreeMap<u64, Wait>,
     registrations: Vec<Registration>,
@@ -72,13 +72,20 @@ pub(crate) const MAX_KEY_BYTES: usize = 1024;
 /// Rounds a registration holds for its reader.
 pub(crate) const ROUNDS_BUFFERED: usize = 1024;
 
-/// A process as a confirmer or a waiter: the master (`None`) or a worker slot.
-type Who = Option<WorkerId>;
+/// A process as a confirmer or a waiter: the master, a worker slot, or a worker slot of
+/// another node (by the node's epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Who {
+    Master,
+    Worker(WorkerId),
+    Remote { epoch: u64, id: Option<WorkerId> },
+}
 
 fn who(peer: Peer) -> Who {
     match peer {
-        Peer::Master => None,
-        Peer::Worker { id, .. } => Some(id),
+        Peer::Master => Who::Master,
+        Peer::Worker { id, .. } => Who::Worker(id),
+        Peer::Remote { epoch, id, .. } => Who::Remote { epoch, id },
     }
 }
 
@@ -175,8 +182,8 @@ impl Confirmations {
         let confirmer = who(from);
         let record = self.keys.get(key);
         let known = record.is_some_and(|k| k.latest.contains_key(&confirmer));
-        if let (Some(id), false) = (confirmer, known) {
-            let keys = self.by_worker.entry(id).or_default();
+        if confirmer != Who::Master && !known {
+            let keys = self.by_worker.entry(confirmer).or_default();
             if *keys >= MAX_KEYS_PER_WORKER {
                 return Err(AskError::Invalid(format!(
                     "a worker confirms at most {MAX_KEYS_PER_WORKER} keys"
@@ -292,17 +299,32 @@ impl Confirmations {
     /// Worker `id`'s process ended: its confirmations no longer count, and its waits and
     /// rounds are dropped (nothing of a dead worker stays behind).
     pub(crate) fn forget(&mut self, id: WorkerId) {
-        self.by_worker.remove(&id);
-        let gone = Some(id);
+        self.forget_where(|who| who == Who::Worker(id));
+    }
+
+    /// The node of `epoch` left the cluster: its workers' confirmations no longer count.
+    pub(crate) fn forget_node(&mut self, epoch: u64) {
+        self.forget_where(|who| matches!(who, Who::Remote { epoch: e, .. } if e == epoch));
+    }
+
+    fn forget_where(&mut self, gone: impl Fn(Who) -> bool) {
+        self.by_worker.retain(|who, _| !gone(*who));
         self.keys.retain(|_, record| {
-            if let Some(seq) = record.latest.remove(&gone) {
+            let seqs: Vec<u64> = record
+                .latest
+                .iter()
+                .filter(|(who, _)| gone(**who))
+                .map(|(_, seq)| *seq)
+                .collect();
+            for seq in seqs {
                 record.confirmed.remove(&seq);
             }
-            record.rounds.remove(&gone);
+            record.latest.retain(|who, _| !gone(*who));
+            record.rounds.retain(|who, _| !gone(*who));
             // With nothing on record, every round starts after what comes next anyway.
             !record.confirmed.is_empty()
         });
-        self.waiting.retain(|_, wait| wait.by != gone);
+        self.waiting.retain(|_, wait| !gone(wait.by));
     }
 
     /// The cluster has stopped: every wait and registration ends (a registration's reader
@@ -333,7 +355,13 @@ mod tests {
     }
 
     fn ids(round: &[Peer]) -> Vec<Option<WorkerId>> {
-        round.iter().map(|p| who(*p)).collect()
+        round
+            .iter()
+            .map(|p| match who(*p) {
+                Who::Worker(id) => Some(id),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]

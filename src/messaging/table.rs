@@ -23,6 +23,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::messaging::nodes::Directory;
 use crate::messaging::{AskError, Peer, Via};
 use crate::state::WorkerId;
 
@@ -379,6 +380,8 @@ pub(crate) struct RemoteLink {
     /// This node's name: a message for it stays local.
     pub(crate) node: String,
     pub(crate) tx: mpsc::UnboundedSender<Outbound>,
+    /// The cluster's nodes, as the heartbeat last read them.
+    pub(crate) directory: Rc<dyn Directory>,
 }
 
 impl RemoteLink {

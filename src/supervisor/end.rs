@@ -27,6 +27,9 @@ impl ClusterSupervisor {
             Peer::Worker { .. } if !self.worker_control => Err(AskError::NotPermitted(format!(
                 "{what} from a worker is off in this cluster's config (ClusterConfig::worker_control)"
             ))),
+            Peer::Remote { .. } => Err(AskError::NotPermitted(format!(
+                "{what} from a worker of another node"
+            ))),
             _ => Ok(()),
         }
     }

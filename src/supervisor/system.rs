@@ -58,7 +58,7 @@ impl Handler<AwaitConfirmations> for ClusterSupervisor {
                 .into_iter()
                 .filter_map(|peer| match peer {
                     Peer::Worker { id, .. } => Some(id),
-                    Peer::Master => None,
+                    Peer::Master | Peer::Remote { .. } => None,
                 })
                 .collect())
         })
@@ -70,13 +70,28 @@ impl Handler<GetClusterInfo> for ClusterSupervisor {
 
     fn handle(&mut self, _: GetClusterInfo, _ctx: &mut Context<Self>) -> Self::Result {
         let asks: Vec<_> = self.slots.iter().map(|s| s.info.send(GetInfo)).collect();
-        let groups = self.routing.borrow().groups();
+        let routing = self.routing.borrow();
+        let groups = routing.groups();
+        let nodes = routing
+            .remote
+            .as_ref()
+            .map(|link| (link.node.clone(), link.directory.nodes()));
+        drop(routing);
         Box::pin(async move {
-            ClusterInfo {
+            let mut info = ClusterInfo {
                 master_pid: std::process::id(),
                 workers: answered(asks).await,
                 groups,
+                nodes: Vec::new(),
+            };
+            if let Some((me, mut nodes)) = nodes {
+                // This node's groups as of now, not as of its last beat.
+                if let Some(own) = nodes.first_mut().filter(|n| n.id.name == me) {
+                    own.groups = info.node_groups();
+                }
+                info.nodes = nodes;
             }
+            info
         })
     }
 }
@@ -162,9 +177,12 @@ impl Handler<ReloadCluster> for ClusterSupervisor {
 /// Whether `from` may do `what`: the master always, workers when the config allows.
 fn permitted(from: Peer, allowed: bool, what: &str) -> Result<(), AskError> {
     match (from, allowed) {
-        (Peer::Master, _) | (_, true) => Ok(()),
+        (Peer::Master, _) | (Peer::Worker { .. }, true) => Ok(()),
         (Peer::Worker { .. }, false) => Err(AskError::NotPermitted(format!(
             "{what} from a worker is off in this cluster's config"
+        ))),
+        (Peer::Remote { .. }, _) => Err(AskError::NotPermitted(format!(
+            "{what} from a worker of another node"
         ))),
     }
 }
