@@ -16,6 +16,15 @@
 //! - `ask <node> <worker> [timeout_ms]`: worker 0 asks that worker of that node its pid
 //!   (`ask_worker_on`) → `{"ask":"ok","pid":…,"ms":…}` or `{"ask":"error","error":…,"ms":…}`;
 //!   `tell <node> <worker>`: worker 0 sends it a one-way `Ping` → `{"tell":"ok",…}`;
+//! - `mask <node> <worker>`: the master asks that worker its pid → `{"mask":"ok","pid":…}`;
+//! - `broadcast` / `publish <group>`: the master sends `Ping` one-way to every worker / every
+//!   member of the group → `{"broadcast":<this node's count>}`; `wbroadcast` /
+//!   `wpublish <group>`: worker 0 does → `{"wbroadcast":"ok"}`;
+//! - `tells`: each local worker's one-way messages received so far → `{"tells":[…]}`;
+//! - `confirm <worker> <key>`: that worker confirms the key → `{"confirm":"ok"}`;
+//!   `rounds <key> <n>`: registers for rounds of `n` confirmations of the key; each round is
+//!   printed when complete as `{"round":<key>,"peers":[…]}` (a peer as `"m"`, `"w<id>"`, or
+//!   `"<epoch>/w<id>"` / `"<epoch>/m"` for another node's);
 //! - `stats`: `{"stats":{"beats":…,"beat_failures":…,"bad_entries":…,"rejoins":…,"connected":…}}`.
 //!
 //! A failed start prints `error <message>` and exits 2. SIGTERM stops the cluster cleanly
@@ -136,6 +145,16 @@ async fn command(cluster: &Cluster<Echo>, line: &str) -> serde_json::Value {
         line if line.starts_with("ask ") || line.starts_with("tell ") => {
             on_node(cluster, line).await
         }
+        line if line.starts_with("mask ") => master_ask(cluster, line).await,
+        "broadcast" => counted("broadcast", cluster.broadcast(&EchoMsg::Ping).await),
+        line if line.starts_with("publish ") => {
+            counted("publish", cluster.publish(&line[8..], &EchoMsg::Ping).await)
+        }
+        "wbroadcast" => fanout(cluster, None).await,
+        line if line.starts_with("wpublish ") => fanout(cluster, Some(line[9..].to_owned())).await,
+        "tells" => tells(cluster).await,
+        line if line.starts_with("confirm ") => confirm(cluster, line).await,
+        line if line.starts_with("rounds ") => rounds(cluster, line).await,
         "nodes" => json!({"nodes": cluster.nodes().iter().map(info).collect::<Vec<_>>()}),
         "stats" => stats(cluster.node_stats().unwrap_or_default()),
         other => json!({"error": format!("unknown command {other:?}")}),
@@ -173,6 +192,108 @@ async fn on_node(cluster: &Cluster<Echo>, line: &str) -> serde_json::Value {
         Ok(Ok(other)) => json!({verb: "error", "error": format!("{other:?}"), "ms": ms}),
         Ok(Err(e)) => json!({verb: "error", "error": e.to_string(), "ms": ms}),
         Err(e) => json!({verb: "error", "error": e.to_string(), "ms": ms}),
+    }
+}
+
+fn counted(verb: &str, sent: Result<usize, procactor::Error>) -> serde_json::Value {
+    match sent {
+        Ok(n) => json!({verb: n}),
+        Err(e) => json!({verb: "error", "error": e.to_string()}),
+    }
+}
+
+/// `mask <node> <worker>`: the master asks that worker of that node its pid.
+async fn master_ask(cluster: &Cluster<Echo>, line: &str) -> serde_json::Value {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (Some(&node), Some(worker)) = (words.get(1), words.get(2).and_then(|w| w.parse().ok()))
+    else {
+        return json!({"error": format!("bad command {line:?}")});
+    };
+    let asked = cluster
+        .ask_worker_on(node, worker, &EchoMsg::Pid, Duration::from_secs(5))
+        .await;
+    match asked {
+        Ok(EchoReply::Pid(pid)) => json!({"mask": "ok", "pid": pid}),
+        Ok(other) => json!({"mask": "error", "error": format!("{other:?}")}),
+        Err(e) => json!({"mask": "error", "error": e.to_string()}),
+    }
+}
+
+/// Worker 0 broadcasts (`None`) or publishes to `group` a one-way `Ping`.
+async fn fanout(cluster: &Cluster<Echo>, group: Option<String>) -> serde_json::Value {
+    let verb = if group.is_some() {
+        "wpublish"
+    } else {
+        "wbroadcast"
+    };
+    let msg = EchoMsg::Fanout {
+        group,
+        msg: Box::new(EchoMsg::Ping),
+    };
+    match cluster.worker(0).send(Call(msg)).await {
+        Ok(Ok(EchoReply::Done)) => json!({verb: "ok"}),
+        other => json!({verb: "error", "error": format!("{other:?}")}),
+    }
+}
+
+/// Each local worker's count of one-way messages received.
+async fn tells(cluster: &Cluster<Echo>) -> serde_json::Value {
+    let mut counts = Vec::new();
+    for id in 0..cluster.len() {
+        match cluster.worker(id).send(Call(EchoMsg::Stats)).await {
+            Ok(Ok(EchoReply::Stats { tells, .. })) => counts.push(tells),
+            other => return json!({"tells": "error", "error": format!("{other:?}")}),
+        }
+    }
+    json!({"tells": counts})
+}
+
+/// `confirm <worker> <key>`: that worker confirms the key.
+async fn confirm(cluster: &Cluster<Echo>, line: &str) -> serde_json::Value {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (Some(worker), Some(&key)) = (words.get(1).and_then(|w| w.parse().ok()), words.get(2))
+    else {
+        return json!({"error": format!("bad command {line:?}")});
+    };
+    match cluster
+        .worker(worker)
+        .send(Call(EchoMsg::Confirm(key.to_owned())))
+        .await
+    {
+        Ok(Ok(EchoReply::Done)) => json!({"confirm": "ok"}),
+        other => json!({"confirm": "error", "error": format!("{other:?}")}),
+    }
+}
+
+/// `rounds <key> <n>`: prints each completed round of `n` confirmations of the key.
+async fn rounds(cluster: &Cluster<Echo>, line: &str) -> serde_json::Value {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (Some(&key), Some(n)) = (words.get(1), words.get(2).and_then(|w| w.parse().ok())) else {
+        return json!({"error": format!("bad command {line:?}")});
+    };
+    let mut rounds = match cluster.on_confirmation(key, n).await {
+        Ok(rounds) => rounds,
+        Err(e) => return json!({"rounds": "error", "error": e.to_string()}),
+    };
+    let key = key.to_owned();
+    actix::spawn(async move {
+        while let Some(round) = rounds.next().await {
+            let peers: Vec<String> = round.iter().map(peer).collect();
+            println!("{}", json!({"round": key, "peers": peers}));
+        }
+    });
+    json!({"rounds": "ok"})
+}
+
+fn peer(peer: &procactor::Peer) -> String {
+    match peer {
+        procactor::Peer::Master => "m".into(),
+        procactor::Peer::Worker { id, .. } => format!("w{id}"),
+        procactor::Peer::Remote { epoch, id, .. } => match id {
+            Some(id) => format!("{epoch}/w{id}"),
+            None => format!("{epoch}/m"),
+        },
+        other => format!("{other:?}"),
     }
 }
 

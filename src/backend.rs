@@ -101,7 +101,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use actix::{Recipient, WeakRecipient};
+use actix::Recipient;
 use tokio::sync::{mpsc, oneshot};
 
 mod beat;
@@ -127,7 +127,7 @@ pub(crate) use claim::{claim, Claim};
 // after a rejoin, and `NodeView` is where a handle learns the live nodes and their epochs to
 // address a worker as (node, worker id, generation) and to refuse an old epoch.
 
-use crate::messaging::system::GetClusterInfo;
+use crate::messaging::system::SupervisorAsks;
 use crate::messaging::table::RemoteLink;
 use crate::messaging::table::SharedRouting;
 
@@ -252,7 +252,7 @@ impl Claim {
     /// what arrives for this node's workers through it.
     pub(crate) fn run(
         self,
-        supervisor: WeakRecipient<GetClusterInfo>,
+        supervisor: SupervisorAsks,
         subscribers: Vec<Recipient<NodeEvent>>,
         routing: SharedRouting,
     ) -> (Node, NodeView) {
@@ -284,6 +284,7 @@ impl Claim {
             self.settings.heartbeat,
             Rc::clone(&shared),
             Rc::clone(&routing),
+            supervisor.clone(),
         );
         let (commands, rx) = mpsc::unbounded_channel();
         let view = NodeView {
@@ -296,7 +297,7 @@ impl Claim {
             directory: Rc::new(view.clone()),
         });
         let remote = tokio::task::spawn_local(cross.run(outbound_rx, events_rx));
-        let beater = beat::Beater::new(self, supervisor, subscribers, shared, events);
+        let beater = beat::Beater::new(self, supervisor.info, subscribers, shared, events);
         let task = tokio::task::spawn_local(beater.run(rx));
         (
             Node {

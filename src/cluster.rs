@@ -374,9 +374,14 @@ impl<A: WorkerActor> Cluster<A> {
     /// [`Peer::Master`], its [`Via`] `Broadcast`) and resolves once each has received it;
     /// returns how many did. Workers that are not running are skipped.
     ///
+    /// With a [`backend`](crate::backend), the workers of every other node get it too, at
+    /// most once (one publish on the cluster's channel; their sender is [`Peer::Remote`]);
+    /// the count is of this node's workers.
+    ///
     /// # Errors
     /// [`Error::Call`] when the message cannot be encoded.
     pub async fn broadcast(&self, msg: &A::Msg) -> Result<usize, Error> {
+        self.fan_out(None, msg).map_err(Error::Ask)?;
         let done = {
             let workers = self.workers.borrow();
             let Some(mut delivery) = Delivery::new(workers.len(), Via::Broadcast, msg)? else {
@@ -390,12 +395,13 @@ impl<A: WorkerActor> Cluster<A> {
         Ok(done.await.unwrap_or(0))
     }
 
-    /// Sends `msg` to every member of `group`, as [`broadcast`](Self::broadcast) does to all;
-    /// returns how many received it.
+    /// Sends `msg` to every member of `group`, as [`broadcast`](Self::broadcast) does to all
+    /// (every node's members, with a backend); returns how many of this node's received it.
     ///
     /// # Errors
     /// As [`broadcast`](Self::broadcast).
     pub async fn publish(&self, group: &str, msg: &A::Msg) -> Result<usize, Error> {
+        self.fan_out(Some(group), msg).map_err(Error::Ask)?;
         let targets: Vec<Recipient<Routed>> = {
             let routing = self.links.routing.borrow();
             routing
@@ -565,6 +571,7 @@ impl Delivery {
             via: self.via.clone(),
             payload: self.payload.clone(),
             ack: Some(Tally::ticket(&self.tally)),
+            windowed: false,
         }
     }
 }

@@ -812,9 +812,27 @@ fn workers_ask_and_tell_workers_on_other_nodes_and_fail_fast_with_typed_errors()
         a_pids.contains(&answer["pid"].as_u64().unwrap()),
         "{answer}"
     );
-    // A one-way message.
+    // A one-way message, and it arrives (once).
     let answer = nodes[0].reply("tell b 0", "tell");
     assert_eq!(answer["tell"], "ok", "{answer}");
+    nodes[1].poll(secs(10), "the tell arrived", tells, |t| t == &[1, 0]);
+    // The master asks too: another node's worker, and its own by its own name.
+    let answer = nodes[0].reply("mask b 0", "mask");
+    assert_eq!(answer["mask"], "ok", "{answer}");
+    assert!(
+        b_pids.contains(&answer["pid"].as_u64().unwrap()),
+        "{answer}"
+    );
+    let answer = nodes[0].reply("mask a 1", "mask");
+    assert!(
+        a_pids.contains(&answer["pid"].as_u64().unwrap()),
+        "{answer}"
+    );
+    let answer = nodes[0].reply("mask nowhere 0", "mask");
+    assert!(
+        answer["error"].as_str().unwrap().contains("no node"),
+        "{answer}"
+    );
     // Typed failures, at once rather than at the timeout (10 s).
     let fast = |answer: &Value, what: &str| {
         assert_eq!(answer["ask"], "error", "{answer}");
@@ -854,5 +872,105 @@ fn workers_ask_and_tell_workers_on_other_nodes_and_fail_fast_with_typed_errors()
         assert!(error.contains("gone"), "{answer}");
         assert!(answer["ms"].as_u64().unwrap() < 2_000, "{answer}");
         assert!(Instant::now() < deadline, "{answer}");
+    }
+}
+
+/// Each local worker's count of one-way messages received.
+fn tells(node: &mut Node) -> Vec<u64> {
+    let answer = node.ask("tells");
+    let counts = answer["tells"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"));
+    counts.iter().map(|c| c.as_u64().unwrap()).collect()
+}
+
+/// Every node's inbox and the cluster's channel are subscribed: an ask from each node to the
+/// next is answered (one subscription holds both channels).
+fn all_subscribed(nodes: &mut [Node], names: &[&str]) {
+    for i in 0..nodes.len() {
+        let other = names[(i + 1) % names.len()];
+        let deadline = Instant::now() + secs(10);
+        loop {
+            let answer = nodes[i].reply(&format!("ask {other} 0 2000"), "ask");
+            if answer["ask"] == "ok" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{answer}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn broadcasts_publishes_and_confirmations_reach_every_node_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let names = ["a", "b", "c"];
+    let mut nodes = cluster_of(&redis, "fan", &names, &["--workers", "2"]);
+    all_subscribed(&mut nodes, &names);
+    // Every worker of every node, once: the master's broadcast counts this node's.
+    let answer = nodes[0].ask("broadcast");
+    assert_eq!(answer["broadcast"], 2, "{answer}");
+    for node in nodes.iter_mut() {
+        node.poll(secs(10), "the broadcast arrived", tells, |t| t == &[1, 1]);
+    }
+    // A worker's broadcast: every worker but itself, on every node.
+    assert_eq!(nodes[1].ask("wbroadcast")["wbroadcast"], "ok");
+    let expected = [[2, 2], [1, 2], [2, 2]];
+    for (node, want) in nodes.iter_mut().zip(expected) {
+        node.poll(secs(10), "the worker's broadcast arrived", tells, |t| {
+            t == &want
+        });
+    }
+    // A group publish, from the master and from a worker, to the members on every node.
+    let group = nodes[0].nodes()["a"]["groups"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let answer = nodes[2].reply(&format!("publish {group}"), "publish");
+    assert_eq!(answer["publish"], 2, "{answer}");
+    assert_eq!(
+        nodes[0].reply(&format!("wpublish {group}"), "wpublish")["wpublish"],
+        "ok"
+    );
+    let expected = [[3, 4], [3, 4], [4, 4]];
+    for (node, want) in nodes.iter_mut().zip(expected) {
+        node.poll(secs(10), "the publishes arrived", tells, |t| t == &want);
+    }
+    // Nothing arrived twice: a last round trip through every inbox, and the counts hold.
+    all_subscribed(&mut nodes, &names);
+    for (node, want) in nodes.iter_mut().zip(expected) {
+        assert_eq!(tells(node), want, "node {}", node.name);
+    }
+    // Confirmations count across nodes: six workers on three nodes complete a round of 6 on
+    // node a and on node c; a's round lists its own two and four of other nodes.
+    assert_eq!(nodes[0].reply("rounds ready 6", "rounds")["rounds"], "ok");
+    assert_eq!(nodes[2].reply("rounds ready 6", "rounds")["rounds"], "ok");
+    for node in nodes.iter_mut() {
+        for worker in 0..2 {
+            let answer = node.reply(&format!("confirm {worker} ready"), "confirm");
+            assert_eq!(answer["confirm"], "ok", "{answer}");
+        }
+    }
+    for i in [0, 2] {
+        let node = &mut nodes[i];
+        let (_, round) = node.find(0, secs(10), "a round of 6", |l| l.contains("\"round\""));
+        let round: Value = serde_json::from_str(&round).unwrap();
+        let peers: Vec<&str> = round["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(peers.len(), 6, "node {i}: {round}");
+        let local = peers.iter().filter(|p| p.starts_with('w')).count();
+        assert_eq!(
+            local, 2,
+            "node {i}: its own two workers and four remote: {round}"
+        );
     }
 }

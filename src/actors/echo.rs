@@ -70,6 +70,17 @@ pub enum EchoMsg {
         /// The request's timeout.
         timeout_ms: u64,
     },
+    /// Confirms the key ([`confirm`](crate::WorkerHandle::confirm)), then answers `Done`.
+    Confirm(String),
+    /// Sends `msg` one-way to every other worker (`group: None`,
+    /// [`broadcast`](crate::WorkerHandle::broadcast)) or to every member of `group`
+    /// ([`publish`](crate::WorkerHandle::publish)), then answers `Done`.
+    Fanout {
+        /// The group, if any.
+        group: Option<String>,
+        /// What to send.
+        msg: Box<EchoMsg>,
+    },
 }
 
 /// What [`Echo`] answers.
@@ -194,6 +205,18 @@ impl Echo {
                     peers.ask_worker_on(&node, worker, &msg, timeout).await
                 };
                 sent.unwrap_or_else(|e| EchoReply::Error(e.to_string()))
+            }
+            EchoMsg::Confirm(key) => match ctx.peers().confirm(&key).await {
+                Ok(()) => EchoReply::Done,
+                Err(e) => EchoReply::Error(e.to_string()),
+            },
+            EchoMsg::Fanout { group, msg } => {
+                let peers = ctx.peers();
+                let sent = match group {
+                    Some(group) => peers.publish(&group, &msg),
+                    None => peers.broadcast(&msg),
+                };
+                sent.map_or_else(|e| EchoReply::Error(e.to_string()), |()| EchoReply::Done)
             }
         }
     }

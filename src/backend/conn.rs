@@ -117,9 +117,20 @@ impl Redis {
     /// Subscribes to `channel` on a pub/sub connection of its own, on the Redis thread, and
     /// keeps subscribed: after an error or a closed connection it tries again every `retry`
     /// (each attempt bounded by `retry`). Ends when the returned handle is dropped.
+    #[allow(dead_code)] // for subscriptions of one channel
     pub(crate) fn subscribe(
         &self,
         channel: String,
+        retry: std::time::Duration,
+        tx: tokio::sync::mpsc::UnboundedSender<Inbound>,
+    ) -> Subscription {
+        self.subscribe_all(vec![channel], retry, tx)
+    }
+
+    /// [`subscribe`](Self::subscribe) to every one of `channels` on one connection.
+    pub(crate) fn subscribe_all(
+        &self,
+        channels: Vec<String>,
         retry: std::time::Duration,
         tx: tokio::sync::mpsc::UnboundedSender<Inbound>,
     ) -> Subscription {
@@ -129,7 +140,7 @@ impl Redis {
             loop {
                 let connect = async {
                     let mut pubsub = client.get_async_pubsub().await?;
-                    pubsub.subscribe(&channel).await?;
+                    pubsub.subscribe(&channels).await?;
                     Ok::<_, redis::RedisError>(pubsub)
                 };
                 let lost = match tokio::time::timeout(retry, connect).await {

@@ -28,6 +28,7 @@ use super::script::Keys;
 use super::wire::{addressed, Addressed, Frame, Kind, VERSION};
 use super::Shared;
 use crate::error::AskError;
+use crate::messaging::system::{Confirm, ForgetNode, SupervisorAsks};
 use crate::messaging::table::Outbound;
 use crate::messaging::table::{ReplyTo, Routed, SharedRouting};
 use crate::messaging::{Peer, Via};
@@ -51,6 +52,7 @@ pub(crate) struct Remote {
     keys: Keys,
     shared: Rc<RefCell<Shared>>,
     routing: SharedRouting,
+    asks: SupervisorAsks,
     pending: Pending<ReplyTo>,
     published: (
         mpsc::UnboundedSender<Published>,
@@ -71,14 +73,17 @@ impl Remote {
         retry: Duration,
         shared: Rc<RefCell<Shared>>,
         routing: SharedRouting,
+        asks: SupervisorAsks,
     ) -> Self {
         let (tx, inbound) = mpsc::unbounded_channel();
-        let subscription = redis.subscribe(keys.inbox(name), retry, tx);
+        let channels = vec![keys.inbox(name), keys.everyone()];
+        let subscription = redis.subscribe_all(channels, retry, tx);
         Self {
             redis,
             keys,
             shared,
             routing,
+            asks,
             pending: Pending::default(),
             published: mpsc::unbounded_channel(),
             subscribed: false,
@@ -186,21 +191,47 @@ impl Remote {
                     }
                 }
             }
+            Outbound::Fanout {
+                group,
+                from,
+                payload,
+            } => self.publish_to_everyone(from, Kind::Fanout { group }, payload.to_vec()),
+            Outbound::Confirm { key, from } => {
+                self.publish_to_everyone(from, Kind::Confirm { key }, Vec::new());
+            }
+        }
+    }
+
+    /// Publishes a frame for every other node on the cluster's channel (nothing while this
+    /// node has not joined or Redis is unreachable: at most once).
+    fn publish_to_everyone(&mut self, from: Option<(WorkerId, u32)>, kind: Kind, payload: Vec<u8>) {
+        match self.me() {
+            Ok(me) => {
+                let frame = frame(me, from, 0, 0, kind, payload);
+                self.publish_on(self.keys.everyone(), "every node", &frame, None);
+            }
+            Err(e) => tracing::debug!(error = %e, "message for every node dropped"),
         }
     }
 
     /// Publishes `frame` on `node`'s inbox, on the Redis thread; the outcome comes back as
     /// [`Published`].
     fn publish(&mut self, node: &str, frame: &Frame, ask: Option<u64>) {
+        self.publish_on(self.keys.inbox(node), node, frame, ask);
+    }
+
+    /// Publishes `frame` on `channel` (for `node`: a name in errors and logs).
+    fn publish_on(&mut self, channel: String, node: &str, frame: &Frame, ask: Option<u64>) {
         let bytes = match frame.encode() {
             Ok(bytes) => bytes,
-            Err(e) => return self.end(ask, Err(e)),
+            Err(e) => {
+                if ask.is_none() {
+                    tracing::warn!(error = %e, "message to another node not sent");
+                }
+                return self.end(ask, Err(e));
+            }
         };
-        let (redis, channel, done) = (
-            self.redis.clone(),
-            self.keys.inbox(node),
-            self.published.0.clone(),
-        );
+        let (redis, done) = (self.redis.clone(), self.published.0.clone());
         let node = node.to_owned();
         tokio::task::spawn_local(async move {
             let result = redis.publish(channel, bytes).await;
@@ -210,7 +241,7 @@ impl Remote {
 
     fn published(&mut self, done: Published) {
         let error = match done.result {
-            Ok(0) => AskError::NodeGone(done.node.clone()),
+            Ok(0) if done.ask.is_some() => AskError::NodeGone(done.node.clone()),
             Ok(_) => return,
             Err(e) => AskError::BackendUnavailable(e.to_string()),
         };
@@ -233,6 +264,11 @@ impl Remote {
     fn membership(&mut self, event: &NodeEvent) {
         let ended = match event {
             NodeEvent::Left { node, .. } => {
+                if let Some(supervisor) = self.asks.forget.upgrade() {
+                    supervisor.do_send(ForgetNode {
+                        epoch: node.id.epoch,
+                    });
+                }
                 let gone = AskError::NodeGone(node.id.to_string());
                 self.pending.end_node(&node.id.name, &gone)
             }
@@ -268,6 +304,9 @@ impl Remote {
                 return;
             }
         };
+        if frame.kind.to_everyone() {
+            return self.for_everyone(frame);
+        }
         let mine = self.shared.borrow().current().map(|me| me.epoch);
         if addressed(&frame, mine) == Addressed::Stale {
             return self.stale(frame);
@@ -285,6 +324,7 @@ impl Remote {
                     via: Via::Direct,
                     payload: frame.payload.into(),
                     ack: None,
+                    windowed: false,
                 }),
                 Err(e) => tracing::debug!(error = %e, "message from another node dropped"),
             },
@@ -302,6 +342,55 @@ impl Remote {
                     reply: ReplyTo::Local(tx),
                 });
                 self.reply_later(to, id, deadline, rx);
+            }
+            Kind::Fanout { .. } | Kind::Confirm { .. } => {}
+        }
+    }
+
+    /// A frame on the cluster's channel: a broadcast or group publish for this node's
+    /// workers, or a confirmation to count; this node's own are skipped.
+    fn for_everyone(&mut self, frame: Frame) {
+        let own = self.shared.borrow().me.as_ref().map(|me| me.epoch);
+        if own == Some(frame.from.epoch) {
+            return;
+        }
+        let from = Peer::Remote {
+            epoch: frame.from.epoch,
+            id: frame.from.worker,
+            pid: frame.from.pid,
+        };
+        match frame.kind {
+            Kind::Fanout { group } => {
+                let (targets, via) = {
+                    let routing = self.routing.borrow();
+                    match group {
+                        None => (routing.slots.clone(), Via::Broadcast),
+                        Some(group) => {
+                            let members = routing.members(&group).into_iter();
+                            let targets = members.filter_map(|w| routing.slots.get(w).cloned());
+                            (targets.collect(), Via::Group(group))
+                        }
+                    }
+                };
+                let payload = Bytes::from(frame.payload);
+                for target in targets {
+                    target.do_send(Routed::Tell {
+                        from,
+                        via: via.clone(),
+                        payload: payload.clone(),
+                        ack: None,
+                        windowed: false,
+                    });
+                }
+            }
+            Kind::Confirm { key } => {
+                if let Some(supervisor) = self.asks.confirm.upgrade() {
+                    supervisor.do_send(Confirm { from, key });
+                }
+            }
+            Kind::Ask { .. } | Kind::Tell | Kind::Reply { .. } => {
+                tracing::warn!("dropped a frame for one node on the cluster's channel");
+                self.shared.borrow_mut().stats.bad_entries += 1;
             }
         }
     }

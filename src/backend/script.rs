@@ -46,6 +46,11 @@ impl Keys {
         format!("{}{}", self.node_prefix(), name)
     }
 
+    /// The cluster's channel: broadcasts, group publishes and confirmations, for every node.
+    pub(crate) fn everyone(&self) -> String {
+        format!("{}all", self.prefix)
+    }
+
     /// A node's inbox: the pub/sub channel its frames are published on.
     pub(crate) fn inbox(&self, name: &str) -> String {
         format!("{}in:{}", self.prefix, name)

@@ -50,6 +50,19 @@ pub(crate) enum Kind {
         id: u64,
         result: Result<Vec<u8>, AskError>,
     },
+    /// A one-way message for every worker (`group: None`) or every member of `group` of every
+    /// node but the sender's, published on the cluster's channel (no target epoch).
+    Fanout { group: Option<String> },
+    /// A confirmation of `key` by the sender, for every other node to count.
+    Confirm { key: String },
+}
+
+impl Kind {
+    /// Whether the frame is for every node (published on the cluster's channel) rather than
+    /// one epoch of one node.
+    pub(crate) fn to_everyone(&self) -> bool {
+        matches!(self, Kind::Fanout { .. } | Kind::Confirm { .. })
+    }
 }
 
 /// One message between nodes.

@@ -83,7 +83,12 @@ impl Core {
         let mut view = None;
         if let Some((claim, subscribers)) = node {
             let name = claim.settings.name.clone();
-            let asks = supervisor.downgrade().recipient();
+            let weak = supervisor.downgrade();
+            let asks = crate::messaging::system::SupervisorAsks {
+                info: weak.clone().recipient(),
+                confirm: weak.clone().recipient(),
+                forget: weak.recipient(),
+            };
             let (node, node_view) = claim.run(asks, subscribers, Rc::clone(&routing));
             actor = actor.with_node(node);
             view = Some((name, node_view));

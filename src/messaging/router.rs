@@ -130,7 +130,13 @@ impl Router {
             Ok(receivers) => receivers,
             Err(e) => return Outcome::Answer(Err(e)),
         };
+        if let Route::All | Route::Group(_) = to {
+            self.fan_out(&to, pid, payload);
+        }
         let direct = matches!(to, Route::Worker(_) | Route::Node { .. });
+        // Only `tell_worker` counts in the worker's window (`worker/window.rs`): a message to
+        // a worker of this node by node name does not.
+        let windowed = ack.is_none() && matches!(to, Route::Worker(_));
         let (from, payload) = (self.peer(pid), Bytes::copy_from_slice(payload));
         for (target, via) in receivers {
             let ack = ack
@@ -141,6 +147,7 @@ impl Router {
                 via,
                 payload: payload.clone(),
                 ack,
+                windowed,
             });
         }
         match (ack, direct) {
@@ -197,6 +204,20 @@ impl Router {
             Route::All | Route::Group(_) => Outcome::Answer(Err(AskError::Invalid(
                 "a request goes to the master or to one worker".into(),
             ))),
+        }
+    }
+
+    /// A broadcast or a group publish goes to the other nodes too, when there are any.
+    fn fan_out(&self, to: &Route<'_>, pid: u32, payload: &[u8]) {
+        if let Some(link) = &self.routing.borrow().remote {
+            link.send(Outbound::Fanout {
+                group: match to {
+                    Route::Group(group) => Some((*group).to_owned()),
+                    _ => None,
+                },
+                from: Some((self.id, pid)),
+                payload: Bytes::copy_from_slice(payload),
+            });
         }
     }
 

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix::WeakRecipient;
 use bytes::Bytes;
 
 use crate::error::AskError;
@@ -24,6 +25,23 @@ type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, A
 pub(crate) struct Confirm {
     pub(crate) from: Peer,
     pub(crate) key: String,
+}
+
+/// A node of the cluster left: its workers' confirmations no longer count (see
+/// `messaging::confirm`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ForgetNode {
+    pub(crate) epoch: u64,
+}
+
+/// What the backend asks of the supervisor: this node's groups (at each heartbeat), and
+/// confirmations from other nodes' workers to count here, and the nodes that left.
+#[derive(Debug, Clone)]
+pub(crate) struct SupervisorAsks {
+    pub(crate) info: WeakRecipient<GetClusterInfo>,
+    pub(crate) confirm: WeakRecipient<Confirm>,
+    pub(crate) forget: WeakRecipient<ForgetNode>,
 }
 
 /// Waits for `from`'s next round of `n` confirmations of `key` (see `messaging::confirm`);

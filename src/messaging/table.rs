@@ -322,12 +322,15 @@ impl Drop for ProxyReply {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) enum Routed {
-    /// One-way; `ack` hears when the worker has it.
+    /// One-way; `ack` hears when the worker has it. `windowed`: a worker's unacknowledged
+    /// message to one worker by id, counted in the sender's window (`worker/window.rs`): the
+    /// receiver pays it back in credit.
     Tell {
         from: Peer,
         via: Via,
         payload: Bytes,
         ack: Option<ReplyTo>,
+        windowed: bool,
     },
     /// A request; `reply` hears the answer.
     Ask {
@@ -371,6 +374,18 @@ pub(crate) enum Outbound {
         worker: WorkerId,
         from: Option<(WorkerId, u32)>,
         payload: Bytes,
+    },
+    /// A one-way message to every worker (`group: None`) or every member of `group` on every
+    /// other node (at most once each).
+    Fanout {
+        group: Option<String>,
+        from: Option<(WorkerId, u32)>,
+        payload: Bytes,
+    },
+    /// A confirmation of `key` made on this node, for every other node to count.
+    Confirm {
+        key: String,
+        from: Option<(WorkerId, u32)>,
     },
 }
 

@@ -418,6 +418,7 @@ impl<A: WorkerActor> Handler<TellAck<A>> for Worker<A> {
             via: Via::Direct,
             payload: payload.into(),
             ack: Some(ReplyTo::Local(tx)),
+            windowed: false,
         };
         <Self as Handler<Routed>>::handle(self, routed, ctx);
         Box::pin(async move {

@@ -10,7 +10,7 @@ use super::links::FromWorker;
 use crate::error::CallError;
 use crate::messaging::router::Outcome;
 use crate::messaging::table::{AskDone, ReplyTo, Routed};
-use crate::messaging::{AskError, Peer, Route, SystemOp, Via};
+use crate::messaging::{AskError, Peer, Route, SystemOp};
 use crate::protocol::Envelope;
 use crate::state::WorkerId;
 use crate::worker::WorkerActor;
@@ -276,8 +276,7 @@ impl<A: WorkerActor> Worker<A> {
         let windowed = match &routed {
             Routed::Tell {
                 from: Peer::Worker { id, pid },
-                via: Via::Direct,
-                ack: None,
+                windowed: true,
                 ..
             } => Some((*id, *pid)),
             _ => None,
@@ -345,6 +344,7 @@ impl<A: WorkerActor> Worker<A> {
                 via,
                 payload,
                 ack,
+                ..
             } => {
                 let env = Envelope::Deliver {
                     from,

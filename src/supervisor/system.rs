@@ -10,9 +10,10 @@ use super::{answered, ClusterSupervisor};
 use crate::error::AskError;
 use crate::messaging::confirm::ConfirmationRounds;
 use crate::messaging::system::{
-    Action, AwaitConfirmations, Confirm, ControlWorker, GetClusterInfo, GetClusterStats,
-    OnConfirmation, ReloadCluster,
+    Action, AwaitConfirmations, Confirm, ControlWorker, ForgetNode, GetClusterInfo,
+    GetClusterStats, OnConfirmation, ReloadCluster,
 };
+use crate::messaging::table::Outbound;
 use crate::messaging::{ClusterInfo, Peer, WorkerStats};
 use crate::proxy::{GetInfo, GetStats, Kill, Replace};
 use crate::state::WorkerId;
@@ -21,7 +22,25 @@ impl Handler<Confirm> for ClusterSupervisor {
     type Result = Result<(), AskError>;
 
     fn handle(&mut self, Confirm { from, key }: Confirm, _ctx: &mut Context<Self>) -> Self::Result {
-        self.confirmations.confirm(&key, from)
+        self.confirmations.confirm(&key, from)?;
+        // Counted on the other nodes too; one from another node is not sent on again.
+        let from = match from {
+            Peer::Master => None,
+            Peer::Worker { id, pid } => Some((id, pid)),
+            _ => return Ok(()),
+        };
+        if let Some(link) = &self.routing.borrow().remote {
+            link.send(Outbound::Confirm { key, from });
+        }
+        Ok(())
+    }
+}
+
+impl Handler<ForgetNode> for ClusterSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, ForgetNode { epoch }: ForgetNode, _ctx: &mut Context<Self>) {
+        self.confirmations.forget_node(epoch);
     }
 }
 
