@@ -112,6 +112,7 @@ mod node;
 mod pending;
 mod remote;
 mod script;
+mod store;
 mod view;
 mod wire;
 
@@ -119,6 +120,11 @@ pub use config::{Backend, RedisBackend};
 pub use node::{LeaveReason, NodeEvent, NodeId, NodeInfo, NodeStats, NodeWorker};
 
 pub(crate) use claim::{claim, Claim};
+pub(crate) use conn::{Inbound, Subscription};
+pub(crate) use store::{
+    counter_text, event_header, from_stored, parse_event, px, to_stored, Job, Lua, StoreEvent,
+    StoreLink, StoreQueue, MAX_IN_FLIGHT,
+};
 
 // Seams for the steps to come (messaging, cache and locks, the cluster-wide reload): the
 // `Claim` carries the cluster's `redis::Client` and connection and its `Keys` (one prefix, one

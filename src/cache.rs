@@ -133,13 +133,14 @@ mod locks;
 mod memory;
 mod near;
 pub(crate) mod ops;
+mod remote;
+mod remote_ops;
 mod snapshot;
 mod store;
 mod subs;
 
-pub(crate) use self::core::Served;
+pub(crate) use self::core::{Later, Served};
 pub(crate) use locks::encode_answer;
-pub(crate) use locks::LockRequest;
 
 pub use batch::{BatchAnswers, CacheBatch, Pending};
 pub use client::{CacheClient, CacheTransport, LockGuard, MasterCache, Replica, Subscription};
@@ -159,6 +160,9 @@ pub use store::{
 #[derive(Debug, Clone)]
 pub(crate) struct SharedCache {
     core: Rc<RefCell<self::core::CacheCore>>,
+    /// The cluster-wide cache in Redis, when the cluster has a backend (and does not keep its
+    /// cache on this node).
+    remote: Option<Rc<remote::Remote>>,
     actor: Addr<actor::CacheActor>,
     /// The advisory lock on the snapshot path, held until the cluster stops.
     snapshot_lock: Rc<RefCell<Option<Flock<File>>>>,
@@ -192,10 +196,20 @@ fn lock_snapshot(path: &Path) -> Result<Flock<File>, String> {
 
 impl SharedCache {
     /// A cache set up as `config` says, its snapshot loaded; its events go out by `routing`.
+    /// With `link`, the cache is the cluster's, in Redis (no snapshot then: Redis keeps it).
     ///
     /// # Errors
     /// When another cluster keeps its snapshot at the same path (it holds `<path>.lock`).
-    pub(crate) fn start(config: &CacheConfig, routing: SharedRouting) -> Result<Self, String> {
+    pub(crate) fn start(
+        config: &CacheConfig,
+        routing: SharedRouting,
+        link: Option<crate::backend::StoreLink>,
+    ) -> Result<Self, String> {
+        let mut config = config.clone();
+        if link.is_some() {
+            config.snapshot = None;
+        }
+        let config = &config;
         let snapshot_lock = match &config.snapshot {
             Some(path) => Some(lock_snapshot(path)?),
             None => None,
@@ -203,9 +217,13 @@ impl SharedCache {
         let store = Box::new(config.memory_store());
         let core = self::core::CacheCore::new(store, config, routing);
         let core = Rc::new(RefCell::new(core));
-        let actor = actor::CacheActor::new(Rc::downgrade(&core), config.save_every()).start();
+        let remote = link.map(|link| remote::Remote::start(link, Rc::downgrade(&core)));
+        let actor = actor::CacheActor::new(Rc::downgrade(&core), config.save_every())
+            .with_remote(remote.clone())
+            .start();
         Ok(Self {
             core,
+            remote,
             actor,
             snapshot_lock: Rc::new(RefCell::new(snapshot_lock)),
         })
@@ -213,21 +231,38 @@ impl SharedCache {
 
     /// Serves a worker's operation now, or hands back a lock request for [`lock`](Self::lock).
     pub(crate) fn serve(&self, from: Peer, op: CacheOp) -> Served {
+        if self.remote.is_some() && remote::Remote::serves(&op) {
+            return Served::NeedsReply(Later::Remote(from, op));
+        }
         let mut core = self.core.borrow_mut();
         let served = core.serve(from, op, Instant::now());
         self.wake_if_earlier(&mut core);
         served
     }
 
-    /// Takes a lock for a worker, or puts it in line; the answer goes to `reply`.
-    pub(crate) fn lock(&self, request: LockRequest, reply: ReplyTo) {
-        let mut core = self.core.borrow_mut();
-        core.lock(request, locks::Reply::Worker(reply), Instant::now());
-        self.wake_if_earlier(&mut core);
+    /// Serves what [`serve`](Self::serve) handed back for a worker: takes a lock or puts it
+    /// in line, or sends an operation to Redis; the answer goes to `reply`.
+    pub(crate) fn lock(&self, later: Later, reply: ReplyTo) {
+        match (later, &self.remote) {
+            (Later::Remote(from, op), Some(remote)) => {
+                remote.serve(from, op, locks::Reply::Worker(reply));
+            }
+            (Later::Remote(..), None) => {
+                unreachable!("served in Redis only with a backend")
+            }
+            (Later::Lock(request), _) => {
+                let mut core = self.core.borrow_mut();
+                core.lock(request, locks::Reply::Worker(reply), Instant::now());
+                self.wake_if_earlier(&mut core);
+            }
+        }
     }
 
     /// A process ended, however it ended: its locks are released and its subscriptions end.
     pub(crate) fn process_gone(&self, who: Peer) {
+        if let Some(remote) = &self.remote {
+            remote.process_gone(who);
+        }
         let mut core = self.core.borrow_mut();
         core.process_gone(who, Instant::now());
         self.wake_if_earlier(&mut core);

@@ -51,12 +51,16 @@ impl Core {
     ) -> Result<Self, Error> {
         let routing: SharedRouting = Rc::default();
         // First what another cluster may hold (the snapshot's lock): a refusal starts nothing.
-        let cache = crate::cache::SharedCache::start(&config.cache, Rc::clone(&routing)).map_err(
-            |reason| ConfigError {
+        // The cache is the cluster's, in Redis, when a backend is set (unless it keeps its
+        // cache on this node).
+        let link = node.as_ref().zip(config.backend.as_ref());
+        let link =
+            link.and_then(|((claim, _), backend)| crate::backend::StoreLink::new(claim, backend));
+        let cache = crate::cache::SharedCache::start(&config.cache, Rc::clone(&routing), link)
+            .map_err(|reason| ConfigError {
                 field: "cache",
                 reason,
-            },
-        )?;
+            })?;
         let logger =
             crate::logger::Logger::new(&config.log, log_sinks).map_err(|e| ConfigError {
                 field: "log",
