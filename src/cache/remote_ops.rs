@@ -168,28 +168,42 @@ pub(crate) fn plan(link: &StoreLink, op: &BatchOp<'_>, cmds: &mut Vec<Cmd>) -> W
             new,
             ttl,
         } => {
-            let set = event_header(b'S', collection, key);
-            let del = event_header(b'D', collection, key);
-            let (want, exp, alt) = match expected {
-                None => ("0", Vec::new(), String::new()),
-                Some(v) => ("1", to_stored(v), counter_text(v).unwrap_or_default()),
-            };
-            let new = new.map(to_stored).unwrap_or_default();
-            let ms = ttl_arg(ttl);
-            let args: [&[u8]; 8] = [
-                ch,
-                &set,
-                &del,
-                want.as_bytes(),
-                &exp,
-                alt.as_bytes(),
-                &new,
-                ms.as_bytes(),
-            ];
-            cmds.push(Lua::CompareAndSet.call(&[&link.key(collection, key)], &args));
+            cmds.push(compare_and_set(link, collection, key, expected, new, ttl));
             Want::Bool
         }
     }
+}
+
+/// The compare-and-set script's call.
+fn compare_and_set(
+    link: &StoreLink,
+    collection: &str,
+    key: &str,
+    expected: Option<&[u8]>,
+    new: Option<&[u8]>,
+    ttl: Option<Duration>,
+) -> Cmd {
+    let events = link.events();
+    let ch = events.as_bytes();
+    let set = event_header(b'S', collection, key);
+    let del = event_header(b'D', collection, key);
+    let (want, exp, alt) = match expected {
+        None => ("0", Vec::new(), String::new()),
+        Some(v) => ("1", to_stored(v), counter_text(v).unwrap_or_default()),
+    };
+    let new = new.map(to_stored).unwrap_or_default();
+    let ms = ttl.map(px).unwrap_or_default();
+    let args: [&[u8]; 8] = [
+        ch,
+        &set,
+        &del,
+        want.as_bytes(),
+        &exp,
+        alt.as_bytes(),
+        &new,
+        ms.as_bytes(),
+    ];
+    Lua::CompareAndSet.call(&[&link.key(collection, key)], &args)
 }
 
 /// Reads the answer to one operation from `values`.
