@@ -25,6 +25,7 @@
 //!   `rounds <key> <n>`: registers for rounds of `n` confirmations of the key; each round is
 //!   printed when complete as `{"round":<key>,"peers":[…]}` (a peer as `"m"`, `"w<id>"`, or
 //!   `"<epoch>/w<id>"` / `"<epoch>/m"` for another node's);
+//! - `cache-…`: the cluster-wide cache (`node_cache.rs`);
 //! - `stats`: `{"stats":{"beats":…,"beat_failures":…,"bad_entries":…,"rejoins":…,"connected":…}}`.
 //!
 //! A failed start prints `error <message>` and exits 2. SIGTERM stops the cluster cleanly
@@ -39,6 +40,8 @@ use procactor::backend::{Backend, NodeEvent, NodeInfo, NodeStats};
 use procactor::logger::LogConfig;
 use procactor::{Call, Cluster, ClusterConfig, ClusterSupervisor};
 use serde_json::json;
+
+mod node_cache;
 
 /// The command line.
 struct Args {
@@ -157,6 +160,7 @@ async fn command(cluster: &Cluster<Echo>, line: &str) -> serde_json::Value {
         line if line.starts_with("rounds ") => rounds(cluster, line).await,
         "nodes" => json!({"nodes": cluster.nodes().iter().map(info).collect::<Vec<_>>()}),
         "stats" => stats(cluster.node_stats().unwrap_or_default()),
+        line if line.starts_with("cache-") => node_cache::command(cluster, line).await,
         other => json!({"error": format!("unknown command {other:?}")}),
     }
 }
@@ -345,6 +349,12 @@ async fn master(args: Args) -> i32 {
     let commands = cluster.clone();
     actix::spawn(async move {
         while let Some(line) = rx.recv().await {
+            // A loop of cache operations runs beside the other commands.
+            if line.starts_with("cache-lock-loop") || line.starts_with("cache-incr") {
+                let cluster = commands.clone();
+                actix::spawn(async move { println!("{}", command(&cluster, &line).await) });
+                continue;
+            }
             println!("{}", command(&commands, &line).await);
         }
     });

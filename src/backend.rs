@@ -9,8 +9,11 @@
 //! events when that changes — and **requests and one-way messages between workers on
 //! different nodes** ([`WorkerHandle::ask_worker_on`](crate::WorkerHandle::ask_worker_on),
 //! [`tell_worker_on`](crate::WorkerHandle::tell_worker_on)) over Redis pub/sub, at most once,
-//! with deadlines and typed failures (`backend/remote.rs` says which and when). Broadcast and
-//! publish across nodes, the cache and locks on Redis, and the cluster-wide reload come next.
+//! with deadlines and typed failures (`backend/remote.rs` says which and when), and **the
+//! cluster-wide cache and its fenced locks** in Redis (the [cache's docs](crate::cache#on-several-hosts)
+//! say how; `backend/store.rs` holds its keys and scripts; [`RedisBackend::local_cache`] keeps
+//! an embedded cache per node instead). Broadcast and publish across nodes and the
+//! cluster-wide reload come next.
 //!
 //! # Nodes
 //! A *node* is one boot of a master: a name ([`RedisBackend::node`], by default
@@ -112,6 +115,7 @@ mod node;
 mod pending;
 mod remote;
 mod script;
+mod store;
 mod view;
 mod wire;
 
@@ -120,6 +124,11 @@ pub use config::{Backend, RedisBackend};
 pub use node::{LeaveReason, NodeEvent, NodeStats};
 
 pub(crate) use claim::{claim, Claim};
+pub(crate) use conn::{Inbound, Subscription};
+pub(crate) use store::{
+    counter_text, event_header, from_stored, parse_event, px, to_stored, Job, Lua, StoreEvent,
+    StoreLink, StoreQueue, MAX_IN_FLIGHT,
+};
 
 // Seams for the steps to come (messaging, cache and locks, the cluster-wide reload): the
 // `Claim` carries the cluster's `redis::Client` and connection and its `Keys` (one prefix, one

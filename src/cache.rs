@@ -100,6 +100,57 @@
 //! told when an operation brings the deadline forward, only then. It also writes the snapshots
 //! and carries the operations of master callers, whose client may be on another thread.
 //!
+//! # On several hosts
+//! When the cluster has a [`Backend`](crate::backend::Backend), the cache is the cluster's, in
+//! Redis: every node's workers and master see the same keys through the same [`CacheClient`]
+//! (opt out with [`RedisBackend::local_cache`](crate::backend::RedisBackend::local_cache):
+//! each node then keeps an embedded cache of its own, seen by its workers only). Without a
+//! backend nothing of this runs and the embedded store serves as above, on the same path.
+//!
+//! - **The seam.** The embedded [`Store`] stays synchronous on the master's thread. An
+//!   operation for Redis is queued the moment it arrives and answered when Redis answers
+//!   (`cache/remote.rs`); nothing waits on the master's loop. The queue sends what has
+//!   accumulated as one pipeline, one at a time, so a process's operations run in the order
+//!   it sent them (its set, then its get, sees the set). At most 8192 operations per node are
+//!   queued or in flight; past that an operation fails at once with [`CacheError::Limit`]
+//!   (counted as an error of its kind).
+//! - **Keys and values**: `procactor:{<cluster>}:cache:<collection>:<key>`, strings, TTLs kept
+//!   by Redis (`PX`); counters are decimal text so that Redis adds them exactly, converted to
+//!   the postcard `i64` the client decodes (the layout is in `backend/store.rs`).
+//! - **Changes** are published by the Lua script that writes (one atomic step) on
+//!   `procactor:{<cluster>}:cache:events`; each node subscribes once and hands them to its own
+//!   subscribers, the writer's node included. Notified: sets, deletes, increments,
+//!   compare-and-sets, `expire(…, 0)`. **Not** notified: a key whose TTL Redis runs out, and
+//!   Redis's own evictions (that would need keyspace notifications, a server setting; a
+//!   [`Replica`] may therefore keep an expired key). Events published while the node's
+//!   subscription is down (Redis unreachable) are lost. A message on the channel that is not
+//!   an event is dropped, logged once and counted in [`CacheStats::bad_input`].
+//! - **Ordering and near-caches.** A write is answered before its event reaches the
+//!   subscribers (another connection), not after as in the embedded store. A [`NearCache`]
+//!   keeps nothing on Redis (each read is a fetch): its guarantees rest on the master sending
+//!   invalidations before answers, which a separate pub/sub connection cannot promise.
+//! - **Locks are leases with fencing tokens.** A grant is one script (`INCR
+//!   procactor:{<cluster>}:fence`, seeded from the server's clock in µs, then `SET
+//!   lock:<name> <token>:<node> PX lease` if free); [`LockGuard::fencing_token`] returns the
+//!   token. While the holder's process lives, its master renews the lease every third of it
+//!   (compare-and-`PEXPIRE`): on Redis a lock is held until released or its holder ends —
+//!   the lease is how long it outlives a node that stopped renewing, so a lock of a node that
+//!   dies is free at most one lease later. A holder whose master could not renew for a whole
+//!   lease has lost it (counted in `lease_expiries`). A release (compare-and-delete) publishes
+//!   a release event: waiters on every node try again at once, with a poll backing off to
+//!   200 ms as a fallback. A worker that ends releases its locks at once. Waiters are served
+//!   in no set order across nodes (whoever's try lands first).
+//! - **Redis unreachable**: each operation fails within the heartbeat (a pipeline's bound)
+//!   with [`CacheError::Unavailable`] and the reason; the connection is made anew for the
+//!   next one, and operations work again as soon as Redis answers. Nothing else of the node
+//!   stops. A value under the cache's keys of another type or layout fails its operation with
+//!   [`CacheError::Storage`] and is counted in [`CacheStats::bad_input`].
+//! - **Figures**: operations are counted by kind and outcome as for the embedded store; the
+//!   per-collection figures (entries, bytes, hits) are the embedded store's only (empty here),
+//!   and so are snapshots (a snapshot path is ignored: Redis keeps the data).
+//! - `keys` and `entries` are a `SCAN` of the database (plus `MGET`): they cost in proportion
+//!   to every key Redis holds, and hold this node's later operations meanwhile.
+//!
 //! # Limits
 //! - Everything runs on the master's thread: a slow operation (a `keys` scan of a large
 //!   collection, an `entries` copy of one) holds up every other operation and every worker's
@@ -133,13 +184,14 @@ mod locks;
 mod memory;
 mod near;
 pub(crate) mod ops;
+mod remote;
+mod remote_ops;
 mod snapshot;
 mod store;
 mod subs;
 
-pub(crate) use self::core::Served;
+pub(crate) use self::core::{Later, Served};
 pub(crate) use locks::encode_answer;
-pub(crate) use locks::LockRequest;
 
 pub use batch::{BatchAnswers, CacheBatch, Pending};
 pub use client::{CacheClient, CacheTransport, LockGuard, MasterCache, Replica, Subscription};
@@ -159,6 +211,9 @@ pub use store::{
 #[derive(Debug, Clone)]
 pub(crate) struct SharedCache {
     core: Rc<RefCell<self::core::CacheCore>>,
+    /// The cluster-wide cache in Redis, when the cluster has a backend (and does not keep its
+    /// cache on this node).
+    remote: Option<Rc<remote::Remote>>,
     actor: Addr<actor::CacheActor>,
     /// The advisory lock on the snapshot path, held until the cluster stops.
     snapshot_lock: Rc<RefCell<Option<Flock<File>>>>,
@@ -192,10 +247,20 @@ fn lock_snapshot(path: &Path) -> Result<Flock<File>, String> {
 
 impl SharedCache {
     /// A cache set up as `config` says, its snapshot loaded; its events go out by `routing`.
+    /// With `link`, the cache is the cluster's, in Redis (no snapshot then: Redis keeps it).
     ///
     /// # Errors
     /// When another cluster keeps its snapshot at the same path (it holds `<path>.lock`).
-    pub(crate) fn start(config: &CacheConfig, routing: SharedRouting) -> Result<Self, String> {
+    pub(crate) fn start(
+        config: &CacheConfig,
+        routing: SharedRouting,
+        link: Option<crate::backend::StoreLink>,
+    ) -> Result<Self, String> {
+        let mut config = config.clone();
+        if link.is_some() {
+            config.snapshot = None;
+        }
+        let config = &config;
         let snapshot_lock = match &config.snapshot {
             Some(path) => Some(lock_snapshot(path)?),
             None => None,
@@ -203,9 +268,13 @@ impl SharedCache {
         let store = Box::new(config.memory_store());
         let core = self::core::CacheCore::new(store, config, routing);
         let core = Rc::new(RefCell::new(core));
-        let actor = actor::CacheActor::new(Rc::downgrade(&core), config.save_every()).start();
+        let remote = link.map(|link| remote::Remote::start(link, Rc::downgrade(&core)));
+        let actor = actor::CacheActor::new(Rc::downgrade(&core), config.save_every())
+            .with_remote(remote.clone())
+            .start();
         Ok(Self {
             core,
+            remote,
             actor,
             snapshot_lock: Rc::new(RefCell::new(snapshot_lock)),
         })
@@ -213,21 +282,38 @@ impl SharedCache {
 
     /// Serves a worker's operation now, or hands back a lock request for [`lock`](Self::lock).
     pub(crate) fn serve(&self, from: Peer, op: CacheOp) -> Served {
+        if self.remote.is_some() && remote::Remote::serves(&op) {
+            return Served::NeedsReply(Later::Remote(from, op));
+        }
         let mut core = self.core.borrow_mut();
         let served = core.serve(from, op, Instant::now());
         self.wake_if_earlier(&mut core);
         served
     }
 
-    /// Takes a lock for a worker, or puts it in line; the answer goes to `reply`.
-    pub(crate) fn lock(&self, request: LockRequest, reply: ReplyTo) {
-        let mut core = self.core.borrow_mut();
-        core.lock(request, locks::Reply::Worker(reply), Instant::now());
-        self.wake_if_earlier(&mut core);
+    /// Serves what [`serve`](Self::serve) handed back for a worker: takes a lock or puts it
+    /// in line, or sends an operation to Redis; the answer goes to `reply`.
+    pub(crate) fn lock(&self, later: Later, reply: ReplyTo) {
+        match (later, &self.remote) {
+            (Later::Remote(from, op), Some(remote)) => {
+                remote.serve(from, op, locks::Reply::Worker(reply));
+            }
+            (Later::Remote(..), None) => {
+                unreachable!("served in Redis only with a backend")
+            }
+            (Later::Lock(request), _) => {
+                let mut core = self.core.borrow_mut();
+                core.lock(request, locks::Reply::Worker(reply), Instant::now());
+                self.wake_if_earlier(&mut core);
+            }
+        }
     }
 
     /// A process ended, however it ended: its locks are released and its subscriptions end.
     pub(crate) fn process_gone(&self, who: Peer) {
+        if let Some(remote) = &self.remote {
+            remote.process_gone(who);
+        }
         let mut core = self.core.borrow_mut();
         core.process_gone(who, Instant::now());
         self.wake_if_earlier(&mut core);

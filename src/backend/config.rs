@@ -44,6 +44,7 @@ impl Backend {
             node: None,
             heartbeat: RedisBackend::DEFAULT_HEARTBEAT,
             node_timeout: RedisBackend::DEFAULT_NODE_TIMEOUT,
+            local_cache: false,
         }
     }
 
@@ -112,6 +113,11 @@ pub struct RedisBackend {
         default = "RedisBackend::default_node_timeout"
     )]
     pub node_timeout: Duration,
+    /// Keep this node's cache in its master (the embedded store), as without a backend,
+    /// instead of the cluster-wide cache in Redis (default `false`: cluster-wide). See
+    /// [the cache's docs](crate::cache#on-several-hosts).
+    #[serde(default)]
+    pub local_cache: bool,
 }
 
 impl RedisBackend {
@@ -153,6 +159,14 @@ impl RedisBackend {
     /// heartbeat, so that one late beat does not drop a node).
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
+        self
+    }
+
+    /// `true`: this node keeps a cache of its own in its master (the embedded store, as
+    /// without a backend), seen by its own workers only. `false` (the default): the cache is
+    /// the cluster's, in Redis, the same for every node's workers and master.
+    pub fn local_cache(mut self, local: bool) -> Self {
+        self.local_cache = local;
         self
     }
 
@@ -205,6 +219,7 @@ impl fmt::Debug for RedisBackend {
             .field("node", &self.node)
             .field("heartbeat", &self.heartbeat)
             .field("node_timeout", &self.node_timeout)
+            .field("local_cache", &self.local_cache)
             .finish()
     }
 }

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cache::core::{CacheCore, Served};
+use crate::cache::core::{CacheCore, Later, Served};
 use crate::cache::locks::Reply;
 use crate::cache::ops::{CacheAnswer, CacheError, CacheEvent, CacheOp};
+use crate::cache::remote::Remote;
 use crate::cache::snapshot;
 use crate::messaging::Peer;
 
@@ -56,6 +57,8 @@ pub(crate) struct CloseCache;
 /// See the [module docs](self).
 pub(crate) struct CacheActor {
     core: Weak<RefCell<CacheCore>>,
+    /// The cluster-wide cache in Redis, if the cache is the cluster's.
+    remote: Option<std::rc::Rc<crate::cache::remote::Remote>>,
     save_every: Option<Duration>,
     /// The timer for the core's next deadline.
     timer: Option<(Instant, SpawnHandle)>,
@@ -83,11 +86,21 @@ impl CacheActor {
     pub(crate) fn new(core: Weak<RefCell<CacheCore>>, save_every: Option<Duration>) -> Self {
         Self {
             core,
+            remote: None,
             save_every,
             timer: None,
             saving: false,
             closing: None,
         }
+    }
+
+    /// Serves the operations of the cluster-wide cache through `remote`.
+    pub(crate) fn with_remote(
+        mut self,
+        remote: Option<std::rc::Rc<crate::cache::remote::Remote>>,
+    ) -> Self {
+        self.remote = remote;
+        self
     }
 
     /// Does what is due and sleeps until the next deadline.
@@ -218,11 +231,19 @@ impl Handler<MasterCall> for CacheActor {
         let Some(core) = self.core.upgrade() else {
             return Box::pin(async { Err(gone()) });
         };
+        if let Some(remote) = self.remote.as_ref().filter(|_| Remote::serves(&op)) {
+            let (tx, rx) = oneshot::channel();
+            remote.serve(Peer::Master, op, Reply::Master(tx));
+            return Box::pin(async { rx.await.unwrap_or_else(|_| Err(gone())) });
+        }
         let now = Instant::now();
         let mut core = core.borrow_mut();
         let answer: Self::Result = match core.serve(Peer::Master, op, now) {
             Served::Answer(answer) => Box::pin(async { answer }),
-            Served::NeedsReply(request) => {
+            Served::NeedsReply(Later::Remote(..)) => {
+                Box::pin(async { Err(CacheError::Storage("no cluster-wide cache here".into())) })
+            }
+            Served::NeedsReply(Later::Lock(request)) => {
                 let (tx, rx) = oneshot::channel();
                 core.lock(request, Reply::Master(tx), now);
                 Box::pin(async { rx.await.unwrap_or_else(|_| Err(gone())) })

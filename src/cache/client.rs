@@ -365,6 +365,7 @@ impl<T: CacheTransport> CacheClient<T> {
                 transport: self.transport.clone(),
                 name: name.into(),
                 token: Some(token),
+                fence: token,
             }),
             other => Err(unexpected(other)),
         }
@@ -416,9 +417,18 @@ pub struct LockGuard<T: CacheTransport> {
     transport: T,
     name: String,
     token: Option<u64>,
+    fence: u64,
 }
 
 impl<T: CacheTransport> LockGuard<T> {
+    /// This grant's fencing token: it grows with every grant of any of the cache's locks (on
+    /// several hosts, across the cluster: a counter kept in Redis). A lock is a lease — a
+    /// holder paused past it may still act — so pass the token to what the lock protects, and
+    /// have it refuse a token lower than one it has seen.
+    pub fn fencing_token(&self) -> u64 {
+        self.fence
+    }
+
     /// Releases the lock and waits until the cache has.
     ///
     /// # Errors

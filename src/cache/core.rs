@@ -24,9 +24,19 @@ use crate::messaging::Peer;
 pub(crate) enum Served {
     /// Done: the answer.
     Answer(Result<CacheAnswer, CacheError>),
-    /// A lock, which may have to wait in line: the caller gives it somewhere to send the
-    /// answer, with [`CacheCore::lock`].
-    NeedsReply(LockRequest),
+    /// Answered later (a lock, which may have to wait in line; any operation on the
+    /// cluster's cache in Redis): the caller gives it somewhere to send the answer, with
+    /// [`SharedCache::lock`](crate::cache::SharedCache::lock).
+    NeedsReply(Later),
+}
+
+/// An operation answered later; see [`Served::NeedsReply`].
+#[derive(Debug)]
+pub(crate) enum Later {
+    /// A lock in the embedded store.
+    Lock(LockRequest),
+    /// An operation on the cluster's cache in Redis, from this process.
+    Remote(Peer, CacheOp),
 }
 
 type Answer = Result<CacheAnswer, CacheError>;
@@ -105,6 +115,8 @@ pub(crate) struct CacheCore {
     armed: Option<Instant>,
     /// An operation may have brought the next deadline forward since the last look.
     deadline_moved: bool,
+    /// See [`CacheStats::bad_input`].
+    bad_input: u64,
 }
 
 impl CacheCore {
@@ -129,6 +141,7 @@ impl CacheCore {
             ops: OpCounters::default(),
             armed: None,
             deadline_moved: false,
+            bad_input: 0,
         }
     }
 
@@ -190,7 +203,7 @@ impl CacheCore {
                     lease,
                     wait,
                 };
-                return Served::NeedsReply(request);
+                return Served::NeedsReply(Later::Lock(request));
             }
             CacheOp::Unlock { name, token } => {
                 self.deadline_moved = true;
@@ -219,6 +232,26 @@ impl CacheCore {
     pub(crate) fn lock(&mut self, request: LockRequest, reply: Reply, now: Instant) {
         self.deadline_moved = true;
         self.locks.lock(request, reply, now);
+    }
+
+    /// Counts an operation served elsewhere (in Redis).
+    pub(crate) fn count(&mut self, kind: OpKind, ok: bool) {
+        self.ops.count(kind, ok);
+    }
+
+    /// Counts a value or a message from Redis that this crate did not write.
+    pub(crate) fn bad_input(&mut self) {
+        self.bad_input += 1;
+    }
+
+    /// Tells the subscribers of `key` of a change made elsewhere (in Redis).
+    pub(crate) fn notify(&mut self, collection: &str, key: &str, change: Change) {
+        self.subs.notify(collection, key, || change);
+    }
+
+    /// The lock figures, for the locks kept in Redis.
+    pub(crate) fn lock_counters(&mut self) -> &mut crate::cache::counters::LockCounters {
+        self.locks.counters_mut()
     }
 
     /// A process ended: its locks are released and its subscriptions end.
@@ -306,6 +339,7 @@ impl CacheCore {
             snapshot_error: self.snapshot_error.clone(),
             snapshots_written: self.snapshots_written,
             snapshots_skipped: self.snapshots_skipped,
+            bad_input: self.bad_input,
         }
     }
 

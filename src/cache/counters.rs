@@ -296,7 +296,8 @@ mod tests {
             lease: ms(lease),
             wait: ms(wait),
         };
-        let Served::NeedsReply(request) = core.serve(who, op, at) else {
+        let Served::NeedsReply(crate::cache::core::Later::Lock(request)) = core.serve(who, op, at)
+        else {
             panic!("a lock is answered by the lock table");
         };
         let (tx, rx) = oneshot::channel();

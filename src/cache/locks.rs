@@ -228,6 +228,11 @@ impl LockTable {
         &self.counters
     }
 
+    /// Its counters, for the locks kept in Redis (`cache/remote.rs`).
+    pub(crate) fn counters_mut(&mut self) -> &mut LockCounters {
+        &mut self.counters
+    }
+
     /// Its figures since it was made.
     pub(crate) fn stats(&self) -> LockStats {
         self.counters.report()

@@ -180,6 +180,8 @@ impl CacheOp {
 }
 
 /// The answer to a [`CacheOp`].
+// `Stats` is the large one, and rare; boxing it would change the public type.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheAnswer {
     /// Done.
@@ -230,6 +232,10 @@ pub enum CacheError {
     /// The store failed for a reason of its own (a backend's lost connection, say).
     #[error("store: {0}")]
     Storage(String),
+    /// The cluster-wide cache could not reach Redis (down, too slow): the reason. Nothing was
+    /// changed, or (an answer lost on its way) it is not known whether it was; try again.
+    #[error("cache unavailable: {0}")]
+    Unavailable(String),
     /// A bound of the cache was reached: a process's near-caches, say.
     #[error("limit: {0}")]
     Limit(String),
@@ -300,6 +306,10 @@ pub struct CacheStats {
     /// Snapshots due at the interval but skipped because the previous one was still being
     /// written.
     pub snapshots_skipped: u64,
+    /// The cluster-wide cache (in Redis) only: values under its keys of another type or
+    /// layout than this crate writes (their operations failed with [`CacheError::Storage`]),
+    /// and messages on its change channel that are not its events (dropped).
+    pub bad_input: u64,
 }
 
 /// How many operations of one kind the cache served, by outcome.

@@ -40,6 +40,16 @@ pub(super) type NodeStart = (
     Vec<Recipient<crate::backend::NodeEvent>>,
 );
 
+/// The cache is the cluster's, in Redis, when a backend is set (unless it keeps its cache on
+/// this node).
+fn cache_link(
+    config: &ClusterConfig,
+    node: Option<&NodeStart>,
+) -> Option<crate::backend::StoreLink> {
+    let (claim, _) = node?;
+    crate::backend::StoreLink::new(claim, config.backend.as_ref()?)
+}
+
 impl Core {
     /// Starts the supervisor, the cache, the logger and the node's heartbeat; no worker yet.
     pub(super) fn start(
@@ -51,12 +61,12 @@ impl Core {
     ) -> Result<Self, Error> {
         let routing: SharedRouting = Rc::default();
         // First what another cluster may hold (the snapshot's lock): a refusal starts nothing.
-        let cache = crate::cache::SharedCache::start(&config.cache, Rc::clone(&routing)).map_err(
-            |reason| ConfigError {
+        let link = cache_link(config, node.as_ref());
+        let cache = crate::cache::SharedCache::start(&config.cache, Rc::clone(&routing), link)
+            .map_err(|reason| ConfigError {
                 field: "cache",
                 reason,
-            },
-        )?;
+            })?;
         let logger =
             crate::logger::Logger::new(&config.log, log_sinks).map_err(|e| ConfigError {
                 field: "log",
