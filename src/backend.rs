@@ -111,12 +111,16 @@ mod conn;
 mod node;
 mod pending;
 mod remote;
+mod rollout;
 mod script;
 mod view;
 mod wire;
 
 pub use config::{Backend, RedisBackend};
 pub use node::{LeaveReason, NodeEvent, NodeId, NodeInfo, NodeStats, NodeWorker};
+pub use rollout::{NodeOutcome, RolloutEvent, RolloutReport};
+
+pub(crate) use rollout::{Links as RolloutLinks, NodeReloaded, ReloadNode, RolloutError, Rollouts};
 
 pub(crate) use claim::{claim, Claim};
 
@@ -214,6 +218,9 @@ pub(crate) struct Node {
     task: tokio::task::JoinHandle<()>,
     /// The task that sends and receives messages between nodes.
     remote: tokio::task::JoinHandle<()>,
+    /// The task of cluster-wide reloads, and where requests for them go.
+    rollout: tokio::task::JoinHandle<()>,
+    rollouts: Rollouts,
 }
 
 impl Node {
@@ -229,12 +236,18 @@ impl Node {
             }
         }
     }
+
+    /// Where cluster-wide reloads are asked for (`backend/rollout.rs`).
+    pub(crate) fn rollouts(&self) -> &Rollouts {
+        &self.rollouts
+    }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.task.abort();
         self.remote.abort();
+        self.rollout.abort();
     }
 }
 
@@ -283,6 +296,21 @@ impl Claim {
             tx: outbound,
         });
         let remote = tokio::task::spawn_local(cross.run(outbound_rx, events_rx));
+        let timing = rollout::Timing {
+            heartbeat: self.settings.heartbeat,
+            node_timeout: self.settings.node_timeout,
+            lease: self.settings.reload_lease,
+            step_timeout: self.settings.reload_step_timeout,
+        };
+        let agent = rollout::Agent::new(
+            self.redis.clone(),
+            &self.settings.cluster,
+            &self.settings.name,
+            timing,
+            Rc::clone(&shared),
+        );
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let rollout = tokio::task::spawn_local(agent.run(requests_rx));
         let (commands, rx) = mpsc::unbounded_channel();
         let beater = beat::Beater::new(self, supervisor, subscribers, Rc::clone(&shared), events);
         let task = tokio::task::spawn_local(beater.run(rx));
@@ -295,6 +323,8 @@ impl Claim {
                 commands,
                 task,
                 remote,
+                rollout,
+                rollouts: Rollouts { requests },
             },
             view,
         )
