@@ -153,7 +153,11 @@ impl Node {
     fn disconnected(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.ask("stats", Duration::from_secs(10))["stats"]["connected"] != false {
-            assert!(Instant::now() < deadline, "node {} still connected", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "node {} still connected",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -190,7 +194,11 @@ fn three(redis: &RedisServer, cluster: &str, env_b: &[(&str, &str)]) -> Vec<Node
             if listed == 3 {
                 break;
             }
-            assert!(Instant::now() < deadline, "node {} sees {listed} nodes", node.name);
+            assert!(
+                Instant::now() < deadline,
+                "node {} sees {listed} nodes",
+                node.name
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -266,7 +274,11 @@ fn sighup_on_one_node_reloads_every_node_one_at_a_time() {
     for (node, old) in nodes.iter_mut().zip(&before) {
         let now = node.pids();
         assert_eq!(now.len(), old.len(), "node {}", node.name);
-        assert!(now.is_disjoint(old), "node {}: {old:?} → {now:?}", node.name);
+        assert!(
+            now.is_disjoint(old),
+            "node {}: {old:?} → {now:?}",
+            node.name
+        );
     }
 }
 
@@ -293,14 +305,22 @@ fn a_node_whose_reload_fails_stops_the_rollout() {
 
     // a (the coordinator) reloaded; b failed and rolled back; c was not touched.
     let after: Vec<_> = nodes.iter_mut().map(Node::pids).collect();
-    assert!(after[0].is_disjoint(&before[0]), "a: {:?} → {:?}", before[0], after[0]);
+    assert!(
+        after[0].is_disjoint(&before[0]),
+        "a: {:?} → {:?}",
+        before[0],
+        after[0]
+    );
     assert_eq!(after[1], before[1], "b keeps its old processes");
     assert_eq!(after[2], before[2], "c keeps its old processes");
     // Every node saw b fail and the rollout stop; c never began.
     for (node, &from) in nodes.iter_mut().zip(&marks) {
         let failed = node.rollout_event(from, Duration::from_secs(20), "failed");
         assert!(
-            failed["rollout"]["error"].as_str().unwrap().contains("node b"),
+            failed["rollout"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("node b"),
             "node {}: {failed}",
             node.name
         );
@@ -316,7 +336,10 @@ fn a_node_whose_reload_fails_stops_the_rollout() {
             node.name
         );
     }
-    assert!(nodes[2].events(marks[2], "reload").is_empty(), "c did not reload");
+    assert!(
+        nodes[2].events(marks[2], "reload").is_empty(),
+        "c did not reload"
+    );
 }
 
 #[test]

@@ -296,3 +296,37 @@ pub(crate) struct Timing {
 
 /// The rollout this node coordinates, and where the answers to its commands go.
 pub(crate) type Coordinating = Rc<RefCell<Option<(u64, mpsc::UnboundedSender<wire::Reply>)>>>;
+
+/// The event that ends a rollout with `report`.
+fn end_event(report: &RolloutReport) -> RolloutEvent {
+    match &report.stopped {
+        None => RolloutEvent::Done {
+            rollout: report.rollout,
+            reloaded: report.reloaded().len(),
+        },
+        Some(error) => RolloutEvent::Failed {
+            rollout: report.rollout,
+            error: error.clone(),
+        },
+    }
+}
+
+/// This node's local rolling reload, as step `rollout`.
+async fn local_reload(links: Option<&Links>, rollout: u64) -> NodeOutcome {
+    let Some(reload) = links.and_then(|l| l.reload.upgrade()) else {
+        return NodeOutcome::Failed {
+            error: "the node's supervisor has stopped".into(),
+        };
+    };
+    match reload.send(ReloadNode { rollout }).await {
+        Ok(Ok(done)) => NodeOutcome::Reloaded {
+            replaced: done.replaced,
+            skipped: done.skipped,
+            elapsed: done.elapsed,
+        },
+        Ok(Err(error)) => NodeOutcome::Failed { error },
+        Err(e) => NodeOutcome::Failed {
+            error: e.to_string(),
+        },
+    }
+}

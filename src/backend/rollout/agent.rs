@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::script::{holder, parse_holder, RolloutKeys, Scripts};
 use super::wire::{judge, Answer, Message, Reply, Verdict};
 use super::{
-    coordinator, Coordinating, Links, NodeOutcome, ReloadNode, Request, RolloutError, RolloutEvent,
+    coordinator, end_event, local_reload, Coordinating, Links, Request, RolloutError, RolloutEvent,
     RolloutReport, Timing,
 };
 use crate::backend::conn::{Inbound, Redis, Subscription};
@@ -280,20 +280,6 @@ impl Agent {
     }
 }
 
-/// The event that ends a rollout with `report`.
-pub(super) fn end_event(report: &RolloutReport) -> RolloutEvent {
-    match &report.stopped {
-        None => RolloutEvent::Done {
-            rollout: report.rollout,
-            reloaded: report.reloaded().len(),
-        },
-        Some(error) => RolloutEvent::Failed {
-            rollout: report.rollout,
-            error: error.clone(),
-        },
-    }
-}
-
 /// This node's step of a rollout.
 struct Step {
     redis: Redis,
@@ -351,25 +337,5 @@ impl Step {
         if let Err(e) = self.redis.publish(self.keys.channel(), bytes).await {
             tracing::warn!(rollout = self.rollout, error = %e, "could not answer the coordinator");
         }
-    }
-}
-
-/// This node's local rolling reload, as step `rollout`.
-pub(super) async fn local_reload(links: Option<&Links>, rollout: u64) -> NodeOutcome {
-    let Some(reload) = links.and_then(|l| l.reload.upgrade()) else {
-        return NodeOutcome::Failed {
-            error: "the node's supervisor has stopped".into(),
-        };
-    };
-    match reload.send(ReloadNode { rollout }).await {
-        Ok(Ok(done)) => NodeOutcome::Reloaded {
-            replaced: done.replaced,
-            skipped: done.skipped,
-            elapsed: done.elapsed,
-        },
-        Ok(Err(error)) => NodeOutcome::Failed { error },
-        Err(e) => NodeOutcome::Failed {
-            error: e.to_string(),
-        },
     }
 }

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::agent::{end_event, local_reload};
 use super::script::{holder, parse_holder, Acquired, RolloutKeys, Scripts};
 use super::wire::{Answer, Message, Reply};
-use super::{Coordinating, Links, NodeOutcome, RolloutError, RolloutEvent, RolloutReport, Timing};
+use super::{
+    end_event, local_reload, Coordinating, Links, NodeOutcome, RolloutError, RolloutEvent,
+    RolloutReport, Timing,
+};
 use crate::backend::conn::Redis;
 use crate::backend::Shared;
 
