@@ -26,7 +26,17 @@
 //!   printed when complete as `{"round":<key>,"peers":[…]}` (a peer as `"m"`, `"w<id>"`, or
 //!   `"<epoch>/w<id>"` / `"<epoch>/m"` for another node's);
 //! - `cache-…`: the cluster-wide cache (`node_cache.rs`);
-//! - `stats`: `{"stats":{"beats":…,"beat_failures":…,"bad_entries":…,"rejoins":…,"connected":…}}`.
+//! - `stats`: `{"stats":{"beats":…,"beat_failures":…,"bad_entries":…,"rejoins":…,"connected":…}}`;
+//! - `reload`: [`Cluster::reload`] (the whole cluster) → `{"reload":"ok","replaced":…,
+//!   "nodes":[[node, outcome]…]}` or `{"reload":"error","kind":"unavailable"|"rollout"|"other",
+//!   "error":…}`; `reload_local`: this node only → `{"reload_local":"ok","replaced":…}`;
+//! - `pids`: this node's worker pids, read now (not as last published) → `{"pids":[…]}`.
+//!
+//! Every [`ReloadEvent`] is printed too: `{"event":"reload","local":"started"|"replaced"|"done"|
+//! "failed"}` for this node's own reload, `{"event":"rollout","rollout":{…}}` (a
+//! [`RolloutEvent`](procactor::backend::RolloutEvent) as JSON) for a cluster-wide one. A worker started while the file named by
+//! `PROCACTOR_NODE_FAIL_IF` exists exits at once with status 3: how a test makes this node's
+//! next reload fail.
 //!
 //! A failed start prints `error <message>` and exits 2. SIGTERM stops the cluster cleanly
 //! (the node leaves) and exits 0.
@@ -38,7 +48,7 @@ use actix::prelude::*;
 use procactor::actors::echo::{Echo, EchoMsg, EchoReply};
 use procactor::backend::{Backend, NodeEvent, NodeInfo, NodeStats};
 use procactor::logger::LogConfig;
-use procactor::{Call, Cluster, ClusterConfig, ClusterSupervisor};
+use procactor::{Call, Cluster, ClusterConfig, ClusterSupervisor, Error, ReloadError, ReloadEvent};
 use serde_json::json;
 
 mod node_cache;
@@ -116,6 +126,47 @@ impl Handler<NodeEvent> for Printer {
     }
 }
 
+impl Handler<ReloadEvent> for Printer {
+    type Result = ();
+
+    fn handle(&mut self, event: ReloadEvent, _: &mut Context<Self>) {
+        let line = match event {
+            ReloadEvent::Cluster(rollout) => json!({"event": "rollout", "rollout": rollout}),
+            ReloadEvent::Started { .. } => json!({"event": "reload", "local": "started"}),
+            ReloadEvent::Replaced { .. } => json!({"event": "reload", "local": "replaced"}),
+            ReloadEvent::Done { .. } => json!({"event": "reload", "local": "done"}),
+            ReloadEvent::Failed { error } => {
+                json!({"event": "reload", "local": "failed", "error": error.to_string()})
+            }
+            other => json!({"event": "reload", "local": format!("{other:?}")}),
+        };
+        println!("{line}");
+    }
+}
+
+/// `reload`: the whole cluster, as [`Cluster::reload`] answers.
+async fn reload(cluster: &Cluster<Echo>) -> serde_json::Value {
+    match cluster.reload().await {
+        Ok(report) => {
+            let nodes = report.cluster.as_ref().map(|c| {
+                c.nodes
+                    .iter()
+                    .map(|(node, outcome)| json!([node, outcome]))
+                    .collect::<Vec<_>>()
+            });
+            json!({"reload": "ok", "replaced": report.replaced.len(), "nodes": nodes})
+        }
+        Err(e) => {
+            let kind = match &e {
+                Error::Reload(ReloadError::ClusterUnavailable { .. }) => "unavailable",
+                Error::Reload(ReloadError::Rollout { .. }) => "rollout",
+                _ => "other",
+            };
+            json!({"reload": "error", "kind": kind, "error": e.to_string()})
+        }
+    }
+}
+
 fn info(node: &NodeInfo) -> serde_json::Value {
     json!({
         "node": node.id.name,
@@ -161,6 +212,18 @@ async fn command(cluster: &Cluster<Echo>, line: &str) -> serde_json::Value {
         "nodes" => json!({"nodes": cluster.nodes().iter().map(info).collect::<Vec<_>>()}),
         "stats" => stats(cluster.node_stats().unwrap_or_default()),
         line if line.starts_with("cache-") => node_cache::command(cluster, line).await,
+        "reload" => reload(cluster).await,
+        "pids" => match cluster.info().await {
+            Ok(info) => {
+                let pids: Vec<u32> = info.workers.iter().filter_map(|w| w.pid).collect();
+                json!({"pids": pids})
+            }
+            Err(e) => json!({"pids": null, "error": e.to_string()}),
+        },
+        "reload_local" => match cluster.reload_local().await {
+            Ok(report) => json!({"reload_local": "ok", "replaced": report.replaced.len()}),
+            Err(e) => json!({"reload_local": "error", "error": e.to_string()}),
+        },
         other => json!({"error": format!("unknown command {other:?}")}),
     }
 }
@@ -321,8 +384,10 @@ async fn master(args: Args) -> i32 {
         })
         .backend(backend);
     let begun = std::time::Instant::now();
+    let printer = Printer.start();
     let started = ClusterSupervisor::builder::<Echo>(config)
-        .on_node(Printer.start().recipient())
+        .on_node(printer.clone().recipient())
+        .on_reload(printer.recipient())
         .start()
         .await;
     println!("{}", json!({"start_ms": begun.elapsed().as_millis()}));
@@ -369,6 +434,10 @@ async fn master(args: Args) -> i32 {
 
 fn main() -> Result<(), procactor::Error> {
     if procactor::is_worker() {
+        let fail = std::env::var_os("PROCACTOR_NODE_FAIL_IF");
+        if fail.is_some_and(|path| std::path::Path::new(&path).exists()) {
+            std::process::exit(3);
+        }
         return procactor::run_worker(Echo::default());
     }
     let args = match args() {

@@ -9,11 +9,11 @@
 //! events when that changes — and **requests and one-way messages between workers on
 //! different nodes** ([`WorkerHandle::ask_worker_on`](crate::WorkerHandle::ask_worker_on),
 //! [`tell_worker_on`](crate::WorkerHandle::tell_worker_on)) over Redis pub/sub, at most once,
-//! with deadlines and typed failures (`backend/remote.rs` says which and when), and **the
-//! cluster-wide cache and its fenced locks** in Redis (the [cache's docs](crate::cache#on-several-hosts)
-//! say how; `backend/store.rs` holds its keys and scripts; [`RedisBackend::local_cache`] keeps
-//! an embedded cache per node instead). Broadcast and publish across nodes and the
-//! cluster-wide reload come next.
+//! with deadlines and typed failures (`backend/remote.rs` says which and when), broadcast,
+//! group publish and confirmations across nodes, **the cluster-wide cache and its fenced
+//! locks** in Redis (the [cache's docs](crate::cache#on-several-hosts) say how;
+//! `backend/store.rs` holds its keys and scripts; [`RedisBackend::local_cache`] keeps an
+//! embedded cache per node instead), and the **cluster-wide reload** (below).
 //!
 //! # Nodes
 //! A *node* is one boot of a master: a name ([`RedisBackend::node`], by default
@@ -33,6 +33,11 @@
 //! | `procactor:{<cluster>}:node:<name>` | hash, `PEXPIRE node_timeout` | `v` (layout version), `boot`, `epoch`, `beat` (server ms), `listed` (`1` once its workers are ready: a boot not listed yet — one that took a dead node's name — is read as not there), `pid`, `host`, `started` (ms since 1970), `groups` (JSON: group → `[{id, generation, pid}]`) |
 //! | `procactor:{<cluster>}:nodes` | sorted set | node names, scored by their last beat (server ms) |
 //! | `procactor:{<cluster>}:in:<name>` | pub/sub channel | the node's inbox: frames for its workers and answers to its requests (`backend/wire.rs`) |
+//! | `procactor:{<cluster>}:reload:fence` | string | the reload's fencing counter: `INCR` at every rollout; seeded from the server's clock in ms |
+//! | `procactor:{<cluster>}:reload:lock` | string, `PX reload_lease` | `<token>:<node>`: the coordinator of the running rollout |
+//! | `procactor:{<cluster>}:reload:state` | hash | the running rollout's progress: `token`, `coordinator`, `status`, `node` (written only under the current fence) |
+//! | `procactor:{<cluster>}:reload:report:<token>` | string, `PX` 10 min | a finished rollout's report (JSON), for the requests that joined it |
+//! | `procactor:{<cluster>}:reload` | pub/sub channel | the rollouts' commands, answers and progress (JSON) |
 //!
 //! Every `heartbeat` (1 s), each node, in one Lua script (one atomic step, one round trip):
 //! rewrites its hash and its time to live and its index entry — only while the hash still
@@ -45,6 +50,20 @@
 //! SIGTERM) deletes the node's key and index entry first, and the others see
 //! [`Left`](NodeEvent::Left) ([`Stopped`](LeaveReason::Stopped)) at their next beat. A node is
 //! listed only once its workers are ready, so its [`Joined`](NodeEvent::Joined) carries them.
+//!
+//! # Cluster-wide reload
+//! With a backend, SIGHUP, [`Cluster::reload`](crate::Cluster::reload) and a worker's
+//! `reload_cluster`/`request_reload` on any node reload the whole cluster, one node at a time,
+//! each node with the local rolling reload; [`Cluster::reload_local`](crate::Cluster::reload_local)
+//! reloads one node. One coordinator holds a fenced lock (a lease renewed while it runs); every
+//! command carries the rollout's token and a node refuses a stale one; the first node that
+//! fails stops the rollout and the nodes after it keep the old version. Progress reaches every
+//! node's `on_reload` subscribers as [`ReloadEvent::Cluster`](crate::ReloadEvent::Cluster).
+//! Redis unreachable: `reload` fails at once with
+//! [`ReloadError::ClusterUnavailable`](crate::ReloadError::ClusterUnavailable), SIGHUP reloads
+//! that node only. `backend/rollout.rs` has the protocol, its order, its fencing and its failure
+//! semantics (a coordinator killed mid-rollout: its lease expires, the rollout is reported
+//! abandoned, the next request starts a new one).
 //!
 //! # Where it runs
 //! One task on the master's event loop; the connection (redis-rs's async, reconnecting one)
@@ -96,8 +115,9 @@
 //!   scripts run — Redis checks each `redis.call` of a script against the user's ACL:
 //!   `ACL SETUSER <user> on ><password> ~procactor:{<cluster>}:* -@all +evalsha +eval
 //!   +script|load +ping +time +type +hget +hmget +hset +hgetall +pexpire +pttl +del +exists
-//!   +set +incr +zadd +zrange +zrem` (the list `tests/nodes.rs` checks) — and use `rediss://`
-//!   (TLS) with a password across hosts.
+//!   +set +incr +zadd +zrange +zrem` (the list `tests/nodes.rs` checks; the cluster-wide
+//!   reload also needs `+get +publish +subscribe` and the channels `&procactor:{<cluster>}:*`)
+//!   — and use `rediss://` (TLS) with a password across hosts.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -114,6 +134,7 @@ mod conn;
 mod node;
 mod pending;
 mod remote;
+mod rollout;
 mod script;
 mod store;
 mod view;
@@ -122,6 +143,9 @@ mod wire;
 pub use crate::messaging::{NodeId, NodeInfo, NodeWorker};
 pub use config::{Backend, RedisBackend};
 pub use node::{LeaveReason, NodeEvent, NodeStats};
+pub use rollout::{NodeOutcome, RolloutEvent, RolloutReport};
+
+pub(crate) use rollout::{Links as RolloutLinks, NodeReloaded, ReloadNode, RolloutError, Rollouts};
 
 pub(crate) use claim::{claim, Claim};
 pub(crate) use conn::{Inbound, Subscription};
@@ -230,6 +254,9 @@ pub(crate) struct Node {
     task: tokio::task::JoinHandle<()>,
     /// The task that sends and receives messages between nodes.
     remote: tokio::task::JoinHandle<()>,
+    /// The task of cluster-wide reloads, and where requests for them go.
+    rollout: tokio::task::JoinHandle<()>,
+    rollouts: Rollouts,
 }
 
 impl Node {
@@ -245,12 +272,18 @@ impl Node {
             }
         }
     }
+
+    /// Where cluster-wide reloads are asked for (`backend/rollout.rs`).
+    pub(crate) fn rollouts(&self) -> &Rollouts {
+        &self.rollouts
+    }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.task.abort();
         self.remote.abort();
+        self.rollout.abort();
     }
 }
 
@@ -306,13 +339,36 @@ impl Claim {
             directory: Rc::new(view.clone()),
         });
         let remote = tokio::task::spawn_local(cross.run(outbound_rx, events_rx));
-        let beater = beat::Beater::new(self, supervisor.info, subscribers, shared, events);
+        let timing = rollout::Timing {
+            heartbeat: self.settings.heartbeat,
+            node_timeout: self.settings.node_timeout,
+            lease: self.settings.reload_lease,
+            step_timeout: self.settings.reload_step_timeout,
+        };
+        let agent = rollout::Agent::new(
+            self.redis.clone(),
+            &self.settings.cluster,
+            &self.settings.name,
+            timing,
+            Rc::clone(&shared),
+        );
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let rollout = tokio::task::spawn_local(agent.run(requests_rx));
+        let beater = beat::Beater::new(
+            self,
+            supervisor.info,
+            subscribers,
+            Rc::clone(&shared),
+            events,
+        );
         let task = tokio::task::spawn_local(beater.run(rx));
         (
             Node {
                 commands,
                 task,
                 remote,
+                rollout,
+                rollouts: Rollouts { requests },
             },
             view,
         )

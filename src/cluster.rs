@@ -325,14 +325,37 @@ impl<A: WorkerActor> Cluster<A> {
     /// after `reload_delay`. A reload asked for while one runs (by this method, SIGHUP or a
     /// worker) is queued and runs after it.
     ///
+    /// **With a backend** (a cluster over several hosts) this reloads the whole cluster, one
+    /// node at a time, each node with the rolling reload above, and returns when the whole
+    /// rollout ends: the report's [`cluster`](ReloadReport::cluster) says what happened on
+    /// each node, its other fields are this node's step. A request made while a rollout runs
+    /// waits for it and then for at most one more (see `backend/rollout.rs`).
+    /// [`reload_local`](Self::reload_local) reloads this node only.
+    ///
     /// # Errors
     /// [`Error::Reload`] when a replacement failed (it crashed, or was not ready within the
     /// ready timeout): the reload stopped there, and that worker and those after it still run
-    /// their old process; or when the cluster began to stop. [`Error::Mailbox`] when the
-    /// supervisor has stopped.
+    /// their old process; or when the cluster began to stop. With a backend:
+    /// [`ReloadError::ClusterUnavailable`] at once when Redis cannot be reached (nothing was
+    /// reloaded), [`ReloadError::Rollout`] when the rollout stopped (a node failed: the nodes
+    /// after it keep the old version). [`Error::Mailbox`] when the supervisor has stopped.
     pub async fn reload(&self) -> Result<ReloadReport, Error> {
         let (tx, rx) = oneshot::channel();
         self.supervisor.send(Control::Reload(Some(tx))).await?;
+        match rx.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(Error::Reload(ReloadError::Stopping { replaced: 0 })),
+        }
+    }
+
+    /// The rolling reload of [`reload`](Self::reload), of this node's workers only, with or
+    /// without a backend (the same as `reload` without one).
+    ///
+    /// # Errors
+    /// As [`reload`](Self::reload) without a backend.
+    pub async fn reload_local(&self) -> Result<ReloadReport, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.supervisor.send(Control::ReloadLocal(tx)).await?;
         match rx.await {
             Ok(result) => Ok(result?),
             Err(_) => Err(Error::Reload(ReloadError::Stopping { replaced: 0 })),

@@ -424,6 +424,26 @@ pub enum ReloadError {
         /// Workers replaced before the stop.
         replaced: usize,
     },
+    /// A cluster-wide reload (a cluster with a backend) could not begin: Redis cannot be
+    /// reached, or this node has not joined its cluster. Nothing was reloaded;
+    /// `Cluster::reload_local` still reloads this node.
+    #[error("cluster-wide reload impossible: {reason}")]
+    ClusterUnavailable {
+        /// Why.
+        reason: String,
+    },
+    /// A cluster-wide reload stopped before its end: a node's reload failed (that node rolled
+    /// back; the nodes after it were not touched), the coordinator lost its lock, or it
+    /// vanished. The nodes reloaded before keep the new version.
+    #[error("cluster-wide reload {rollout} stopped: {reason} (nodes reloaded: {reloaded:?})")]
+    Rollout {
+        /// The rollout's token.
+        rollout: u64,
+        /// Why it stopped.
+        reason: String,
+        /// The nodes reloaded before it stopped.
+        reloaded: Vec<String>,
+    },
 }
 
 impl AskError {

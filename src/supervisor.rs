@@ -48,6 +48,7 @@ mod end;
 mod figures;
 mod policy;
 mod rolling;
+mod rollout;
 mod signals;
 mod system;
 
@@ -111,6 +112,9 @@ struct ReloadState {
     count: u64,
     /// What the metrics endpoint reports of reloads.
     figures: Rc<rolling::ReloadFigures>,
+    /// This node's last step of a cluster-wide reload (its token, its local report): the
+    /// local part of that rollout's report.
+    last_step: Option<(u64, ReloadReport)>,
 }
 
 /// How a slot is to be treated when its process exits.
@@ -213,6 +217,7 @@ impl Actor for ClusterSupervisor {
         if self.handle_signals {
             ctx.spawn(signals::watch(ctx.address()).into_actor(self));
         }
+        self.attach_rollouts(ctx);
     }
 }
 

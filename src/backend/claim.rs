@@ -32,6 +32,9 @@ pub(crate) struct Settings {
     pub(crate) started: SystemTime,
     pub(crate) heartbeat: Duration,
     pub(crate) node_timeout: Duration,
+    /// The cluster-wide reload's lock lease and the longest wait for one node's step.
+    pub(crate) reload_lease: Duration,
+    pub(crate) reload_step_timeout: Duration,
 }
 
 impl Settings {
@@ -92,6 +95,8 @@ pub(crate) async fn claim(backend: &Backend) -> Result<Claim, Error> {
         started: SystemTime::now(),
         heartbeat: config.heartbeat,
         node_timeout: config.node_timeout,
+        reload_lease: config.effective_reload_lease(),
+        reload_step_timeout: config.reload_step_timeout,
     };
     let redis = connect(client, &settings).map_err(|e| refused(e.to_string()))?;
     let mut claim = Claim {

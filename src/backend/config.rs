@@ -45,6 +45,8 @@ impl Backend {
             heartbeat: RedisBackend::DEFAULT_HEARTBEAT,
             node_timeout: RedisBackend::DEFAULT_NODE_TIMEOUT,
             local_cache: false,
+            reload_lease: RedisBackend::DEFAULT_RELOAD_LEASE,
+            reload_step_timeout: RedisBackend::DEFAULT_RELOAD_STEP_TIMEOUT,
         }
     }
 
@@ -54,7 +56,8 @@ impl Backend {
     /// A [`ConfigError`] naming the setting: `backend.url` that does not parse (or `rediss://`
     /// in a build without TLS), `backend.cluster` missing or with characters other than
     /// letters, digits, `.`, `_` and `-`, `backend.node` likewise, `backend.heartbeat` of zero,
-    /// `backend.node_timeout` not above twice the heartbeat.
+    /// `backend.node_timeout` not above twice the heartbeat, `backend.reload_step_timeout` of
+    /// zero.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
             Backend::Redis(redis) => redis.validate(),
@@ -118,11 +121,33 @@ pub struct RedisBackend {
     /// [the cache's docs](crate::cache#on-several-hosts).
     #[serde(default)]
     pub local_cache: bool,
+    /// How long the lock of a cluster-wide reload's coordinator lives without renewal (it is
+    /// renewed every third of it while the rollout runs): a coordinator killed mid-rollout
+    /// holds the next reload back at most this long (default 5 s; at least three heartbeats:
+    /// a shorter one is raised to that).
+    #[serde(
+        rename = "reload_lease_ms",
+        with = "crate::millis::duration",
+        default = "RedisBackend::default_reload_lease"
+    )]
+    pub reload_lease: Duration,
+    /// The longest a cluster-wide reload waits for one node's local reload to end (default
+    /// 10 min). A node's local reload is bounded by its own ready and shutdown timeouts; this
+    /// is the coordinator's backstop. A node that does not even acknowledge the command within
+    /// `node_timeout` plus a heartbeat fails its step sooner.
+    #[serde(
+        rename = "reload_step_timeout_ms",
+        with = "crate::millis::duration",
+        default = "RedisBackend::default_reload_step_timeout"
+    )]
+    pub reload_step_timeout: Duration,
 }
 
 impl RedisBackend {
     const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
     const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(3);
+    const DEFAULT_RELOAD_LEASE: Duration = Duration::from_secs(5);
+    const DEFAULT_RELOAD_STEP_TIMEOUT: Duration = Duration::from_secs(600);
     /// The longest cluster name: it is in every key.
     const MAX_CLUSTER: usize = 64;
     /// The longest node name.
@@ -134,6 +159,14 @@ impl RedisBackend {
 
     fn default_node_timeout() -> Duration {
         Self::DEFAULT_NODE_TIMEOUT
+    }
+
+    fn default_reload_lease() -> Duration {
+        Self::DEFAULT_RELOAD_LEASE
+    }
+
+    fn default_reload_step_timeout() -> Duration {
+        Self::DEFAULT_RELOAD_STEP_TIMEOUT
     }
 
     /// The cluster to join (required): letters, digits, `.`, `_` and `-`, at most 64.
@@ -168,6 +201,24 @@ impl RedisBackend {
     pub fn local_cache(mut self, local: bool) -> Self {
         self.local_cache = local;
         self
+    }
+
+    /// How long a cluster-wide reload's lock lives without renewal (default 5 s; at least
+    /// three heartbeats: a shorter one is raised to that).
+    pub fn reload_lease(mut self, lease: Duration) -> Self {
+        self.reload_lease = lease;
+        self
+    }
+
+    /// The longest a cluster-wide reload waits for one node's local reload (default 10 min).
+    pub fn reload_step_timeout(mut self, timeout: Duration) -> Self {
+        self.reload_step_timeout = timeout;
+        self
+    }
+
+    /// The reload lock's lease as used: at least three heartbeats.
+    pub(crate) fn effective_reload_lease(&self) -> Duration {
+        self.reload_lease.max(self.heartbeat * 3)
     }
 
     /// This node's name: the one set, or `<hostname>-<pid>`.
@@ -207,6 +258,9 @@ impl RedisBackend {
                 ),
             );
         }
+        if self.reload_step_timeout.is_zero() {
+            return bad("backend.reload_step_timeout", "must be above zero".into());
+        }
         Ok(())
     }
 }
@@ -220,6 +274,8 @@ impl fmt::Debug for RedisBackend {
             .field("heartbeat", &self.heartbeat)
             .field("node_timeout", &self.node_timeout)
             .field("local_cache", &self.local_cache)
+            .field("reload_lease", &self.reload_lease)
+            .field("reload_step_timeout", &self.reload_step_timeout)
             .finish()
     }
 }
@@ -318,8 +374,12 @@ mod tests {
         assert_eq!(field(ok().heartbeat(Duration::ZERO)), "backend.heartbeat");
         let timing = ok().heartbeat(Duration::from_secs(1));
         assert_eq!(
-            field(timing.node_timeout(Duration::from_secs(2))),
+            field(timing.clone().node_timeout(Duration::from_secs(2))),
             "backend.node_timeout"
+        );
+        assert_eq!(
+            field(timing.reload_step_timeout(Duration::ZERO)),
+            "backend.reload_step_timeout"
         );
         assert_eq!(
             field(Backend::redis("nonsense").cluster("c")),
@@ -376,5 +436,6 @@ mod tests {
         let short: Backend =
             serde_json::from_str(r#"{"redis":{"url":"redis://h:1","cluster":"c"}}"#).unwrap();
         assert_eq!(short.redis_config().node_timeout, Duration::from_secs(3));
+        assert_eq!(short.redis_config().reload_lease, Duration::from_secs(5));
     }
 }

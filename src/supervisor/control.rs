@@ -236,8 +236,11 @@ pub(crate) enum Control {
     Add(Slot),
     /// A group, before its slots.
     AddGroup { name: String, policy: RestartPolicy },
-    /// A rolling reload, reported to the sender if there is one.
+    /// A rolling reload (of the whole cluster, with a backend), reported to the sender if
+    /// there is one.
     Reload(Option<ReloadWaiter>),
+    /// A rolling reload of this node only.
+    ReloadLocal(ReloadWaiter),
 }
 
 impl Message for Control {
@@ -297,6 +300,10 @@ impl Handler<Control> for ClusterSupervisor {
             }
             Control::Reload(waiter) => {
                 self.request_reload(waiter, ctx);
+                Box::pin(async { None })
+            }
+            Control::ReloadLocal(waiter) => {
+                self.request_local_reload(Some(waiter), ctx);
                 Box::pin(async { None })
             }
         }

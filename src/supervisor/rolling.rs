@@ -1,5 +1,9 @@
 //! Rolling restarts: every worker replaced in turn, with no gap in service.
 //!
+//! With a backend (several hosts) a reload request reloads the whole cluster, one node at a
+//! time (`backend/rollout.rs` coordinates, `supervisor/rollout.rs` routes); each node's step
+//! is the local reload below.
+//!
 //! For each serving slot in order, the slot's proxy starts a replacement beside the old process,
 //! waits until it is ready, hands the slot over to it and tells the old one to stop gracefully
 //! ([`Replace`]). The next slot begins then, after `reload_delay`, while the old process drains
@@ -27,6 +31,7 @@ use actix::prelude::*;
 use tracing::Instrument;
 
 use super::{ClusterSupervisor, Mode, ReloadWaiter};
+use crate::backend::{RolloutEvent, RolloutReport};
 use crate::error::{ReloadError, ReplaceError};
 use crate::proxy::{Replace, Replaced};
 use crate::state::WorkerId;
@@ -65,6 +70,9 @@ pub enum ReloadEvent {
         /// Why.
         error: ReloadError,
     },
+    /// Progress of a cluster-wide reload (a cluster with a backend), as its coordinator
+    /// reports it: seen on every node. This node's own step also emits the local events above.
+    Cluster(RolloutEvent),
 }
 
 /// What a finished reload did.
@@ -76,8 +84,12 @@ pub struct ReloadReport {
     /// Slots that had no serving process to replace (stopped, failed or restarting); those
     /// start the program as it is now when they start again.
     pub skipped: Vec<WorkerId>,
-    /// How long the reload took, until the last old process exited.
+    /// How long the reload took, until the last old process exited (for a cluster-wide
+    /// reload: the whole rollout).
     pub elapsed: Duration,
+    /// For a cluster-wide reload (a cluster with a backend): what happened on each node. The
+    /// fields above are then this node's own step (empty when it was not reloaded).
+    pub cluster: Option<RolloutReport>,
 }
 
 /// Replaces `slots` one by one; see the module docs.
@@ -140,6 +152,7 @@ impl Progress {
                 replaced: Vec::with_capacity(of),
                 skipped: Vec::new(),
                 elapsed: Duration::ZERO,
+                cluster: None,
             },
             recipients,
             figures,
@@ -268,8 +281,12 @@ impl Progress {
 }
 
 impl ClusterSupervisor {
-    /// Starts a rolling reload, or queues one behind the reload that is running.
-    pub(super) fn request_reload(&mut self, waiter: Option<ReloadWaiter>, ctx: &mut Context<Self>) {
+    /// Starts a rolling reload of this node, or queues one behind the reload that is running.
+    pub(super) fn request_local_reload(
+        &mut self,
+        waiter: Option<ReloadWaiter>,
+        ctx: &mut Context<Self>,
+    ) {
         if self.stopping {
             if let Some(tx) = waiter {
                 let _ = tx.send(Err(ReloadError::Stopping { replaced: 0 }));

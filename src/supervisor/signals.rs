@@ -1,5 +1,6 @@
 //! The signals a master obeys: SIGTERM and SIGINT stop the cluster gracefully, SIGHUP starts a
-//! rolling reload. Installed when [`ClusterConfig::handle_signals`](crate::ClusterConfig) is on
+//! rolling reload — of the whole cluster when it has a backend (of this node only, with a
+//! warning, when Redis cannot be reached then; `supervisor/rollout.rs`). Installed when [`ClusterConfig::handle_signals`](crate::ClusterConfig) is on
 //! (the default); a program that handles signals itself turns it off.
 
 use actix::prelude::*;
@@ -23,6 +24,7 @@ pub(super) async fn watch(me: Addr<ClusterSupervisor>) {
             _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
                 tracing::info!(signal = "SIGHUP", "rolling reload requested");
+                // With a backend: the whole cluster (the supervisor routes it).
                 me.do_send(Control::Reload(None));
                 continue;
             }
