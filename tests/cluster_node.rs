@@ -385,6 +385,49 @@ fn a_value_put_on_one_node_is_read_on_another() {
     }
 }
 
+/// The example's own drain, today: a node's rolling reload (SIGHUP) under keep-alive and
+/// new-connection load fails no request and replaces every worker.
+#[test]
+fn sighup_reloads_a_node_under_load_with_no_failed_request() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let cluster = cluster_name("one");
+    let (mut nodes, before) = cluster_of(&redis, &cluster, &["solo"]);
+    let node = &mut nodes[0];
+    let options = LoadOptions {
+        threads_keepalive: 2,
+        threads_new_conn: 1,
+        path: "/".into(),
+    };
+    let load = Load::start(node.addr, options);
+    assert!(
+        wait_until(Duration::from_secs(20), || load.stats().ok >= 100),
+        "the load never got going: {}",
+        load.stats().summary()
+    );
+    node.signal(Signal::SIGHUP);
+    node.cluster_until(60, "every worker replaced", |seen| {
+        seen.get("solo")
+            .is_some_and(|pids| pids.len() == WORKERS && pids.is_disjoint(&before["solo"]))
+    });
+    // Requests go on to the new workers.
+    let served = load.stats().ok;
+    assert!(
+        wait_until(Duration::from_secs(20), || load.stats().ok >= served + 100),
+        "{}",
+        load.stats().summary()
+    );
+    let stats = load.stop();
+    assert_eq!(stats.failures, 0, "{}", stats.summary());
+    assert!(
+        stats.told_to_close > 0,
+        "no drain seen: {}",
+        stats.summary()
+    );
+    assert_eq!(node.stop().code(), Some(0), "{}", node.log());
+}
+
 #[test]
 #[ignore = "needs the cluster-wide reload (branch cluster-reload)"]
 fn sighup_to_one_node_reloads_every_node_under_load_with_no_failed_request() {
