@@ -11,15 +11,15 @@
 //! curl http://127.0.0.1:8081/cluster      # {"nodes":{"a":{"workers":[…]},"b":{"workers":[…]}}}
 //! curl http://127.0.0.1:8081/ask/b        # pid <pid> node b: a worker of b, asked from a
 //! curl -X PUT -d blue http://127.0.0.1:8081/cache/color  # 204
-//! curl http://127.0.0.1:8082/cache/color  # blue, from the cluster's cache (404: no such key)
-//! kill -HUP <master pid>                  # reload (rolling, no request fails)
-//! kill -TERM <master pid>                 # this node leaves the cluster; exits 0
+//! curl http://127.0.0.1:8082/cache/color  # blue: the cluster's cache (404: no such key)
+//! kill -HUP <master pid>                  # reload (rolling, no request fails); the pid is
+//! kill -TERM <master pid>                 # on stderr; SIGTERM: this node leaves, exits 0
 //! ```
 //!
 //! | route | answer |
 //! |---|---|
 //! | `GET /` | `pid <pid> node <node>` |
-//! | `GET /cluster` | JSON `{"nodes": {"<node>": {"<group>": [pids]}}}`: every live node, this one included |
+//! | `GET /cluster` | JSON `{"nodes": {"<node>": {"<group>": [pids]}}}`: every live node, this one included once it has joined |
 //! | `GET /ask/<node>` | the answering worker asks a worker of `<node>` (`ask_worker_on`, 2 s) and answers with its `pid <pid> node <node>`; 503 with the error when it cannot (no such node, node gone, Redis down, timeout) |
 //! | `GET /cache/<key>` | the value (200), 404 when there is none |
 //! | `PUT /cache/<key>` | sets it to the body (UTF-8), 204 |
@@ -35,10 +35,10 @@
 //! and `HttpWorker`'s routes are fixed. It runs on the worker's loop and drains as `HttpWorker`
 //! does: on stop it accepts no more (the other processes sharing the socket take the new
 //! connections), answers the next request of every open connection with `Connection: close`,
-//! and after a grace closes the connections still idle. Limits: keep-alive and
-//! `Content-Length` bodies only (no chunked requests, no pipelining guarantees, no
-//! `Expect: 100-continue`), keys and node names taken from the path as they are (not
-//! percent-decoded), no idle timeout.
+//! and after a grace closes the connections still idle. Limits: requests on one connection
+//! are answered one at a time; bodies by `Content-Length` only (a chunked request gets 501; no
+//! `Expect: 100-continue`); keys and node names are taken from the path as they are (not
+//! percent-decoded); an idle connection stays open until the client or a stop closes it.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -272,7 +272,7 @@ async fn connection(mut stream: TcpStream, server: Rc<Server>) {
                     break request;
                 }
                 Parsed::Bad(status) => {
-                    let reply = Reply::text(status, "bad request\n");
+                    let reply = Reply::text(status, format!("{}\n", reason(status)));
                     let _ = stream.write_all(&reply.encode(true)).await;
                     return;
                 }
@@ -394,20 +394,8 @@ impl Reply {
     }
 
     fn encode(&self, close: bool) -> Vec<u8> {
-        let reason = match self.status {
-            200 => "OK",
-            204 => "No Content",
-            400 => "Bad Request",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            413 => "Content Too Large",
-            431 => "Request Header Fields Too Large",
-            501 => "Not Implemented",
-            503 => "Service Unavailable",
-            _ => "",
-        };
         let connection = if close { "close" } else { "keep-alive" };
-        let mut out = format!("HTTP/1.1 {} {reason}\r\n", self.status);
+        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         if self.status != 204 {
             out += &format!(
                 "Content-Type: {}\r\nContent-Length: {}\r\n",
@@ -420,6 +408,22 @@ impl Reply {
             out += &self.body;
         }
         out.into_bytes()
+    }
+}
+
+/// The reason phrase of the statuses this server answers with.
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "",
     }
 }
 
@@ -521,6 +525,7 @@ fn main() -> Result<(), procactor::Error> {
         if let Some(ListenAddr::Tcp(addr)) = cluster.local_addr("http") {
             println!("listening on http://{addr}/");
         }
+        tracing::info!(pid = std::process::id(), node = %node, "master started");
         match cluster.node() {
             Some(joined) => announce(&args.cluster, &joined.name),
             None => tracing::warn!("Redis cannot be reached: serving locally, joining later"),
