@@ -369,7 +369,6 @@ fn three_nodes_answer_for_each_other_and_a_stopped_one_leaves() {
 }
 
 #[test]
-#[ignore = "needs the Redis-backed cache (branch redis-cache)"]
 fn a_value_put_on_one_node_is_read_on_another() {
     let Some(redis) = RedisServer::start() else {
         return;
@@ -429,7 +428,6 @@ fn sighup_reloads_a_node_under_load_with_no_failed_request() {
 }
 
 #[test]
-#[ignore = "needs the cluster-wide reload (branch cluster-reload)"]
 fn sighup_to_one_node_reloads_every_node_under_load_with_no_failed_request() {
     let Some(redis) = RedisServer::start() else {
         return;
