@@ -110,13 +110,15 @@
 //! - One Redis server (or a primary behind a stable address). The keys share one hash tag, so a
 //!   Redis Cluster would hold them in one slot, but the connection does not follow `MOVED`:
 //!   Redis Cluster is not supported yet.
-//! - **Security**: anyone who can write the cluster's keys can forge membership. Give each
-//!   cluster a Redis ACL user restricted to `procactor:{<cluster>}:*` and to the commands the
-//!   scripts run — Redis checks each `redis.call` of a script against the user's ACL:
-//!   `ACL SETUSER <user> on ><password> ~procactor:{<cluster>}:* -@all +evalsha +eval
-//!   +script|load +ping +time +type +hget +hmget +hset +hgetall +pexpire +pttl +del +exists
-//!   +set +incr +zadd +zrange +zrem` (the list `tests/nodes.rs` checks; the cluster-wide
-//!   reload also needs `+get +publish +subscribe` and the channels `&procactor:{<cluster>}:*`)
+//! - **Security**: anyone who can write the cluster's keys or publish on its channels can forge
+//!   membership, send messages to its workers, change its cache and reload it. Give each
+//!   cluster a Redis ACL user restricted to `procactor:{<cluster>}:*` (keys and channels) and to
+//!   the commands the backend runs — Redis checks each `redis.call` of a script against the
+//!   user's ACL: `ACL SETUSER <user> on ><password> resetchannels ~procactor:{<cluster>}:*
+//!   &procactor:{<cluster>}:* -@all +evalsha +eval +script|load +ping +time +type +get +set
+//!   +del +exists +incr +incrby +mget +persist +pexpire +pttl +scan +hget +hmget +hset +hgetall
+//!   +zadd +zrange +zrem +publish +subscribe` (the list `tests/nodes.rs` checks, messages, cache
+//!   and locks included)
 //!   — and use `rediss://` (TLS) with a password across hosts.
 
 use std::cell::RefCell;
@@ -339,21 +341,7 @@ impl Claim {
             directory: Rc::new(view.clone()),
         });
         let remote = tokio::task::spawn_local(cross.run(outbound_rx, events_rx));
-        let timing = rollout::Timing {
-            heartbeat: self.settings.heartbeat,
-            node_timeout: self.settings.node_timeout,
-            lease: self.settings.reload_lease,
-            step_timeout: self.settings.reload_step_timeout,
-        };
-        let agent = rollout::Agent::new(
-            self.redis.clone(),
-            &self.settings.cluster,
-            &self.settings.name,
-            timing,
-            Rc::clone(&shared),
-        );
-        let (requests, requests_rx) = mpsc::unbounded_channel();
-        let rollout = tokio::task::spawn_local(agent.run(requests_rx));
+        let (rollout, rollouts) = self.start_rollouts(&shared);
         let beater = beat::Beater::new(
             self,
             supervisor.info,
@@ -368,9 +356,32 @@ impl Claim {
                 task,
                 remote,
                 rollout,
-                rollouts: Rollouts { requests },
+                rollouts,
             },
             view,
         )
+    }
+
+    /// Starts the task that takes part in cluster-wide reloads (and coordinates this node's).
+    fn start_rollouts(
+        &self,
+        shared: &Rc<RefCell<Shared>>,
+    ) -> (tokio::task::JoinHandle<()>, Rollouts) {
+        let timing = rollout::Timing {
+            heartbeat: self.settings.heartbeat,
+            node_timeout: self.settings.node_timeout,
+            lease: self.settings.reload_lease,
+            step_timeout: self.settings.reload_step_timeout,
+        };
+        let agent = rollout::Agent::new(
+            self.redis.clone(),
+            &self.settings.cluster,
+            &self.settings.name,
+            timing,
+            Rc::clone(shared),
+        );
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let task = tokio::task::spawn_local(agent.run(requests_rx));
+        (task, Rollouts { requests })
     }
 }

@@ -651,15 +651,19 @@ fn an_acl_user_limited_to_the_clusters_keys_is_enough() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let commands = "+evalsha +eval +script|load +ping +time +type +hget +hmget +hset +hgetall \
-                    +pexpire +pttl +del +exists +set +incr +zadd +zrange +zrem";
+    // The list the README and the backend's docs give.
+    let commands = "+evalsha +eval +script|load +ping +time +type +get +set +del +exists +incr \
+                    +incrby +mget +persist +pexpire +pttl +scan +hget +hmget +hset +hgetall \
+                    +zadd +zrange +zrem +publish +subscribe";
     let mut acl = vec![
         "ACL",
         "SETUSER",
         "shop",
         "on",
         ">s3cret",
+        "resetchannels",
         "~procactor:{shop}:*",
+        "&procactor:{shop}:*",
         "-@all",
     ];
     acl.extend(commands.split_whitespace());
@@ -670,7 +674,9 @@ fn an_acl_user_limited_to_the_clusters_keys_is_enough() {
         "other",
         "on",
         ">pw",
+        "resetchannels",
         "~procactor:{other}:*",
+        "&procactor:{other}:*",
         "-@all",
     ];
     other.extend(commands.split_whitespace());
@@ -681,6 +687,18 @@ fn an_acl_user_limited_to_the_clusters_keys_is_enough() {
     let mut b = Node::joined(&redis.url(), "shop", "b", &["--workers", "1"]);
     a.nodes_until(secs(10), "both", |l| l.len() == 2);
     b.nodes_until(secs(10), "both", |l| l.len() == 2);
+    // Under that user: messages both ways, the cluster-wide cache, its events and locks.
+    let mut pair = [a, b];
+    all_subscribed(&mut pair, &["a", "b"]);
+    let [mut a, mut b] = pair;
+    assert_eq!(b.reply("cache-sub acl", "cache-sub")["cache-sub"], "ok");
+    assert_eq!(a.reply("cache-set acl k 7", "cache-set")["cache-set"], "ok");
+    assert_eq!(b.reply("cache-get acl k", "cache-get")["cache-get"], 7);
+    b.find(0, secs(10), "the change's event", |l| {
+        l.contains("\"event\":\"cache\"")
+    });
+    let answer = a.reply("cache-lock-loop l 3 2000", "cache-lock-loop");
+    assert_eq!(answer["cache-lock-loop"], "ok", "{answer}");
     // A user of another cluster is refused by Redis: the start fails, saying why.
     let wrong = format!("redis://other:pw@127.0.0.1:{port}/0");
     let mut c = Node::start(&wrong, "shop", "c", &["--workers", "1"]);

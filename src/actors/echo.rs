@@ -188,37 +188,49 @@ impl Echo {
             EchoMsg::Role => EchoReply::Role(crate::role()),
             EchoMsg::Nest(n) => self.nest(n).await,
             EchoMsg::ToNested { worker, msg } => self.to_nested(worker, *msg).await,
+            msg @ (EchoMsg::OnNode { .. } | EchoMsg::Confirm(_) | EchoMsg::Fanout { .. }) => {
+                Self::others(msg, ctx).await
+            }
+        }
+    }
+
+    /// The messages that reach other workers (of this node or of others).
+    async fn others<A>(msg: EchoMsg, ctx: &mut WorkerContext<A>) -> EchoReply
+    where
+        A: WorkerActor<Msg = EchoMsg, Reply = EchoReply, Event = String>,
+    {
+        let peers = ctx.peers();
+        let sent = match msg {
             EchoMsg::OnNode {
                 node,
                 worker,
                 msg,
-                tell,
+                tell: true,
+                ..
+            } => peers
+                .tell_worker_on(&node, worker, &msg)
+                .map(|()| EchoReply::Done),
+            EchoMsg::OnNode {
+                node,
+                worker,
+                msg,
                 timeout_ms,
+                ..
             } => {
-                let peers = ctx.peers();
-                let sent = if tell {
-                    peers
-                        .tell_worker_on(&node, worker, &msg)
-                        .map(|()| EchoReply::Done)
-                } else {
-                    let timeout = Duration::from_millis(timeout_ms);
-                    peers.ask_worker_on(&node, worker, &msg, timeout).await
-                };
-                sent.unwrap_or_else(|e| EchoReply::Error(e.to_string()))
+                let timeout = Duration::from_millis(timeout_ms);
+                peers.ask_worker_on(&node, worker, &msg, timeout).await
             }
-            EchoMsg::Confirm(key) => match ctx.peers().confirm(&key).await {
-                Ok(()) => EchoReply::Done,
-                Err(e) => EchoReply::Error(e.to_string()),
-            },
-            EchoMsg::Fanout { group, msg } => {
-                let peers = ctx.peers();
-                let sent = match group {
-                    Some(group) => peers.publish(&group, &msg),
-                    None => peers.broadcast(&msg),
-                };
-                sent.map_or_else(|e| EchoReply::Error(e.to_string()), |()| EchoReply::Done)
-            }
-        }
+            EchoMsg::Confirm(key) => peers.confirm(&key).await.map(|()| EchoReply::Done),
+            EchoMsg::Fanout {
+                group: Some(group),
+                msg,
+            } => peers.publish(&group, &msg).map(|()| EchoReply::Done),
+            EchoMsg::Fanout { group: None, msg } => peers.broadcast(&msg).map(|()| EchoReply::Done),
+            other => Ok(EchoReply::Error(format!(
+                "not a message to others: {other:?}"
+            ))),
+        };
+        sent.unwrap_or_else(|e| EchoReply::Error(e.to_string()))
     }
 
     /// Takes a one-way message as [`Echo`] does (counts it; an `Echo` only adds its bytes, any

@@ -93,12 +93,7 @@ impl Core {
         let mut view = None;
         if let Some((claim, subscribers)) = node {
             let name = claim.settings.name.clone();
-            let weak = supervisor.downgrade();
-            let asks = crate::messaging::system::SupervisorAsks {
-                info: weak.clone().recipient(),
-                confirm: weak.clone().recipient(),
-                forget: weak.recipient(),
-            };
+            let asks = crate::messaging::system::SupervisorAsks::of(&supervisor);
             let (node, node_view) = claim.run(asks, subscribers, Rc::clone(&routing));
             actor = actor.with_node(node);
             view = Some((name, node_view));

@@ -44,6 +44,24 @@ pub(crate) struct SupervisorAsks {
     pub(crate) forget: WeakRecipient<ForgetNode>,
 }
 
+impl SupervisorAsks {
+    /// What `supervisor` answers, held weakly (the backend does not keep it alive).
+    pub(crate) fn of<S>(supervisor: &Addr<S>) -> Self
+    where
+        S: Actor<Context = Context<S>>
+            + Handler<GetClusterInfo>
+            + Handler<Confirm>
+            + Handler<ForgetNode>,
+    {
+        let weak = supervisor.downgrade();
+        Self {
+            info: weak.clone().recipient(),
+            confirm: weak.clone().recipient(),
+            forget: weak.recipient(),
+        }
+    }
+}
+
 /// Waits for `from`'s next round of `n` confirmations of `key` (see `messaging::confirm`);
 /// answers the workers that confirmed in it, in order.
 #[derive(Debug, Message)]
