@@ -12,7 +12,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::redis::{Blackhole, RedisServer};
+use common::redis::{Blackhole, CutProxy, RedisServer};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -991,4 +991,44 @@ fn broadcasts_publishes_and_confirmations_reach_every_node_once() {
             "node {i}: its own two workers and four remote: {round}"
         );
     }
+}
+
+#[test]
+fn a_node_cut_off_from_redis_is_dropped_and_rejoins_with_a_new_epoch() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = CutProxy::start(redis.port());
+    let mut a = Node::joined(&redis.url(), "cut", "a", &["--workers", "1"]);
+    let b = Node::joined(&proxy.url(), "cut", "b", &["--workers", "1"]);
+    let listed = a.nodes_until(secs(10), "both", |l| l.len() == 2);
+    let old = epoch(&listed["b"]);
+    let mut pair = [a, b];
+    all_subscribed(&mut pair, &["a", "b"]);
+    let [mut a, mut b] = pair;
+    // Cut off for longer than its key lives: the others drop it, it keeps serving locally.
+    let (mark_a, mark_b) = (a.mark(), b.mark());
+    proxy.cut();
+    b.event(mark_b, secs(10), "disconnected", |_| true);
+    let fast = |answer: &Value| {
+        assert_eq!(answer["ask"], "error", "{answer}");
+        assert!(answer["ms"].as_u64().unwrap() < 2_000, "{answer}");
+    };
+    fast(&b.reply("ask a 0 10000", "ask"));
+    b.call();
+    a.event(mark_a, secs(10), "left", |e| {
+        e["node"] == "b" && epoch(e) == old
+    });
+    fast(&a.reply("ask b 0 10000", "ask"));
+    // Back: it joins again with a new epoch, and messages flow both ways again.
+    let mark_b = b.mark();
+    proxy.restore();
+    let (_, rejoined) = b.event(mark_b, secs(15), "rejoined", |_| true);
+    let new = epoch(&rejoined);
+    assert!(new > old, "a new epoch: {new} after {old}");
+    a.nodes_until(secs(10), "b's new epoch", |l| {
+        l.get("b").is_some_and(|b| epoch(b) == new)
+    });
+    let mut pair = [a, b];
+    all_subscribed(&mut pair, &["a", "b"]);
 }

@@ -73,6 +73,14 @@ impl<T> Pending<T> {
         Ok(id)
     }
 
+    /// Request `id`'s waiter, if it is pending and went to `node`.
+    pub(crate) fn take_from(&mut self, id: u64, node: &str) -> Option<T> {
+        if self.by_id.get(&id)?.node != node {
+            return None;
+        }
+        self.take(id)
+    }
+
     /// The waiter of request `id`, which is over (answered, or not sent after all); `None`
     /// when it already ended (timed out).
     pub(crate) fn take(&mut self, id: u64) -> Option<T> {

@@ -37,6 +37,11 @@ use crate::state::WorkerId;
 /// The longest a request from the master (no timeout of its own) waits for another node.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Publishes under way at once (each holds its frame, up to 1 MiB, until Redis answers):
+/// past that, a request is refused (`BackendUnavailable`) and a one-way message dropped, so a
+/// slow Redis cannot grow the master without bound.
+const MAX_PUBLISHING: usize = 4096;
+
 /// What a publish reports back.
 #[derive(Debug)]
 struct Published {
@@ -60,6 +65,8 @@ pub(crate) struct Remote {
     ),
     /// Whether this node's inbox is subscribed now.
     subscribed: bool,
+    /// Publishes under way (see [`MAX_PUBLISHING`]).
+    publishing: usize,
     _subscription: Subscription,
     inbound: mpsc::UnboundedReceiver<Inbound>,
 }
@@ -87,6 +94,7 @@ impl Remote {
             pending: Pending::default(),
             published: mpsc::unbounded_channel(),
             subscribed: false,
+            publishing: 0,
             _subscription: subscription,
             inbound,
         }
@@ -132,6 +140,12 @@ impl Remote {
         let me = shared.current().ok_or_else(|| {
             AskError::BackendUnavailable("this node has not joined the cluster".into())
         })?;
+        if !self.subscribed {
+            // An answer could not reach this node: fail now rather than at the deadline.
+            return Err(AskError::BackendUnavailable(
+                "this node's inbox is not subscribed (Redis was lost)".into(),
+            ));
+        }
         Ok((me.name.clone(), me.epoch))
     }
 
@@ -231,6 +245,16 @@ impl Remote {
                 return self.end(ask, Err(e));
             }
         };
+        if self.publishing >= MAX_PUBLISHING {
+            let e = AskError::BackendUnavailable(format!(
+                "{MAX_PUBLISHING} messages to other nodes are already under way"
+            ));
+            if ask.is_none() {
+                tracing::warn!(node, error = %e, "message to another node dropped");
+            }
+            return self.end(ask, Err(e));
+        }
+        self.publishing += 1;
         let (redis, done) = (self.redis.clone(), self.published.0.clone());
         let node = node.to_owned();
         tokio::task::spawn_local(async move {
@@ -240,6 +264,7 @@ impl Remote {
     }
 
     fn published(&mut self, done: Published) {
+        self.publishing -= 1;
         let error = match done.result {
             Ok(0) if done.ask.is_some() => AskError::NodeGone(done.node.clone()),
             Ok(_) => return,
@@ -292,6 +317,11 @@ impl Remote {
                 if std::mem::replace(&mut self.subscribed, false) {
                     tracing::warn!(%error, "this node's inbox subscription is lost; resubscribing");
                 }
+                // Their answers would be lost: they end now.
+                let lost = AskError::BackendUnavailable(format!("this node's inbox: {error}"));
+                for (reply, error) in self.pending.all(&lost) {
+                    reply.answer(Err(error));
+                }
                 return;
             }
             Inbound::Frame(bytes) => bytes,
@@ -308,8 +338,16 @@ impl Remote {
             return self.for_everyone(frame);
         }
         let mine = self.shared.borrow().current().map(|me| me.epoch);
-        if addressed(&frame, mine) == Addressed::Stale {
-            return self.stale(frame);
+        match addressed(&frame, mine) {
+            Addressed::Mine => {}
+            Addressed::Stale => return self.stale(frame),
+            Addressed::NotMine => {
+                return tracing::debug!(
+                    from = frame.from.node,
+                    epoch = frame.to_epoch,
+                    "frame for another boot of this node's name dropped"
+                )
+            }
         }
         let from = Peer::Remote {
             epoch: frame.from.epoch,
@@ -317,7 +355,12 @@ impl Remote {
             pid: frame.from.pid,
         };
         match frame.kind {
-            Kind::Reply { id, result } => self.end(Some(id), result.map(Bytes::from)),
+            // Only from the node the request went to.
+            Kind::Reply { id, result } => {
+                if let Some(reply) = self.pending.take_from(id, &frame.from.node) {
+                    reply.answer(result.map(Bytes::from));
+                }
+            }
             Kind::Tell => match self.target(frame.to_worker) {
                 Ok(target) => target.do_send(Routed::Tell {
                     from,

@@ -513,8 +513,9 @@ pub(crate) fn parse_event(bytes: &[u8]) -> Option<StoreEvent<'_>> {
     let mut part = || -> Option<&str> {
         let colon = rest.iter().position(|&b| b == b':')?;
         let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
-        let body = rest.get(colon + 1..colon + 1 + len)?;
-        rest = &rest[colon + 1 + len..];
+        let end = colon.checked_add(1)?.checked_add(len)?;
+        let body = rest.get(colon + 1..end)?;
+        rest = &rest[end..];
         std::str::from_utf8(body).ok()
     };
     let collection = part()?;
@@ -593,7 +594,15 @@ mod tests {
             Some(StoreEvent::Key { kind: b'D', .. })
         ));
         assert_eq!(parse_event(b"Lname"), Some(StoreEvent::Released("name")));
-        for bad in [&b""[..], b"Q1:a1:b", b"S9:a", b"Sx:a1:b", b"D1:a1:bjunk"] {
+        let huge = b"S18446744073709551615:a";
+        for bad in [
+            &b""[..],
+            b"Q1:a1:b",
+            b"S9:a",
+            b"Sx:a1:b",
+            b"D1:a1:bjunk",
+            huge,
+        ] {
             assert_eq!(parse_event(bad), None, "{bad:?}");
         }
     }

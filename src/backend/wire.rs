@@ -132,15 +132,20 @@ impl Frame {
 pub(crate) enum Addressed {
     /// For this boot.
     Mine,
-    /// For another epoch of this name: refused.
+    /// For an older epoch of this name: refused (the sender hears the node is gone).
     Stale,
+    /// For a newer epoch of this name (this boot lost its name to it), or this node has not
+    /// joined: dropped without an answer — the name's current holder, subscribed to the same
+    /// inbox, answers it.
+    NotMine,
 }
 
 /// Checks a frame's target epoch against this node's (`None`: not joined, nothing is ours).
 pub(crate) fn addressed(frame: &Frame, mine: Option<u64>) -> Addressed {
     match mine {
         Some(epoch) if epoch == frame.to_epoch => Addressed::Mine,
-        _ => Addressed::Stale,
+        Some(epoch) if frame.to_epoch < epoch => Addressed::Stale,
+        _ => Addressed::NotMine,
     }
 }
 
@@ -205,7 +210,8 @@ mod tests {
     fn a_frame_for_another_epoch_is_stale() {
         let f = frame(Kind::Tell);
         assert_eq!(addressed(&f, Some(9)), Addressed::Mine);
-        assert_eq!(addressed(&f, Some(8)), Addressed::Stale);
-        assert_eq!(addressed(&f, None), Addressed::Stale);
+        assert_eq!(addressed(&f, Some(10)), Addressed::Stale);
+        assert_eq!(addressed(&f, Some(8)), Addressed::NotMine, "a newer boot's");
+        assert_eq!(addressed(&f, None), Addressed::NotMine);
     }
 }

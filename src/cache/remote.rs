@@ -273,6 +273,8 @@ impl Remote {
         if Rc::strong_count(&released) == 2 {
             self.released.borrow_mut().remove(&name);
         }
+        // Read before `done_waiting`, which forgets a gone process once its last wait ends.
+        let was_gone = self.gone.borrow().contains_key(&who);
         self.done_waiting(who);
         let granted = matches!(answer, Ok(CacheAnswer::Locked(_)));
         if let Some(core) = self.core.upgrade() {
@@ -286,7 +288,7 @@ impl Remote {
                 Err(_) => counters.waiter_gone(),
             }
         }
-        if granted && self.gone.borrow().contains_key(&who) {
+        if granted && was_gone {
             if let Ok(CacheAnswer::Locked(token)) = answer {
                 let release = self.unlock(who, name, token);
                 tokio::task::spawn_local(async move {
@@ -308,6 +310,10 @@ impl Remote {
     ) -> Answer {
         let mut backoff = Duration::from_millis(10);
         loop {
+            if self.gone.borrow().contains_key(&who) {
+                // The waiter's process ended: nothing is to be granted to it any more.
+                return Err(CacheError::Unreachable("the process has ended".into()));
+            }
             let woken = released.notified();
             let mut woken = std::pin::pin!(woken);
             woken.as_mut().enable();
@@ -386,14 +392,17 @@ impl Remote {
         token: u64,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer>>> {
         {
+            // Only the holder releases (as with the embedded store): another process of this
+            // node knowing the token is refused, though Redis would take this node's value.
             let mut held = self.held.borrow_mut();
-            if held
+            if !held
                 .get(&name)
                 .is_some_and(|h| h.token == token && h.who == who)
             {
-                if let Some(h) = held.remove(&name) {
-                    h.renewal.abort();
-                }
+                return Box::pin(async move { Err(CacheError::NotHeld(name)) });
+            }
+            if let Some(h) = held.remove(&name) {
+                h.renewal.abort();
             }
         }
         let value = format!("{token}:{}", self.link.node());

@@ -162,7 +162,11 @@ impl Agent {
             self.highest,
             self.running.get(),
         );
-        self.highest = self.highest.max(rollout);
+        if verdict == Verdict::Take {
+            // Only a command this node takes raises the bar: one addressed to another node
+            // (or garbage) does not lock this node out of later rollouts.
+            self.highest = self.highest.max(rollout);
+        }
         let step = Step {
             redis: self.redis.clone(),
             scripts: Rc::clone(&self.scripts),
@@ -205,7 +209,6 @@ impl Agent {
                 coordinator,
                 ..
             } => {
-                self.highest = self.highest.max(*rollout);
                 self.watching = Some(Watch {
                     rollout: *rollout,
                     coordinator: coordinator.clone(),

@@ -96,7 +96,18 @@ impl Ctx {
             .clamp(Duration::from_millis(50), Duration::from_millis(250));
         let mut gone = 0;
         let mut failing: Option<Instant> = None;
+        // However long the running rollout may take: each node's step, and its lease.
+        let nodes = self.shared.borrow().view.others().count() + 1;
+        let longest = (self.timing.step_timeout + self.timing.heartbeat)
+            .saturating_mul(u32::try_from(nodes).unwrap_or(u32::MAX))
+            .saturating_add(self.timing.lease);
+        let ceiling = after(longest);
         loop {
+            if Instant::now() >= ceiling {
+                return Err(RolloutError::Unavailable(format!(
+                    "the running rollout did not end within {longest:?}"
+                )));
+            }
             tokio::time::sleep(poll).await;
             let read = tokio::time::timeout(
                 self.timing.heartbeat,
@@ -172,7 +183,11 @@ impl Ctx {
         let (tx, mut replies) = mpsc::unbounded_channel();
         *self.coordinating.borrow_mut() = Some((token, tx));
         let lost: Lost = Rc::default();
-        let renewer = tokio::task::spawn_local(self.renew(token, Rc::clone(&lost)));
+        // Aborted however this ends (a panic included): a lock renewed past its rollout would
+        // hold every later reload back.
+        let renewer = AbortOnDrop(tokio::task::spawn_local(
+            self.renew(token, Rc::clone(&lost)),
+        ));
         let nodes = self.plan();
         let mut report = RolloutReport {
             rollout: token,
@@ -211,7 +226,7 @@ impl Ctx {
             .record(&self.redis, &self.keys, token, &fields, Some(json))
             .await;
         self.announce(end_event(&report)).await;
-        renewer.abort();
+        drop(renewer);
         let _ = self
             .scripts
             .renew(&self.redis, &self.keys, &holder(token, &self.name), None)
@@ -275,7 +290,15 @@ impl Ctx {
                         error,
                     }
                 }
-                NodeOutcome::NotReached => unreachable!("a step has an outcome"),
+                NodeOutcome::NotReached => {
+                    let error = String::from("the step ended without an outcome");
+                    report.stopped = Some(format!("node {node} failed: {error}"));
+                    RolloutEvent::NodeFailed {
+                        rollout,
+                        node,
+                        error,
+                    }
+                }
             };
             let progress = match &event {
                 RolloutEvent::NodeDone { node, .. } | RolloutEvent::NodeSkipped { node, .. } => {
@@ -324,7 +347,7 @@ impl Ctx {
             };
         }
         let ack = self.timing.node_timeout + self.timing.heartbeat;
-        let mut deadline = Instant::now() + ack;
+        let mut deadline = after(ack);
         let mut accepted = false;
         loop {
             let wake = deadline.min(Instant::now() + self.timing.heartbeat);
@@ -333,7 +356,12 @@ impl Ctx {
                     Some(Reply { node: from, answer, .. }) if from == node => match answer {
                         Answer::Accepted => {
                             accepted = true;
-                            deadline = Instant::now() + self.timing.step_timeout;
+                            deadline = after(self.timing.step_timeout);
+                        }
+                        // A step that ended has an outcome; another node's "not reached" is
+                        // a bad answer, not a pass.
+                        Answer::Ended { outcome: NodeOutcome::NotReached } => {
+                            return NodeOutcome::Failed { error: "it answered without an outcome".into() }
                         }
                         Answer::Ended { outcome } => return outcome,
                         Answer::Refused { reason } => {
@@ -429,5 +457,22 @@ impl Ctx {
                 }
             }
         }
+    }
+}
+
+/// `now + d`, or a day from now when that does not fit in an `Instant` (a huge configured
+/// timeout).
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400))
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
