@@ -1032,3 +1032,30 @@ fn a_node_cut_off_from_redis_is_dropped_and_rejoins_with_a_new_epoch() {
     let mut pair = [a, b];
     all_subscribed(&mut pair, &["a", "b"]);
 }
+
+#[test]
+fn connections_killed_by_redis_are_made_again_and_messages_flow() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let names = ["a", "b"];
+    let mut nodes = cluster_of(&redis, "killed", &names, &["--workers", "1"]);
+    all_subscribed(&mut nodes, &names);
+    let epochs: Vec<u64> = {
+        let listed = nodes[0].nodes();
+        names.iter().map(|n| epoch(&listed[*n])).collect()
+    };
+    // Every client connection, the subscriptions included, killed by Redis (CLIENT KILL).
+    redis.run(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    redis.run(&["CLIENT", "KILL", "TYPE", "normal"]);
+    // Local calls never fail; asks both ways work again once the nodes have reconnected.
+    nodes[0].call();
+    nodes[1].call();
+    all_subscribed(&mut nodes, &names);
+    let stats = nodes[0].stats();
+    assert_eq!(stats["connected"], true, "{stats}");
+    // The same nodes: their keys outlived a reconnection.
+    let listed = nodes[1].nodes();
+    let now: Vec<u64> = names.iter().map(|n| epoch(&listed[*n])).collect();
+    assert_eq!(now, epochs);
+}

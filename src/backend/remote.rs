@@ -2,8 +2,12 @@
 //! the routing hands over ([`Outbound`]) to other nodes' inboxes, and hands what arrives in
 //! this node's inbox to the local proxies.
 //!
-//! Transport: Redis pub/sub, one channel per node (`procactor:{<cluster>}:in:<name>`), frames
-//! as in `wire.rs`. Delivery is **at most once**, for requests and one-way messages alike: a
+//! Transport: Redis pub/sub, one channel per node (`procactor:{<cluster>}:in:<name>`) for
+//! requests, their answers and one-way messages to one worker, and one for the whole cluster
+//! (`procactor:{<cluster>}:all`) for broadcasts, group publishes and confirmations (one
+//! `PUBLISH` whatever the number of nodes; each node delivers to its own workers and skips its
+//! own frames); both on one subscription, frames as in `wire.rs`. Delivery is **at most
+//! once**, for requests and one-way messages alike: a
 //! node that is not subscribed when a frame is published (down, cut off from Redis,
 //! resubscribing) never sees it, and Redis keeps nothing. A request always ends for its
 //! asker: with its answer, or a typed error as soon as it is known — `NoSuchNode` (no live
@@ -12,7 +16,11 @@
 //! while it was pending, or the frame named an old epoch) —, else `Timeout` at its deadline.
 //!
 //! Nothing here waits on Redis on the master's loop: each publish runs on the Redis thread and
-//! reports back over a channel.
+//! reports back over a channel; at most [`MAX_PUBLISHING`] are under way at once. While this
+//! node's subscription is lost, requests fail at once (`BackendUnavailable`: their answers
+//! could not arrive) and those pending end. A frame for an older epoch of this node is refused
+//! (`NodeGone`); one for a newer epoch of its name — this boot lost its name while cut off —
+//! is dropped, for the name's current holder to answer.
 
 use std::cell::RefCell;
 use std::rc::Rc;
