@@ -26,7 +26,8 @@
 //!   printed when complete as `{"round":<key>,"peers":[…]}` (a peer as `"m"`, `"w<id>"`, or
 //!   `"<epoch>/w<id>"` / `"<epoch>/m"` for another node's);
 //! - `cache-…`: the cluster-wide cache (`node_cache.rs`);
-//! - `stats`: `{"stats":{"beats":…,"beat_failures":…,"bad_entries":…,"rejoins":…,"connected":…}}`;
+//! - `stats`: `{"stats":{"beats":…,"beat_failures":…,"bad_entries":…,"rejoins":…,"connected":…,
+//!   "frames_sent":…,"frames_received":…,"frames_dropped":…,"requests":…,"requests_failed":…}}`;
 //! - `reload`: [`Cluster::reload`] (the whole cluster) → `{"reload":"ok","replaced":…,
 //!   "nodes":[[node, outcome]…]}` or `{"reload":"error","kind":"unavailable"|"rollout"|"other",
 //!   "error":…}`; `reload_local`: this node only → `{"reload_local":"ok","replaced":…}`;
@@ -184,6 +185,11 @@ fn stats(stats: NodeStats) -> serde_json::Value {
         "bad_entries": stats.bad_entries,
         "rejoins": stats.rejoins,
         "connected": stats.connected,
+        "frames_sent": stats.frames_sent,
+        "frames_received": stats.frames_received,
+        "frames_dropped": stats.frames_dropped,
+        "requests": stats.requests,
+        "requests_failed": stats.requests_failed,
     }})
 }
 

@@ -857,8 +857,19 @@ fn workers_ask_and_tell_workers_on_other_nodes_and_fail_fast_with_typed_errors()
         assert!(answer["error"].as_str().unwrap().contains(what), "{answer}");
         assert!(answer["ms"].as_u64().unwrap() < 2_000, "{answer}");
     };
+    let before = nodes[0].stats();
     fast(&nodes[0].reply("ask nowhere 0 10000", "ask"), "no node");
     fast(&nodes[0].reply("ask b 9 10000", "ask"), "no worker 9");
+    // Counted: two more requests, both failed; frames both ways.
+    let after = nodes[0].stats();
+    let grew = |key: &str| after[key].as_u64().unwrap() - before[key].as_u64().unwrap();
+    assert_eq!(
+        (grew("requests"), grew("requests_failed")),
+        (2, 2),
+        "{after}"
+    );
+    assert!(after["frames_sent"].as_u64().unwrap() >= 4, "{after}");
+    assert!(after["frames_received"].as_u64().unwrap() >= 3, "{after}");
     // Redis stopped: cross-node calls fail fast, local calls go on.
     let mark = nodes[0].mark();
     redis.stop();

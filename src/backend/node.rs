@@ -74,6 +74,21 @@ pub struct NodeStats {
     pub rejoins: u64,
     /// Whether the last beat reached Redis.
     pub connected: bool,
+    /// Frames published to other nodes (requests, answers, one-way messages, broadcasts,
+    /// publishes, confirmations).
+    pub frames_sent: u64,
+    /// Frames from other nodes taken in (this node's own on the cluster's channel not
+    /// counted; bad ones are `bad_entries`).
+    pub frames_received: u64,
+    /// One-way messages, broadcasts, publishes and confirmations for other nodes that were not
+    /// delivered (this node not joined or cut off, the publish failed or reached no one, too
+    /// many under way).
+    pub frames_dropped: u64,
+    /// Requests to other nodes' workers.
+    pub requests: u64,
+    /// Of those, the ones that ended with an error (no such node, node gone, Redis
+    /// unavailable, timeout, or the worker's own failure).
+    pub requests_failed: u64,
 }
 
 /// The version of the hash's layout; a node reading another version skips it as bad.

@@ -130,7 +130,7 @@ impl Remote {
                 },
                 () = tokio::time::sleep_until(wake.into()) => {
                     for (reply, error) in self.pending.expired(Instant::now()) {
-                        reply.answer(Err(error));
+                        self.failed(reply, error);
                     }
                 }
             }
@@ -177,6 +177,7 @@ impl Remote {
                 timeout,
                 reply,
             } => {
+                self.shared.borrow_mut().stats.requests += 1;
                 let timeout = if timeout.is_zero() {
                     DEFAULT_TIMEOUT
                 } else {
@@ -185,11 +186,11 @@ impl Remote {
                 let target = self.me().and_then(|me| Ok((me, self.epoch_of(&node)?)));
                 let (me, epoch) = match target {
                     Ok(target) => target,
-                    Err(e) => return reply.answer(Err(e)),
+                    Err(e) => return self.failed(reply, e),
                 };
                 let id = match self.pending.open(reply, &node, Instant::now(), timeout) {
                     Ok(id) => id,
-                    Err((reply, e)) => return reply.answer(Err(e)),
+                    Err((reply, e)) => return self.failed(reply, e),
                 };
                 let deadline_ms = timeout.as_millis().try_into().unwrap_or(u64::MAX);
                 let kind = Kind::Ask { id, deadline_ms };
@@ -209,6 +210,7 @@ impl Remote {
                         self.publish(&node, &frame, None);
                     }
                     Err(e) => {
+                        self.dropped();
                         tracing::warn!(node, worker, error = %e, "message to another node dropped")
                     }
                 }
@@ -232,7 +234,10 @@ impl Remote {
                 let frame = frame(me, from, 0, 0, kind, payload);
                 self.publish_on(self.keys.everyone(), "every node", &frame, None);
             }
-            Err(e) => tracing::debug!(error = %e, "message for every node dropped"),
+            Err(e) => {
+                self.dropped();
+                tracing::debug!(error = %e, "message for every node dropped")
+            }
         }
     }
 
@@ -248,6 +253,7 @@ impl Remote {
             Ok(bytes) => bytes,
             Err(e) => {
                 if ask.is_none() {
+                    self.dropped();
                     tracing::warn!(error = %e, "message to another node not sent");
                 }
                 return self.end(ask, Err(e));
@@ -258,11 +264,13 @@ impl Remote {
                 "{MAX_PUBLISHING} messages to other nodes are already under way"
             ));
             if ask.is_none() {
+                self.dropped();
                 tracing::warn!(node, error = %e, "message to another node dropped");
             }
             return self.end(ask, Err(e));
         }
         self.publishing += 1;
+        self.shared.borrow_mut().stats.frames_sent += 1;
         let (redis, done) = (self.redis.clone(), self.published.0.clone());
         let node = node.to_owned();
         tokio::task::spawn_local(async move {
@@ -281,6 +289,7 @@ impl Remote {
         match done.ask {
             Some(_) => self.end(done.ask, Err(error)),
             None => {
+                self.dropped();
                 tracing::warn!(node = done.node, %error, "message to another node not delivered")
             }
         }
@@ -289,8 +298,22 @@ impl Remote {
     /// Ends pending request `ask` (if still pending) with `result`.
     fn end(&mut self, ask: Option<u64>, result: Result<Bytes, AskError>) {
         if let Some(reply) = ask.and_then(|id| self.pending.take(id)) {
-            reply.answer(result);
+            match result {
+                Ok(answer) => reply.answer(Ok(answer)),
+                Err(e) => self.failed(reply, e),
+            }
         }
+    }
+
+    /// A request to another node ends with `error`, counted.
+    fn failed(&self, reply: ReplyTo, error: AskError) {
+        self.shared.borrow_mut().stats.requests_failed += 1;
+        reply.answer(Err(error));
+    }
+
+    /// A message for other nodes that was not delivered, counted.
+    fn dropped(&self) {
+        self.shared.borrow_mut().stats.frames_dropped += 1;
     }
 
     /// A node left, or Redis was lost: their requests end now.
@@ -311,7 +334,7 @@ impl Remote {
             _ => Vec::new(),
         };
         for (reply, error) in ended {
-            reply.answer(Err(error));
+            self.failed(reply, error);
         }
     }
 
@@ -328,7 +351,7 @@ impl Remote {
                 // Their answers would be lost: they end now.
                 let lost = AskError::BackendUnavailable(format!("this node's inbox: {error}"));
                 for (reply, error) in self.pending.all(&lost) {
-                    reply.answer(Err(error));
+                    self.failed(reply, error);
                 }
                 return;
             }
@@ -347,7 +370,7 @@ impl Remote {
         }
         let mine = self.shared.borrow().current().map(|me| me.epoch);
         match addressed(&frame, mine) {
-            Addressed::Mine => {}
+            Addressed::Mine => self.shared.borrow_mut().stats.frames_received += 1,
             Addressed::Stale => return self.stale(frame),
             Addressed::NotMine => {
                 return tracing::debug!(
@@ -366,7 +389,10 @@ impl Remote {
             // Only from the node the request went to.
             Kind::Reply { id, result } => {
                 if let Some(reply) = self.pending.take_from(id, &frame.from.node) {
-                    reply.answer(result.map(Bytes::from));
+                    match result {
+                        Ok(answer) => reply.answer(Ok(Bytes::from(answer))),
+                        Err(e) => self.failed(reply, e),
+                    }
                 }
             }
             Kind::Tell => match self.target(frame.to_worker) {
@@ -405,6 +431,7 @@ impl Remote {
         if own == Some(frame.from.epoch) {
             return;
         }
+        self.shared.borrow_mut().stats.frames_received += 1;
         let from = Peer::Remote {
             epoch: frame.from.epoch,
             id: frame.from.worker,

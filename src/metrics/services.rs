@@ -310,6 +310,31 @@ pub(super) fn encode_membership(
             "Joins with a new epoch after the first.",
             stats.rejoins,
         ),
+        (
+            "procactor_node_frames_sent",
+            "Frames published to other nodes (requests, answers, one-way messages, broadcasts).",
+            stats.frames_sent,
+        ),
+        (
+            "procactor_node_frames_received",
+            "Frames from other nodes taken in.",
+            stats.frames_received,
+        ),
+        (
+            "procactor_node_frames_dropped",
+            "One-way messages, broadcasts and confirmations for other nodes not delivered.",
+            stats.frames_dropped,
+        ),
+        (
+            "procactor_node_requests",
+            "Requests to other nodes' workers.",
+            stats.requests,
+        ),
+        (
+            "procactor_node_requests_failed",
+            "Requests to other nodes' workers that ended with an error.",
+            stats.requests_failed,
+        ),
     ] {
         let mut m = family(e, name, help, None, MetricType::Counter)?;
         counter(&mut m, &none, value)?;
