@@ -11,8 +11,9 @@
 //! an actor in this process that answers at once.
 //!
 //! Sections for `--only`: `rtt`, `pipelined`, `tell`, `bulk`, `spawn`, `respawn`, `broadcast`,
-//! `peer`, `pinned`, `http`, `cache`, `logs`, `scale`, `metrics`, `nodes`, `raw`; figures of the others read `NaN`
-//! (`null` in `--json`).
+//! `peer`, `pinned`, `http`, `cache`, `logs`, `scale`, `metrics`, `nodes`, `cross`, `raw`; figures of
+//! the others read `NaN` (`null` in `--json`). `cross` (figures across the nodes of a cluster on
+//! Redis) is described in `cross.rs`.
 //!
 //! The baseline (`raw_*` keys) is two processes and two pipes with no framework: coalesced
 //! writes, blocking reads, the floor a framework can approach. Every `*_vs_raw` key is the
@@ -21,6 +22,7 @@
 //! [`procactor::actors::echo::Echo`].
 
 mod cache;
+mod cross;
 mod http;
 mod local;
 mod logs;
@@ -131,6 +133,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if nodes::is_child() {
         return nodes::child_main();
     }
+    if cross::is_child() {
+        return cross::child_main();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     let sizes = if args.iter().any(|a| a == "--quick") {
@@ -199,6 +204,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         nodes::NodeFigures::nan()
     };
+    let crossed = if wants("cross") {
+        cross::measure(quick)?
+    } else {
+        cross::CrossFigures::nan()
+    };
+    // The bare PING beside the cross-node round trip: the cross section's (same server, same
+    // moment) when it ran, else the nodes section's.
+    let ping_rtt_us_median = if crossed.ping_rtt_us_median.is_finite() {
+        crossed.ping_rtt_us_median
+    } else {
+        noded.ping_rtt_us_median
+    };
     let raw = if !wants("raw") {
         raw::RawFigures::nan()
     } else {
@@ -259,7 +276,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     // Figures with a baseline of their own: (key, value, baseline key, baseline, ratio key).
-    let pairs: [(&str, f64, &str, f64, &str); 14] = [
+    let pairs: [(&str, f64, &str, f64, &str); 19] = [
         (
             "rtt_us_median_metrics_on",
             metered.rtt_us_median_on,
@@ -358,6 +375,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             noded.node_timeout_ms,
             "node_loss_vs_timeout",
         ),
+        (
+            "cross_node_rtt_us_median",
+            crossed.rtt_us_median,
+            "redis_ping_rtt_us_median",
+            ping_rtt_us_median,
+            "cross_node_rtt_vs_ping",
+        ),
+        (
+            "cross_node_worker_rtt_us_median",
+            crossed.worker_rtt_us_median,
+            "local_node_rtt_us_median",
+            crossed.local_rtt_us_median,
+            "",
+        ),
+        (
+            "cross_node_req_per_s",
+            crossed.req_per_s,
+            "local_node_req_per_s",
+            crossed.local_req_per_s,
+            "cross_node_req_vs_local",
+        ),
+        (
+            "cross_node_broadcast_per_s",
+            crossed.broadcast_per_s,
+            "redis_publish_per_s",
+            crossed.publish_per_s,
+            "cross_node_broadcast_vs_publish",
+        ),
+        (
+            "redis_cache_ops_per_s",
+            crossed.cache_ops_per_s,
+            "redis_direct_ops_per_s",
+            crossed.direct_ops_per_s,
+            "redis_cache_vs_direct",
+        ),
     ];
     if json {
         // JSON has no NaN: a figure not measured is `null`.
@@ -385,21 +437,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "\"idle_master_cpu_pct_256_workers\":{}",
             num(scaled.idle_master_cpu_pct_256_workers)
         ));
-        fields.push(format!(
-            "\"redis_ping_rtt_us_median\":{}",
-            num(noded.ping_rtt_us_median)
-        ));
         if !noded.redis {
             fields.push("\"nodes\":\"redis-server is not installed\"".into());
+        }
+        if !crossed.redis {
+            fields.push("\"cross\":\"redis-server is not installed\"".into());
         }
         fields.push(format!("\"cache_ops_per_s\":{}", num(cache_rate)));
         match redis_rate {
             Some(redis) => {
-                fields.push(format!("\"redis_cache_ops_per_s\":{}", num(redis)));
+                fields.push(format!("\"redis_server_ops_per_s\":{}", num(redis)));
                 fields.push(format!("\"cache_vs_redis\":{}", num(cache_rate / redis)));
             }
             None => {
-                fields.push("\"redis_cache_ops_per_s\":null".into());
+                fields.push("\"redis_server_ops_per_s\":null".into());
                 fields.push("\"redis\":\"redis-server is not installed\"".into());
             }
         }
@@ -422,27 +473,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         println!();
         println!(
-            "{:<24} {:>12}   {:<30} {:>12}",
+            "{:<32} {:>12}   {:<30} {:>12}",
             "figure", "value", "baseline (same run)", "value"
         );
         for (key, value, base_key, base, _) in pairs {
-            println!("{key:<24} {value:>12.2}   {base_key:<30} {base:>12.2}");
+            println!("{key:<32} {value:>12.2}   {base_key:<30} {base:>12.2}");
         }
         println!(
             "{:<24} {:>12.2}",
             "idle_master_cpu_pct_256_workers", scaled.idle_master_cpu_pct_256_workers
         );
-        println!(
-            "{:<24} {:>12.2}",
-            "redis_ping_rtt_us_median", noded.ping_rtt_us_median
-        );
         if !noded.redis {
             println!("nodes: redis-server is not installed: no figures");
+        }
+        if !crossed.redis {
+            println!("cross: redis-server is not installed: no figures");
         }
         match redis_rate {
             Some(redis) => println!(
                 "{:<24} {cache_rate:>12.2}   {:<30} {redis:>12.2}",
-                "cache_ops_per_s", "redis_cache_ops_per_s"
+                "cache_ops_per_s", "redis_server_ops_per_s"
             ),
             None => println!(
                 "{:<24} {cache_rate:>12.2}   redis-server is not installed: no baseline",

@@ -100,7 +100,7 @@ pub(crate) fn measure(quick: bool) -> Result<NodeFigures, Box<dyn std::error::Er
 }
 
 /// The median `PING` round trip, µs, on one connection.
-fn ping_rtt(url: &str, count: usize) -> redis::RedisResult<f64> {
+pub(crate) fn ping_rtt(url: &str, count: usize) -> redis::RedisResult<f64> {
     let mut conn = redis::Client::open(url)?.get_connection()?;
     let mut rtts = Vec::with_capacity(count);
     for _ in 0..count + count / 10 {
