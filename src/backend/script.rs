@@ -325,8 +325,8 @@ impl Scripts {
     }
 }
 
-/// Runs `script` on the Redis thread (loading it on `NOSCRIPT`).
-async fn invoke<T: FromRedisValue + Send + 'static>(
+/// Runs `script` on the Redis thread (loading it on `NOSCRIPT`); the rollout's scripts too.
+pub(crate) async fn invoke<T: FromRedisValue + Send + 'static>(
     redis: &Redis,
     script: &Arc<Script>,
     keys: Vec<String>,
