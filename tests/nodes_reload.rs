@@ -17,7 +17,9 @@ use serde_json::Value;
 
 /// Started with `env` added, and joined; on drop, SIGTERM first and up to 15 s to stop.
 fn joined(redis: &str, cluster: &str, name: &str, env: &[(&str, &str)]) -> Node {
-    Node::joined_env(redis, cluster, name, &[], env).term_on_drop()
+    Node::start_env(redis, cluster, name, &[], env)
+        .term_on_drop()
+        .until_joined(cluster)
 }
 
 /// Three joined nodes `a`, `b`, `c`, each seeing the two others; `env` for `b`.

@@ -72,21 +72,14 @@ impl Node {
 
     /// Started and joined: its `joined <cluster> as <name>` line, within 30 s.
     pub(crate) fn joined(redis: &str, cluster: &str, name: &str, extra: &[&str]) -> Self {
-        Self::joined_env::<&str>(redis, cluster, name, extra, &[])
+        Self::start(redis, cluster, name, extra).until_joined(cluster)
     }
 
-    /// As [`joined`](Self::joined), with variables added to its environment.
-    pub(crate) fn joined_env<V: AsRef<OsStr>>(
-        redis: &str,
-        cluster: &str,
-        name: &str,
-        extra: &[&str],
-        env: &[(&str, V)],
-    ) -> Self {
-        let mut node = Self::start_env(redis, cluster, name, extra, env);
-        let expected = format!("joined {cluster} as {name}");
-        node.find(0, Duration::from_secs(30), &expected, |l| l == expected);
-        node
+    /// Waits up to 30 s for its `joined <cluster> as <name>` line.
+    pub(crate) fn until_joined(mut self, cluster: &str) -> Self {
+        let expected = format!("joined {cluster} as {}", self.name);
+        self.find(0, Duration::from_secs(30), &expected, |l| l == expected);
+        self
     }
 
     /// On drop, SIGTERM first and up to 15 s to stop before SIGKILL (the default is SIGKILL).
