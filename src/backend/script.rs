@@ -363,7 +363,8 @@ fn unexpected(script: &str) -> redis::RedisError {
     ))
 }
 
-fn text(value: &Value) -> Option<String> {
+/// A string, bytes or integer reply as text; `None` for another type or bytes not UTF-8.
+pub(crate) fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use redis::{RedisResult, Script, Value};
 
 use crate::backend::conn::Redis;
-use crate::backend::script::invoke;
+use crate::backend::script::{invoke, text};
 
 /// How long a finished rollout's report is kept for the requests that joined it.
 const REPORT_TTL_MS: u64 = 600_000;
@@ -234,15 +234,6 @@ impl Scripts {
             Value::BulkString(bytes) => Some(bytes),
             _ => None,
         })
-    }
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 
