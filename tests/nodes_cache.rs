@@ -8,142 +8,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::node::Node;
 use common::redis::RedisServer;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
-
-/// One `procactor-node` master; its stdout read line by line.
-struct Node {
-    name: String,
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Node {
-    fn joined(redis: &str, cluster: &str, name: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_procactor-node"))
-            .args(["--redis", redis, "--cluster", cluster, "--node", name])
-            .args(["--workers", "1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn procactor-node");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdin = child.stdin.take().expect("stdin");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut node = Self {
-            name: name.to_owned(),
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        };
-        let expected = format!("joined {cluster} as {name}");
-        node.find(0, Duration::from_secs(30), &expected, |l| l == expected);
-        node
-    }
-
-    fn mark(&mut self) -> usize {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        self.seen.len()
-    }
-
-    fn find(
-        &mut self,
-        from: usize,
-        timeout: Duration,
-        what: &str,
-        pred: impl Fn(&str) -> bool,
-    ) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.mark();
-            if let Some(hit) = self.seen[from.min(self.seen.len())..]
-                .iter()
-                .find(|l| pred(l))
-            {
-                return hit.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "node {}: no {what} within {timeout:?}; its output:\n{}",
-                self.name,
-                self.seen.join("\n")
-            );
-            if let Ok(line) = self
-                .lines
-                .recv_timeout(left.min(Duration::from_millis(100)))
-            {
-                self.seen.push(line);
-            }
-        }
-    }
-
-    /// Sends `command`; the mark to find its answer from.
-    fn send(&mut self, command: &str) -> usize {
-        let from = self.mark();
-        writeln!(self.stdin, "{command}").expect("write a command");
-        from
-    }
-
-    /// The answer keyed by `verb` from `from` on.
-    fn answer(&mut self, from: usize, verb: &str, timeout: Duration) -> Value {
-        let line = self.find(from, timeout, verb, |l| {
-            serde_json::from_str::<Value>(l).is_ok_and(|v| v.get(verb).is_some())
-        });
-        serde_json::from_str(&line).unwrap()
-    }
-
-    fn ask(&mut self, command: &str) -> Value {
-        let verb = command.split_whitespace().next().unwrap().to_owned();
-        let from = self.send(command);
-        self.answer(from, &verb, Duration::from_secs(20))
-    }
-
-    /// A cache command that must succeed: its answer.
-    fn ok(&mut self, command: &str) -> Value {
-        let verb = command.split_whitespace().next().unwrap().to_owned();
-        let answer = self.ask(command);
-        assert_ne!(
-            answer[&verb], "error",
-            "node {} `{command}`: {answer}",
-            self.name
-        );
-        answer[&verb].clone()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Polls `check` until it holds or `timeout` passes.
 fn until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
@@ -162,7 +32,7 @@ fn one_cache_across_three_nodes() {
     let url = redis.url();
     let mut nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
-        .map(|n| Node::joined(&url, "shop", n))
+        .map(|n| Node::joined(&url, "shop", n, &["--workers", "1"]))
         .collect();
 
     // A value set on one node: read on the others, and its subscribers there notified.
@@ -256,7 +126,7 @@ fn redis_down_fails_fast_and_comes_back() {
         return;
     };
     let url = redis.url();
-    let mut node = Node::joined(&url, "down", "solo");
+    let mut node = Node::joined(&url, "down", "solo", &["--workers", "1"]);
     node.ok("cache-set s k 7");
     redis.stop();
     let began = Instant::now();

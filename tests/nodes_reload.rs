@@ -8,187 +8,32 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::node::Node;
 use common::redis::RedisServer;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
-/// One `procactor-node` master, its stdout read line by line (each line timed on arrival).
-struct Node {
-    name: String,
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<(Instant, String)>,
-    seen: Vec<(Instant, String)>,
-}
-
-impl Node {
-    /// Started with `env` added, and joined.
-    fn joined(redis: &str, cluster: &str, name: &str, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_procactor-node"))
-            .args(["--redis", redis, "--cluster", cluster, "--node", name])
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn procactor-node");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdin = child.stdin.take().expect("stdin");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send((Instant::now(), line)).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut node = Self {
-            name: name.to_owned(),
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        };
-        let expected = format!("joined {cluster} as {name}");
-        node.find(0, Duration::from_secs(30), &expected, |l| l == expected);
-        node
-    }
-
-    fn mark(&mut self) -> usize {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        self.seen.len()
-    }
-
-    /// The first line from `from` on that `pred` accepts, waiting up to `timeout`.
-    fn find(
-        &mut self,
-        from: usize,
-        timeout: Duration,
-        what: &str,
-        pred: impl Fn(&str) -> bool,
-    ) -> (Instant, String) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.mark();
-            if let Some(hit) = self.seen[from.min(self.seen.len())..]
-                .iter()
-                .find(|(_, l)| pred(l))
-            {
-                return hit.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "node {}: no {what} within {timeout:?}; its output:\n{}",
-                self.name,
-                self.seen
-                    .iter()
-                    .map(|(_, l)| l.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            if let Ok(line) = self
-                .lines
-                .recv_timeout(left.min(Duration::from_millis(100)))
-            {
-                self.seen.push(line);
-            }
-        }
-    }
-
-    /// Every JSON line from `from` on with `"event": kind`, with when it arrived.
-    fn events(&mut self, from: usize, kind: &str) -> Vec<(Instant, Value)> {
-        self.mark();
-        self.seen[from..]
-            .iter()
-            .filter_map(|(at, l)| Some((*at, serde_json::from_str::<Value>(l).ok()?)))
-            .filter(|(_, v)| v["event"] == kind)
-            .collect()
-    }
-
-    /// Waits for a rollout event of `kind` from `from` on.
-    fn rollout_event(&mut self, from: usize, timeout: Duration, kind: &str) -> Value {
-        let (_, line) = self.find(from, timeout, kind, |l| {
-            serde_json::from_str::<Value>(l)
-                .is_ok_and(|v| v["event"] == "rollout" && v["rollout"]["kind"] == kind)
-        });
-        serde_json::from_str(&line).unwrap()
-    }
-
-    /// Sends a command and returns its JSON answer (keyed by the command).
-    fn ask(&mut self, command: &str, timeout: Duration) -> Value {
-        let from = self.mark();
-        writeln!(self.stdin, "{command}").expect("write a command");
-        let (_, line) = self.find(from, timeout, command, |l| {
-            serde_json::from_str::<Value>(l).is_ok_and(|v| v.get(command).is_some())
-        });
-        serde_json::from_str(&line).unwrap()
-    }
-
-    /// This node's worker pids, read now.
-    fn pids(&mut self) -> BTreeSet<u64> {
-        let answer = self.ask("pids", Duration::from_secs(20));
-        answer["pids"]
-            .as_array()
-            .unwrap_or_else(|| panic!("node {}: {answer}", self.name))
-            .iter()
-            .map(|p| p.as_u64().unwrap())
-            .collect()
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal the master");
-    }
-
-    /// Polls `stats` until Redis is seen unreachable.
-    fn disconnected(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.ask("stats", Duration::from_secs(10))["stats"]["connected"] != false {
-            assert!(
-                Instant::now() < deadline,
-                "node {} still connected",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
+/// Started with `env` added, and joined; on drop, SIGTERM first and up to 15 s to stop.
+fn joined(redis: &str, cluster: &str, name: &str, env: &[(&str, &str)]) -> Node {
+    Node::start_env(redis, cluster, name, &[], env)
+        .term_on_drop()
+        .until_joined(cluster)
 }
 
 /// Three joined nodes `a`, `b`, `c`, each seeing the two others; `env` for `b`.
 fn three(redis: &RedisServer, cluster: &str, env_b: &[(&str, &str)]) -> Vec<Node> {
     let url = redis.url();
     let mut nodes = vec![
-        Node::joined(&url, cluster, "a", &[]),
-        Node::joined(&url, cluster, "b", env_b),
-        Node::joined(&url, cluster, "c", &[]),
+        joined(&url, cluster, "a", &[]),
+        joined(&url, cluster, "b", env_b),
+        joined(&url, cluster, "c", &[]),
     ];
     for node in &mut nodes {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let listed = node.ask("nodes", Duration::from_secs(10))["nodes"]
+            let listed = node.ask_within("nodes", Duration::from_secs(10))["nodes"]
                 .as_array()
                 .map_or(0, Vec::len);
             if listed == 3 {
@@ -207,7 +52,7 @@ fn three(redis: &RedisServer, cluster: &str, env_b: &[(&str, &str)]) -> Vec<Node
 
 /// The rollout events (kind, node) from `from` on, in the order this node saw them.
 fn steps(node: &mut Node, from: usize) -> Vec<(String, String)> {
-    node.events(from, "rollout")
+    node.timed_events(from, "rollout")
         .into_iter()
         .map(|(_, v)| {
             let r = &v["rollout"];
@@ -254,7 +99,7 @@ fn sighup_on_one_node_reloads_every_node_one_at_a_time() {
     // done lines, timed on arrival here) ends before the next one's begins.
     let mut spans = Vec::new();
     for (node, &from) in nodes.iter_mut().zip(&marks) {
-        let local = node.events(from, "reload");
+        let local = node.timed_events(from, "reload");
         let at = |what: &str| {
             local
                 .iter()
@@ -296,7 +141,7 @@ fn a_node_whose_reload_fails_stops_the_rollout() {
     // From now on b's new workers exit at once.
     std::fs::write(&flag, b"").unwrap();
 
-    let answer = nodes[0].ask("reload", Duration::from_secs(90));
+    let answer = nodes[0].ask_within("reload", Duration::from_secs(90));
     let _ = std::fs::remove_file(&flag);
     assert_eq!(answer["reload"], "error", "{answer}");
     assert_eq!(answer["kind"], "rollout", "{answer}");
@@ -337,7 +182,7 @@ fn a_node_whose_reload_fails_stops_the_rollout() {
         );
     }
     assert!(
-        nodes[2].events(marks[2], "reload").is_empty(),
+        nodes[2].timed_events(marks[2], "reload").is_empty(),
         "c did not reload"
     );
 }
@@ -347,13 +192,13 @@ fn with_redis_down_a_cluster_reload_fails_fast_and_sighup_reloads_this_node() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let mut node = Node::joined(&redis.url(), "down", "a", &[]);
+    let mut node = joined(&redis.url(), "down", "a", &[]);
     let before = node.pids();
     redis.stop();
     node.disconnected(Duration::from_secs(10));
 
     let begun = Instant::now();
-    let answer = node.ask("reload", Duration::from_secs(20));
+    let answer = node.ask_within("reload", Duration::from_secs(20));
     let took = begun.elapsed();
     assert_eq!(answer["reload"], "error", "{answer}");
     assert_eq!(answer["kind"], "unavailable", "{answer}");
@@ -366,7 +211,7 @@ fn with_redis_down_a_cluster_reload_fails_fast_and_sighup_reloads_this_node() {
         serde_json::from_str::<Value>(l)
             .is_ok_and(|v| v["event"] == "reload" && v["local"] == "done")
     });
-    let answer = node.ask("call", Duration::from_secs(10));
+    let answer = node.ask_within("call", Duration::from_secs(10));
     assert_eq!(answer["call"], "ok");
     assert!(!before.contains(&answer["pid"].as_u64().unwrap()));
 }

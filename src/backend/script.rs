@@ -325,8 +325,8 @@ impl Scripts {
     }
 }
 
-/// Runs `script` on the Redis thread (loading it on `NOSCRIPT`).
-async fn invoke<T: FromRedisValue + Send + 'static>(
+/// Runs `script` on the Redis thread (loading it on `NOSCRIPT`); the rollout's scripts too.
+pub(crate) async fn invoke<T: FromRedisValue + Send + 'static>(
     redis: &Redis,
     script: &Arc<Script>,
     keys: Vec<String>,
@@ -363,7 +363,8 @@ fn unexpected(script: &str) -> redis::RedisError {
     ))
 }
 
-fn text(value: &Value) -> Option<String> {
+/// A string, bytes or integer reply as text; `None` for another type or bytes not UTF-8.
+pub(crate) fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),

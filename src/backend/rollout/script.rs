@@ -8,6 +8,7 @@ use std::sync::Arc;
 use redis::{RedisResult, Script, Value};
 
 use crate::backend::conn::Redis;
+use crate::backend::script::{invoke, text};
 
 /// How long a finished rollout's report is kept for the requests that joined it.
 const REPORT_TTL_MS: u64 = 600_000;
@@ -233,36 +234,6 @@ impl Scripts {
             Value::BulkString(bytes) => Some(bytes),
             _ => None,
         })
-    }
-}
-
-async fn invoke<T: redis::FromRedisValue + Send + 'static>(
-    redis: &Redis,
-    script: &Arc<Script>,
-    keys: Vec<String>,
-    args: Vec<String>,
-) -> RedisResult<T> {
-    let script = Arc::clone(script);
-    redis
-        .run(move |mut conn| async move {
-            let mut call = script.prepare_invoke();
-            for key in keys {
-                call.key(key);
-            }
-            for arg in args {
-                call.arg(arg);
-            }
-            call.invoke_async(&mut conn).await
-        })
-        .await
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 
