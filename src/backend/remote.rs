@@ -338,23 +338,30 @@ impl Remote {
         }
     }
 
-    fn arrived(&mut self, inbound: Inbound) {
-        let bytes = match inbound {
-            Inbound::Subscribed => {
+    /// The subscription's news: it is up again, or lost (the requests pending end: their
+    /// answers could not arrive).
+    fn subscription(&mut self, up: Result<(), String>) {
+        match up {
+            Ok(()) => {
                 self.subscribed = true;
-                return tracing::debug!("subscribed to this node's inbox");
+                tracing::debug!("subscribed to this node's inbox");
             }
-            Inbound::Lost(error) => {
+            Err(error) => {
                 if std::mem::replace(&mut self.subscribed, false) {
                     tracing::warn!(%error, "this node's inbox subscription is lost; resubscribing");
                 }
-                // Their answers would be lost: they end now.
                 let lost = AskError::BackendUnavailable(format!("this node's inbox: {error}"));
                 for (reply, error) in self.pending.all(&lost) {
                     self.failed(reply, error);
                 }
-                return;
             }
+        }
+    }
+
+    fn arrived(&mut self, inbound: Inbound) {
+        let bytes = match inbound {
+            Inbound::Subscribed => return self.subscription(Ok(())),
+            Inbound::Lost(error) => return self.subscription(Err(error)),
             Inbound::Frame(bytes) => bytes,
         };
         let frame = match Frame::decode(&bytes) {
@@ -368,10 +375,18 @@ impl Remote {
         if frame.kind.to_everyone() {
             return self.for_everyone(frame);
         }
-        let mine = self.shared.borrow().current().map(|me| me.epoch);
+        // This boot's epoch, and whether the others still know it (its key has not expired).
+        let (mine, current) = {
+            let shared = self.shared.borrow();
+            (
+                shared.me.as_ref().map(|me| me.epoch),
+                shared.current().is_some(),
+            )
+        };
         match addressed(&frame, mine) {
-            Addressed::Mine => self.shared.borrow_mut().stats.frames_received += 1,
-            Addressed::Stale => return self.stale(frame),
+            Addressed::Mine if current => self.shared.borrow_mut().stats.frames_received += 1,
+            // For this boot while its epoch is over for the others, or for an older one.
+            Addressed::Mine | Addressed::Stale => return self.stale(frame),
             Addressed::NotMine => {
                 return tracing::debug!(
                     from = frame.from.node,
