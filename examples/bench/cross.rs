@@ -345,11 +345,17 @@ async fn broadcast_rate(cluster: &Cluster<Echo>, count: usize) -> Result<f64, Bo
     let deadline = Instant::now() + Duration::from_secs(30);
     for (node, id, before) in remote {
         loop {
-            let got = tells(cluster, node, id).await? - before;
-            if got >= count as u64 {
+            // A read refused while the broadcasts' publishes are still under way is retried.
+            let got = match tells(cluster, node, id).await {
+                Ok(now) => Some(now - before),
+                Err(_) if Instant::now() < deadline => None,
+                Err(e) => return Err(e),
+            };
+            if got.is_some_and(|got| got >= count as u64) {
                 break;
             }
             if Instant::now() > deadline {
+                let got = got.unwrap_or_default();
                 return Err(format!("{node}/{id} received {got} of {count} within 30 s").into());
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

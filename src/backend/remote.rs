@@ -16,7 +16,7 @@
 //! while it was pending, or the frame named an old epoch) —, else `Timeout` at its deadline.
 //!
 //! Nothing here waits on Redis on the master's loop: each publish runs on the Redis thread and
-//! reports back over a channel; at most [`MAX_PUBLISHING`] are under way at once. While this
+//! reports back over a channel; at most [`MAX_PUBLISHING`] bytes are under way at once. While this
 //! node's subscription is lost, requests fail at once (`BackendUnavailable`: their answers
 //! could not arrive) and those pending end. A frame for an older epoch of this node is refused
 //! (`NodeGone`); one for a newer epoch of its name — this boot lost its name while cut off —
@@ -33,7 +33,7 @@ use super::conn::{Inbound, Redis, Subscription};
 use super::node::NodeEvent;
 use super::pending::Pending;
 use super::script::Keys;
-use super::wire::{addressed, Addressed, Frame, Kind, VERSION};
+use super::wire::{addressed, Addressed, Frame, Kind};
 use super::Shared;
 use crate::error::AskError;
 use crate::messaging::system::{Confirm, ForgetNode, SupervisorAsks};
@@ -45,10 +45,11 @@ use crate::state::WorkerId;
 /// The longest a request from the master (no timeout of its own) waits for another node.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Publishes under way at once (each holds its frame, up to 1 MiB, until Redis answers):
-/// past that, a request is refused (`BackendUnavailable`) and a one-way message dropped, so a
-/// slow Redis cannot grow the master without bound.
-const MAX_PUBLISHING: usize = 4096;
+/// Bytes of frames under way to Redis at once (each is held until Redis answers its
+/// publish): past that, a request is refused (`BackendUnavailable`) and a one-way message
+/// dropped, so a slow Redis cannot grow the master without bound. A burst of small messages
+/// fits (64 MiB is some 100 000 broadcasts of a few hundred bytes).
+const MAX_PUBLISHING: usize = 64 << 20;
 
 /// What a publish reports back.
 #[derive(Debug)]
@@ -56,6 +57,8 @@ struct Published {
     /// The pending request it carried, if any.
     ask: Option<u64>,
     node: String,
+    /// The frame's bytes, no longer held.
+    size: usize,
     result: redis::RedisResult<i64>,
 }
 
@@ -73,7 +76,7 @@ pub(crate) struct Remote {
     ),
     /// Whether this node's inbox is subscribed now.
     subscribed: bool,
-    /// Publishes under way (see [`MAX_PUBLISHING`]).
+    /// Bytes of the publishes under way (see [`MAX_PUBLISHING`]).
     publishing: usize,
     _subscription: Subscription,
     inbound: mpsc::UnboundedReceiver<Inbound>,
@@ -194,7 +197,7 @@ impl Remote {
                 };
                 let deadline_ms = timeout.as_millis().try_into().unwrap_or(u64::MAX);
                 let kind = Kind::Ask { id, deadline_ms };
-                let frame = frame(me, from, epoch, worker, kind, payload.to_vec());
+                let frame = Frame::new(me, from, epoch, worker, kind, payload.to_vec());
                 self.publish(&node, &frame, Some(id));
             }
             Outbound::Tell {
@@ -206,7 +209,8 @@ impl Remote {
                 let target = self.me().and_then(|me| Ok((me, self.epoch_of(&node)?)));
                 match target {
                     Ok((me, epoch)) => {
-                        let frame = frame(me, from, epoch, worker, Kind::Tell, payload.to_vec());
+                        let frame =
+                            Frame::new(me, from, epoch, worker, Kind::Tell, payload.to_vec());
                         self.publish(&node, &frame, None);
                     }
                     Err(e) => {
@@ -231,7 +235,7 @@ impl Remote {
     fn publish_to_everyone(&mut self, from: Option<(WorkerId, u32)>, kind: Kind, payload: Vec<u8>) {
         match self.me() {
             Ok(me) => {
-                let frame = frame(me, from, 0, 0, kind, payload);
+                let frame = Frame::new(me, from, 0, 0, kind, payload);
                 self.publish_on(self.keys.everyone(), "every node", &frame, None);
             }
             Err(e) => {
@@ -259,9 +263,10 @@ impl Remote {
                 return self.end(ask, Err(e));
             }
         };
-        if self.publishing >= MAX_PUBLISHING {
+        if self.publishing + bytes.len() > MAX_PUBLISHING {
             let e = AskError::BackendUnavailable(format!(
-                "{MAX_PUBLISHING} messages to other nodes are already under way"
+                "{} MiB of messages to other nodes are already under way",
+                MAX_PUBLISHING >> 20
             ));
             if ask.is_none() {
                 self.dropped();
@@ -269,18 +274,24 @@ impl Remote {
             }
             return self.end(ask, Err(e));
         }
-        self.publishing += 1;
+        let size = bytes.len();
+        self.publishing += size;
         self.shared.borrow_mut().stats.frames_sent += 1;
         let (redis, done) = (self.redis.clone(), self.published.0.clone());
         let node = node.to_owned();
         tokio::task::spawn_local(async move {
             let result = redis.publish(channel, bytes).await;
-            let _ = done.send(Published { ask, node, result });
+            let _ = done.send(Published {
+                ask,
+                node,
+                size,
+                result,
+            });
         });
     }
 
     fn published(&mut self, done: Published) {
-        self.publishing -= 1;
+        self.publishing -= done.size;
         let error = match done.result {
             Ok(0) if done.ask.is_some() => AskError::NodeGone(done.node.clone()),
             Ok(_) => return,
@@ -561,46 +572,19 @@ impl Replier {
         let Some(me) = me else { return };
         let result = result.map(|b| b.to_vec());
         let kind = Kind::Reply { id, result };
-        let frame = frame((me.name, me.epoch), None, epoch, 0, kind, Vec::new());
+        let frame = Frame::new((me.name, me.epoch), None, epoch, 0, kind, Vec::new());
         let bytes = match frame.encode() {
             Ok(bytes) => bytes,
             Err(e) => {
                 // The answer is too large: the asker hears why instead.
                 let kind = Kind::Reply { id, result: Err(e) };
                 let me = (frame.from.node.clone(), frame.from.epoch);
-                let small = self::frame(me, None, epoch, 0, kind, Vec::new());
+                let small = Frame::new(me, None, epoch, 0, kind, Vec::new());
                 small.encode().unwrap_or_default()
             }
         };
         if let Err(e) = self.redis.publish(self.keys.inbox(&node), bytes).await {
             tracing::warn!(node, error = %e, "answer to another node not sent");
         }
-    }
-}
-
-fn frame(
-    (node, epoch): (String, u64),
-    from: Option<(WorkerId, u32)>,
-    to_epoch: u64,
-    to_worker: WorkerId,
-    kind: Kind,
-    payload: Vec<u8>,
-) -> Frame {
-    let (worker, pid) = match from {
-        Some((worker, pid)) => (Some(worker), pid),
-        None => (None, std::process::id()),
-    };
-    Frame {
-        version: VERSION,
-        from: super::wire::From {
-            node,
-            epoch,
-            worker,
-            pid,
-        },
-        to_epoch,
-        to_worker,
-        kind,
-        payload,
     }
 }

@@ -99,6 +99,35 @@ impl std::fmt::Display for Bad {
 }
 
 impl Frame {
+    /// A frame from this node (`(name, epoch)`) and `from` (a worker and its pid; `None`: the
+    /// master) to worker `to_worker` of epoch `to_epoch` (0 and 0 for every node).
+    pub(crate) fn new(
+        (node, epoch): (String, u64),
+        from: Option<(WorkerId, u32)>,
+        to_epoch: u64,
+        to_worker: WorkerId,
+        kind: Kind,
+        payload: Vec<u8>,
+    ) -> Self {
+        let (worker, pid) = match from {
+            Some((worker, pid)) => (Some(worker), pid),
+            None => (None, std::process::id()),
+        };
+        Frame {
+            version: VERSION,
+            from: From {
+                node,
+                epoch,
+                worker,
+                pid,
+            },
+            to_epoch,
+            to_worker,
+            kind,
+            payload,
+        }
+    }
+
     /// The frame's bytes, or [`AskError::Invalid`] when it is too large.
     pub(crate) fn encode(&self) -> Result<Vec<u8>, AskError> {
         let bytes = postcard::to_stdvec(self).map_err(|e| AskError::Invalid(e.to_string()))?;
