@@ -117,7 +117,6 @@ impl Redis {
     /// Subscribes to `channel` on a pub/sub connection of its own, on the Redis thread, and
     /// keeps subscribed: after an error or a closed connection it tries again every `retry`
     /// (each attempt bounded by `retry`). Ends when the returned handle is dropped.
-    #[allow(dead_code)] // for subscriptions of one channel
     pub(crate) fn subscribe(
         &self,
         channel: String,

@@ -66,7 +66,8 @@ impl<A: WorkerActor> Cluster<A> {
         let payload = encoded(msg)?;
         let (tx, rx) = oneshot::channel();
         let reply = ReplyTo::Local(tx);
-        match self.elsewhere(node)? {
+        let link = self.links.routing.borrow().elsewhere(node)?;
+        match link {
             None => {
                 let target = self.links.routing.borrow().slots.get(id).cloned();
                 let target = target.ok_or(AskError::NoSuchWorker(id))?;
@@ -104,7 +105,8 @@ impl<A: WorkerActor> Cluster<A> {
     /// unreachable other node is not reported: the message is dropped (and logged).
     pub fn tell_worker_on(&self, node: &str, id: WorkerId, msg: &A::Msg) -> Result<(), AskError> {
         let payload = encoded(msg)?;
-        match self.elsewhere(node)? {
+        let link = self.links.routing.borrow().elsewhere(node)?;
+        match link {
             None => {
                 let target = self.links.routing.borrow().slots.get(id).cloned();
                 target
@@ -125,19 +127,6 @@ impl<A: WorkerActor> Cluster<A> {
             }),
         }
         Ok(())
-    }
-
-    /// `None` for this node (or `node` is this node's name), the backend's link for another;
-    /// [`AskError::NoSuchNode`] without a backend.
-    fn elsewhere(
-        &self,
-        node: &str,
-    ) -> Result<Option<crate::messaging::table::RemoteLink>, AskError> {
-        match &self.links.routing.borrow().remote {
-            Some(link) if link.node == node => Ok(None),
-            Some(link) => Ok(Some(link.clone())),
-            None => Err(AskError::NoSuchNode(node.to_owned())),
-        }
     }
 
     /// A broadcast (`group: None`) or group publish of the master's, for the other nodes'

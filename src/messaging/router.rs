@@ -224,11 +224,7 @@ impl Router {
     /// Where a message for node `node` goes: `None` when it is this node (the local path),
     /// the backend's link otherwise; [`AskError::NoSuchNode`] without a backend.
     fn elsewhere(&self, node: &str) -> Result<Option<RemoteLink>, AskError> {
-        match &self.routing.borrow().remote {
-            Some(link) if link.node == node => Ok(None),
-            Some(link) => Ok(Some(link.clone())),
-            None => Err(AskError::NoSuchNode(node.to_owned())),
-        }
+        self.routing.borrow().elsewhere(node)
     }
 
     /// This worker joins topic `group` (refused past the limits of

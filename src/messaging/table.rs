@@ -399,6 +399,19 @@ pub(crate) struct RemoteLink {
     pub(crate) directory: Rc<dyn Directory>,
 }
 
+impl Routing {
+    /// Where a message for node `node` goes: `None` when it is this node (the local path,
+    /// no Redis hop), the backend's link otherwise; [`AskError::NoSuchNode`] without a
+    /// backend.
+    pub(crate) fn elsewhere(&self, node: &str) -> Result<Option<RemoteLink>, AskError> {
+        match &self.remote {
+            Some(link) if link.node == node => Ok(None),
+            Some(link) => Ok(Some(link.clone())),
+            None => Err(AskError::NoSuchNode(node.to_owned())),
+        }
+    }
+}
+
 impl RemoteLink {
     /// Hands `out` to the backend; a request whose task is gone is answered here.
     pub(crate) fn send(&self, out: Outbound) {
