@@ -1,0 +1,3 @@
+//! `procactor`: the operator's daemon and CLI.
+
+fn main() {}
