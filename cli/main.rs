@@ -10,5 +10,10 @@ mod file;
     expect(dead_code, reason = "the daemon maps each app with it")
 )]
 mod mapping;
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "apply plans with it (a later step)")
+)]
+mod plan;
 
 fn main() {}
