@@ -1,0 +1,19 @@
+//! `procactor`: the operator's daemon and CLI.
+
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "start and apply read files (next commit)")
+)]
+mod file;
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the daemon maps each app with it")
+)]
+mod mapping;
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "apply plans with it (a later step)")
+)]
+mod plan;
+
+fn main() {}
