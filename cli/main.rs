@@ -2,9 +2,20 @@
 
 #[cfg_attr(
     not(test),
+    expect(dead_code, reason = "the commands use it (next commit)")
+)]
+mod client;
+mod conn;
+#[cfg_attr(
+    not(test),
     expect(dead_code, reason = "start and apply read files (next commit)")
 )]
 mod file;
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the commands use it (next commit)")
+)]
+mod handshake;
 #[cfg_attr(
     not(test),
     expect(dead_code, reason = "the daemon maps each app with it")
@@ -15,5 +26,11 @@ mod mapping;
     expect(dead_code, reason = "apply plans with it (a later step)")
 )]
 mod plan;
+mod proto;
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the commands use it (next commit)")
+)]
+mod socket;
 
 fn main() {}
