@@ -32,5 +32,10 @@ mod proto;
     expect(dead_code, reason = "the commands use it (next commit)")
 )]
 mod socket;
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the daemon saves it, resurrect reads it")
+)]
+mod state;
 
 fn main() {}
