@@ -18,25 +18,24 @@ mod notify;
 mod server;
 
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 
 use indexmap::IndexMap;
 use tokio::sync::{broadcast, watch};
 
-pub(crate) use app::Instance;
 use app::{App, Samples};
 use monitor::{EVENTS_KEPT, LINES_KEPT};
 
 use crate::file::ConfigFile;
-use crate::proto::Event;
+use crate::proto::{Event, Instance};
 
 /// How the daemon was started.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     /// The control socket.
-    pub(crate) socket: PathBuf,
+    pub(crate) socket: crate::socket::SocketPath,
     /// Where the state file and the apps' logs live.
     pub(crate) state_dir: PathBuf,
     /// Whether to start the apps of the state file at once (`resurrect`).
@@ -75,10 +74,12 @@ pub(crate) struct Daemon {
     /// Instances per app that differ from the file (`scale`).
     scales: RefCell<IndexMap<String, usize>>,
     state_dir: PathBuf,
+    /// The state file.
+    state: crate::state::StateDir,
     socket: PathBuf,
     events: broadcast::Sender<Event>,
     /// Every app's output lines, for `logs -f`.
-    lines: broadcast::Sender<monitor::Line>,
+    lines: broadcast::Sender<crate::proto::Line>,
     samples: RefCell<Samples>,
     /// Held by a request while it changes what runs.
     changing: tokio::sync::Mutex<()>,
@@ -96,7 +97,8 @@ impl Daemon {
             stopped: RefCell::default(),
             scales: RefCell::default(),
             state_dir: options.state_dir.clone(),
-            socket: options.socket.clone(),
+            state: crate::state::StateDir::new(&options.state_dir),
+            socket: options.socket.path.clone(),
             events,
             lines,
             samples: RefCell::default(),
@@ -119,11 +121,6 @@ impl Daemon {
     async fn exiting(&self) {
         let mut exit = self.exit.subscribe();
         let _ = exit.wait_for(|&exit| exit).await;
-    }
-
-    /// Where the state file is.
-    fn state_path(&self) -> PathBuf {
-        self.state_dir.join("state.json")
     }
 
     /// Every instance of every running app.
@@ -166,26 +163,5 @@ pub(crate) fn run(options: Options) -> ExitCode {
             eprintln!("procactor daemon: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The state directory: `--state-dir`, else `$XDG_STATE_HOME/procactor`, else
-/// `~/.local/state/procactor`, else `/tmp/procactor-<uid>/state`.
-pub(crate) fn state_dir(explicit: Option<&Path>) -> PathBuf {
-    if let Some(dir) = explicit {
-        return dir.to_path_buf();
-    }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-                .map(|home| home.join(".local").join("state"))
-        });
-    match base {
-        Some(base) => base.join("procactor"),
-        None => PathBuf::from(format!("/tmp/procactor-{}/state", crate::socket::my_uid())),
     }
 }

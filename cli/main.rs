@@ -5,6 +5,10 @@
     expect(dead_code, reason = "the commands use it (next commit)")
 )]
 mod client;
+#[allow(dead_code)]
+mod daemon;
+#[allow(dead_code)]
+mod render;
 mod conn;
 #[cfg_attr(
     not(test),

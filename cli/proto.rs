@@ -168,7 +168,7 @@ pub(crate) enum Request {
 }
 
 /// Something that happened while a request runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Event {
     /// An instance reached a state (`starting`, `ready`, `draining`, `retired`, `exited`, …).
@@ -183,7 +183,53 @@ pub(crate) enum Event {
     Note { message: String },
     /// The client read too slowly and this many events were dropped for it.
     Skipped { events: u64 },
+    /// A line an app wrote (`logs -f`).
+    Line(Line),
+    /// Every instance, now (`watch`, for `top`).
+    Snapshot { instances: Vec<Instance> },
 }
+
+/// One instance, as `list` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Instance {
+    /// The app.
+    pub(crate) app: String,
+    /// The instance (worker slot).
+    pub(crate) instance: usize,
+    /// Its process, while one runs.
+    pub(crate) pid: Option<u32>,
+    /// `ready`, `starting`, `stopping`, `backoff`, `exited`, `failed`, …
+    pub(crate) state: String,
+    /// New processes started after the first.
+    pub(crate) restarts: u64,
+    /// How long the process has run, in seconds.
+    pub(crate) uptime_s: f64,
+    /// CPU use since the last sample (or since the process started), in percent of one core.
+    pub(crate) cpu_pct: Option<f64>,
+    /// Resident memory, in bytes.
+    pub(crate) memory_bytes: Option<u64>,
+    /// Processes the slot has started, counting from 1.
+    pub(crate) generation: u64,
+}
+
+/// One line an app wrote, as `logs` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Line {
+    /// The app.
+    pub(crate) app: String,
+    /// The instance.
+    pub(crate) instance: Option<usize>,
+    /// The process.
+    pub(crate) pid: u32,
+    /// `stdout` or `stderr`.
+    pub(crate) stream: String,
+    /// The line, without its newline.
+    pub(crate) line: String,
+    /// When, in seconds since the epoch.
+    pub(crate) time_s: f64,
+}
+
+
 
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -202,6 +248,8 @@ impl fmt::Display for Event {
             } => write!(f, "{app}[{instance}] {state}"),
             Event::Note { message } => f.write_str(message),
             Event::Skipped { events } => write!(f, "({events} events skipped: reading too slowly)"),
+            Event::Line(line) => write!(f, "{}", crate::render::log_line(line, false)),
+            Event::Snapshot { instances } => write!(f, "({} instances)", instances.len()),
         }
     }
 }

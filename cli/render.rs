@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 
-use crate::daemon::{Instance, Line};
+use crate::proto::{Instance, Line};
 
 /// Whether standard output takes colours.
 pub(crate) fn colours() -> bool {

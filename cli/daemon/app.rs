@@ -8,12 +8,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix::Actor;
 use procactor::{Cluster, ClusterSupervisor, GroupKey, Groups, WorkerActor, WorkerContext};
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::monitor::{Exits, FollowSink, Line, Monitor};
+use super::monitor::{Exits, FollowSink, Monitor};
+use crate::proto::Line;
 use crate::file::AppSpec;
-use crate::proto::Event;
+use crate::proto::{Event, Instance};
 
 /// The worker type of every app: a plain program, which the daemon never runs as a procactor
 /// worker (no protocol, so no messages of any type).
@@ -28,29 +28,6 @@ impl WorkerActor for Program {
     fn handle(&mut self, (): (), _: &mut WorkerContext<Self>) -> impl Future<Output = ()> {
         async {}
     }
-}
-
-/// One instance, as `list` prints it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Instance {
-    /// The app.
-    pub(crate) app: String,
-    /// The instance (worker slot).
-    pub(crate) instance: usize,
-    /// Its process, while one runs.
-    pub(crate) pid: Option<u32>,
-    /// `ready`, `starting`, `stopping`, `backoff`, `exited`, `failed`, …
-    pub(crate) state: String,
-    /// New processes started after the first.
-    pub(crate) restarts: u64,
-    /// How long the process has run, in seconds.
-    pub(crate) uptime_s: f64,
-    /// CPU use since the last sample (or since the process started), in percent of one core.
-    pub(crate) cpu_pct: Option<f64>,
-    /// Resident memory, in bytes.
-    pub(crate) memory_bytes: Option<u64>,
-    /// Processes the slot has started, counting from 1.
-    pub(crate) generation: u64,
 }
 
 /// A running app.
@@ -98,6 +75,16 @@ impl App {
             key,
             exits,
         })
+    }
+
+    /// Replaces the app's instances one by one with `spec`'s program (command, args, env, cwd),
+    /// as a rolling reload does; `spec` becomes the app's.
+    pub(crate) async fn reload_with(&self, spec: &AppSpec, file_dir: &Path) -> Result<(), String> {
+        let _ = (spec, file_dir);
+        Err(format!(
+            "{}: changing the program of a running app needs a reload with a new program, which this build does not have yet; stop and start the app",
+            self.name
+        ))
     }
 
     /// The app's cluster.

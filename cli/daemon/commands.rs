@@ -9,7 +9,8 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use super::app::{epoch_s, App, Instance};
+use super::app::App;
+use crate::proto::Instance;
 use super::{Daemon, Loaded};
 use crate::file::{self, AppSpec, ConfigFile, Instances};
 use crate::plan::{self, Change};
@@ -127,7 +128,12 @@ pub(crate) fn start_order(file: &ConfigFile) -> Vec<String> {
         }
         if order.len() == before {
             // A cycle or an unknown app, which parsing refuses: start the rest as written.
-            order.extend(names.iter().filter(|n| !order.contains(n)).map(|n| (*n).clone()));
+            let rest: Vec<String> = names
+                .iter()
+                .filter(|n| !order.contains(n))
+                .map(|n| (*n).clone())
+                .collect();
+            order.extend(rest);
         }
     }
     order
@@ -375,7 +381,11 @@ pub(crate) async fn stop_all(d: &Daemon) {
 
 /// Starts what the state file says ran, at its scale, except what was stopped.
 pub(crate) async fn resurrect(d: &Daemon) -> Result<(), String> {
-    let Some(state) = crate::state::load(&d.state_path()).map_err(|e| e.to_string())? else {
+    let loaded = d.state.load().map_err(|e| e.to_string())?;
+    for note in &loaded.notes {
+        eprintln!("procactor daemon: {note}");
+    }
+    let Some(state) = loaded.state else {
         return Ok(());
     };
     let loaded = Loaded {
@@ -385,7 +395,7 @@ pub(crate) async fn resurrect(d: &Daemon) -> Result<(), String> {
         text: state.config_text,
     };
     *d.scales.borrow_mut() = state.scales.into_iter().collect();
-    *d.stopped.borrow_mut() = state.stopped;
+    *d.stopped.borrow_mut() = state.stopped.into_iter().collect();
     *d.loaded.borrow_mut() = Some(loaded.clone());
     start_missing(d, &loaded).await
 }
@@ -397,13 +407,13 @@ fn save_state(d: &Daemon) {
         return;
     };
     let state = crate::state::State {
+        format: crate::state::FORMAT,
         config_path: loaded.path,
         config_text: loaded.text,
         scales: d.scales.borrow().clone().into_iter().collect(),
-        stopped: d.stopped.borrow().clone(),
-        saved_at_s: epoch_s(std::time::SystemTime::now()),
+        stopped: d.stopped.borrow().iter().cloned().collect(),
     };
-    if let Err(e) = crate::state::save(&d.state_path(), &state) {
+    if let Err(e) = d.state.save(&state) {
         eprintln!("procactor daemon: the state was not saved: {e}");
     }
 }

@@ -2,10 +2,10 @@
 //! `-f`) every new line as it is written.
 
 use super::commands::{failed, not_running};
-use super::monitor::Line;
 use super::server::send;
 use super::Daemon;
-use crate::proto::{Conn, DaemonLine, Event, Outcome};
+use crate::conn::Conn;
+use crate::proto::{DaemonLine, Event, Line, Outcome};
 use procactor::logger::Kind;
 use tokio::sync::broadcast::error::RecvError;
 

@@ -17,7 +17,7 @@ use procactor::{ReloadEvent, WorkerEvent, WorkerEventKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::proto::Event;
+use crate::proto::{Event, Line};
 
 /// Events kept for clients that fall behind.
 pub(crate) const EVENTS_KEPT: usize = 4096;
@@ -174,23 +174,6 @@ impl Handler<ReloadEvent> for Monitor {
             _ => {}
         }
     }
-}
-
-/// One line an app wrote, as `logs` prints it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Line {
-    /// The app.
-    pub(crate) app: String,
-    /// The instance.
-    pub(crate) instance: Option<usize>,
-    /// The process.
-    pub(crate) pid: u32,
-    /// `stdout` or `stderr`.
-    pub(crate) stream: String,
-    /// The line, without its newline.
-    pub(crate) line: String,
-    /// When, in seconds since the epoch.
-    pub(crate) time_s: f64,
 }
 
 impl Line {

@@ -13,7 +13,8 @@ use tokio::net::UnixListener;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{commands, Daemon};
-use crate::proto::{ClientLine, Conn, DaemonLine, Event, Outcome, Request};
+use crate::conn::Conn;
+use crate::proto::{ClientLine, DaemonLine, Event, Outcome, Request};
 
 /// How long one line to a client may take before the daemon gives up on that client.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -176,7 +177,7 @@ async fn watch(daemon: &Daemon, conn: &mut Conn) {
     loop {
         let line = tokio::select! {
             _ = tick.tick() => match daemon.instances().await {
-                Ok(rows) => DaemonLine::Event(Event::Snapshot { instances: serde_json::json!(rows) }),
+                Ok(instances) => DaemonLine::Event(Event::Snapshot { instances }),
                 Err(e) => DaemonLine::Event(Event::Note { message: e }),
             },
             event = events.recv() => match event {
