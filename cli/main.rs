@@ -34,6 +34,11 @@ mod proto;
 mod socket;
 #[cfg_attr(
     not(test),
+    expect(dead_code, reason = "`procactor startup` prints it (next commit)")
+)]
+mod startup;
+#[cfg_attr(
+    not(test),
     expect(dead_code, reason = "the daemon saves it, resurrect reads it")
 )]
 mod state;
