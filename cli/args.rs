@@ -110,6 +110,13 @@ pub(crate) enum Command {
     Startup,
     /// Stop every app and the daemon
     Kill,
+    /// The daemon itself, as `start` runs it in the background (not for people)
+    #[command(hide = true)]
+    Daemon {
+        /// Start the apps of the state file.
+        #[arg(long)]
+        resurrect: bool,
+    },
     /// Start the daemon with the apps it saved (after a reboot)
     Resurrect {
         /// Be the daemon, in this process (systemd's ExecStart)

@@ -19,7 +19,6 @@ mod server;
 
 use std::cell::RefCell;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::rc::Rc;
 
 use indexmap::IndexMap;
@@ -40,6 +39,8 @@ pub(crate) struct Options {
     pub(crate) state_dir: PathBuf,
     /// Whether to start the apps of the state file at once (`resurrect`).
     pub(crate) resurrect: bool,
+    /// A file to start at once (`start --foreground`): its path and text.
+    pub(crate) start: Option<(PathBuf, String)>,
 }
 
 /// The file the daemon runs: its path, its text and what it says.
@@ -139,14 +140,25 @@ impl Daemon {
     }
 }
 
-/// Runs the daemon until `kill`, SIGTERM or SIGINT; returns its exit status.
-pub(crate) fn run(options: Options) -> ExitCode {
+/// Runs the daemon until `kill`, SIGTERM or SIGINT.
+///
+/// # Errors
+/// Why it could not run: the socket could not be bound, the saved state or the file given to
+/// start could not be started.
+pub(crate) fn run(options: Options) -> Result<(), String> {
     let system = actix::System::new();
     let result = system.block_on(async move {
         let listener = crate::socket::bind(&options.socket).map_err(|e| e.to_string())?;
         let daemon = Daemon::new(&options);
         if options.resurrect {
             commands::resurrect(&daemon).await?;
+        }
+        if let Some((path, text)) = &options.start {
+            let outcome = commands::start(&daemon, path, text).await;
+            if let Some(e) = outcome.error {
+                commands::stop_all(&daemon).await;
+                return Err(e.message);
+            }
         }
         notify::ready();
         let watchdog = notify::watchdog();
@@ -157,11 +169,5 @@ pub(crate) fn run(options: Options) -> ExitCode {
         let _ = std::fs::remove_file(&daemon.socket);
         served
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("procactor daemon: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    result
 }

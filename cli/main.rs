@@ -15,31 +15,18 @@
 
 mod args;
 mod client;
-#[allow(dead_code)]
 mod daemon;
-#[allow(dead_code)]
+mod launch;
 mod render;
 mod conn;
 mod exit;
 mod file;
 mod handshake;
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the daemon maps each app with it")
-)]
 mod mapping;
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "apply plans with it (a later step)")
-)]
 mod plan;
 mod proto;
 mod socket;
 mod startup;
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the daemon saves it, resurrect reads it")
-)]
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -75,11 +62,19 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Start { file, foreground } => {
             let (path, text) = read_config(file)?;
             if *foreground {
-                return Err(cannot_start(&socket));
+                return launch::foreground(cli, socket, Some((path, text)), false);
             }
+            launch::ensure_daemon(cli, &socket, false)?;
             Request::Start { path, text }
         }
-        Command::Resurrect { .. } => return Err(cannot_start(&socket)),
+        Command::Resurrect { foreground } => {
+            if *foreground {
+                return launch::foreground(cli, socket, None, true);
+            }
+            launch::ensure_daemon(cli, &socket, true)?;
+            Request::List
+        }
+        Command::Daemon { resurrect } => return launch::daemon(cli, socket, *resurrect),
         Command::Apply { file, dry_run } => {
             let (path, text) = read_config(file)?;
             Request::Apply {
@@ -114,11 +109,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Top => Request::Watch,
         Command::Kill => Request::Kill,
     };
-    let starting = matches!(request, Request::Start { .. });
-    ask(cli.json, &socket.path, request).map_err(|failure| match failure.exit {
-        Exit::NoDaemon if starting => cannot_start(&socket),
-        _ => failure,
-    })
+    let shown = Shown::of(&request);
+    ask(cli.json, &socket.path, request, shown)
 }
 
 /// Reads and checks a config file before anything else happens (an error starts nothing, and
@@ -131,32 +123,67 @@ fn read_config(file: &Path) -> Result<(PathBuf, String), Failure> {
 }
 
 /// No daemon runs, and this build has none to start.
-fn cannot_start(socket: &SocketPath) -> Failure {
-    Failure::new(
-        Exit::NoDaemon,
-        format!(
-            "no daemon is running at {}, and this build of procactor cannot start one yet",
-            socket.path.display()
-        ),
-    )
-}
-
-/// One request to the daemon: its events and outcome printed, its status returned.
-fn ask(json: bool, socket: &Path, request: Request) -> Result<(), Failure> {
+fn ask(json: bool, socket: &Path, request: Request, shown: Shown) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(Exit::Failed, format!("cannot start a runtime: {e}")))?;
-    let on_event = |event: Event| {
-        if json {
-            println!("{}", serde_json::json!({ "event": event }));
-        } else {
-            println!("{event}");
-        }
+    let colour = render::colours();
+    let on_event = |event: Event| match (&event, json) {
+        (Event::Line(line), true) => println!("{}", serde_json::json!(line)),
+        (Event::Line(line), false) => println!("{}", render::log_line(line, colour)),
+        (_, true) => println!("{}", serde_json::json!({ "event": event })),
+        (_, false) => println!("{event}"),
     };
     let (_daemon, outcome) = runtime.block_on(client::request(socket, request, on_event))?;
-    print_outcome(json, &outcome);
+    match shown {
+        Shown::Table if !json && outcome.ok => print_table(&outcome, colour),
+        Shown::Lines if outcome.ok => print_lines(&outcome, json, colour),
+        _ => print_outcome(json, &outcome),
+    }
     exit::of_outcome(&outcome)
+}
+
+/// How an outcome's data is printed for people.
+#[derive(Debug, Clone, Copy)]
+enum Shown {
+    /// The instance table.
+    Table,
+    /// Log lines.
+    Lines,
+    /// As it comes.
+    Data,
+}
+
+impl Shown {
+    fn of(request: &Request) -> Shown {
+        match request {
+            Request::List
+            | Request::Start { .. }
+            | Request::Restart { .. }
+            | Request::Scale { .. } => Shown::Table,
+            Request::Logs { .. } => Shown::Lines,
+            _ => Shown::Data,
+        }
+    }
+}
+
+fn print_table(outcome: &Outcome, colour: bool) {
+    match serde_json::from_value::<Vec<proto::Instance>>(outcome.data.clone()) {
+        Ok(rows) => print!("{}", render::table(&rows, colour)),
+        Err(_) => print_outcome(false, outcome),
+    }
+}
+
+fn print_lines(outcome: &Outcome, json: bool, colour: bool) {
+    let lines: Vec<proto::Line> = serde_json::from_value(outcome.data.clone()).unwrap_or_default();
+    for line in lines {
+        if json {
+            println!("{}", serde_json::json!(line));
+        } else {
+            println!("{}", render::log_line(&line, colour));
+        }
+    }
 }
 
 /// The outcome's data on stdout: JSON as it is with `--json`; else text lines as they are,

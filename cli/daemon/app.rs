@@ -2,9 +2,8 @@
 //! `mapping.rs`), the events it reports, its log lines, and its instances as `list` shows them.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use actix::Actor;
 use procactor::{Cluster, ClusterSupervisor, GroupKey, Groups, WorkerActor, WorkerContext};
@@ -25,9 +24,7 @@ impl WorkerActor for Program {
     type Event = ();
     type MasterReply = ();
 
-    fn handle(&mut self, (): (), _: &mut WorkerContext<Self>) -> impl Future<Output = ()> {
-        async {}
-    }
+    async fn handle(&mut self, (): (), _: &mut WorkerContext<Self>) {}
 }
 
 /// A running app.
@@ -170,13 +167,6 @@ fn percent(cpu: Duration, wall: Duration) -> f64 {
     } else {
         (cpu.as_secs_f64() / wall.as_secs_f64() * 100.0 * 10.0).round() / 10.0
     }
-}
-
-/// Seconds since the epoch of `t`.
-pub(crate) fn epoch_s(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }
 
 #[cfg(test)]

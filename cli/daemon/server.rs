@@ -58,9 +58,14 @@ pub(crate) async fn serve(daemon: Rc<Daemon>, listener: UnixListener) -> Result<
 /// One connection: handshake, one request, its events, its outcome.
 async fn connection(daemon: Rc<Daemon>, mut conn: Conn) {
     let me = crate::socket::my_uid();
-    if let Err(e) = crate::handshake::server(&mut conn, me, std::process::id()).await {
-        eprintln!("procactor daemon: a client was not served: {e}");
-        return;
+    match crate::handshake::server(&mut conn, me, std::process::id()).await {
+        Ok(_) => {}
+        // `start` looks whether a daemon answers by connecting and closing at once.
+        Err(crate::handshake::HandshakeError::Closed) => return,
+        Err(e) => {
+            eprintln!("procactor daemon: a client was not served: {e}");
+            return;
+        }
     }
     let request = match conn.recv::<ClientLine>().await {
         Ok(Some(ClientLine::Request(request))) => request,
