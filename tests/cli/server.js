@@ -1,6 +1,10 @@
 // An HTTP server that is not Rust, run by `procactor` (tests/cli.rs): it listens on the socket
 // handed over at fd 3 (`listen({ fd: 3 })`), answers `pid <pid> app <APP> greeting <GREETING>`,
-// and on SIGTERM stops accepting, lets open requests finish, and exits 0.
+// and on SIGTERM drains: for a grace period it answers every request with `Connection: close`
+// (so each keep-alive client is told to reconnect on its next request), then stops accepting
+// (`server.close()`, which in Node >= 19 also closes connections that are idle — by then only
+// those whose client was told) and exits 0 once open requests are done. Closing idle
+// keep-alive connections at once would race with a client's next request on them.
 'use strict';
 const http = require('http');
 
@@ -20,10 +24,12 @@ const server = http.createServer((req, res) => {
 });
 server.keepAliveTimeout = 5000;
 
+const GRACE_MS = 1000;
 process.on('SIGTERM', () => {
   stopping = true;
-  server.close(() => { console.log('stopped'); process.exit(0); });
-  server.closeIdleConnections();
+  setTimeout(() => {
+    server.close(() => { console.log('stopped'); process.exit(0); });
+  }, GRACE_MS);
 });
 
 server.listen({ fd: 3 }, () => console.log(`serving on fd 3 as pid ${process.pid}`));
