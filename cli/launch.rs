@@ -47,13 +47,20 @@ fn answers(socket: &Path) -> bool {
 /// # Errors
 /// When the daemon cannot be started or does not answer in time; the message ends with the
 /// tail of its log.
-pub(crate) fn ensure_daemon(cli: &Cli, socket: &SocketPath, resurrect: bool) -> Result<(), Failure> {
+pub(crate) fn ensure_daemon(
+    cli: &Cli,
+    socket: &SocketPath,
+    resurrect: bool,
+) -> Result<(), Failure> {
     if answers(&socket.path) {
         return Ok(());
     }
     let state = state_dir(cli)?;
     std::fs::create_dir_all(&state).map_err(|e| {
-        Failure::new(Exit::Failed, format!("cannot create {}: {e}", state.display()))
+        Failure::new(
+            Exit::Failed,
+            format!("cannot create {}: {e}", state.display()),
+        )
     })?;
     let log_path = state.join("daemon.log");
     let log = OpenOptions::new()
@@ -71,7 +78,10 @@ pub(crate) fn ensure_daemon(cli: &Cli, socket: &SocketPath, resurrect: bool) -> 
         .arg(&state)
         .arg("daemon")
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| Failure::new(Exit::Failed, e.to_string()))?)
+        .stdout(
+            log.try_clone()
+                .map_err(|e| Failure::new(Exit::Failed, e.to_string()))?,
+        )
         .stderr(log);
     if resurrect {
         command.arg("--resurrect");
@@ -139,7 +149,10 @@ fn serve(
 ) -> Result<(), Failure> {
     let state_dir = state_dir(cli)?;
     std::fs::create_dir_all(&state_dir).map_err(|e| {
-        Failure::new(Exit::Failed, format!("cannot create {}: {e}", state_dir.display()))
+        Failure::new(
+            Exit::Failed,
+            format!("cannot create {}: {e}", state_dir.display()),
+        )
     })?;
     let pid_file = state_dir.join("daemon.pid");
     let options = Options {

@@ -15,16 +15,16 @@
 
 mod args;
 mod client;
-mod daemon;
-mod launch;
-mod render;
 mod conn;
+mod daemon;
 mod exit;
 mod file;
 mod handshake;
+mod launch;
 mod mapping;
 mod plan;
 mod proto;
+mod render;
 mod socket;
 mod startup;
 mod state;

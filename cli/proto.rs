@@ -229,8 +229,6 @@ pub(crate) struct Line {
     pub(crate) time_s: f64,
 }
 
-
-
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

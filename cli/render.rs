@@ -139,14 +139,27 @@ mod tests {
     #[test]
     fn the_table_aligns_and_shows_every_column() {
         let text = table(
-            &[row("web", 0, Some(4242), "ready"), row("api", 10, None, "backoff")],
+            &[
+                row("web", 0, Some(4242), "ready"),
+                row("api", 10, None, "backoff"),
+            ],
             false,
         );
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("APP  INST  PID   STATE"), "{}", lines[0]);
-        assert!(lines[1].contains("4242") && lines[1].contains("2m") && lines[1].contains("12.0 MB"));
-        assert!(lines[2].contains("backoff") && lines[2].contains(" - "), "{}", lines[2]);
+        assert!(
+            lines[0].starts_with("APP  INST  PID   STATE"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains("4242") && lines[1].contains("2m") && lines[1].contains("12.0 MB")
+        );
+        assert!(
+            lines[2].contains("backoff") && lines[2].contains(" - "),
+            "{}",
+            lines[2]
+        );
         assert!(!text.contains('\x1b'), "no colour off a terminal");
         assert!(table(&[row("web", 0, Some(1), "ready")], true).contains("\x1b[32m"));
     }

@@ -55,10 +55,15 @@ impl Operator {
     /// Two apps of 3 instances each: `web` (Python, `ready = "notify"`) and, when Node is
     /// installed, `api` (Node, ready once it has run half a second).
     fn new() -> Operator {
-        let dir = tempfile::Builder::new().prefix("pa").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pa")
+            .tempdir_in("/tmp")
+            .unwrap();
         for fixture in ["server.py", "server.js"] {
             std::fs::copy(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli").join(fixture),
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/cli")
+                    .join(fixture),
                 dir.path().join(fixture),
             )
             .unwrap();
@@ -199,8 +204,11 @@ impl Drop for Operator {
 
 fn alive(pid: u32) -> bool {
     // A zombie is gone for our purpose: it runs nothing.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 fn kill9(pid: u32) {
@@ -225,7 +233,10 @@ fn two_apps_start_ready_and_answer() {
     assert_eq!(op.pids("web"), before);
     let daemon = op.daemon_pid().expect("a pid file");
     op.ok(&["kill"]);
-    assert!(wait_until(Duration::from_secs(10), || !alive(daemon)), "the daemon exited");
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(daemon)),
+        "the daemon exited"
+    );
     for pid in pids {
         assert!(
             wait_until(Duration::from_secs(10), || !alive(pid as u32)),
@@ -296,7 +307,11 @@ fn an_instance_killed_with_sigkill_is_restarted_and_listed() {
             web.len() == 3
                 && web.iter().all(|r| r["state"] == "ready")
                 && !web.iter().any(|r| r["pid"] == victim)
-                && web.iter().map(|r| r["restarts"].as_u64().unwrap()).sum::<u64>() == 1
+                && web
+                    .iter()
+                    .map(|r| r["restarts"].as_u64().unwrap())
+                    .sum::<u64>()
+                    == 1
         }),
         "restarted: {:?}",
         op.list()
@@ -320,7 +335,10 @@ fn logs_show_the_last_lines_of_an_app() {
         assert!(line.starts_with("web["), "prefixed app[instance]: {line}");
     }
     let json = op.ok(&["logs", "web", "--lines", "3", "--json"]);
-    let lines: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     assert!(lines.iter().all(|l| l["app"] == "web"));
 }
@@ -333,11 +351,13 @@ fn apply_dry_run_prints_the_plan_and_changes_nothing() {
     let state = std::fs::read(op.state().join("state.json")).unwrap();
     op.write_config("hello");
     let plan = op.ok(&["apply", op.config().to_str().unwrap(), "--dry-run"]);
-    assert!(plan.contains("reload web") && plan.contains("GREETING"), "{plan}");
+    assert!(
+        plan.contains("reload web") && plan.contains("GREETING"),
+        "{plan}"
+    );
     assert!(!plan.contains("hello"), "values are not printed: {plan}");
     assert_eq!(op.pids("web"), before, "dry run: nothing restarted");
     assert_eq!(std::fs::read(op.state().join("state.json")).unwrap(), state);
-
 }
 
 #[test]

@@ -10,8 +10,8 @@ use procactor::{Cluster, ClusterSupervisor, GroupKey, Groups, WorkerActor, Worke
 use tokio::sync::broadcast;
 
 use super::monitor::{Exits, FollowSink, Monitor};
-use crate::proto::Line;
 use crate::file::AppSpec;
+use crate::proto::Line;
 use crate::proto::{Event, Instance};
 
 /// The worker type of every app: a plain program, which the daemon never runs as a procactor
@@ -181,7 +181,8 @@ mod tests {
             s.cpu_pct(7, Duration::from_millis(500), Duration::from_secs(1)),
             50.0
         );
-        s.seen.insert(7, (Instant::now() - Duration::from_secs(2), Duration::ZERO));
+        s.seen
+            .insert(7, (Instant::now() - Duration::from_secs(2), Duration::ZERO));
         let pct = s.cpu_pct(7, Duration::from_secs(1), Duration::from_secs(10));
         assert!((49.0..=50.1).contains(&pct), "{pct}");
         s.keep_only(&[8]);

@@ -10,10 +10,10 @@ use std::rc::Rc;
 use serde_json::json;
 
 use super::app::App;
-use crate::proto::Instance;
 use super::{Daemon, Loaded};
 use crate::file::{self, AppSpec, ConfigFile, Instances};
 use crate::plan::{self, Change};
+use crate::proto::Instance;
 use crate::proto::{Outcome, OutcomeError, Target};
 
 /// A successful outcome with `data`.
@@ -104,9 +104,16 @@ fn scaled(d: &Daemon, name: &str, spec: &AppSpec) -> AppSpec {
 }
 
 async fn start_app(d: &Daemon, name: &str, spec: &AppSpec, dir: &Path) -> Result<(), String> {
-    let app = App::start(name, spec, dir, &d.state_dir, d.events.clone(), d.lines.clone())
-        .await
-        .map_err(|e| format!("{name}: {e}"))?;
+    let app = App::start(
+        name,
+        spec,
+        dir,
+        &d.state_dir,
+        d.events.clone(),
+        d.lines.clone(),
+    )
+    .await
+    .map_err(|e| format!("{name}: {e}"))?;
     d.apps.borrow_mut().insert(name.to_owned(), Rc::new(app));
     Ok(())
 }

@@ -110,9 +110,10 @@ impl Handler<WorkerEvent> for Monitor {
                 self.record_exit(id, event.pid, reason.to_string(), *uptime, last_stderr);
                 ("retired", Some(reason.to_string()))
             }
-            WorkerEventKind::Restarting { delay } => {
-                ("restarting", Some(format!("in {}", humantime::format_duration(*delay))))
-            }
+            WorkerEventKind::Restarting { delay } => (
+                "restarting",
+                Some(format!("in {}", humantime::format_duration(*delay))),
+            ),
             WorkerEventKind::GaveUp { reason, .. } => {
                 ("failed", Some(format!("gave up after {reason}")))
             }
@@ -154,7 +155,12 @@ impl Handler<ReloadEvent> for Monitor {
     fn handle(&mut self, event: ReloadEvent, _: &mut Context<Self>) {
         match event {
             ReloadEvent::Started { workers } => {
-                self.emit(None, None, "reload-started", Some(format!("{workers} instances")));
+                self.emit(
+                    None,
+                    None,
+                    "reload-started",
+                    Some(format!("{workers} instances")),
+                );
             }
             ReloadEvent::Replaced { replaced, done, of } => self.emit(
                 Some(replaced.worker),
@@ -186,7 +192,11 @@ impl Line {
             app: app.to_owned(),
             instance: record.worker,
             pid: record.pid,
-            stream: record.fields.get_str("stream").unwrap_or("stdout").to_owned(),
+            stream: record
+                .fields
+                .get_str("stream")
+                .unwrap_or("stdout")
+                .to_owned(),
             line: record.fields.get_str("line").unwrap_or_default().to_owned(),
             time_s: record
                 .time

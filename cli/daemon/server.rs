@@ -70,12 +70,20 @@ async fn connection(daemon: Rc<Daemon>, mut conn: Conn) {
     let request = match conn.recv::<ClientLine>().await {
         Ok(Some(ClientLine::Request(request))) => request,
         Ok(Some(ClientLine::Hello(_))) => {
-            let _ = send(&mut conn, &outcome_line(commands::failed("protocol", "a second hello"))).await;
+            let _ = send(
+                &mut conn,
+                &outcome_line(commands::failed("protocol", "a second hello")),
+            )
+            .await;
             return;
         }
         Ok(None) => return,
         Err(e) => {
-            let _ = send(&mut conn, &outcome_line(commands::failed("protocol", e.to_string()))).await;
+            let _ = send(
+                &mut conn,
+                &outcome_line(commands::failed("protocol", e.to_string())),
+            )
+            .await;
             return;
         }
     };
@@ -116,7 +124,14 @@ async fn connection(daemon: Rc<Daemon>, mut conn: Conn) {
             path,
             text,
             dry_run,
-        } => progress(&daemon, &mut conn, commands::apply(&daemon, &path, &text, dry_run)).await,
+        } => {
+            progress(
+                &daemon,
+                &mut conn,
+                commands::apply(&daemon, &path, &text, dry_run),
+            )
+            .await
+        }
         Request::Watch => {
             watch(&daemon, &mut conn).await;
             return;
@@ -124,7 +139,11 @@ async fn connection(daemon: Rc<Daemon>, mut conn: Conn) {
         Request::Kill => {
             let _changing = daemon.changing.lock().await;
             commands::stop_all(&daemon).await;
-            let _ = send(&mut conn, &outcome_line(commands::ok(serde_json::Value::Null))).await;
+            let _ = send(
+                &mut conn,
+                &outcome_line(commands::ok(serde_json::Value::Null)),
+            )
+            .await;
             daemon.exit.send_replace(true);
             return;
         }
