@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{DEFAULT_MAX_FRAME_BYTES, HEADER_LEN};
 use crate::error::ConfigError;
 mod group;
+mod program;
 pub(crate) mod restart;
 
 pub use group::GroupConfig;
+pub(crate) use program::resolve_program;
 
 pub use restart::{Backoff, Escalation, Intensity, RestartPolicy, RestartType, Strategy};
 
@@ -51,6 +53,10 @@ pub struct ClusterConfig {
     pub args: Option<Vec<String>>,
     /// Environment added for every worker, on top of the master's.
     pub env: Vec<(String, String)>,
+    /// The directory the workers' processes run in; `None` (the default) is the master's. A
+    /// relative one is taken from the master's working directory when the cluster starts, and
+    /// a relative `exec` with a `/` (`./server`) is found in it.
+    pub cwd: Option<PathBuf>,
     /// How long a worker has to exit after `Shutdown` before it is killed.
     #[serde(rename = "shutdown_timeout_ms", with = "crate::millis::duration")]
     pub shutdown_timeout: Duration,
@@ -118,6 +124,7 @@ impl Default for ClusterConfig {
             exec: None,
             args: None,
             env: Vec::new(),
+            cwd: None,
             shutdown_timeout: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(30),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
@@ -177,6 +184,22 @@ impl ClusterConfig {
     /// Adds an environment variable for every worker (on top of the master's own environment).
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The directory the workers' processes run in (default: the master's). A relative `dir` is
+    /// taken from the master's working directory when the cluster starts; a relative program
+    /// with a `/` in it (`exec("./server")`) is found in `dir`, as a shell started there would
+    /// find it. [`validate`](Self::validate) refuses a `dir` that is not a directory.
+    ///
+    /// ```
+    /// use procactor::ClusterConfig;
+    ///
+    /// let config = ClusterConfig::new().exec("./run.sh").cwd("/srv/app").plain(true);
+    /// assert_eq!(config.cwd.as_deref(), Some(std::path::Path::new("/srv/app")));
+    /// ```
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
         self
     }
 
@@ -385,14 +408,7 @@ impl ClusterConfig {
                 return bad("metrics", format!("{addr:?} is not host:port"));
             }
         }
-        if let Some(program) = &self.exec {
-            if resolve_program(program).is_none() {
-                return bad(
-                    "exec",
-                    format!("{} is not an executable file", program.display()),
-                );
-            }
-        }
+        program::check(self.exec.as_deref(), self.cwd.as_deref())?;
         if let Err(reason) = self.affinity.check() {
             return bad("affinity", reason);
         }
@@ -453,23 +469,6 @@ impl ClusterConfig {
         }
         Ok(())
     }
-}
-
-/// Finds `program` as `execvp` would: a path with a `/` as it is, a bare name in `PATH`.
-pub(crate) fn resolve_program(program: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if program.components().count() > 1 || program.is_absolute() {
-        return executable(program).then(|| program.to_path_buf());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| executable(p))
 }
 
 /// Which CPUs a cluster's workers run on.
@@ -569,6 +568,8 @@ mod tests {
             ),
             (ClusterConfig::new().exec("/no/such/program"), "exec"),
             (ClusterConfig::new().exec("/tmp"), "exec"),
+            (ClusterConfig::new().cwd("/no/such/dir"), "cwd"),
+            (ClusterConfig::new().cwd("/bin/sh"), "cwd"),
             (ClusterConfig::new().env("A=B", "c"), "env"),
             (ClusterConfig::new().listen("a:b", "127.0.0.1:0"), "listen"),
             (
@@ -582,12 +583,6 @@ mod tests {
         for (config, field) in cases {
             assert_eq!(config.validate().unwrap_err().field, field);
         }
-    }
-
-    #[test]
-    fn bare_program_names_are_found_in_path() {
-        assert!(resolve_program(Path::new("sh")).is_some());
-        assert!(resolve_program(Path::new("no-such-program-procactor")).is_none());
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub enum Error {
     /// A rolling reload did not finish.
     #[error(transparent)]
     Reload(#[from] ReloadError),
+    /// A replacement of one worker's process
+    /// ([`Cluster::restart_worker`](crate::Cluster::restart_worker)) did not happen; the old
+    /// process, if one ran, still serves.
+    #[error(transparent)]
+    Replace(#[from] ReplaceError),
     /// A request or message to a worker failed.
     #[error(transparent)]
     Call(#[from] CallError),

@@ -85,6 +85,8 @@ pub(crate) struct SpawnSpec {
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
+    /// The directory the child runs in (absolute); `None`: the master's.
+    pub(crate) cwd: Option<PathBuf>,
     /// Size to raise the stdin and stdout pipes to; 0 leaves them as they are.
     pub(crate) pipe_bytes: usize,
     /// Listening sockets to hand over at fds 3, 4, … (socket activation), with their names.
@@ -176,6 +178,7 @@ impl SpawnSpec {
             program: program.into(),
             args: args.iter().map(OsString::from).collect(),
             env: Vec::new(),
+            cwd: None,
             pipe_bytes: 0,
             listeners: Vec::new(),
             cpus: Vec::new(),

@@ -188,3 +188,48 @@ async fn an_address_that_cannot_be_bound_is_a_config_error_before_any_worker_sta
         "{err:?}"
     );
 }
+
+/// A fresh directory holding `where.sh`, a script that writes the directory it runs in to
+/// `where.txt` there, then sleeps until it is stopped.
+fn directory_with_script(test: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("procactor-cwd-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("where.sh");
+    let text = "#!/bin/sh\npwd -P > where.tmp && mv where.tmp where.txt\nexec sleep 600\n";
+    std::fs::write(&script, text).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[actix::test]
+async fn a_plain_program_runs_in_its_cwd() {
+    within(60, async {
+        // Without sockets the child is a plain `Command`; with them it execs by itself.
+        for (test, listen) in [("command", false), ("activated", true)] {
+            let dir = directory_with_script(test);
+            // A relative program: found in the working directory, not in the master's.
+            let mut config = chaos_config(1, &[])
+                .exec("./where.sh")
+                .cwd(&dir)
+                .plain(true);
+            if listen {
+                config = config.listen("tcp", "127.0.0.1:0");
+            }
+            let cluster = ClusterSupervisor::start::<Echo>(config).await.unwrap();
+            let written = dir.join("where.txt");
+            let wrote = common::wait_until_async(Duration::from_secs(20), || written.exists());
+            assert!(wrote.await, "{test}: the program never wrote where it runs");
+            let place = std::fs::read_to_string(&written).unwrap();
+            assert_eq!(
+                std::path::Path::new(place.trim()),
+                dir.canonicalize().unwrap(),
+                "{test}"
+            );
+            cluster.stop().await.unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    })
+    .await;
+}

@@ -343,3 +343,50 @@ async fn a_replacement_whose_old_process_dies_meanwhile_takes_the_slot_and_repor
     })
     .await;
 }
+
+#[actix::test]
+async fn restart_worker_replaces_one_process_and_is_not_a_crash() {
+    within(120, async {
+        // The third process of a slot crashes at start: the second restart of slot 0 fails.
+        let config = chaos_config(2, &[])
+            .env("PROCACTOR_CHAOS_MODE", "crash-at-start")
+            .env("PROCACTOR_CHAOS_FROM_GENERATION", "3")
+            .ready_timeout(Duration::from_secs(5));
+        let cluster = ClusterSupervisor::start::<Echo>(config).await.unwrap();
+        let before = pids(&cluster).await;
+
+        let replaced = cluster.restart_worker(0).await.unwrap();
+        assert_eq!(replaced.old_pid, Some(before[0]));
+        assert!(replaced.old_exit.is_normal(), "{:?}", replaced.old_exit);
+        assert!(!is_alive(before[0]), "the old process has exited");
+        let after = pids(&cluster).await;
+        assert_eq!(replaced.new_pid, Some(after[0]));
+        assert_ne!(after[0], before[0]);
+        assert_eq!(after[1], before[1], "the other worker is untouched");
+        let info = &cluster.workers().await.unwrap()[0];
+        assert_eq!((info.generation, info.restarts), (2, 0), "not a crash");
+
+        // A replacement that fails leaves the serving process as it was.
+        let error = cluster.restart_worker(0).await.unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                Error::Replace(ReplaceError::Failed {
+                    worker: 0,
+                    reason: procactor::ExitReason::Exited(1),
+                    ..
+                })
+            ),
+            "{error:?}"
+        );
+        assert_eq!(pids(&cluster).await, after);
+
+        let unknown = cluster.restart_worker(7).await.unwrap_err();
+        assert!(
+            matches!(unknown, Error::NoSuchWorker { worker: 7, .. }),
+            "{unknown:?}"
+        );
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}

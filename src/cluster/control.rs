@@ -9,11 +9,18 @@
 //! | [`terminate(id)`](Cluster::terminate) (sicarii's `kill`) | `Shutdown`: it runs `stopping`, exits 0 | as for an exit with status 0: `permanent` restarts it |
 //! | [`end_worker(target, Ending::Graceful { status })`](Cluster::end_worker) | `Shutdown`, then exit with `status` | the policy decides by the status, not counted as a crash |
 //! | [`stop_worker(id)`](Cluster::stop_worker) (Node's `worker.kill()` / `disconnect()`) | `Shutdown`: it runs `stopping`, exits | stays down, for good |
+//!
+//! And one that replaces it: [`restart_worker(id)`](Cluster::restart_worker) starts a new
+//! process beside the old one, hands the slot over once it is ready and stops the old one
+//! gracefully, as a rolling reload does for each worker (and as a worker's
+//! [`WorkerHandle::restart_worker`](crate::WorkerHandle::restart_worker) asks). Not a crash:
+//! it counts toward neither the restart intensity nor the backoff.
 
 use super::Cluster;
 use crate::error::{Error, ExitReason};
 use crate::messaging::system::EndWorker;
 use crate::messaging::{Ending, Peer, Target};
+use crate::proxy::{Replace, Replaced};
 use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 
@@ -52,5 +59,26 @@ impl<A: WorkerActor> Cluster<A> {
     pub async fn terminate(&self, id: WorkerId) -> Result<ExitReason, Error> {
         self.end_worker(Target::Id(id), Ending::Graceful { status: 0 })
             .await
+    }
+
+    /// Replaces worker `id`'s process with a new one, with no gap (see the module docs): the
+    /// new process starts while the old one serves, takes the slot once it is ready, and the
+    /// old one is stopped gracefully. Resolves once the old process has exited, with the
+    /// hand-over's figures ([`Replaced::old_exit`] says how the old process ended). It is not a
+    /// crash: it counts toward neither the restart intensity nor the backoff, and the slot's
+    /// `restarts` stay as they were.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchWorker`] for an id not of this group; [`Error::Replace`] when the
+    /// replacement exited or was not ready within the ready timeout
+    /// ([`ReplaceError::Failed`](crate::ReplaceError::Failed): the old process still serves),
+    /// when the slot has no ready process to replace (`NotServing`: stopped, or restarting
+    /// after a crash) or one is being replaced already (`Busy`); [`Error::Mailbox`] when the
+    /// slot's proxy has stopped.
+    pub async fn restart_worker(&self, id: WorkerId) -> Result<Replaced, Error> {
+        let worker = self.try_worker(id)?;
+        let mut replaced = worker.send(Replace).await??;
+        replaced.old_exit = replaced.old_exited().await;
+        Ok(replaced)
     }
 }

@@ -26,6 +26,8 @@ pub struct GroupConfig {
     pub args: Option<Vec<String>>,
     /// Environment variables added to the cluster's for this group.
     pub env: Vec<(String, String)>,
+    /// The directory its processes run in (by default the cluster's).
+    pub cwd: Option<PathBuf>,
     /// Its restart policy.
     pub restart: Option<RestartPolicy>,
     /// Its shutdown timeout.
@@ -70,6 +72,13 @@ impl GroupConfig {
         self
     }
 
+    /// The directory its processes run in, as
+    /// [`ClusterConfig::cwd`](crate::ClusterConfig::cwd) says.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
     /// Its restart policy.
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = Some(policy);
@@ -108,6 +117,9 @@ impl GroupConfig {
             let mut all = base.args.clone().unwrap_or_default();
             all.extend(args.iter().cloned());
             config.args = Some(all);
+        }
+        if let Some(dir) = &self.cwd {
+            config.cwd = Some(dir.clone());
         }
         for (key, value) in &self.env {
             config.env.retain(|(k, _)| k != key);

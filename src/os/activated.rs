@@ -3,7 +3,8 @@
 //! `LISTEN_PID` must hold the worker's own pid, which exists only after the fork, and nothing
 //! may be allocated between fork and exec. So the whole environment and argument vector are
 //! built before the fork, with room for the pid's digits, and the child fills them in, moves the
-//! sockets to fds 3, 4, … and calls `execve(2)` itself.
+//! sockets to fds 3, 4, … changes to its working directory (`chdir(2)`, the path also prepared
+//! before the fork) and calls `execve(2)` itself.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -15,6 +16,8 @@ use super::{tree, SpawnSpec};
 /// The prepared exec; see the module doc.
 pub(super) struct ActivatedExec {
     program: CString,
+    /// The directory to change to before the exec, if any.
+    cwd: Option<CString>,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
@@ -37,6 +40,10 @@ impl ActivatedExec {
     /// Prepares the exec of `spec`, in the parent.
     pub(super) fn new(spec: &SpawnSpec) -> io::Result<Self> {
         let program = c_string(spec.program.as_os_str().as_bytes())?;
+        let cwd = match &spec.cwd {
+            Some(dir) => Some(c_string(dir.as_os_str().as_bytes())?),
+            None => None,
+        };
         let mut argv = vec![program.clone()];
         for arg in &spec.args {
             argv.push(c_string(arg.as_bytes())?);
@@ -64,6 +71,7 @@ impl ActivatedExec {
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             program,
+            cwd,
             _argv: argv,
             argv_ptrs,
             _envp: envp,
@@ -74,9 +82,17 @@ impl ActivatedExec {
         })
     }
 
-    /// In the child: place the sockets, write `LISTEN_PID`, exec. Returns only on failure.
+    /// In the child: place the sockets, change directory, write `LISTEN_PID`, exec. Returns
+    /// only on failure.
     pub(super) fn run(&mut self) -> io::Result<()> {
         self.place_sockets()?;
+        if let Some(dir) = &self.cwd {
+            // SAFETY: chdir reads a NUL-terminated string owned by `self`, allocated before the
+            // fork; it is async-signal-safe.
+            if unsafe { libc::chdir(dir.as_ptr()) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         // SAFETY: getpid cannot fail.
         let pid = unsafe { libc::getpid() } as u64;
         write_decimal(&mut self.listen_pid[Self::LISTEN_PID.len()..], pid);

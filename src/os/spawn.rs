@@ -103,12 +103,16 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         cmd.pre_exec(move || steps.run());
     }
     if !spec.listeners.is_empty() {
+        // It changes to the working directory itself, just before its execve.
         let mut exec = ActivatedExec::new(spec).map_err(err)?;
-        // SAFETY: as above; `run` only calls fcntl, dup2, getpid and execve, and writes into
-        // memory that `exec` allocated before the fork.
+        // SAFETY: as above; `run` only calls fcntl, dup2, chdir, getpid and execve, and writes
+        // into memory that `exec` allocated before the fork.
         unsafe {
             cmd.pre_exec(move || exec.run());
         }
+    } else if let Some(dir) = &spec.cwd {
+        // The slot's spec found the program from this directory already (an absolute path).
+        cmd.current_dir(dir);
     }
     let child = cmd.spawn().map_err(err)?;
     let spawned = Spawned::adopt(child, spec.tree.clone()).map_err(err)?;

@@ -68,6 +68,7 @@ impl<A: WorkerActor> Worker<A> {
             program: self.spawn.program.clone(),
             args: self.spawn.args.clone(),
             env,
+            cwd: self.spawn.cwd.clone(),
             pipe_bytes: config.pipe_buffer_bytes,
             listeners,
             cpus: config.affinity.cpus_for(self.id),

@@ -10,6 +10,8 @@ pub(crate) struct SlotSpec {
     pub(crate) program: std::path::PathBuf,
     pub(crate) args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
+    /// The directory the processes run in (absolute); `None`: the master's.
+    pub(crate) cwd: Option<std::path::PathBuf>,
     pub(crate) config: ClusterConfig,
     /// The cluster's listening sockets, held for its whole life.
     pub(crate) listeners: Vec<crate::listen::Bound>,
@@ -19,9 +21,15 @@ pub(crate) struct SlotSpec {
 
 impl SlotSpec {
     pub(crate) fn from_config(config: &ClusterConfig) -> Result<Self, crate::Error> {
+        // Absolute, so that the child, once in it, finds the program where the master did.
+        let cwd = match &config.cwd {
+            Some(dir) => Some(std::env::current_dir()?.join(dir)),
+            None => None,
+        };
         let (program, args) = match &config.exec {
             Some(program) => (
-                crate::config::resolve_program(program).unwrap_or_else(|| program.clone()),
+                crate::config::resolve_program(program, cwd.as_deref())
+                    .unwrap_or_else(|| program.clone()),
                 config.args.iter().flatten().map(OsString::from).collect(),
             ),
             None => (
@@ -41,6 +49,7 @@ impl SlotSpec {
             program,
             args,
             env,
+            cwd,
             config: config.clone(),
             listeners: crate::listen::bind_all(&config.listen, config.unix_socket_mode)?,
             group: crate::config::DEFAULT_GROUP.to_owned(),

@@ -104,9 +104,15 @@ impl KeepAlive {
     }
 }
 
-/// The pid in a body `pid <n>` (as `procactor-http` answers), if it is one.
+/// The pid in a body that starts `pid <n>` (as `procactor-http` answers, and the CLI's test
+/// servers, which say more after it), if it is one.
 pub(crate) fn parse_pid(body: &str) -> Option<u32> {
-    body.trim().strip_prefix("pid ")?.trim().parse().ok()
+    body.trim()
+        .strip_prefix("pid ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// What [`Load::start`] runs.

@@ -1,0 +1,191 @@
+//! One app of the daemon: its own cluster of plain programs (why one cluster per app:
+//! `mapping.rs`), the events it reports, its log lines, and its instances as `list` shows them.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use procactor::{Cluster, ClusterSupervisor, GroupKey, Groups, WorkerActor, WorkerContext};
+use tokio::sync::broadcast;
+
+use super::monitor::{Exits, FollowSink, Monitor};
+use crate::file::AppSpec;
+use crate::proto::Line;
+use crate::proto::{Event, Instance};
+
+/// The worker type of every app: a plain program, which the daemon never runs as a procactor
+/// worker (no protocol, so no messages of any type).
+pub(crate) struct Program;
+
+impl WorkerActor for Program {
+    type Msg = ();
+    type Reply = ();
+    type Event = ();
+    type MasterReply = ();
+
+    async fn handle(&mut self, (): (), _: &mut WorkerContext<Self>) {}
+}
+
+/// A running app.
+pub(crate) struct App {
+    /// Its name in the file.
+    pub(crate) name: String,
+    /// What the file says of it, as it was started (or last applied).
+    pub(crate) spec: AppSpec,
+    groups: Groups,
+    key: GroupKey<Program>,
+    /// The last exit of each instance.
+    pub(crate) exits: Exits,
+}
+
+impl App {
+    /// Starts `name` as `spec` says, with `file_dir` the directory its file is in and its logs
+    /// under `state_dir/logs/<name>`; resolves once every instance is ready.
+    ///
+    /// # Errors
+    /// The library's error, as text, when an instance fails to start or to become ready.
+    pub(crate) async fn start(
+        name: &str,
+        spec: &AppSpec,
+        file_dir: &Path,
+        state_dir: &Path,
+        events: broadcast::Sender<Event>,
+        lines: broadcast::Sender<Line>,
+    ) -> Result<App, String> {
+        let log_dir = state_dir.join("logs").join(name);
+        let (config, group) = crate::mapping::cluster_config(name, spec, file_dir, &log_dir);
+        let config = config.env("PROCACTOR_APP", name);
+        let exits = Exits::default();
+        let monitor = Monitor::new(name, events, exits.clone()).start();
+        let mut builder = ClusterSupervisor::with_groups(config);
+        let key = builder.group::<Program>(group);
+        builder
+            .subscribe(monitor.clone().recipient())
+            .on_reload(monitor.recipient())
+            .log_sink(Box::new(FollowSink::new(name, lines)));
+        let groups = builder.start().await.map_err(|e| e.to_string())?;
+        Ok(App {
+            name: name.to_owned(),
+            spec: spec.clone(),
+            groups,
+            key,
+            exits,
+        })
+    }
+
+    /// Replaces the app's instances one by one with `spec`'s program (command, args, env, cwd),
+    /// as a rolling reload does; `spec` becomes the app's.
+    pub(crate) async fn reload_with(&self, spec: &AppSpec, file_dir: &Path) -> Result<(), String> {
+        let _ = (spec, file_dir);
+        Err(format!(
+            "{}: changing the program of a running app needs a reload with a new program, which this build does not have yet; stop and start the app",
+            self.name
+        ))
+    }
+
+    /// The app's cluster.
+    pub(crate) fn cluster(&self) -> &Cluster<Program> {
+        self.groups
+            .get(self.key)
+            .expect("the key is of this app's own builder")
+    }
+
+    /// Stops every instance (SIGTERM, then SIGKILL after the shutdown timeout) and the cluster.
+    pub(crate) async fn stop(&self) -> Result<(), String> {
+        self.groups.stop().await.map_err(|e| e.to_string())
+    }
+
+    /// The app's instances, with CPU and memory from `samples`.
+    pub(crate) async fn instances(&self, samples: &mut Samples) -> Result<Vec<Instance>, String> {
+        let cluster = self.cluster();
+        let workers = cluster.workers().await.map_err(|e| e.to_string())?;
+        let stats = cluster.stats().await.map_err(|e| e.to_string())?;
+        let by_pid: HashMap<u32, (Duration, u64)> = stats
+            .iter()
+            .filter_map(|s| s.pid.map(|pid| (pid, (s.cpu, s.rss_bytes))))
+            .collect();
+        Ok(workers
+            .into_iter()
+            .map(|w| {
+                let figures = w.pid.and_then(|pid| by_pid.get(&pid).map(|f| (pid, *f)));
+                Instance {
+                    app: self.name.clone(),
+                    instance: w.id,
+                    pid: w.pid,
+                    state: format!("{:?}", w.state).to_lowercase(),
+                    restarts: w.restarts,
+                    uptime_s: w.uptime.as_secs_f64(),
+                    cpu_pct: figures.map(|(pid, (cpu, _))| samples.cpu_pct(pid, cpu, w.uptime)),
+                    memory_bytes: figures.map(|(_, (_, rss))| rss),
+                    generation: w.generation,
+                }
+            })
+            .collect())
+    }
+}
+
+/// The last CPU time seen of each process, to turn CPU time into a percentage.
+#[derive(Debug, Default)]
+pub(crate) struct Samples {
+    seen: HashMap<u32, (Instant, Duration)>,
+}
+
+impl Samples {
+    /// A sample older than this is replaced by the next one; a younger one is kept, so that
+    /// two `list`s in quick succession still measure over a useful interval.
+    const RENEW: Duration = Duration::from_secs(1);
+
+    /// The CPU use of `pid`, whose CPU time is `cpu` after running `uptime`: since its last
+    /// sample, or on average since it started when it has none.
+    pub(crate) fn cpu_pct(&mut self, pid: u32, cpu: Duration, uptime: Duration) -> f64 {
+        let now = Instant::now();
+        let pct = match self.seen.get(&pid) {
+            Some(&(at, before)) if now.duration_since(at) >= Duration::from_millis(100) => {
+                percent(cpu.saturating_sub(before), now.duration_since(at))
+            }
+            _ => percent(cpu, uptime),
+        };
+        match self.seen.get(&pid) {
+            Some(&(at, _)) if now.duration_since(at) < Self::RENEW => {}
+            _ => {
+                self.seen.insert(pid, (now, cpu));
+            }
+        }
+        pct
+    }
+
+    /// Forgets processes not in `alive`, so that the map does not grow with restarts.
+    pub(crate) fn keep_only(&mut self, alive: &[u32]) {
+        self.seen.retain(|pid, _| alive.contains(pid));
+    }
+}
+
+fn percent(cpu: Duration, wall: Duration) -> f64 {
+    if wall.is_zero() {
+        0.0
+    } else {
+        (cpu.as_secs_f64() / wall.as_secs_f64() * 100.0 * 10.0).round() / 10.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_measured_since_the_last_sample_or_the_start() {
+        let mut s = Samples::default();
+        // No sample: on average since the start.
+        assert_eq!(
+            s.cpu_pct(7, Duration::from_millis(500), Duration::from_secs(1)),
+            50.0
+        );
+        s.seen
+            .insert(7, (Instant::now() - Duration::from_secs(2), Duration::ZERO));
+        let pct = s.cpu_pct(7, Duration::from_secs(1), Duration::from_secs(10));
+        assert!((49.0..=50.1).contains(&pct), "{pct}");
+        s.keep_only(&[8]);
+        assert!(s.seen.is_empty());
+    }
+}

@@ -1,0 +1,426 @@
+//! What the daemon does for each request: the operator's commands over the running apps.
+//!
+//! Each command answers an [`Outcome`]: `ok` with its data (rows, a plan, a description), or an
+//! error with a kind for programs and a message for people. Commands that change what runs hold
+//! [`Daemon::changing`] and write the state file after the change.
+
+use std::path::Path;
+use std::rc::Rc;
+
+use serde_json::json;
+
+use super::app::App;
+use super::{Daemon, Loaded};
+use crate::file::{self, AppSpec, ConfigFile, Instances};
+use crate::plan::{self, Change};
+use crate::proto::Instance;
+use crate::proto::{Outcome, OutcomeError, Target};
+
+/// A successful outcome with `data`.
+pub(crate) fn ok(data: serde_json::Value) -> Outcome {
+    Outcome {
+        ok: true,
+        error: None,
+        data,
+    }
+}
+
+/// A failed outcome.
+pub(crate) fn failed(kind: &str, message: impl Into<String>) -> Outcome {
+    Outcome {
+        ok: false,
+        error: Some(OutcomeError {
+            kind: kind.to_owned(),
+            message: message.into(),
+        }),
+        data: serde_json::Value::Null,
+    }
+}
+
+/// Every instance, as `list` shows them.
+pub(crate) async fn list(d: &Daemon) -> Outcome {
+    match d.instances().await {
+        Ok(rows) => ok(json!(rows)),
+        Err(e) => failed("internal", e),
+    }
+}
+
+/// Runs the file at `path` (its `text` as the client read it): starts every app of it that is
+/// not running, in `depends_on` order, and answers the table once they are ready.
+pub(crate) async fn start(d: &Daemon, path: &Path, text: &str) -> Outcome {
+    let _changing = d.changing.lock().await;
+    let new = match file::parse(text, path) {
+        Ok(file) => file,
+        Err(e) => return failed("config", e.to_string()),
+    };
+    if let Some(loaded) = d.loaded.borrow().as_ref() {
+        if loaded.path != path {
+            return failed(
+                "config",
+                format!(
+                    "the daemon runs {}; change it with `procactor apply {}`",
+                    loaded.path.display(),
+                    path.display()
+                ),
+            );
+        }
+    }
+    let loaded = Loaded {
+        path: path.to_path_buf(),
+        text: text.to_owned(),
+        file: new,
+    };
+    // Starting again what was stopped: `start` is the operator's word for it.
+    d.stopped.borrow_mut().clear();
+    *d.loaded.borrow_mut() = Some(loaded.clone());
+    if let Err(e) = start_missing(d, &loaded).await {
+        save_state(d);
+        return failed("start_failed", e);
+    }
+    save_state(d);
+    drop(_changing);
+    list(d).await
+}
+
+/// Starts, in `depends_on` order, every app of `loaded` that neither runs nor was stopped.
+async fn start_missing(d: &Daemon, loaded: &Loaded) -> Result<(), String> {
+    for name in start_order(&loaded.file) {
+        if d.app(&name).is_some() || d.stopped.borrow().contains(&name) {
+            continue;
+        }
+        let spec = scaled(d, &name, &loaded.file.apps[name.as_str()]);
+        start_app(d, &name, &spec, &loaded.dir()).await?;
+    }
+    Ok(())
+}
+
+/// `spec` with the instances an operator scaled `name` to, if they did.
+fn scaled(d: &Daemon, name: &str, spec: &AppSpec) -> AppSpec {
+    let mut spec = spec.clone();
+    if let Some(&n) = d.scales.borrow().get(name) {
+        spec.instances = Instances::Count(n);
+    }
+    spec
+}
+
+async fn start_app(d: &Daemon, name: &str, spec: &AppSpec, dir: &Path) -> Result<(), String> {
+    let app = App::start(
+        name,
+        spec,
+        dir,
+        &d.state_dir,
+        d.events.clone(),
+        d.lines.clone(),
+    )
+    .await
+    .map_err(|e| format!("{name}: {e}"))?;
+    d.apps.borrow_mut().insert(name.to_owned(), Rc::new(app));
+    Ok(())
+}
+
+/// The apps of `file` in an order where each comes after what it depends on (the file is
+/// checked for cycles when parsed); ties in the order written.
+pub(crate) fn start_order(file: &ConfigFile) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let names: Vec<&String> = file.apps.keys().map(|k| k.get_ref()).collect();
+    while order.len() < names.len() {
+        let before = order.len();
+        for (name, app) in file.apps.iter().map(|(k, a)| (k.get_ref(), a)) {
+            if order.contains(name) {
+                continue;
+            }
+            if app.dependencies().all(|(dep, _)| order.contains(dep)) {
+                order.push(name.clone());
+            }
+        }
+        if order.len() == before {
+            // A cycle or an unknown app, which parsing refuses: start the rest as written.
+            let rest: Vec<String> = names
+                .iter()
+                .filter(|n| !order.contains(n))
+                .map(|n| (*n).clone())
+                .collect();
+            order.extend(rest);
+        }
+    }
+    order
+}
+
+/// The apps `target` names, or an outcome saying which does not run.
+fn targets(d: &Daemon, target: &Target) -> Result<Vec<Rc<App>>, Outcome> {
+    match target {
+        Target::All => Ok(d.running()),
+        Target::App(name) => d
+            .app(name)
+            .map(|app| vec![app])
+            .ok_or_else(|| not_running(d, name)),
+    }
+}
+
+pub(super) fn not_running(d: &Daemon, name: &str) -> Outcome {
+    let known = d
+        .loaded
+        .borrow()
+        .as_ref()
+        .is_some_and(|l| l.file.apps.keys().any(|k| k.get_ref() == name));
+    if known {
+        failed("not_running", format!("{name} is stopped"))
+    } else {
+        failed("not_found", format!("no app is called {name}"))
+    }
+}
+
+/// Rolling reload of the target apps, one after the other; the first failure stops it.
+pub(crate) async fn reload(d: &Daemon, target: &Target) -> Outcome {
+    let _changing = d.changing.lock().await;
+    let apps = match targets(d, target) {
+        Ok(apps) => apps,
+        Err(outcome) => return outcome,
+    };
+    let mut done = Vec::new();
+    for app in apps {
+        match app.cluster().reload().await {
+            Ok(report) => done.push(json!({
+                "app": app.name,
+                "replaced": report.replaced.len(),
+            })),
+            Err(e) => {
+                return failed(
+                    "reload_failed",
+                    format!(
+                        "{}: {e}; the instances not yet replaced keep serving the old version",
+                        app.name
+                    ),
+                )
+            }
+        }
+    }
+    ok(json!(done))
+}
+
+/// Restarts every instance of the target apps at once (downtime allowed, as PM2's `restart`).
+pub(crate) async fn restart(d: &Daemon, target: &Target) -> Outcome {
+    let _changing = d.changing.lock().await;
+    let apps = match targets(d, target) {
+        Ok(apps) => apps,
+        Err(outcome) => return outcome,
+    };
+    for app in apps {
+        for id in app.cluster().ids() {
+            if let Err(e) = app.cluster().restart_worker(id).await {
+                return failed("restart_failed", format!("{}[{id}]: {e}", app.name));
+            }
+        }
+    }
+    drop(_changing);
+    list(d).await
+}
+
+/// Stops the target apps; they stay stopped (also after `resurrect`) until `start`.
+pub(crate) async fn stop(d: &Daemon, target: &Target) -> Outcome {
+    let _changing = d.changing.lock().await;
+    let apps = match targets(d, target) {
+        Ok(apps) => apps,
+        Err(outcome) => return outcome,
+    };
+    let mut stopped = Vec::new();
+    for app in apps.iter().rev() {
+        let result = app.stop().await;
+        d.apps.borrow_mut().shift_remove(&app.name);
+        d.stopped.borrow_mut().push(app.name.clone());
+        if let Err(e) = result {
+            save_state(d);
+            return failed("stop_failed", format!("{}: {e}", app.name));
+        }
+        stopped.push(app.name.clone());
+    }
+    save_state(d);
+    ok(json!({ "stopped": stopped }))
+}
+
+/// Runs `n` instances of `app` (new ones start ready before this answers; extra ones stop
+/// gracefully).
+pub(crate) async fn scale(d: &Daemon, name: &str, n: usize) -> Outcome {
+    let _changing = d.changing.lock().await;
+    let Some(app) = d.app(name) else {
+        return not_running(d, name);
+    };
+    if n == 0 {
+        return failed(
+            "config",
+            "scale to 0 is `procactor stop APP`; an app runs at least one instance",
+        );
+    }
+    if let Err(e) = app.cluster().scale(n).await {
+        return failed("scale_failed", format!("{name}: {e}"));
+    }
+    d.scales.borrow_mut().insert(name.to_owned(), n);
+    save_state(d);
+    drop(_changing);
+    list(d).await
+}
+
+/// One app in detail: its settings (env values redacted unless `show_env`), its sockets, its
+/// instances and how each last exited.
+pub(crate) async fn describe(d: &Daemon, name: &str, show_env: bool) -> Outcome {
+    let Some(app) = d.app(name) else {
+        return not_running(d, name);
+    };
+    let mut spec = serde_json::to_value(&app.spec).unwrap_or_default();
+    if !show_env {
+        if let Some(env) = spec.get_mut("env").and_then(|e| e.as_object_mut()) {
+            for value in env.values_mut() {
+                *value = json!("<redacted>");
+            }
+        }
+    }
+    let sockets: serde_json::Map<String, serde_json::Value> = app
+        .spec
+        .listen
+        .keys()
+        .filter_map(|n| {
+            let addr = app.cluster().local_addr(n)?;
+            Some((n.clone(), json!(addr.to_string())))
+        })
+        .collect();
+    let mut samples = std::mem::take(&mut *d.samples.borrow_mut());
+    let instances: Result<Vec<Instance>, String> = app.instances(&mut samples).await;
+    *d.samples.borrow_mut() = samples;
+    let instances = match instances {
+        Ok(rows) => rows,
+        Err(e) => return failed("internal", e),
+    };
+    let exits = app.exits.borrow().clone();
+    ok(json!({
+        "app": name,
+        "spec": spec,
+        "sockets": sockets,
+        "instances": instances,
+        "last_exits": exits,
+    }))
+}
+
+/// The plan from the file that runs to `text`, and, unless `dry_run`, the change.
+pub(crate) async fn apply(d: &Daemon, path: &Path, text: &str, dry_run: bool) -> Outcome {
+    let _changing = d.changing.lock().await;
+    let new = match file::parse(text, path) {
+        Ok(file) => file,
+        Err(e) => return failed("config", e.to_string()),
+    };
+    let running = d
+        .loaded
+        .borrow()
+        .as_ref()
+        .map(|l| l.file.clone())
+        .unwrap_or_default();
+    let changes = plan::plan(&running, &new);
+    let lines: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    if dry_run {
+        return ok(json!({ "plan": changes, "lines": lines, "applied": false }));
+    }
+    let loaded = Loaded {
+        path: path.to_path_buf(),
+        text: text.to_owned(),
+        file: new,
+    };
+    let result = apply_changes(d, &loaded, &changes).await;
+    *d.loaded.borrow_mut() = Some(loaded);
+    save_state(d);
+    match result {
+        Ok(()) => ok(json!({ "plan": changes, "lines": lines, "applied": true })),
+        Err(e) => failed("apply_failed", e),
+    }
+}
+
+async fn apply_changes(d: &Daemon, loaded: &Loaded, changes: &[Change]) -> Result<(), String> {
+    let dir = loaded.dir();
+    for change in changes {
+        match change {
+            Change::Stop { app } => {
+                if let Some(running) = d.app(app) {
+                    running.stop().await.map_err(|e| format!("{app}: {e}"))?;
+                    d.apps.borrow_mut().shift_remove(app);
+                }
+                d.scales.borrow_mut().shift_remove(app);
+            }
+            Change::Restart { app, .. } => {
+                if let Some(running) = d.app(app) {
+                    running.stop().await.map_err(|e| format!("{app}: {e}"))?;
+                    d.apps.borrow_mut().shift_remove(app);
+                }
+                d.scales.borrow_mut().shift_remove(app);
+            }
+            Change::Reload { app, .. } => {
+                if let Some(running) = d.app(app) {
+                    running
+                        .reload_with(&loaded.file.apps[app.as_str()], &dir)
+                        .await
+                        .map_err(|e| format!("{app}: {e}"))?;
+                }
+            }
+            Change::Scale { app, to, .. } => {
+                if let (Some(running), Instances::Count(n)) = (d.app(app), to) {
+                    running
+                        .cluster()
+                        .scale(*n)
+                        .await
+                        .map_err(|e| format!("{app}: {e}"))?;
+                }
+                d.scales.borrow_mut().shift_remove(app);
+            }
+            Change::Start { .. } | Change::Keep { .. } | Change::Daemon { .. } => {}
+        }
+    }
+    // New apps, and restarted ones, start in dependency order.
+    start_missing(d, loaded).await
+}
+
+/// Stops every app (the last started first), as `kill` and the daemon's exit do.
+pub(crate) async fn stop_all(d: &Daemon) {
+    let apps = d.running();
+    for app in apps.iter().rev() {
+        if let Err(e) = app.stop().await {
+            eprintln!("procactor daemon: stopping {}: {e}", app.name);
+        }
+        d.apps.borrow_mut().shift_remove(&app.name);
+    }
+}
+
+/// Starts what the state file says ran, at its scale, except what was stopped.
+pub(crate) async fn resurrect(d: &Daemon) -> Result<(), String> {
+    let loaded = d.state.load().map_err(|e| e.to_string())?;
+    for note in &loaded.notes {
+        eprintln!("procactor daemon: {note}");
+    }
+    let Some(state) = loaded.state else {
+        return Ok(());
+    };
+    let loaded = Loaded {
+        file: file::parse(&state.config_text, &state.config_path)
+            .map_err(|e| format!("the saved file no longer reads: {e}"))?,
+        path: state.config_path,
+        text: state.config_text,
+    };
+    *d.scales.borrow_mut() = state.scales.into_iter().collect();
+    *d.stopped.borrow_mut() = state.stopped.into_iter().collect();
+    *d.loaded.borrow_mut() = Some(loaded.clone());
+    start_missing(d, &loaded).await
+}
+
+/// Writes what runs to the state file; a failure is reported on the daemon's output (the
+/// previous state stays as it was).
+fn save_state(d: &Daemon) {
+    let Some(loaded) = d.loaded.borrow().clone() else {
+        return;
+    };
+    let state = crate::state::State {
+        format: crate::state::FORMAT,
+        config_path: loaded.path,
+        config_text: loaded.text,
+        scales: d.scales.borrow().clone().into_iter().collect(),
+        stopped: d.stopped.borrow().iter().cloned().collect(),
+    };
+    if let Err(e) = d.state.save(&state) {
+        eprintln!("procactor daemon: the state was not saved: {e}");
+    }
+}

@@ -1,0 +1,388 @@
+//! The `procactor` CLI driven as an operator drives it: the built binary, a temporary
+//! directory for its socket, state and config, and real programs that are not Rust — the
+//! Python server of `tests/cli/server.py` (socket on fd 3, `READY=1` on `NOTIFY_SOCKET`) and the
+//! Node server of `tests/cli/server.js` (`listen({fd: 3})`).
+//!
+//! Every test starts its own daemon (`procactor start`, which puts it in the background) and
+//! ends it with `procactor kill`; a test that fails midway still ends it, and every process of
+//! its apps, by pid (the guard's `Drop`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::http::{get, Load, LoadOptions};
+use common::wait_until;
+use serde_json::Value;
+
+/// The binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_procactor");
+
+/// Whether Node is on PATH (CI installs it; elsewhere its half of a test is skipped, said so).
+fn have_node() -> bool {
+    let found = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "node is required in CI");
+        eprintln!("skipping the Node app: `node` is not on PATH");
+    }
+    found
+}
+
+/// A free loopback port (bound, then released for the daemon to bind).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One operator's setup: a directory with the config, the fixtures, the socket and the state.
+struct Operator {
+    dir: tempfile::TempDir,
+    web: SocketAddr,
+    api: Option<SocketAddr>,
+}
+
+impl Operator {
+    /// Two apps of 3 instances each: `web` (Python, `ready = "notify"`) and, when Node is
+    /// installed, `api` (Node, ready once it has run half a second).
+    fn new() -> Operator {
+        let dir = tempfile::Builder::new()
+            .prefix("pa")
+            .tempdir_in("/tmp")
+            .unwrap();
+        for fixture in ["server.py", "server.js"] {
+            std::fs::copy(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/cli")
+                    .join(fixture),
+                dir.path().join(fixture),
+            )
+            .unwrap();
+        }
+        let web: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let api = have_node().then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        let op = Operator { dir, web, api };
+        op.write_config("hi");
+        op
+    }
+
+    /// Writes `procactor.toml` with `GREETING = greeting` for both apps.
+    fn write_config(&self, greeting: &str) {
+        let mut text = format!(
+            "[apps.web]\ncommand = \"python3\"\nargs = [\"server.py\"]\ninstances = 3\n\
+             listen = {{ http = \"{}\" }}\nready = \"notify\"\nenv = {{ GREETING = \"{greeting}\", APP = \"web\" }}\n\
+             shutdown_timeout = \"5s\"\n",
+            self.web
+        );
+        if let Some(api) = self.api {
+            text.push_str(&format!(
+                "\n[apps.api]\ncommand = \"node\"\nargs = [\"server.js\"]\ninstances = 3\n\
+                 listen = {{ http = \"{api}\" }}\nready = \"spawn\"\nmin_uptime = \"500ms\"\n\
+                 env = {{ GREETING = \"{greeting}\", APP = \"api\" }}\nshutdown_timeout = \"5s\"\n"
+            ));
+        }
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("procactor.toml")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run").join("d.sock")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runs `procactor ARGS` against this operator's daemon.
+    fn run(&self, args: &[&str]) -> Output {
+        let output = Command::new(BIN)
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .expect("run procactor");
+        eprintln!(
+            "$ procactor {}\n-> {}\n{}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Runs `procactor ARGS` and expects success; returns its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(output.status.success(), "procactor {args:?} failed");
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// `list --json`: every instance.
+    fn list(&self) -> Vec<Value> {
+        let out = self.ok(&["list", "--json"]);
+        serde_json::from_str::<Vec<Value>>(&out).expect("list --json is an array")
+    }
+
+    /// The pids of `app`'s instances.
+    fn pids(&self, app: &str) -> BTreeSet<u32> {
+        self.list()
+            .iter()
+            .filter(|r| r["app"] == app)
+            .filter_map(|r| r["pid"].as_u64().map(|p| p as u32))
+            .collect()
+    }
+
+    /// Starts the daemon with the config; expects every instance ready.
+    fn start(&self) -> String {
+        let out = self.ok(&["start", self.config().to_str().unwrap()]);
+        let rows = self.list();
+        let expected = if self.api.is_some() { 6 } else { 3 };
+        assert_eq!(rows.len(), expected, "{rows:?}");
+        assert!(rows.iter().all(|r| r["state"] == "ready"), "{rows:?}");
+        out
+    }
+
+    /// The daemon's pid, from its pid file.
+    fn daemon_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.state().join("daemon.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The answer of `addr`'s server.
+    fn answer(addr: SocketAddr) -> String {
+        let (status, body) = get(addr, "/").expect("an answer");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.web).chain(self.api).collect()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let Some(pid) = self.daemon_pid() else { return };
+        if !alive(pid) {
+            return;
+        }
+        let listed = self.run(&["list", "--json"]).stdout;
+        let pids: Vec<u32> = serde_json::from_slice::<Vec<Value>>(&listed)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["pid"].as_u64().map(|p| p as u32))
+            .collect();
+        let _ = self.run(&["kill"]);
+        if !wait_until(Duration::from_secs(10), || !alive(pid)) {
+            kill9(pid);
+        }
+        for pid in pids {
+            kill9(pid);
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is gone for our purpose: it runs nothing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn kill9(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+#[test]
+fn two_apps_start_ready_and_answer() {
+    let op = Operator::new();
+    let table = op.start();
+    assert!(table.contains("APP") && table.contains("web"), "{table}");
+    let rows = op.list();
+    let pids: BTreeSet<_> = rows.iter().filter_map(|r| r["pid"].as_u64()).collect();
+    assert_eq!(pids.len(), rows.len(), "distinct pids: {rows:?}");
+    for addr in op.addrs() {
+        let body = Operator::answer(addr);
+        assert!(body.contains("greeting hi"), "{body}");
+    }
+    // A second `start` of the same file changes nothing.
+    let before = op.pids("web");
+    op.ok(&["start", op.config().to_str().unwrap()]);
+    assert_eq!(op.pids("web"), before);
+    let daemon = op.daemon_pid().expect("a pid file");
+    op.ok(&["kill"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(daemon)),
+        "the daemon exited"
+    );
+    for pid in pids {
+        assert!(
+            wait_until(Duration::from_secs(10), || !alive(pid as u32)),
+            "instance {pid} ended with the daemon"
+        );
+    }
+    assert_eq!(
+        op.run(&["list"]).status.code(),
+        Some(3),
+        "no daemon: exit status 3"
+    );
+}
+
+#[test]
+fn reload_all_under_load_fails_nothing_and_replaces_every_pid() {
+    let op = Operator::new();
+    op.start();
+    let before: BTreeSet<u32> = op.pids("web").into_iter().chain(op.pids("api")).collect();
+    let loads: Vec<Load> = op
+        .addrs()
+        .into_iter()
+        .map(|a| Load::start(a, LoadOptions::default()))
+        .collect();
+    // The load reaches the servers before the reload begins.
+    assert!(wait_until(Duration::from_secs(10), || loads
+        .iter()
+        .all(|l| l.stats().ok > 20)));
+    let out = op.ok(&["reload", "all"]);
+    assert!(out.contains("ready"), "progress per instance: {out}");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(300) {
+        std::thread::yield_now();
+    }
+    for load in loads {
+        let stats = load.stop();
+        assert_eq!(stats.failures, 0, "{}", stats.summary());
+        assert!(stats.ok > 0);
+    }
+    let after: BTreeSet<u32> = op.pids("web").into_iter().chain(op.pids("api")).collect();
+    assert!(before.is_disjoint(&after), "{before:?} vs {after:?}");
+}
+
+#[test]
+fn scale_down_and_up_under_load_fails_nothing() {
+    let op = Operator::new();
+    op.start();
+    let load = Load::start(op.web, LoadOptions::default());
+    assert!(wait_until(Duration::from_secs(10), || load.stats().ok > 20));
+    op.ok(&["scale", "web", "1"]);
+    assert_eq!(op.pids("web").len(), 1);
+    op.ok(&["scale", "web", "3"]);
+    assert_eq!(op.pids("web").len(), 3);
+    let stats = load.stop();
+    assert_eq!(stats.failures, 0, "{}", stats.summary());
+}
+
+#[test]
+fn an_instance_killed_with_sigkill_is_restarted_and_listed() {
+    let op = Operator::new();
+    op.start();
+    let before = op.pids("web");
+    let victim = *before.iter().next().unwrap();
+    kill9(victim);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let rows = op.list();
+            let web: Vec<_> = rows.iter().filter(|r| r["app"] == "web").collect();
+            web.len() == 3
+                && web.iter().all(|r| r["state"] == "ready")
+                && !web.iter().any(|r| r["pid"] == victim)
+                && web
+                    .iter()
+                    .map(|r| r["restarts"].as_u64().unwrap())
+                    .sum::<u64>()
+                    == 1
+        }),
+        "restarted: {:?}",
+        op.list()
+    );
+    let table = op.ok(&["list"]);
+    assert!(table.contains("RESTARTS"), "{table}");
+}
+
+#[test]
+fn logs_show_the_last_lines_of_an_app() {
+    let op = Operator::new();
+    op.start();
+    for _ in 0..10 {
+        Operator::answer(op.web);
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        op.ok(&["logs", "web", "--lines", "5"]).lines().count() == 5
+    }));
+    let out = op.ok(&["logs", "web", "--lines", "5"]);
+    for line in out.lines() {
+        assert!(line.starts_with("web["), "prefixed app[instance]: {line}");
+    }
+    let json = op.ok(&["logs", "web", "--lines", "3", "--json"]);
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l["app"] == "web"));
+}
+
+#[test]
+fn apply_dry_run_prints_the_plan_and_changes_nothing() {
+    let op = Operator::new();
+    op.start();
+    let before = op.pids("web");
+    let state = std::fs::read(op.state().join("state.json")).unwrap();
+    op.write_config("hello");
+    let plan = op.ok(&["apply", op.config().to_str().unwrap(), "--dry-run"]);
+    assert!(
+        plan.contains("reload web") && plan.contains("GREETING"),
+        "{plan}"
+    );
+    assert!(!plan.contains("hello"), "values are not printed: {plan}");
+    assert_eq!(op.pids("web"), before, "dry run: nothing restarted");
+    assert_eq!(std::fs::read(op.state().join("state.json")).unwrap(), state);
+}
+
+#[test]
+fn describe_redacts_env_unless_asked() {
+    let op = Operator::new();
+    op.start();
+    let out = op.ok(&["describe", "web", "--json"]);
+    assert!(!out.contains("\"hi\""), "{out}");
+    assert!(out.contains("redacted"), "{out}");
+    let shown = op.ok(&["describe", "web", "--json", "--show-env"]);
+    assert!(shown.contains("\"hi\""), "{shown}");
+}
+
+#[test]
+fn a_config_error_names_the_key_and_line_and_starts_nothing() {
+    let op = Operator::new();
+    std::fs::write(
+        op.config(),
+        "[apps.web]\ncommand = \"python3\"\ninstaces = 3\n",
+    )
+    .unwrap();
+    let output = op.run(&["start", op.config().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("instaces") && err.contains(":3:"), "{err}");
+    assert!(!op.socket().exists(), "no daemon was started");
+    assert!(op.daemon_pid().is_none());
+}
