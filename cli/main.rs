@@ -28,6 +28,7 @@ mod render;
 mod socket;
 mod startup;
 mod state;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -106,7 +107,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             lines: *lines,
             follow: *follow,
         },
-        Command::Top => Request::Watch,
+        Command::Top => {
+            return top::run(&socket.path).map_err(Failure::from);
+        }
         Command::Kill => Request::Kill,
     };
     let shown = Shown::of(&request);
