@@ -65,15 +65,15 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             if *foreground {
                 return launch::foreground(cli, socket, Some((path, text)), false);
             }
-            launch::ensure_daemon(cli, &socket, false)?;
+            launch::ensure_daemon(cli, &socket)?;
             Request::Start { path, text }
         }
         Command::Resurrect { foreground } => {
             if *foreground {
                 return launch::foreground(cli, socket, None, true);
             }
-            launch::ensure_daemon(cli, &socket, true)?;
-            Request::List
+            launch::ensure_daemon(cli, &socket)?;
+            Request::Resurrect
         }
         Command::Daemon { resurrect } => return launch::daemon(cli, socket, *resurrect),
         Command::Apply { file, dry_run } => {
@@ -162,6 +162,7 @@ impl Shown {
     fn of(request: &Request) -> Shown {
         match request {
             Request::List
+            | Request::Resurrect
             | Request::Start { .. }
             | Request::Restart { .. }
             | Request::Scale { .. } => Shown::Table,
@@ -172,7 +173,17 @@ impl Shown {
 }
 
 fn print_table(outcome: &Outcome, colour: bool) {
-    match serde_json::from_value::<Vec<proto::Instance>>(outcome.data.clone()) {
+    // `resurrect` answers what it noticed beside the table.
+    let rows = match outcome.data.get("instances") {
+        Some(rows) => {
+            for note in outcome.data["notes"].as_array().into_iter().flatten() {
+                eprintln!("procactor: {}", note.as_str().unwrap_or_default());
+            }
+            rows.clone()
+        }
+        None => outcome.data.clone(),
+    };
+    match serde_json::from_value::<Vec<proto::Instance>>(rows) {
         Ok(rows) => print!("{}", render::table(&rows, colour)),
         Err(_) => print_outcome(false, outcome),
     }
