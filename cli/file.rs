@@ -343,11 +343,11 @@ impl fmt::Display for FileError {
 
 impl std::error::Error for FileError {}
 
-/// Reads and checks the file at `path`.
-pub(crate) fn load(path: &Path) -> Result<ConfigFile, FileError> {
+/// Reads and checks the file at `path`; returns it, and its text as read.
+pub(crate) fn load(path: &Path) -> Result<(ConfigFile, String), FileError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| FileError::at(path, "", None, format!("cannot read it: {e}")))?;
-    parse(&text, path)
+    Ok((parse(&text, path)?, text))
 }
 
 /// Parses and checks `text`, read from `path` (named in errors).

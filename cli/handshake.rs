@@ -149,6 +149,10 @@ async fn client_with(
 ///
 /// # Errors
 /// [`HandshakeError::Refused`] or [`HandshakeError::Mismatch`] once the client has been told.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the daemon's side (the daemon is a later step)")
+)]
 pub(crate) async fn server(conn: &mut Conn, me: u32, pid: u32) -> Result<Hello, HandshakeError> {
     let peer = conn
         .peer_uid()

@@ -128,6 +128,10 @@ pub(crate) async fn connect(path: &Path) -> Result<UnixStream, SocketError> {
 /// # Errors
 /// [`SocketError::AlreadyRunning`] when a daemon answers at the path; [`SocketError::Unsafe`]
 /// when the directory is not safe (see the module docs) or the path is not a socket.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the daemon's side (the daemon is a later step)")
+)]
 pub(crate) fn bind(socket: &SocketPath) -> Result<UnixListener, SocketError> {
     let path = socket.path.as_path();
     check_len(path)?;
