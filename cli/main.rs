@@ -126,14 +126,16 @@ fn read_config(file: &Path) -> Result<(PathBuf, String), Failure> {
     Ok((path, text))
 }
 
-/// No daemon runs, and this build has none to start.
+/// `start`/`resurrect` with no daemon to reach: this build has none to start. (One that
+/// answers is named instead: `--foreground` would be a second daemon.)
 fn cannot_start(socket: &SocketPath) -> Failure {
+    let path = socket.path.display();
+    if std::os::unix::net::UnixStream::connect(&socket.path).is_ok() {
+        return Failure::new(Exit::Failed, format!("a daemon already runs at {path}"));
+    }
     Failure::new(
         Exit::NoDaemon,
-        format!(
-            "no daemon is running at {}, and this build of procactor cannot start one yet",
-            socket.path.display()
-        ),
+        format!("no daemon is running at {path}, and this build of procactor cannot start one yet"),
     )
 }
 
