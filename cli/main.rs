@@ -125,7 +125,7 @@ fn read_config(file: &Path) -> Result<(PathBuf, String), Failure> {
     Ok((path, text))
 }
 
-/// No daemon runs, and this build has none to start.
+/// One request to the daemon: its events and outcome printed, its status returned.
 fn ask(json: bool, socket: &Path, request: Request, shown: Shown) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
