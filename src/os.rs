@@ -13,6 +13,7 @@
 //! - `tree`: the token every child and its descendants carry in their environment;
 //! - `sweep`: killing every process that carries a token, after a child's exit;
 //! - `keeper`: the process that sweeps a master's tokens once the master has died;
+//! - `notify`: a plain program's notification socket (systemd's `sd_notify` protocol);
 //! - `fds`: the worker's side, taking its channel and its sockets.
 //!
 //! # Guarantees
@@ -69,6 +70,7 @@ mod child;
 pub(crate) mod fake;
 mod fds;
 mod keeper;
+pub(crate) mod notify;
 mod reap;
 mod spawn;
 mod sweep;

@@ -20,7 +20,7 @@ use super::Cluster;
 use crate::error::{Error, ExitReason};
 use crate::messaging::system::EndWorker;
 use crate::messaging::{Ending, Peer, Target};
-use crate::proxy::{Replace, Replaced};
+use crate::proxy::{GetNotifyStatus, NotifyStatus, Replace, Replaced};
 use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 
@@ -80,5 +80,16 @@ impl<A: WorkerActor> Cluster<A> {
         let mut replaced = worker.send(Replace).await??;
         replaced.old_exit = replaced.old_exited().await;
         Ok(replaced)
+    }
+
+    /// What worker `id`'s serving process has sent on its notification socket: `READY=1`, its
+    /// last `STATUS=…`, datagrams taken and dropped. `None` when it has none (a plain program
+    /// gets one with [`Readiness::Notify`](crate::Readiness::Notify)).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchWorker`] for an id not of this group; [`Error::Mailbox`] when the slot's
+    /// proxy has stopped.
+    pub async fn notify_status(&self, id: WorkerId) -> Result<Option<NotifyStatus>, Error> {
+        Ok(self.try_worker(id)?.send(GetNotifyStatus).await?)
     }
 }
