@@ -118,6 +118,10 @@ pub struct ClusterConfig {
     pub plain: bool,
     /// When a plain program counts as ready (default: once it runs).
     pub ready: Readiness,
+    /// systemd's watchdog for a plain program: once ready, it must send `WATCHDOG=1` to its
+    /// `NOTIFY_SOCKET` at least this often, or be killed; `None` (the default) is off.
+    #[serde(rename = "watchdog_ms", with = "crate::millis::opt_millis")]
+    pub watchdog: Option<Duration>,
     /// Where the master serves `GET /metrics` for Prometheus (`host:port`; port 0 picks a free
     /// one, see [`Cluster::metrics_addr`](crate::Cluster::metrics_addr)); `None` (the default)
     /// serves nothing and times no request.
@@ -155,6 +159,7 @@ impl Default for ClusterConfig {
             log: crate::logger::LogConfig::default(),
             plain: false,
             ready: Readiness::default(),
+            watchdog: None,
             affinity: Affinity::Inherit,
             metrics: None,
             backend: None,
@@ -347,6 +352,19 @@ impl ClusterConfig {
     /// [`ready_timeout`](Self::ready_timeout) applies. Plain programs only.
     pub fn ready(mut self, ready: Readiness) -> Self {
         self.ready = ready;
+        self
+    }
+
+    /// systemd's watchdog (`WatchdogSec=`) for a plain program (default off): it finds `period`
+    /// in `WATCHDOG_USEC` (microseconds) and its own pid in `WATCHDOG_PID`, and a
+    /// notification socket in `NOTIFY_SOCKET` whatever [`ready`](Self::ready) says. From the
+    /// moment it is ready, each `WATCHDOG=1` it sends there starts the period again; a period
+    /// without one and the master kills it
+    /// ([`ExitReason::WatchdogTimeout`](crate::ExitReason::WatchdogTimeout)), and the restart
+    /// policy decides what follows, as for a crash. Programs usually ping every half period
+    /// (`sd_watchdog_enabled(3)`). Plain programs only; a worker has heartbeats.
+    pub fn watchdog(mut self, period: Duration) -> Self {
+        self.watchdog = Some(period);
         self
     }
 

@@ -1,7 +1,7 @@
 //! Plain programs' readiness: a Python server that reports `READY=1` to `NOTIFY_SOCKET` is
 //! reloaded under load with no failed request, and a new version that never becomes ready
 //! fails the reload while the old processes go on serving; a probe makes a program ready once
-//! it answers.
+//! it answers; a program that stops pinging its watchdog is killed and restarted.
 //!
 //! The program is `tests/fixtures/server.py` (standard library only), copied into a directory
 //! of the test's own, which is the cluster's `cwd`: a test "deploys" a new version by
@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::cluster::within;
+use common::cluster::{collector, next_matching, within};
 use common::http::{get, parse_pid, Load, LoadOptions};
 use common::is_alive;
 use procactor::actors::echo::Echo;
@@ -266,6 +266,62 @@ async fn a_probe_makes_a_plain_program_ready_once_it_answers() {
             ),
             "{error:?}"
         );
+    })
+    .await;
+}
+
+#[actix::test]
+async fn a_plain_program_that_stops_pinging_its_watchdog_is_killed_and_restarted() {
+    within(120, async {
+        let app = App::new("watchdog");
+        let (events, mut seen) = collector::<WorkerEvent>();
+        // Pings every 250 ms (a quarter of the period) for 2 s, then no more.
+        let config = app
+            .config(1, Readiness::Notify)
+            .watchdog(Duration::from_secs(1))
+            .env("WATCHDOG_PINGS", "8");
+        let cluster = ClusterSupervisor::builder::<Echo>(config)
+            .subscribe(events)
+            .start()
+            .await
+            .unwrap();
+        let first = pids(&cluster).await;
+        let exited = next_matching(&mut seen, Duration::from_secs(30), |e| {
+            matches!(e.kind, WorkerEventKind::Exited { .. })
+        })
+        .await
+        .expect("killed by its watchdog");
+        let WorkerEventKind::Exited { reason, uptime, .. } = exited.kind else {
+            unreachable!()
+        };
+        assert_eq!(reason, ExitReason::WatchdogTimeout);
+        assert_eq!(exited.pid, first.first().copied());
+        // Alive while it pinged (2 s, twice the period), killed a period after its last ping.
+        assert!(
+            uptime >= Duration::from_secs(2) && uptime < Duration::from_secs(10),
+            "{uptime:?}"
+        );
+        assert!(!is_alive(exited.pid.unwrap()));
+
+        // The restart policy applies, as for a crash.
+        next_matching(&mut seen, Duration::from_secs(30), |e| {
+            e.generation == 2 && e.kind == WorkerEventKind::Ready
+        })
+        .await
+        .expect("restarted");
+        let info = &cluster.workers().await.unwrap()[0];
+        assert_eq!((info.restarts, info.state), (1, WorkerState::Ready));
+        let id = info.id;
+        common::eventually(
+            Duration::from_secs(10),
+            "the new process to ping",
+            || async {
+                let status = cluster.notify_status(id).await.unwrap().unwrap();
+                status.ready && status.since_watchdog.is_some()
+            },
+        )
+        .await;
+        cluster.stop().await.unwrap();
     })
     .await;
 }

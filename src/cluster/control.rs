@@ -62,8 +62,9 @@ impl<A: WorkerActor> Cluster<A> {
     }
 
     /// Replaces worker `id`'s process with a new one, with no gap (see the module docs): the
-    /// new process starts while the old one serves, takes the slot once it is ready, and the
-    /// old one is stopped gracefully. Resolves once the old process has exited, with the
+    /// new process starts while the old one serves, takes the slot once it is ready (a plain
+    /// program: as [`ClusterConfig::ready`](crate::ClusterConfig::ready) says), and the old one
+    /// is stopped gracefully. Resolves once the old process has exited, with the
     /// hand-over's figures ([`Replaced::old_exit`] says how the old process ended). It is not a
     /// crash: it counts toward neither the restart intensity nor the backoff, and the slot's
     /// `restarts` stay as they were.

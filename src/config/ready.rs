@@ -1,4 +1,4 @@
-//! When a plain program counts as ready.
+//! When a plain program counts as ready, and its watchdog.
 //!
 //! A procactor worker says `Ready` itself and answers heartbeats; a plain program (any program,
 //! [`ClusterConfig::plain`]) says nothing on its pipes, so the master needs another sign. The
@@ -65,8 +65,8 @@ pub enum Readiness {
     /// systemd's notification protocol (`sd_notify(3)`): each process gets a datagram socket
     /// of its own, in a directory only the master's user may enter, named in its
     /// `NOTIFY_SOCKET`; it is ready once it sends `READY=1` there. `STATUS=…` is kept (see
-    /// [`Cluster::notify_status`](crate::Cluster::notify_status)); other assignments are
-    /// ignored. A datagram is at
+    /// [`Cluster::notify_status`](crate::Cluster::notify_status)), `WATCHDOG=1` feeds the
+    /// [watchdog](ClusterConfig::watchdog); other assignments are ignored. A datagram is at
     /// most 4096 bytes, of `KEY=VALUE` lines in UTF-8: anything else is counted and dropped.
     Notify,
     /// Ready once a TCP connection to this address succeeds (probed every 100 ms).
@@ -147,13 +147,21 @@ impl HttpTarget {
     }
 }
 
-/// Checks `ready` against the rest of `config` (see [`ClusterConfig::validate`]).
+/// Checks `ready` and `watchdog` against the rest of `config` (see [`ClusterConfig::validate`]).
 pub(super) fn check(config: &ClusterConfig) -> Result<(), ConfigError> {
     let bad = |field, reason: String| Err(ConfigError { field, reason });
     let plain_only = "applies to plain programs only: a procactor worker says when it is ready \
                       and answers heartbeats";
     if !config.plain && config.ready != Readiness::default() {
         return bad("ready", plain_only.into());
+    }
+    if let Some(period) = config.watchdog {
+        if !config.plain {
+            return bad("watchdog", plain_only.into());
+        }
+        if period.is_zero() {
+            return bad("watchdog", "must be longer than zero".into());
+        }
     }
     let probed = match &config.ready {
         Readiness::Spawn { min_uptime } if *min_uptime >= config.ready_timeout => {
@@ -287,6 +295,11 @@ mod tests {
         let cases = [
             (ClusterConfig::new().ready(Readiness::Notify), "ready"),
             (
+                ClusterConfig::new().watchdog(Duration::from_secs(1)),
+                "watchdog",
+            ),
+            (plain().watchdog(Duration::ZERO), "watchdog"),
+            (
                 plain()
                     .ready_timeout(Duration::from_secs(2))
                     .ready(Readiness::Spawn {
@@ -303,7 +316,12 @@ mod tests {
         for (config, field) in cases {
             assert_eq!(config.validate().unwrap_err().field, field, "{config:?}");
         }
-        plain().ready(Readiness::Notify).validate().unwrap();
+        plain()
+            .ready(Readiness::Notify)
+            .watchdog(Duration::from_secs(1))
+            .validate()
+            .unwrap();
+        plain().watchdog(Duration::from_secs(1)).validate().unwrap();
         assert!(Readiness::default().at_spawn());
         assert!(!Readiness::Spawn {
             min_uptime: Duration::from_millis(1)

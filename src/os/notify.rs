@@ -6,7 +6,8 @@
 //! (the program, a `systemd-notify` it runs, a wrapper). The sockets live in one directory per
 //! master, `procactor-notify-<pid>` in `$XDG_RUNTIME_DIR` (else the temporary directory),
 //! created with mode 0700: only the master's user (and root) may send. A socket's file is
-//! removed when it is dropped, and the directory with its last socket.
+//! removed when it is dropped, and the directory with its last socket. The master's own
+//! `NOTIFY_SOCKET` and watchdog variables, if systemd gave it any, never reach a child.
 //!
 //! Bounds: a datagram is read into a buffer of [`MAX_DATAGRAM`] bytes and one more; a longer
 //! one, one that is not UTF-8 or a line that is not `KEY=VALUE` is [`Bad`], for the caller to
@@ -22,6 +23,13 @@ use std::sync::Mutex;
 
 /// The variable that names the socket, as systemd sets it.
 pub(crate) const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// The variable that holds the watchdog period in microseconds.
+pub(crate) const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+/// The variable that holds the pid the watchdog is meant for.
+pub(crate) const WATCHDOG_PID: &str = "WATCHDOG_PID";
+/// What systemd may have given the master itself: never passed on to a child, which gets its
+/// own or none.
+pub(crate) const MASTER_ONLY: [&str; 3] = [NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID];
 /// The longest datagram taken (systemd's own limit, `PIPE_BUF`).
 pub(crate) const MAX_DATAGRAM: usize = 4096;
 

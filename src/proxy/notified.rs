@@ -91,6 +91,13 @@ impl Notified {
         self.0.remove(&generation);
     }
 
+    /// When process `generation` last sent `WATCHDOG=1`.
+    pub(super) fn last_watchdog(&self, generation: u64) -> Option<Instant> {
+        let listening = self.0.get(&generation)?;
+        let last = listening.notes.borrow().last_watchdog;
+        last
+    }
+
     /// What process `generation` (of pid `pid`) sent, if it has a socket.
     pub(super) fn status(&self, generation: u64, pid: Option<u32>) -> Option<NotifyStatus> {
         let notes = self.0.get(&generation)?.notes.borrow();

@@ -9,13 +9,19 @@
 //!
 //! The notification socket (`os::notify`) is bound before the process is spawned, since its
 //! path is in the process's environment, and read by a task of the proxy until the process is
-//! reaped: `READY=1` makes it ready (with `Readiness::Notify`), `STATUS=…` is kept, and bad
-//! datagrams are counted (`notified`).
+//! reaped: `READY=1` makes it ready (with `Readiness::Notify`), `WATCHDOG=1` feeds the
+//! watchdog, `STATUS=…` is kept, and bad datagrams are counted (`notified`).
+//!
+//! The watchdog ([`ClusterConfig::watchdog`](crate::ClusterConfig::watchdog), systemd's
+//! `WatchdogSec=`) runs from the moment the process is ready, whatever made it so, until it is
+//! told to stop: a period without `WATCHDOG=1` and the master kills it with
+//! [`ExitReason::WatchdogTimeout`]. Before it is ready, the ready timeout rules; once it is
+//! stopping, the shutdown timeout.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::fut::wrap_future;
 use actix::prelude::*;
@@ -25,6 +31,7 @@ use tokio::sync::oneshot;
 use super::actor::Worker;
 use super::notified::NotifyStatus;
 use crate::config::{HttpTarget, Readiness};
+use crate::error::ExitReason;
 use crate::os::notify::{self, NotifySocket};
 use crate::state::WorkerState;
 use crate::worker::WorkerActor;
@@ -103,17 +110,27 @@ async fn http_ok(target: &HttpTarget) -> std::io::Result<bool> {
 }
 
 impl<A: WorkerActor> Worker<A> {
-    /// Before process `generation` of a plain program is spawned: binds its notification socket
-    /// if the config asks for one, and names it in `env`.
+    /// Before a process of a plain program is spawned: binds its notification socket if the
+    /// config asks for one (readiness or watchdog), and names it and the watchdog's period in
+    /// `env`; `pid_vars` gets `WATCHDOG_PID`.
     pub(super) fn prepare_plain(
         &self,
         env: &mut Vec<(OsString, OsString)>,
+        pid_vars: &mut Vec<&'static str>,
     ) -> std::io::Result<Option<NotifySocket>> {
-        if self.spawn.config.ready != Readiness::Notify {
+        let config = &self.spawn.config;
+        if config.ready != Readiness::Notify && config.watchdog.is_none() {
             return Ok(None);
         }
         let socket = NotifySocket::bind()?;
         env.push((notify::NOTIFY_SOCKET.into(), socket.path().into()));
+        if let Some(period) = config.watchdog {
+            env.push((
+                notify::WATCHDOG_USEC.into(),
+                period.as_micros().to_string().into(),
+            ));
+            pid_vars.push(notify::WATCHDOG_PID);
+        }
         Ok(Some(socket))
     }
 
@@ -150,13 +167,56 @@ impl<A: WorkerActor> Worker<A> {
         self.arm_ready_timeout(generation, ctx);
     }
 
-    /// Process `generation` gave its sign: ready, if it is still starting.
+    /// Process `generation` gave its sign: ready, if it is still starting; its watchdog, if
+    /// the config has one, runs from now.
     fn plain_ready(&mut self, generation: u64, ctx: &mut Context<Self>) {
         let starting = self
             .proc_mut(generation)
             .is_some_and(|p| p.state == WorkerState::Starting);
-        if starting {
-            self.on_ready(generation, ctx);
+        if !starting {
+            return;
+        }
+        self.on_ready(generation, ctx);
+        if let Some(period) = self.spawn.config.watchdog {
+            self.watchdog(generation, Instant::now(), period, ctx);
+        }
+    }
+
+    /// Kills process `generation`, ready since `since`, once `period` has passed without a
+    /// `WATCHDOG=1` (counting from `since`); looks again at each deadline while it is ready.
+    fn watchdog(
+        &mut self,
+        generation: u64,
+        since: Instant,
+        period: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        let ready = self
+            .proc_mut(generation)
+            .is_some_and(|p| p.state == WorkerState::Ready);
+        if !ready {
+            // Stopping (the shutdown timeout rules now), or gone.
+            return;
+        }
+        let last = self
+            .notify
+            .last_watchdog(generation)
+            .map_or(since, |t| t.max(since));
+        match (last + period).checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => {
+                ctx.run_later(left, move |act, ctx| {
+                    act.watchdog(generation, since, period, ctx)
+                });
+            }
+            _ => {
+                tracing::warn!(
+                    worker = self.id,
+                    generation,
+                    ?period,
+                    "no WATCHDOG=1 within the watchdog period"
+                );
+                self.fault(generation, ExitReason::WatchdogTimeout, ctx);
+            }
         }
     }
 

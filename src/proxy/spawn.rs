@@ -46,10 +46,10 @@ impl<A: WorkerActor> Worker<A> {
         let config = &self.spawn.config;
         let mut env = self.spawn.env.clone();
         env.extend(self.env.iter().cloned());
-        let mut notify = None;
+        let (mut notify, mut pid_vars) = (None, Vec::new());
         if config.plain {
             env.push((INSTANCE_ENV.into(), self.id.to_string().into()));
-            match self.prepare_plain(&mut env) {
+            match self.prepare_plain(&mut env, &mut pid_vars) {
                 Ok(socket) => notify = socket,
                 Err(e) => {
                     let error = SpawnError {
@@ -85,6 +85,7 @@ impl<A: WorkerActor> Worker<A> {
             args: self.spawn.args.clone(),
             env,
             cwd: self.spawn.cwd.clone(),
+            pid_vars,
             pipe_bytes: config.pipe_buffer_bytes,
             listeners,
             cpus: config.affinity.cpus_for(self.id),
