@@ -280,6 +280,30 @@ fn reload_all_under_load_fails_nothing_and_replaces_every_pid() {
 }
 
 #[test]
+fn a_broken_version_fails_the_reload_and_the_old_instances_serve() {
+    let op = Operator::new();
+    op.start();
+    let before = op.pids("web");
+    std::fs::write(
+        op.dir.path().join("server.py"),
+        "import sys\nsys.exit('broken on purpose')\n",
+    )
+    .unwrap();
+    let output = op.run(&["reload", "web"]);
+    assert!(!output.status.success(), "a failed reload exits != 0");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("web"), "says why: {err}");
+    assert_eq!(op.pids("web"), before, "the old instances run on");
+    for _ in 0..10 {
+        let body = Operator::answer(op.web);
+        assert!(
+            before.iter().any(|p| body.contains(&format!("pid {p} "))),
+            "{body}"
+        );
+    }
+}
+
+#[test]
 fn scale_down_and_up_under_load_fails_nothing() {
     let op = Operator::new();
     op.start();
