@@ -85,7 +85,7 @@ pub(crate) enum Command {
         /// How many instances (0 stops it)
         n: usize,
     },
-    /// Show the apps' output, each line prefixed app[instance]
+    /// Show the apps' output, each line prefixed with its app and instance (`web[2]`)
     Logs {
         /// Only this app
         app: Option<String>,

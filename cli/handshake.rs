@@ -112,11 +112,15 @@ async fn client_with(
     if authorize(daemon_uid, me).is_err() {
         return Err(HandshakeError::NotOurs { uid: daemon_uid });
     }
-    conn.send(&ClientLine::Hello(ours.clone())).await?;
-    let answer = conn
-        .recv::<serde_json::Value>()
-        .await?
-        .ok_or(HandshakeError::Closed)?;
+    // A daemon that refuses this user answers before reading the hello and closes, so the
+    // hello may meet a closed socket: its refusal is still there to read.
+    let sent = conn.send(&ClientLine::Hello(ours.clone())).await;
+    let answer = match (conn.recv::<serde_json::Value>().await, sent) {
+        (Ok(Some(answer)), _) => answer,
+        (_, Err(e)) => return Err(e.into()),
+        (Ok(None), Ok(())) => return Err(HandshakeError::Closed),
+        (Err(e), Ok(())) => return Err(e.into()),
+    };
     let shown = || answer.to_string().chars().take(200).collect::<String>();
     let line: DaemonLine =
         serde_json::from_value(answer.clone()).map_err(|_| HandshakeError::Unexpected(shown()))?;

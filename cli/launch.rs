@@ -41,17 +41,13 @@ fn answers(socket: &Path) -> bool {
     })
 }
 
-/// Makes sure a daemon answers at `socket`: when none does, starts one in the background
-/// (with `resurrect`, one that brings back the saved apps) and waits for it to answer.
+/// Makes sure a daemon answers at `socket`: when none does, starts one in the background and
+/// waits for it to answer.
 ///
 /// # Errors
 /// When the daemon cannot be started or does not answer in time; the message ends with the
 /// tail of its log.
-pub(crate) fn ensure_daemon(
-    cli: &Cli,
-    socket: &SocketPath,
-    resurrect: bool,
-) -> Result<(), Failure> {
+pub(crate) fn ensure_daemon(cli: &Cli, socket: &SocketPath) -> Result<(), Failure> {
     if answers(&socket.path) {
         return Ok(());
     }
@@ -83,9 +79,6 @@ pub(crate) fn ensure_daemon(
                 .map_err(|e| Failure::new(Exit::Failed, e.to_string()))?,
         )
         .stderr(log);
-    if resurrect {
-        command.arg("--resurrect");
-    }
     let mut child = command
         .spawn()
         .map_err(|e| Failure::new(Exit::Failed, format!("cannot start the daemon: {e}")))?;

@@ -28,6 +28,7 @@ mod render;
 mod socket;
 mod startup;
 mod state;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,15 +65,15 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             if *foreground {
                 return launch::foreground(cli, socket, Some((path, text)), false);
             }
-            launch::ensure_daemon(cli, &socket, false)?;
+            launch::ensure_daemon(cli, &socket)?;
             Request::Start { path, text }
         }
         Command::Resurrect { foreground } => {
             if *foreground {
                 return launch::foreground(cli, socket, None, true);
             }
-            launch::ensure_daemon(cli, &socket, true)?;
-            Request::List
+            launch::ensure_daemon(cli, &socket)?;
+            Request::Resurrect
         }
         Command::Daemon { resurrect } => return launch::daemon(cli, socket, *resurrect),
         Command::Apply { file, dry_run } => {
@@ -106,7 +107,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             lines: *lines,
             follow: *follow,
         },
-        Command::Top => Request::Watch,
+        Command::Top => {
+            return top::run(&socket.path).map_err(Failure::from);
+        }
         Command::Kill => Request::Kill,
     };
     let shown = Shown::of(&request);
@@ -122,7 +125,7 @@ fn read_config(file: &Path) -> Result<(PathBuf, String), Failure> {
     Ok((path, text))
 }
 
-/// No daemon runs, and this build has none to start.
+/// One request to the daemon: its events and outcome printed, its status returned.
 fn ask(json: bool, socket: &Path, request: Request, shown: Shown) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -159,6 +162,7 @@ impl Shown {
     fn of(request: &Request) -> Shown {
         match request {
             Request::List
+            | Request::Resurrect
             | Request::Start { .. }
             | Request::Restart { .. }
             | Request::Scale { .. } => Shown::Table,
@@ -169,7 +173,17 @@ impl Shown {
 }
 
 fn print_table(outcome: &Outcome, colour: bool) {
-    match serde_json::from_value::<Vec<proto::Instance>>(outcome.data.clone()) {
+    // `resurrect` answers what it noticed beside the table.
+    let rows = match outcome.data.get("instances") {
+        Some(rows) => {
+            for note in outcome.data["notes"].as_array().into_iter().flatten() {
+                eprintln!("procactor: {}", note.as_str().unwrap_or_default());
+            }
+            rows.clone()
+        }
+        None => outcome.data.clone(),
+    };
+    match serde_json::from_value::<Vec<proto::Instance>>(rows) {
         Ok(rows) => print!("{}", render::table(&rows, colour)),
         Err(_) => print_outcome(false, outcome),
     }

@@ -11,16 +11,18 @@
 //! signals to the daemon, and fails alone: when its restart limit is exceeded its group is
 //! marked failed (`Escalation::FailGroup`) while the daemon and the other apps go on.
 //!
-//! Limits: a bare command is found on the daemon's `PATH` when the cluster starts; `cwd`,
-//! readiness and the watchdog are mapped only once the library has them (the marked block in
-//! [`cluster_config`]); an `http` liveness probe has no library counterpart: the daemon runs it.
+//! Limits: a bare command is found on the daemon's `PATH` when the cluster starts; an `http`
+//! liveness probe has no library counterpart and is refused (the watchdog is the way).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use procactor::logger::LogConfig;
+use std::net::ToSocketAddrs;
+
 use procactor::{
-    Backoff, ClusterConfig, Escalation, GroupConfig, Intensity, RestartPolicy, RestartType,
+    Backoff, ClusterConfig, Escalation, GroupConfig, Intensity, Readiness, RestartPolicy,
+    RestartType,
 };
 
 use crate::file::{AppSpec, Instances, RestartOn};
@@ -46,12 +48,16 @@ pub(crate) fn program(app: &AppSpec, cwd: &Path) -> PathBuf {
 
 /// The cluster and group settings of the app `name`, whose file is in `file_dir` and whose
 /// logs go to `log_dir`.
+///
+/// # Errors
+/// A setting the library cannot take: a `tcp` readiness address that does not resolve, an
+/// `http` liveness probe (not supported).
 pub(crate) fn cluster_config(
     name: &str,
     app: &AppSpec,
     file_dir: &Path,
     log_dir: &Path,
-) -> (ClusterConfig, GroupConfig) {
+) -> Result<(ClusterConfig, GroupConfig), String> {
     let cwd = working_dir(app, file_dir);
     let mut config = ClusterConfig::new()
         .plain(true)
@@ -76,29 +82,41 @@ pub(crate) fn cluster_config(
     if let Some(timeout) = app.shutdown_timeout {
         config = config.shutdown_timeout(timeout.0);
     }
-    // ───── GAP: wired when the library's branch with ClusterConfig::{cwd, ready, watchdog}
-    // merges. Remove the `cfg` line (and adjust to the merged signatures); until then an app
-    // runs in the daemon's directory, is ready once it runs, and has no watchdog. ─────
-    #[cfg(any())]
-    let config = {
-        let mut config = config.cwd(&cwd).ready(match app.readiness() {
-            crate::file::Readiness::Spawn => procactor::Readiness::Spawn {
-                min_uptime: app
-                    .min_uptime
-                    .as_ref()
-                    .map(|d| d.get_ref().0)
-                    .unwrap_or_default(),
-            },
-            crate::file::Readiness::Notify => procactor::Readiness::Notify,
-            crate::file::Readiness::Tcp(addr) => procactor::Readiness::Tcp(addr.clone()),
-            crate::file::Readiness::Http(url) => procactor::Readiness::Http(url.clone()),
-        });
-        if let Some(watchdog) = app.liveness.as_ref().and_then(|l| l.get_ref().watchdog) {
+    let mut config = config.cwd(&cwd).ready(readiness(app)?);
+    if let Some(liveness) = &app.liveness {
+        let liveness = liveness.get_ref();
+        if liveness.http.is_some() {
+            return Err(format!(
+                "apps.{name}.liveness.http: an HTTP liveness probe is not supported by this \
+                 build; use `liveness = {{ watchdog = \"…\" }}` (WATCHDOG=1 on NOTIFY_SOCKET)"
+            ));
+        }
+        if let Some(watchdog) = liveness.watchdog {
             config = config.watchdog(watchdog.0);
         }
-        config
-    };
-    (config, GroupConfig::new(name))
+    }
+    Ok((config, GroupConfig::new(name)))
+}
+
+/// The library's readiness for `app`'s `ready` (and `min_uptime`).
+fn readiness(app: &AppSpec) -> Result<Readiness, String> {
+    Ok(match app.readiness() {
+        crate::file::Readiness::Spawn => Readiness::Spawn {
+            min_uptime: app
+                .min_uptime
+                .as_ref()
+                .map(|d| d.get_ref().0)
+                .unwrap_or_default(),
+        },
+        crate::file::Readiness::Notify => Readiness::Notify,
+        crate::file::Readiness::Tcp(addr) => Readiness::Tcp(
+            addr.to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| format!("ready = {{ tcp = {addr:?} }}: no such address"))?,
+        ),
+        crate::file::Readiness::Http(url) => Readiness::Http(url.clone()),
+    })
 }
 
 fn restart_policy(app: &AppSpec) -> RestartPolicy {
@@ -153,6 +171,7 @@ mod tests {
             Path::new("/srv"),
             Path::new("/state/logs/web"),
         )
+        .unwrap()
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub(crate) enum Request {
     Watch,
     /// Stop every app and the daemon.
     Kill,
+    /// Start what the state file says ran (after a reboot): its apps at their scale, except
+    /// those stopped.
+    Resurrect,
 }
 
 /// Something that happened while a request runs.

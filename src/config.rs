@@ -12,10 +12,13 @@ use crate::codec::{DEFAULT_MAX_FRAME_BYTES, HEADER_LEN};
 use crate::error::ConfigError;
 mod group;
 mod program;
+mod ready;
 pub(crate) mod restart;
 
 pub use group::GroupConfig;
 pub(crate) use program::resolve_program;
+pub(crate) use ready::HttpTarget;
+pub use ready::Readiness;
 
 pub use restart::{Backoff, Escalation, Intensity, RestartPolicy, RestartType, Strategy};
 
@@ -26,6 +29,11 @@ pub const DEFAULT_GROUP: &str = "workers";
 /// program) finds the cluster's shutdown timeout, in milliseconds: how long it has, once told to
 /// stop (`Shutdown`, or SIGTERM for a plain program), before the master kills it.
 pub(crate) const SHUTDOWN_TIMEOUT_ENV: &str = "PROCACTOR_SHUTDOWN_TIMEOUT_MS";
+
+/// The environment variable in which a plain program finds its slot's id (a worker's is
+/// `PROCACTOR_WORKER_ID`, whose presence makes [`is_worker`](crate::is_worker) true: a
+/// procactor program run as a plain one must not take itself for a worker).
+pub(crate) const INSTANCE_ENV: &str = "PROCACTOR_INSTANCE";
 
 /// How a cluster's workers are started and talked to.
 ///
@@ -105,9 +113,15 @@ pub struct ClusterConfig {
     /// Which CPUs the workers run on (default: the master's).
     pub affinity: Affinity,
     /// The program is not a procactor worker (any program, supervised as PM2 would): it gets no
-    /// messages, is ready once it runs, has its stdout logged like its stderr, and is stopped
-    /// with SIGTERM.
+    /// messages, is ready as `ready` says, has its stdout logged like its stderr, and is
+    /// stopped with SIGTERM.
     pub plain: bool,
+    /// When a plain program counts as ready (default: once it runs).
+    pub ready: Readiness,
+    /// systemd's watchdog for a plain program: once ready, it must send `WATCHDOG=1` to its
+    /// `NOTIFY_SOCKET` at least this often, or be killed; `None` (the default) is off.
+    #[serde(rename = "watchdog_ms", with = "crate::millis::opt_millis")]
+    pub watchdog: Option<Duration>,
     /// Where the master serves `GET /metrics` for Prometheus (`host:port`; port 0 picks a free
     /// one, see [`Cluster::metrics_addr`](crate::Cluster::metrics_addr)); `None` (the default)
     /// serves nothing and times no request.
@@ -144,6 +158,8 @@ impl Default for ClusterConfig {
             cache: crate::cache::CacheConfig::default(),
             log: crate::logger::LogConfig::default(),
             plain: false,
+            ready: Readiness::default(),
+            watchdog: None,
             affinity: Affinity::Inherit,
             metrics: None,
             backend: None,
@@ -319,11 +335,36 @@ impl ClusterConfig {
     }
 
     /// Runs `exec` as a plain program, not a procactor worker (default off): it takes no
-    /// messages, counts as ready once it runs, has its stdout logged like its stderr, and is
-    /// stopped with SIGTERM, then SIGKILL after the shutdown timeout. Listening sockets reach it
-    /// by socket activation (`LISTEN_FDS`), so a program that understands it serves on them.
+    /// messages, counts as ready as [`ready`](Self::ready) says (by default once it runs), has
+    /// its stdout logged like its stderr, and is stopped with SIGTERM, then SIGKILL after the
+    /// shutdown timeout. Listening sockets reach it by socket activation (`LISTEN_FDS`), so a
+    /// program that understands it serves on them; its slot's id is in `PROCACTOR_INSTANCE`.
     pub fn plain(mut self, on: bool) -> Self {
         self.plain = on;
+        self
+    }
+
+    /// When a plain program counts as ready (default [`Readiness::Spawn`] with no
+    /// `min_uptime`: once it runs). A rolling reload stops an old process once its
+    /// replacement is ready, so a sign that proves the new version works — systemd's
+    /// `READY=1` ([`Readiness::Notify`]), a probe, or a minimum uptime — makes a broken
+    /// version fail the reload while the old processes go on serving. The
+    /// [`ready_timeout`](Self::ready_timeout) applies. Plain programs only.
+    pub fn ready(mut self, ready: Readiness) -> Self {
+        self.ready = ready;
+        self
+    }
+
+    /// systemd's watchdog (`WatchdogSec=`) for a plain program (default off): it finds `period`
+    /// in `WATCHDOG_USEC` (microseconds) and its own pid in `WATCHDOG_PID`, and a
+    /// notification socket in `NOTIFY_SOCKET` whatever [`ready`](Self::ready) says. From the
+    /// moment it is ready, each `WATCHDOG=1` it sends there starts the period again; a period
+    /// without one and the master kills it
+    /// ([`ExitReason::WatchdogTimeout`](crate::ExitReason::WatchdogTimeout)), and the restart
+    /// policy decides what follows, as for a crash. Programs usually ping every half period
+    /// (`sd_watchdog_enabled(3)`). Plain programs only; a worker has heartbeats.
+    pub fn watchdog(mut self, period: Duration) -> Self {
+        self.watchdog = Some(period);
         self
     }
 
@@ -419,6 +460,7 @@ impl ClusterConfig {
             );
         }
         self.validate_listen()?;
+        ready::check(self)?;
         for (key, _) in &self.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return bad("env", format!("{key:?} is not a valid variable name"));

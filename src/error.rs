@@ -266,6 +266,9 @@ pub enum ExitReason {
     ReadyTimeout,
     /// It stopped answering heartbeats (hung or stopped), and the master killed it.
     HeartbeatTimeout,
+    /// A plain program with a [watchdog](crate::ClusterConfig::watchdog) sent no `WATCHDOG=1`
+    /// within its period, and the master killed it.
+    WatchdogTimeout,
     /// The master killed it on request.
     Killed,
     /// Its process could not be started.
@@ -300,6 +303,9 @@ impl fmt::Display for ExitReason {
             ExitReason::ShutdownTimeout => f.write_str("killed after the shutdown timeout"),
             ExitReason::ReadyTimeout => f.write_str("killed: not ready within the ready timeout"),
             ExitReason::HeartbeatTimeout => f.write_str("killed: stopped answering heartbeats"),
+            ExitReason::WatchdogTimeout => {
+                f.write_str("killed: no WATCHDOG=1 within the watchdog period")
+            }
             ExitReason::Killed => f.write_str("killed by the master"),
             ExitReason::SpawnFailed(e) => write!(f, "{e}"),
         }

@@ -115,7 +115,7 @@ pub mod actors;
 pub use backend::{Backend, NodeEvent, NodeId, NodeInfo};
 pub use cluster::{Cluster, ClusterBuilder, GroupHandlers, GroupKey, Groups, GroupsBuilder};
 pub use config::{
-    Affinity, Backoff, ClusterConfig, Escalation, GroupConfig, Intensity, RestartPolicy,
+    Affinity, Backoff, ClusterConfig, Escalation, GroupConfig, Intensity, Readiness, RestartPolicy,
     RestartType, Strategy, DEFAULT_GROUP,
 };
 pub use error::{
@@ -128,8 +128,9 @@ pub use messaging::{
     ClusterInfo, ConfirmationRounds, Ending, Peer, Route, SystemOp, Target, Via, WorkerStats,
 };
 pub use proxy::{
-    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, OldExit, Replace, Replaced, Stop,
-    Tell, TellAck, TellBatch, TellResponse, Terminate, Worker, WorkerRequest, DRAIN_AFTER_EXIT,
+    AwaitReady, Call, CallResponse, FromWorker, GetInfo, Kill, NotifyStatus, OldExit, Replace,
+    Replaced, Stop, Tell, TellAck, TellBatch, TellResponse, Terminate, Worker, WorkerRequest,
+    DRAIN_AFTER_EXIT,
 };
 pub use state::{WorkerId, WorkerState};
 pub use supervisor::{ClusterSupervisor, ListWorkers, ReloadEvent, ReloadReport, StopAll};

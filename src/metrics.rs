@@ -48,7 +48,7 @@
 //! | `procactor_worker_up` | gauge | group, worker | 1 when ready |
 //! | `procactor_worker_state` | gauge | group, worker, state | 1 for the state it is in (spawning, starting, online, ready, stopping, exited, backoff, failed) |
 //! | `procactor_worker_info` | gauge (info) | group, worker, pid, generation | 1 per running process |
-//! | `procactor_worker_restarts_total` | counter | group, worker, reason | processes the slot started again after one ended, by how it ended (exited, signaled, protocol, shutdown_timeout, ready_timeout, heartbeat_timeout, killed, spawn_failed); a reload's replacements are not restarts |
+//! | `procactor_worker_restarts_total` | counter | group, worker, reason | processes the slot started again after one ended, by how it ended (exited, signaled, protocol, shutdown_timeout, ready_timeout, heartbeat_timeout, killed, spawn_failed, watchdog_timeout); a reload's replacements are not restarts |
 //! | `procactor_worker_start_time_seconds` | gauge | group, worker | the running process's start, since the epoch |
 //! | `procactor_worker_cpu_seconds_total` | counter | group, worker | CPU time of the running process (from `/proc`; restarts at 0 with a new process) |
 //! | `procactor_worker_resident_memory_bytes` | gauge | group, worker | resident memory of the running process |

@@ -7,12 +7,14 @@
 //! so the proxy's lifecycle can be tested without processes. The rooms:
 //!
 //! - `spawn`: the spawner thread and the steps a child takes between fork and exec;
-//! - `activated`: the exec of a worker that receives listening sockets (socket activation);
+//! - `activated`: the exec of a child whose environment holds its own pid (socket activation,
+//!   systemd's watchdog);
 //! - `child`: a started child, watched through its pidfd;
 //! - `reap`: the reaper of children whose owner dropped them;
 //! - `tree`: the token every child and its descendants carry in their environment;
 //! - `sweep`: killing every process that carries a token, after a child's exit;
 //! - `keeper`: the process that sweeps a master's tokens once the master has died;
+//! - `notify`: a plain program's notification socket (systemd's `sd_notify` protocol);
 //! - `fds`: the worker's side, taking its channel and its sockets.
 //!
 //! # Guarantees
@@ -69,6 +71,7 @@ mod child;
 pub(crate) mod fake;
 mod fds;
 mod keeper;
+pub(crate) mod notify;
 mod reap;
 mod spawn;
 mod sweep;
@@ -87,6 +90,9 @@ pub(crate) struct SpawnSpec {
     pub(crate) env: Vec<(OsString, OsString)>,
     /// The directory the child runs in (absolute); `None`: the master's.
     pub(crate) cwd: Option<PathBuf>,
+    /// Variables to set to the child's own pid, known only after the fork (`WATCHDOG_PID`;
+    /// `LISTEN_PID` comes with `listeners`).
+    pub(crate) pid_vars: Vec<&'static str>,
     /// Size to raise the stdin and stdout pipes to; 0 leaves them as they are.
     pub(crate) pipe_bytes: usize,
     /// Listening sockets to hand over at fds 3, 4, … (socket activation), with their names.
@@ -179,6 +185,7 @@ impl SpawnSpec {
             args: args.iter().map(OsString::from).collect(),
             env: Vec::new(),
             cwd: None,
+            pid_vars: Vec::new(),
             pipe_bytes: 0,
             listeners: Vec::new(),
             cpus: Vec::new(),

@@ -29,8 +29,10 @@
 //!
 //! # Plain programs
 //! With [`ClusterConfig::plain`] the program is not a procactor worker: it gets no messages, is
-//! ready once it runs, has its stdout logged like its stderr, and is stopped with SIGTERM (then
-//! SIGKILL after the shutdown timeout). Shared listening sockets reach it as they reach workers.
+//! ready as [`ClusterConfig::ready`] says (at once by default; after a minimum uptime, on
+//! systemd's `READY=1`, or when a probe answers: `readiness`), has its stdout logged like its
+//! stderr, and is stopped with SIGTERM (then SIGKILL after the shutdown timeout). Shared
+//! listening sockets reach it as they reach workers.
 //!
 //! # In-flight requests when a worker dies
 //! Every request in flight fails at once with [`CallError::WorkerExited`] carrying the exit
@@ -55,7 +57,9 @@ mod lifecycle;
 mod links;
 mod messages;
 mod metered;
+mod notified;
 mod pipes;
+mod readiness;
 mod replace;
 mod route;
 mod send;
@@ -74,6 +78,8 @@ pub use messages::{
 };
 pub(crate) use messages::{GetFigures, GetStats};
 pub(crate) use metered::{SlotFigures, Tally, LATENCY_BOUNDS, RESTART_REASONS};
+pub use notified::NotifyStatus;
+pub(crate) use readiness::GetNotifyStatus;
 pub(crate) use spec::SlotSpec;
 
 use std::time::Duration;

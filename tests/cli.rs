@@ -280,6 +280,30 @@ fn reload_all_under_load_fails_nothing_and_replaces_every_pid() {
 }
 
 #[test]
+fn a_broken_version_fails_the_reload_and_the_old_instances_serve() {
+    let op = Operator::new();
+    op.start();
+    let before = op.pids("web");
+    std::fs::write(
+        op.dir.path().join("server.py"),
+        "import sys\nsys.exit('broken on purpose')\n",
+    )
+    .unwrap();
+    let output = op.run(&["reload", "web"]);
+    assert!(!output.status.success(), "a failed reload exits != 0");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("web"), "says why: {err}");
+    assert_eq!(op.pids("web"), before, "the old instances run on");
+    for _ in 0..10 {
+        let body = Operator::answer(op.web);
+        assert!(
+            before.iter().any(|p| body.contains(&format!("pid {p} "))),
+            "{body}"
+        );
+    }
+}
+
+#[test]
 fn scale_down_and_up_under_load_fails_nothing() {
     let op = Operator::new();
     op.start();
@@ -385,4 +409,143 @@ fn a_config_error_names_the_key_and_line_and_starts_nothing() {
     assert!(err.contains("instaces") && err.contains(":3:"), "{err}");
     assert!(!op.socket().exists(), "no daemon was started");
     assert!(op.daemon_pid().is_none());
+}
+
+#[test]
+fn resurrect_brings_back_the_apps_at_their_scale_and_keeps_stopped_ones_stopped() {
+    let op = Operator::new();
+    op.start();
+    op.ok(&["scale", "web", "2"]);
+    if op.api.is_some() {
+        op.ok(&["stop", "api"]);
+    }
+    op.ok(&["kill"]);
+    assert!(wait_until(Duration::from_secs(10), || op
+        .daemon_pid()
+        .is_none_or(|p| !alive(p))));
+    let table = op.ok(&["resurrect"]);
+    assert!(table.contains("web"), "{table}");
+    let rows = op.list();
+    assert_eq!(rows.len(), 2, "web at its scale, api stopped: {rows:?}");
+    assert!(rows
+        .iter()
+        .all(|r| r["app"] == "web" && r["state"] == "ready"));
+    Operator::answer(op.web);
+}
+
+#[test]
+fn a_damaged_state_file_is_set_aside_reported_and_the_previous_one_used() {
+    let op = Operator::new();
+    op.start();
+    op.ok(&["scale", "web", "2"]);
+    op.ok(&["kill"]);
+    assert!(wait_until(Duration::from_secs(10), || op
+        .daemon_pid()
+        .is_none_or(|p| !alive(p))));
+    let state = op.state().join("state.json");
+    assert!(
+        op.state().join("state.json.prev").exists(),
+        "a previous state is kept"
+    );
+    std::fs::write(&state, b"{ this is not json").unwrap();
+    let output = op.run(&["resurrect"]);
+    assert!(output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("damaged") || err.contains("set aside"),
+        "reported: {err}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(op.state())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("damaged"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged file is set aside, not deleted");
+    // The previous state was the one before `scale web 2`: web at the file's 3.
+    assert_eq!(op.pids("web").len(), 3);
+}
+
+#[test]
+fn another_user_is_refused_by_the_daemon() {
+    if nix_uid() != 0 {
+        eprintln!("skipping: only root can run a client as another user here (the check itself is unit-tested in cli/handshake.rs)");
+        return;
+    }
+    let op = Operator::new();
+    op.start();
+    // Open the walls the modes make, so that only the daemon's SO_PEERCRED check is left.
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [
+        (op.dir.path().to_path_buf(), 0o755),
+        (op.socket().parent().unwrap().to_path_buf(), 0o755),
+        (op.socket(), 0o666),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--socket",
+        ])
+        .arg(op.socket())
+        .args(["--state-dir", "/tmp", "list"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "refused: {err}");
+    assert!(err.contains("65534"), "{err}");
+    // The daemon still serves its own user.
+    assert_eq!(op.list().len(), op.addrs().len() * 3);
+}
+
+#[test]
+fn logs_follow_prints_new_lines_as_they_come() {
+    let op = Operator::new();
+    op.start();
+    let mut follow = Command::new(BIN)
+        .arg("--socket")
+        .arg(op.socket())
+        .args(["logs", "web", "-f", "--lines", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        Operator::answer(op.web);
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if line.starts_with("web[") && line.contains("GET / ") {
+                seen = true;
+                break;
+            }
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(seen, "a request's line arrived while following");
+}
+
+fn nix_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        })
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(u32::MAX)
 }

@@ -54,7 +54,7 @@ impl App {
         lines: broadcast::Sender<Line>,
     ) -> Result<App, String> {
         let log_dir = state_dir.join("logs").join(name);
-        let (config, group) = crate::mapping::cluster_config(name, spec, file_dir, &log_dir);
+        let (config, group) = crate::mapping::cluster_config(name, spec, file_dir, &log_dir)?;
         let config = config.env("PROCACTOR_APP", name);
         let exits = Exits::default();
         let monitor = Monitor::new(name, events, exits.clone()).start();

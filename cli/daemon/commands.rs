@@ -386,14 +386,41 @@ pub(crate) async fn stop_all(d: &Daemon) {
     }
 }
 
-/// Starts what the state file says ran, at its scale, except what was stopped.
-pub(crate) async fn resurrect(d: &Daemon) -> Result<(), String> {
+/// `resurrect`: starts what the state file says ran; answers the table, with what was set
+/// aside or fallen back on (a damaged state file) as `notes`. A daemon that already runs a file
+/// starts only what of it is missing.
+pub(crate) async fn resurrect_request(d: &Daemon) -> Outcome {
+    let _changing = d.changing.lock().await;
+    let notes = if d.loaded.borrow().is_some() {
+        let loaded = d.loaded.borrow().clone().expect("just checked");
+        if let Err(e) = start_missing(d, &loaded).await {
+            return failed("start_failed", e);
+        }
+        Vec::new()
+    } else {
+        match resurrect(d).await {
+            Ok(notes) => notes,
+            Err(e) => return failed("resurrect_failed", e),
+        }
+    };
+    drop(_changing);
+    let mut outcome = list(d).await;
+    if outcome.ok {
+        outcome.data = json!({ "notes": notes, "instances": outcome.data });
+    }
+    outcome
+}
+
+/// Starts what the state file says ran, at its scale, except what was stopped; returns what
+/// was set aside or fallen back on (also written to the daemon's log).
+pub(crate) async fn resurrect(d: &Daemon) -> Result<Vec<String>, String> {
     let loaded = d.state.load().map_err(|e| e.to_string())?;
     for note in &loaded.notes {
         eprintln!("procactor daemon: {note}");
     }
+    let notes = loaded.notes;
     let Some(state) = loaded.state else {
-        return Ok(());
+        return Ok(notes);
     };
     let loaded = Loaded {
         file: file::parse(&state.config_text, &state.config_path)
@@ -404,7 +431,8 @@ pub(crate) async fn resurrect(d: &Daemon) -> Result<(), String> {
     *d.scales.borrow_mut() = state.scales.into_iter().collect();
     *d.stopped.borrow_mut() = state.stopped.into_iter().collect();
     *d.loaded.borrow_mut() = Some(loaded.clone());
-    start_missing(d, &loaded).await
+    start_missing(d, &loaded).await?;
+    Ok(notes)
 }
 
 /// Writes what runs to the state file; a failure is reported on the daemon's output (the

@@ -136,6 +136,9 @@ async fn connection(daemon: Rc<Daemon>, mut conn: Conn) {
             watch(&daemon, &mut conn).await;
             return;
         }
+        Request::Resurrect => {
+            progress(&daemon, &mut conn, commands::resurrect_request(&daemon)).await
+        }
         Request::Kill => {
             let _changing = daemon.changing.lock().await;
             commands::stop_all(&daemon).await;

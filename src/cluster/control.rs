@@ -20,7 +20,7 @@ use super::Cluster;
 use crate::error::{Error, ExitReason};
 use crate::messaging::system::EndWorker;
 use crate::messaging::{Ending, Peer, Target};
-use crate::proxy::{Replace, Replaced};
+use crate::proxy::{GetNotifyStatus, NotifyStatus, Replace, Replaced};
 use crate::state::WorkerId;
 use crate::worker::WorkerActor;
 
@@ -62,8 +62,9 @@ impl<A: WorkerActor> Cluster<A> {
     }
 
     /// Replaces worker `id`'s process with a new one, with no gap (see the module docs): the
-    /// new process starts while the old one serves, takes the slot once it is ready, and the
-    /// old one is stopped gracefully. Resolves once the old process has exited, with the
+    /// new process starts while the old one serves, takes the slot once it is ready (a plain
+    /// program: as [`ClusterConfig::ready`](crate::ClusterConfig::ready) says), and the old one
+    /// is stopped gracefully. Resolves once the old process has exited, with the
     /// hand-over's figures ([`Replaced::old_exit`] says how the old process ended). It is not a
     /// crash: it counts toward neither the restart intensity nor the backoff, and the slot's
     /// `restarts` stay as they were.
@@ -80,5 +81,16 @@ impl<A: WorkerActor> Cluster<A> {
         let mut replaced = worker.send(Replace).await??;
         replaced.old_exit = replaced.old_exited().await;
         Ok(replaced)
+    }
+
+    /// What worker `id`'s serving process has sent on its notification socket: `READY=1`, its
+    /// last `STATUS=…`, datagrams taken and dropped. `None` when it has none (a plain program
+    /// gets one with [`Readiness::Notify`](crate::Readiness::Notify)).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchWorker`] for an id not of this group; [`Error::Mailbox`] when the slot's
+    /// proxy has stopped.
+    pub async fn notify_status(&self, id: WorkerId) -> Result<Option<NotifyStatus>, Error> {
+        Ok(self.try_worker(id)?.send(GetNotifyStatus).await?)
     }
 }

@@ -1,17 +1,18 @@
-//! The exec of a worker that receives listening sockets (socket activation, `sd_listen_fds(3)`).
+//! The exec of a child whose environment holds its own pid: a worker that receives listening
+//! sockets (socket activation, `sd_listen_fds(3)`: `LISTEN_PID`), a plain program with
+//! systemd's watchdog (`WATCHDOG_PID`, `sd_watchdog_enabled(3)`).
 //!
-//! `LISTEN_PID` must hold the worker's own pid, which exists only after the fork, and nothing
-//! may be allocated between fork and exec. So the whole environment and argument vector are
-//! built before the fork, with room for the pid's digits, and the child fills them in, moves the
-//! sockets to fds 3, 4, … changes to its working directory (`chdir(2)`, the path also prepared
-//! before the fork) and calls `execve(2)` itself.
+//! The pid exists only after the fork, and nothing may be allocated between fork and exec. So
+//! the whole environment and argument vector are built before the fork, with room for the pid's
+//! digits, and the child fills them in, moves the sockets to fds 3, 4, … changes to its working
+//! directory (`chdir(2)`, the path also prepared before the fork) and calls `execve(2)` itself.
 
 use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
-use super::{tree, SpawnSpec};
+use super::{notify, tree, SpawnSpec};
 
 /// The prepared exec; see the module doc.
 pub(super) struct ActivatedExec {
@@ -22,8 +23,9 @@ pub(super) struct ActivatedExec {
     argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
     envp_ptrs: Vec<*const libc::c_char>,
-    /// `LISTEN_PID=` followed by room for 20 digits and a NUL; pointed to from `envp_ptrs`.
-    listen_pid: Box<[u8; 32]>,
+    /// Each variable that holds the child's pid: the length of its `NAME=`, and `NAME=`
+    /// followed by room for 20 digits and a NUL; pointed to from `envp_ptrs`.
+    pid_vars: Vec<(usize, Box<[u8; 64]>)>,
     sources: Vec<OwnedFd>,
     moved: Vec<RawFd>,
 }
@@ -35,8 +37,6 @@ unsafe impl Send for ActivatedExec {}
 unsafe impl Sync for ActivatedExec {}
 
 impl ActivatedExec {
-    const LISTEN_PID: &'static [u8] = b"LISTEN_PID=";
-
     /// Prepares the exec of `spec`, in the parent.
     pub(super) fn new(spec: &SpawnSpec) -> io::Result<Self> {
         let program = c_string(spec.program.as_os_str().as_bytes())?;
@@ -52,8 +52,14 @@ impl ActivatedExec {
         for (k, v) in environment(spec) {
             envp.push(c_string(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
         }
-        let mut listen_pid = Box::new([0u8; 32]);
-        listen_pid[..Self::LISTEN_PID.len()].copy_from_slice(Self::LISTEN_PID);
+        let pid_vars: Vec<_> = pid_names(spec)
+            .map(|name| {
+                let mut var = Box::new([0u8; 64]);
+                var[..name.len()].copy_from_slice(name.as_bytes());
+                var[name.len()] = b'=';
+                (name.len() + 1, var)
+            })
+            .collect();
         let argv_ptrs = argv
             .iter()
             .map(|a| a.as_ptr())
@@ -62,7 +68,8 @@ impl ActivatedExec {
         let envp_ptrs = envp
             .iter()
             .map(|e| e.as_ptr())
-            .chain([listen_pid.as_ptr().cast(), std::ptr::null()])
+            .chain(pid_vars.iter().map(|(_, var)| var.as_ptr().cast()))
+            .chain([std::ptr::null()])
             .collect();
         let sources = spec
             .listeners
@@ -76,14 +83,14 @@ impl ActivatedExec {
             argv_ptrs,
             _envp: envp,
             envp_ptrs,
-            listen_pid,
+            pid_vars,
             moved: vec![-1; sources.len()],
             sources,
         })
     }
 
-    /// In the child: place the sockets, change directory, write `LISTEN_PID`, exec. Returns
-    /// only on failure.
+    /// In the child: place the sockets, change directory, write the pid variables, exec.
+    /// Returns only on failure.
     pub(super) fn run(&mut self) -> io::Result<()> {
         self.place_sockets()?;
         if let Some(dir) = &self.cwd {
@@ -95,7 +102,9 @@ impl ActivatedExec {
         }
         // SAFETY: getpid cannot fail.
         let pid = unsafe { libc::getpid() } as u64;
-        write_decimal(&mut self.listen_pid[Self::LISTEN_PID.len()..], pid);
+        for (at, var) in &mut self.pid_vars {
+            write_decimal(&mut var[*at..], pid);
+        }
         // SAFETY: every pointer is a NUL-terminated string owned by `self`, and both arrays end
         // with a null pointer.
         unsafe {
@@ -131,20 +140,31 @@ impl ActivatedExec {
     }
 }
 
-/// The environment std would pass: ours, overridden by the spec's, without `LISTEN_*`; then the
-/// child's tree token list (see `tree`), the spec's `LISTEN_FDS` and `LISTEN_FDNAMES`
-/// (`LISTEN_PID` is added in the child).
+/// The environment std would pass: ours, overridden by the spec's, without `LISTEN_*`, the
+/// variables systemd gave the master alone, nor the pid variables; then the child's tree token
+/// list (see `tree`), and with sockets the spec's `LISTEN_FDS` and `LISTEN_FDNAMES` (the pid
+/// variables are added in the child).
 fn environment(spec: &SpawnSpec) -> Vec<(OsString, OsString)> {
+    let master_only = |k: &OsString| notify::MASTER_ONLY.iter().any(|m| k == m);
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| !spec.env.iter().any(|(sk, _)| sk == k))
+        .filter(|(k, _)| !spec.env.iter().any(|(sk, _)| sk == k) && !master_only(k))
         .chain(spec.env.iter().cloned())
         .filter(|(k, _)| !k.as_bytes().starts_with(b"LISTEN_") && k != tree::VAR)
+        .filter(|(k, _)| !pid_names(spec).any(|name| k == name))
         .collect();
     env.push((tree::VAR.into(), spec.tree.env_value()));
-    let names: Vec<&str> = spec.listeners.iter().map(|(n, _)| n.as_str()).collect();
-    env.push(("LISTEN_FDS".into(), spec.listeners.len().to_string().into()));
-    env.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
+    if !spec.listeners.is_empty() {
+        let names: Vec<&str> = spec.listeners.iter().map(|(n, _)| n.as_str()).collect();
+        env.push(("LISTEN_FDS".into(), spec.listeners.len().to_string().into()));
+        env.push(("LISTEN_FDNAMES".into(), names.join(":").into()));
+    }
     env
+}
+
+/// The variables that hold the child's own pid: `LISTEN_PID` with sockets, and the spec's.
+fn pid_names(spec: &SpawnSpec) -> impl Iterator<Item = &'static str> + '_ {
+    let listen = (!spec.listeners.is_empty()).then_some("LISTEN_PID");
+    listen.into_iter().chain(spec.pid_vars.iter().copied())
 }
 
 fn c_string(bytes: &[u8]) -> io::Result<CString> {
@@ -172,7 +192,26 @@ pub(super) fn write_decimal(out: &mut [u8], mut n: u64) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::write_decimal;
+    use super::{environment, pid_names, write_decimal};
+    use crate::os::SpawnSpec;
+
+    #[test]
+    fn the_pid_variables_are_left_for_the_child_and_sockets_alone_bring_listen_fds() {
+        let mut spec = SpawnSpec::command("/bin/true", &[]);
+        spec.pid_vars = vec!["WATCHDOG_PID"];
+        spec.env = vec![
+            ("WATCHDOG_PID".into(), "1".into()),
+            ("NOTIFY_SOCKET".into(), "/run/x/0".into()),
+            ("WATCHDOG_USEC".into(), "5000000".into()),
+        ];
+        let env = environment(&spec);
+        let value = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        assert_eq!(value("WATCHDOG_PID"), None, "written in the child");
+        assert_eq!(value("NOTIFY_SOCKET"), Some("/run/x/0".into()));
+        assert_eq!(value("WATCHDOG_USEC"), Some("5000000".into()));
+        assert_eq!(value("LISTEN_FDS"), None);
+        assert_eq!(pid_names(&spec).collect::<Vec<_>>(), ["WATCHDOG_PID"]);
+    }
 
     #[test]
     fn pids_are_written_in_decimal_with_a_nul() {

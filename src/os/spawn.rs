@@ -17,7 +17,7 @@ use nix::fcntl::{fcntl, FcntlArg};
 
 use super::activated::ActivatedExec;
 use super::child::{OsChild, Spawned};
-use super::{keeper, reap, sweep, tree, ChildPipes, SpawnSpec, Spawner};
+use super::{keeper, notify, reap, sweep, tree, ChildPipes, SpawnSpec, Spawner};
 use crate::error::SpawnError;
 
 /// The real [`Spawner`]: children are forked by one spawner thread, so that `PR_SET_PDEATHSIG`
@@ -90,6 +90,9 @@ fn spawn_error(program: &Path, e: &io::Error) -> SpawnError {
 fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let err = |e: io::Error| spawn_error(&spec.program, &e);
     let mut cmd = Command::new(&spec.program);
+    for key in notify::MASTER_ONLY {
+        cmd.env_remove(key);
+    }
     cmd.args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env(tree::VAR, spec.tree.env_value())
@@ -102,7 +105,7 @@ fn spawn_now(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     unsafe {
         cmd.pre_exec(move || steps.run());
     }
-    if !spec.listeners.is_empty() {
+    if !spec.listeners.is_empty() || !spec.pid_vars.is_empty() {
         // It changes to the working directory itself, just before its execve.
         let mut exec = ActivatedExec::new(spec).map_err(err)?;
         // SAFETY: as above; `run` only calls fcntl, dup2, chdir, getpid and execve, and writes

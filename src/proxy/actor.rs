@@ -52,6 +52,8 @@ pub struct Worker<A: WorkerActor> {
     /// processes' in-flight tables).
     pub(super) abandoned: Rc<std::cell::Cell<u64>>,
     pub(super) owed: std::collections::BTreeMap<(u64, WorkerId, u32), u64>,
+    /// The notification sockets of its plain program's processes (see `readiness`).
+    pub(super) notify: super::notified::Notified,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -94,6 +96,7 @@ impl<A: WorkerActor> Worker<A> {
             env: Vec::new(),
             owed: std::collections::BTreeMap::new(),
             abandoned,
+            notify: Default::default(),
             _actor: PhantomData,
         }
     }

@@ -55,7 +55,7 @@ impl Latency {
 
 /// Why a slot's process was restarted, as the `reason` label says it: one per [`ExitReason`]
 /// variant, in [`reason_index`] order.
-pub(crate) const RESTART_REASONS: [&str; 8] = [
+pub(crate) const RESTART_REASONS: [&str; 9] = [
     "exited",
     "signaled",
     "protocol",
@@ -64,6 +64,7 @@ pub(crate) const RESTART_REASONS: [&str; 8] = [
     "heartbeat_timeout",
     "killed",
     "spawn_failed",
+    "watchdog_timeout",
 ];
 
 /// The position of `reason` in [`RESTART_REASONS`].
@@ -77,6 +78,7 @@ pub(crate) fn reason_index(reason: &ExitReason) -> usize {
         ExitReason::HeartbeatTimeout => 5,
         ExitReason::Killed => 6,
         ExitReason::SpawnFailed(_) => 7,
+        ExitReason::WatchdogTimeout => 8,
     }
 }
 
@@ -231,6 +233,7 @@ mod tests {
                 kind: std::io::ErrorKind::NotFound,
                 message: "x".into(),
             }),
+            ExitReason::WatchdogTimeout,
         ];
         let labels: Vec<_> = reasons
             .iter()

@@ -5,15 +5,17 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use actix::prelude::*;
+use tokio::net::unix::pipe::Receiver;
 
 use super::actor::*;
 use super::generation::Finished;
 use super::pipes::{self, ReadFrames};
 use super::DRAIN_AFTER_EXIT;
-use crate::config::SHUTDOWN_TIMEOUT_ENV;
+use crate::config::{INSTANCE_ENV, SHUTDOWN_TIMEOUT_ENV};
 use crate::error::{ExitReason, SpawnError};
 use crate::event::WorkerEventKind;
 use crate::logger::Stream;
+use crate::os::notify::NotifySocket;
 use crate::os::{
     Child as _, ChildPipes, OsChild, OsSpawner, RawExit, SpawnSpec, Spawner as _, Token,
 };
@@ -44,7 +46,21 @@ impl<A: WorkerActor> Worker<A> {
         let config = &self.spawn.config;
         let mut env = self.spawn.env.clone();
         env.extend(self.env.iter().cloned());
-        if !config.plain {
+        let (mut notify, mut pid_vars) = (None, Vec::new());
+        if config.plain {
+            env.push((INSTANCE_ENV.into(), self.id.to_string().into()));
+            match self.prepare_plain(&mut env, &mut pid_vars) {
+                Ok(socket) => notify = socket,
+                Err(e) => {
+                    let error = SpawnError {
+                        program: self.spawn.program.clone(),
+                        kind: e.kind(),
+                        message: format!("cannot bind its notification socket: {e}"),
+                    };
+                    return self.spawned(generation, Err(error), None, ctx);
+                }
+            }
+        } else {
             for (key, value) in [
                 (env::WORKER_ID, self.id.to_string()),
                 (env::GENERATION, generation.to_string()),
@@ -69,6 +85,7 @@ impl<A: WorkerActor> Worker<A> {
             args: self.spawn.args.clone(),
             env,
             cwd: self.spawn.cwd.clone(),
+            pid_vars,
             pipe_bytes: config.pipe_buffer_bytes,
             listeners,
             cpus: config.affinity.cpus_for(self.id),
@@ -78,14 +95,17 @@ impl<A: WorkerActor> Worker<A> {
             OsSpawner
                 .spawn(spec)
                 .into_actor(self)
-                .map(move |result, act, ctx| act.spawned(generation, result, ctx)),
+                .map(move |result, act, ctx| act.spawned(generation, result, notify, ctx)),
         );
     }
 
+    /// Process `generation` was spawned (or could not be); `notify` is its notification
+    /// socket, if it has one.
     pub(super) fn spawned(
         &mut self,
         generation: u64,
         parts: Result<(ChildPipes, OsChild), SpawnError>,
+        notify: Option<NotifySocket>,
         ctx: &mut Context<Self>,
     ) {
         let span = self.span(generation);
@@ -118,23 +138,26 @@ impl<A: WorkerActor> Worker<A> {
         self.watch(
             generation,
             pid,
-            pipes.stdout,
-            pipes.stderr,
+            (pipes.stdout, pipes.stderr),
             tail,
             child,
             ctx,
         );
+        if self.plain() {
+            self.plain_started(generation, notify, ctx);
+        } else {
+            self.arm_ready_timeout(generation, ctx);
+            self.kick_writer(generation, ctx);
+        }
     }
 
     /// Reads process `generation`'s stdout (frames, or lines of a plain program) and stderr,
-    /// waits for its exit, and arms its ready timeout.
-    #[allow(clippy::too_many_arguments)]
+    /// and waits for its exit.
     fn watch(
         &mut self,
         generation: u64,
         pid: u32,
-        stdout: tokio::net::unix::pipe::Receiver,
-        stderr: tokio::net::unix::pipe::Receiver,
+        (stdout, stderr): (Receiver, Receiver),
         tail: Rc<std::cell::RefCell<std::collections::VecDeque<String>>>,
         child: Rc<OsChild>,
         ctx: &mut Context<Self>,
@@ -166,11 +189,10 @@ impl<A: WorkerActor> Worker<A> {
                 .into_actor(self)
                 .map(move |raw, act, ctx| act.exited(generation, raw, ctx)),
         );
-        if plain {
-            // Nothing to wait for: a plain program serves once it runs.
-            self.on_ready(generation, ctx);
-            return;
-        }
+    }
+
+    /// Kills process `generation` if it is not ready within the ready timeout.
+    pub(super) fn arm_ready_timeout(&mut self, generation: u64, ctx: &mut Context<Self>) {
         ctx.run_later(self.spawn.config.ready_timeout, move |act, ctx| {
             let starting = act
                 .proc_mut(generation)
@@ -179,7 +201,6 @@ impl<A: WorkerActor> Worker<A> {
                 act.fault(generation, ExitReason::ReadyTimeout, ctx);
             }
         });
-        self.kick_writer(generation, ctx);
     }
 
     /// Reads `pipe` of process `generation` line by line into the logs and `tail`.
@@ -247,6 +268,8 @@ impl<A: WorkerActor> Worker<A> {
         let Some(finished) = self.proc_mut(generation).and_then(|p| p.finish(id)) else {
             return;
         };
+        // Its notification socket is read no more, and removed.
+        self.notify.end(generation);
         if !self.plain() {
             // Once, before its exit (its stdout may still be held open by a descendant: the
             // channel is gone with it all the same).
