@@ -115,8 +115,8 @@ pub mod actors;
 pub use backend::{Backend, NodeEvent, NodeId, NodeInfo};
 pub use cluster::{Cluster, ClusterBuilder, GroupHandlers, GroupKey, Groups, GroupsBuilder};
 pub use config::{
-    Affinity, Backoff, ClusterConfig, Escalation, GroupConfig, Intensity, Readiness, RestartPolicy,
-    RestartType, Strategy, DEFAULT_GROUP,
+    Affinity, Backoff, ClusterConfig, Escalation, GroupConfig, Intensity, Program, Readiness,
+    RestartPolicy, RestartType, Strategy, DEFAULT_GROUP,
 };
 pub use error::{
     AskError, CallError, ConfigError, Error, ExitReason, FrameError, ProtocolError, ReloadError,

@@ -368,7 +368,7 @@ fn logs_show_the_last_lines_of_an_app() {
 }
 
 #[test]
-fn apply_dry_run_prints_the_plan_and_changes_nothing() {
+fn apply_dry_run_changes_nothing_and_apply_changes_env_without_a_failed_request() {
     let op = Operator::new();
     op.start();
     let before = op.pids("web");
@@ -382,6 +382,30 @@ fn apply_dry_run_prints_the_plan_and_changes_nothing() {
     assert!(!plan.contains("hello"), "values are not printed: {plan}");
     assert_eq!(op.pids("web"), before, "dry run: nothing restarted");
     assert_eq!(std::fs::read(op.state().join("state.json")).unwrap(), state);
+
+    let loads: Vec<Load> = op
+        .addrs()
+        .into_iter()
+        .map(|a| Load::start(a, LoadOptions::default()))
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || loads
+        .iter()
+        .all(|l| l.stats().ok > 20)));
+    op.ok(&["apply", op.config().to_str().unwrap()]);
+    for load in loads {
+        let stats = load.stop();
+        assert_eq!(stats.failures, 0, "{}", stats.summary());
+    }
+    assert!(op.pids("web").is_disjoint(&before));
+    for addr in op.addrs() {
+        let body = Operator::answer(addr);
+        assert!(body.contains("greeting hello"), "{body}");
+    }
+    assert_ne!(
+        std::fs::read(op.state().join("state.json")).unwrap(),
+        state,
+        "the applied file is saved"
+    );
 }
 
 #[test]

@@ -266,7 +266,7 @@ pub(crate) async fn describe(d: &Daemon, name: &str, show_env: bool) -> Outcome 
     let Some(app) = d.app(name) else {
         return not_running(d, name);
     };
-    let mut spec = serde_json::to_value(&app.spec).unwrap_or_default();
+    let mut spec = serde_json::to_value(&*app.spec.borrow()).unwrap_or_default();
     if !show_env {
         if let Some(env) = spec.get_mut("env").and_then(|e| e.as_object_mut()) {
             for value in env.values_mut() {
@@ -274,10 +274,9 @@ pub(crate) async fn describe(d: &Daemon, name: &str, show_env: bool) -> Outcome 
             }
         }
     }
-    let sockets: serde_json::Map<String, serde_json::Value> = app
-        .spec
-        .listen
-        .keys()
+    let names: Vec<String> = app.spec.borrow().listen.keys().cloned().collect();
+    let sockets: serde_json::Map<String, serde_json::Value> = names
+        .iter()
         .filter_map(|n| {
             let addr = app.cluster().local_addr(n)?;
             Some((n.clone(), json!(addr.to_string())))
@@ -353,7 +352,7 @@ async fn apply_changes(d: &Daemon, loaded: &Loaded, changes: &[Change]) -> Resul
             Change::Reload { app, .. } => {
                 if let Some(running) = d.app(app) {
                     running
-                        .reload_with(&loaded.file.apps[app.as_str()], &dir)
+                        .reload_with(&loaded.file.apps[app.as_str()], &dir, &d.state_dir)
                         .await
                         .map_err(|e| format!("{app}: {e}"))?;
                 }
