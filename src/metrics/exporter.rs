@@ -29,7 +29,7 @@ use crate::backend::NodeView;
 use crate::cache::SharedCache;
 use crate::error::{ConfigError, Error};
 use crate::logger::LogLink;
-use crate::supervisor::{ClusterSupervisor, Control, GetClusterFigures};
+use crate::supervisor::{ClusterFigures, ClusterSupervisor, Control, GetClusterFigures};
 
 /// What a scrape reads of one cluster: the supervisor (and through it every proxy), the cache,
 /// the logger, and the node's membership when the cluster spans hosts (its configured name and
@@ -179,12 +179,7 @@ impl Scraped {
 
     /// One cluster's part of the scrape, labelled: its node on every series; in an exporter,
     /// also the name it was added under as `group` on its cluster-wide series.
-    fn part(
-        &self,
-        name: String,
-        sources: Sources,
-        cluster: crate::supervisor::ClusterFigures,
-    ) -> Part {
+    fn part(&self, name: String, sources: Sources, cluster: ClusterFigures) -> Part {
         let labels: Labels = sources
             .node
             .as_ref()
