@@ -32,6 +32,7 @@ mod builder;
 mod control;
 mod groups;
 mod logs;
+mod metrics;
 mod nodes;
 mod reload;
 mod topics;
@@ -71,6 +72,8 @@ pub struct Cluster<A: WorkerActor> {
     spec: Rc<SlotSpec>,
     links: Links<A>,
     metrics_addr: Option<std::net::SocketAddr>,
+    /// What a scrape reads of the cluster (for an [`Exporter`](crate::metrics::Exporter)).
+    metrics: crate::metrics::Sources,
     node: Option<crate::backend::NodeView>,
 }
 
@@ -85,6 +88,7 @@ impl<A: WorkerActor> Clone for Cluster<A> {
             spec: Rc::clone(&self.spec),
             links: self.links.clone(),
             metrics_addr: self.metrics_addr,
+            metrics: self.metrics.clone(),
             node: self.node.clone(),
         }
     }
@@ -479,12 +483,6 @@ impl<A: WorkerActor> Cluster<A> {
     pub fn local_addr(&self, name: &str) -> Option<ListenAddr> {
         let bound = self.spec.listeners.iter().find(|b| b.name == name)?;
         Some(bound.addr.clone())
-    }
-
-    /// Where the metrics endpoint listens (see [`ClusterConfig::metrics`](crate::ClusterConfig::metrics); for port 0, the port
-    /// it got); `None` when the cluster serves no metrics.
-    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_addr
     }
 
     /// Stops every worker gracefully and returns once all have been reaped.
