@@ -573,3 +573,56 @@ fn nix_uid() -> u32 {
         .and_then(|u| u.parse().ok())
         .unwrap_or(u32::MAX)
 }
+
+#[test]
+fn the_daemons_metrics_are_scraped_by_prometheus() {
+    use common::prometheus::{encoded, have, promtool_accepts, start_prometheus};
+    let op = Operator::new();
+    let port = free_port();
+    let text = std::fs::read_to_string(op.config()).unwrap();
+    std::fs::write(
+        op.config(),
+        format!("[daemon]\nmetrics = \"127.0.0.1:{port}\"\n\n{text}"),
+    )
+    .unwrap();
+    op.start();
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, body) = get(target, "/metrics").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let up = |group: &str| {
+        body.lines()
+            .filter(|l| {
+                l.starts_with("procactor_worker_up{") && l.contains(&format!("group=\"{group}\""))
+            })
+            .filter(|l| l.ends_with(" 1") || l.ends_with(" 1.0"))
+            .count()
+    };
+    assert_eq!(up("web"), 3, "{body}");
+    if op.api.is_some() {
+        assert_eq!(up("api"), 3, "{body}");
+    }
+    assert!(body.contains("procactor_daemon_apps "), "{body}");
+    assert!(
+        body.contains("procactor_daemon_control_requests_total{"),
+        "{body}"
+    );
+    promtool_accepts(&body);
+
+    if !have("prometheus") {
+        return;
+    }
+    let (_prometheus, server) = start_prometheus(op.dir.path(), target);
+    let promql = encoded("sum(procactor_worker_up{group=\"web\"})");
+    let seen = wait_until(Duration::from_secs(60), || {
+        let Ok((200, body)) = get(server, &format!("/api/v1/query?query={promql}")) else {
+            return false;
+        };
+        let json: Value = serde_json::from_str(&body).unwrap_or_default();
+        json["data"]["result"][0]["value"][1] == "3"
+    });
+    assert!(
+        seen,
+        "Prometheus never saw 3 web instances: {}",
+        std::fs::read_to_string(op.dir.path().join("prometheus.log")).unwrap_or_default()
+    );
+}

@@ -13,10 +13,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{echo_config, within};
+use common::prometheus::{encoded, free_port, have, promtool_accepts, start_prometheus};
 use procactor::actors::echo::{Echo, EchoMsg};
 use procactor::metrics::prometheus_client::metrics::counter::Counter;
 use procactor::metrics::Exporter;
@@ -77,54 +77,6 @@ fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 fn value(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     sample(body, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{body}"))
-}
-
-/// Whether `program` runs here; outside CI a missing one skips the test (printed), in CI it
-/// fails it.
-fn have(program: &str) -> bool {
-    let found = Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{program} is missing (Debian package prometheus); CI must install it"
-        );
-        eprintln!("skipped: {program} is not installed (Debian package prometheus)");
-    }
-    found
-}
-
-/// `promtool check metrics` finds nothing to say about `body` (skipped, saying so, without
-/// promtool outside CI).
-fn promtool_accepts(body: &str) {
-    if !have("promtool") {
-        return;
-    }
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool check metrics: {said}");
-    assert!(said.trim().is_empty(), "promtool found problems: {said}");
 }
 
 #[actix::test]
@@ -354,34 +306,6 @@ async fn openmetrics_when_asked_and_clear_errors_for_bad_requests() {
     .await;
 }
 
-/// A child process killed and reaped through its handle when dropped.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A free loopback port (bound, then let go for the server to take).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// `s` percent-encoded for a query string.
-fn encoded(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// A PromQL instant query through Prometheus's HTTP API: each result's labels and value.
 async fn query(
     prometheus: SocketAddr,
@@ -405,37 +329,6 @@ async fn query(
             (r["metric"].clone(), value)
         })
         .collect()
-}
-
-/// A Prometheus server scraping `target` every second, its data and log in `dir`; the handle
-/// kills and reaps it when dropped.
-fn start_prometheus(dir: &std::path::Path, target: SocketAddr) -> (Reaped, SocketAddr) {
-    let port = free_port();
-    let prometheus: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: procactor\n    scrape_interval: 1s\n    \
-             static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let server = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={prometheus}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .unwrap();
-    (Reaped(server), prometheus)
 }
 
 /// Waits (60 s at most) until Prometheus is ready and `promql`'s results pass `done`.

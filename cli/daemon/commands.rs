@@ -70,6 +70,9 @@ pub(crate) async fn start(d: &Daemon, path: &Path, text: &str) -> Outcome {
         text: text.to_owned(),
         file: new,
     };
+    if let Err(e) = d.serve_metrics(&loaded.file) {
+        return failed("config", e);
+    }
     // Starting again what was stopped: `start` is the operator's word for it.
     d.stopped.borrow_mut().clear();
     *d.loaded.borrow_mut() = Some(loaded.clone());
@@ -114,7 +117,7 @@ async fn start_app(d: &Daemon, name: &str, spec: &AppSpec, dir: &Path) -> Result
     )
     .await
     .map_err(|e| format!("{name}: {e}"))?;
-    d.apps.borrow_mut().insert(name.to_owned(), Rc::new(app));
+    d.add_app(Rc::new(app));
     Ok(())
 }
 
@@ -226,7 +229,7 @@ pub(crate) async fn stop(d: &Daemon, target: &Target) -> Outcome {
     let mut stopped = Vec::new();
     for app in apps.iter().rev() {
         let result = app.stop().await;
-        d.apps.borrow_mut().shift_remove(&app.name);
+        d.remove_app(&app.name);
         d.stopped.borrow_mut().push(app.name.clone());
         if let Err(e) = result {
             save_state(d);
@@ -317,6 +320,9 @@ pub(crate) async fn apply(d: &Daemon, path: &Path, text: &str, dry_run: bool) ->
     if dry_run {
         return ok(json!({ "plan": changes, "lines": lines, "applied": false }));
     }
+    if let Err(e) = d.serve_metrics(&new) {
+        return failed("config", e);
+    }
     let loaded = Loaded {
         path: path.to_path_buf(),
         text: text.to_owned(),
@@ -338,14 +344,14 @@ async fn apply_changes(d: &Daemon, loaded: &Loaded, changes: &[Change]) -> Resul
             Change::Stop { app } => {
                 if let Some(running) = d.app(app) {
                     running.stop().await.map_err(|e| format!("{app}: {e}"))?;
-                    d.apps.borrow_mut().shift_remove(app);
+                    d.remove_app(app);
                 }
                 d.scales.borrow_mut().shift_remove(app);
             }
             Change::Restart { app, .. } => {
                 if let Some(running) = d.app(app) {
                     running.stop().await.map_err(|e| format!("{app}: {e}"))?;
-                    d.apps.borrow_mut().shift_remove(app);
+                    d.remove_app(app);
                 }
                 d.scales.borrow_mut().shift_remove(app);
             }
@@ -381,7 +387,7 @@ pub(crate) async fn stop_all(d: &Daemon) {
         if let Err(e) = app.stop().await {
             eprintln!("procactor daemon: stopping {}: {e}", app.name);
         }
-        d.apps.borrow_mut().shift_remove(&app.name);
+        d.remove_app(&app.name);
     }
 }
 
@@ -429,6 +435,7 @@ pub(crate) async fn resurrect(d: &Daemon) -> Result<Vec<String>, String> {
     };
     *d.scales.borrow_mut() = state.scales.into_iter().collect();
     *d.stopped.borrow_mut() = state.stopped.into_iter().collect();
+    d.serve_metrics(&loaded.file)?;
     *d.loaded.borrow_mut() = Some(loaded.clone());
     start_missing(d, &loaded).await?;
     Ok(notes)
@@ -447,7 +454,11 @@ fn save_state(d: &Daemon) {
         scales: d.scales.borrow().clone().into_iter().collect(),
         stopped: d.stopped.borrow().iter().cloned().collect(),
     };
-    if let Err(e) = d.state.save(&state) {
+    let saved = d.state.save(&state);
+    if let Some(metrics) = d.metrics.borrow().as_ref() {
+        metrics.state_write(saved.is_ok());
+    }
+    if let Err(e) = saved {
         eprintln!("procactor daemon: the state was not saved: {e}");
     }
 }
