@@ -13,6 +13,7 @@
 mod app;
 mod commands;
 mod logs;
+mod metrics;
 mod monitor;
 mod notify;
 mod server;
@@ -82,6 +83,8 @@ pub(crate) struct Daemon {
     /// Every app's output lines, for `logs -f`.
     lines: broadcast::Sender<crate::proto::Line>,
     samples: RefCell<Samples>,
+    /// The Prometheus endpoint, once a file asked for one.
+    metrics: RefCell<Option<metrics::DaemonMetrics>>,
     /// Held by a request while it changes what runs.
     changing: tokio::sync::Mutex<()>,
     /// Set when the daemon should exit.
@@ -103,6 +106,7 @@ impl Daemon {
             events,
             lines,
             samples: RefCell::default(),
+            metrics: RefCell::default(),
             changing: tokio::sync::Mutex::new(()),
             exit: watch::Sender::new(false),
         })
@@ -111,6 +115,62 @@ impl Daemon {
     /// The running app called `name`.
     fn app(&self, name: &str) -> Option<Rc<App>> {
         self.apps.borrow().get(name).cloned()
+    }
+
+    /// `app` runs now.
+    fn add_app(&self, app: Rc<App>) {
+        if let Some(metrics) = self.metrics.borrow().as_ref() {
+            metrics.add(app.cluster());
+        }
+        self.apps.borrow_mut().insert(app.name.clone(), app);
+        self.count_apps();
+    }
+
+    /// The app `name` no longer runs.
+    fn remove_app(&self, name: &str) {
+        self.apps.borrow_mut().shift_remove(name);
+        if let Some(metrics) = self.metrics.borrow().as_ref() {
+            metrics.remove(name);
+        }
+        self.count_apps();
+    }
+
+    fn count_apps(&self) {
+        if let Some(metrics) = self.metrics.borrow().as_ref() {
+            metrics.apps(self.apps.borrow().len());
+        }
+    }
+
+    /// Serves `/metrics` where `file` asks, unless an endpoint already runs (an address changed
+    /// since takes effect at the daemon's next start).
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    fn serve_metrics(&self, file: &ConfigFile) -> Result<(), String> {
+        let Some(addr) = &file.daemon.metrics else {
+            return Ok(());
+        };
+        if self.metrics.borrow().is_some() {
+            return Ok(());
+        }
+        let metrics = metrics::DaemonMetrics::bind(addr.get_ref())?;
+        eprintln!(
+            "procactor daemon: metrics at http://{}/metrics",
+            metrics.addr()
+        );
+        for app in self.running() {
+            metrics.add(app.cluster());
+        }
+        metrics.apps(self.apps.borrow().len());
+        *self.metrics.borrow_mut() = Some(metrics);
+        Ok(())
+    }
+
+    /// Counts one answered request.
+    fn count_request(&self, command: &str, ok: bool) {
+        if let Some(metrics) = self.metrics.borrow().as_ref() {
+            metrics.request(command, ok);
+        }
     }
 
     /// The running apps, in start order.

@@ -16,7 +16,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::error::ExitReason;
-use crate::error::{CallError, ConfigError, Error, ReloadError};
+use crate::error::{CallError, ConfigError, Error};
 use crate::event::WorkerInfo;
 use crate::listen::ListenAddr;
 use crate::messaging::system::{AwaitConfirmations, GetClusterInfo, GetClusterStats};
@@ -24,7 +24,7 @@ use crate::messaging::table::{Routed, Tally};
 use crate::messaging::{ClusterInfo, Peer, Via, WorkerStats};
 use crate::proxy::{AwaitReady, Links, SlotSpec, Worker};
 use crate::state::WorkerId;
-use crate::supervisor::{ClusterSupervisor, Control, ListWorkers, ReloadReport, Scale, StopAll};
+use crate::supervisor::{ClusterSupervisor, Control, ListWorkers, Scale, StopAll};
 use crate::worker::WorkerActor;
 
 mod assembly;
@@ -32,7 +32,9 @@ mod builder;
 mod control;
 mod groups;
 mod logs;
+mod metrics;
 mod nodes;
+mod reload;
 mod topics;
 
 pub use builder::ClusterBuilder;
@@ -70,6 +72,8 @@ pub struct Cluster<A: WorkerActor> {
     spec: Rc<SlotSpec>,
     links: Links<A>,
     metrics_addr: Option<std::net::SocketAddr>,
+    /// What a scrape reads of the cluster (for an [`Exporter`](crate::metrics::Exporter)).
+    metrics: crate::metrics::Sources,
     node: Option<crate::backend::NodeView>,
 }
 
@@ -84,6 +88,7 @@ impl<A: WorkerActor> Clone for Cluster<A> {
             spec: Rc::clone(&self.spec),
             links: self.links.clone(),
             metrics_addr: self.metrics_addr,
+            metrics: self.metrics.clone(),
             node: self.node.clone(),
         }
     }
@@ -316,52 +321,6 @@ impl<A: WorkerActor> Cluster<A> {
             Err(reason) => Err(Error::StartFailed { worker: id, reason }),
         }
     }
-
-    /// Replaces every worker, one at a time, with a new process of the program as it is on disk
-    /// now, with no gap in service (a rolling restart; see [`ReloadEvent`](crate::ReloadEvent) for its progress).
-    ///
-    /// Each new process is started beside the one it replaces; once it is ready it takes over,
-    /// and the old one is stopped gracefully, finishing its work first. The next worker follows
-    /// after `reload_delay`. A reload asked for while one runs (by this method, SIGHUP or a
-    /// worker) is queued and runs after it.
-    ///
-    /// **With a backend** (a cluster over several hosts) this reloads the whole cluster, one
-    /// node at a time, each node with the rolling reload above, and returns when the whole
-    /// rollout ends: the report's [`cluster`](ReloadReport::cluster) says what happened on
-    /// each node, its other fields are this node's step. A request made while a rollout runs
-    /// waits for it and then for at most one more (see `backend/rollout.rs`).
-    /// [`reload_local`](Self::reload_local) reloads this node only.
-    ///
-    /// # Errors
-    /// [`Error::Reload`] when a replacement failed (it crashed, or was not ready within the
-    /// ready timeout): the reload stopped there, and that worker and those after it still run
-    /// their old process; or when the cluster began to stop. With a backend:
-    /// [`ReloadError::ClusterUnavailable`] at once when Redis cannot be reached (nothing was
-    /// reloaded), [`ReloadError::Rollout`] when the rollout stopped (a node failed: the nodes
-    /// after it keep the old version). [`Error::Mailbox`] when the supervisor has stopped.
-    pub async fn reload(&self) -> Result<ReloadReport, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.supervisor.send(Control::Reload(Some(tx))).await?;
-        match rx.await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(Error::Reload(ReloadError::Stopping { replaced: 0 })),
-        }
-    }
-
-    /// The rolling reload of [`reload`](Self::reload), of this node's workers only, with or
-    /// without a backend (the same as `reload` without one).
-    ///
-    /// # Errors
-    /// As [`reload`](Self::reload) without a backend.
-    pub async fn reload_local(&self) -> Result<ReloadReport, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.supervisor.send(Control::ReloadLocal(tx)).await?;
-        match rx.await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(Error::Reload(ReloadError::Stopping { replaced: 0 })),
-        }
-    }
-
     /// Scales the cluster to `n` running workers, with no failed request.
     ///
     /// Scaling down stops the highest-numbered running workers gracefully (each finishes its
@@ -524,12 +483,6 @@ impl<A: WorkerActor> Cluster<A> {
     pub fn local_addr(&self, name: &str) -> Option<ListenAddr> {
         let bound = self.spec.listeners.iter().find(|b| b.name == name)?;
         Some(bound.addr.clone())
-    }
-
-    /// Where the metrics endpoint listens (see [`ClusterConfig::metrics`](crate::ClusterConfig::metrics); for port 0, the port
-    /// it got); `None` when the cluster serves no metrics.
-    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_addr
     }
 
     /// Stops every worker gracefully and returns once all have been reaped.

@@ -17,6 +17,7 @@ pub(crate) mod restart;
 
 pub use group::GroupConfig;
 pub(crate) use program::resolve_program;
+pub use program::Program;
 pub(crate) use ready::HttpTarget;
 pub use ready::Readiness;
 

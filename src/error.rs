@@ -435,6 +435,25 @@ pub enum ReloadError {
         /// Workers replaced before the stop.
         replaced: usize,
     },
+    /// A reload onto a new program ([`Cluster::reload_with`](crate::Cluster::reload_with))
+    /// failed, and every worker was brought back to the program it ran before: the cluster
+    /// serves the old version, as before the reload.
+    #[error("the reload onto the new program failed and was rolled back: {cause}")]
+    RolledBack {
+        /// Why the reload failed.
+        cause: Box<ReloadError>,
+    },
+    /// A reload onto a new program failed, and so did bringing the workers back to the old
+    /// one: some may run the new program. Processes started from now on run the old one.
+    #[error(
+        "the reload onto the new program failed ({cause}), and so did its rollback: {rollback}"
+    )]
+    RollbackFailed {
+        /// Why the reload failed.
+        cause: Box<ReloadError>,
+        /// Why the rollback failed.
+        rollback: Box<ReloadError>,
+    },
     /// A cluster-wide reload (a cluster with a backend) could not begin: Redis cannot be
     /// reached, or this node has not joined its cluster. Nothing was reloaded;
     /// `Cluster::reload_local` still reloads this node.

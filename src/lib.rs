@@ -56,8 +56,9 @@
 //!             master side                                   worker side (the child)
 //!  7 handles  cluster: Cluster<A>, ClusterBuilder/GroupsBuilder, Groups, start-up assembly
 //!  6 cluster  supervisor: slots and groups, restart policy, rolling reload, scale, signals,
-//!             system operations; metrics: the /metrics endpoint, which reads the supervisor,
-//!             the proxies, the cache and the logger at each scrape
+//!             system operations; metrics: the /metrics endpoint (one cluster's, or an Exporter's
+//!             of several), which reads the supervisor, the proxies, the cache and the logger at
+//!             each scrape
 //!  5 proxy    proxy: one slot — its processes' state machine (generation), the hand-over,
 //!             the in-flight table, the stdin queue, the pipe futures    │ worker: WorkerActor,
 //!                                                                      │ runtime, uplink, inbox,
@@ -115,8 +116,8 @@ pub mod actors;
 pub use backend::{Backend, NodeEvent, NodeId, NodeInfo};
 pub use cluster::{Cluster, ClusterBuilder, GroupHandlers, GroupKey, Groups, GroupsBuilder};
 pub use config::{
-    Affinity, Backoff, ClusterConfig, Escalation, GroupConfig, Intensity, Readiness, RestartPolicy,
-    RestartType, Strategy, DEFAULT_GROUP,
+    Affinity, Backoff, ClusterConfig, Escalation, GroupConfig, Intensity, Program, Readiness,
+    RestartPolicy, RestartType, Strategy, DEFAULT_GROUP,
 };
 pub use error::{
     AskError, CallError, ConfigError, Error, ExitReason, FrameError, ProtocolError, ReloadError,
@@ -336,6 +337,17 @@ pub struct ReadmeDoctests;
 ///     let _: Vec<WorkerInfo> = groups.workers().await?;
 ///     let _: Option<&str> = groups.group_of(0);
 ///     let _: (&str, WorkerId) = groups.worker_by_pid(42).await?;
+///     // `metrics::Exporter`
+///     use procactor::metrics::prometheus_client::{collector::Collector, metrics::counter::Counter};
+///     let exporter = procactor::metrics::Exporter::bind("127.0.0.1:0")?;
+///     let _: std::net::SocketAddr = exporter.local_addr();
+///     exporter.add(&cluster);
+///     exporter.add(groups.get(web)?);
+///     let _: bool = exporter.remove("web");
+///     let _: Vec<String> = exporter.names();
+///     exporter.register("myapp_requests", "Requests answered.", Counter::<u64>::default());
+///     let collector: Option<Box<dyn Collector>> = None;
+///     collector.map(|c| exporter.register_collector(c));
 ///     groups.stop().await?;
 ///     cluster.stop().await?;
 ///     cluster.wait().await

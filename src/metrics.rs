@@ -1,5 +1,6 @@
 //! Metrics for Prometheus: the master serves `GET /metrics` when
-//! [`ClusterConfig::metrics`](crate::ClusterConfig::metrics) gives it an address.
+//! [`ClusterConfig::metrics`](crate::ClusterConfig::metrics) gives it an address, or, for a
+//! program that runs several clusters, one [`Exporter`] serves them all at one address.
 //!
 //! ```no_run
 //! # use procactor::prelude::*;
@@ -35,13 +36,26 @@
 //! as tasks that only wait on their own socket, so a slow or silent client holds nothing but
 //! its connection. It has no authentication: bind it to loopback or a private interface.
 //!
+//! # Several clusters: [`Exporter`]
+//! Each cluster's own endpoint has its own `process_*` series and its own port. A program that
+//! runs several clusters (the `procactor` daemon runs one per app) binds one [`Exporter`]
+//! instead and [adds](Exporter::add) each cluster to it: one scrape then holds each family
+//! once, with every cluster's series, one set of `process_*` series and one
+//! `procactor_build_info`, then the program's own families ([`Exporter::register`]). A
+//! cluster is known by its group's name: its workers' series carry `group` as always, and its
+//! cluster-wide series (reloads, cache, logs, membership) get `group` too, that name. A cluster
+//! leaves the scrape when it stops or is [removed](Exporter::remove). Scrapes of an exporter
+//! are coalesced and bounded as above; only a cluster that does not answer in time fails one.
+//!
 //! # Names
 //! Base units, `_total` for counters, labels with bounded values: `group` (the supervision
 //! group), `worker` (the worker's id, stable across restarts), `reason`, `kind`, `direction`,
 //! `state`, `result`, `collection`; with several hosts
 //! ([`ClusterConfig::backend`](crate::ClusterConfig::backend)) every series also carries `node`,
 //! the node's configured name. The pid is a label of `procactor_worker_info` only (it changes
-//! on every restart).
+//! on every restart). Through an [`Exporter`], the families below without `group` (reloads,
+//! cache, logs, membership) carry `group` as well: the name of the cluster's group it was added
+//! by.
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
@@ -75,157 +89,16 @@
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_start_time_seconds`, `process_open_fds`, `process_max_fds` | | | the master process, under the standard names |
 
 mod collect;
+mod exporter;
 mod families;
+mod flights;
 pub(crate) mod http;
 mod services;
 
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::time::{Duration, SystemTime};
-
-use tokio::sync::oneshot;
-
-use actix::WeakAddr;
-
+pub use exporter::Exporter;
+pub(crate) use exporter::{serve, Sources};
 pub(crate) use http::Endpoint;
 
-use crate::backend::NodeView;
-use crate::cache::SharedCache;
-use crate::logger::LogLink;
-use crate::supervisor::{ClusterSupervisor, GetClusterFigures};
-use collect::{Exposition, Master, Membership};
-use http::{Format, Limits, Scrape};
-
-/// What a scrape reads: the supervisor (and through it every proxy), the cache, the logger, and
-/// the node's membership when the cluster spans hosts (its configured name and its view).
-#[derive(Clone)]
-pub(crate) struct Sources {
-    pub(crate) supervisor: WeakAddr<ClusterSupervisor>,
-    pub(crate) cache: SharedCache,
-    pub(crate) log: LogLink,
-    pub(crate) node: Option<(String, NodeView)>,
-}
-
-/// How long a scrape waits for the supervisor and the proxies before it is answered 503.
-const SCRAPE_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Binds `addr` and serves the cluster's metrics there, on the current thread, until the
-/// returned endpoint is dropped or stopped.
-///
-/// # Errors
-/// When `addr` cannot be bound (in use, not an address of this host).
-pub(crate) fn serve(addr: &str, sources: Sources) -> std::io::Result<Endpoint> {
-    let started = SystemTime::now();
-    let listener = Endpoint::bind(addr)?;
-    let flights: Rc<Flights> = Rc::default();
-    let scrape: Scrape = Rc::new(move |format: Format| {
-        let Sources {
-            supervisor,
-            cache,
-            log,
-            node,
-        } = sources.clone();
-        let flights = Rc::clone(&flights);
-        Box::pin(async move {
-            let leader = match Flights::join(&flights, format) {
-                Joined::Follower(answer) => {
-                    let cut = || "the scrape this request joined was cut short".to_owned();
-                    return answer.await.unwrap_or_else(|_| Err(cut()));
-                }
-                Joined::Leader(leader) => leader,
-            };
-            let Some(supervisor) = supervisor.upgrade() else {
-                return leader.done(Err(GONE.to_owned()));
-            };
-            let figures = tokio::time::timeout(SCRAPE_DEADLINE, supervisor.send(GetClusterFigures));
-            let cluster = match figures.await {
-                Ok(Ok(cluster)) => cluster,
-                Ok(Err(_)) => return leader.done(Err(GONE.to_owned())),
-                Err(_) => {
-                    let late = format!("the cluster did not answer within {SCRAPE_DEADLINE:?}");
-                    return leader.done(Err(late));
-                }
-            };
-            let body = Exposition {
-                cluster,
-                cache: cache.stats(),
-                logs: log.stats(),
-                master: Master::read(started),
-                node: node.map(|(name, view)| Membership {
-                    name,
-                    me: view.id(),
-                    nodes: view.nodes(),
-                    stats: view.stats(),
-                }),
-            }
-            .encode(format);
-            leader.done(Ok(body))
-        })
-    });
-    Endpoint::serve(listener, scrape, Limits::default())
-}
-
-/// The answer to a scrape when the cluster has stopped.
-const GONE: &str = "the cluster is not running";
-
-type Answer = Result<String, String>;
-
-/// Scrapes coalesced per format: while one runs, requests for the same format wait for its
-/// answer instead of starting another, so any number of scrapers costs the master one scrape
-/// at a time.
-#[derive(Default)]
-struct Flights {
-    /// Per format: `Some` while a scrape runs, with who waits for it.
-    waiting: RefCell<[Option<Vec<oneshot::Sender<Answer>>>; 2]>,
-}
-
-enum Joined {
-    Leader(Leader),
-    Follower(oneshot::Receiver<Answer>),
-}
-
-impl Flights {
-    fn join(flights: &Rc<Flights>, format: Format) -> Joined {
-        let slot = format as usize;
-        let mut waiting = flights.waiting.borrow_mut();
-        match &mut waiting[slot] {
-            Some(followers) => {
-                let (tx, rx) = oneshot::channel();
-                followers.push(tx);
-                Joined::Follower(rx)
-            }
-            none => {
-                *none = Some(Vec::new());
-                Joined::Leader(Leader {
-                    flights: Rc::clone(flights),
-                    slot,
-                })
-            }
-        }
-    }
-}
-
-/// The scrape that runs for its format; its answer goes to every request that joined it. If it
-/// is dropped unfinished (its connection ended), the next request starts a new one.
-struct Leader {
-    flights: Rc<Flights>,
-    slot: usize,
-}
-
-impl Leader {
-    fn done(self, answer: Answer) -> Answer {
-        let followers = self.flights.waiting.borrow_mut()[self.slot].take();
-        for follower in followers.into_iter().flatten() {
-            let _ = follower.send(answer.clone());
-        }
-        answer
-    }
-}
-
-impl Drop for Leader {
-    fn drop(&mut self) {
-        // After `done` the slot is empty already; otherwise the followers' senders drop and
-        // they answer 503.
-        self.flights.waiting.borrow_mut()[self.slot].take();
-    }
-}
+/// The crate procactor encodes its metrics with, for the metrics and collectors given to
+/// [`Exporter::register`] and [`Exporter::register_collector`].
+pub use prometheus_client;

@@ -80,7 +80,7 @@ pub(crate) use messages::{GetFigures, GetStats};
 pub(crate) use metered::{SlotFigures, Tally, LATENCY_BOUNDS, RESTART_REASONS};
 pub use notified::NotifyStatus;
 pub(crate) use readiness::GetNotifyStatus;
-pub(crate) use spec::SlotSpec;
+pub(crate) use spec::{Launch, SlotSpec};
 
 use std::time::Duration;
 

@@ -368,7 +368,7 @@ fn logs_show_the_last_lines_of_an_app() {
 }
 
 #[test]
-fn apply_dry_run_prints_the_plan_and_changes_nothing() {
+fn apply_dry_run_changes_nothing_and_apply_changes_env_without_a_failed_request() {
     let op = Operator::new();
     op.start();
     let before = op.pids("web");
@@ -382,6 +382,30 @@ fn apply_dry_run_prints_the_plan_and_changes_nothing() {
     assert!(!plan.contains("hello"), "values are not printed: {plan}");
     assert_eq!(op.pids("web"), before, "dry run: nothing restarted");
     assert_eq!(std::fs::read(op.state().join("state.json")).unwrap(), state);
+
+    let loads: Vec<Load> = op
+        .addrs()
+        .into_iter()
+        .map(|a| Load::start(a, LoadOptions::default()))
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || loads
+        .iter()
+        .all(|l| l.stats().ok > 20)));
+    op.ok(&["apply", op.config().to_str().unwrap()]);
+    for load in loads {
+        let stats = load.stop();
+        assert_eq!(stats.failures, 0, "{}", stats.summary());
+    }
+    assert!(op.pids("web").is_disjoint(&before));
+    for addr in op.addrs() {
+        let body = Operator::answer(addr);
+        assert!(body.contains("greeting hello"), "{body}");
+    }
+    assert_ne!(
+        std::fs::read(op.state().join("state.json")).unwrap(),
+        state,
+        "the applied file is saved"
+    );
 }
 
 #[test]
@@ -548,4 +572,57 @@ fn nix_uid() -> u32 {
         })
         .and_then(|u| u.parse().ok())
         .unwrap_or(u32::MAX)
+}
+
+#[test]
+fn the_daemons_metrics_are_scraped_by_prometheus() {
+    use common::prometheus::{encoded, have, promtool_accepts, start_prometheus};
+    let op = Operator::new();
+    let port = free_port();
+    let text = std::fs::read_to_string(op.config()).unwrap();
+    std::fs::write(
+        op.config(),
+        format!("[daemon]\nmetrics = \"127.0.0.1:{port}\"\n\n{text}"),
+    )
+    .unwrap();
+    op.start();
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, body) = get(target, "/metrics").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let up = |group: &str| {
+        body.lines()
+            .filter(|l| {
+                l.starts_with("procactor_worker_up{") && l.contains(&format!("group=\"{group}\""))
+            })
+            .filter(|l| l.ends_with(" 1") || l.ends_with(" 1.0"))
+            .count()
+    };
+    assert_eq!(up("web"), 3, "{body}");
+    if op.api.is_some() {
+        assert_eq!(up("api"), 3, "{body}");
+    }
+    assert!(body.contains("procactor_daemon_apps "), "{body}");
+    assert!(
+        body.contains("procactor_daemon_control_requests_total{"),
+        "{body}"
+    );
+    promtool_accepts(&body);
+
+    if !have("prometheus") {
+        return;
+    }
+    let (_prometheus, server) = start_prometheus(op.dir.path(), target);
+    let promql = encoded("sum(procactor_worker_up{group=\"web\"})");
+    let seen = wait_until(Duration::from_secs(60), || {
+        let Ok((200, body)) = get(server, &format!("/api/v1/query?query={promql}")) else {
+            return false;
+        };
+        let json: Value = serde_json::from_str(&body).unwrap_or_default();
+        json["data"]["result"][0]["value"][1] == "3"
+    });
+    assert!(
+        seen,
+        "Prometheus never saw 3 web instances: {}",
+        std::fs::read_to_string(op.dir.path().join("prometheus.log")).unwrap_or_default()
+    );
 }

@@ -1,7 +1,9 @@
 //! The master's `/metrics` endpoint with real workers: the counters equal the traffic sent,
 //! `promtool check metrics` passes on a scrape, a real Prometheus server scraping the cluster
 //! sees a SIGKILLed worker's restart through `increase(...)`, and bad scrape input gets a clear
-//! HTTP error without holding the master.
+//! HTTP error without holding the master. One [`Exporter`] over two clusters: each family once
+//! with both clusters' series, a removed or stopped cluster gone from a scrape that still
+//! answers, the program's own counter, and Prometheus querying both through it.
 //!
 //! promtool and prometheus come from the Debian package `prometheus` (`.ci/run` installs it);
 //! outside CI a test skips, saying so, when they are missing.
@@ -11,11 +13,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{echo_config, within};
+use common::prometheus::{encoded, free_port, have, promtool_accepts, start_prometheus};
 use procactor::actors::echo::{Echo, EchoMsg};
+use procactor::metrics::prometheus_client::metrics::counter::Counter;
+use procactor::metrics::Exporter;
 use procactor::prelude::*;
 
 /// One HTTP exchange on a fresh connection: `head` is the request line and headers (without
@@ -73,25 +77,6 @@ fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 fn value(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     sample(body, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{body}"))
-}
-
-/// Whether `program` runs here; outside CI a missing one skips the test (printed), in CI it
-/// fails it.
-fn have(program: &str) -> bool {
-    let found = Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{program} is missing (Debian package prometheus); CI must install it"
-        );
-        eprintln!("skipped: {program} is not installed (Debian package prometheus)");
-    }
-    found
 }
 
 #[actix::test]
@@ -253,29 +238,7 @@ async fn the_counters_equal_the_traffic_and_promtool_passes() {
             1.0
         );
 
-        if have("promtool") {
-            let mut check = Command::new("promtool")
-                .args(["check", "metrics"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            check
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(body.as_bytes())
-                .unwrap();
-            let out = check.wait_with_output().unwrap();
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(out.status.success(), "promtool check metrics: {said}");
-            assert!(said.trim().is_empty(), "promtool found problems: {said}");
-        }
+        promtool_accepts(&body);
         cluster.stop().await.unwrap();
     })
     .await;
@@ -343,34 +306,6 @@ async fn openmetrics_when_asked_and_clear_errors_for_bad_requests() {
     .await;
 }
 
-/// A child process killed and reaped through its handle when dropped.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A free loopback port (bound, then let go for the server to take).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// `s` percent-encoded for a query string.
-fn encoded(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// A PromQL instant query through Prometheus's HTTP API: each result's labels and value.
 async fn query(
     prometheus: SocketAddr,
@@ -396,6 +331,33 @@ async fn query(
         .collect()
 }
 
+/// Waits (60 s at most) until Prometheus is ready and `promql`'s results pass `done`.
+async fn scraped_until(
+    prometheus: SocketAddr,
+    dir: &std::path::Path,
+    promql: &str,
+    done: impl Fn(&[(serde_json::Value, f64)]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = TcpStream::connect(prometheus).is_ok()
+            && fetch(prometheus, "GET /-/ready HTTP/1.1\r\nHost: t")
+                .await
+                .0
+                == 200
+            && done(&query(prometheus, promql, None).await);
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the cluster: {}",
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[actix::test]
 async fn prometheus_sees_a_killed_workers_restart() {
     if !have("prometheus") {
@@ -406,60 +368,15 @@ async fn prometheus_sees_a_killed_workers_restart() {
         let cluster = ClusterSupervisor::start::<Echo>(config).await.unwrap();
         let target = cluster.metrics_addr().unwrap();
         let dir = tempfile_dir();
-        let port = free_port();
-        let prometheus: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: procactor\n    scrape_interval: 1s\n    \
-                 static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let server = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={prometheus}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-            .spawn()
-            .unwrap();
         // Killed and reaped by its handle when the test ends, also when an assertion fails.
-        let _server = Reaped(server);
+        let (_server, prometheus) = start_prometheus(&dir, target);
         let restarts = "procactor_worker_restarts_total{worker=\"1\",reason=\"signaled\"}";
         // Prometheus is up and has scraped the counter at 0 (a few times).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = TcpStream::connect(prometheus).is_ok()
-                && fetch(prometheus, "GET /-/ready HTTP/1.1\r\nHost: t")
-                    .await
-                    .0
-                    == 200
-                && query(
-                    prometheus,
-                    &format!("count_over_time({restarts}[1m])"),
-                    None,
-                )
-                .await
-                .first()
-                .is_some_and(|(_, n)| *n >= 2.0);
-            if ready {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus never scraped the cluster: {}",
-                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let scraped = format!("count_over_time({restarts}[1m])");
+        scraped_until(prometheus, &dir, &scraped, |results| {
+            results.first().is_some_and(|(_, n)| *n >= 2.0)
+        })
+        .await;
         let pid = pid_of(&cluster, 1).await;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -546,4 +463,182 @@ async fn a_node_of_a_cluster_across_hosts_labels_its_series_and_reports_membersh
     })
     .await;
     drop(redis);
+}
+
+/// A cluster of `n` echo workers in one group named `name`, as the daemon starts an app:
+/// the cluster, and its group's handle.
+async fn named(name: &str, n: usize, config: ClusterConfig) -> (Groups, Cluster<Echo>) {
+    let mut builder = ClusterSupervisor::with_groups(config);
+    let key = builder.group::<Echo>(GroupConfig::new(name).workers(n));
+    let groups = builder.start().await.unwrap();
+    let cluster = groups.get(key).unwrap().clone();
+    (groups, cluster)
+}
+
+/// How many times each metric name is described by a `# {what} ` line of `body`.
+fn descriptors(body: &str, what: &str) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix(&format!("# {what} ")) {
+            let name = rest.split(' ').next().unwrap().to_owned();
+            *seen.entry(name).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+/// How many samples of `name` (any labels) `body` has.
+fn samples(body: &str, name: &str) -> usize {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .count()
+}
+
+#[actix::test]
+async fn one_exporter_serves_two_clusters_with_each_family_once() {
+    within(120, async {
+        let exporter = Exporter::bind("127.0.0.1:0").unwrap();
+        let addr = exporter.local_addr();
+        let (alpha_groups, alpha) = named("alpha", 2, echo_config(1)).await;
+        // beta serves its own endpoint too, as it would alone.
+        let beta_config = echo_config(1).metrics("127.0.0.1:0");
+        let (beta_groups, beta) = named("beta", 1, beta_config).await;
+        exporter.add(&alpha);
+        exporter.add(&beta);
+        assert_eq!(exporter.names(), ["alpha", "beta"]);
+        let requests = Counter::<u64>::default();
+        let help = "Control requests the daemon answered.";
+        exporter.register("procactor_daemon_control_requests", help, requests.clone());
+        requests.inc_by(3);
+        let ping = alpha.worker(0).send(Call(EchoMsg::Ping)).await;
+        ping.unwrap().unwrap();
+
+        let body = scrape(addr).await;
+        for (group, worker) in [("alpha", "0"), ("alpha", "1"), ("beta", "0")] {
+            let w = [("group", group), ("worker", worker)];
+            assert_eq!(value(&body, "procactor_worker_up", &w), 1.0);
+        }
+        // Both clusters have a worker 0: their groups tell them apart.
+        let requests_total = "procactor_worker_requests_total";
+        let alpha0 = [("group", "alpha"), ("worker", "0")];
+        assert_eq!(value(&body, requests_total, &alpha0), 1.0);
+        let beta0 = [("group", "beta"), ("worker", "0")];
+        assert_eq!(value(&body, requests_total, &beta0), 0.0);
+        // The cluster-wide series, one per cluster, by the group it was added by.
+        for group in ["alpha", "beta"] {
+            let g = [("group", group)];
+            assert_eq!(value(&body, "procactor_reloads_started_total", &g), 0.0);
+            assert!(value(&body, "procactor_log_queue_limit_bytes", &g) > 0.0);
+        }
+        assert_eq!(samples(&body, "procactor_reloads_started_total"), 2);
+        // Each family described once; one process, one build.
+        let (types, helps) = (descriptors(&body, "TYPE"), descriptors(&body, "HELP"));
+        assert!(types.len() > 30, "{types:?}");
+        assert!(types.values().all(|n| *n == 1), "{types:?}");
+        assert_eq!(
+            types.keys().collect::<Vec<_>>(),
+            helps.keys().collect::<Vec<_>>()
+        );
+        assert!(helps.values().all(|n| *n == 1), "{helps:?}");
+        assert_eq!(samples(&body, "process_resident_memory_bytes"), 1);
+        assert_eq!(samples(&body, "procactor_build_info"), 1);
+        // The program's own family, after procactor's.
+        let daemon = "procactor_daemon_control_requests_total";
+        assert_eq!(value(&body, daemon, &[]), 3.0);
+        promtool_accepts(&body);
+        let openmetrics = "Accept: application/openmetrics-text;version=1.0.0";
+        let head = format!("GET /metrics HTTP/1.1\r\nHost: t\r\n{openmetrics}");
+        let (status, _, om) = fetch(addr, &head).await;
+        assert_eq!(status, 200, "{om}");
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert_eq!(om.matches("# EOF").count(), 1, "{om}");
+        assert_eq!(value(&om, daemon, &[]), 3.0);
+
+        // beta's own endpoint is as it was: its cluster-wide series have no group.
+        let own = scrape(beta.metrics_addr().unwrap()).await;
+        assert_eq!(value(&own, "procactor_reloads_started_total", &[]), 0.0);
+        assert!(!own.contains("procactor_reloads_started_total{"), "{own}");
+        assert!(!own.contains("alpha") && !own.contains(daemon), "{own}");
+
+        // Removed: its series leave; the scrape still answers.
+        assert!(exporter.remove("beta"));
+        assert!(!exporter.remove("beta"), "removed already");
+        let body = scrape(addr).await;
+        assert!(!body.contains("\"beta\""), "{body}");
+        let alpha1 = [("group", "alpha"), ("worker", "1")];
+        assert_eq!(value(&body, "procactor_worker_up", &alpha1), 1.0);
+
+        // Stopped: it leaves by itself, and no scrape fails meanwhile.
+        alpha_groups.stop().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !exporter.names().is_empty() {
+            scrape(addr).await;
+            assert!(
+                Instant::now() < deadline,
+                "{:?} still exported",
+                exporter.names()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let body = scrape(addr).await;
+        assert!(!body.contains("procactor_worker_up"), "{body}");
+        assert!(!body.contains("\"alpha\""), "{body}");
+        assert!(value(&body, "process_resident_memory_bytes", &[]) > 0.0);
+        assert_eq!(value(&body, daemon, &[]), 3.0);
+        promtool_accepts(&body);
+        // A stopped cluster added again does not stay.
+        exporter.add(&alpha);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !exporter.names().is_empty() {
+            scrape(addr).await;
+            assert!(Instant::now() < deadline, "the stopped cluster stays");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        beta_groups.stop().await.unwrap();
+        drop(exporter);
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "a dropped exporter stops"
+        );
+    })
+    .await;
+}
+
+#[actix::test]
+async fn prometheus_scrapes_two_clusters_through_one_exporter() {
+    if !have("prometheus") {
+        return;
+    }
+    within(180, async {
+        let exporter = Exporter::bind("127.0.0.1:0").unwrap();
+        let (alpha_groups, alpha) = named("alpha", 2, echo_config(1)).await;
+        let (beta_groups, beta) = named("beta", 1, echo_config(1)).await;
+        exporter.add(&alpha);
+        exporter.add(&beta);
+        let dir = tempfile_dir();
+        // Killed and reaped by its handle when the test ends, also when an assertion fails.
+        let (_server, prometheus) = start_prometheus(&dir, exporter.local_addr());
+        let promql = "sum by (group) (procactor_worker_up)";
+        scraped_until(prometheus, &dir, promql, |results| {
+            let ready: BTreeMap<&str, f64> = results
+                .iter()
+                .filter_map(|(labels, v)| Some((labels["group"].as_str()?, *v)))
+                .collect();
+            ready == BTreeMap::from([("alpha", 2.0), ("beta", 1.0)])
+        })
+        .await;
+        // One target, one process: its series once.
+        let process = query(prometheus, "count(process_resident_memory_bytes)", None).await;
+        assert_eq!(process.first().map(|(_, n)| *n), Some(1.0), "{process:?}");
+        let reloads = "count by (group) (procactor_reloads_started_total)";
+        assert_eq!(query(prometheus, reloads, None).await.len(), 2);
+        alpha_groups.stop().await.unwrap();
+        beta_groups.stop().await.unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+    })
+    .await;
 }

@@ -325,3 +325,112 @@ async fn a_plain_program_that_stops_pinging_its_watchdog_is_killed_and_restarted
     })
     .await;
 }
+
+/// Every answer of `addr` over `n` requests: (pid, greeting or "").
+fn answers(addr: SocketAddr, n: usize) -> Vec<(u32, String)> {
+    (0..n)
+        .map(|_| match get(addr, "/") {
+            Ok((200, body)) => {
+                let pid = parse_pid(&body).expect("a pid");
+                let greeting = body
+                    .split_once(" greeting ")
+                    .map_or(String::new(), |(_, g)| g.trim().to_owned());
+                (pid, greeting)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[actix::test]
+async fn a_reload_onto_a_new_environment_fails_no_request_and_later_processes_keep_it() {
+    within(180, async {
+        let app = App::new("reload-with");
+        let config = app
+            .config(3, Readiness::Notify)
+            .env("SERVER_GREETING", "hi");
+        let cluster = ClusterSupervisor::start::<Echo>(config.clone())
+            .await
+            .unwrap();
+        let old = pids(&cluster).await;
+        let addr = tcp_addr(&cluster);
+        let load = load_on(addr, &old).await;
+
+        let next = procactor::Program::of(&config).env("SERVER_GREETING", "hello");
+        let report = cluster.reload_with(next).await.unwrap();
+        assert_eq!(report.replaced.len(), 3);
+        let new = pids(&cluster).await;
+        assert!(new.is_disjoint(&old));
+        let stats = load.stop();
+        assert_eq!(stats.failures, 0, "{}", stats.summary());
+        assert!(answers(addr, 20).iter().all(|(_, g)| g == "hello"));
+
+        // A restart after the reload runs the new program too.
+        let id = cluster.ids()[0];
+        let victim = cluster.workers().await.unwrap()[0].pid.unwrap();
+        cluster.kill(id).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = &cluster.workers().await.unwrap()[0];
+            if info.state == WorkerState::Ready && info.pid.is_some_and(|p| p != victim) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not restarted: {info:?}");
+            actix::clock::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(answers(addr, 20).iter().all(|(_, g)| g == "hello"));
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[actix::test]
+async fn a_failed_reload_onto_a_new_program_rolls_every_worker_back_with_no_failed_request() {
+    within(180, async {
+        let app = App::new("rollback");
+        let counts = app.dir.join("starts");
+        std::fs::create_dir_all(&counts).unwrap();
+        let config = app
+            .config(3, Readiness::Notify)
+            .ready_timeout(Duration::from_secs(5))
+            .env("SERVER_GREETING", "old");
+        let cluster = ClusterSupervisor::start::<Echo>(config.clone())
+            .await
+            .unwrap();
+        let old = pids(&cluster).await;
+        let addr = tcp_addr(&cluster);
+        let load = load_on(addr, &old).await;
+
+        // The new version starts once, then breaks: the second replacement fails.
+        let next = procactor::Program::of(&config)
+            .env("SERVER_GREETING", "new")
+            .env("SERVER_COUNT_DIR", counts.to_string_lossy())
+            .env("SERVER_FAIL_AFTER", "1");
+        let error = cluster.reload_with(next).await.unwrap_err();
+        let Error::Reload(ReloadError::RolledBack { cause }) = &error else {
+            panic!("{error:?}");
+        };
+        assert!(
+            matches!(
+                **cause,
+                ReloadError::Replace {
+                    replaced: 1,
+                    of: 3,
+                    ..
+                }
+            ),
+            "{cause:?}"
+        );
+        let stats = load.stop();
+        assert_eq!(stats.failures, 0, "{}", stats.summary());
+        // Every worker runs the old program (the one replaced by the new version was replaced
+        // back), and is ready.
+        for info in cluster.workers().await.unwrap() {
+            assert_eq!(info.state, WorkerState::Ready, "{info:?}");
+        }
+        let seen = answers(addr, 30);
+        assert!(seen.iter().all(|(_, g)| g == "old"), "{seen:?}");
+        cluster.stop().await.unwrap();
+    })
+    .await;
+}

@@ -160,7 +160,8 @@ fn parse_pids(text: &str) -> Vec<u32> {
 }
 
 /// Every escapee runs and carries the run's marker; two are in the worker's process group (a
-/// child, and one double-forked to init), the others left it.
+/// child, and one double-forked to init), the others left it — once their `setsid` has run: a
+/// pid is reported as soon as it is forked, so the test waits (10 s at most) for it to leave.
 fn assert_escaped(run: &Run, worker: u32, escapees: &[u32]) {
     for &pid in escapees {
         assert!(is_alive(pid), "descendant {pid} runs");
@@ -170,11 +171,14 @@ fn assert_escaped(run: &Run, worker: u32, escapees: &[u32]) {
         );
     }
     let group = |pid: u32| nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)));
-    let inside = escapees
-        .iter()
-        .filter(|&&p| group(p) == group(worker))
-        .count();
-    assert_eq!(inside, 2, "two stay in the worker's group");
+    let inside = || {
+        escapees
+            .iter()
+            .filter(|&&p| group(p) == group(worker))
+            .count()
+    };
+    common::wait_until(Duration::from_secs(10), || inside() == 2);
+    assert_eq!(inside(), 2, "two stay in the worker's group");
 }
 
 fn sigkill(pid: u32) {

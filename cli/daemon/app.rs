@@ -1,6 +1,7 @@
 //! One app of the daemon: its own cluster of plain programs (why one cluster per app:
 //! `mapping.rs`), the events it reports, its log lines, and its instances as `list` shows them.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,9 +17,9 @@ use crate::proto::{Event, Instance};
 
 /// The worker type of every app: a plain program, which the daemon never runs as a procactor
 /// worker (no protocol, so no messages of any type).
-pub(crate) struct Program;
+pub(crate) struct Plain;
 
-impl WorkerActor for Program {
+impl WorkerActor for Plain {
     type Msg = ();
     type Reply = ();
     type Event = ();
@@ -32,9 +33,9 @@ pub(crate) struct App {
     /// Its name in the file.
     pub(crate) name: String,
     /// What the file says of it, as it was started (or last applied).
-    pub(crate) spec: AppSpec,
+    pub(crate) spec: RefCell<AppSpec>,
     groups: Groups,
-    key: GroupKey<Program>,
+    key: GroupKey<Plain>,
     /// The last exit of each instance.
     pub(crate) exits: Exits,
 }
@@ -59,7 +60,7 @@ impl App {
         let exits = Exits::default();
         let monitor = Monitor::new(name, events, exits.clone()).start();
         let mut builder = ClusterSupervisor::with_groups(config);
-        let key = builder.group::<Program>(group);
+        let key = builder.group::<Plain>(group);
         builder
             .subscribe(monitor.clone().recipient())
             .on_reload(monitor.recipient())
@@ -67,7 +68,7 @@ impl App {
         let groups = builder.start().await.map_err(|e| e.to_string())?;
         Ok(App {
             name: name.to_owned(),
-            spec: spec.clone(),
+            spec: RefCell::new(spec.clone()),
             groups,
             key,
             exits,
@@ -76,16 +77,29 @@ impl App {
 
     /// Replaces the app's instances one by one with `spec`'s program (command, args, env, cwd),
     /// as a rolling reload does; `spec` becomes the app's.
-    pub(crate) async fn reload_with(&self, spec: &AppSpec, file_dir: &Path) -> Result<(), String> {
-        let _ = (spec, file_dir);
-        Err(format!(
-            "{}: changing the program of a running app needs a reload with a new program, which this build does not have yet; stop and start the app",
-            self.name
-        ))
+    ///
+    /// # Errors
+    /// Why not, as text: the new program cannot run, or a replacement failed (then every
+    /// instance runs the old program again: the library rolls back).
+    pub(crate) async fn reload_with(
+        &self,
+        spec: &AppSpec,
+        file_dir: &Path,
+        state_dir: &Path,
+    ) -> Result<(), String> {
+        let log_dir = state_dir.join("logs").join(&self.name);
+        let (config, _) = crate::mapping::cluster_config(&self.name, spec, file_dir, &log_dir)?;
+        let program = procactor::Program::of(&config.env("PROCACTOR_APP", &self.name));
+        self.cluster()
+            .reload_with(program)
+            .await
+            .map_err(|e| e.to_string())?;
+        *self.spec.borrow_mut() = spec.clone();
+        Ok(())
     }
 
     /// The app's cluster.
-    pub(crate) fn cluster(&self) -> &Cluster<Program> {
+    pub(crate) fn cluster(&self) -> &Cluster<Plain> {
         self.groups
             .get(self.key)
             .expect("the key is of this app's own builder")

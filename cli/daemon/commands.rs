@@ -70,6 +70,9 @@ pub(crate) async fn start(d: &Daemon, path: &Path, text: &str) -> Outcome {
         text: text.to_owned(),
         file: new,
     };
+    if let Err(e) = d.serve_metrics(&loaded.file) {
+        return failed("config", e);
+    }
     // Starting again what was stopped: `start` is the operator's word for it.
     d.stopped.borrow_mut().clear();
     *d.loaded.borrow_mut() = Some(loaded.clone());
@@ -114,7 +117,7 @@ async fn start_app(d: &Daemon, name: &str, spec: &AppSpec, dir: &Path) -> Result
     )
     .await
     .map_err(|e| format!("{name}: {e}"))?;
-    d.apps.borrow_mut().insert(name.to_owned(), Rc::new(app));
+    d.add_app(Rc::new(app));
     Ok(())
 }
 
@@ -226,7 +229,7 @@ pub(crate) async fn stop(d: &Daemon, target: &Target) -> Outcome {
     let mut stopped = Vec::new();
     for app in apps.iter().rev() {
         let result = app.stop().await;
-        d.apps.borrow_mut().shift_remove(&app.name);
+        d.remove_app(&app.name);
         d.stopped.borrow_mut().push(app.name.clone());
         if let Err(e) = result {
             save_state(d);
@@ -266,7 +269,7 @@ pub(crate) async fn describe(d: &Daemon, name: &str, show_env: bool) -> Outcome 
     let Some(app) = d.app(name) else {
         return not_running(d, name);
     };
-    let mut spec = serde_json::to_value(&app.spec).unwrap_or_default();
+    let mut spec = serde_json::to_value(&*app.spec.borrow()).unwrap_or_default();
     if !show_env {
         if let Some(env) = spec.get_mut("env").and_then(|e| e.as_object_mut()) {
             for value in env.values_mut() {
@@ -274,10 +277,9 @@ pub(crate) async fn describe(d: &Daemon, name: &str, show_env: bool) -> Outcome 
             }
         }
     }
-    let sockets: serde_json::Map<String, serde_json::Value> = app
-        .spec
-        .listen
-        .keys()
+    let names: Vec<String> = app.spec.borrow().listen.keys().cloned().collect();
+    let sockets: serde_json::Map<String, serde_json::Value> = names
+        .iter()
         .filter_map(|n| {
             let addr = app.cluster().local_addr(n)?;
             Some((n.clone(), json!(addr.to_string())))
@@ -318,6 +320,9 @@ pub(crate) async fn apply(d: &Daemon, path: &Path, text: &str, dry_run: bool) ->
     if dry_run {
         return ok(json!({ "plan": changes, "lines": lines, "applied": false }));
     }
+    if let Err(e) = d.serve_metrics(&new) {
+        return failed("config", e);
+    }
     let loaded = Loaded {
         path: path.to_path_buf(),
         text: text.to_owned(),
@@ -339,21 +344,21 @@ async fn apply_changes(d: &Daemon, loaded: &Loaded, changes: &[Change]) -> Resul
             Change::Stop { app } => {
                 if let Some(running) = d.app(app) {
                     running.stop().await.map_err(|e| format!("{app}: {e}"))?;
-                    d.apps.borrow_mut().shift_remove(app);
+                    d.remove_app(app);
                 }
                 d.scales.borrow_mut().shift_remove(app);
             }
             Change::Restart { app, .. } => {
                 if let Some(running) = d.app(app) {
                     running.stop().await.map_err(|e| format!("{app}: {e}"))?;
-                    d.apps.borrow_mut().shift_remove(app);
+                    d.remove_app(app);
                 }
                 d.scales.borrow_mut().shift_remove(app);
             }
             Change::Reload { app, .. } => {
                 if let Some(running) = d.app(app) {
                     running
-                        .reload_with(&loaded.file.apps[app.as_str()], &dir)
+                        .reload_with(&loaded.file.apps[app.as_str()], &dir, &d.state_dir)
                         .await
                         .map_err(|e| format!("{app}: {e}"))?;
                 }
@@ -382,7 +387,7 @@ pub(crate) async fn stop_all(d: &Daemon) {
         if let Err(e) = app.stop().await {
             eprintln!("procactor daemon: stopping {}: {e}", app.name);
         }
-        d.apps.borrow_mut().shift_remove(&app.name);
+        d.remove_app(&app.name);
     }
 }
 
@@ -430,6 +435,7 @@ pub(crate) async fn resurrect(d: &Daemon) -> Result<Vec<String>, String> {
     };
     *d.scales.borrow_mut() = state.scales.into_iter().collect();
     *d.stopped.borrow_mut() = state.stopped.into_iter().collect();
+    d.serve_metrics(&loaded.file)?;
     *d.loaded.borrow_mut() = Some(loaded.clone());
     start_missing(d, &loaded).await?;
     Ok(notes)
@@ -448,7 +454,11 @@ fn save_state(d: &Daemon) {
         scales: d.scales.borrow().clone().into_iter().collect(),
         stopped: d.stopped.borrow().iter().cloned().collect(),
     };
-    if let Err(e) = d.state.save(&state) {
+    let saved = d.state.save(&state);
+    if let Some(metrics) = d.metrics.borrow().as_ref() {
+        metrics.state_write(saved.is_ok());
+    }
+    if let Err(e) = saved {
         eprintln!("procactor daemon: the state was not saved: {e}");
     }
 }

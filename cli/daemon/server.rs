@@ -87,6 +87,7 @@ async fn connection(daemon: Rc<Daemon>, mut conn: Conn) {
             return;
         }
     };
+    let command = command_name(&request);
     let outcome = match request {
         Request::Start { path, text } => {
             progress(&daemon, &mut conn, commands::start(&daemon, &path, &text)).await
@@ -151,7 +152,26 @@ async fn connection(daemon: Rc<Daemon>, mut conn: Conn) {
             return;
         }
     };
+    daemon.count_request(command, outcome.ok);
     let _ = send(&mut conn, &outcome_line(outcome)).await;
+}
+
+/// The name of `request`'s command, for the daemon's metrics.
+fn command_name(request: &Request) -> &'static str {
+    match request {
+        Request::Start { .. } => "start",
+        Request::List => "list",
+        Request::Describe { .. } => "describe",
+        Request::Reload { .. } => "reload",
+        Request::Restart { .. } => "restart",
+        Request::Stop { .. } => "stop",
+        Request::Scale { .. } => "scale",
+        Request::Logs { .. } => "logs",
+        Request::Apply { .. } => "apply",
+        Request::Watch => "watch",
+        Request::Kill => "kill",
+        Request::Resurrect => "resurrect",
+    }
 }
 
 fn outcome_line(outcome: Outcome) -> DaemonLine {

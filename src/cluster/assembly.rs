@@ -30,6 +30,8 @@ pub(crate) struct Core {
     groups: Rc<Cell<usize>>,
     /// Where the metrics endpoint listens, when the cluster serves one.
     pub(super) metrics_addr: Option<std::net::SocketAddr>,
+    /// What a scrape reads of the cluster.
+    metrics: crate::metrics::Sources,
     /// The node's view, when the cluster spans hosts.
     pub(super) node: Option<crate::backend::NodeView>,
 }
@@ -98,23 +100,19 @@ impl Core {
             actor = actor.with_node(node);
             view = Some((name, node_view));
         }
-        let metrics = match &config.metrics {
-            Some(addr) => {
-                let sources = crate::metrics::Sources {
-                    supervisor: supervisor.downgrade(),
-                    cache: cache.clone(),
-                    log: log.clone(),
-                    node: view.clone(),
-                };
-                Some(
-                    crate::metrics::serve(addr, sources).map_err(|e| ConfigError {
-                        field: "metrics",
-                        reason: format!("cannot serve metrics at {addr}: {e}"),
-                    })?,
-                )
-            }
-            None => None,
+        let sources = crate::metrics::Sources {
+            supervisor: supervisor.downgrade(),
+            cache: cache.clone(),
+            log: log.clone(),
+            node: view,
         };
+        let serve = |addr: &String| {
+            crate::metrics::serve(addr, sources.clone()).map_err(|e| ConfigError {
+                field: "metrics",
+                reason: format!("cannot serve metrics at {addr}: {e}"),
+            })
+        };
+        let metrics = config.metrics.as_ref().map(serve).transpose()?;
         let metrics_addr = metrics.as_ref().map(crate::metrics::Endpoint::local_addr);
         if let Some(endpoint) = metrics {
             actor = actor.with_companion(Box::new(endpoint));
@@ -128,7 +126,8 @@ impl Core {
             next_id: Rc::default(),
             groups: Rc::default(),
             metrics_addr,
-            node: view.map(|(_, view)| view),
+            node: sources.node.as_ref().map(|(_, view)| view.clone()),
+            metrics: sources,
         })
     }
 
@@ -165,6 +164,7 @@ impl Core {
             spec,
             links,
             metrics_addr: self.metrics_addr,
+            metrics: self.metrics.clone(),
             node: self.node.clone(),
         };
         for _ in 0..config.worker_count() {

@@ -9,7 +9,88 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::ClusterConfig;
 use crate::error::ConfigError;
+
+/// The program a group runs — what [`ClusterConfig::exec`], [`args`](ClusterConfig::args),
+/// [`env`](ClusterConfig::env) and [`cwd`](ClusterConfig::cwd) say — as a reload onto a new
+/// version may change it ([`Cluster::reload_with`](crate::Cluster::reload_with)).
+///
+/// ```
+/// use procactor::{ClusterConfig, Program};
+///
+/// let config = ClusterConfig::new().exec("python3").args(["server.py"]).env("GREETING", "hi");
+/// let next = Program::of(&config).env("GREETING", "hello");
+/// assert_eq!(next.env, [("GREETING".to_string(), "hello".to_string())]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Program {
+    /// The program; `None` re-runs this executable in worker role.
+    pub exec: Option<PathBuf>,
+    /// Its arguments (as [`ClusterConfig::args`]).
+    pub args: Option<Vec<String>>,
+    /// The environment added for it, on top of the master's. Replaces the config's whole list.
+    pub env: Vec<(String, String)>,
+    /// Its working directory; `None`: the master's.
+    pub cwd: Option<PathBuf>,
+}
+
+impl Program {
+    /// `exec`, with no arguments, no added environment, in the master's directory.
+    pub fn new(exec: impl Into<PathBuf>) -> Self {
+        Self {
+            exec: Some(exec.into()),
+            args: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
+    /// The program `config` runs.
+    pub fn of(config: &ClusterConfig) -> Self {
+        Self {
+            exec: config.exec.clone(),
+            args: config.args.clone(),
+            env: config.env.clone(),
+            cwd: config.cwd.clone(),
+        }
+    }
+
+    /// Replaces the arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args = Some(args.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets `key` to `value` in the added environment (replacing an earlier value of `key`).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let key = key.into();
+        self.env.retain(|(k, _)| *k != key);
+        self.env.push((key, value.into()));
+        self
+    }
+
+    /// Sets the working directory.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// `config` with this program in place of its own.
+    ///
+    /// # Errors
+    /// As [`ClusterConfig::validate`] for `exec` and `cwd`: a directory that is not one, a
+    /// program that cannot be found or run.
+    pub(crate) fn applied_to(&self, config: &ClusterConfig) -> Result<ClusterConfig, ConfigError> {
+        check(self.exec.as_deref(), self.cwd.as_deref())?;
+        let mut config = config.clone();
+        config.exec = self.exec.clone();
+        config.args = self.args.clone();
+        config.env = self.env.clone();
+        config.cwd = self.cwd.clone();
+        Ok(config)
+    }
+}
 
 /// Finds `program` as `execvp` would from `cwd` (the master's working directory when `None`):
 /// a path with a `/` as it is (a relative one inside `cwd`), a bare name in `PATH`.

@@ -5,15 +5,14 @@
 //! logger's counters, `/proc/self`), then encoded by a custom collector: no registry lives
 //! between scrapes, and nothing is counted twice.
 
-use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::families::{counter, counter_f64, family, gauge};
+use super::families::{counter, counter_f64, counters, family, gauge, gauges, Scoped};
 use super::http::Format;
 pub(crate) use super::services::Membership;
 use crate::cache::CacheStats;
@@ -23,13 +22,29 @@ use crate::proxy::{SlotFigures, Tally, LATENCY_BOUNDS, RESTART_REASONS};
 use crate::state::WorkerState;
 use crate::supervisor::ClusterFigures;
 
-/// Everything one scrape reports.
+/// Labels every series of a part of the scrape carries before its own: keys are ours.
+pub(crate) type Labels = Vec<(&'static str, String)>;
+
+/// Everything one scrape reports: the process's figures once, then each cluster's.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Exposition {
+    pub(crate) master: Master,
+    /// The labels of the process's series: a cluster's own endpoint gives them its node's.
+    pub(crate) master_labels: Labels,
+    pub(crate) clusters: Vec<Part>,
+}
+
+/// One cluster's figures at the scrape, and the labels that tell its series apart.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Part {
+    /// On every series of the cluster: its node, when it spans hosts.
+    pub(crate) labels: Labels,
+    /// On its cluster-wide series (reloads, cache, logs, membership), which have no `group`
+    /// of their own: `labels`, and in an exporter the group it was added by.
+    pub(crate) scope: Labels,
     pub(crate) cluster: ClusterFigures,
     pub(crate) cache: CacheStats,
     pub(crate) logs: LogStats,
-    pub(crate) master: Master,
     /// The node's membership, when the cluster spans hosts.
     pub(crate) node: Option<Membership>,
 }
@@ -95,53 +110,73 @@ fn seconds_since_epoch(at: SystemTime) -> f64 {
 }
 
 impl Exposition {
-    /// The exposition's text in `format`.
-    pub(crate) fn encode(self, format: Format) -> String {
-        let mut registry = match &self.node {
-            Some(node) => Registry::with_labels(std::iter::once((
-                Cow::Borrowed("node"),
-                Cow::Owned(node.name.clone()),
-            ))),
-            None => Registry::default(),
-        };
-        registry.register_collector(Box::new(self));
+    /// The exposition's text in `format`, then the families of `extra` (the embedding
+    /// program's, registered with an [`Exporter`](super::Exporter)).
+    pub(crate) fn encode(self, format: Format, extra: &Registry) -> String {
+        let mut ours = Registry::default();
+        ours.register_collector(Box::new(self));
         let mut text = String::new();
         let encoded = match format {
             Format::Prometheus => {
-                prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
+                use prometheus_client::encoding::prometheus_text::encode;
+                encode(&mut text, &ours).and_then(|()| encode(&mut text, extra))
             }
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut text, &registry),
+            Format::OpenMetrics => {
+                use prometheus_client::encoding::text::{encode_eof, encode_registry};
+                encode_registry(&mut text, &ours)
+                    .and_then(|()| encode_registry(&mut text, extra))
+                    .and_then(|()| encode_eof(&mut text))
+            }
         };
-        // Writing to a String cannot fail, and every name and label here is ours.
+        // Writing to a String cannot fail, and every name and label here is ours (a program's
+        // own families are encoded by prometheus-client as it would encode them alone).
         debug_assert!(encoded.is_ok(), "{encoded:?}");
         text
+    }
+
+    /// Every slot of every cluster, with its cluster.
+    fn slots(&self) -> impl Iterator<Item = (&Part, &SlotFigures)> + '_ {
+        self.clusters
+            .iter()
+            .flat_map(|part| part.cluster.slots.iter().map(move |s| (part, s)))
+    }
+
+    /// Each cluster's cluster-wide labels with one of its figures.
+    fn scoped<'a, T>(&'a self, of: impl Fn(&'a Part) -> T) -> Vec<Scoped<'a, T>> {
+        self.clusters
+            .iter()
+            .map(|part| (part.scope.as_slice(), of(part)))
+            .collect()
     }
 }
 
 /// Label values of one slot.
 struct Slot<'a> {
+    base: &'a [(&'static str, String)],
     group: &'a str,
     worker: String,
 }
 
 impl<'a> Slot<'a> {
-    fn of(figures: &'a SlotFigures) -> Self {
+    fn of(part: &'a Part, figures: &'a SlotFigures) -> Self {
         Self {
+            base: &part.labels,
             group: &figures.group,
             worker: figures.id.to_string(),
         }
     }
 
-    fn labels(&self) -> [(&str, &str); 2] {
-        [("group", self.group), ("worker", &self.worker)]
+    fn labels(&self) -> impl EncodeLabelSet + '_ {
+        (self.base, [("group", self.group), ("worker", &self.worker)])
     }
 
-    fn with<'b>(&'b self, key: &'b str, value: &'b str) -> [(&'b str, &'b str); 3] {
-        [
+    fn with<'b>(&'b self, key: &'b str, value: &'b str) -> impl EncodeLabelSet + 'b {
+        let own = [
             ("group", self.group),
             ("worker", &self.worker),
             (key, value),
-        ]
+        ];
+        (self.base, own)
     }
 }
 
@@ -173,21 +208,27 @@ const STATES: [WorkerState; 8] = [
 impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         self.encode_master(&mut encoder)?;
+        // With no cluster (an exporter's before the first is added), no cluster family.
+        if self.clusters.is_empty() {
+            return Ok(());
+        }
         self.encode_workers(&mut encoder)?;
         self.encode_traffic(&mut encoder)?;
         self.encode_reloads(&mut encoder)?;
-        super::services::encode_cache(&self.cache, &mut encoder)?;
-        super::services::encode_logs(&self.logs, &mut encoder)?;
-        match &self.node {
-            Some(node) => super::services::encode_membership(node, &mut encoder),
-            None => Ok(()),
-        }
+        super::services::encode_cache(&self.scoped(|p| &p.cache), &mut encoder)?;
+        super::services::encode_logs(&self.scoped(|p| &p.logs), &mut encoder)?;
+        let nodes: Vec<_> = self
+            .scoped(|p| p.node.as_ref())
+            .into_iter()
+            .filter_map(|(labels, node)| Some((labels, node?)))
+            .collect();
+        super::services::encode_membership(&nodes, &mut encoder)
     }
 }
 
 impl Exposition {
     fn encode_master(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let none: [(&str, &str); 0] = [];
+        let labels = self.master_labels.as_slice();
         let master = &self.master;
         let mut m = family(
             e,
@@ -196,7 +237,7 @@ impl Exposition {
             None,
             MetricType::Info,
         )?;
-        m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        m.encode_info(&(labels, [("version", env!("CARGO_PKG_VERSION"))]))?;
         let cpu = "Total user and system CPU time of the master process.";
         let mut m = family(
             e,
@@ -205,7 +246,7 @@ impl Exposition {
             Some(&Unit::Seconds),
             MetricType::Counter,
         )?;
-        counter_f64(&mut m, &none, master.cpu.as_secs_f64())?;
+        counter_f64(&mut m, &labels, master.cpu.as_secs_f64())?;
         for (name, help, unit, value) in [
             (
                 "process_resident_memory",
@@ -233,26 +274,25 @@ impl Exposition {
             ),
         ] {
             let mut m = family(e, name, help, unit, MetricType::Gauge)?;
-            gauge(&mut m, &none, value)?;
+            gauge(&mut m, &labels, value)?;
         }
         Ok(())
     }
 
     fn encode_workers(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let slots = &self.cluster.slots;
         let help = "1 when the worker is ready to serve, else 0.";
         let mut m = family(e, "procactor_worker_up", help, None, MetricType::Gauge)?;
-        for s in slots {
+        for (p, s) in self.slots() {
             gauge(
                 &mut m,
-                &Slot::of(s).labels(),
+                &Slot::of(p, s).labels(),
                 f64::from(u8::from(s.state == WorkerState::Ready)),
             )?;
         }
         let help = "The worker's state: 1 for the one it is in, 0 for the others.";
         let mut m = family(e, "procactor_worker_state", help, None, MetricType::Gauge)?;
-        for s in slots {
-            let slot = Slot::of(s);
+        for (p, s) in self.slots() {
+            let slot = Slot::of(p, s);
             for state in STATES {
                 gauge(
                     &mut m,
@@ -263,17 +303,18 @@ impl Exposition {
         }
         let help = "The worker's process and generation (the pid is a label here only).";
         let mut m = family(e, "procactor_worker", help, None, MetricType::Info)?;
-        for s in slots {
-            let (Some(pid), slot) = (s.pid, Slot::of(s)) else {
+        for (p, s) in self.slots() {
+            let (Some(pid), slot) = (s.pid, Slot::of(p, s)) else {
                 continue;
             };
             let (pid, generation) = (pid.to_string(), s.generation.to_string());
-            m.encode_info(&[
+            let own = [
                 ("group", slot.group),
                 ("worker", &slot.worker),
                 ("pid", &pid),
                 ("generation", &generation),
-            ])?;
+            ];
+            m.encode_info(&(slot.base, own))?;
         }
         let help = "Processes of the worker started after its first, by why the last one ended.";
         let mut m = family(
@@ -283,8 +324,8 @@ impl Exposition {
             None,
             MetricType::Counter,
         )?;
-        for s in slots {
-            let slot = Slot::of(s);
+        for (p, s) in self.slots() {
+            let slot = Slot::of(p, s);
             for (reason, count) in RESTART_REASONS.iter().zip(s.counters.restarts) {
                 counter(&mut m, &slot.with("reason", reason), count)?;
             }
@@ -294,7 +335,7 @@ impl Exposition {
 
     /// Start time, CPU and memory of each worker's running process, from `/proc`.
     fn encode_resources(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let running = || self.cluster.slots.iter().filter(|s| s.pid.is_some());
+        let running = || self.slots().filter(|(_, s)| s.pid.is_some());
         let help = "Start time of the worker's process since the Unix epoch.";
         let unit = Some(&Unit::Seconds);
         let mut m = family(
@@ -304,28 +345,27 @@ impl Exposition {
             unit,
             MetricType::Gauge,
         )?;
-        for s in running() {
+        for (p, s) in running() {
             let at = s.started.map_or(0.0, seconds_since_epoch);
-            gauge(&mut m, &Slot::of(s).labels(), at)?;
+            gauge(&mut m, &Slot::of(p, s).labels(), at)?;
         }
         let help = "User and system CPU time of the worker's current process.";
         let mut m = family(e, "procactor_worker_cpu", help, unit, MetricType::Counter)?;
-        for s in running() {
-            counter_f64(&mut m, &Slot::of(s).labels(), s.cpu.as_secs_f64())?;
+        for (p, s) in running() {
+            counter_f64(&mut m, &Slot::of(p, s).labels(), s.cpu.as_secs_f64())?;
         }
         let help = "Resident memory of the worker's current process.";
         let unit = Some(&Unit::Bytes);
         let name = "procactor_worker_resident_memory";
         let mut m = family(e, name, help, unit, MetricType::Gauge)?;
-        for s in running() {
-            gauge(&mut m, &Slot::of(s).labels(), s.rss_bytes as f64)?;
+        for (p, s) in running() {
+            gauge(&mut m, &Slot::of(p, s).labels(), s.rss_bytes as f64)?;
         }
         Ok(())
     }
 
     /// Frames, bytes, requests, answers, refusals and latency of each slot.
     fn encode_traffic(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let slots = &self.cluster.slots;
         let help = "Frames to (sent) and from (received) the worker, by kind; kinds never seen are left out.";
         let mut m = family(
             e,
@@ -334,14 +374,14 @@ impl Exposition {
             None,
             MetricType::Counter,
         )?;
-        for s in slots {
-            by_kind(&mut m, s, |t| t.frames)?;
+        for (p, s) in self.slots() {
+            by_kind(&mut m, &Slot::of(p, s), s, |t| t.frames)?;
         }
         let help = "Bytes of the frames to and from the worker, length prefixes included, by kind.";
         let unit = Some(&Unit::Bytes);
         let mut m = family(e, "procactor_worker_frame", help, unit, MetricType::Counter)?;
-        for s in slots {
-            by_kind(&mut m, s, |t| t.bytes)?;
+        for (p, s) in self.slots() {
+            by_kind(&mut m, &Slot::of(p, s), s, |t| t.bytes)?;
         }
         for (name, help, value) in [
             (
@@ -366,8 +406,8 @@ impl Exposition {
             ),
         ] {
             let mut m = family(e, name, help, None, MetricType::Counter)?;
-            for s in slots {
-                counter(&mut m, &Slot::of(s).labels(), value(s))?;
+            for (p, s) in self.slots() {
+                counter(&mut m, &Slot::of(p, s).labels(), value(s))?;
             }
         }
         for (name, help, unit, value) in [
@@ -385,8 +425,8 @@ impl Exposition {
             ),
         ] {
             let mut m = family(e, name, help, unit, MetricType::Gauge)?;
-            for s in slots {
-                gauge(&mut m, &Slot::of(s).labels(), value(s) as f64)?;
+            for (p, s) in self.slots() {
+                gauge(&mut m, &Slot::of(p, s).labels(), value(s) as f64)?;
             }
         }
         self.encode_latency(e)
@@ -397,7 +437,7 @@ impl Exposition {
         let unit = Some(&Unit::Seconds);
         let name = "procactor_worker_request_duration";
         let mut m = family(e, name, help, unit, MetricType::Histogram)?;
-        for s in &self.cluster.slots {
+        for (p, s) in self.slots() {
             let latency = &s.counters.latency;
             let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
                 .iter()
@@ -405,7 +445,7 @@ impl Exposition {
                 .chain([f64::INFINITY])
                 .zip(latency.buckets)
                 .collect();
-            m.encode_family(&Slot::of(s).labels())?
+            m.encode_family(&Slot::of(p, s).labels())?
                 .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
                     latency.sum.as_secs_f64(),
                     latency.count,
@@ -417,52 +457,59 @@ impl Exposition {
     }
 
     fn encode_reloads(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let none: [(&str, &str); 0] = [];
-        let r = &self.cluster.reloads;
+        let reloads = self.scoped(|p| &p.cluster.reloads);
         let help = "Rolling reloads started.";
-        let mut m = family(
-            e,
-            "procactor_reloads_started",
-            help,
-            None,
-            MetricType::Counter,
-        )?;
-        counter(&mut m, &none, r.started)?;
+        let name = "procactor_reloads_started";
+        let started = reloads.iter().map(|(l, r)| (*l, r.started));
+        counters(e, name, help, None, started)?;
         let help = "Rolling reloads ended: succeeded, rolled_back (a replacement failed; the rest kept their old processes) or stopped (the cluster stopped).";
         let mut m = family(e, "procactor_reloads", help, None, MetricType::Counter)?;
-        for (result, count) in [
-            ("succeeded", r.succeeded),
-            ("rolled_back", r.rolled_back),
-            ("stopped", r.stopped),
-        ] {
-            counter(&mut m, &[("result", result)], count)?;
+        for (labels, r) in &reloads {
+            for (result, count) in [
+                ("succeeded", r.succeeded),
+                ("rolled_back", r.rolled_back),
+                ("stopped", r.stopped),
+            ] {
+                counter(&mut m, &(*labels, [("result", result)]), count)?;
+            }
         }
-        let (done, of) = r.current.unwrap_or_default();
-        for (name, help, value) in [
+        // Per cluster: whether one runs, replaced so far, of how many.
+        let progress: Vec<_> = reloads
+            .iter()
+            .map(|(l, r)| {
+                let (done, of) = r.current.unwrap_or_default();
+                let running = f64::from(u8::from(r.current.is_some()));
+                (*l, [running, done as f64, of as f64])
+            })
+            .collect();
+        for (i, (name, help)) in [
             (
                 "procactor_reload_in_progress",
                 "1 while a rolling reload runs.",
-                f64::from(u8::from(r.current.is_some())),
             ),
             (
                 "procactor_reload_workers_replaced",
                 "Workers the running reload has replaced so far (0 when none runs).",
-                done as f64,
             ),
             (
                 "procactor_reload_workers",
                 "Workers the running reload replaces (0 when none runs).",
-                of as f64,
             ),
-        ] {
-            let mut m = family(e, name, help, None, MetricType::Gauge)?;
-            gauge(&mut m, &none, value)?;
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let values = progress.iter().map(|(l, v)| (*l, v[i]));
+            gauges(e, name, help, None, values)?;
         }
-        if let Some(took) = r.last_duration {
+        let took: Vec<_> = reloads
+            .iter()
+            .filter_map(|(l, r)| Some((*l, r.last_duration?.as_secs_f64())))
+            .collect();
+        if !took.is_empty() {
             let help = "How long the last finished reload took.";
             let name = "procactor_reload_last_duration";
-            let mut m = family(e, name, help, Some(&Unit::Seconds), MetricType::Gauge)?;
-            gauge(&mut m, &none, took.as_secs_f64())?;
+            gauges(e, name, help, Some(&Unit::Seconds), took)?;
         }
         Ok(())
     }
@@ -472,10 +519,10 @@ impl Exposition {
 /// the kinds never seen.
 fn by_kind(
     m: &mut MetricEncoder<'_>,
+    slot: &Slot<'_>,
     s: &SlotFigures,
     of: fn(&Tally) -> u64,
 ) -> Result<(), std::fmt::Error> {
-    let slot = Slot::of(s);
     for (direction, tallies) in [
         ("sent", &s.counters.sent),
         ("received", &s.counters.received),
@@ -483,13 +530,13 @@ fn by_kind(
         for (kind, tally) in Envelope::KINDS.iter().zip(tallies) {
             let count = of(tally);
             if count > 0 {
-                let labels = [
+                let own = [
                     ("group", slot.group),
                     ("worker", &slot.worker),
                     ("direction", direction),
                     ("kind", kind),
                 ];
-                counter(m, &labels, count)?;
+                counter(m, &(slot.base, own), count)?;
             }
         }
     }

@@ -41,3 +41,36 @@ pub(super) fn counter_f64(
     m.encode_family(labels)?
         .encode_counter::<NoLabelSet, _, f64>(&value, None)
 }
+
+/// A cluster's cluster-wide labels with one of its figures.
+pub(super) type Scoped<'a, T> = (&'a [(&'static str, String)], T);
+
+/// A gauge family with one sample per cluster, labelled with its cluster-wide labels.
+pub(super) fn gauges<'a>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    values: impl IntoIterator<Item = Scoped<'a, f64>>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = family(e, name, help, unit, MetricType::Gauge)?;
+    for (labels, value) in values {
+        gauge(&mut m, &labels, value)?;
+    }
+    Ok(())
+}
+
+/// A counter family with one sample per cluster, labelled with its cluster-wide labels.
+pub(super) fn counters<'a>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    values: impl IntoIterator<Item = Scoped<'a, u64>>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = family(e, name, help, unit, MetricType::Counter)?;
+    for (labels, value) in values {
+        counter(&mut m, &labels, value)?;
+    }
+    Ok(())
+}

@@ -44,7 +44,8 @@ impl<A: WorkerActor> Worker<A> {
     /// Spawns the process for the (already placed) `Proc` of `generation`.
     pub(super) fn start_process(&mut self, generation: u64, ctx: &mut Context<Self>) {
         let config = &self.spawn.config;
-        let mut env = self.spawn.env.clone();
+        let launch = self.spawn.launch();
+        let mut env = launch.env.clone();
         env.extend(self.env.iter().cloned());
         let (mut notify, mut pid_vars) = (None, Vec::new());
         if config.plain {
@@ -53,7 +54,7 @@ impl<A: WorkerActor> Worker<A> {
                 Ok(socket) => notify = socket,
                 Err(e) => {
                     let error = SpawnError {
-                        program: self.spawn.program.clone(),
+                        program: launch.program.clone(),
                         kind: e.kind(),
                         message: format!("cannot bind its notification socket: {e}"),
                     };
@@ -81,10 +82,10 @@ impl<A: WorkerActor> Worker<A> {
             .filter_map(|b| Some((b.name.clone(), b.fd.try_clone().ok()?)))
             .collect();
         let spec = SpawnSpec {
-            program: self.spawn.program.clone(),
-            args: self.spawn.args.clone(),
+            program: launch.program,
+            args: launch.args,
             env,
-            cwd: self.spawn.cwd.clone(),
+            cwd: launch.cwd,
             pid_vars,
             pipe_bytes: config.pipe_buffer_bytes,
             listeners,

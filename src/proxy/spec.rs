@@ -1,26 +1,28 @@
 //! What a slot needs to start its process, shared by the slots of a group.
+//!
+//! The program part ([`Launch`]: program, arguments, environment, working directory) may change
+//! while the group runs — a reload onto a new program (`Cluster::reload_with`) — so it sits in a
+//! cell that every slot of the group reads when it starts a process; the rest is fixed at start.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
+use std::path::PathBuf;
 
 use crate::config::ClusterConfig;
 
-/// What a slot needs to start its process, shared by the slots of a cluster.
-#[derive(Debug)]
-pub(crate) struct SlotSpec {
-    pub(crate) program: std::path::PathBuf,
+/// What a process of the group is started as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Launch {
+    pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
     /// The directory the processes run in (absolute); `None`: the master's.
-    pub(crate) cwd: Option<std::path::PathBuf>,
-    pub(crate) config: ClusterConfig,
-    /// The cluster's listening sockets, held for its whole life.
-    pub(crate) listeners: Vec<crate::listen::Bound>,
-    /// The group the slots belong to.
-    pub(crate) group: String,
+    pub(crate) cwd: Option<PathBuf>,
 }
 
-impl SlotSpec {
-    pub(crate) fn from_config(config: &ClusterConfig) -> Result<Self, crate::Error> {
+impl Launch {
+    /// The launch `config` describes: its program resolved as the child will find it.
+    pub(crate) fn of(config: &ClusterConfig) -> Result<Self, crate::Error> {
         // Absolute, so that the child, once in it, finds the program where the master did.
         let cwd = match &config.cwd {
             Some(dir) => Some(std::env::current_dir()?.join(dir)),
@@ -50,9 +52,38 @@ impl SlotSpec {
             args,
             env,
             cwd,
+        })
+    }
+}
+
+/// What a slot needs to start its process, shared by the slots of a cluster.
+#[derive(Debug)]
+pub(crate) struct SlotSpec {
+    launch: RefCell<Launch>,
+    pub(crate) config: ClusterConfig,
+    /// The cluster's listening sockets, held for its whole life.
+    pub(crate) listeners: Vec<crate::listen::Bound>,
+    /// The group the slots belong to.
+    pub(crate) group: String,
+}
+
+impl SlotSpec {
+    pub(crate) fn from_config(config: &ClusterConfig) -> Result<Self, crate::Error> {
+        Ok(Self {
+            launch: RefCell::new(Launch::of(config)?),
             config: config.clone(),
             listeners: crate::listen::bind_all(&config.listen, config.unix_socket_mode)?,
             group: crate::config::DEFAULT_GROUP.to_owned(),
         })
+    }
+
+    /// What a process started now runs.
+    pub(crate) fn launch(&self) -> Launch {
+        self.launch.borrow().clone()
+    }
+
+    /// Makes processes started from now on run `launch`; returns what they ran before.
+    pub(crate) fn set_launch(&self, launch: Launch) -> Launch {
+        self.launch.replace(launch)
     }
 }

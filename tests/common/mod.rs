@@ -5,6 +5,7 @@ pub(crate) mod carriers;
 pub(crate) mod cluster;
 pub(crate) mod http;
 pub(crate) mod node;
+pub(crate) mod prometheus;
 pub(crate) mod redis;
 /// The relay worker of `procactor-relay`, for its message types (a fixture, not library API).
 #[path = "../../actors/relay/relay.rs"]
