@@ -265,7 +265,20 @@ fn reload_all_under_load_fails_nothing_and_replaces_every_pid() {
         .iter()
         .all(|l| l.stats().ok > 20)));
     let out = op.ok(&["reload", "all"]);
-    assert!(out.contains("ready"), "progress per instance: {out}");
+    // Live progress, per instance, in order: the new process starts and is ready, then the old
+    // one drains and is retired.
+    for instance in ["web[0]", "web[1]", "web[2]"] {
+        let states: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with(instance))
+            .filter_map(|l| l.split_whitespace().last())
+            .collect();
+        assert_eq!(
+            states,
+            ["starting", "ready", "draining", "retired"],
+            "{instance}: {out}"
+        );
+    }
     let t = Instant::now();
     while t.elapsed() < Duration::from_millis(300) {
         std::thread::yield_now();

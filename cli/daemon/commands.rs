@@ -183,10 +183,11 @@ pub(crate) async fn reload(d: &Daemon, target: &Target) -> Outcome {
     let mut done = Vec::new();
     for app in apps {
         match app.cluster().reload().await {
-            Ok(report) => done.push(json!({
-                "app": app.name,
-                "replaced": report.replaced.len(),
-            })),
+            Ok(report) => done.push(format!(
+                "{}: {} instances replaced",
+                app.name,
+                report.replaced.len()
+            )),
             Err(e) => {
                 return failed(
                     "reload_failed",
