@@ -202,21 +202,28 @@ pub(crate) async fn reload(d: &Daemon, target: &Target) -> Outcome {
     ok(json!(done))
 }
 
-/// Restarts every instance of the target apps at once (downtime allowed, as PM2's `restart`).
+/// Restarts every instance of the target apps: each gets a new process, which takes over once
+/// ready while the old one is stopped gracefully (so a restart drops no request either); an
+/// instance that does not serve now (restarting after a crash, given up) is reported, and the
+/// others are still restarted.
 pub(crate) async fn restart(d: &Daemon, target: &Target) -> Outcome {
     let _changing = d.changing.lock().await;
     let apps = match targets(d, target) {
         Ok(apps) => apps,
         Err(outcome) => return outcome,
     };
+    let mut failures = Vec::new();
     for app in apps {
         for id in app.cluster().ids() {
             if let Err(e) = app.cluster().restart_worker(id).await {
-                return failed("restart_failed", format!("{}[{id}]: {e}", app.name));
+                failures.push(format!("{}[{id}]: {e}", app.name));
             }
         }
     }
     drop(_changing);
+    if !failures.is_empty() {
+        return failed("restart_failed", failures.join("; "));
+    }
     list(d).await
 }
 
