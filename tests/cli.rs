@@ -639,3 +639,24 @@ fn the_daemons_metrics_are_scraped_by_prometheus() {
         std::fs::read_to_string(op.dir.path().join("prometheus.log")).unwrap_or_default()
     );
 }
+
+#[test]
+fn restart_replaces_every_instance_of_an_app_without_a_failed_request() {
+    let op = Operator::new();
+    op.start();
+    let before = op.pids("web");
+    let load = Load::start(op.web, LoadOptions::default());
+    assert!(wait_until(Duration::from_secs(10), || load.stats().ok > 20));
+    let table = op.ok(&["restart", "web"]);
+    assert!(table.contains("RESTARTS"), "{table}");
+    let stats = load.stop();
+    assert_eq!(stats.failures, 0, "{}", stats.summary());
+    let after = op.pids("web");
+    assert_eq!(after.len(), 3);
+    assert!(after.is_disjoint(&before), "{before:?} {after:?}");
+    assert_eq!(
+        op.run(&["restart", "nosuch"]).status.code(),
+        Some(1),
+        "an unknown app is an error"
+    );
+}
