@@ -660,3 +660,56 @@ fn restart_replaces_every_instance_of_an_app_without_a_failed_request() {
         "an unknown app is an error"
     );
 }
+
+#[test]
+fn in_the_foreground_the_daemon_tells_systemd_ready_pings_its_watchdog_and_stops_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let op = Operator::new();
+    let notify_path = op.dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&notify_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut daemon = Command::new(BIN)
+        .arg("--socket")
+        .arg(op.socket())
+        .arg("--state-dir")
+        .arg(op.state())
+        .args(["start", "--foreground"])
+        .arg(op.config())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !(said.iter().any(|s: &String| s.contains("READY=1"))
+        && said.iter().filter(|s| s.contains("WATCHDOG=1")).count() >= 2)
+    {
+        let n = systemd.recv(&mut buf).expect("the daemon notifies");
+        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // READY=1 comes once every instance is ready.
+    let rows = op.list();
+    assert_eq!(rows.len(), op.addrs().len() * 3);
+    assert!(rows.iter().all(|r| r["state"] == "ready"));
+    let pids: Vec<u32> = rows
+        .iter()
+        .filter_map(|r| r["pid"].as_u64())
+        .map(|p| p as u32)
+        .collect();
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+    assert!(said.iter().any(|s| s.contains("READY=1")), "{said:?}");
+    for pid in pids {
+        assert!(
+            wait_until(Duration::from_secs(10), || !alive(pid)),
+            "instance {pid} ended with the daemon"
+        );
+    }
+}
