@@ -196,7 +196,7 @@ impl Drop for Operator {
         if !wait_until(Duration::from_secs(10), || !alive(pid)) {
             kill9(pid);
         }
-        for pid in pids {
+        for pid in pids.into_iter().filter(|&p| alive(p)) {
             kill9(pid);
         }
     }
@@ -227,9 +227,15 @@ fn two_apps_start_ready_and_answer() {
         let body = Operator::answer(addr);
         assert!(body.contains("greeting hi"), "{body}");
     }
-    // A second `start` of the same file changes nothing.
+    // A second `start` of the same file changes nothing; of the file changed since, it is
+    // refused and points to `apply`.
     let before = op.pids("web");
     op.ok(&["start", op.config().to_str().unwrap()]);
+    assert_eq!(op.pids("web"), before);
+    op.write_config("changed");
+    let output = op.run(&["start", op.config().to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("apply"));
     assert_eq!(op.pids("web"), before);
     let daemon = op.daemon_pid().expect("a pid file");
     op.ok(&["kill"]);
@@ -712,4 +718,31 @@ fn in_the_foreground_the_daemon_tells_systemd_ready_pings_its_watchdog_and_stops
             "instance {pid} ended with the daemon"
         );
     }
+}
+
+#[test]
+fn a_failed_apply_keeps_the_running_file_and_auto_means_one_per_cpu() {
+    let op = Operator::new();
+    op.start();
+    let text = std::fs::read_to_string(op.config()).unwrap();
+    // A new app that never becomes ready, and web at one instance per CPU.
+    let broken = format!(
+        "{}\n[apps.bad]\ncommand = \"python3\"\nargs = [\"-c\", \"import sys; sys.exit(3)\"]\n\
+         instances = 1\nready = \"spawn\"\nmin_uptime = \"1s\"\nready_timeout = \"5s\"\n\
+         restart = {{ on = \"never\" }}\n",
+        text.replacen("instances = 3", "instances = \"auto\"", 1)
+    );
+    std::fs::write(op.config(), &broken).unwrap();
+    let output = op.run(&["apply", op.config().to_str().unwrap()]);
+    assert!(
+        !output.status.success(),
+        "the app that fails fails the apply"
+    );
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("bad"), "{err}");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(op.pids("web").len(), cpus, "auto: one per CPU");
+    // The file that runs is still the old one: the plan still has the whole change.
+    let plan = op.ok(&["apply", op.config().to_str().unwrap(), "--dry-run"]);
+    assert!(plan.contains("start bad"), "{plan}");
 }
