@@ -208,24 +208,7 @@ fn procactor_bin() -> Result<PathBuf, BoxError> {
         // Without the variables `cargo run` set for the bench: build scripts that read one
         // (ring's read CARGO_PKG_NAME) would run again, and the bench's next build after them.
         for (name, _) in std::env::vars_os() {
-            let Some(name) = name.to_str() else { continue };
-            let set_by_cargo = [
-                "CARGO_PKG_",
-                "CARGO_CFG_",
-                "CARGO_FEATURE_",
-                "CARGO_MANIFEST_",
-            ]
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
-                || [
-                    "CARGO_CRATE_NAME",
-                    "CARGO_BIN_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "OUT_DIR",
-                ]
-                .contains(&name);
-            if set_by_cargo {
+            if name.to_str().is_some_and(set_by_cargo_run) {
                 build.env_remove(name);
             }
         }
@@ -266,6 +249,26 @@ fn procactor_bin() -> Result<PathBuf, BoxError> {
         .into());
     }
     Ok(bin)
+}
+
+/// Whether `cargo run` sets the environment variable `name` for the program it runs (the
+/// variables it sets for a crate's build), as opposed to one of the user's (`CARGO_HOME`,
+/// `CARGO_TARGET_DIR`, `CARGO_BUILD_JOBS`…), which the build must keep.
+fn set_by_cargo_run(name: &str) -> bool {
+    const PREFIXES: [&str; 4] = [
+        "CARGO_PKG_",
+        "CARGO_CFG_",
+        "CARGO_FEATURE_",
+        "CARGO_MANIFEST_",
+    ];
+    const NAMES: [&str; 5] = [
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "OUT_DIR",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
 }
 
 /// A daemon of `procactor` with its 6 instances, ended (with them) when dropped.
