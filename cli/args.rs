@@ -66,7 +66,7 @@ pub(crate) enum Command {
         #[arg(value_name = "APP|all")]
         target: Target,
     },
-    /// Restart the instances of APP (or of all apps) at once (downtime: use reload to avoid it)
+    /// Give every instance of APP (or of all apps) a new process, one at a time; each takes over once ready
     Restart {
         /// An app, or `all`
         #[arg(value_name = "APP|all")]
@@ -82,7 +82,7 @@ pub(crate) enum Command {
     Scale {
         /// The app
         app: String,
-        /// How many instances (0 stops it)
+        /// How many instances (at least 1; `stop APP` stops it)
         n: usize,
     },
     /// Show the apps' output, each line prefixed with its app and instance (`web[2]`)

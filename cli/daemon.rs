@@ -188,11 +188,7 @@ impl Daemon {
     async fn instances(&self) -> Result<Vec<Instance>, String> {
         let mut rows = Vec::new();
         for app in self.running() {
-            // The samples are not borrowed across the await: copied out and back.
-            let mut samples = std::mem::take(&mut *self.samples.borrow_mut());
-            let got = app.instances(&mut samples).await;
-            *self.samples.borrow_mut() = samples;
-            rows.extend(got?);
+            rows.extend(app.instances(&self.samples).await?);
         }
         let alive: Vec<u32> = rows.iter().filter_map(|r| r.pid).collect();
         self.samples.borrow_mut().keep_only(&alive);
@@ -210,14 +206,23 @@ pub(crate) fn run(options: Options) -> Result<(), String> {
     let result = system.block_on(async move {
         let listener = crate::socket::bind(&options.socket).map_err(|e| e.to_string())?;
         let daemon = Daemon::new(&options);
+        let pid_file = PidFile::write(&options.state_dir)?;
+        // An app that fails to start is reported; the daemon serves the others (and the
+        // operator, who sees the failure in `list` and the log).
         if options.resurrect {
-            commands::resurrect(&daemon).await?;
+            if let Err(e) = commands::resurrect(&daemon).await {
+                eprintln!("procactor daemon: resurrect: {e}");
+            }
         }
         if let Some((path, text)) = &options.start {
             let outcome = commands::start(&daemon, path, text).await;
-            if let Some(e) = outcome.error {
-                commands::stop_all(&daemon).await;
-                return Err(e.message);
+            match outcome.error {
+                Some(e) if e.kind == "config" => {
+                    commands::stop_all(&daemon).await;
+                    return Err(e.message);
+                }
+                Some(e) => eprintln!("procactor daemon: start: {}", e.message),
+                None => {}
             }
         }
         notify::ready();
@@ -227,7 +232,32 @@ pub(crate) fn run(options: Options) -> Result<(), String> {
         notify::stopping();
         commands::stop_all(&daemon).await;
         let _ = std::fs::remove_file(&daemon.socket);
+        drop(pid_file);
         served
     });
     result
+}
+
+/// `<state>/daemon.pid` while the daemon runs (written once its socket is bound, so a second
+/// daemon refused at the socket never touches the first one's), removed at its exit if it is
+/// still ours.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(state_dir: &std::path::Path) -> Result<PidFile, String> {
+        let path = state_dir.join("daemon.pid");
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.0)
+            .is_ok_and(|text| text.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }

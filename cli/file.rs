@@ -302,7 +302,7 @@ pub(crate) struct FileError {
 }
 
 impl FileError {
-    fn at(path: &Path, text: &str, span: Option<Range<usize>>, message: String) -> Self {
+    fn at(path: &Path, text: &str, span: Option<Range<usize>>, mut message: String) -> Self {
         let mut width = 1;
         let place = span.map(|span| {
             let start = span.start.min(text.len());
@@ -312,16 +312,53 @@ impl FileError {
             let column = text[line_start..start].chars().count() + 1;
             let end = span.end.clamp(start, line_end);
             width = text[start..end].chars().count().max(1);
-            ((line, column), text[line_start..line_end].to_string())
+            let shown = text[line_start..line_end].to_string();
+            // A line of an `env` table may hold a secret: its place is named, not echoed.
+            let secret = mentions_env(&shown) || in_env_table(&text[..line_start]);
+            if secret {
+                message = without_quoted(&message);
+            }
+            ((line, column), (!secret).then_some(shown))
         });
         FileError {
             path: path.to_path_buf(),
             at: place.as_ref().map(|(at, _)| *at),
             message,
-            source_line: place.map(|(_, line)| line),
+            source_line: place.and_then(|(_, line)| line),
             width,
         }
     }
+}
+
+/// `message` with what toml quotes in backticks (a value it read) replaced by `…`.
+fn without_quoted(message: &str) -> String {
+    message
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| if i % 2 == 1 { "…" } else { part })
+        .collect::<Vec<_>>()
+        .join("`")
+}
+
+/// Whether `line` sets an `env` table inline (`env = { … }`).
+fn mentions_env(line: &str) -> bool {
+    line.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|word| word == "env")
+}
+
+/// Whether the last table header in `before` is an `env` table (`[apps.web.env]`).
+fn in_env_table(before: &str) -> bool {
+    before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .is_some_and(|header| {
+            header
+                .trim_matches(|c| c == '[' || c == ']')
+                .split('.')
+                .any(|part| part.trim() == "env")
+        })
 }
 
 impl fmt::Display for FileError {

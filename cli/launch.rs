@@ -8,6 +8,7 @@
 //! `setsid` as its first act, so a terminal's hang-up or Ctrl-C does not reach it or its apps.
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,7 +53,7 @@ pub(crate) fn ensure_daemon(cli: &Cli, socket: &SocketPath) -> Result<(), Failur
         return Ok(());
     }
     let state = state_dir(cli)?;
-    std::fs::create_dir_all(&state).map_err(|e| {
+    private_dir(&state).map_err(|e| {
         Failure::new(
             Exit::Failed,
             format!("cannot create {}: {e}", state.display()),
@@ -62,6 +63,7 @@ pub(crate) fn ensure_daemon(cli: &Cli, socket: &SocketPath) -> Result<(), Failur
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .map_err(|e| Failure::new(Exit::Failed, format!("{}: {e}", log_path.display())))?;
     let exe = std::env::current_exe()
@@ -109,6 +111,17 @@ pub(crate) fn ensure_daemon(cli: &Cli, socket: &SocketPath) -> Result<(), Failur
     }
 }
 
+/// Creates `dir` (and its parents) with mode 0700, or makes an existing one 0700: the state
+/// file, the daemon's log and the apps' logs (whose lines may hold secrets) are the user's alone.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// The last lines of the daemon's log.
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -121,6 +134,9 @@ fn tail(path: &Path) -> String {
 pub(crate) fn daemon(cli: &Cli, socket: SocketPath, resurrect: bool) -> Result<(), Failure> {
     // Fails only for a process group leader, which a child `start` spawned is not.
     let _ = nix::unistd::setsid();
+    // Holds no directory: the one `start` ran in may be deleted (a pruned release) or be a
+    // mount to unmount. Every path the daemon gets is absolute.
+    let _ = std::env::set_current_dir("/");
     serve(cli, socket, None, resurrect)
 }
 
@@ -141,22 +157,17 @@ fn serve(
     resurrect: bool,
 ) -> Result<(), Failure> {
     let state_dir = state_dir(cli)?;
-    std::fs::create_dir_all(&state_dir).map_err(|e| {
+    private_dir(&state_dir).map_err(|e| {
         Failure::new(
             Exit::Failed,
             format!("cannot create {}: {e}", state_dir.display()),
         )
     })?;
-    let pid_file = state_dir.join("daemon.pid");
     let options = Options {
         socket,
         state_dir,
         resurrect,
         start,
     };
-    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
-        .map_err(|e| Failure::new(Exit::Failed, format!("{}: {e}", pid_file.display())))?;
-    let result = daemon::run(options);
-    let _ = std::fs::remove_file(&pid_file);
-    result.map_err(|e| Failure::new(Exit::Failed, e))
+    daemon::run(options).map_err(|e| Failure::new(Exit::Failed, e))
 }

@@ -213,6 +213,15 @@ fn print_outcome(json: bool, outcome: &Outcome) {
                 println!("{line}");
             }
         }
+        // `apply`: the plan, a line per change and why.
+        serde_json::Value::Object(fields) if fields.get("lines").is_some_and(|l| l.is_array()) => {
+            for line in fields["lines"].as_array().into_iter().flatten() {
+                println!("{}", line.as_str().unwrap_or_default());
+            }
+            if fields.get("applied") == Some(&serde_json::Value::Bool(false)) {
+                println!("(dry run: nothing changed)");
+            }
+        }
         _ => println!("{data:#}"),
     }
 }

@@ -196,7 +196,7 @@ impl Drop for Operator {
         if !wait_until(Duration::from_secs(10), || !alive(pid)) {
             kill9(pid);
         }
-        for pid in pids {
+        for pid in pids.into_iter().filter(|&p| alive(p)) {
             kill9(pid);
         }
     }
@@ -227,9 +227,15 @@ fn two_apps_start_ready_and_answer() {
         let body = Operator::answer(addr);
         assert!(body.contains("greeting hi"), "{body}");
     }
-    // A second `start` of the same file changes nothing.
+    // A second `start` of the same file changes nothing; of the file changed since, it is
+    // refused and points to `apply`.
     let before = op.pids("web");
     op.ok(&["start", op.config().to_str().unwrap()]);
+    assert_eq!(op.pids("web"), before);
+    op.write_config("changed");
+    let output = op.run(&["start", op.config().to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("apply"));
     assert_eq!(op.pids("web"), before);
     let daemon = op.daemon_pid().expect("a pid file");
     op.ok(&["kill"]);
@@ -265,7 +271,20 @@ fn reload_all_under_load_fails_nothing_and_replaces_every_pid() {
         .iter()
         .all(|l| l.stats().ok > 20)));
     let out = op.ok(&["reload", "all"]);
-    assert!(out.contains("ready"), "progress per instance: {out}");
+    // Live progress, per instance, in order: the new process starts and is ready, then the old
+    // one drains and is retired.
+    for instance in ["web[0]", "web[1]", "web[2]"] {
+        let states: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with(instance))
+            .filter_map(|l| l.split_whitespace().last())
+            .collect();
+        assert_eq!(
+            states,
+            ["starting", "ready", "draining", "retired"],
+            "{instance}: {out}"
+        );
+    }
     let t = Instant::now();
     while t.elapsed() < Duration::from_millis(300) {
         std::thread::yield_now();
@@ -625,4 +644,105 @@ fn the_daemons_metrics_are_scraped_by_prometheus() {
         "Prometheus never saw 3 web instances: {}",
         std::fs::read_to_string(op.dir.path().join("prometheus.log")).unwrap_or_default()
     );
+}
+
+#[test]
+fn restart_replaces_every_instance_of_an_app_without_a_failed_request() {
+    let op = Operator::new();
+    op.start();
+    let before = op.pids("web");
+    let load = Load::start(op.web, LoadOptions::default());
+    assert!(wait_until(Duration::from_secs(10), || load.stats().ok > 20));
+    let table = op.ok(&["restart", "web"]);
+    assert!(table.contains("RESTARTS"), "{table}");
+    let stats = load.stop();
+    assert_eq!(stats.failures, 0, "{}", stats.summary());
+    let after = op.pids("web");
+    assert_eq!(after.len(), 3);
+    assert!(after.is_disjoint(&before), "{before:?} {after:?}");
+    assert_eq!(
+        op.run(&["restart", "nosuch"]).status.code(),
+        Some(1),
+        "an unknown app is an error"
+    );
+}
+
+#[test]
+fn in_the_foreground_the_daemon_tells_systemd_ready_pings_its_watchdog_and_stops_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let op = Operator::new();
+    let notify_path = op.dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&notify_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut daemon = Command::new(BIN)
+        .arg("--socket")
+        .arg(op.socket())
+        .arg("--state-dir")
+        .arg(op.state())
+        .args(["start", "--foreground"])
+        .arg(op.config())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !(said.iter().any(|s: &String| s.contains("READY=1"))
+        && said.iter().filter(|s| s.contains("WATCHDOG=1")).count() >= 2)
+    {
+        let n = systemd.recv(&mut buf).expect("the daemon notifies");
+        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // READY=1 comes once every instance is ready.
+    let rows = op.list();
+    assert_eq!(rows.len(), op.addrs().len() * 3);
+    assert!(rows.iter().all(|r| r["state"] == "ready"));
+    let pids: Vec<u32> = rows
+        .iter()
+        .filter_map(|r| r["pid"].as_u64())
+        .map(|p| p as u32)
+        .collect();
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+    assert!(said.iter().any(|s| s.contains("READY=1")), "{said:?}");
+    for pid in pids {
+        assert!(
+            wait_until(Duration::from_secs(10), || !alive(pid)),
+            "instance {pid} ended with the daemon"
+        );
+    }
+}
+
+#[test]
+fn a_failed_apply_keeps_the_running_file_and_auto_means_one_per_cpu() {
+    let op = Operator::new();
+    op.start();
+    let text = std::fs::read_to_string(op.config()).unwrap();
+    // A new app that never becomes ready, and web at one instance per CPU.
+    let broken = format!(
+        "{}\n[apps.bad]\ncommand = \"python3\"\nargs = [\"-c\", \"import sys; sys.exit(3)\"]\n\
+         instances = 1\nready = \"spawn\"\nmin_uptime = \"1s\"\nready_timeout = \"5s\"\n\
+         restart = {{ on = \"never\" }}\n",
+        text.replacen("instances = 3", "instances = \"auto\"", 1)
+    );
+    std::fs::write(op.config(), &broken).unwrap();
+    let output = op.run(&["apply", op.config().to_str().unwrap()]);
+    assert!(
+        !output.status.success(),
+        "the app that fails fails the apply"
+    );
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("bad"), "{err}");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(op.pids("web").len(), cpus, "auto: one per CPU");
+    // The file that runs is still the old one: the plan still has the whole change.
+    let plan = op.ok(&["apply", op.config().to_str().unwrap(), "--dry-run"]);
+    assert!(plan.contains("start bad"), "{plan}");
 }

@@ -110,8 +110,12 @@ impl App {
         self.groups.stop().await.map_err(|e| e.to_string())
     }
 
-    /// The app's instances, with CPU and memory from `samples`.
-    pub(crate) async fn instances(&self, samples: &mut Samples) -> Result<Vec<Instance>, String> {
+    /// The app's instances, with CPU and memory; CPU against `samples` (borrowed only once
+    /// the figures are in, so that concurrent requests share them).
+    pub(crate) async fn instances(
+        &self,
+        samples: &RefCell<Samples>,
+    ) -> Result<Vec<Instance>, String> {
         let cluster = self.cluster();
         let workers = cluster.workers().await.map_err(|e| e.to_string())?;
         let stats = cluster.stats().await.map_err(|e| e.to_string())?;
@@ -119,6 +123,7 @@ impl App {
             .iter()
             .filter_map(|s| s.pid.map(|pid| (pid, (s.cpu, s.rss_bytes))))
             .collect();
+        let mut samples = samples.borrow_mut();
         Ok(workers
             .into_iter()
             .map(|w| {

@@ -13,7 +13,6 @@ use super::app::App;
 use super::{Daemon, Loaded};
 use crate::file::{self, AppSpec, ConfigFile, Instances};
 use crate::plan::{self, Change};
-use crate::proto::Instance;
 use crate::proto::{Outcome, OutcomeError, Target};
 
 /// A successful outcome with `data`.
@@ -64,6 +63,17 @@ pub(crate) async fn start(d: &Daemon, path: &Path, text: &str) -> Outcome {
                 ),
             );
         }
+        if loaded.file != new {
+            return failed(
+                "config",
+                format!(
+                    "{} changed since the daemon started it; `procactor apply {}` shows and \
+                     makes the change",
+                    path.display(),
+                    path.display()
+                ),
+            );
+        }
     }
     let loaded = Loaded {
         path: path.to_path_buf(),
@@ -85,16 +95,45 @@ pub(crate) async fn start(d: &Daemon, path: &Path, text: &str) -> Outcome {
     list(d).await
 }
 
-/// Starts, in `depends_on` order, every app of `loaded` that neither runs nor was stopped.
+/// Starts, in `depends_on` order, every app of `loaded` that neither runs nor was stopped. An
+/// app that fails to start does not stop the others — only those that depend on it.
+///
+/// # Errors
+/// Every app that failed or was not started for it, with why, in one message.
 async fn start_missing(d: &Daemon, loaded: &Loaded) -> Result<(), String> {
+    let mut failures: Vec<(String, String)> = Vec::new();
     for name in start_order(&loaded.file) {
         if d.app(&name).is_some() || d.stopped.borrow().contains(&name) {
             continue;
         }
-        let spec = scaled(d, &name, &loaded.file.apps[name.as_str()]);
-        start_app(d, &name, &spec, &loaded.dir()).await?;
+        let spec = &loaded.file.apps[name.as_str()];
+        let blocked = spec
+            .dependencies()
+            .find(|(dep, _)| failures.iter().any(|(f, _)| f == *dep))
+            .map(|(dep, _)| dep.clone());
+        if let Some(dep) = blocked {
+            failures.push((name.clone(), format!("not started: it depends on {dep}")));
+            continue;
+        }
+        let spec = scaled(d, &name, spec);
+        if let Err(e) = start_app(d, &name, &spec, &loaded.dir()).await {
+            failures.push((name.clone(), e));
+        }
     }
-    Ok(())
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        let lines: Vec<String> = failures.into_iter().map(|(_, why)| why).collect();
+        Err(lines.join("\n"))
+    }
+}
+
+/// The number `instances` means here: `"auto"` is one per CPU.
+fn count(instances: &Instances) -> usize {
+    match instances {
+        Instances::Count(n) => *n,
+        Instances::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
 }
 
 /// `spec` with the instances an operator scaled `name` to, if they did.
@@ -183,10 +222,24 @@ pub(crate) async fn reload(d: &Daemon, target: &Target) -> Outcome {
     let mut done = Vec::new();
     for app in apps {
         match app.cluster().reload().await {
-            Ok(report) => done.push(json!({
-                "app": app.name,
-                "replaced": report.replaced.len(),
-            })),
+            Ok(report) if !report.skipped.is_empty() => {
+                return failed(
+                    "reload_failed",
+                    format!(
+                        "{}: {} instances replaced; {:?} not serving (restarting or given up) \
+                         and not replaced — `procactor stop {}` then `start` brings an app back",
+                        app.name,
+                        report.replaced.len(),
+                        report.skipped,
+                        app.name
+                    ),
+                )
+            }
+            Ok(report) => done.push(format!(
+                "{}: {} instances replaced",
+                app.name,
+                report.replaced.len()
+            )),
             Err(e) => {
                 return failed(
                     "reload_failed",
@@ -201,21 +254,28 @@ pub(crate) async fn reload(d: &Daemon, target: &Target) -> Outcome {
     ok(json!(done))
 }
 
-/// Restarts every instance of the target apps at once (downtime allowed, as PM2's `restart`).
+/// Restarts every instance of the target apps: each gets a new process, which takes over once
+/// ready while the old one is stopped gracefully (so a restart drops no request either); an
+/// instance that does not serve now (restarting after a crash, given up) is reported, and the
+/// others are still restarted.
 pub(crate) async fn restart(d: &Daemon, target: &Target) -> Outcome {
     let _changing = d.changing.lock().await;
     let apps = match targets(d, target) {
         Ok(apps) => apps,
         Err(outcome) => return outcome,
     };
+    let mut failures = Vec::new();
     for app in apps {
         for id in app.cluster().ids() {
             if let Err(e) = app.cluster().restart_worker(id).await {
-                return failed("restart_failed", format!("{}[{id}]: {e}", app.name));
+                failures.push(format!("{}[{id}]: {e}", app.name));
             }
         }
     }
     drop(_changing);
+    if !failures.is_empty() {
+        return failed("restart_failed", failures.join("; "));
+    }
     list(d).await
 }
 
@@ -285,10 +345,7 @@ pub(crate) async fn describe(d: &Daemon, name: &str, show_env: bool) -> Outcome 
             Some((n.clone(), json!(addr.to_string())))
         })
         .collect();
-    let mut samples = std::mem::take(&mut *d.samples.borrow_mut());
-    let instances: Result<Vec<Instance>, String> = app.instances(&mut samples).await;
-    *d.samples.borrow_mut() = samples;
-    let instances = match instances {
+    let instances = match app.instances(&d.samples).await {
         Ok(rows) => rows,
         Err(e) => return failed("internal", e),
     };
@@ -328,11 +385,14 @@ pub(crate) async fn apply(d: &Daemon, path: &Path, text: &str, dry_run: bool) ->
         text: text.to_owned(),
         file: new,
     };
-    let result = apply_changes(d, &loaded, &changes).await;
-    *d.loaded.borrow_mut() = Some(loaded);
-    save_state(d);
-    match result {
-        Ok(()) => ok(json!({ "plan": changes, "lines": lines, "applied": true })),
+    match apply_changes(d, &loaded, &changes).await {
+        Ok(()) => {
+            *d.loaded.borrow_mut() = Some(loaded);
+            save_state(d);
+            ok(json!({ "plan": changes, "lines": lines, "applied": true }))
+        }
+        // The file that runs stays the old one (what started or stopped meanwhile runs or
+        // not): a second `apply` plans the rest of the change again.
         Err(e) => failed("apply_failed", e),
     }
 }
@@ -364,16 +424,20 @@ async fn apply_changes(d: &Daemon, loaded: &Loaded, changes: &[Change]) -> Resul
                 }
             }
             Change::Scale { app, to, .. } => {
-                if let (Some(running), Instances::Count(n)) = (d.app(app), to) {
+                if let Some(running) = d.app(app) {
                     running
                         .cluster()
-                        .scale(*n)
+                        .scale(count(to))
                         .await
                         .map_err(|e| format!("{app}: {e}"))?;
                 }
                 d.scales.borrow_mut().shift_remove(app);
             }
-            Change::Start { .. } | Change::Keep { .. } | Change::Daemon { .. } => {}
+            Change::Start { app, .. } => {
+                // Written in the file again: an operator's earlier `stop` of it is over.
+                d.stopped.borrow_mut().retain(|s| s != app);
+            }
+            Change::Keep { .. } | Change::Daemon { .. } => {}
         }
     }
     // New apps, and restarted ones, start in dependency order.

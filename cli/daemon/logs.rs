@@ -37,10 +37,14 @@ pub(super) async fn recent(
     Ok(all)
 }
 
-/// Sends every new line of `app` (or of every app) until the client leaves or the daemon
-/// exits.
-pub(super) async fn follow(d: &Daemon, app: Option<&str>, conn: &mut Conn) {
-    let mut lines = d.lines.subscribe();
+/// Sends every new line of `app` (or of every app) from `lines` until the client leaves or the
+/// daemon exits.
+pub(super) async fn follow(
+    d: &Daemon,
+    app: Option<&str>,
+    mut lines: tokio::sync::broadcast::Receiver<Line>,
+    conn: &mut Conn,
+) {
     loop {
         let line = tokio::select! {
             line = lines.recv() => match line {

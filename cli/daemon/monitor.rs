@@ -108,7 +108,9 @@ impl Handler<WorkerEvent> for Monitor {
                 uptime,
             } => {
                 self.record_exit(id, event.pid, reason.to_string(), *uptime, last_stderr);
-                ("retired", Some(reason.to_string()))
+                // A drained process's normal end says nothing more than "retired".
+                let normal = matches!(reason, procactor::ExitReason::Exited(0));
+                ("retired", (!normal).then(|| reason.to_string()))
             }
             WorkerEventKind::Restarting { delay } => (
                 "restarting",
@@ -162,12 +164,9 @@ impl Handler<ReloadEvent> for Monitor {
                     Some(format!("{workers} instances")),
                 );
             }
-            ReloadEvent::Replaced { replaced, done, of } => self.emit(
-                Some(replaced.worker),
-                replaced.old_pid,
-                "draining",
-                Some(format!("{done} of {of} replaced")),
-            ),
+            ReloadEvent::Replaced { replaced, .. } => {
+                self.emit(Some(replaced.worker), replaced.old_pid, "draining", None);
+            }
             ReloadEvent::Done { replaced, elapsed } => self.emit(
                 None,
                 None,

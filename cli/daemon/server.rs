@@ -19,6 +19,12 @@ use crate::proto::{ClientLine, DaemonLine, Event, Outcome, Request};
 /// How long one line to a client may take before the daemon gives up on that client.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the daemon waits after a failed `accept` before the next.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+
+/// How long a client has to say hello and make its request.
+const REQUEST_WITHIN: Duration = Duration::from_secs(10);
+
 /// How often `watch` sends a snapshot of every instance.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -37,7 +43,12 @@ pub(crate) async fn serve(daemon: Rc<Daemon>, listener: UnixListener) -> Result<
                     let daemon = Rc::clone(&daemon);
                     actix::spawn(async move { connection(daemon, Conn::new(stream)).await });
                 }
-                Err(e) => eprintln!("procactor daemon: accept: {e}"),
+                Err(e) => {
+                    // Out of file descriptors, most likely: give the connections that hold
+                    // them time to end rather than spin on the error.
+                    eprintln!("procactor daemon: accept: {e}");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
             },
             () = daemon.exiting() => return Ok(()),
             _ = term.recv() => return Ok(()),
@@ -58,7 +69,11 @@ pub(crate) async fn serve(daemon: Rc<Daemon>, listener: UnixListener) -> Result<
 /// One connection: handshake, one request, its events, its outcome.
 async fn connection(daemon: Rc<Daemon>, mut conn: Conn) {
     let me = crate::socket::my_uid();
-    match crate::handshake::server(&mut conn, me, std::process::id()).await {
+    let handshake = crate::handshake::server(&mut conn, me, std::process::id());
+    let Ok(handshake) = tokio::time::timeout(REQUEST_WITHIN, handshake).await else {
+        return; // a client that connects and says nothing holds a descriptor no longer
+    };
+    match handshake {
         Ok(_) => {}
         // `start` looks whether a daemon answers by connecting and closing at once.
         Err(crate::handshake::HandshakeError::Closed) => return,
@@ -67,7 +82,10 @@ async fn connection(daemon: Rc<Daemon>, mut conn: Conn) {
             return;
         }
     }
-    let request = match conn.recv::<ClientLine>().await {
+    let Ok(line) = tokio::time::timeout(REQUEST_WITHIN, conn.recv::<ClientLine>()).await else {
+        return;
+    };
+    let request = match line {
         Ok(Some(ClientLine::Request(request))) => request,
         Ok(Some(ClientLine::Hello(_))) => {
             let _ = send(
@@ -107,17 +125,22 @@ async fn connection(daemon: Rc<Daemon>, mut conn: Conn) {
             progress(&daemon, &mut conn, commands::scale(&daemon, &app, n)).await
         }
         Request::Logs { app, lines, follow } => {
+            // Subscribed before the ring is read: no line falls between the two.
+            let new_lines = daemon.lines.subscribe();
             match super::logs::recent(&daemon, app.as_deref(), lines).await {
-                Ok(recent) if follow => {
+                Ok(recent) => {
+                    // As events, one a line: an answer of many long lines fits no one line.
                     for line in recent {
                         if !send(&mut conn, &DaemonLine::Event(Event::Line(line))).await {
                             return;
                         }
                     }
-                    super::logs::follow(&daemon, app.as_deref(), &mut conn).await;
-                    return;
+                    if follow {
+                        super::logs::follow(&daemon, app.as_deref(), new_lines, &mut conn).await;
+                        return;
+                    }
+                    commands::ok(serde_json::Value::Null)
                 }
-                Ok(recent) => commands::ok(serde_json::json!(recent)),
                 Err(outcome) => outcome,
             }
         }

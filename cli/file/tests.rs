@@ -312,3 +312,18 @@ fn instances_and_durations_write_back_as_read() {
     );
     assert_eq!(Instances::Auto.to_string(), "auto");
 }
+
+#[test]
+fn an_error_in_an_env_table_names_its_place_but_never_echoes_a_value() {
+    let inline = parse_err("[apps.web]\ncommand = \"x\"\nenv = { DB_PASSWORD = 42 }\n");
+    let text = inline.to_string();
+    assert!(text.contains(":3:"), "{text}");
+    assert!(!text.contains("42"), "the value is not echoed: {text}");
+    let table = parse_err("[apps.web]\ncommand = \"x\"\n[apps.web.env]\nTOKEN = [\"s3cret\"]\n");
+    let text = table.to_string();
+    assert!(text.contains(":4:"), "{text}");
+    assert!(!text.contains("s3cret"), "the value is not echoed: {text}");
+    // Elsewhere the line is shown.
+    let other = parse_err("[apps.web]\ncommand = \"x\"\ninstaces = 3\n");
+    assert!(other.to_string().contains("instaces = 3"), "{other}");
+}

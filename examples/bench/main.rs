@@ -11,9 +11,10 @@
 //! an actor in this process that answers at once.
 //!
 //! Sections for `--only`: `rtt`, `pipelined`, `tell`, `bulk`, `spawn`, `respawn`, `broadcast`,
-//! `peer`, `pinned`, `http`, `cache`, `logs`, `scale`, `metrics`, `nodes`, `cross`, `raw`; figures of
-//! the others read `NaN` (`null` in `--json`). `cross` (figures across the nodes of a cluster on
-//! Redis) is described in `cross.rs`.
+//! `peer`, `pinned`, `http`, `cache`, `logs`, `scale`, `metrics`, `nodes`, `cross`, `cli`, `raw`;
+//! figures of the others read `NaN` (`null` in `--json`). `cross` (figures across the nodes of a
+//! cluster on Redis) is described in `cross.rs`; `cli` (the `procactor` binary's daemon beside
+//! PM2's) in `cli.rs`.
 //!
 //! The baseline (`raw_*` keys) is two processes and two pipes with no framework: coalesced
 //! writes, blocking reads, the floor a framework can approach. Every `*_vs_raw` key is the
@@ -22,6 +23,7 @@
 //! [`procactor::actors::echo::Echo`].
 
 mod cache;
+mod cli;
 mod cross;
 mod http;
 mod local;
@@ -209,6 +211,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         cross::CrossFigures::nan()
     };
+    let operator = if wants("cli") {
+        cli::measure(quick)?
+    } else {
+        cli::CliFigures::nan()
+    };
     // The bare PING beside the cross-node round trip: the cross section's (same server, same
     // moment) when it ran, else the nodes section's.
     let ping_rtt_us_median = if crossed.ping_rtt_us_median.is_finite() {
@@ -276,7 +283,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     // Figures with a baseline of their own: (key, value, baseline key, baseline, ratio key).
-    let pairs: [(&str, f64, &str, f64, &str); 19] = [
+    let pairs: [(&str, f64, &str, f64, &str); 22] = [
         (
             "rtt_us_median_metrics_on",
             metered.rtt_us_median_on,
@@ -410,6 +417,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             crossed.direct_ops_per_s,
             "redis_cache_vs_direct",
         ),
+        (
+            "cli_list_ms",
+            operator.list_ms,
+            "pm2_jlist_ms",
+            operator.pm2_jlist_ms,
+            "cli_list_vs_pm2",
+        ),
+        (
+            "daemon_idle_rss_mb",
+            operator.idle_rss_mb,
+            "pm2_daemon_idle_rss_mb",
+            operator.pm2_idle_rss_mb,
+            "",
+        ),
+        (
+            "daemon_idle_cpu_pct",
+            operator.idle_cpu_pct,
+            "pm2_daemon_idle_cpu_pct",
+            operator.pm2_idle_cpu_pct,
+            "",
+        ),
     ];
     if json {
         // JSON has no NaN: a figure not measured is `null`.
@@ -443,6 +471,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if !crossed.redis {
             fields.push("\"cross\":\"redis-server is not installed\"".into());
         }
+        fields.extend(operator.json_notes());
         fields.push(format!("\"cache_ops_per_s\":{}", num(cache_rate)));
         match redis_rate {
             Some(redis) => {
@@ -488,6 +517,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if !crossed.redis {
             println!("cross: redis-server is not installed: no figures");
+        }
+        for line in operator.notes() {
+            println!("{line}");
         }
         match redis_rate {
             Some(redis) => println!(

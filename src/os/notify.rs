@@ -141,10 +141,14 @@ struct RuntimeDir {
 static DIR: Mutex<Option<RuntimeDir>> = Mutex::new(None);
 
 impl RuntimeDir {
-    /// Counts one more socket in the directory, creating it first if need be; its path.
+    /// Counts one more socket in the directory, creating it first if need be (also when it
+    /// was removed under the master: `$XDG_RUNTIME_DIR` goes at logout); its path.
     fn enter() -> io::Result<PathBuf> {
         let mut dir = DIR.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(dir) = dir.as_mut() {
+            if !dir.path.is_dir() {
+                dir.path = create()?;
+            }
             dir.sockets += 1;
             return Ok(dir.path.clone());
         }

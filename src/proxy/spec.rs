@@ -25,6 +25,7 @@ impl Launch {
     pub(crate) fn of(config: &ClusterConfig) -> Result<Self, crate::Error> {
         // Absolute, so that the child, once in it, finds the program where the master did.
         let cwd = match &config.cwd {
+            Some(dir) if dir.is_absolute() => Some(dir.clone()),
             Some(dir) => Some(std::env::current_dir()?.join(dir)),
             None => None,
         };
