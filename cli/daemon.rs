@@ -12,6 +12,7 @@
 
 mod app;
 mod commands;
+mod liveness;
 mod logs;
 mod metrics;
 mod monitor;

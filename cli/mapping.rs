@@ -12,7 +12,7 @@
 //! marked failed (`Escalation::FailGroup`) while the daemon and the other apps go on.
 //!
 //! Limits: a bare command is found on the daemon's `PATH` when the cluster starts; an `http`
-//! liveness probe has no library counterpart and is refused (the watchdog is the way).
+//! liveness probe has no library counterpart: the daemon runs it (`daemon/liveness.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,8 +50,7 @@ pub(crate) fn program(app: &AppSpec, cwd: &Path) -> PathBuf {
 /// logs go to `log_dir`.
 ///
 /// # Errors
-/// A setting the library cannot take: a `tcp` readiness address that does not resolve, an
-/// `http` liveness probe (not supported).
+/// A setting the library cannot take: a `tcp` readiness address that does not resolve.
 pub(crate) fn cluster_config(
     name: &str,
     app: &AppSpec,
@@ -83,17 +82,9 @@ pub(crate) fn cluster_config(
         config = config.shutdown_timeout(timeout.0);
     }
     let mut config = config.cwd(&cwd).ready(readiness(app)?);
-    if let Some(liveness) = &app.liveness {
-        let liveness = liveness.get_ref();
-        if liveness.http.is_some() {
-            return Err(format!(
-                "apps.{name}.liveness.http: an HTTP liveness probe is not supported by this \
-                 build; use `liveness = {{ watchdog = \"…\" }}` (WATCHDOG=1 on NOTIFY_SOCKET)"
-            ));
-        }
-        if let Some(watchdog) = liveness.watchdog {
-            config = config.watchdog(watchdog.0);
-        }
+    // An `http` liveness probe is the daemon's (`daemon/liveness.rs`), not the library's.
+    if let Some(watchdog) = app.liveness.as_ref().and_then(|l| l.get_ref().watchdog) {
+        config = config.watchdog(watchdog.0);
     }
     Ok((config, GroupConfig::new(name)))
 }

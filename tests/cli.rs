@@ -746,3 +746,80 @@ fn a_failed_apply_keeps_the_running_file_and_auto_means_one_per_cpu() {
     let plan = op.ok(&["apply", op.config().to_str().unwrap(), "--dry-run"]);
     assert!(plan.contains("start bad"), "{plan}");
 }
+
+/// A health endpoint the test controls: `GET /health/<n>` answers 500 while instance `n` is in
+/// the shared set, else 200.
+fn health_server() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<BTreeSet<usize>>>,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let failing = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let shared = failing.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut line = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut line);
+            let instance: Option<usize> = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.strip_prefix("/health/"))
+                .and_then(|n| n.parse().ok());
+            let bad = instance.is_some_and(|n| shared.lock().unwrap().contains(&n));
+            let status = if bad { "500 Bad" } else { "200 OK" };
+            let _ = (&stream).write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (addr, failing)
+}
+
+#[test]
+fn an_instance_that_fails_its_http_liveness_probe_is_restarted() {
+    let op = Operator::new();
+    let (health, failing) = health_server();
+    let text = std::fs::read_to_string(op.config()).unwrap();
+    let text = text.replacen(
+        "ready = \"notify\"\n",
+        &format!(
+            "ready = \"notify\"\nliveness = {{ http = \"http://{health}/health/{{instance}}\", every = \"200ms\", failures = 3 }}\n"
+        ),
+        1,
+    );
+    std::fs::write(op.config(), text).unwrap();
+    op.start();
+    let before: Vec<Value> = op
+        .list()
+        .into_iter()
+        .filter(|r| r["app"] == "web")
+        .collect();
+    failing.lock().unwrap().insert(1);
+    let victim = before[1]["pid"].as_u64().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let rows = op.list();
+            rows.iter().any(|r| {
+                r["app"] == "web"
+                    && r["instance"] == 1
+                    && r["state"] == "ready"
+                    && r["pid"].as_u64().is_some_and(|p| p != victim)
+            })
+        }),
+        "instance 1 was restarted: {:?}",
+        op.list()
+    );
+    failing.lock().unwrap().clear();
+    // The others were left alone.
+    let after: Vec<Value> = op
+        .list()
+        .into_iter()
+        .filter(|r| r["app"] == "web")
+        .collect();
+    for i in [0, 2] {
+        assert_eq!(after[i]["pid"], before[i]["pid"], "instance {i} untouched");
+    }
+}

@@ -38,6 +38,16 @@ pub(crate) struct App {
     key: GroupKey<Plain>,
     /// The last exit of each instance.
     pub(crate) exits: Exits,
+    /// The `http` liveness probe's task, if the app has one.
+    probe: RefCell<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(task) = self.probe.take() {
+            task.abort();
+        }
+    }
 }
 
 impl App {
@@ -72,7 +82,24 @@ impl App {
             groups,
             key,
             exits,
+            probe: RefCell::default(),
         })
+    }
+
+    /// Starts the app's `http` liveness probe, if its file asks for one.
+    pub(crate) fn watch_liveness(self: &std::rc::Rc<Self>, events: broadcast::Sender<Event>) {
+        let spec = self.spec.borrow();
+        let Some(liveness) = spec.liveness.as_ref().map(|l| l.get_ref()) else {
+            return;
+        };
+        let Some(url) = &liveness.http else { return };
+        let probe = super::liveness::Probe {
+            url: url.clone(),
+            every: liveness.every.map_or(Duration::from_secs(5), |d| d.0),
+            failures: liveness.failures.unwrap_or(3),
+        };
+        let task = super::liveness::watch(std::rc::Rc::downgrade(self), probe, events);
+        *self.probe.borrow_mut() = Some(task);
     }
 
     /// Replaces the app's instances one by one with `spec`'s program (command, args, env, cwd),
@@ -107,6 +134,9 @@ impl App {
 
     /// Stops every instance (SIGTERM, then SIGKILL after the shutdown timeout) and the cluster.
     pub(crate) async fn stop(&self) -> Result<(), String> {
+        if let Some(task) = self.probe.take() {
+            task.abort();
+        }
         self.groups.stop().await.map_err(|e| e.to_string())
     }
 

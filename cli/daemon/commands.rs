@@ -156,7 +156,9 @@ async fn start_app(d: &Daemon, name: &str, spec: &AppSpec, dir: &Path) -> Result
     )
     .await
     .map_err(|e| format!("{name}: {e}"))?;
-    d.add_app(Rc::new(app));
+    let app = Rc::new(app);
+    app.watch_liveness(d.events.clone());
+    d.add_app(app);
     Ok(())
 }
 

@@ -176,10 +176,13 @@ fn check_liveness(name: &str, app: &AppSpec) -> Result<(), Problem> {
         (Some(_), None) if l.every.is_some() || l.failures.is_some() => {
             bad("every and failures go with http, not watchdog".into())
         }
-        (None, Some(url)) if http_host_port(url).is_err() => bad(format!(
-            "http = {url:?}: {}",
-            http_host_port(url).unwrap_err()
-        )),
+        // `{instance}` stands for the instance's number (checked as 0).
+        (None, Some(url)) if http_host_port(&url.replace("{instance}", "0")).is_err() => {
+            bad(format!(
+                "http = {url:?}: {}",
+                http_host_port(&url.replace("{instance}", "0")).unwrap_err()
+            ))
+        }
         (None, Some(_)) if l.failures == Some(0) => bad("failures must be at least 1".into()),
         (None, Some(_)) if l.every.is_some_and(|e| e.0.is_zero()) => {
             bad("every must be above 0".into())
