@@ -821,3 +821,12 @@ fn an_instance_that_fails_its_http_liveness_probe_is_restarted() {
         assert_eq!(after[i]["pid"], before[i]["pid"], "instance {i} untouched");
     }
 }
+
+#[test]
+fn top_off_a_terminal_is_a_usage_error_that_names_list() {
+    let op = Operator::new();
+    let output = op.run(&["top"]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("terminal") && err.contains("list"), "{err}");
+}
