@@ -108,7 +108,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             follow: *follow,
         },
         Command::Top => {
-            return top::run(&socket.path).map_err(Failure::from);
+            return top::run(&socket.path);
         }
         Command::Kill => Request::Kill,
     };

@@ -18,7 +18,8 @@ use ratatui::widgets::{Block, List, ListItem, Row, Table};
 use ratatui::Frame;
 use tokio::sync::mpsc;
 
-use crate::client::{self, ClientError};
+use crate::client;
+use crate::exit::{Exit, Failure};
 use crate::proto::{Event, Instance, Request};
 use crate::render;
 
@@ -118,11 +119,19 @@ pub(crate) fn draw(frame: &mut Frame<'_>, snapshot: &Snapshot) {
 ///
 /// # Errors
 /// When the daemon cannot be reached, or the terminal cannot be used.
-pub(crate) fn run(socket: &Path) -> Result<(), ClientError> {
+pub(crate) fn run(socket: &Path) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return Err(Failure::new(
+            Exit::Usage,
+            "`top` draws on a terminal, and standard output is not one; `procactor list` \
+             (or `list --json`) prints the same figures once",
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ClientError::Unexpected(format!("no runtime: {e}")))?;
+        .map_err(|e| Failure::new(Exit::Failed, format!("cannot start a runtime: {e}")))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let socket = socket.to_path_buf();
     // The watch runs until the daemon closes or this process exits.
@@ -131,7 +140,12 @@ pub(crate) fn run(socket: &Path) -> Result<(), ClientError> {
             let _ = tx.send(event);
         }))
     });
-    let mut terminal = ratatui::init();
+    let mut terminal = ratatui::try_init().map_err(|e| {
+        Failure::new(
+            Exit::Failed,
+            format!("the terminal cannot be drawn on: {e}"),
+        )
+    })?;
     let mut snapshot = Snapshot::default();
     let result = loop {
         while let Ok(event) = rx.try_recv() {
@@ -141,7 +155,10 @@ pub(crate) fn run(socket: &Path) -> Result<(), ClientError> {
             break Ok(());
         }
         if let Err(e) = terminal.draw(|frame| draw(frame, &snapshot)) {
-            break Err(ClientError::Unexpected(format!("the terminal failed: {e}")));
+            break Err(Failure::new(
+                Exit::Failed,
+                format!("the terminal failed: {e}"),
+            ));
         }
         if event::poll(Duration::from_millis(200)).unwrap_or(false) {
             if let Ok(Key::Key(key)) = event::read() {
@@ -158,7 +175,7 @@ pub(crate) fn run(socket: &Path) -> Result<(), ClientError> {
     ratatui::restore();
     if watch.is_finished() {
         if let Ok(Err(e)) = watch.join() {
-            return Err(e);
+            return Err(Failure::from(e));
         }
     }
     result

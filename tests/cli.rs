@@ -175,6 +175,19 @@ impl Operator {
         body
     }
 
+    /// HTTP load on every app's port, once it has reached the servers.
+    fn load_all(&self) -> Vec<Load> {
+        let loads: Vec<Load> = self
+            .addrs()
+            .into_iter()
+            .map(|a| Load::start(a, LoadOptions::default()))
+            .collect();
+        assert!(wait_until(Duration::from_secs(10), || loads
+            .iter()
+            .all(|l| l.stats().ok > 20)));
+        loads
+    }
+
     fn addrs(&self) -> Vec<SocketAddr> {
         std::iter::once(self.web).chain(self.api).collect()
     }
@@ -261,15 +274,7 @@ fn reload_all_under_load_fails_nothing_and_replaces_every_pid() {
     let op = Operator::new();
     op.start();
     let before: BTreeSet<u32> = op.pids("web").into_iter().chain(op.pids("api")).collect();
-    let loads: Vec<Load> = op
-        .addrs()
-        .into_iter()
-        .map(|a| Load::start(a, LoadOptions::default()))
-        .collect();
-    // The load reaches the servers before the reload begins.
-    assert!(wait_until(Duration::from_secs(10), || loads
-        .iter()
-        .all(|l| l.stats().ok > 20)));
+    let loads = op.load_all();
     let out = op.ok(&["reload", "all"]);
     // Live progress, per instance, in order: the new process starts and is ready, then the old
     // one drains and is retired.
@@ -402,14 +407,7 @@ fn apply_dry_run_changes_nothing_and_apply_changes_env_without_a_failed_request(
     assert_eq!(op.pids("web"), before, "dry run: nothing restarted");
     assert_eq!(std::fs::read(op.state().join("state.json")).unwrap(), state);
 
-    let loads: Vec<Load> = op
-        .addrs()
-        .into_iter()
-        .map(|a| Load::start(a, LoadOptions::default()))
-        .collect();
-    assert!(wait_until(Duration::from_secs(10), || loads
-        .iter()
-        .all(|l| l.stats().ok > 20)));
+    let loads = op.load_all();
     op.ok(&["apply", op.config().to_str().unwrap()]);
     for load in loads {
         let stats = load.stop();
@@ -822,4 +820,13 @@ fn an_instance_that_fails_its_http_liveness_probe_is_restarted() {
     for i in [0, 2] {
         assert_eq!(after[i]["pid"], before[i]["pid"], "instance {i} untouched");
     }
+}
+
+#[test]
+fn top_off_a_terminal_is_a_usage_error_that_names_list() {
+    let op = Operator::new();
+    let output = op.run(&["top"]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("terminal") && err.contains("list"), "{err}");
 }
