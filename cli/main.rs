@@ -9,9 +9,34 @@
 //! config, 3 no daemon running, 4 protocol version mismatch, 5 refused. Errors go to stderr as
 //! one message; stdout carries only what was asked for (text, or JSON with `--json`).
 //!
-//! Limits of this build: the daemon itself is not here yet. Commands that talk to a daemon do
-//! so fully (socket, handshake, request, events, outcome); with none running they say so and
-//! exit 3, and `start`/`resurrect` cannot start one yet.
+//! The daemon is this same executable (`procactor daemon`, hidden), started in the background
+//! by `start` and `resurrect` (`launch.rs`), or in the foreground with `--foreground`.
+//!
+//! Output that meets a closed pipe (`procactor list --json | head -1`) ends the command quietly,
+//! as Unix tools do, rather than with a panic.
+
+/// `println!` to standard output; a closed pipe ends the process quietly (status 0), another
+/// write error with status 1.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*).and_then(|()| out.flush()) {
+            std::process::exit(i32::from(e.kind() != std::io::ErrorKind::BrokenPipe));
+        }
+    }};
+}
+
+/// `print!` to standard output, as [`say!`] does.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = write!(out, $($arg)*).and_then(|()| out.flush()) {
+            std::process::exit(i32::from(e.kind() != std::io::ErrorKind::BrokenPipe));
+        }
+    }};
+}
 
 mod args;
 mod client;
@@ -133,10 +158,10 @@ fn ask(json: bool, socket: &Path, request: Request, shown: Shown) -> Result<(), 
         .map_err(|e| Failure::new(Exit::Failed, format!("cannot start a runtime: {e}")))?;
     let colour = render::colours();
     let on_event = |event: Event| match (&event, json) {
-        (Event::Line(line), true) => println!("{}", serde_json::json!(line)),
-        (Event::Line(line), false) => println!("{}", render::log_line(line, colour)),
-        (_, true) => println!("{}", serde_json::json!({ "event": event })),
-        (_, false) => println!("{event}"),
+        (Event::Line(line), true) => say!("{}", serde_json::json!(line)),
+        (Event::Line(line), false) => say!("{}", render::log_line(line, colour)),
+        (_, true) => say!("{}", serde_json::json!({ "event": event })),
+        (_, false) => say!("{event}"),
     };
     let (_daemon, outcome) = runtime.block_on(client::request(socket, request, on_event))?;
     match shown {
@@ -184,7 +209,7 @@ fn print_table(outcome: &Outcome, colour: bool) {
         None => outcome.data.clone(),
     };
     match serde_json::from_value::<Vec<proto::Instance>>(rows) {
-        Ok(rows) => print!("{}", render::table(&rows, colour)),
+        Ok(rows) => say_raw!("{}", render::table(&rows, colour)),
         Err(_) => print_outcome(false, outcome),
     }
 }
@@ -193,9 +218,9 @@ fn print_lines(outcome: &Outcome, json: bool, colour: bool) {
     let lines: Vec<proto::Line> = serde_json::from_value(outcome.data.clone()).unwrap_or_default();
     for line in lines {
         if json {
-            println!("{}", serde_json::json!(line));
+            say!("{}", serde_json::json!(line));
         } else {
-            println!("{}", render::log_line(&line, colour));
+            say!("{}", render::log_line(&line, colour));
         }
     }
 }
@@ -206,23 +231,23 @@ fn print_outcome(json: bool, outcome: &Outcome) {
     let data = &outcome.data;
     match data {
         serde_json::Value::Null => {}
-        _ if json => println!("{data}"),
-        serde_json::Value::String(text) => println!("{text}"),
+        _ if json => say!("{data}"),
+        serde_json::Value::String(text) => say!("{text}"),
         serde_json::Value::Array(lines) if lines.iter().all(|l| l.is_string()) => {
             for line in lines.iter().filter_map(|l| l.as_str()) {
-                println!("{line}");
+                say!("{line}");
             }
         }
         // `apply`: the plan, a line per change and why.
         serde_json::Value::Object(fields) if fields.get("lines").is_some_and(|l| l.is_array()) => {
             for line in fields["lines"].as_array().into_iter().flatten() {
-                println!("{}", line.as_str().unwrap_or_default());
+                say!("{}", line.as_str().unwrap_or_default());
             }
             if fields.get("applied") == Some(&serde_json::Value::Bool(false)) {
-                println!("(dry run: nothing changed)");
+                say!("(dry run: nothing changed)");
             }
         }
-        _ => println!("{data:#}"),
+        _ => say!("{data:#}"),
     }
 }
 
@@ -231,6 +256,6 @@ fn startup(cli: &Cli, socket: &SocketPath) -> Result<(), Failure> {
         state::state_dir(cli.state_dir.as_deref()).map_err(|e| Failure::new(Exit::Usage, e))?;
     let unit = startup::Unit::current(socket.path.clone(), state_dir)
         .map_err(|e| Failure::new(Exit::Failed, format!("cannot find this executable: {e}")))?;
-    print!("{}", unit.text());
+    say_raw!("{}", unit.text());
     Ok(())
 }

@@ -250,6 +250,22 @@ fn two_apps_start_ready_and_answer() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("apply"));
     assert_eq!(op.pids("web"), before);
+    // Output into a pipe nobody reads (`list --json | head -c 0`) ends quietly, with no panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let closed = Command::new(BIN)
+        .arg("--socket")
+        .arg(op.socket())
+        .args(["list", "--json"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert!(closed.status.success(), "{closed:?}");
+    assert!(
+        closed.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
     let daemon = op.daemon_pid().expect("a pid file");
     op.ok(&["kill"]);
     assert!(
