@@ -59,8 +59,8 @@ pub(crate) enum Command {
         #[arg(long)]
         show_env: bool,
     },
-    /// Replace the instances of APP (or of all apps) one at a time, with no downtime; a
-    /// failed replacement rolls back
+    /// Replace the instances of APP (or of all apps) one at a time, with no downtime; a new
+    /// instance that is not ready stops it, and those not yet replaced keep the old version
     Reload {
         /// An app, or `all`
         #[arg(value_name = "APP|all")]
