@@ -306,9 +306,17 @@ fn reload_all_under_load_fails_nothing_and_replaces_every_pid() {
             "{instance}: {out}"
         );
     }
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_millis(300) {
-        std::thread::yield_now();
+    // The load goes on until the new instances have answered it (not for a guessed while).
+    let mark = Instant::now();
+    for load in &loads {
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                let seen = load.stats().pids_since(mark);
+                !seen.is_empty() && seen.is_disjoint(&before)
+            }),
+            "{}",
+            load.stats().summary()
+        );
     }
     for load in loads {
         let stats = load.stop();

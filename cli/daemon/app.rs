@@ -64,9 +64,7 @@ impl App {
         events: broadcast::Sender<Event>,
         lines: broadcast::Sender<Line>,
     ) -> Result<App, String> {
-        let log_dir = state_dir.join("logs").join(name);
-        let (config, group) = crate::mapping::cluster_config(name, spec, file_dir, &log_dir)?;
-        let config = config.env("PROCACTOR_APP", name);
+        let (config, group) = settings(name, spec, file_dir, state_dir)?;
         let exits = Exits::default();
         let monitor = Monitor::new(name, events, exits.clone()).start();
         let mut builder = ClusterSupervisor::with_groups(config);
@@ -114,9 +112,8 @@ impl App {
         file_dir: &Path,
         state_dir: &Path,
     ) -> Result<(), String> {
-        let log_dir = state_dir.join("logs").join(&self.name);
-        let (config, _) = crate::mapping::cluster_config(&self.name, spec, file_dir, &log_dir)?;
-        let program = procactor::Program::of(&config.env("PROCACTOR_APP", &self.name));
+        let (config, _) = settings(&self.name, spec, file_dir, state_dir)?;
+        let program = procactor::Program::of(&config);
         self.cluster()
             .reload_with(program)
             .await
@@ -172,6 +169,19 @@ impl App {
             })
             .collect())
     }
+}
+
+/// The library's settings of app `name`: its file's, with its logs under
+/// `state_dir/logs/<name>` and its name in `PROCACTOR_APP`.
+fn settings(
+    name: &str,
+    spec: &AppSpec,
+    file_dir: &Path,
+    state_dir: &Path,
+) -> Result<(procactor::ClusterConfig, procactor::GroupConfig), String> {
+    let log_dir = state_dir.join("logs").join(name);
+    let (config, group) = crate::mapping::cluster_config(name, spec, file_dir, &log_dir)?;
+    Ok((config.env("PROCACTOR_APP", name), group))
 }
 
 /// The last CPU time seen of each process, to turn CPU time into a percentage.
