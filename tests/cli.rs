@@ -297,7 +297,9 @@ fn reload_all_under_load_fails_nothing_and_replaces_every_pid() {
     for instance in ["web[0]", "web[1]", "web[2]"] {
         let states: Vec<&str> = out
             .lines()
-            .filter(|l| l.starts_with(instance))
+            // `web[0] pid N state` lines; a note (`web[0] retired: why`) says more, not another
+            // state.
+            .filter(|l| l.starts_with(&format!("{instance} pid ")))
             .filter_map(|l| l.split_whitespace().last())
             .collect();
         assert_eq!(
