@@ -69,6 +69,8 @@ type BoxError = Box<dyn std::error::Error>;
 pub(crate) struct CrossFigures {
     pub(crate) rtt_us_median: f64,
     pub(crate) ping_rtt_us_median: f64,
+    /// A request and its answer through pub/sub with no framework (`floor.rs`).
+    pub(crate) pubsub_rtt_us_median: f64,
     pub(crate) local_rtt_us_median: f64,
     pub(crate) worker_rtt_us_median: f64,
     pub(crate) req_per_s: f64,
@@ -87,6 +89,7 @@ impl CrossFigures {
         Self {
             rtt_us_median: f64::NAN,
             ping_rtt_us_median: f64::NAN,
+            pubsub_rtt_us_median: f64::NAN,
             local_rtt_us_median: f64::NAN,
             worker_rtt_us_median: f64::NAN,
             req_per_s: f64::NAN,
@@ -163,6 +166,7 @@ pub(crate) fn measure(quick: bool) -> Result<CrossFigures, BoxError> {
         }
     };
     let ping_rtt_us_median = crate::nodes::ping_rtt(&url, sizes.round_trips)?;
+    let pubsub_rtt_us_median = crate::floor::pubsub_rtt(&url, sizes.round_trips)?;
     let nodes = OTHERS
         .iter()
         .map(|name| Node::start(&url, name))
@@ -179,6 +183,7 @@ pub(crate) fn measure(quick: bool) -> Result<CrossFigures, BoxError> {
     }
     drop(redis);
     figures.ping_rtt_us_median = ping_rtt_us_median;
+    figures.pubsub_rtt_us_median = pubsub_rtt_us_median;
     Ok(figures)
 }
 

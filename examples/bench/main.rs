@@ -8,7 +8,12 @@
 //! ```
 //!
 //! `actix_local_req_per_s` is the ceiling of any proxy on actix: the same pipelined loop against
-//! an actor in this process that answers at once.
+//! an actor in this process that answers at once (`tell_per_s_vs_actix_local` and
+//! `pipelined_vs_actix_local` divide by it: a `send` per message cannot beat it). The floors in
+//! `floor.rs` bound the round trips from below: `loop_rtt_us_median_*` (an event loop on each
+//! side of the raw pipe, with no framework) and `cross_node_floor_us` (a request and its answer
+//! through Redis pub/sub with no framework, `redis_pubsub_rtt_us_median`, plus the local hop
+//! from a master to its worker, `local_node_rtt_us_median`).
 //!
 //! Sections for `--only`: `rtt`, `pipelined`, `tell`, `bulk`, `spawn`, `respawn`, `broadcast`,
 //! `peer`, `pinned`, `http`, `cache`, `logs`, `scale`, `metrics`, `nodes`, `cross`, `cli`, `raw`;
@@ -25,6 +30,7 @@
 mod cache;
 mod cli;
 mod cross;
+mod floor;
 mod http;
 mod local;
 mod logs;
@@ -117,6 +123,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if raw::is_raw_child() {
         raw::child_main();
     }
+    if let Some(ended) = floor::child_role() {
+        return ended;
+    }
     if procactor::is_worker() {
         if http::is_http_worker() {
             return Ok(http::run_http_worker()?);
@@ -163,7 +172,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let same = crate::run_in_system(pinned::procactor_rtt(base, a, a, sizes.round_trips))?;
             let raw_cross = raw::pinned_rtt(a, b, sizes.round_trips)?;
             let raw_same = raw::pinned_rtt(a, a, sizes.round_trips)?;
-            Some((cross, raw_cross, same, raw_same))
+            let loop_cross = crate::run_in_system(floor::loop_rtt(a, b, sizes.round_trips))?;
+            let loop_same = crate::run_in_system(floor::loop_rtt(a, a, sizes.round_trips))?;
+            Some((cross, raw_cross, same, raw_same, loop_cross, loop_same))
         }
         None => None,
     };
@@ -238,8 +249,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?
     };
 
-    let (cross, raw_cross, same, raw_same) =
-        pinned.unwrap_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN));
+    let (cross, raw_cross, same, raw_same, loop_cross, loop_same) =
+        pinned.unwrap_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN));
+    // Floors (`floor.rs`) and ceilings (`local.rs`) beside the figures they bound.
+    let cross_floor = crossed.pubsub_rtt_us_median + crossed.local_rtt_us_median;
+    let bounds: [(&str, f64); 12] = [
+        ("loop_rtt_us_median_same_core", loop_same),
+        ("loop_rtt_us_median_same_core_vs_raw", loop_same / raw_same),
+        ("rtt_us_median_same_core_vs_loop", same / loop_same),
+        ("loop_rtt_us_median_cross_core", loop_cross),
+        (
+            "loop_rtt_us_median_cross_core_vs_raw",
+            loop_cross / raw_cross,
+        ),
+        ("rtt_us_median_cross_core_vs_loop", cross / loop_cross),
+        ("tell_per_s_vs_actix_local", ours.tell_per_s / local_calls),
+        ("redis_pubsub_rtt_us_median", crossed.pubsub_rtt_us_median),
+        (
+            "redis_pubsub_rtt_vs_ping",
+            crossed.pubsub_rtt_us_median / ping_rtt_us_median,
+        ),
+        ("cross_node_floor_us", cross_floor),
+        ("cross_node_floor_vs_ping", cross_floor / ping_rtt_us_median),
+        (
+            "cross_node_rtt_vs_floor",
+            crossed.rtt_us_median / cross_floor,
+        ),
+    ];
     let rows: [(&str, f64, f64, bool); 10] = [
         ("rtt_us_median_cross_core", cross, raw_cross, false),
         ("rtt_us_median_same_core", same, raw_same, false),
@@ -461,6 +497,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 fields.push(format!("\"{ratio_key}\":{}", num(value / base)));
             }
         }
+        for (key, value) in bounds {
+            fields.push(format!("\"{key}\":{}", num(value)));
+        }
         fields.push(format!(
             "\"idle_master_cpu_pct_256_workers\":{}",
             num(scaled.idle_master_cpu_pct_256_workers)
@@ -507,6 +546,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         for (key, value, base_key, base, _) in pairs {
             println!("{key:<32} {value:>12.2}   {base_key:<30} {base:>12.2}");
+        }
+        println!();
+        for (key, value) in bounds {
+            println!("{key:<40} {value:>12.3}");
         }
         println!(
             "{:<24} {:>12.2}",
