@@ -42,6 +42,7 @@ mod args;
 mod client;
 mod conn;
 mod daemon;
+mod describe;
 mod exit;
 mod file;
 mod handshake;
@@ -167,6 +168,10 @@ fn ask(json: bool, socket: &Path, request: Request, shown: Shown) -> Result<(), 
     match shown {
         Shown::Table if !json && outcome.ok => print_table(&outcome, colour),
         Shown::Lines if outcome.ok => print_lines(&outcome, json, colour),
+        Shown::Describe if !json && outcome.ok => match describe::text(&outcome.data, colour) {
+            Some(text) => say_raw!("{text}"),
+            None => print_outcome(json, &outcome),
+        },
         _ => print_outcome(json, &outcome),
     }
     exit::of_outcome(&outcome)
@@ -179,6 +184,8 @@ enum Shown {
     Table,
     /// Log lines.
     Lines,
+    /// One app in detail.
+    Describe,
     /// As it comes.
     Data,
 }
@@ -192,6 +199,7 @@ impl Shown {
             | Request::Restart { .. }
             | Request::Scale { .. } => Shown::Table,
             Request::Logs { .. } => Shown::Lines,
+            Request::Describe { .. } => Shown::Describe,
             _ => Shown::Data,
         }
     }

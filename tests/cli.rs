@@ -460,6 +460,22 @@ fn describe_redacts_env_unless_asked() {
     assert!(out.contains("redacted"), "{out}");
     let shown = op.ok(&["describe", "web", "--json", "--show-env"]);
     assert!(shown.contains("\"hi\""), "{shown}");
+    // For people: the app's table as TOML, its sockets, its instances.
+    let text = op.ok(&["describe", "web"]);
+    assert!(text.starts_with("[apps.web]\n"), "{text}");
+    assert!(
+        text.contains("<redacted>") && !text.contains("\"hi\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("sockets:") && text.contains("127.0.0.1:"),
+        "{text}"
+    );
+    let pids = op.pids("web");
+    assert_eq!(pids.len(), 3);
+    for pid in pids {
+        assert!(text.contains(&pid.to_string()), "{pid} in {text}");
+    }
 }
 
 #[test]
