@@ -255,6 +255,14 @@ fn print_outcome(json: bool, outcome: &Outcome) {
                 say!("(dry run: nothing changed)");
             }
         }
+        // `stop`: the apps it stopped.
+        serde_json::Value::Object(fields)
+            if fields.get("stopped").is_some_and(|s| s.is_array()) =>
+        {
+            for app in fields["stopped"].as_array().into_iter().flatten() {
+                say!("{}: stopped", app.as_str().unwrap_or_default());
+            }
+        }
         _ => say!("{data:#}"),
     }
 }

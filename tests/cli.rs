@@ -500,7 +500,8 @@ fn resurrect_brings_back_the_apps_at_their_scale_and_keeps_stopped_ones_stopped(
     op.start();
     op.ok(&["scale", "web", "2"]);
     if op.api.is_some() {
-        op.ok(&["stop", "api"]);
+        let said = op.ok(&["stop", "api"]);
+        assert_eq!(said.lines().last(), Some("api: stopped"), "{said}");
     }
     op.ok(&["kill"]);
     assert!(wait_until(Duration::from_secs(10), || op
