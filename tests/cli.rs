@@ -479,6 +479,31 @@ fn describe_redacts_env_unless_asked() {
 }
 
 #[test]
+fn a_start_that_failed_can_be_fixed_and_started_again() {
+    let op = Operator::new();
+    let good = std::fs::read_to_string(op.config()).unwrap();
+    std::fs::write(
+        op.config(),
+        good.replace(
+            "command = \"python3\"",
+            "command = \"no-such-program-procactor\"",
+        ),
+    )
+    .unwrap();
+    let output = op.run(&["start", op.config().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("no-such-program-procactor") && err.contains("PATH"),
+        "the missing program, looked for in PATH: {err}"
+    );
+    // The operator fixes the file and starts it again: nothing ran, so nothing is in the way.
+    std::fs::write(op.config(), &good).unwrap();
+    op.start();
+    assert_eq!(op.pids("web").len(), 3);
+}
+
+#[test]
 fn a_config_error_names_the_key_and_line_and_starts_nothing() {
     let op = Operator::new();
     std::fs::write(

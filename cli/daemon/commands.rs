@@ -52,28 +52,8 @@ pub(crate) async fn start(d: &Daemon, path: &Path, text: &str) -> Outcome {
         Ok(file) => file,
         Err(e) => return failed("config", e.to_string()),
     };
-    if let Some(loaded) = d.loaded.borrow().as_ref() {
-        if loaded.path != path {
-            return failed(
-                "config",
-                format!(
-                    "the daemon runs {}; change it with `procactor apply {}`",
-                    loaded.path.display(),
-                    path.display()
-                ),
-            );
-        }
-        if loaded.file != new {
-            return failed(
-                "config",
-                format!(
-                    "{} changed since the daemon started it; `procactor apply {}` shows and \
-                     makes the change",
-                    path.display(),
-                    path.display()
-                ),
-            );
-        }
+    if let Some(refusal) = start_refused(d, path, &new) {
+        return failed("config", refusal);
     }
     let loaded = Loaded {
         path: path.to_path_buf(),
@@ -93,6 +73,45 @@ pub(crate) async fn start(d: &Daemon, path: &Path, text: &str) -> Outcome {
     save_state(d);
     drop(_changing);
     list(d).await
+}
+
+/// Why `start` of `new` (at `path`) must go through `apply`, if it must: `start` never changes
+/// what runs, it starts what does not. So it is refused for another file while apps run, and
+/// for this file when it changes an app that runs (or the daemon's own settings); an app that
+/// failed to start, or none running at all, is no obstacle.
+fn start_refused(d: &Daemon, path: &Path, new: &ConfigFile) -> Option<String> {
+    let apps = d.apps.borrow();
+    if apps.is_empty() {
+        return None;
+    }
+    let loaded = d.loaded.borrow();
+    let loaded = loaded.as_ref()?;
+    if loaded.path != path {
+        return Some(format!(
+            "the daemon runs {}; change it with `procactor apply {}`",
+            loaded.path.display(),
+            path.display()
+        ));
+    }
+    let changed: Vec<&str> = apps
+        .keys()
+        .filter(|name| loaded.file.apps.get(name.as_str()) != new.apps.get(name.as_str()))
+        .map(String::as_str)
+        .collect();
+    if changed.is_empty() && loaded.file.daemon == new.daemon {
+        return None;
+    }
+    let what = if changed.is_empty() {
+        "the daemon's settings".to_owned()
+    } else {
+        changed.join(", ")
+    };
+    Some(format!(
+        "{} changed since the daemon started it ({what}); `procactor apply {}` shows and makes \
+         the change",
+        path.display(),
+        path.display()
+    ))
 }
 
 /// Starts, in `depends_on` order, every app of `loaded` that neither runs nor was stopped. An

@@ -126,7 +126,9 @@ pub(super) fn check(exec: Option<&Path>, cwd: Option<&Path>) -> Result<(), Confi
     }
     if let Some(program) = exec {
         if resolve_program(program, cwd).is_none() {
+            let bare = program.components().count() == 1 && program.is_relative();
             let place = match cwd {
+                _ if bare => " in any directory of PATH".to_owned(),
                 Some(dir) if program.is_relative() => format!(" in {}", dir.display()),
                 _ => String::new(),
             };
@@ -168,6 +170,17 @@ mod tests {
         assert!(
             e.reason.contains("./sh is not an executable file in /"),
             "{}",
+            e.reason
+        );
+        let e = check(
+            Some(Path::new("no-such-program-procactor")),
+            Some(Path::new("/")),
+        )
+        .unwrap_err();
+        assert!(
+            e.reason
+                .ends_with("is not an executable file in any directory of PATH"),
+            "a bare name is looked for in PATH, not in the working directory: {}",
             e.reason
         );
         let e = check(None, Some(Path::new("/no/such/dir"))).unwrap_err();
