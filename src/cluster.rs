@@ -479,10 +479,10 @@ impl<A: WorkerActor> Cluster<A> {
         Ok(self.supervisor.send(wait).await??)
     }
 
-    /// Where the listening socket `name` listens (for a TCP port 0, the port it got).
+    /// Where the listening socket `name` listens (for a TCP port 0, the port it got); `None`
+    /// once the cluster has stopped (its sockets are closed then).
     pub fn local_addr(&self, name: &str) -> Option<ListenAddr> {
-        let bound = self.spec.listeners.iter().find(|b| b.name == name)?;
-        Some(bound.addr.clone())
+        self.spec.listeners.local_addr(name)
     }
 
     /// Stops every worker gracefully and returns once all have been reaped.

@@ -61,6 +61,53 @@ pub(crate) struct Bound {
     pub(crate) addr: ListenAddr,
 }
 
+/// One group's listening sockets: bound when it starts, handed (as duplicates) to every process
+/// it starts, and closed when the cluster stops — by its supervisor, however it stops — so a
+/// stopped cluster holds no port even while a handle to it is kept. Shared by the group's
+/// handle, its slots and the supervisor.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Listening(std::sync::Arc<std::sync::Mutex<Vec<Bound>>>);
+
+impl Listening {
+    /// Binds every listener of `listeners`, in order (see [`bind_all`]).
+    pub(crate) fn bind(
+        listeners: &[(String, String)],
+        unix_mode: u32,
+    ) -> Result<Self, ConfigError> {
+        let bound = bind_all(listeners, unix_mode)?;
+        Ok(Self(std::sync::Arc::new(std::sync::Mutex::new(bound))))
+    }
+
+    fn sockets(&self) -> std::sync::MutexGuard<'_, Vec<Bound>> {
+        // A panic elsewhere while it was held leaves the list as it was: still usable.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A duplicate of every socket, by name, for a process about to start (none once closed).
+    pub(crate) fn duplicates(&self) -> Vec<(String, OwnedFd)> {
+        self.sockets()
+            .iter()
+            .filter_map(|b| Some((b.name.clone(), b.fd.try_clone().ok()?)))
+            .collect()
+    }
+
+    /// Where the socket `name` listens, while it is open.
+    pub(crate) fn local_addr(&self, name: &str) -> Option<ListenAddr> {
+        self.sockets()
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| b.addr.clone())
+    }
+
+    /// Closes every socket: the addresses are free from now on (processes that still hold a
+    /// duplicate keep theirs until they exit).
+    pub(crate) fn close(&self) {
+        self.sockets().clear();
+    }
+}
+
 /// Binds every listener, in order.
 ///
 /// # Errors

@@ -92,6 +92,8 @@ struct GroupState {
     name: String,
     policy: PolicyState,
     members: Vec<WorkerId>,
+    /// The group's listening sockets: closed when the cluster has stopped.
+    listening: crate::listen::Listening,
 }
 
 type ReloadWaiter = oneshot::Sender<Result<ReloadReport, ReloadError>>;
@@ -476,6 +478,10 @@ impl ClusterSupervisor {
 
     fn finish(&mut self) {
         self.finished = true;
+        // Every process is gone: the addresses are free for whoever binds them next.
+        for group in &self.groups {
+            group.listening.close();
+        }
         self.companions.clear();
         self.node = None;
         self.confirmations.close();

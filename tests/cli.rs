@@ -504,6 +504,23 @@ fn a_start_that_failed_can_be_fixed_and_started_again() {
 }
 
 #[test]
+fn a_stopped_app_frees_its_port_and_starts_again_on_it() {
+    let op = Operator::new();
+    op.start();
+    let before = op.pids("web");
+    op.ok(&["stop", "web"]);
+    // Stopped means gone from the address too: nothing of the daemon's listens there.
+    let free = std::net::TcpListener::bind(op.web);
+    assert!(free.is_ok(), "{} still bound after stop: {free:?}", op.web);
+    drop(free);
+    op.start();
+    let after = op.pids("web");
+    assert_eq!(after.len(), 3);
+    assert!(after.is_disjoint(&before), "{before:?} then {after:?}");
+    assert!(Operator::answer(op.web).contains("greeting hi"));
+}
+
+#[test]
 fn a_config_error_names_the_key_and_line_and_starts_nothing() {
     let op = Operator::new();
     std::fs::write(

@@ -233,3 +233,31 @@ async fn a_plain_program_runs_in_its_cwd() {
     })
     .await;
 }
+
+/// A stopped cluster holds no port, whether or not its handle is still around: the same address
+/// can be bound again at once (a supervisor that starts the app again, a test, an operator).
+#[actix::test]
+async fn a_stopped_cluster_frees_its_ports() {
+    within(60, async {
+        let path = unix_path("freed");
+        let cluster = ClusterSupervisor::start::<Echo>(serve_config(2, &path))
+            .await
+            .unwrap();
+        let Some(ListenAddr::Tcp(addr)) = cluster.local_addr("tcp") else {
+            panic!("a TCP listener")
+        };
+        cluster.stop().await.unwrap();
+        cluster.wait().await.unwrap();
+        // The handle lives on; the port must not.
+        let again = std::net::TcpListener::bind(addr);
+        assert!(again.is_ok(), "{addr} is still bound after stop: {again:?}");
+        assert_eq!(
+            cluster.local_addr("tcp"),
+            None,
+            "a stopped cluster listens nowhere"
+        );
+        drop(again);
+        drop(cluster);
+    })
+    .await;
+}

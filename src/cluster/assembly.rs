@@ -146,6 +146,7 @@ impl Core {
         self.supervisor.do_send(Control::AddGroup {
             name: name.to_owned(),
             policy: config.restart,
+            listening: spec.listeners.clone(),
         });
         let links = Links {
             events: self.supervisor.clone().recipient(),

@@ -75,12 +75,7 @@ impl<A: WorkerActor> Worker<A> {
         }
         let timeout_ms = config.shutdown_timeout.as_millis().to_string();
         env.push((SHUTDOWN_TIMEOUT_ENV.into(), timeout_ms.into()));
-        let listeners = self
-            .spawn
-            .listeners
-            .iter()
-            .filter_map(|b| Some((b.name.clone(), b.fd.try_clone().ok()?)))
-            .collect();
+        let listeners = self.spawn.listeners.duplicates();
         let spec = SpawnSpec {
             program: launch.program,
             args: launch.args,

@@ -62,8 +62,8 @@ impl Launch {
 pub(crate) struct SlotSpec {
     launch: RefCell<Launch>,
     pub(crate) config: ClusterConfig,
-    /// The cluster's listening sockets, held for its whole life.
-    pub(crate) listeners: Vec<crate::listen::Bound>,
+    /// The group's listening sockets, open until the cluster stops.
+    pub(crate) listeners: crate::listen::Listening,
     /// The group the slots belong to.
     pub(crate) group: String,
 }
@@ -73,7 +73,7 @@ impl SlotSpec {
         Ok(Self {
             launch: RefCell::new(Launch::of(config)?),
             config: config.clone(),
-            listeners: crate::listen::bind_all(&config.listen, config.unix_socket_mode)?,
+            listeners: crate::listen::Listening::bind(&config.listen, config.unix_socket_mode)?,
             group: crate::config::DEFAULT_GROUP.to_owned(),
         })
     }

@@ -235,7 +235,12 @@ pub(crate) enum Control {
     /// A slot added to a group (its id is the next one).
     Add(Slot),
     /// A group, before its slots.
-    AddGroup { name: String, policy: RestartPolicy },
+    AddGroup {
+        name: String,
+        policy: RestartPolicy,
+        /// Its listening sockets, closed once the cluster has stopped.
+        listening: crate::listen::Listening,
+    },
     /// A rolling reload (of the whole cluster, with a backend), reported to the sender if
     /// there is one.
     Reload(Option<ReloadWaiter>),
@@ -289,12 +294,17 @@ impl Handler<Control> for ClusterSupervisor {
                 self.slots.push(slot);
                 Box::pin(async { None })
             }
-            Control::AddGroup { name, policy } => {
+            Control::AddGroup {
+                name,
+                policy,
+                listening,
+            } => {
                 let seed = u64::from(std::process::id()) ^ self.groups.len() as u64;
                 self.groups.push(GroupState {
                     name,
                     policy: PolicyState::new(policy, 0, seed),
                     members: Vec::new(),
+                    listening,
                 });
                 Box::pin(async { None })
             }
