@@ -361,8 +361,23 @@ fn scale_down_and_up_under_load_fails_nothing() {
     assert!(wait_until(Duration::from_secs(10), || load.stats().ok > 20));
     op.ok(&["scale", "web", "1"]);
     assert_eq!(op.pids("web").len(), 1);
+    let web = |op: &Operator| -> Vec<Value> {
+        op.list()
+            .into_iter()
+            .filter(|r| r["app"] == "web")
+            .collect()
+    };
+    // Instances scaled away are gone from the list, not shown as exited.
+    assert_eq!(web(&op).len(), 1, "{:?}", web(&op));
     op.ok(&["scale", "web", "3"]);
     assert_eq!(op.pids("web").len(), 3);
+    // Started again on the operator's word: not restarts.
+    let rows = web(&op);
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["restarts"] == 0), "{rows:?}");
+    let described = op.ok(&["describe", "web", "--json"]);
+    let described: Value = serde_json::from_str(&described).unwrap();
+    assert_eq!(described["spec"]["instances"], 3);
     let stats = load.stop();
     assert_eq!(stats.failures, 0, "{}", stats.summary());
 }

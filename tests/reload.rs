@@ -285,6 +285,15 @@ async fn scaling_down_drains_the_last_workers_and_scaling_up_starts_them_again()
         let after = pids(&cluster).await;
         assert_eq!(after[0], before[0], "the remaining worker is untouched");
         assert_eq!(after.iter().collect::<HashSet<_>>().len(), 4);
+        // Started again on the operator's word: not restarts.
+        let restarts: Vec<u64> = cluster
+            .workers()
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.restarts)
+            .collect();
+        assert_eq!(restarts, [0, 0, 0, 0]);
         assert!(matches!(cluster.scale(0).await, Err(Error::Config(_))));
         cluster.stop().await.unwrap();
     })

@@ -40,6 +40,9 @@ pub(crate) struct App {
     pub(crate) exits: Exits,
     /// The `http` liveness probe's task, if the app has one.
     probe: RefCell<Option<tokio::task::JoinHandle<()>>>,
+    /// How many instances an operator scaled it to since it started, if they did: the slots
+    /// above stay in the cluster, stopped, and are not shown.
+    pub(crate) scaled_to: std::cell::Cell<Option<usize>>,
 }
 
 impl Drop for App {
@@ -81,6 +84,7 @@ impl App {
             key,
             exits,
             probe: RefCell::default(),
+            scaled_to: std::cell::Cell::default(),
         })
     }
 
@@ -151,8 +155,13 @@ impl App {
             .filter_map(|s| s.pid.map(|pid| (pid, (s.cpu, s.rss_bytes))))
             .collect();
         let mut samples = samples.borrow_mut();
+        let scaled_to = self.scaled_to.get();
         Ok(workers
             .into_iter()
+            // Instances scaled away are gone for the operator, not exited.
+            .filter(|w| {
+                !(scaled_to.is_some_and(|n| w.id >= n) && w.state == procactor::WorkerState::Exited)
+            })
             .map(|w| {
                 let figures = w.pid.and_then(|pid| by_pid.get(&pid).map(|f| (pid, *f)));
                 Instance {

@@ -338,6 +338,7 @@ pub(crate) async fn scale(d: &Daemon, name: &str, n: usize) -> Outcome {
     if let Err(e) = app.cluster().scale(n).await {
         return failed("scale_failed", format!("{name}: {e}"));
     }
+    app.scaled_to.set(Some(n));
     d.scales.borrow_mut().insert(name.to_owned(), n);
     save_state(d);
     drop(_changing);
@@ -351,6 +352,10 @@ pub(crate) async fn describe(d: &Daemon, name: &str, show_env: bool) -> Outcome 
         return not_running(d, name);
     };
     let mut spec = serde_json::to_value(&*app.spec.borrow()).unwrap_or_default();
+    // The instances in effect: the file's, or the operator's `scale` since.
+    if let Some(&n) = d.scales.borrow().get(name) {
+        spec["instances"] = json!(n);
+    }
     if !show_env {
         if let Some(env) = spec.get_mut("env").and_then(|e| e.as_object_mut()) {
             for value in env.values_mut() {

@@ -39,6 +39,8 @@ pub struct Worker<A: WorkerActor> {
     pub(super) counters: Counters,
     /// Processes started after the first one by the restart policy.
     pub(super) respawns: u64,
+    /// The next process is a start on the operator's word (a scale up), not a restart.
+    pub(super) uncounted: bool,
     pub(super) next_id: u64,
     pub(super) ready_waiters: Vec<OneshotSender<Result<(), ExitReason>>>,
     pub(super) exit_waiters: Vec<OneshotSender<ExitReason>>,
@@ -88,6 +90,7 @@ impl<A: WorkerActor> Worker<A> {
             router,
             counters: Counters::default(),
             respawns: 0,
+            uncounted: false,
             next_id: 0,
             ready_waiters: Vec::new(),
             exit_waiters: Vec::new(),

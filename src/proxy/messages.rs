@@ -344,6 +344,9 @@ pub(crate) enum Decided {
     Respawn(Duration),
     /// Leave the slot down in this state (`Exited` or `Failed`).
     Settle(WorkerState),
+    /// Start a process in a slot that was stopped on purpose (scaled down, now scaled up): a
+    /// start on the operator's word, not counted as a restart.
+    Start,
 }
 
 impl Message for Decided {
@@ -357,6 +360,12 @@ impl<A: WorkerActor> Handler<Decided> for Worker<A> {
         match decided {
             Decided::Respawn(delay) => self.schedule_respawn(delay, ctx),
             Decided::Settle(state) => self.settle(state, ctx),
+            Decided::Start => {
+                if matches!(self.proc.state, WorkerState::Exited | WorkerState::Failed) {
+                    self.uncounted = true;
+                    self.schedule_respawn(Duration::ZERO, ctx);
+                }
+            }
         }
     }
 }

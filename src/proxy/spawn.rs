@@ -25,7 +25,7 @@ use crate::worker::{env, WorkerActor};
 impl<A: WorkerActor> Worker<A> {
     /// Starts a new process as the slot's serving process.
     pub(super) fn spawn_process(&mut self, ctx: &mut Context<Self>) {
-        if self.generations > 0 {
+        if self.generations > 0 && !std::mem::take(&mut self.uncounted) {
             self.respawns += 1;
             let reason = self
                 .last_exit

@@ -1,8 +1,6 @@
 //! The supervisor's messages: lifecycle events from the proxies, operator controls from
 //! [`Cluster`](crate::Cluster), listing, scaling and the cluster stop.
 
-use std::time::Duration;
-
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
@@ -203,7 +201,7 @@ impl Handler<Scale> for ClusterSupervisor {
             if slot.mode == Mode::Down {
                 tracing::info!(worker = id, "scaling up: starting a stopped slot");
                 slot.mode = Mode::Active;
-                slot.decided.do_send(Decided::Respawn(Duration::ZERO));
+                slot.decided.do_send(Decided::Start);
                 readiness.push((id, slot.ready.send(AwaitReady)));
                 missing -= 1;
             }
