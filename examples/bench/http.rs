@@ -27,13 +27,13 @@ pub(crate) struct HttpFigures {
     pub(crate) req_per_s_4w: f64,
     pub(crate) req_per_s_1w: f64,
     pub(crate) reload_ms: f64,
-    pub(crate) reload_failed_requests: u64,
+    pub(crate) reload_failed_requests: f64,
     /// Per worker, from its `Replace` until its new process served (the mean).
     pub(crate) reload_worker_ms: f64,
     /// Per worker, from the hand-over until its old process exited (the longest).
     pub(crate) reload_drain_ms_max: f64,
     pub(crate) kill_restart_ms: f64,
-    pub(crate) kill_restart_failed_requests: u64,
+    pub(crate) kill_restart_failed_requests: f64,
 }
 
 impl HttpFigures {
@@ -46,7 +46,8 @@ impl HttpFigures {
             reload_worker_ms: f64::NAN,
             reload_drain_ms_max: f64::NAN,
             kill_restart_ms: f64::NAN,
-            ..Self::default()
+            reload_failed_requests: f64::NAN,
+            kill_restart_failed_requests: f64::NAN,
         }
     }
 }
@@ -153,7 +154,7 @@ pub(crate) async fn measure(quick: bool) -> Result<HttpFigures, procactor::Error
         .fold(0.0, f64::max);
     tokio::time::sleep(window / 4).await;
     let stats = load.stop();
-    figures.reload_failed_requests = stats.failures;
+    figures.reload_failed_requests = stats.failures as f64;
 
     // The naive restart under the same load: kill every worker, let the supervisor restart it.
     let load = Load::start(addr_of(&cluster), options);
@@ -170,7 +171,7 @@ pub(crate) async fn measure(quick: bool) -> Result<HttpFigures, procactor::Error
     }
     figures.kill_restart_ms = t.elapsed().as_secs_f64() * 1e3;
     tokio::time::sleep(window / 4).await;
-    figures.kill_restart_failed_requests = load.stop().failures;
+    figures.kill_restart_failed_requests = load.stop().failures as f64;
     cluster.stop().await?;
     Ok(figures)
 }

@@ -113,6 +113,99 @@ struct Figures {
 static ONLY: std::sync::OnceLock<Option<Vec<String>>> = std::sync::OnceLock::new();
 
 /// Whether this run measures `section`.
+/// The sections `--only` takes.
+const SECTIONS: [&str; 18] = [
+    "rtt",
+    "pipelined",
+    "tell",
+    "bulk",
+    "spawn",
+    "respawn",
+    "broadcast",
+    "peer",
+    "pinned",
+    "http",
+    "cache",
+    "logs",
+    "scale",
+    "metrics",
+    "nodes",
+    "cross",
+    "cli",
+    "raw",
+];
+
+/// Sections whose figures are printed beside the raw-pipe baseline: asking for one of them
+/// runs the baseline too.
+const BESIDE_RAW: [&str; 7] = [
+    "rtt",
+    "pipelined",
+    "tell",
+    "bulk",
+    "spawn",
+    "respawn",
+    "broadcast",
+];
+
+const USAGE: &str = "\
+usage: bench [--json] [--quick] [--only SECTION,...]
+
+  --json     one JSON object, the last line of stdout (a figure not measured is null)
+  --quick    smaller counts, for a smoke run
+  --only     run these sections only (the raw-pipe baseline comes with rtt, pipelined, tell,
+             bulk, spawn, respawn and broadcast): rtt, pipelined, tell, bulk, spawn, respawn,
+             broadcast, peer, pinned, http, cache, logs, scale, metrics, nodes, cross, cli, raw
+  -h, --help this text";
+
+/// The bench's command line.
+struct Args {
+    json: bool,
+    quick: bool,
+    only: Option<Vec<String>>,
+}
+
+impl Args {
+    /// The arguments, or why not (`None`: `--help`).
+    fn parse(args: impl Iterator<Item = String>) -> Result<Args, Option<String>> {
+        let mut parsed = Args {
+            json: false,
+            quick: false,
+            only: None,
+        };
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--json" => parsed.json = true,
+                "--quick" => parsed.quick = true,
+                "-h" | "--help" => return Err(None),
+                "--only" => {
+                    let list = args
+                        .next()
+                        .ok_or_else(|| Some("--only needs a list of sections".to_owned()))?;
+                    let mut only: Vec<String> = Vec::new();
+                    for section in list.split(',').filter(|s| !s.is_empty()) {
+                        if !SECTIONS.contains(&section) {
+                            return Err(Some(format!("no section is called {section:?}")));
+                        }
+                        only.push(section.to_owned());
+                    }
+                    if only.is_empty() {
+                        return Err(Some("--only needs at least one section".into()));
+                    }
+                    if only.iter().any(|s| BESIDE_RAW.contains(&s.as_str()))
+                        && !only.iter().any(|s| s == "raw")
+                    {
+                        only.push("raw".into());
+                    }
+                    parsed.only = Some(only);
+                }
+                other => return Err(Some(format!("unknown argument {other:?}"))),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
 pub(crate) fn wants(section: &str) -> bool {
     ONLY.get()
         .and_then(Option::as_ref)
@@ -147,20 +240,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if cross::is_child() {
         return cross::child_main();
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let json = args.iter().any(|a| a == "--json");
-    let sizes = if args.iter().any(|a| a == "--quick") {
-        Sizes::quick()
-    } else {
-        Sizes::full()
+    let Args { json, quick, only } = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(Some(message)) => {
+            eprintln!("bench: {message}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+        Err(None) => {
+            println!("{USAGE}");
+            return Ok(());
+        }
     };
-
-    let quick = args.iter().any(|a| a == "--quick");
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .map(|list| list.split(',').map(str::to_owned).collect());
+    let sizes = if quick { Sizes::quick() } else { Sizes::full() };
     ONLY.set(only).expect("set once");
     let ours = crate::run_in_system(measure(sizes))?;
     // Pinned round trips: cross-core and same-core, procactor then raw.
@@ -406,9 +497,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         (
             "reload_failed_requests",
-            web.reload_failed_requests as f64,
+            web.reload_failed_requests,
             "kill_restart_failed_requests",
-            web.kill_restart_failed_requests as f64,
+            web.kill_restart_failed_requests,
             "",
         ),
         (
