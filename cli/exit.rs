@@ -88,7 +88,8 @@ impl From<ClientError> for Failure {
             ClientError::Handshake(HandshakeError::Mismatch { .. }) => Exit::Mismatch,
             ClientError::Handshake(
                 HandshakeError::Forbidden { .. } | HandshakeError::NotOurs { .. },
-            ) => Exit::Refused,
+            )
+            | ClientError::Socket(SocketError::Forbidden(_)) => Exit::Refused,
             _ => Exit::Failed,
         };
         Failure::new(exit, e.to_string())
@@ -124,6 +125,10 @@ mod tests {
         assert_eq!(
             status(ClientError::Socket(SocketError::TooLong(sock.clone()))),
             2
+        );
+        assert_eq!(
+            status(ClientError::Socket(SocketError::Forbidden(sock.clone()))),
+            5
         );
         let hello = |protocol| Hello {
             protocol,

@@ -35,6 +35,8 @@ pub(crate) enum SocketError {
     NoDaemon(PathBuf),
     /// A daemon already answers at the path (when binding).
     AlreadyRunning(PathBuf),
+    /// The socket is not this user's to connect to (its mode lets only its owner in).
+    Forbidden(PathBuf),
     /// The path is longer than a socket address holds.
     TooLong(PathBuf),
     /// The directory or the path is not safe to use, and why.
@@ -50,6 +52,12 @@ impl fmt::Display for SocketError {
             SocketError::AlreadyRunning(p) => {
                 write!(f, "a daemon already runs at {}", p.display())
             }
+            SocketError::Forbidden(p) => write!(
+                f,
+                "refused: the daemon at {} belongs to another user (permission denied); run \
+                 your own, with a socket of yours (--socket)",
+                p.display()
+            ),
             SocketError::TooLong(p) => write!(
                 f,
                 "the socket path {} is {} bytes, longer than the {MAX_PATH_BYTES} a Unix socket \
@@ -111,13 +119,15 @@ fn check_len(path: &Path) -> Result<(), SocketError> {
 /// The client's side: connects to the daemon at `path`.
 ///
 /// # Errors
-/// [`SocketError::NoDaemon`] when no file is there or nobody accepts on it (a stale socket).
+/// [`SocketError::NoDaemon`] when no file is there or nobody accepts on it (a stale socket);
+/// [`SocketError::Forbidden`] when the socket or its directory is another user's.
 pub(crate) async fn connect(path: &Path) -> Result<UnixStream, SocketError> {
     check_len(path)?;
     UnixStream::connect(path).await.map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
             SocketError::NoDaemon(path.to_path_buf())
         }
+        io::ErrorKind::PermissionDenied => SocketError::Forbidden(path.to_path_buf()),
         _ => SocketError::Io("connect to".into(), path.to_path_buf(), e),
     })
 }

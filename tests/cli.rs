@@ -614,8 +614,28 @@ fn another_user_is_refused_by_the_daemon() {
     }
     let op = Operator::new();
     op.start();
-    // Open the walls the modes make, so that only the daemon's SO_PEERCRED check is left.
     use std::os::unix::fs::PermissionsExt;
+    let as_nobody = || {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                BIN,
+                "--socket",
+            ])
+            .arg(op.socket())
+            .args(["--state-dir", "/tmp", "list"])
+            .output()
+            .unwrap()
+    };
+    // The modes are the first wall: the socket's directory lets nobody else in.
+    std::fs::set_permissions(op.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = as_nobody();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "refused by the modes: {err}");
+    assert!(err.contains("another user"), "{err}");
+    // Open the walls the modes make, so that only the daemon's SO_PEERCRED check is left.
     for (path, mode) in [
         (op.dir.path().to_path_buf(), 0o755),
         (op.socket().parent().unwrap().to_path_buf(), 0o755),
@@ -623,18 +643,7 @@ fn another_user_is_refused_by_the_daemon() {
     ] {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
-    let output = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--socket",
-        ])
-        .arg(op.socket())
-        .args(["--state-dir", "/tmp", "list"])
-        .output()
-        .unwrap();
+    let output = as_nobody();
     let err = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(5), "refused: {err}");
     assert!(err.contains("65534"), "{err}");
