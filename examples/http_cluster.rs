@@ -87,11 +87,22 @@ struct Args {
     metrics: Option<String>,
 }
 
-fn main() -> Result<(), procactor::Error> {
-    if procactor::is_worker() {
-        return procactor::run_worker(HttpWorker::default());
+fn main() -> std::process::ExitCode {
+    let result = if procactor::is_worker() {
+        procactor::run_worker(HttpWorker::default())
+    } else {
+        master(<Args as clap::Parser>::parse())
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("http_cluster: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
-    let args = <Args as clap::Parser>::parse();
+}
+
+fn master(args: Args) -> Result<(), procactor::Error> {
     let mut config = ClusterConfig::new()
         .workers(args.workers as usize)
         .listen("http", args.listen)
@@ -109,9 +120,10 @@ fn main() -> Result<(), procactor::Error> {
             .start()
             .await?;
         if let Some(ListenAddr::Tcp(addr)) = cluster.local_addr("http") {
+            let n = cluster.len();
             println!(
-                "serving http://{addr}/ with {} workers; master pid {} (SIGHUP reloads, SIGTERM stops)",
-                cluster.len(),
+                "serving http://{addr}/ with {n} worker{}; master pid {} (SIGHUP reloads, SIGTERM stops)",
+                if n == 1 { "" } else { "s" },
                 std::process::id()
             );
         }
