@@ -506,7 +506,11 @@ fn a_start_that_failed_can_be_fixed_and_started_again() {
     )
     .unwrap();
     let output = op.run(&["start", op.config().to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "the file is at fault: a config error"
+    );
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(
         err.contains("no-such-program-procactor") && err.contains("PATH"),

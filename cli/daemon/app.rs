@@ -28,6 +28,21 @@ impl WorkerActor for Plain {
     async fn handle(&mut self, (): (), _: &mut WorkerContext<Self>) {}
 }
 
+/// Why an app did not start.
+#[derive(Debug, Clone)]
+pub(crate) struct Unstarted {
+    /// Why, for the operator.
+    pub(crate) message: String,
+    /// The file's settings are at fault (exit status 2), not the program or the machine.
+    pub(crate) config: bool,
+}
+
+impl From<Unstarted> for String {
+    fn from(u: Unstarted) -> String {
+        u.message
+    }
+}
+
 /// A running app.
 pub(crate) struct App {
     /// Its name in the file.
@@ -58,7 +73,8 @@ impl App {
     /// under `state_dir/logs/<name>`; resolves once every instance is ready.
     ///
     /// # Errors
-    /// The library's error, as text, when an instance fails to start or to become ready.
+    /// Why, as text, when an instance fails to start or to become ready; `config` when the
+    /// settings are at fault (a program that is not there, an address taken).
     pub(crate) async fn start(
         name: &str,
         spec: &AppSpec,
@@ -66,8 +82,12 @@ impl App {
         state_dir: &Path,
         events: broadcast::Sender<Event>,
         lines: broadcast::Sender<Line>,
-    ) -> Result<App, String> {
-        let (config, group) = settings(name, spec, file_dir, state_dir)?;
+    ) -> Result<App, Unstarted> {
+        let (config, group) =
+            settings(name, spec, file_dir, state_dir).map_err(|message| Unstarted {
+                message,
+                config: true,
+            })?;
         let exits = Exits::default();
         let monitor = Monitor::new(name, events, exits.clone()).start();
         let mut builder = ClusterSupervisor::with_groups(config);
@@ -76,7 +96,10 @@ impl App {
             .subscribe(monitor.clone().recipient())
             .on_reload(monitor.recipient())
             .log_sink(Box::new(FollowSink::new(name, lines)));
-        let groups = builder.start().await.map_err(|e| e.to_string())?;
+        let groups = builder.start().await.map_err(|e| Unstarted {
+            config: matches!(e, procactor::Error::Config(_)),
+            message: e.to_string(),
+        })?;
         Ok(App {
             name: name.to_owned(),
             spec: RefCell::new(spec.clone()),

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use super::app::App;
+use super::app::{App, Unstarted};
 use super::{Daemon, Loaded};
 use crate::file::{self, AppSpec, ConfigFile, Instances};
 use crate::plan::{self, Change};
@@ -68,7 +68,7 @@ pub(crate) async fn start(d: &Daemon, path: &Path, text: &str) -> Outcome {
     *d.loaded.borrow_mut() = Some(loaded.clone());
     if let Err(e) = start_missing(d, &loaded).await {
         save_state(d);
-        return failed("start_failed", e);
+        return failed(if e.config { "config" } else { "start_failed" }, e.message);
     }
     save_state(d);
     drop(_changing);
@@ -119,8 +119,8 @@ fn start_refused(d: &Daemon, path: &Path, new: &ConfigFile) -> Option<String> {
 ///
 /// # Errors
 /// Every app that failed or was not started for it, with why, in one message.
-async fn start_missing(d: &Daemon, loaded: &Loaded) -> Result<(), String> {
-    let mut failures: Vec<(String, String)> = Vec::new();
+async fn start_missing(d: &Daemon, loaded: &Loaded) -> Result<(), Unstarted> {
+    let mut failures: Vec<(String, Unstarted)> = Vec::new();
     for name in start_order(&loaded.file) {
         if d.app(&name).is_some() || d.stopped.borrow().contains(&name) {
             continue;
@@ -131,7 +131,10 @@ async fn start_missing(d: &Daemon, loaded: &Loaded) -> Result<(), String> {
             .find(|(dep, _)| failures.iter().any(|(f, _)| f == *dep))
             .map(|(dep, _)| dep.clone());
         if let Some(dep) = blocked {
-            failures.push((name.clone(), format!("not started: it depends on {dep}")));
+            // It follows its dependency: at fault as much as the dependency is.
+            let config = failures.iter().any(|(f, why)| *f == dep && why.config);
+            let message = format!("{name}: not started: it depends on {dep}");
+            failures.push((name.clone(), Unstarted { message, config }));
             continue;
         }
         let spec = scaled(d, &name, spec);
@@ -140,11 +143,15 @@ async fn start_missing(d: &Daemon, loaded: &Loaded) -> Result<(), String> {
         }
     }
     if failures.is_empty() {
-        Ok(())
-    } else {
-        let lines: Vec<String> = failures.into_iter().map(|(_, why)| why).collect();
-        Err(lines.join("\n"))
+        return Ok(());
     }
+    // The file is at fault (exit status 2) when every failure comes from its settings.
+    let config = failures.iter().all(|(_, why)| why.config);
+    let lines: Vec<String> = failures.into_iter().map(|(_, why)| why.message).collect();
+    Err(Unstarted {
+        message: lines.join("\n"),
+        config,
+    })
 }
 
 /// The number `instances` means here: `"auto"` is one per CPU.
@@ -164,7 +171,7 @@ fn scaled(d: &Daemon, name: &str, spec: &AppSpec) -> AppSpec {
     spec
 }
 
-async fn start_app(d: &Daemon, name: &str, spec: &AppSpec, dir: &Path) -> Result<(), String> {
+async fn start_app(d: &Daemon, name: &str, spec: &AppSpec, dir: &Path) -> Result<(), Unstarted> {
     let app = App::start(
         name,
         spec,
@@ -174,7 +181,10 @@ async fn start_app(d: &Daemon, name: &str, spec: &AppSpec, dir: &Path) -> Result
         d.lines.clone(),
     )
     .await
-    .map_err(|e| format!("{name}: {e}"))?;
+    .map_err(|e| Unstarted {
+        message: format!("{name}: {}", e.message),
+        config: e.config,
+    })?;
     let app = Rc::new(app);
     app.watch_liveness(d.events.clone());
     d.add_app(app);
@@ -467,7 +477,7 @@ async fn apply_changes(d: &Daemon, loaded: &Loaded, changes: &[Change]) -> Resul
         }
     }
     // New apps, and restarted ones, start in dependency order.
-    start_missing(d, loaded).await
+    start_missing(d, loaded).await.map_err(String::from)
 }
 
 /// Stops every app (the last started first), as `kill` and the daemon's exit do.
