@@ -430,6 +430,25 @@ async fn a_failed_reload_onto_a_new_program_rolls_every_worker_back_with_no_fail
         }
         let seen = answers(addr, 30);
         assert!(seen.iter().all(|(_, g)| g == "old"), "{seen:?}");
+
+        // A new version that fails at once: nothing was replaced, so nothing is replaced back.
+        let before = pids(&cluster).await;
+        let broken = procactor::Program::of(&config)
+            .env("SERVER_COUNT_DIR", counts.to_string_lossy())
+            .env("SERVER_FAIL_AFTER", "0");
+        let error = cluster.reload_with(broken).await.unwrap_err();
+        let Error::Reload(ReloadError::RolledBack { cause }) = &error else {
+            panic!("{error:?}");
+        };
+        assert!(
+            matches!(**cause, ReloadError::Replace { replaced: 0, .. }),
+            "{cause:?}"
+        );
+        assert_eq!(
+            pids(&cluster).await,
+            before,
+            "the serving processes were left alone"
+        );
         cluster.stop().await.unwrap();
     })
     .await;

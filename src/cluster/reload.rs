@@ -7,8 +7,8 @@
 //! its program part, then runs this node's rolling reload, so each worker's replacement runs the
 //! new program, as does every process started after (restarts, `scale`). When a replacement
 //! fails, the old program is put back and a second rolling reload brings the workers already
-//! replaced back to it: the cluster serves the old version as before, and the error says
-//! [`ReloadError::RolledBack`]. Limit: what is restored is the program's description, not
+//! replaced back to it (none when the first replacement failed: then nothing is touched): the
+//! cluster serves the old version as before, and the error says [`ReloadError::RolledBack`]. Limit: what is restored is the program's description, not
 //! files changed on disk — a reload "back" runs what is on disk now.
 
 use tokio::sync::oneshot;
@@ -89,6 +89,11 @@ impl<A: WorkerActor> Cluster<A> {
         };
         self.spec.set_launch(old);
         let cause = Box::new(cause);
+        if matches!(*cause, ReloadError::Replace { replaced: 0, .. }) {
+            // The first replacement failed: every worker still runs the old program, and
+            // replacing them all once more would only put the service at risk again.
+            return Err(Error::Reload(ReloadError::RolledBack { cause }));
+        }
         match self.reload_local().await {
             Ok(_) => Err(Error::Reload(ReloadError::RolledBack { cause })),
             Err(Error::Reload(rollback)) => Err(Error::Reload(ReloadError::RollbackFailed {
