@@ -248,12 +248,15 @@ fn print_outcome(json: bool, outcome: &Outcome) {
         }
         // `apply`: the plan, a line per change and why.
         serde_json::Value::Object(fields) if fields.get("lines").is_some_and(|l| l.is_array()) => {
+            // Applied: the plan came first, as `plan:` notes, then the changes as they went.
+            if fields.get("applied") == Some(&serde_json::Value::Bool(true)) {
+                say!("applied");
+                return;
+            }
             for line in fields["lines"].as_array().into_iter().flatten() {
                 say!("{}", line.as_str().unwrap_or_default());
             }
-            if fields.get("applied") == Some(&serde_json::Value::Bool(false)) {
-                say!("(dry run: nothing changed)");
-            }
+            say!("(dry run: nothing changed)");
         }
         // `stop`: the apps it stopped.
         serde_json::Value::Object(fields)

@@ -449,7 +449,12 @@ fn apply_dry_run_changes_nothing_and_apply_changes_env_without_a_failed_request(
     assert_eq!(std::fs::read(op.state().join("state.json")).unwrap(), state);
 
     let loads = op.load_all();
-    op.ok(&["apply", op.config().to_str().unwrap()]);
+    let applied = op.ok(&["apply", op.config().to_str().unwrap()]);
+    // The plan first, then the instances replaced, then the word.
+    let first = applied.lines().next().unwrap_or_default();
+    assert!(first.starts_with("plan: "), "{applied}");
+    assert!(applied.contains("plan: reload web"), "{applied}");
+    assert_eq!(applied.lines().last(), Some("applied"), "{applied}");
     for load in loads {
         let stats = load.stop();
         assert_eq!(stats.failures, 0, "{}", stats.summary());
@@ -836,10 +841,12 @@ fn a_failed_apply_keeps_the_running_file_and_auto_means_one_per_cpu() {
     let op = Operator::new();
     op.start();
     let text = std::fs::read_to_string(op.config()).unwrap();
-    // A new app that never becomes ready, and web at one instance per CPU.
+    // A new app that never becomes ready (it exits at once: well within its `min_uptime`, even
+    // on a loaded machine where Python takes a second to start), and web at one instance per
+    // CPU.
     let broken = format!(
         "{}\n[apps.bad]\ncommand = \"python3\"\nargs = [\"-c\", \"import sys; sys.exit(3)\"]\n\
-         instances = 1\nready = \"spawn\"\nmin_uptime = \"1s\"\nready_timeout = \"5s\"\n\
+         instances = 1\nready = \"spawn\"\nmin_uptime = \"5s\"\nready_timeout = \"10s\"\n\
          restart = {{ on = \"never\" }}\n",
         text.replacen("instances = 3", "instances = \"auto\"", 1)
     );
@@ -851,6 +858,11 @@ fn a_failed_apply_keeps_the_running_file_and_auto_means_one_per_cpu() {
     );
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("bad"), "{err}");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.contains("plan: start bad"),
+        "the plan, before it failed: {out}"
+    );
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(op.pids("web").len(), cpus, "auto: one per CPU");
     // The file that runs is still the old one: the plan still has the whole change.

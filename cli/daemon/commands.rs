@@ -13,7 +13,7 @@ use super::app::{App, Unstarted};
 use super::{Daemon, Loaded};
 use crate::file::{self, AppSpec, ConfigFile, Instances};
 use crate::plan::{self, Change};
-use crate::proto::{Outcome, OutcomeError, Target};
+use crate::proto::{Event, Outcome, OutcomeError, Target};
 
 /// A successful outcome with `data`.
 pub(crate) fn ok(data: serde_json::Value) -> Outcome {
@@ -402,16 +402,27 @@ pub(crate) async fn apply(d: &Daemon, path: &Path, text: &str, dry_run: bool) ->
         Ok(file) => file,
         Err(e) => return failed("config", e.to_string()),
     };
-    let running = d
+    let mut running = d
         .loaded
         .borrow()
         .as_ref()
         .map(|l| l.file.clone())
         .unwrap_or_default();
+    // An app of the file that does not run and was not stopped (it failed to start) is one to
+    // start, not to reload.
+    running.apps.retain(|name, _| {
+        d.app(name.get_ref()).is_some() || d.stopped.borrow().contains(name.get_ref())
+    });
     let changes = plan::plan(&running, &new);
     let lines: Vec<String> = changes.iter().map(ToString::to_string).collect();
     if dry_run {
         return ok(json!({ "plan": changes, "lines": lines, "applied": false }));
+    }
+    // The plan first, then the changes as they happen.
+    for line in &lines {
+        let _ = d.events.send(Event::Note {
+            message: format!("plan: {line}"),
+        });
     }
     if let Err(e) = d.serve_metrics(&new) {
         return failed("config", e);
