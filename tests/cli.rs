@@ -865,6 +865,8 @@ fn a_failed_apply_keeps_the_running_file_and_auto_means_one_per_cpu() {
     );
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(op.pids("web").len(), cpus, "auto: one per CPU");
+    let web_rows = op.list().iter().filter(|r| r["app"] == "web").count();
+    assert_eq!(web_rows, cpus, "instances scaled away are not listed");
     // The file that runs is still the old one: the plan still has the whole change.
     let plan = op.ok(&["apply", op.config().to_str().unwrap(), "--dry-run"]);
     assert!(plan.contains("start bad"), "{plan}");

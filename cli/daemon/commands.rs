@@ -477,6 +477,7 @@ async fn apply_changes(d: &Daemon, loaded: &Loaded, changes: &[Change]) -> Resul
                         .scale(count(to))
                         .await
                         .map_err(|e| format!("{app}: {e}"))?;
+                    running.scaled_to.set(Some(count(to)));
                 }
                 d.scales.borrow_mut().shift_remove(app);
             }
