@@ -15,8 +15,9 @@
 //! joined, or the publish failed), `NodeGone` (`PUBLISH` reached no subscriber, the node left
 //! while it was pending, or the frame named an old epoch) —, else `Timeout` at its deadline.
 //!
-//! Nothing here waits on Redis on the master's loop: each publish runs on the Redis thread and
-//! reports back over a channel; at most [`MAX_PUBLISHING`] bytes are under way at once. While this
+//! Nothing here waits on Redis on the master's loop: each publish is a task of its own (on the
+//! loop's connection without TLS, else on the Redis thread: see `conn.rs`) and reports back
+//! over a channel; at most [`MAX_PUBLISHING`] bytes are under way at once. While this
 //! node's subscription is lost, requests fail at once (`BackendUnavailable`: their answers
 //! could not arrive) and those pending end. A frame for an older epoch of this node is refused
 //! (`NodeGone`); one for a newer epoch of its name — this boot lost its name while cut off —
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::conn::{Inbound, Redis, Subscription};
+use super::conn::{Inbound, Publisher, Redis, Subscription};
 use super::node::NodeEvent;
 use super::pending::Pending;
 use super::script::Keys;
@@ -64,7 +65,7 @@ struct Published {
 
 /// The task's state; see the module docs.
 pub(crate) struct Remote {
-    redis: Redis,
+    publisher: Publisher,
     keys: Keys,
     shared: Rc<RefCell<Shared>>,
     routing: SharedRouting,
@@ -97,7 +98,7 @@ impl Remote {
         let channels = vec![keys.inbox(name), keys.everyone()];
         let subscription = redis.subscribe_all(channels, retry, tx);
         Self {
-            redis,
+            publisher: redis.publisher(),
             keys,
             shared,
             routing,
@@ -277,10 +278,10 @@ impl Remote {
         let size = bytes.len();
         self.publishing += size;
         self.shared.borrow_mut().stats.frames_sent += 1;
-        let (redis, done) = (self.redis.clone(), self.published.0.clone());
+        let (publisher, done) = (self.publisher.clone(), self.published.0.clone());
         let node = node.to_owned();
         tokio::task::spawn_local(async move {
-            let result = redis.publish(channel, bytes).await;
+            let result = publisher.publish(channel, bytes).await;
             let _ = done.send(Published {
                 ask,
                 node,
@@ -295,7 +296,13 @@ impl Remote {
         let error = match done.result {
             Ok(0) if done.ask.is_some() => AskError::NodeGone(done.node.clone()),
             Ok(_) => return,
-            Err(e) => AskError::BackendUnavailable(e.to_string()),
+            Err(e) => {
+                if e.is_timeout() {
+                    // A connection that stopped answering is not always seen as dropped.
+                    self.publisher.reconnect();
+                }
+                AskError::BackendUnavailable(e.to_string())
+            }
         };
         match done.ask {
             Some(_) => self.end(done.ask, Err(error)),
@@ -552,7 +559,7 @@ impl Remote {
 
     fn sender(&self) -> Replier {
         Replier {
-            redis: self.redis.clone(),
+            publisher: self.publisher.clone(),
             keys: self.keys.clone(),
             shared: Rc::clone(&self.shared),
         }
@@ -561,7 +568,7 @@ impl Remote {
 
 /// What answering another node needs, off the task.
 struct Replier {
-    redis: Redis,
+    publisher: Publisher,
     keys: Keys,
     shared: Rc<RefCell<Shared>>,
 }
@@ -583,7 +590,7 @@ impl Replier {
                 small.encode().unwrap_or_default()
             }
         };
-        if let Err(e) = self.redis.publish(self.keys.inbox(&node), bytes).await {
+        if let Err(e) = self.publisher.publish(self.keys.inbox(&node), bytes).await {
             tracing::warn!(node, error = %e, "answer to another node not sent");
         }
     }
