@@ -21,7 +21,10 @@
 //! back is a thread wake-up (an eventfd write and a context switch), which cost more than the
 //! publish itself. With `rediss://` they stay on the thread.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -108,6 +111,7 @@ impl Redis {
         let mut publisher = Publisher {
             redis: self.clone(),
             local: None,
+            outbox: Rc::default(),
         };
         publisher.reconnect();
         publisher
@@ -178,9 +182,12 @@ impl Redis {
                         while let Some(msg) =
                             std::future::poll_fn(|cx| messages.as_mut().poll_next(cx)).await
                         {
-                            let frame = Inbound::Frame(msg.get_payload_bytes().to_vec());
-                            if tx.send(frame).is_err() {
-                                return;
+                            let bytes = msg.get_payload_bytes();
+                            let frames = super::wire::unbatch(bytes).unwrap_or_else(|| vec![bytes]);
+                            for frame in frames {
+                                if tx.send(Inbound::Frame(frame.to_vec())).is_err() {
+                                    return;
+                                }
                             }
                         }
                         "the subscription's connection closed".to_owned()
@@ -216,11 +223,26 @@ impl Redis {
 }
 
 /// Publishes messages between nodes: on a connection driven by the master's loop when
-/// the URL has no TLS, else on the Redis thread. Clones share the connection.
+/// the URL has no TLS, else on the Redis thread. The frames for one channel published in one
+/// turn of the loop go as one message (see `wire.rs`). Clones share the connection and the
+/// turn's frames; for the master's loop only.
 #[derive(Clone)]
 pub(crate) struct Publisher {
     redis: Redis,
     local: Option<ConnectionManager>,
+    outbox: Rc<RefCell<Outbox>>,
+}
+
+/// Who awaits a frame's publish.
+type Waiting = oneshot::Sender<RedisResult<i64>>;
+
+/// The frames published in this turn of the loop, by channel, each with who awaits its
+/// outcome.
+#[derive(Default)]
+struct Outbox {
+    channels: HashMap<String, Vec<(Vec<u8>, Waiting)>>,
+    /// Whether a flush is due at the end of this turn.
+    due: bool,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -230,8 +252,62 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Publishes `bytes` on `channel`: how many subscribers received it.
+    /// Publishes frame `bytes` on `channel` at the end of this turn of the loop: how many
+    /// subscribers received it.
     pub(crate) async fn publish(&self, channel: String, bytes: Vec<u8>) -> RedisResult<i64> {
+        let (tx, rx) = oneshot::channel();
+        let due = {
+            let mut outbox = self.outbox.borrow_mut();
+            outbox
+                .channels
+                .entry(channel)
+                .or_default()
+                .push((bytes, tx));
+            !std::mem::replace(&mut outbox.due, true)
+        };
+        if due {
+            tokio::task::spawn_local(self.clone().flush());
+        }
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::other("the publish was dropped").into()),
+        }
+    }
+
+    /// Once the tasks ready now have run (it is spawned behind them): one publish per channel
+    /// (and batch), each reporting to every frame's publisher.
+    async fn flush(self) {
+        let channels = {
+            let mut outbox = self.outbox.borrow_mut();
+            outbox.due = false;
+            std::mem::take(&mut outbox.channels)
+        };
+        let mut messages: Vec<_> = channels
+            .into_iter()
+            .flat_map(|(channel, frames)| {
+                let batches = super::wire::batches(frames).into_iter();
+                batches.map(move |(message, waiting)| (channel.clone(), message, waiting))
+            })
+            .collect();
+        // The last one here (mostly the only one), the others in tasks of their own.
+        let last = messages.pop();
+        for message in messages {
+            let this = self.clone();
+            tokio::task::spawn_local(async move { this.deliver(message).await });
+        }
+        if let Some(message) = last {
+            self.deliver(message).await;
+        }
+    }
+
+    async fn deliver(&self, (channel, message, waiting): (String, Vec<u8>, Vec<Waiting>)) {
+        let result = self.send(channel, message).await;
+        for tx in waiting {
+            let _ = tx.send(result.clone());
+        }
+    }
+
+    async fn send(&self, channel: String, bytes: Vec<u8>) -> RedisResult<i64> {
         let Some(conn) = &self.local else {
             return self.redis.publish(channel, bytes).await;
         };

@@ -16,8 +16,8 @@
 //! while it was pending, or the frame named an old epoch) —, else `Timeout` at its deadline.
 //!
 //! Nothing here waits on Redis on the master's loop: each publish is a task of its own (on the
-//! loop's connection without TLS, else on the Redis thread: see `conn.rs`) and reports back
-//! over a channel; at most [`MAX_PUBLISHING`] bytes are under way at once. While this
+//! loop's connection without TLS, else on the Redis thread; a turn's frames for one channel go
+//! as one message: see `conn.rs`) and reports back over a channel; at most [`MAX_PUBLISHING`] bytes are under way at once. While this
 //! node's subscription is lost, requests fail at once (`BackendUnavailable`: their answers
 //! could not arrive) and those pending end. A frame for an older epoch of this node is refused
 //! (`NodeGone`); one for a newer epoch of its name — this boot lost its name while cut off —
