@@ -11,24 +11,26 @@
 //! answer. A call whose answer is no longer awaited (its time ran out) is cancelled on that
 //! thread.
 //!
-//! Limits: one more thread per master with a backend (none without), idle between beats. It
-//! ends when the last [`Redis`] handle is dropped; an answer that was under way is lost.
-//!
 //! Messages between nodes are the exception, for their latency: with a `redis://` or
 //! `redis+unix://` URL (no TLS, so nothing blocks when connecting: a name is resolved off the
-//! loop by tokio, the rest is non-blocking I/O), the inbox subscription and a [`Publisher`]'s
-//! connection are made and driven on the master's loop itself. Each hop to the thread and
-//! back is a thread wake-up (an eventfd write and a context switch), which cost more than the
-//! publish itself. With `rediss://` they stay on the thread.
+//! loop by tokio, the rest is non-blocking I/O), the inbox subscription
+//! ([`subscribe_here`](Redis::subscribe_here)) and the publishing connection
+//! ([`connect_here`](Redis::connect_here), kept by `publisher.rs`) are made and driven on the
+//! master's loop itself: a hop to the thread and back is two thread wake-ups (an eventfd write
+//! and a context switch each), which cost more than the publish itself. With `rediss://` they
+//! stay on the thread. Every connection is made with `TCP_NODELAY` (redis-rs leaves Nagle's
+//! algorithm on): a small command written while another is unanswered would otherwise wait
+//! for its acknowledgement.
+//!
+//! Limits: one more thread per master with a backend (none without), idle between beats. It
+//! ends when the last [`Redis`] handle is dropped; an answer that was under way is lost.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::Future;
-use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionAddr, RedisResult};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, ConnectionAddr, RedisResult};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -52,11 +54,15 @@ impl std::fmt::Debug for Redis {
 
 impl Redis {
     /// Starts the thread and a connection made when first used (nothing is connected to
-    /// here), with `config`'s timeouts and retries.
+    /// here), with `config`'s timeouts and retries; every connection to `client`'s server is
+    /// made with `TCP_NODELAY`.
     pub(crate) fn start(
         client: redis::Client,
         config: ConnectionManagerConfig,
     ) -> RedisResult<Self> {
+        let info = client.get_connection_info().clone();
+        let nodelay = info.tcp_settings().clone().set_nodelay(true);
+        let client = redis::Client::open(info.set_tcp_settings(nodelay))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -98,23 +104,22 @@ impl Redis {
 
     /// Whether connections to this server may be made and driven on the master's loop: no TLS
     /// (see the module docs).
-    fn on_loop(&self) -> bool {
+    pub(crate) fn on_loop(&self) -> bool {
         !matches!(
             self.client.get_connection_info().addr(),
             ConnectionAddr::TcpTls { .. }
         )
     }
 
-    /// A publisher for the master's loop (call it there: its connection, if made on the loop,
-    /// is driven by the loop it is created on).
-    pub(crate) fn publisher(&self) -> Publisher {
-        let mut publisher = Publisher {
-            redis: self.clone(),
-            local: None,
-            outbox: Rc::default(),
-        };
-        publisher.reconnect();
-        publisher
+    /// A connection made and driven on the calling loop (only where [`on_loop`](Self::on_loop)
+    /// allows it), with the thread's connection's timeouts and no retry of its own.
+    pub(crate) async fn connect_here(&self) -> RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(self.config.connection_timeout())
+            .set_response_timeout(self.config.response_timeout());
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
     }
 
     /// Runs `call` on the thread with the connection and returns its answer; dropping the
@@ -145,28 +150,50 @@ pub(crate) enum Inbound {
 }
 
 impl Redis {
-    /// Subscribes to `channel` on a pub/sub connection of its own, on the Redis thread (on the
-    /// calling loop without TLS: see the module docs), and keeps subscribed: after an error or a closed connection it tries again every `retry`
+    /// Subscribes to `channel` on a pub/sub connection of its own, on the Redis thread, and
+    /// keeps subscribed: after an error or a closed connection it tries again every `retry`
     /// (each attempt bounded by `retry`). Ends when the returned handle is dropped.
     pub(crate) fn subscribe(
         &self,
         channel: String,
-        retry: std::time::Duration,
+        retry: Duration,
         tx: tokio::sync::mpsc::UnboundedSender<Inbound>,
     ) -> Subscription {
-        self.subscribe_all(vec![channel], retry, tx)
+        let task = self.subscription(vec![channel], retry, tx, false);
+        Subscription(self.thread.spawn(task))
     }
 
-    /// [`subscribe`](Self::subscribe) to every one of `channels` on one connection.
-    pub(crate) fn subscribe_all(
+    /// [`subscribe`](Self::subscribe) to every one of `channels` on one connection, made and
+    /// driven on the calling loop where [`on_loop`](Self::on_loop) allows it (else on the
+    /// thread); a message that is a batch of frames (`wire.rs`) is handed over frame by frame.
+    pub(crate) fn subscribe_here(
         &self,
         channels: Vec<String>,
-        retry: std::time::Duration,
+        retry: Duration,
         tx: tokio::sync::mpsc::UnboundedSender<Inbound>,
     ) -> Subscription {
+        let task = self.subscription(channels, retry, tx, true);
+        Subscription(if self.on_loop() {
+            tokio::spawn(task)
+        } else {
+            self.thread.spawn(task)
+        })
+    }
+
+    /// The task that keeps `channels` subscribed, reading batches of frames if `frames`. A
+    /// closed connection ends redis-rs's message stream at once (its driver task ends at the
+    /// socket's end and drops the stream's sender), so a lost server is reported as soon as
+    /// the kernel sees the connection close.
+    fn subscription(
+        &self,
+        channels: Vec<String>,
+        retry: Duration,
+        tx: tokio::sync::mpsc::UnboundedSender<Inbound>,
+        frames: bool,
+    ) -> impl Future<Output = ()> + Send + 'static {
         use actix::prelude::Stream;
         let client = self.client.clone();
-        let subscription = async move {
+        async move {
             loop {
                 let connect = async {
                     let mut pubsub = client.get_async_pubsub().await?;
@@ -183,8 +210,8 @@ impl Redis {
                             std::future::poll_fn(|cx| messages.as_mut().poll_next(cx)).await
                         {
                             let bytes = msg.get_payload_bytes();
-                            let frames = super::wire::unbatch(bytes).unwrap_or_else(|| vec![bytes]);
-                            for frame in frames {
+                            let batch = frames.then(|| super::wire::unbatch(bytes)).flatten();
+                            for frame in batch.unwrap_or_else(|| vec![bytes]) {
                                 if tx.send(Inbound::Frame(frame.to_vec())).is_err() {
                                     return;
                                 }
@@ -200,16 +227,10 @@ impl Redis {
                 }
                 tokio::time::sleep(retry).await;
             }
-        };
-        let task = if self.on_loop() {
-            tokio::spawn(subscription)
-        } else {
-            self.thread.spawn(subscription)
-        };
-        Subscription(task)
+        }
     }
 
-    /// Publishes `bytes` on `channel`: how many subscribers received it.
+    /// Publishes `bytes` on `channel`, on the thread: how many subscribers received it.
     pub(crate) async fn publish(&self, channel: String, bytes: Vec<u8>) -> RedisResult<i64> {
         self.run(move |mut conn| async move {
             redis::cmd("PUBLISH")
@@ -219,113 +240,6 @@ impl Redis {
                 .await
         })
         .await
-    }
-}
-
-/// Publishes messages between nodes: on a connection driven by the master's loop when
-/// the URL has no TLS, else on the Redis thread. The frames for one channel published in one
-/// turn of the loop go as one message (see `wire.rs`). Clones share the connection and the
-/// turn's frames; for the master's loop only.
-#[derive(Clone)]
-pub(crate) struct Publisher {
-    redis: Redis,
-    local: Option<ConnectionManager>,
-    outbox: Rc<RefCell<Outbox>>,
-}
-
-/// Who awaits a frame's publish.
-type Waiting = oneshot::Sender<RedisResult<i64>>;
-
-/// The frames published in this turn of the loop, by channel, each with who awaits its
-/// outcome.
-#[derive(Default)]
-struct Outbox {
-    channels: HashMap<String, Vec<(Vec<u8>, Waiting)>>,
-    /// Whether a flush is due at the end of this turn.
-    due: bool,
-}
-
-impl std::fmt::Debug for Publisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").finish_non_exhaustive()
-    }
-}
-
-impl Publisher {
-    /// Publishes frame `bytes` on `channel` at the end of this turn of the loop: how many
-    /// subscribers received it.
-    pub(crate) async fn publish(&self, channel: String, bytes: Vec<u8>) -> RedisResult<i64> {
-        let (tx, rx) = oneshot::channel();
-        let due = {
-            let mut outbox = self.outbox.borrow_mut();
-            outbox
-                .channels
-                .entry(channel)
-                .or_default()
-                .push((bytes, tx));
-            !std::mem::replace(&mut outbox.due, true)
-        };
-        if due {
-            tokio::task::spawn_local(self.clone().flush());
-        }
-        match rx.await {
-            Ok(result) => result,
-            Err(_) => Err(std::io::Error::other("the publish was dropped").into()),
-        }
-    }
-
-    /// Once the tasks ready now have run (it is spawned behind them): one publish per channel
-    /// (and batch), each reporting to every frame's publisher.
-    async fn flush(self) {
-        let channels = {
-            let mut outbox = self.outbox.borrow_mut();
-            outbox.due = false;
-            std::mem::take(&mut outbox.channels)
-        };
-        let mut messages: Vec<_> = channels
-            .into_iter()
-            .flat_map(|(channel, frames)| {
-                let batches = super::wire::batches(frames).into_iter();
-                batches.map(move |(message, waiting)| (channel.clone(), message, waiting))
-            })
-            .collect();
-        // The last one here (mostly the only one), the others in tasks of their own.
-        let last = messages.pop();
-        for message in messages {
-            let this = self.clone();
-            tokio::task::spawn_local(async move { this.deliver(message).await });
-        }
-        if let Some(message) = last {
-            self.deliver(message).await;
-        }
-    }
-
-    async fn deliver(&self, (channel, message, waiting): (String, Vec<u8>, Vec<Waiting>)) {
-        let result = self.send(channel, message).await;
-        for tx in waiting {
-            let _ = tx.send(result.clone());
-        }
-    }
-
-    async fn send(&self, channel: String, bytes: Vec<u8>) -> RedisResult<i64> {
-        let Some(conn) = &self.local else {
-            return self.redis.publish(channel, bytes).await;
-        };
-        let mut conn = conn.clone();
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(bytes)
-            .query_async(&mut conn)
-            .await
-    }
-
-    /// Drops the connection for a new one, made when next used (as [`Redis::reconnect`]); if
-    /// the loop's cannot be made (it is made as the thread's was), publishes go to the thread.
-    pub(crate) fn reconnect(&mut self) {
-        if self.redis.on_loop() {
-            let (client, config) = (self.redis.client.clone(), self.redis.config.clone());
-            self.local = ConnectionManager::new_lazy_with_config(client, config).ok();
-        }
     }
 }
 

@@ -209,6 +209,29 @@ impl Frame {
     }
 }
 
+/// The bytes of the answer from node `me` (name, epoch) to request `id` of epoch `to_epoch`:
+/// `result`, or why it cannot go when it is too large.
+pub(crate) fn reply(
+    me: (String, u64),
+    to_epoch: u64,
+    id: u64,
+    result: Result<Vec<u8>, AskError>,
+) -> Vec<u8> {
+    let frame = Frame::new(
+        me.clone(),
+        None,
+        to_epoch,
+        0,
+        Kind::Reply { id, result },
+        Vec::new(),
+    );
+    frame.encode().unwrap_or_else(|e| {
+        let kind = Kind::Reply { id, result: Err(e) };
+        let small = Frame::new(me, None, to_epoch, 0, kind, Vec::new());
+        small.encode().unwrap_or_default()
+    })
+}
+
 /// What a node does with a frame for it, by the epoch it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Addressed {
@@ -313,6 +336,29 @@ mod tests {
             Frame::decode(&[BATCH, 0xff]),
             Err(Bad::Undecodable(_))
         ));
+    }
+
+    #[test]
+    fn an_answer_too_large_goes_as_why() {
+        let me = ("b".to_owned(), 3);
+        let small = Frame::decode(&reply(me.clone(), 7, 5, Ok(vec![1; 10]))).unwrap();
+        assert_eq!(
+            small.kind,
+            Kind::Reply {
+                id: 5,
+                result: Ok(vec![1; 10])
+            }
+        );
+        assert_eq!((small.to_epoch, small.from.epoch), (7, 3));
+        let large = reply(me, 7, 5, Ok(vec![1; MAX_FRAME_BYTES]));
+        let Kind::Reply {
+            id: 5,
+            result: Err(AskError::Invalid(why)),
+        } = Frame::decode(&large).unwrap().kind
+        else {
+            panic!("not the error");
+        };
+        assert!(why.contains("at most"), "{why}");
     }
 
     #[test]

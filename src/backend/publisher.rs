@@ -1,0 +1,318 @@
+//! How frames for other nodes leave the master's loop (`remote.rs`'s requests, one-way
+//! messages and answers): on a connection of the loop's own, with its loss noticed at once.
+//!
+//! With a `redis://` or `redis+unix://` URL the publishes go on one multiplexed connection
+//! made and driven on the master's loop (see `conn.rs` for why); with `rediss://` they run on
+//! the Redis thread, on the beat's connection, which the beats watch.
+//!
+//! **The link.** redis-rs notices that such a connection died only when a command on it fails:
+//! without RESP3 nothing reports a closed socket, and its `ConnectionManager` reconnects only
+//! after a command failed. A publishing connection idle while Redis restarted would fail its
+//! next publish — an answer to another node lost, its asker left waiting for its timeout. So
+//! the link is **down** from the moment a publish fails for the connection's sake (closed,
+//! refused, timed out) or the caller reports a loss (its inbox subscription closed, a beat
+//! failed): a publish then fails at once, and a task makes a new connection — at once, then
+//! every `retry`, and at once again when the caller says Redis is back. An answer to a request
+//! ([`publish_within`](Publisher::publish_within)) waits for the link instead, up to its
+//! asker's deadline, and is sent once more if its publish failed for the connection's sake
+//! (an answer that arrives twice is taken once: the asker's pending entry is gone).
+//!
+//! **Batches.** A frame for a channel with no publish outstanding goes at once, alone (a lone
+//! request pays no wait). Frames for a channel while one of its publishes is outstanding wait
+//! for it, then go together as one message, a batch (`wire.rs`): one `PUBLISH`, one wake-up
+//! and one parse at each receiver, however many frames. So the frames of one channel are in
+//! the order they were published, and a burst costs a round trip to Redis per batch rather
+//! than per frame.
+//!
+//! Limits: for the master's loop only (it is `!Send`). What waits behind an outstanding
+//! publish is bounded by the caller (`remote.rs` counts the bytes under way).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{RedisError, RedisResult};
+use tokio::sync::{oneshot, Notify};
+
+use super::conn::Redis;
+use super::wire;
+
+/// Publishes frames to other nodes' channels; clones share the link and the queues.
+#[derive(Clone)]
+pub(crate) struct Publisher(Rc<Inner>);
+
+struct Inner {
+    redis: Redis,
+    retry: Duration,
+    link: RefCell<Link>,
+    /// Connections made so far: a failure on an older one is old news.
+    made: Cell<u64>,
+    /// Woken when the link is up again.
+    up: Notify,
+    /// Woken to try to make the link again at once; shared with the task that makes it.
+    kick: Rc<Notify>,
+    /// The channels with a publish outstanding, each with the frames waiting for it.
+    queued: RefCell<HashMap<String, Vec<(Vec<u8>, Waiting)>>>,
+}
+
+/// Where publishes go.
+enum Link {
+    /// `rediss://`: to the Redis thread.
+    Thread,
+    /// The loop's connection, and its number.
+    Up(MultiplexedConnection, u64),
+    /// Lost, and why; a task makes it again.
+    Down(String),
+}
+
+/// Who awaits a queued frame's publish.
+type Waiting = oneshot::Sender<RedisResult<i64>>;
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+/// Whether `error` says the connection is unusable (rather than that Redis refused the
+/// command).
+fn is_lost(error: &RedisError) -> bool {
+    error.is_unrecoverable_error()
+        || error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+}
+
+/// The error of a publish refused while the link is down.
+fn down(why: &str) -> RedisError {
+    let why = format!("the connection to Redis is lost ({why}); it is being made again");
+    std::io::Error::new(std::io::ErrorKind::NotConnected, why).into()
+}
+
+impl Publisher {
+    /// A publisher for `redis`'s server, on the calling loop (its `LocalSet`): it starts
+    /// connecting now (down until connected); a lost link is made again every `retry`.
+    pub(crate) fn new(redis: Redis, retry: Duration) -> Self {
+        let on_loop = redis.on_loop();
+        let link = if on_loop {
+            Link::Down("not connected yet".into())
+        } else {
+            Link::Thread
+        };
+        let publisher = Self(Rc::new(Inner {
+            redis,
+            retry,
+            link: RefCell::new(link),
+            made: Cell::new(0),
+            up: Notify::new(),
+            kick: Rc::new(Notify::new()),
+            queued: RefCell::default(),
+        }));
+        if on_loop {
+            publisher.make_again();
+        }
+        publisher
+    }
+
+    /// Why the link is down, if it is (publishes fail at once meanwhile).
+    pub(crate) fn down(&self) -> Option<String> {
+        match &*self.0.link.borrow() {
+            Link::Down(why) => Some(why.clone()),
+            Link::Thread | Link::Up(..) => None,
+        }
+    }
+
+    /// The caller saw Redis lost (`why`): the link is down until a new connection is made.
+    pub(crate) fn lost(&self, why: &str) {
+        let made = match &*self.0.link.borrow() {
+            Link::Up(_, made) => *made,
+            Link::Thread | Link::Down(_) => return,
+        };
+        self.lost_on(made, why.to_owned());
+    }
+
+    /// The caller saw Redis answer again: a link that is down is tried again at once.
+    pub(crate) fn back(&self) {
+        if self.down().is_some() {
+            self.0.kick.notify_one();
+        }
+    }
+
+    /// Connection `made` failed (`why`): down, if it is still the link's.
+    fn lost_on(&self, made: u64, why: String) {
+        {
+            let mut link = self.0.link.borrow_mut();
+            if !matches!(&*link, Link::Up(_, m) if *m == made) {
+                return;
+            }
+            tracing::warn!(error = %why, "the connection for messages to other nodes is lost");
+            *link = Link::Down(why);
+        }
+        self.make_again();
+    }
+
+    /// Starts the task that makes the link again (it ends once up, or once the publisher is
+    /// gone).
+    fn make_again(&self) {
+        let (this, kick) = (Rc::downgrade(&self.0), Rc::clone(&self.0.kick));
+        tokio::task::spawn_local(async move {
+            loop {
+                let Some((redis, retry)) = this.upgrade().map(|p| (p.redis.clone(), p.retry))
+                else {
+                    return;
+                };
+                let made = tokio::time::timeout(retry, redis.connect_here()).await;
+                let Some(inner) = this.upgrade() else { return };
+                let why = match made {
+                    Ok(Ok(conn)) => return Self::connected(&inner, conn),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "Redis did not answer in time".to_owned(),
+                };
+                *inner.link.borrow_mut() = Link::Down(why);
+                drop(inner);
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = kick.notified() => {}
+                }
+            }
+        });
+    }
+
+    fn connected(inner: &Inner, conn: MultiplexedConnection) {
+        let made = inner.made.get() + 1;
+        inner.made.set(made);
+        *inner.link.borrow_mut() = Link::Up(conn, made);
+        inner.up.notify_waiters();
+        tracing::debug!("connected for messages to other nodes");
+    }
+
+    /// Publishes frame `bytes` on `channel`: at once if no publish to `channel` is
+    /// outstanding, else in a batch once it is answered; how many subscribers received it.
+    /// Fails at once while the link is down.
+    pub(crate) async fn publish(&self, channel: String, bytes: Vec<u8>) -> RedisResult<i64> {
+        let queued = {
+            let mut queued = self.0.queued.borrow_mut();
+            match queued.get_mut(&channel) {
+                Some(frames) => {
+                    let (tx, rx) = oneshot::channel();
+                    frames.push((bytes, tx));
+                    Err(rx)
+                }
+                None => {
+                    queued.insert(channel.clone(), Vec::new());
+                    Ok(bytes)
+                }
+            }
+        };
+        let bytes = match queued {
+            Ok(bytes) => bytes,
+            Err(rx) => return rx.await.unwrap_or_else(|_| Err(dropped())),
+        };
+        let turn = Turn(self, Some(channel));
+        let result = self.send(turn.channel(), bytes).await;
+        turn.next();
+        result
+    }
+
+    /// [`publish`](Self::publish), waiting for a link that is down until `until`, and once
+    /// more after a publish that failed for the connection's sake: for answers, whose sender
+    /// must not be lost while Redis comes back (a duplicate is harmless).
+    pub(crate) async fn publish_within(
+        &self,
+        channel: String,
+        bytes: Vec<u8>,
+        until: Instant,
+    ) -> RedisResult<i64> {
+        let mut again = true;
+        loop {
+            let up = self.0.up.notified();
+            if self.down().is_some() {
+                // Still down at `until`: the publish below says why.
+                let _ = tokio::time::timeout_at(until.into(), up).await;
+            }
+            match self.publish(channel.clone(), bytes.clone()).await {
+                Err(e) if is_lost(&e) && again && Instant::now() < until => again = false,
+                result => return result,
+            }
+        }
+    }
+
+    /// One message on the link.
+    async fn send(&self, channel: &str, bytes: Vec<u8>) -> RedisResult<i64> {
+        let link = match &*self.0.link.borrow() {
+            Link::Thread => None,
+            Link::Up(conn, made) => Some((conn.clone(), *made)),
+            Link::Down(why) => return Err(down(why)),
+        };
+        let Some((mut conn, made)) = link else {
+            return self.0.redis.publish(channel.to_owned(), bytes).await;
+        };
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(bytes);
+        let result = cmd.query_async(&mut conn).await;
+        if let Err(e) = &result {
+            if is_lost(e) {
+                self.lost_on(made, e.to_string());
+            }
+        }
+        result
+    }
+
+    /// Sends what waits for `channel` until nothing does (in batches of at most
+    /// [`wire::MAX_FRAME_BYTES`], in order), then leaves the channel idle.
+    async fn drain(self, channel: String) {
+        let turn = Turn(&self, Some(channel));
+        loop {
+            let frames = {
+                let mut queued = self.0.queued.borrow_mut();
+                let frames = queued.get_mut(turn.channel()).map(std::mem::take);
+                frames.unwrap_or_default()
+            };
+            if frames.is_empty() {
+                return;
+            }
+            for (message, waiting) in wire::batches(frames) {
+                let result = self.send(turn.channel(), message).await;
+                for tx in waiting {
+                    let _ = tx.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+/// A channel's publish outstanding; dropped, the channel is idle again (what still waits
+/// for it is dropped: its publishers hear so).
+struct Turn<'a>(&'a Publisher, Option<String>);
+
+impl Turn<'_> {
+    fn channel(&self) -> &str {
+        self.1.as_deref().unwrap_or_default()
+    }
+
+    /// The outstanding publish is answered: what waited meanwhile goes now, from a task of
+    /// its own (the caller has its answer), else the channel is idle.
+    fn next(mut self) {
+        let Some(channel) = self.1.take() else { return };
+        let queued = self.0 .0.queued.borrow().get(&channel).map(Vec::len);
+        if queued.unwrap_or(0) > 0 {
+            tokio::task::spawn_local(self.0.clone().drain(channel));
+        } else {
+            self.0 .0.queued.borrow_mut().remove(&channel);
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Some(channel) = self.1.take() {
+            self.0 .0.queued.borrow_mut().remove(&channel);
+        }
+    }
+}
+
+fn dropped() -> RedisError {
+    std::io::Error::other("the publish was dropped").into()
+}
