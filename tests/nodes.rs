@@ -823,3 +823,30 @@ fn connections_killed_by_redis_are_made_again_and_messages_flow() {
     let now: Vec<u64> = names.iter().map(|n| epoch(&listed[*n])).collect();
     assert_eq!(now, epochs);
 }
+
+/// The connections that publish (and beat) killed by Redis, the subscriptions kept: each
+/// node finds its publishing connection lost only when it next publishes — an ask, or an
+/// answer. The ask fails fast or is answered; an answer is sent again on a new connection
+/// rather than lost, so no ask waits for its timeout, both ways, and all answer within 5 s.
+#[test]
+fn publishing_connections_killed_alone_lose_no_answer() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let names = ["a", "b"];
+    let mut nodes = cluster_of(&redis, "killed-publish", &names, &["--workers", "1"]);
+    all_subscribed(&mut nodes, &names);
+    for (asker, other) in [(0, "b"), (1, "a")] {
+        redis.run(&["CLIENT", "KILL", "TYPE", "normal"]);
+        let deadline = Instant::now() + secs(5);
+        loop {
+            let answer = nodes[asker].reply(&format!("ask {other} 0 3000"), "ask");
+            if answer["ask"] == "ok" {
+                break;
+            }
+            assert!(answer["ms"].as_u64().unwrap() < 2_000, "{answer}");
+            assert!(Instant::now() < deadline, "still failing: {answer}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

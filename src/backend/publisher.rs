@@ -54,7 +54,7 @@ struct Inner {
     /// Woken to try to make the link again at once; shared with the task that makes it.
     kick: Rc<Notify>,
     /// The channels with a publish outstanding, each with the frames waiting for it.
-    queued: RefCell<HashMap<String, Vec<(Vec<u8>, Waiting)>>>,
+    queued: RefCell<HashMap<String, Vec<Queued>>>,
 }
 
 /// Where publishes go.
@@ -69,6 +69,9 @@ enum Link {
 
 /// Who awaits a queued frame's publish.
 type Waiting = oneshot::Sender<RedisResult<i64>>;
+
+/// A frame waiting for its channel's outstanding publish, and who awaits its own.
+type Queued = (Vec<u8>, Waiting);
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,7 +90,7 @@ fn is_lost(error: &RedisError) -> bool {
 
 /// The error of a publish refused while the link is down.
 fn down(why: &str) -> RedisError {
-    let why = format!("the connection to Redis is lost ({why}); it is being made again");
+    let why = format!("the connection to Redis is down ({why}); it is being made again");
     std::io::Error::new(std::io::ErrorKind::NotConnected, why).into()
 }
 
@@ -97,7 +100,7 @@ impl Publisher {
     pub(crate) fn new(redis: Redis, retry: Duration) -> Self {
         let on_loop = redis.on_loop();
         let link = if on_loop {
-            Link::Down("not connected yet".into())
+            Link::Down("not made yet".into())
         } else {
             Link::Thread
         };
@@ -315,4 +318,221 @@ impl Drop for Turn<'_> {
 
 fn dropped() -> RedisError {
     std::io::Error::other("the publish was dropped").into()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use redis::aio::ConnectionManagerConfig;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::sync::{mpsc, Semaphore};
+
+    use super::*;
+
+    /// A stand-in for Redis on 127.0.0.1: every command it reads goes to `commands`; a
+    /// `PUBLISH` is answered `:1` once `answers` gives a permit, anything else `+OK`;
+    /// `close` ends every connection open.
+    struct Fake {
+        port: u16,
+        commands: mpsc::UnboundedReceiver<Vec<Vec<u8>>>,
+        answers: Arc<Semaphore>,
+        close: Arc<Notify>,
+    }
+
+    impl Fake {
+        async fn start(answers: usize) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let (tx, commands) = mpsc::unbounded_channel();
+            let answers = Arc::new(Semaphore::new(answers));
+            let close = Arc::new(Notify::new());
+            let (held, closing) = (Arc::clone(&answers), Arc::clone(&close));
+            tokio::spawn(async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    let serve = Self::serve(socket, tx.clone(), Arc::clone(&held));
+                    let closing = Arc::clone(&closing);
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = serve => {}
+                            () = closing.notified() => {}
+                        }
+                    });
+                }
+            });
+            Self {
+                port,
+                commands,
+                answers,
+                close,
+            }
+        }
+
+        /// Reads commands as they come and answers them in order (as Redis pipelines).
+        async fn serve(
+            socket: tokio::net::TcpStream,
+            tx: mpsc::UnboundedSender<Vec<Vec<u8>>>,
+            answers: Arc<Semaphore>,
+        ) {
+            let (read, mut write) = socket.into_split();
+            let (queue, mut queued) = mpsc::unbounded_channel::<bool>();
+            let writer = async move {
+                while let Some(publish) = queued.recv().await {
+                    let answer: &[u8] = if publish {
+                        answers.acquire().await.unwrap().forget();
+                        b":1\r\n"
+                    } else {
+                        b"+OK\r\n"
+                    };
+                    if write.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let reader = async move {
+                let mut read = BufReader::new(read);
+                while let Some(command) = Self::command(&mut read).await {
+                    let _ = queue.send(command[0].eq_ignore_ascii_case(b"PUBLISH"));
+                    let _ = tx.send(command);
+                }
+            };
+            // Either's end closes the connection.
+            tokio::select! {
+                () = writer => {}
+                () = reader => {}
+            }
+        }
+
+        async fn command<R: AsyncBufReadExt + Unpin>(read: &mut R) -> Option<Vec<Vec<u8>>> {
+            let mut line = String::new();
+            let number = |line: &str| line[1..].trim().parse::<usize>().ok();
+            if read.read_line(&mut line).await.ok()? == 0 {
+                return None;
+            }
+            let mut args = Vec::new();
+            for _ in 0..number(&line)? {
+                line.clear();
+                read.read_line(&mut line).await.ok()?;
+                let mut arg = vec![0; number(&line)? + 2];
+                read.read_exact(&mut arg).await.ok()?;
+                arg.truncate(arg.len() - 2);
+                args.push(arg);
+            }
+            Some(args)
+        }
+
+        /// The next `PUBLISH` read: (channel, message).
+        async fn published(&mut self) -> (String, Vec<u8>) {
+            let deadline = Duration::from_secs(10);
+            loop {
+                let next = tokio::time::timeout(deadline, self.commands.recv()).await;
+                let command = next.expect("a command within 10 s").expect("the fake runs");
+                if command[0].eq_ignore_ascii_case(b"PUBLISH") {
+                    let channel = String::from_utf8(command[1].clone()).unwrap();
+                    return (channel, command[2].clone());
+                }
+            }
+        }
+
+        fn publisher(&self) -> Publisher {
+            let url = format!("redis://127.0.0.1:{}/0", self.port);
+            let client = redis::Client::open(url).unwrap();
+            let timeouts = Some(Duration::from_secs(5));
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(timeouts)
+                .set_response_timeout(timeouts)
+                .set_number_of_retries(0);
+            let redis = Redis::start(client, config).unwrap();
+            Publisher::new(redis, Duration::from_millis(100))
+        }
+    }
+
+    /// Until the link is up (10 s at most).
+    async fn up(publisher: &Publisher) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(why) = publisher.down() {
+            assert!(Instant::now() < deadline, "still down: {why}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn publish(publisher: &Publisher, channel: &str, frame: &[u8]) -> oneshot::Receiver<i64> {
+        let (tx, rx) = oneshot::channel();
+        let (publisher, channel, frame) = (publisher.clone(), channel.to_owned(), frame.to_vec());
+        tokio::task::spawn_local(async move {
+            let _ = tx.send(publisher.publish(channel, frame).await.unwrap());
+        });
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_lone_frame_goes_at_once_and_those_behind_it_go_as_one_batch() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let mut fake = Fake::start(0).await;
+                let publisher = fake.publisher();
+                up(&publisher).await;
+                let first = publish(&publisher, "in:b", b"1");
+                assert_eq!(fake.published().await, ("in:b".into(), b"1".to_vec()));
+                // Its answer is held: these wait, but another channel's frame goes at once.
+                let waiting = [
+                    publish(&publisher, "in:b", b"2"),
+                    publish(&publisher, "in:b", b"3"),
+                ];
+                let other = publish(&publisher, "in:c", b"4");
+                assert_eq!(fake.published().await, ("in:c".into(), b"4".to_vec()));
+                fake.answers.add_permits(3);
+                let (channel, batch) = fake.published().await;
+                assert_eq!(channel, "in:b");
+                assert_eq!(wire::unbatch(&batch), Some(vec![&b"2"[..], &b"3"[..]]));
+                for rx in [first, other].into_iter().chain(waiting) {
+                    assert_eq!(rx.await.unwrap(), 1);
+                }
+                // Idle again: the next frame goes alone.
+                fake.answers.add_permits(1);
+                let lone = publish(&publisher, "in:b", b"5");
+                assert_eq!(fake.published().await, ("in:b".into(), b"5".to_vec()));
+                assert_eq!(lone.await.unwrap(), 1);
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_is_down_at_once_and_made_again() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let mut fake = Fake::start(100).await;
+                let publisher = fake.publisher();
+                up(&publisher).await;
+                // Closed by the server: the next publish fails, and the link is down at once.
+                fake.close.notify_waiters();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while publisher.down().is_none() {
+                    let sent = publisher.publish("in:b".into(), b"x".to_vec()).await;
+                    if let Err(e) = sent {
+                        assert!(is_lost(&e), "{e}");
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "the loss is not seen");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                // Made again; until then, an answer waits for it rather than failing.
+                let until = Instant::now() + Duration::from_secs(10);
+                let answer = publisher.publish_within("in:a".into(), b"y".to_vec(), until);
+                assert_eq!(answer.await.unwrap(), 1);
+                up(&publisher).await;
+                while fake.published().await.0 != "in:a" {}
+                // A loss the caller saw (its subscription closed): down at once, made again.
+                publisher.lost("the subscription's connection closed");
+                let why = publisher.down().expect("down at once");
+                assert!(why.contains("subscription"), "{why}");
+                let refused = publisher.publish("in:b".into(), b"z".to_vec()).await;
+                assert!(refused
+                    .unwrap_err()
+                    .to_string()
+                    .contains("being made again"));
+                up(&publisher).await;
+            })
+            .await;
+    }
 }
