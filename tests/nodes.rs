@@ -850,3 +850,32 @@ fn publishing_connections_killed_alone_lose_no_answer() {
         }
     }
 }
+
+/// Over TLS the inbox subscription and the publishes stay on the Redis thread (its TLS
+/// connections read the root certificates, which blocks): asks go both ways there too.
+#[test]
+fn workers_ask_workers_on_other_nodes_over_tls() {
+    let Some(redis) = RedisServer::start_tls() else {
+        return;
+    };
+    let ca = [("SSL_CERT_FILE", redis.tls_ca().unwrap())];
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"));
+    let names = ["a", "b"];
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|name| {
+            let mut node = Node::start_env(&url, "tls-ask", name, &["--workers", "1"], &ca);
+            let joined = format!("joined tls-ask as {name}");
+            node.find(0, secs(30), &joined, |l| l == joined);
+            node
+        })
+        .collect();
+    for node in &mut nodes {
+        node.nodes_until(secs(10), "both", |l| l.len() == 2);
+    }
+    all_subscribed(&mut nodes, &names);
+    let answer = nodes[0].reply("tell b 0", "tell");
+    assert_eq!(answer["tell"], "ok", "{answer}");
+    nodes[1].poll(secs(10), "the tell arrived", tells, |t| t == &[1]);
+}
