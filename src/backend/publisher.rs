@@ -57,7 +57,13 @@ struct Inner {
     queued: RefCell<HashMap<String, Vec<Queued>>>,
 }
 
-/// Where publishes go.
+/// Where publishes go. `Thread` stays so; without TLS:
+///
+/// ```text
+/// Down("not made yet") ──a connection made──▶ Up(conn, n)
+/// Up(conn, n) ──a publish on conn n failed for its sake, or lost()──▶ Down(why)
+/// Down(why) ──the task tries: at once, then every retry or at back()──▶ Up(conn, n + 1)
+/// ```
 enum Link {
     /// `rediss://`: to the Redis thread.
     Thread,

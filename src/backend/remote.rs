@@ -7,12 +7,15 @@
 //! (`procactor:{<cluster>}:all`) for broadcasts, group publishes and confirmations (one
 //! `PUBLISH` whatever the number of nodes; each node delivers to its own workers and skips its
 //! own frames); both on one subscription, frames as in `wire.rs`. Delivery is **at most
-//! once**, for requests and one-way messages alike: a node that is not subscribed when a frame is published (down, cut off from Redis,
-//! resubscribing) never sees it, and Redis keeps nothing. A request always ends for its
-//! asker: with its answer, or a typed error as soon as it is known — `NoSuchNode` (no live
-//! node of that name in the view), `BackendUnavailable` (Redis unreachable, this node not
-//! joined, or the publish failed), `NodeGone` (`PUBLISH` reached no subscriber, the node left
-//! while it was pending, or the frame named an old epoch) —, else `Timeout` at its deadline.
+//! once**, for requests and one-way messages alike: a node that is not subscribed when a
+//! frame is published (down, cut off from Redis, resubscribing) never sees it, and Redis
+//! keeps nothing. A request always ends for its asker: with its answer, or a typed error as
+//! soon as it is known — `NoSuchNode` (no live node of that name in the view),
+//! `BackendUnavailable` (Redis unreachable, this node not joined, or the publish failed),
+//! `NodeGone` (`PUBLISH` reached no subscriber, the node left while it was pending, or the
+//! frame named an old epoch) —, else `Timeout` at its deadline. A frame for an older epoch of
+//! this node is refused (`NodeGone`); one for a newer epoch of its name — this boot lost its
+//! name while cut off — is dropped, for the name's current holder to answer.
 //!
 //! Nothing here waits on Redis on the master's loop: each publish is a task of its own that
 //! reports back over a channel (`publisher.rs`: on the loop's own connection, frames that
@@ -23,13 +26,11 @@
 //! pending end, and the publishing connection counts as lost too (Redis was); an answer waits
 //! for a lost one to be made again, up to its asker's deadline.
 //!
-//! Hops of a request without TLS, each a wake-up: the asker's loop writes the `PUBLISH`;
-//! redis-server; the target node's loop reads it from its subscription (redis-rs's driver
-//! task, then the subscription's task, then this task) and writes it to the worker's pipe;
-//! the worker; and the same back. With `rediss://` each publish and each frame read also
-//! crosses to the node's Redis thread and back (`conn.rs`). A frame for an older epoch of this node is refused
-//! (`NodeGone`); one for a newer epoch of its name — this boot lost its name while cut off —
-//! is dropped, for the name's current holder to answer.
+//! Hops of a request without TLS, each a process woken: the asker's loop writes `PUBLISH`;
+//! redis-server; the target's loop reads it (redis-rs's driver task, the subscription's task,
+//! this task: one loop) and writes it to the worker's pipe; the worker; and the same back —
+//! plus the publisher, woken by its `PUBLISH`'s count. With `rediss://` each publish and each
+//! frame read also cross to the node's Redis thread and back (`conn.rs`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
