@@ -135,6 +135,7 @@ mod config;
 mod conn;
 mod node;
 mod pending;
+mod publisher;
 mod remote;
 mod rollout;
 mod script;

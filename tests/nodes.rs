@@ -823,3 +823,59 @@ fn connections_killed_by_redis_are_made_again_and_messages_flow() {
     let now: Vec<u64> = names.iter().map(|n| epoch(&listed[*n])).collect();
     assert_eq!(now, epochs);
 }
+
+/// The connections that publish (and beat) killed by Redis, the subscriptions kept: each
+/// node finds its publishing connection lost only when it next publishes — an ask, or an
+/// answer. The ask fails fast or is answered; an answer is sent again on a new connection
+/// rather than lost, so no ask waits for its timeout, both ways, and all answer within 5 s.
+#[test]
+fn publishing_connections_killed_alone_lose_no_answer() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let names = ["a", "b"];
+    let mut nodes = cluster_of(&redis, "killed-publish", &names, &["--workers", "1"]);
+    all_subscribed(&mut nodes, &names);
+    for (asker, other) in [(0, "b"), (1, "a")] {
+        redis.run(&["CLIENT", "KILL", "TYPE", "normal"]);
+        let deadline = Instant::now() + secs(5);
+        loop {
+            let answer = nodes[asker].reply(&format!("ask {other} 0 3000"), "ask");
+            if answer["ask"] == "ok" {
+                break;
+            }
+            assert!(answer["ms"].as_u64().unwrap() < 2_000, "{answer}");
+            assert!(Instant::now() < deadline, "still failing: {answer}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Over TLS the inbox subscription and the publishes stay on the Redis thread (its TLS
+/// connections read the root certificates, which blocks): asks go both ways there too.
+#[test]
+fn workers_ask_workers_on_other_nodes_over_tls() {
+    let Some(redis) = RedisServer::start_tls() else {
+        return;
+    };
+    let ca = [("SSL_CERT_FILE", redis.tls_ca().unwrap())];
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"));
+    let names = ["a", "b"];
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|name| {
+            let mut node = Node::start_env(&url, "tls-ask", name, &["--workers", "1"], &ca);
+            let joined = format!("joined tls-ask as {name}");
+            node.find(0, secs(30), &joined, |l| l == joined);
+            node
+        })
+        .collect();
+    for node in &mut nodes {
+        node.nodes_until(secs(10), "both", |l| l.len() == 2);
+    }
+    all_subscribed(&mut nodes, &names);
+    let answer = nodes[0].reply("tell b 0", "tell");
+    assert_eq!(answer["tell"], "ok", "{answer}");
+    nodes[1].poll(secs(10), "the tell arrived", tells, |t| t == &[1]);
+}

@@ -9,9 +9,10 @@
 //!
 //! - `cross_node_rtt_us_median`: `Cluster::ask_worker_on("b", 0, &Ping, _)` from `a`'s master,
 //!   one at a time; the median of N (1 000 with `--quick`, 10 000; a first tenth more warms
-//!   up). Its hops: `a`'s loop → `a`'s Redis thread → `PUBLISH` to redis-server → `b`'s pub/sub
-//!   connection (its Redis thread) → `b`'s loop → `b`'s worker over its pipe, and the answer
-//!   the same way back, to `a`'s inbox. Beside `redis_ping_rtt_us_median` (a bare `PING` with
+//!   up). Its hops: `a`'s loop writes the `PUBLISH` → redis-server → `b`'s loop (its pub/sub
+//!   connection is driven there) → `b`'s worker over its pipe, and the answer the same way
+//!   back, to `a`'s inbox (redis-server also wakes each publisher with its `PUBLISH`'s answer,
+//!   written before the message). Beside `redis_ping_rtt_us_median` (a bare `PING` with
 //!   redis-rs, one connection, one command at a time, on the same server, the same N) and
 //!   `local_node_rtt_us_median`: the same `ask_worker_on` from `a` to `a`'s own worker 0 (the
 //!   local path, with the backend configured).

@@ -11,14 +11,26 @@
 //! answer. A call whose answer is no longer awaited (its time ran out) is cancelled on that
 //! thread.
 //!
+//! Messages between nodes are the exception, for their latency: with a `redis://` or
+//! `redis+unix://` URL (no TLS, so nothing blocks when connecting: a name is resolved off the
+//! loop by tokio, the rest is non-blocking I/O), the inbox subscription
+//! ([`subscribe_here`](Redis::subscribe_here)) and the publishing connection
+//! ([`connect_here`](Redis::connect_here), kept by `publisher.rs`) are made and driven on the
+//! master's loop itself: a hop to the thread and back is two thread wake-ups (an eventfd write
+//! and a context switch each), which cost more than the publish itself. With `rediss://` they
+//! stay on the thread. Every connection is made with `TCP_NODELAY` (redis-rs leaves Nagle's
+//! algorithm on): a small command written while another is unanswered would otherwise wait
+//! for its acknowledgement.
+//!
 //! Limits: one more thread per master with a backend (none without), idle between beats. It
 //! ends when the last [`Redis`] handle is dropped; an answer that was under way is lost.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::RedisResult;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, ConnectionAddr, RedisResult};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -42,11 +54,15 @@ impl std::fmt::Debug for Redis {
 
 impl Redis {
     /// Starts the thread and a connection made when first used (nothing is connected to
-    /// here), with `config`'s timeouts and retries.
+    /// here), with `config`'s timeouts and retries; every connection to `client`'s server is
+    /// made with `TCP_NODELAY`.
     pub(crate) fn start(
         client: redis::Client,
         config: ConnectionManagerConfig,
     ) -> RedisResult<Self> {
+        let info = client.get_connection_info().clone();
+        let nodelay = info.tcp_settings().clone().set_nodelay(true);
+        let client = redis::Client::open(info.set_tcp_settings(nodelay))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -86,6 +102,26 @@ impl Redis {
         ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
     }
 
+    /// Whether connections to this server may be made and driven on the master's loop: no TLS
+    /// (see the module docs).
+    pub(crate) fn on_loop(&self) -> bool {
+        !matches!(
+            self.client.get_connection_info().addr(),
+            ConnectionAddr::TcpTls { .. }
+        )
+    }
+
+    /// A connection made and driven on the calling loop (only where [`on_loop`](Self::on_loop)
+    /// allows it), with the thread's connection's timeouts and no retry of its own.
+    pub(crate) async fn connect_here(&self) -> RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(self.config.connection_timeout())
+            .set_response_timeout(self.config.response_timeout());
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
     /// Runs `call` on the thread with the connection and returns its answer; dropping the
     /// returned future cancels the call there.
     pub(crate) async fn run<T, F, Fut>(&self, call: F) -> RedisResult<T>
@@ -120,22 +156,44 @@ impl Redis {
     pub(crate) fn subscribe(
         &self,
         channel: String,
-        retry: std::time::Duration,
+        retry: Duration,
         tx: tokio::sync::mpsc::UnboundedSender<Inbound>,
     ) -> Subscription {
-        self.subscribe_all(vec![channel], retry, tx)
+        let task = self.subscription(vec![channel], retry, tx, false);
+        Subscription(self.thread.spawn(task))
     }
 
-    /// [`subscribe`](Self::subscribe) to every one of `channels` on one connection.
-    pub(crate) fn subscribe_all(
+    /// [`subscribe`](Self::subscribe) to every one of `channels` on one connection, made and
+    /// driven on the calling loop where [`on_loop`](Self::on_loop) allows it (else on the
+    /// thread); a message that is a batch of frames (`wire.rs`) is handed over frame by frame.
+    pub(crate) fn subscribe_here(
         &self,
         channels: Vec<String>,
-        retry: std::time::Duration,
+        retry: Duration,
         tx: tokio::sync::mpsc::UnboundedSender<Inbound>,
     ) -> Subscription {
+        let task = self.subscription(channels, retry, tx, true);
+        Subscription(if self.on_loop() {
+            tokio::spawn(task)
+        } else {
+            self.thread.spawn(task)
+        })
+    }
+
+    /// The task that keeps `channels` subscribed, reading batches of frames if `frames`. A
+    /// closed connection ends redis-rs's message stream at once (its driver task ends at the
+    /// socket's end and drops the stream's sender), so a lost server is reported as soon as
+    /// the kernel sees the connection close.
+    fn subscription(
+        &self,
+        channels: Vec<String>,
+        retry: Duration,
+        tx: tokio::sync::mpsc::UnboundedSender<Inbound>,
+        frames: bool,
+    ) -> impl Future<Output = ()> + Send + 'static {
         use actix::prelude::Stream;
         let client = self.client.clone();
-        let task = self.thread.spawn(async move {
+        async move {
             loop {
                 let connect = async {
                     let mut pubsub = client.get_async_pubsub().await?;
@@ -151,9 +209,12 @@ impl Redis {
                         while let Some(msg) =
                             std::future::poll_fn(|cx| messages.as_mut().poll_next(cx)).await
                         {
-                            let frame = Inbound::Frame(msg.get_payload_bytes().to_vec());
-                            if tx.send(frame).is_err() {
-                                return;
+                            let bytes = msg.get_payload_bytes();
+                            let batch = frames.then(|| super::wire::unbatch(bytes)).flatten();
+                            for frame in batch.unwrap_or_else(|| vec![bytes]) {
+                                if tx.send(Inbound::Frame(frame.to_vec())).is_err() {
+                                    return;
+                                }
                             }
                         }
                         "the subscription's connection closed".to_owned()
@@ -166,11 +227,10 @@ impl Redis {
                 }
                 tokio::time::sleep(retry).await;
             }
-        });
-        Subscription(task)
+        }
     }
 
-    /// Publishes `bytes` on `channel`: how many subscribers received it.
+    /// Publishes `bytes` on `channel`, on the thread: how many subscribers received it.
     pub(crate) async fn publish(&self, channel: String, bytes: Vec<u8>) -> RedisResult<i64> {
         self.run(move |mut conn| async move {
             redis::cmd("PUBLISH")
@@ -183,7 +243,7 @@ impl Redis {
     }
 }
 
-/// A subscription kept on the Redis thread; dropped, it ends.
+/// A subscription kept on the Redis thread or the loop; dropped, it ends.
 #[derive(Debug)]
 pub(crate) struct Subscription(tokio::task::JoinHandle<()>);
 

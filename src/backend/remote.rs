@@ -7,20 +7,30 @@
 //! (`procactor:{<cluster>}:all`) for broadcasts, group publishes and confirmations (one
 //! `PUBLISH` whatever the number of nodes; each node delivers to its own workers and skips its
 //! own frames); both on one subscription, frames as in `wire.rs`. Delivery is **at most
-//! once**, for requests and one-way messages alike: a
-//! node that is not subscribed when a frame is published (down, cut off from Redis,
-//! resubscribing) never sees it, and Redis keeps nothing. A request always ends for its
-//! asker: with its answer, or a typed error as soon as it is known — `NoSuchNode` (no live
-//! node of that name in the view), `BackendUnavailable` (Redis unreachable, this node not
-//! joined, or the publish failed), `NodeGone` (`PUBLISH` reached no subscriber, the node left
-//! while it was pending, or the frame named an old epoch) —, else `Timeout` at its deadline.
+//! once**, for requests and one-way messages alike: a node that is not subscribed when a
+//! frame is published (down, cut off from Redis, resubscribing) never sees it, and Redis
+//! keeps nothing. A request always ends for its asker: with its answer, or a typed error as
+//! soon as it is known — `NoSuchNode` (no live node of that name in the view),
+//! `BackendUnavailable` (Redis unreachable, this node not joined, or the publish failed),
+//! `NodeGone` (`PUBLISH` reached no subscriber, the node left while it was pending, or the
+//! frame named an old epoch) —, else `Timeout` at its deadline. A frame for an older epoch of
+//! this node is refused (`NodeGone`); one for a newer epoch of its name — this boot lost its
+//! name while cut off — is dropped, for the name's current holder to answer.
 //!
-//! Nothing here waits on Redis on the master's loop: each publish runs on the Redis thread and
-//! reports back over a channel; at most [`MAX_PUBLISHING`] bytes are under way at once. While this
-//! node's subscription is lost, requests fail at once (`BackendUnavailable`: their answers
-//! could not arrive) and those pending end. A frame for an older epoch of this node is refused
-//! (`NodeGone`); one for a newer epoch of its name — this boot lost its name while cut off —
-//! is dropped, for the name's current holder to answer.
+//! Nothing here waits on Redis on the master's loop: each publish is a task of its own that
+//! reports back over a channel (`publisher.rs`: on the loop's own connection, frames that
+//! wait for a channel's outstanding publish go as one batch); at most [`MAX_PUBLISHING`]
+//! bytes are under way at once. While this node's subscription or its publishing connection
+//! is lost, requests fail at once (`BackendUnavailable`: their answers could not arrive, or
+//! they could not leave). When the subscription is lost or a beat fails, the requests
+//! pending end, and the publishing connection counts as lost too (Redis was); an answer waits
+//! for a lost one to be made again, up to its asker's deadline.
+//!
+//! Hops of a request without TLS, each a process woken: the asker's loop writes `PUBLISH`;
+//! redis-server; the target's loop reads it (redis-rs's driver task, the subscription's task,
+//! this task: one loop) and writes it to the worker's pipe; the worker; and the same back —
+//! plus the publisher, woken by its `PUBLISH`'s count. With `rediss://` each publish and each
+//! frame read also cross to the node's Redis thread and back (`conn.rs`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -32,8 +42,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::conn::{Inbound, Redis, Subscription};
 use super::node::NodeEvent;
 use super::pending::Pending;
+use super::publisher::Publisher;
 use super::script::Keys;
-use super::wire::{addressed, Addressed, Frame, Kind};
+use super::wire::{self, addressed, Addressed, Frame, Kind};
 use super::Shared;
 use crate::error::AskError;
 use crate::messaging::system::{Confirm, ForgetNode, SupervisorAsks};
@@ -64,7 +75,7 @@ struct Published {
 
 /// The task's state; see the module docs.
 pub(crate) struct Remote {
-    redis: Redis,
+    publisher: Publisher,
     keys: Keys,
     shared: Rc<RefCell<Shared>>,
     routing: SharedRouting,
@@ -95,9 +106,9 @@ impl Remote {
     ) -> Self {
         let (tx, inbound) = mpsc::unbounded_channel();
         let channels = vec![keys.inbox(name), keys.everyone()];
-        let subscription = redis.subscribe_all(channels, retry, tx);
+        let subscription = redis.subscribe_here(channels, retry, tx);
         Self {
-            redis,
+            publisher: Publisher::new(redis, retry),
             keys,
             shared,
             routing,
@@ -156,6 +167,9 @@ impl Remote {
             return Err(AskError::BackendUnavailable(
                 "this node's inbox is not subscribed (Redis was lost)".into(),
             ));
+        }
+        if let Some(why) = self.publisher.down() {
+            return Err(AskError::BackendUnavailable(why));
         }
         Ok((me.name.clone(), me.epoch))
     }
@@ -277,10 +291,10 @@ impl Remote {
         let size = bytes.len();
         self.publishing += size;
         self.shared.borrow_mut().stats.frames_sent += 1;
-        let (redis, done) = (self.redis.clone(), self.published.0.clone());
+        let (publisher, done) = (self.publisher.clone(), self.published.0.clone());
         let node = node.to_owned();
         tokio::task::spawn_local(async move {
-            let result = redis.publish(channel, bytes).await;
+            let result = publisher.publish(channel, bytes).await;
             let _ = done.send(Published {
                 ask,
                 node,
@@ -339,9 +353,11 @@ impl Remote {
                 let gone = AskError::NodeGone(node.id.to_string());
                 self.pending.end_node(&node.id.name, &gone)
             }
-            NodeEvent::Disconnected { error } => self
-                .pending
-                .all(&AskError::BackendUnavailable(error.clone())),
+            NodeEvent::Disconnected { error } => {
+                self.publisher.lost(error);
+                let lost = AskError::BackendUnavailable(error.clone());
+                self.pending.all(&lost)
+            }
             _ => Vec::new(),
         };
         for (reply, error) in ended {
@@ -355,13 +371,16 @@ impl Remote {
         match up {
             Ok(()) => {
                 self.subscribed = true;
+                self.publisher.back();
                 tracing::debug!("subscribed to this node's inbox");
             }
             Err(error) => {
                 if std::mem::replace(&mut self.subscribed, false) {
                     tracing::warn!(%error, "this node's inbox subscription is lost; resubscribing");
                 }
-                let lost = AskError::BackendUnavailable(format!("this node's inbox: {error}"));
+                let error = format!("this node's inbox: {error}");
+                self.publisher.lost(&error);
+                let lost = AskError::BackendUnavailable(error);
                 for (reply, error) in self.pending.all(&lost) {
                     self.failed(reply, error);
                 }
@@ -432,8 +451,7 @@ impl Remote {
                 Err(e) => tracing::debug!(error = %e, "message from another node dropped"),
             },
             Kind::Ask { id, deadline_ms } => {
-                let deadline = Duration::from_millis(deadline_ms);
-                let to = (frame.from.node.clone(), frame.from.epoch);
+                let to = asker(&frame, deadline_ms);
                 let target = match self.target(frame.to_worker) {
                     Ok(target) => target,
                     Err(e) => return self.reply(to, id, Err(e)),
@@ -444,7 +462,7 @@ impl Remote {
                     payload: frame.payload.into(),
                     reply: ReplyTo::Local(tx),
                 });
-                self.reply_later(to, id, deadline, rx);
+                self.reply_later(to, id, rx);
             }
             Kind::Fanout { .. } | Kind::Confirm { .. } => {}
         }
@@ -506,14 +524,11 @@ impl Remote {
             epoch = frame.to_epoch,
             "frame for another epoch of this node refused"
         );
-        if let Kind::Ask { id, .. } = frame.kind {
+        if let Kind::Ask { id, deadline_ms } = frame.kind {
             let name = self.shared.borrow().me.as_ref().map(|m| m.name.clone());
             let gone = format!("{}#{}", name.unwrap_or_default(), frame.to_epoch);
-            self.reply(
-                (frame.from.node, frame.from.epoch),
-                id,
-                Err(AskError::NodeGone(gone)),
-            );
+            let to = asker(&frame, deadline_ms);
+            self.reply(to, id, Err(AskError::NodeGone(gone)));
         }
     }
 
@@ -526,18 +541,12 @@ impl Remote {
             .ok_or(AskError::NoSuchWorker(worker))
     }
 
-    /// Publishes the answer to request `id` of node `to` once the local worker gives it
-    /// (dropped past the asker's deadline: it has given up).
-    fn reply_later(
-        &self,
-        to: (String, u64),
-        id: u64,
-        deadline: Duration,
-        rx: oneshot::Receiver<Result<Bytes, AskError>>,
-    ) {
+    /// Publishes the answer to request `id` of `to` once the local worker gives it (dropped
+    /// past the asker's deadline: it has given up).
+    fn reply_later(&self, to: Asker, id: u64, rx: oneshot::Receiver<Result<Bytes, AskError>>) {
         let sender = self.sender();
         tokio::task::spawn_local(async move {
-            let Ok(answer) = tokio::time::timeout(deadline, rx).await else {
+            let Ok(answer) = tokio::time::timeout_at(to.2.into(), rx).await else {
                 return;
             };
             let result = answer.unwrap_or_else(|_| Err(AskError::Failed("no answer".into())));
@@ -545,45 +554,45 @@ impl Remote {
         });
     }
 
-    fn reply(&self, to: (String, u64), id: u64, result: Result<Bytes, AskError>) {
+    fn reply(&self, to: Asker, id: u64, result: Result<Bytes, AskError>) {
         let sender = self.sender();
         tokio::task::spawn_local(async move { sender.reply(to, id, result).await });
     }
 
     fn sender(&self) -> Replier {
         Replier {
-            redis: self.redis.clone(),
+            publisher: self.publisher.clone(),
             keys: self.keys.clone(),
             shared: Rc::clone(&self.shared),
         }
     }
 }
 
+/// Where an answer goes: the asking node's name and epoch, and until when it waits.
+type Asker = (String, u64, Instant);
+
+/// The asker of request `frame`, which waits `deadline_ms` from now.
+fn asker(frame: &Frame, deadline_ms: u64) -> Asker {
+    let now = Instant::now();
+    let until = now.checked_add(Duration::from_millis(deadline_ms));
+    let until = until.unwrap_or(now + Duration::from_secs(86_400));
+    (frame.from.node.clone(), frame.from.epoch, until)
+}
+
 /// What answering another node needs, off the task.
 struct Replier {
-    redis: Redis,
+    publisher: Publisher,
     keys: Keys,
     shared: Rc<RefCell<Shared>>,
 }
 
 impl Replier {
-    async fn reply(self, (node, epoch): (String, u64), id: u64, result: Result<Bytes, AskError>) {
+    async fn reply(self, (node, epoch, until): Asker, id: u64, result: Result<Bytes, AskError>) {
         let me = self.shared.borrow().me.clone();
         let Some(me) = me else { return };
-        let result = result.map(|b| b.to_vec());
-        let kind = Kind::Reply { id, result };
-        let frame = Frame::new((me.name, me.epoch), None, epoch, 0, kind, Vec::new());
-        let bytes = match frame.encode() {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                // The answer is too large: the asker hears why instead.
-                let kind = Kind::Reply { id, result: Err(e) };
-                let me = (frame.from.node.clone(), frame.from.epoch);
-                let small = Frame::new(me, None, epoch, 0, kind, Vec::new());
-                small.encode().unwrap_or_default()
-            }
-        };
-        if let Err(e) = self.redis.publish(self.keys.inbox(&node), bytes).await {
+        let bytes = wire::reply((me.name, me.epoch), epoch, id, result.map(|b| b.to_vec()));
+        let inbox = self.keys.inbox(&node);
+        if let Err(e) = self.publisher.publish_within(inbox, bytes, until).await {
             tracing::warn!(node, error = %e, "answer to another node not sent");
         }
     }

@@ -7,6 +7,12 @@
 //! with [`AskError::NodeGone`] rather than dropping it. Epochs come from one counter for the
 //! whole cluster, so an epoch alone tells node boots apart.
 //!
+//! The frames published on one channel in one turn of the sender's loop go as one message, a
+//! batch ([`BATCH`] then the list of the frames' bytes), when there are several: a message is
+//! a thread wake-up and a parse at the receiver and a command in Redis, whatever its size. A
+//! lone frame goes as itself, so that a node of the previous layout still reads it; a batch is
+//! counted as bad by such a node.
+//!
 //! Limits: a frame is at most [`MAX_FRAME_BYTES`] (the payload plus some hundred bytes); a
 //! larger message is refused at the sender with [`AskError::Invalid`], and a larger frame read
 //! from the channel is counted as bad and dropped. A frame that does not decode (another
@@ -22,6 +28,52 @@ pub(crate) const VERSION: u8 = 1;
 /// The largest frame sent or read: 1 MiB (Redis's pub/sub output buffers are the limit that
 /// matters: a slow subscriber is disconnected past them).
 pub(crate) const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// The first byte of a batch (a frame's first byte is its [`VERSION`]).
+pub(crate) const BATCH: u8 = 2;
+/// The most a frame adds to a batch beyond its bytes (its length, a postcard varint).
+const BATCH_OVERHEAD: usize = 5;
+
+/// Groups encoded `frames` (each at most [`MAX_FRAME_BYTES`]), in order, into messages of at
+/// most [`MAX_FRAME_BYTES`]: a frame alone as itself, several as a batch; each message with
+/// the tags of its frames.
+pub(crate) fn batches<T>(frames: Vec<(Vec<u8>, T)>) -> Vec<(Vec<u8>, Vec<T>)> {
+    let mut groups: Vec<(Vec<Vec<u8>>, Vec<T>, usize)> = Vec::new();
+    for (frame, tag) in frames {
+        let len = frame.len() + BATCH_OVERHEAD;
+        match groups.last_mut() {
+            Some((group, tags, size)) if *size + len <= MAX_FRAME_BYTES => {
+                group.push(frame);
+                tags.push(tag);
+                *size += len;
+            }
+            _ => groups.push((vec![frame], vec![tag], 1 + BATCH_OVERHEAD + len)),
+        }
+    }
+    let message = |mut group: Vec<Vec<u8>>| match group.len() {
+        1 => group.pop().unwrap_or_default(),
+        _ => {
+            let frames: Vec<&serde_bytes::Bytes> =
+                group.iter().map(|f| serde_bytes::Bytes::new(f)).collect();
+            // A list of byte strings always encodes.
+            postcard::to_stdvec(&(BATCH, frames)).unwrap_or_default()
+        }
+    };
+    let groups = groups.into_iter();
+    groups
+        .map(|(group, tags, _)| (message(group), tags))
+        .collect()
+}
+
+/// The frames of a batch read from a channel, in order; `None` when `bytes` is not a batch
+/// that decodes (it is then read as one frame, which [`Frame::decode`] judges).
+pub(crate) fn unbatch(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    if bytes.first() != Some(&BATCH) || bytes.len() > MAX_FRAME_BYTES {
+        return None;
+    }
+    let (_, frames): (u8, Vec<&serde_bytes::Bytes>) = postcard::from_bytes(bytes).ok()?;
+    Some(frames.into_iter().map(|f| &**f).collect())
+}
 
 /// Who sent a frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,11 +201,35 @@ impl Frame {
         // that a later layout is told apart from garbage.
         match bytes.first() {
             Some(&VERSION) => {}
+            Some(&BATCH) => return Err(Bad::Undecodable("a batch that does not decode".into())),
             Some(&other) => return Err(Bad::Version(other)),
             None => return Err(Bad::Undecodable("empty".into())),
         }
         postcard::from_bytes(bytes).map_err(|e| Bad::Undecodable(e.to_string()))
     }
+}
+
+/// The bytes of the answer from node `me` (name, epoch) to request `id` of epoch `to_epoch`:
+/// `result`, or why it cannot go when it is too large.
+pub(crate) fn reply(
+    me: (String, u64),
+    to_epoch: u64,
+    id: u64,
+    result: Result<Vec<u8>, AskError>,
+) -> Vec<u8> {
+    let frame = Frame::new(
+        me.clone(),
+        None,
+        to_epoch,
+        0,
+        Kind::Reply { id, result },
+        Vec::new(),
+    );
+    frame.encode().unwrap_or_else(|e| {
+        let kind = Kind::Reply { id, result: Err(e) };
+        let small = Frame::new(me, None, to_epoch, 0, kind, Vec::new());
+        small.encode().unwrap_or_default()
+    })
 }
 
 /// What a node does with a frame for it, by the epoch it names.
@@ -233,6 +309,56 @@ mod tests {
         let mut f = frame(Kind::Tell);
         f.payload = huge;
         assert!(matches!(f.encode(), Err(AskError::Invalid(_))));
+    }
+
+    #[test]
+    fn frames_go_in_batches_of_at_most_the_largest_frame() {
+        let one = frame(Kind::Tell).encode().unwrap();
+        let [(lone, tags)]: [_; 1] = batches(vec![(one.clone(), 7)]).try_into().unwrap();
+        assert_eq!(
+            (lone.as_slice(), tags),
+            (one.as_slice(), vec![7]),
+            "a lone frame as itself"
+        );
+        assert_eq!(unbatch(&lone), None);
+        let many = (0..3).map(|i| (one.clone(), i)).collect();
+        let [(batch, tags)]: [_; 1] = batches(many).try_into().unwrap();
+        assert_eq!(tags, vec![0, 1, 2]);
+        let frames = unbatch(&batch).unwrap();
+        assert_eq!(frames, vec![one.as_slice(); 3]);
+        assert_eq!(Frame::decode(frames[2]).unwrap(), frame(Kind::Tell));
+        let big = vec![VERSION; MAX_FRAME_BYTES / 2];
+        let split = batches(vec![(big.clone(), 0), (big.clone(), 1), (one, 2)]);
+        assert_eq!(split.len(), 2, "a batch stays within MAX_FRAME_BYTES");
+        assert!(split.iter().all(|(m, _)| m.len() <= MAX_FRAME_BYTES));
+        assert_eq!(unbatch(&split[1].0).unwrap()[0], big.as_slice());
+        assert!(matches!(
+            Frame::decode(&[BATCH, 0xff]),
+            Err(Bad::Undecodable(_))
+        ));
+    }
+
+    #[test]
+    fn an_answer_too_large_goes_as_why() {
+        let me = ("b".to_owned(), 3);
+        let small = Frame::decode(&reply(me.clone(), 7, 5, Ok(vec![1; 10]))).unwrap();
+        assert_eq!(
+            small.kind,
+            Kind::Reply {
+                id: 5,
+                result: Ok(vec![1; 10])
+            }
+        );
+        assert_eq!((small.to_epoch, small.from.epoch), (7, 3));
+        let large = reply(me, 7, 5, Ok(vec![1; MAX_FRAME_BYTES]));
+        let Kind::Reply {
+            id: 5,
+            result: Err(AskError::Invalid(why)),
+        } = Frame::decode(&large).unwrap().kind
+        else {
+            panic!("not the error");
+        };
+        assert!(why.contains("at most"), "{why}");
     }
 
     #[test]
