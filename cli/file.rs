@@ -140,6 +140,16 @@ pub(crate) enum Instances {
     Auto,
 }
 
+impl Instances {
+    /// How many instances this means here: `"auto"` is one per CPU the daemon may run on.
+    pub(crate) fn count(self) -> usize {
+        match self {
+            Instances::Count(n) => n,
+            Instances::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
 impl Default for Instances {
     fn default() -> Self {
         Instances::Count(1)

@@ -65,7 +65,7 @@ pub(crate) struct Bound {
 /// it starts, and closed when the cluster stops — by its supervisor, however it stops — so a
 /// stopped cluster holds no port even while a handle to it is kept. Shared by the group's
 /// handle, its slots and the supervisor.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Listening(std::sync::Arc<std::sync::Mutex<Vec<Bound>>>);
 
 impl Listening {

@@ -47,7 +47,8 @@ impl From<Unstarted> for String {
 pub(crate) struct App {
     /// Its name in the file.
     pub(crate) name: String,
-    /// What the file says of it, as it was started (or last applied).
+    /// What the file says of it, as it was started (or last applied), with the instances in
+    /// effect (an operator's `scale` since).
     pub(crate) spec: RefCell<AppSpec>,
     groups: Groups,
     key: GroupKey<Plain>,
@@ -55,9 +56,6 @@ pub(crate) struct App {
     pub(crate) exits: Exits,
     /// The `http` liveness probe's task, if the app has one.
     probe: RefCell<Option<tokio::task::JoinHandle<()>>>,
-    /// How many instances an operator scaled it to since it started, if they did: the slots
-    /// above stay in the cluster, stopped, and are not shown.
-    pub(crate) scaled_to: std::cell::Cell<Option<usize>>,
 }
 
 impl Drop for App {
@@ -107,7 +105,6 @@ impl App {
             key,
             exits,
             probe: RefCell::default(),
-            scaled_to: std::cell::Cell::default(),
         })
     }
 
@@ -178,13 +175,12 @@ impl App {
             .filter_map(|s| s.pid.map(|pid| (pid, (s.cpu, s.rss_bytes))))
             .collect();
         let mut samples = samples.borrow_mut();
-        let scaled_to = self.scaled_to.get();
+        // Instances scaled away stay in the cluster as stopped slots above the count in effect:
+        // gone for the operator, not exited.
+        let wanted = self.spec.borrow().instances.count();
         Ok(workers
             .into_iter()
-            // Instances scaled away are gone for the operator, not exited.
-            .filter(|w| {
-                !(scaled_to.is_some_and(|n| w.id >= n) && w.state == procactor::WorkerState::Exited)
-            })
+            .filter(|w| w.id < wanted || w.state != procactor::WorkerState::Exited)
             .map(|w| {
                 let figures = w.pid.and_then(|pid| by_pid.get(&pid).map(|f| (pid, *f)));
                 Instance {

@@ -154,14 +154,6 @@ async fn start_missing(d: &Daemon, loaded: &Loaded) -> Result<(), Unstarted> {
     })
 }
 
-/// The number `instances` means here: `"auto"` is one per CPU.
-fn count(instances: &Instances) -> usize {
-    match instances {
-        Instances::Count(n) => *n,
-        Instances::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    }
-}
-
 /// `spec` with the instances an operator scaled `name` to, if they did.
 fn scaled(d: &Daemon, name: &str, spec: &AppSpec) -> AppSpec {
     let mut spec = spec.clone();
@@ -348,7 +340,7 @@ pub(crate) async fn scale(d: &Daemon, name: &str, n: usize) -> Outcome {
     if let Err(e) = app.cluster().scale(n).await {
         return failed("scale_failed", format!("{name}: {e}"));
     }
-    app.scaled_to.set(Some(n));
+    app.spec.borrow_mut().instances = Instances::Count(n);
     d.scales.borrow_mut().insert(name.to_owned(), n);
     save_state(d);
     drop(_changing);
@@ -362,10 +354,6 @@ pub(crate) async fn describe(d: &Daemon, name: &str, show_env: bool) -> Outcome 
         return not_running(d, name);
     };
     let mut spec = serde_json::to_value(&*app.spec.borrow()).unwrap_or_default();
-    // The instances in effect: the file's, or the operator's `scale` since.
-    if let Some(&n) = d.scales.borrow().get(name) {
-        spec["instances"] = json!(n);
-    }
     if !show_env {
         if let Some(env) = spec.get_mut("env").and_then(|e| e.as_object_mut()) {
             for value in env.values_mut() {
@@ -474,10 +462,10 @@ async fn apply_changes(d: &Daemon, loaded: &Loaded, changes: &[Change]) -> Resul
                 if let Some(running) = d.app(app) {
                     running
                         .cluster()
-                        .scale(count(to))
+                        .scale(to.count())
                         .await
                         .map_err(|e| format!("{app}: {e}"))?;
-                    running.scaled_to.set(Some(count(to)));
+                    running.spec.borrow_mut().instances = *to;
                 }
                 d.scales.borrow_mut().shift_remove(app);
             }
